@@ -1,0 +1,1 @@
+//! SYNPROXY scenario driver (see src/bin).
