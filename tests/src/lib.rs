@@ -1,1 +1,17 @@
-//! SYNPROXY scenario driver (see src/bin).
+//! Real-kernel SYNPROXY scenarios: network namespaces over veth, SYNPROXY rules
+//! (xt and nft), a traffic driver (real sockets and crafted raw packets) that moves
+//! each counter by a known amount, and checks of the agent against /proc.
+//!
+//! The `synproxy-scenario` binary (src/bin) is the entry point used both by the host
+//! integration tests and unchanged inside the QEMU guests of the VM suite.
+
+pub mod agent;
+pub mod line_protocol;
+pub mod netns;
+pub mod packet;
+pub mod proc_counters;
+pub mod rng;
+pub mod rules;
+pub mod scenario;
+pub mod tools;
+pub mod traffic;

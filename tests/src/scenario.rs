@@ -1,0 +1,441 @@
+//! One check = one (rules flavour, family, counter) combination in fresh netns:
+//! drive the counter by a known amount with real traffic, compare the /proc delta
+//! with the driven amount and the agent's value with the /proc total.
+
+use crate::agent;
+use crate::netns::Topology;
+use crate::packet::{TcpSegment, V6Checksum, ACK, CRAFT_MSS, RST, SYN};
+use crate::proc_counters::{self, Totals};
+use crate::rng::XorShift;
+use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::tools::Tools;
+use crate::traffic::{self, RawReceiver, RawSender, ServerMode, TcpServer};
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Unprotected port probed to wait for the link (a refusal proves reachability).
+const PROBE_PORT: u16 = 8081;
+/// Generous: a TCG guest is ~10x slower than the host.
+const PACKET_TIMEOUT: Duration = Duration::from_secs(5);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    SynReceived,
+    CookieValid,
+    CookieInvalid,
+    CookieRetrans,
+    ConnReopened,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Counter::SynReceived,
+        Counter::CookieValid,
+        Counter::CookieInvalid,
+        Counter::CookieRetrans,
+        Counter::ConnReopened,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::SynReceived => "syn_received",
+            Counter::CookieValid => "cookie_valid",
+            Counter::CookieInvalid => "cookie_invalid",
+            Counter::CookieRetrans => "cookie_retrans",
+            Counter::ConnReopened => "conn_reopened",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Counter::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .with_context(|| {
+                format!("unknown counter {s:?} (syn_received|cookie_valid|cookie_invalid|cookie_retrans|conn_reopened)")
+            })
+    }
+
+    /// The recipes for these need crafted follow-ups of a captured SYN/ACK; they
+    /// are defined (and checked) for IPv4 only.
+    pub fn ipv4_only(self) -> bool {
+        matches!(self, Counter::CookieRetrans | Counter::ConnReopened)
+    }
+}
+
+/// Which agent invocations a check compares with /proc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Spawned inside the server netns.
+    Inside,
+    /// `--netns NAME` from the caller's (root) netns.
+    NetnsFlag,
+    /// Both; the RESULT line shows the inside value.
+    Both,
+}
+
+impl AgentMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "inside" => Ok(AgentMode::Inside),
+            "netns" => Ok(AgentMode::NetnsFlag),
+            "both" => Ok(AgentMode::Both),
+            other => bail!("unknown agent mode {other:?} (inside|netns|both)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub tools: Tools,
+    pub agent: PathBuf,
+    pub extra_agent_args: Vec<String>,
+    /// Existing netns to use as the server side (kept afterwards).
+    pub server_netns: Option<String>,
+    pub count: u32,
+    pub agent_mode: AgentMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Combo {
+    pub rules: Flavour,
+    pub family: Family,
+    pub counter: Counter,
+}
+
+impl Combo {
+    /// nft_synproxy validates IPv6 packets with the IPv4 checksum helper: crafted
+    /// IPv6 packets must carry the checksum that helper expects.
+    fn v6_checksum(&self) -> V6Checksum {
+        match self.rules {
+            Flavour::Nft => V6Checksum::NftIpv4Helper,
+            Flavour::Xt => V6Checksum::Correct,
+        }
+    }
+}
+
+/// All selected combinations in a stable order, IPv4-only counters skipped for IPv6.
+pub fn combos(rules: &[Flavour], families: &[Family], counters: &[Counter]) -> Vec<Combo> {
+    let mut v = Vec::new();
+    for &r in rules {
+        for &f in families {
+            for &c in counters {
+                if f == Family::Ipv6 && c.ipv4_only() {
+                    continue;
+                }
+                v.push(Combo {
+                    rules: r,
+                    family: f,
+                    counter: c,
+                });
+            }
+        }
+    }
+    v
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub combo: Combo,
+    pub driven: u64,
+    pub proc_delta: u64,
+    pub agent: u64,
+    pub pass: bool,
+    /// Explanations printed as `# ...` lines after the RESULT line.
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn result_line(&self, kernel: &str) -> String {
+        format!(
+            "RESULT kernel={kernel} rules={} family={} counter={} driven={} proc={} agent={} status={}",
+            self.combo.rules.name(),
+            self.combo.family.name(),
+            self.combo.counter.name(),
+            self.driven,
+            self.proc_delta,
+            self.agent,
+            if self.pass { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Run one check; setup or traffic errors become a FAIL with a `# error:` note.
+pub fn run_combo(cfg: &Config, combo: Combo) -> Outcome {
+    let mut out = Outcome {
+        combo,
+        driven: 0,
+        proc_delta: 0,
+        agent: 0,
+        pass: false,
+        notes: Vec::new(),
+    };
+    if let Err(e) = execute(cfg, combo, &mut out) {
+        out.pass = false;
+        out.notes.push(format!("error: {e:#}"));
+    }
+    out
+}
+
+struct Ctx<'a> {
+    topo: &'a Topology,
+    server: &'a TcpServer,
+    combo: Combo,
+    src: IpAddr,
+    dst: IpAddr,
+    rng: XorShift,
+    used_ports: HashSet<u16>,
+    /// Real connections stay open until the check ends: closing them is traffic too.
+    held: Vec<TcpStream>,
+}
+
+impl Ctx<'_> {
+    fn port(&mut self) -> u16 {
+        loop {
+            let p = self.rng.port();
+            if self.used_ports.insert(p) {
+                return p;
+            }
+        }
+    }
+
+    fn sender(&self) -> Result<RawSender> {
+        RawSender::new(&self.topo.cli, self.src, self.combo.v6_checksum())
+    }
+
+    fn seg(&self, sport: u16, seq: u32, ack: u32, flags: u8) -> TcpSegment {
+        TcpSegment {
+            sport,
+            dport: PROTECTED_PORT,
+            seq,
+            ack,
+            flags,
+            mss: (flags & SYN != 0).then_some(CRAFT_MSS),
+        }
+    }
+
+    fn counter_now(&self, name: &str) -> Result<u64> {
+        Ok(proc_counters::read(&self.topo.srv)?.get(name))
+    }
+
+    fn wait_counter(&self, name: &str, at_least: u64) -> Result<()> {
+        let deadline = Instant::now() + PACKET_TIMEOUT;
+        loop {
+            let v = self.counter_now(name)?;
+            if v >= at_least {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} stayed at {v}, expected >= {at_least}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let mut srv_rules =
+        ServerRules::install(tools, &topo.srv, combo.rules, combo.family, &topo.srv_if)
+            .context("SYNPROXY rules in the server netns")?;
+    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, combo.rules, combo.family)
+        .context("RST filter in the client netns")?;
+    let mode = match combo.counter {
+        Counter::ConnReopened => ServerMode::Reset,
+        _ => ServerMode::Hold,
+    };
+    let server = TcpServer::start(&topo.srv, PROTECTED_PORT, mode).context("TCP server")?;
+    let (src, dst): (IpAddr, IpAddr) = match combo.family {
+        Family::Ipv4 => (topo.cli4.into(), topo.srv4.into()),
+        Family::Ipv6 => (topo.cli6.into(), topo.srv6.into()),
+    };
+    traffic::wait_reachable(&topo.cli, SocketAddr::new(dst, PROBE_PORT), PACKET_TIMEOUT)?;
+    if combo.counter == Counter::CookieRetrans {
+        srv_rules
+            .drop_local_server_syn(tools)
+            .context("rule dropping synproxy's SYN to the local server")?;
+    }
+
+    let name = combo.counter.name();
+    let before = proc_counters::read(&topo.srv)?;
+    let mut ctx = Ctx {
+        topo: &topo,
+        server: &server,
+        combo,
+        src,
+        dst,
+        rng: XorShift::from_time(),
+        used_ports: HashSet::new(),
+        held: Vec::new(),
+    };
+    out.driven = u64::from(cfg.count);
+    drive(&mut ctx, cfg.count).with_context(|| format!("driving {name}"))?;
+    let after = settle(&topo, name, before.get(name) + out.driven)?;
+    out.proc_delta = after.get(name).saturating_sub(before.get(name));
+    let proc_ok = out.proc_delta == out.driven;
+    if !proc_ok {
+        out.notes.push(format!(
+            "proc delta {} != driven {} (before {:?}, after {:?})",
+            out.proc_delta, out.driven, before.0, after.0
+        ));
+    }
+
+    let agent_ok = check_agent(cfg, &topo, name, out)?;
+    out.pass = proc_ok && agent_ok;
+    drop(ctx);
+    Ok(())
+}
+
+/// Run the agent the configured way(s); each value must equal the /proc total read
+/// right after it ran (traffic is idle by now).
+fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> Result<bool> {
+    let mut ok = true;
+    let mut shown = None;
+    if matches!(cfg.agent_mode, AgentMode::Inside | AgentMode::Both) {
+        let line = agent::run_inside(&topo.srv, &cfg.agent, &cfg.extra_agent_args)?;
+        let total = proc_counters::read(&topo.srv)?.get(name);
+        let v = line.counter(name).context("agent (inside netns) output")?;
+        if v != total {
+            ok = false;
+            out.notes.push(format!(
+                "agent inside netns reported {name}={v}, /proc total is {total}"
+            ));
+        }
+        shown = Some(v);
+    }
+    if matches!(cfg.agent_mode, AgentMode::NetnsFlag | AgentMode::Both) {
+        let line = agent::run_with_netns_flag(&topo.srv, &cfg.agent, &cfg.extra_agent_args)?;
+        let total = proc_counters::read(&topo.srv)?.get(name);
+        let v = line.counter(name).context("agent --netns output")?;
+        if v != total {
+            ok = false;
+            out.notes.push(format!(
+                "agent --netns {} reported {name}={v}, /proc total is {total}",
+                topo.srv.name()
+            ));
+        }
+        shown.get_or_insert(v);
+    }
+    out.agent = shown.unwrap_or(0);
+    Ok(ok)
+}
+
+/// Wait until `name` reaches `target`, then until all counters stop moving.
+fn settle(topo: &Topology, name: &str, target: u64) -> Result<Totals> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last = proc_counters::read(&topo.srv)?;
+    while last.get(name) < target && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        last = proc_counters::read(&topo.srv)?;
+    }
+    // A short quiet period catches overshoot (a counter moving more than driven).
+    loop {
+        std::thread::sleep(Duration::from_millis(30));
+        let now = proc_counters::read(&topo.srv)?;
+        if now == last || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// The recipes of docs/synproxy-kernel.md, "Driving each counter". Each moves its
+/// counter by exactly `n`.
+fn drive(ctx: &mut Ctx, n: u32) -> Result<()> {
+    match ctx.combo.counter {
+        Counter::SynReceived => {
+            // Pure SYNs: xt and nft count them one to one.
+            let mut tx = ctx.sender()?;
+            for _ in 0..n {
+                let (sport, isn) = (ctx.port(), ctx.rng.next_u32());
+                tx.send(ctx.dst, &ctx.seg(sport, isn, 0, SYN))?;
+            }
+        }
+        Counter::CookieValid => {
+            // Real handshakes through SYNPROXY; the accept proves the ACK was seen.
+            let base = ctx.server.accepted();
+            for _ in 0..n {
+                let s = traffic::connect(
+                    &ctx.topo.cli,
+                    SocketAddr::new(ctx.dst, PROTECTED_PORT),
+                    PACKET_TIMEOUT,
+                )?;
+                ctx.held.push(s);
+            }
+            ctx.server
+                .wait_accepted(base + u64::from(n), PACKET_TIMEOUT)?;
+        }
+        Counter::CookieInvalid => {
+            // Bare ACKs with a random ack number: no conntrack entry (loose=0), so
+            // INVALID -> SYNPROXY -> cookie check fails.
+            let mut tx = ctx.sender()?;
+            for _ in 0..n {
+                let (sport, seq, ack) = (ctx.port(), ctx.rng.next_u32(), ctx.rng.next_u32());
+                tx.send(ctx.dst, &ctx.seg(sport, seq, ack, ACK))?;
+            }
+        }
+        Counter::CookieRetrans => drive_cookie_retrans(ctx, n)?,
+        Counter::ConnReopened => drive_conn_reopened(ctx, n)?,
+    }
+    Ok(())
+}
+
+/// SYN, ACK(ISN+1, c+1) -> entry in SYN_SENT (the SYN to the local server is
+/// dropped), then a keep-alive style ACK(ISN, c+1) -> cookie_retrans +1.
+fn drive_cookie_retrans(ctx: &mut Ctx, n: u32) -> Result<()> {
+    let mut tx = ctx.sender()?;
+    for i in 0..n {
+        let (sport, isn) = (ctx.port(), ctx.rng.next_u32());
+        let rx = RawReceiver::new(&ctx.topo.cli, ctx.src.is_ipv6())?;
+        tx.send(ctx.dst, &ctx.seg(sport, isn, 0, SYN))?;
+        let cookie = rx
+            .wait_for(PROTECTED_PORT, sport, SYN | ACK, PACKET_TIMEOUT)
+            .with_context(|| format!("SYN/ACK for flow {i}"))?
+            .seq;
+        let valid = ctx.counter_now("cookie_valid")?;
+        let ack = cookie.wrapping_add(1);
+        tx.send(ctx.dst, &ctx.seg(sport, isn.wrapping_add(1), ack, ACK))?;
+        // The entry must exist (SYN_SENT) before the retransmission-like ACK.
+        ctx.wait_counter("cookie_valid", valid + 1)?;
+        tx.send(ctx.dst, &ctx.seg(sport, isn, ack, ACK))?;
+        ctx.wait_counter("cookie_valid", valid + 2)?;
+    }
+    Ok(())
+}
+
+/// Handshake, server aborts (RST: entry in CLOSE for 10 s), then from the same
+/// source port SYN with isn2 = isn1 + 2^30 and the ACK the cookie's linearity in
+/// the client ISN predicts -> synproxy's SYN to the server reopens the entry.
+fn drive_conn_reopened(ctx: &mut Ctx, n: u32) -> Result<()> {
+    const SHIFT: u32 = 1 << 30;
+    let mut tx = ctx.sender()?;
+    for i in 0..n {
+        let (sport, isn1) = (ctx.port(), ctx.rng.next_u32());
+        let accepted = ctx.server.accepted();
+        let rx = RawReceiver::new(&ctx.topo.cli, ctx.src.is_ipv6())?;
+        tx.send(ctx.dst, &ctx.seg(sport, isn1, 0, SYN))?;
+        let c1 = rx
+            .wait_for(PROTECTED_PORT, sport, SYN | ACK, PACKET_TIMEOUT)
+            .with_context(|| format!("first SYN/ACK of flow {i}"))?
+            .seq;
+        tx.send(
+            ctx.dst,
+            &ctx.seg(sport, isn1.wrapping_add(1), c1.wrapping_add(1), ACK),
+        )?;
+        ctx.server.wait_accepted(accepted + 1, PACKET_TIMEOUT)?;
+        rx.wait_for(PROTECTED_PORT, sport, RST, PACKET_TIMEOUT)
+            .with_context(|| format!("server RST of flow {i}"))?;
+        let isn2 = isn1.wrapping_add(SHIFT);
+        tx.send(ctx.dst, &ctx.seg(sport, isn2, 0, SYN))?;
+        rx.wait_for(PROTECTED_PORT, sport, SYN | ACK, PACKET_TIMEOUT)
+            .with_context(|| format!("second SYN/ACK of flow {i}"))?;
+        let ack2 = c1.wrapping_add(SHIFT).wrapping_add(1);
+        tx.send(ctx.dst, &ctx.seg(sport, isn2.wrapping_add(1), ack2, ACK))?;
+        ctx.server.wait_accepted(accepted + 2, PACKET_TIMEOUT)?;
+    }
+    Ok(())
+}
