@@ -1,0 +1,112 @@
+#!/bin/sh
+# PID 1 of the vm-test guest (busybox sh). Prints machine-readable lines on the serial
+# console: "RESULT ..." per check, "VMTEST-BOOTED" and "VMTEST-END" markers.
+# busybox runs its own `ip` applet before PATH, so iproute2 is always called by full path.
+export PATH=/bin:/usr/sbin:/usr/bin
+IPROUTE2=/usr/sbin/ip
+IPTABLES=/usr/sbin/iptables-legacy
+IP6TABLES=/usr/sbin/ip6tables-legacy
+NFT=/usr/sbin/nft
+AGENT=/bin/synproxy-agent
+SCENARIO=/bin/synproxy-scenario
+TOOLS="--ip $IPROUTE2 --iptables $IPTABLES --ip6tables $IP6TABLES --nft $NFT"
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+echo "3 4 1 3" > /proc/sys/kernel/printk
+ip link set lo up 2>/dev/null
+
+KERNEL=$(uname -r)
+echo "VMTEST-BOOTED kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(grep -c ^processor /proc/cpuinfo)"
+
+load_modules() { # $1: list file
+    while read -r module; do
+        [ -n "$module" ] || continue
+        if ! insmod "$module" 2>/tmp/insmod.err; then
+            echo "RESULT kernel=$KERNEL check=module-load module=$(basename "$module" .ko) status=FAIL"
+            sed 's/^/insmod: /' /tmp/insmod.err
+        fi
+    done < "$1"
+}
+
+field() { # $1: line protocol line, $2: field name -> integer value
+    echo "$1" | sed -n "s/.*[ ,]$2=\([0-9]*\)i.*/\1/p"
+}
+
+# Sum of each counter over all CPU rows of /proc/net/stat/synproxy in netns srv, as
+# "syn_received cookie_invalid cookie_valid cookie_retrans conn_reopened".
+proc_totals_in_srv() {
+    $IPROUTE2 netns exec srv cat /proc/net/stat/synproxy | tail -n +2 | {
+        s=0; i=0; v=0; r=0; o=0
+        while read -r _entries syn inv val ret reo; do
+            s=$((s + 0x$syn)); i=$((i + 0x$inv)); v=$((v + 0x$val)); r=$((r + 0x$ret)); o=$((o + 0x$reo))
+        done
+        echo "$s $i $v $r $o"
+    }
+}
+
+# 1. Everything except nf_synproxy_core and its dependants.
+load_modules /etc/vmtest/modules-early
+
+# 2. module-late: the agent starts while /proc/net/stat/synproxy does not exist yet.
+$IPROUTE2 netns add srv
+$IPROUTE2 -n srv link set lo up
+$IPROUTE2 netns exec srv "$AGENT" --interval 500ms --no-ebpf --netns srv >/tmp/agent.out 2>/tmp/agent.err &
+AGENT_PID=$!
+sleep 2
+missing_reports=$(grep -c nf_synproxy_core /tmp/agent.err)
+stderr_lines_before=$(wc -l < /tmp/agent.err)
+if kill -0 "$AGENT_PID" 2>/dev/null; then alive_while_missing=yes; else alive_while_missing=no; fi
+if [ -e /proc/net/stat/synproxy ]; then file_absent_before=no; else file_absent_before=yes; fi
+
+load_modules /etc/vmtest/modules-late
+
+timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+    --agent "$AGENT" $TOOLS >/tmp/late-scenario.out 2>&1
+scenario_status=$?
+sed 's/^/module-late scenario: /' /tmp/late-scenario.out
+driven=$(sed -n 's/.* driven=\([0-9]*\).*/\1/p' /tmp/late-scenario.out | head -n 1)
+sleep 1.5
+if kill -0 "$AGENT_PID" 2>/dev/null; then alive_after=yes; else alive_after=no; fi
+stderr_lines_after=$(wc -l < /tmp/agent.err)
+if [ "$stderr_lines_after" -gt "$stderr_lines_before" ]; then recovery_logged=yes; else recovery_logged=no; fi
+agent_line=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
+set -- $(proc_totals_in_srv)
+proc_syn=$1; proc_inv=$2; proc_val=$3; proc_ret=$4; proc_reo=$5
+agent_syn=$(field "$agent_line" syn_received)
+agent_inv=$(field "$agent_line" cookie_invalid)
+agent_val=$(field "$agent_line" cookie_valid)
+agent_ret=$(field "$agent_line" cookie_retrans)
+agent_reo=$(field "$agent_line" conn_reopened)
+status=PASS
+[ "$missing_reports" = 1 ] || status=FAIL
+[ "$alive_while_missing" = yes ] && [ "$alive_after" = yes ] || status=FAIL
+[ "$file_absent_before" = yes ] || status=FAIL
+[ "$recovery_logged" = yes ] || status=FAIL
+[ "$scenario_status" = 0 ] || status=FAIL
+[ "${proc_val:-0}" -gt 0 ] || status=FAIL
+[ "$agent_syn" = "$proc_syn" ] && [ "$agent_inv" = "$proc_inv" ] && [ "$agent_val" = "$proc_val" ] \
+    && [ "$agent_ret" = "$proc_ret" ] && [ "$agent_reo" = "$proc_reo" ] || status=FAIL
+echo "RESULT kernel=$KERNEL check=module-late counter=cookie_valid driven=${driven:-none} proc=${proc_val:-none} agent=${agent_val:-none} proc_totals=$proc_syn/$proc_inv/$proc_val/$proc_ret/$proc_reo agent_totals=${agent_syn:-none}/${agent_inv:-none}/${agent_val:-none}/${agent_ret:-none}/${agent_reo:-none} missing_reports=$missing_reports recovery_logged=$recovery_logged agent_alive=$alive_after status=$status"
+if [ "$status" != PASS ]; then
+    sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
+    tail -n 3 /tmp/agent.out | sed 's/^/module-late agent stdout: /'
+fi
+kill "$AGENT_PID" 2>/dev/null
+wait "$AGENT_PID" 2>/dev/null
+$IPROUTE2 netns del srv
+
+# 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns.
+timeout 420 "$SCENARIO" --agent "$AGENT" $TOOLS
+echo "scenario exit status $?"
+
+echo "VMTEST-END kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime)"
+sync
+poweroff -f

@@ -1,0 +1,238 @@
+//! One QEMU boot per kernel; the serial console is parsed for RESULT lines.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootEnd {
+    /// Init printed VMTEST-END and powered off.
+    Completed,
+    /// The console showed a kernel panic.
+    Panicked,
+    /// No end within the time limit; QEMU was killed.
+    TimedOut,
+    /// QEMU exited without the end marker (e.g. init died).
+    ExitedEarly(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOutcome {
+    pub end: BootEnd,
+    /// Every console line starting at "RESULT ".
+    pub results: Vec<String>,
+    /// Time from starting QEMU to the guest's VMTEST-BOOTED line.
+    pub time_to_init: Option<Duration>,
+    pub total: Duration,
+    /// The last console lines, shown on failure.
+    pub tail: Vec<String>,
+}
+
+const TAIL_LINES: usize = 30;
+
+/// KVM only where the CPU advertises it and /dev/kvm opens; this machine's kind has
+/// /dev/kvm but cannot run normal guests, and no vmx/svm flag.
+pub fn kvm_usable() -> bool {
+    let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_flag = cpu_flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    has_flag
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+}
+
+pub struct BootSpec<'a> {
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    pub console_log: &'a Path,
+    pub timeout: Duration,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Prefix for echoed console lines, e.g. "[6.12] ".
+    pub echo_prefix: String,
+    /// Echo every console line; otherwise only RESULT/SUMMARY/marker lines.
+    pub echo_all: bool,
+}
+
+pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    let accel = if kvm_usable() { "kvm" } else { "tcg" };
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args([
+            "-accel",
+            accel,
+            "-cpu",
+            "max",
+            "-nographic",
+            "-no-reboot",
+            "-net",
+            "none",
+        ])
+        .args([
+            "-m",
+            &spec.memory_mib.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+        ])
+        .arg("-kernel")
+        .arg(spec.vmlinuz)
+        .arg("-initrd")
+        .arg(spec.initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+    let mut log = std::fs::File::create(spec.console_log)
+        .with_context(|| format!("creating {}", spec.console_log.display()))?;
+
+    let (sender, receiver) = mpsc::channel::<String>();
+    if let Some(stdout) = child.stdout.take() {
+        let sender = sender.clone();
+        std::thread::spawn(move || forward_lines(stdout, sender));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || forward_lines(stderr, sender));
+    } else {
+        drop(sender);
+    }
+
+    let deadline = started + spec.timeout;
+    let mut results = Vec::new();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut time_to_init = None;
+    let mut saw_end = false;
+    let mut panicked = false;
+    let mut timed_out = false;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            timed_out = true;
+            break;
+        }
+        match receiver.recv_timeout(remaining) {
+            Ok(line) => {
+                let _ = writeln!(log, "{line}");
+                let interesting = ["RESULT ", "SUMMARY", "VMTEST-", "FAIL", "panic", "error"]
+                    .iter()
+                    .any(|marker| line.contains(marker));
+                if spec.echo_all || interesting {
+                    println!("{}{line}", spec.echo_prefix);
+                }
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+                if let Some(index) = line.find("RESULT ") {
+                    results.push(line[index..].trim().to_string());
+                }
+                if line.contains("VMTEST-BOOTED") && time_to_init.is_none() {
+                    time_to_init = Some(started.elapsed());
+                }
+                if line.contains("VMTEST-END") {
+                    saw_end = true;
+                }
+                if line.contains("Kernel panic") {
+                    panicked = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+            // Both pipes closed: QEMU is exiting.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().context("waiting for qemu-system-x86_64")?;
+    let end = if panicked {
+        BootEnd::Panicked
+    } else if timed_out {
+        BootEnd::TimedOut
+    } else if saw_end {
+        BootEnd::Completed
+    } else {
+        BootEnd::ExitedEarly(format!("qemu exited ({status}) without VMTEST-END"))
+    };
+    Ok(BootOutcome {
+        end,
+        results,
+        time_to_init,
+        total: started.elapsed(),
+        tail: tail.into(),
+    })
+}
+
+fn forward_lines(stream: impl std::io::Read, sender: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        match reader.read_until(b'\n', &mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buffer);
+                let line = strip_terminal_controls(line.trim_end_matches(['\n', '\r']));
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Drops ANSI escape sequences (SeaBIOS clears the screen) and other control characters.
+fn strip_terminal_controls(line: &str) -> String {
+    let mut clean = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates up to the final byte (@ to ~).
+                for next in chars.by_ref() {
+                    if ('@'..='~').contains(&next) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c == '\t' || !c.is_control() {
+            clean.push(c);
+        }
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_terminal_controls;
+
+    #[test]
+    fn strips_screen_clearing_sequences() {
+        assert_eq!(
+            strip_terminal_controls("\u{1b}c\u{1b}[?7l\u{1b}[2JVMTEST-BOOTED x\r"),
+            "VMTEST-BOOTED x"
+        );
+        assert_eq!(strip_terminal_controls("a\tb"), "a\tb");
+    }
+}
