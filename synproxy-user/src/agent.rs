@@ -1,0 +1,310 @@
+//! Drives the data flow on a schedule: read every selected namespace
+//! (sources), turn readings into u64 totals (reconcile), emit samples (sinks).
+//! One failing namespace is reported once and does not stop the others.
+
+use crate::cli::{NetnsSelection, SignalMode};
+use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
+use crate::sample::{now_ns, Sample};
+use crate::sinks::stdout::{SinkError, StdoutSink};
+use crate::sources::netns::{self, NetnsError, NetnsTarget};
+use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
+use log::{debug, info, warn};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct SamplerConfig {
+    /// One round only: failures are errors, not retried.
+    pub once: bool,
+    pub proc_root: PathBuf,
+    pub netns_dir: PathBuf,
+    pub selection: NetnsSelection,
+}
+
+/// Per-series state kept between rounds.
+#[derive(Default)]
+struct Series {
+    tracker: WrapTracker,
+    /// The error last reported for this series, so it is logged once.
+    failing: Option<String>,
+}
+
+/// One sampling round's outcome.
+pub struct Round {
+    pub samples: Vec<Sample>,
+    /// Namespaces that could not be read this round (already logged).
+    pub failures: Vec<String>,
+}
+
+pub struct Sampler {
+    config: SamplerConfig,
+    series: HashMap<String, Series>,
+    buf: Vec<u8>,
+}
+
+/// Series key of the agent's own namespace (never a valid netns name).
+const OWN_SERIES: &str = "";
+
+impl Sampler {
+    pub fn new(config: SamplerConfig) -> Self {
+        Self {
+            config,
+            series: HashMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn sample(&mut self) -> Round {
+        let mut round = Round {
+            samples: Vec::new(),
+            failures: Vec::new(),
+        };
+        match self.config.selection.clone() {
+            NetnsSelection::Own => {
+                let path = self.config.proc_root.join(STAT_FILE);
+                let result = read_stat_file(&path, &mut self.buf);
+                let timestamp_ns = now_ns();
+                self.record(
+                    OWN_SERIES,
+                    result.map_err(Failure::Read),
+                    timestamp_ns,
+                    &mut round,
+                );
+            }
+            NetnsSelection::Named(names) => {
+                let targets = netns::named_targets(&names, &self.config.netns_dir);
+                self.read_namespaces(&targets, &mut round);
+            }
+            NetnsSelection::All => {
+                let targets = netns::discover_all(&self.config.proc_root, &self.config.netns_dir);
+                self.read_namespaces(&targets, &mut round);
+                // Forget namespaces that are gone, so state stays bounded.
+                self.series.retain(|label, _| {
+                    let alive = targets.iter().any(|t| &t.label == label);
+                    if !alive {
+                        info!("netns {label}: gone, no longer reported");
+                    }
+                    alive
+                });
+            }
+        }
+        round
+    }
+
+    fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Round) {
+        let results = netns::read_in_namespaces(targets, &self.config.proc_root);
+        let timestamp_ns = now_ns();
+        for (target, result) in targets.iter().zip(results) {
+            match result {
+                Err(e) if target.transient && e.is_vanished() => {
+                    debug!("{e} (process exited during the scan)");
+                }
+                result => self.record(
+                    &target.label,
+                    result.map_err(Failure::Netns),
+                    timestamp_ns,
+                    round,
+                ),
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        label: &str,
+        result: Result<Reading, Failure>,
+        timestamp_ns: u64,
+        round: &mut Round,
+    ) {
+        let name = if label == OWN_SERIES {
+            self.config.proc_root.join(STAT_FILE).display().to_string()
+        } else {
+            format!("netns {label}")
+        };
+        let series = self.series.entry(label.to_string()).or_default();
+        match result {
+            Ok(reading) => {
+                if series.failing.take().is_some() {
+                    info!("{name}: synproxy counters readable again");
+                }
+                let (totals, update) = series.tracker.update(reading.identity, &reading.stat);
+                match update {
+                    Update::Reset(ResetReason::NewCounters) => warn!(
+                        "{name}: synproxy counters were recreated (module reloaded or namespace replaced); totals continue from a new baseline"
+                    ),
+                    Update::Reset(ResetReason::CpuCountChanged { before, after }) => warn!(
+                        "{name}: CPU rows changed from {before} to {after}; totals continue from a new baseline"
+                    ),
+                    Update::Continued { wrapped_cpus } if wrapped_cpus > 0 => {
+                        debug!("{name}: 32-bit counter wrap on {wrapped_cpus} CPU(s) absorbed")
+                    }
+                    _ => {}
+                }
+                round.samples.push(Sample {
+                    netns: (label != OWN_SERIES).then(|| label.to_string()),
+                    totals,
+                    timestamp_ns,
+                });
+            }
+            Err(failure) => {
+                let message = failure.to_string();
+                if self.config.once {
+                    log::error!("{message}");
+                } else if series.failing.as_deref() != Some(message.as_str()) {
+                    warn!("{message}; retrying every interval");
+                    series.failing = Some(message.clone());
+                }
+                round.failures.push(message);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Read(ReadError),
+    #[error(transparent)]
+    Netns(NetnsError),
+}
+
+/// How the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Signal, stdin EOF or closed stdout: a clean stop.
+    Clean,
+    /// `--once` could not read every selected namespace.
+    SampleFailed,
+    /// stdout failed for another reason.
+    OutputFailed,
+}
+
+pub struct Schedule {
+    pub once: bool,
+    pub interval: Duration,
+    pub signal: SignalMode,
+}
+
+pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule) -> Exit {
+    if schedule.once {
+        let round = sampler.sample();
+        if let Err(exit) = emit(&mut sink, &round) {
+            return exit;
+        }
+        return if round.failures.is_empty() {
+            Exit::Clean
+        } else {
+            Exit::SampleFailed
+        };
+    }
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    match schedule.signal {
+        SignalMode::Stdin => {
+            let mut lines = stdin_lines();
+            loop {
+                tokio::select! {
+                    line = lines.recv() => match line {
+                        Some(()) => {
+                            let round = sampler.sample();
+                            if let Err(exit) = emit(&mut sink, &round) {
+                                return exit;
+                            }
+                        }
+                        None => {
+                            info!("stdin closed, exiting");
+                            return Exit::Clean;
+                        }
+                    },
+                    signal = &mut shutdown => {
+                        info!("{signal}, exiting");
+                        return Exit::Clean;
+                    }
+                }
+            }
+        }
+        SignalMode::None => {
+            let mut ticker = tokio::time::interval(schedule.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let round = sampler.sample();
+                        if let Err(exit) = emit(&mut sink, &round) {
+                            return exit;
+                        }
+                    }
+                    signal = &mut shutdown => {
+                        info!("{signal}, exiting");
+                        return Exit::Clean;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn emit(sink: &mut StdoutSink, round: &Round) -> Result<(), Exit> {
+    if round.samples.is_empty() {
+        return Ok(());
+    }
+    match sink.write(&round.samples) {
+        Ok(()) => Ok(()),
+        Err(SinkError::Closed) => {
+            info!("stdout closed, exiting");
+            Err(Exit::Clean)
+        }
+        Err(e) => {
+            log::error!("{e}");
+            Err(Exit::OutputFailed)
+        }
+    }
+}
+
+/// One message per line on stdin; the channel closes on EOF or a read error.
+/// A plain thread, because a blocked stdin read must not hold up shutdown.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let stdin = std::io::stdin();
+            loop {
+                line.clear();
+                match stdin.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if tx.blocking_send(()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("stdin: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the stdin reader: {e}");
+    }
+    rx
+}
+
+/// Resolves with the name of the first SIGTERM/SIGINT received.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            warn!("cannot install signal handlers ({e}); relying on default signal handling");
+            std::future::pending().await
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Command line: the flag names are a contract with users and Telegraf configs.
+
+use crate::logging::LogFormat;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "synproxy-agent",
+    version,
+    about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy)",
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]"
+)]
+pub struct Cli {
+    /// Print one sample and exit (non-zero exit if any namespace could not be read).
+    #[arg(long, conflicts_with = "signal")]
+    pub once: bool,
+
+    /// Sampling interval in long-running mode: 500ms, 10s, 1m, 1h30m...
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "SYNPROXY_AGENT_INTERVAL")]
+    pub interval: Duration,
+
+    /// `stdin`: one sample per line read from stdin, exit on EOF (Telegraf execd signal = "STDIN").
+    #[arg(
+        long,
+        value_enum,
+        default_value = "none",
+        env = "SYNPROXY_AGENT_SIGNAL"
+    )]
+    pub signal: SignalMode,
+
+    /// The proc filesystem to read: DIR/net/stat/synproxy (like Telegraf's HOST_PROC).
+    #[arg(long, value_name = "DIR", default_value = "/proc", env = "HOST_PROC")]
+    pub proc_root: PathBuf,
+
+    /// Read this network namespace (from `ip netns`; repeatable, or comma-separated),
+    /// or `all` for every namespace on the host. Lines are tagged netns=<name>.
+    #[arg(
+        long = "netns",
+        value_name = "NAME|all",
+        value_delimiter = ',',
+        env = "SYNPROXY_AGENT_NETNS"
+    )]
+    pub netns: Vec<String>,
+
+    /// Where `ip netns` keeps named namespaces.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/netns",
+        env = "SYNPROXY_AGENT_NETNS_DIR"
+    )]
+    pub netns_dir: PathBuf,
+
+    /// Read /proc only; do not load eBPF programs.
+    #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
+    pub no_ebpf: bool,
+
+    /// Do not add the `host` tag.
+    #[arg(long, env = "SYNPROXY_AGENT_NO_HOST_TAG")]
+    pub no_host_tag: bool,
+
+    /// Value of the `host` tag (default: the system's hostname).
+    #[arg(long, value_name = "NAME", env = "SYNPROXY_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// Extra tag on every line (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+
+    /// Write unsigned integers (`123u`) instead of signed (`123i`).
+    #[arg(long, env = "SYNPROXY_AGENT_UINT")]
+    pub uint: bool,
+
+    /// Shape of the log lines on stderr; `telegraf` prefixes them with E!/W!/I!/D!.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "SYNPROXY_AGENT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Least severe log level written.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "info",
+        env = "SYNPROXY_AGENT_LOG_LEVEL"
+    )]
+    pub log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SignalMode {
+    None,
+    Stdin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+/// Which namespaces to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsSelection {
+    /// The agent's own namespace, untagged (Telegraf's behaviour).
+    Own,
+    Named(Vec<String>),
+    All,
+}
+
+impl Cli {
+    /// Checks that need more than one flag or the filesystem; one-line errors
+    /// naming the flag.
+    pub fn validate(&self) -> Result<NetnsSelection, String> {
+        match std::fs::metadata(&self.proc_root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "--proc-root {}: not a directory",
+                    self.proc_root.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "--proc-root {}: {}",
+                    self.proc_root.display(),
+                    describe_io(&e)
+                ))
+            }
+        }
+        let selection = if self.netns.is_empty() {
+            NetnsSelection::Own
+        } else if self.netns.iter().any(|n| n == "all") {
+            if self.netns.len() > 1 {
+                return Err("--netns all cannot be combined with namespace names".into());
+            }
+            NetnsSelection::All
+        } else {
+            let mut names = Vec::new();
+            for name in &self.netns {
+                if name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || name.contains('/')
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "--netns {name:?}: not a namespace name (expected a name from `ip netns list`, or all)"
+                    ));
+                }
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            NetnsSelection::Named(names)
+        };
+        if selection != NetnsSelection::Own && self.tags.iter().any(|(k, _)| k == "netns") {
+            return Err("--tag netns=...: the netns tag is set by --netns".into());
+        }
+        if let Some(host) = &self.hostname {
+            if host.is_empty() || host.chars().any(char::is_control) {
+                return Err(format!(
+                    "--hostname {host:?}: must be non-empty, without control characters"
+                ));
+            }
+        }
+        Ok(selection)
+    }
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// `500ms`, `10s`, `1m`, `2h`, or a combination such as `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration (examples: 500ms, 10s, 1m)".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?}: expected a number (examples: 500ms, 10s, 1m)"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "" => return Err(format!("{text:?}: missing unit (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                ))
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    if total < Duration::from_millis(10) {
+        return Err(format!("{text:?}: must be at least 10ms"));
+    }
+    Ok(total)
+}
+
+/// `KEY=VALUE` with a non-empty key and value, no control characters, and a key
+/// that InfluxDB accepts (not starting with `_`).
+pub fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    if key.is_empty() || value.is_empty() {
+        return Err(format!("{text:?}: key and value must be non-empty"));
+    }
+    if key.starts_with('_') {
+        return Err(format!(
+            "{text:?}: tag keys starting with _ are reserved by InfluxDB"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{text:?}: control characters are not allowed"));
+    }
+    if key.ends_with('\\') || value.ends_with('\\') {
+        return Err(format!(
+            "{text:?}: line protocol cannot end a key or value with a backslash"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("at least"));
+        assert!(parse_duration("s")
+            .unwrap_err()
+            .contains("expected a number"));
+        assert!(parse_duration("99999999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(parse_tag("dc=ams 1"), Ok(("dc".into(), "ams 1".into())));
+        assert_eq!(parse_tag("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_tag("novalue").is_err());
+        assert!(parse_tag("=x").is_err());
+        assert!(parse_tag("x=").is_err());
+        assert!(parse_tag("_x=1").is_err());
+        assert!(parse_tag("x=a\nb").is_err());
+        assert!(parse_tag("x=a\\").is_err());
+    }
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("synproxy-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn netns_selection() {
+        let c = cli(&["--netns", "a", "--netns", "b,a"]).unwrap();
+        assert_eq!(
+            c.validate(),
+            Ok(NetnsSelection::Named(vec!["a".into(), "b".into()]))
+        );
+        let c = cli(&["--netns", "all"]).unwrap();
+        assert_eq!(c.validate(), Ok(NetnsSelection::All));
+        assert!(cli(&["--netns", "all", "--netns", "a"])
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(cli(&["--netns", "../x"]).unwrap().validate().is_err());
+        assert_eq!(cli(&[]).unwrap().validate(), Ok(NetnsSelection::Own));
+        let err = cli(&["--netns", "a", "--tag", "netns=x"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("--tag netns"), "{err}");
+    }
+
+    #[test]
+    fn proc_root_errors_name_the_flag() {
+        let err = cli(&["--proc-root", "/nonexistent"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, "--proc-root /nonexistent: no such directory");
+        let err = cli(&["--proc-root", "/etc/hostname"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, "--proc-root /etc/hostname: not a directory");
+    }
+
+    #[test]
+    fn once_conflicts_with_stdin_signal() {
+        assert!(cli(&["--once", "--signal", "stdin"]).is_err());
+        assert!(cli(&["--interval", "5x"]).is_err());
+    }
+}

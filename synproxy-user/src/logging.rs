@@ -1,0 +1,167 @@
+//! stderr logging in three shapes: plain text for people, Telegraf execd's
+//! `E!`/`W!`/`I!`/`D!` prefixes, and JSON lines for log pipelines.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Telegraf,
+    Json,
+}
+
+struct StderrLogger {
+    format: LogFormat,
+    level: LevelFilter,
+}
+
+pub fn init(format: LogFormat, level: LevelFilter) {
+    let logger = Box::new(StderrLogger { format, level });
+    // Only fails when a logger is already set (tests): keep the first one.
+    if log::set_boxed_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_record(
+            self.format,
+            record.level(),
+            &record.args().to_string(),
+            std::time::SystemTime::now(),
+        );
+        // A closed stderr must not take the agent down.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// One log line, newline included. Messages are kept to one line.
+pub fn format_record(
+    format: LogFormat,
+    level: Level,
+    message: &str,
+    at: std::time::SystemTime,
+) -> String {
+    let message = message.replace(['\n', '\r'], " ");
+    match format {
+        LogFormat::Text => format!("{} {:<5} {message}\n", rfc3339(at), level),
+        LogFormat::Telegraf => {
+            let prefix = match level {
+                Level::Error => "E!",
+                Level::Warn => "W!",
+                Level::Info => "I!",
+                Level::Debug => "D!",
+                Level::Trace => "T!",
+            };
+            format!("{prefix} [synproxy-agent] {message}\n")
+        }
+        LogFormat::Json => format!(
+            "{{\"ts\":\"{}\",\"level\":\"{}\",\"msg\":\"{}\"}}\n",
+            rfc3339(at),
+            level.as_str().to_ascii_lowercase(),
+            json_escape(&message)
+        ),
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` without a date crate.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const AT: u64 = 1_795_873_493; // 2026-11-28T13:44:53Z
+
+    fn at() -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_millis(AT * 1000 + 7)
+    }
+
+    #[test]
+    fn text() {
+        assert_eq!(
+            format_record(LogFormat::Text, Level::Warn, "file gone", at()),
+            "2026-11-28T13:44:53.007Z WARN  file gone\n"
+        );
+    }
+
+    #[test]
+    fn telegraf_prefixes() {
+        for (level, prefix) in [
+            (Level::Error, "E! "),
+            (Level::Warn, "W! "),
+            (Level::Info, "I! "),
+            (Level::Debug, "D! "),
+        ] {
+            let line = format_record(LogFormat::Telegraf, level, "x", at());
+            assert!(line.starts_with(prefix), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_is_escaped_and_single_line() {
+        let line = format_record(LogFormat::Json, Level::Error, "a \"b\"\\\nc\u{1}", at());
+        assert_eq!(
+            line,
+            "{\"ts\":\"2026-11-28T13:44:53.007Z\",\"level\":\"error\",\"msg\":\"a \\\"b\\\"\\\\ c\\u0001\"}\n"
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+}

@@ -1,0 +1,277 @@
+//! Pure InfluxDB line protocol encoder for [`Sample`]s, in Telegraf's shape:
+//! `synproxy,host=gw01 conn_reopened=0i,cookie_invalid=235i,... 1549550634000000000`
+//!
+//! Tags are sorted by key (InfluxDB's canonical order), fields alphabetical as
+//! Telegraf writes them. Tag keys and values escape `,`, `=`, space and `\`.
+//! Line protocol cannot carry control characters in names, nor a name ending
+//! in a backslash, so those characters (a netns name may hold a newline) become
+//! `_`; an empty tag value omits the tag.
+
+use crate::fields::Field;
+use crate::sample::Sample;
+use std::io::Write as _;
+
+pub const MEASUREMENT: &str = "synproxy";
+pub const NETNS_TAG: &str = "netns";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IntegerType {
+    /// `123i` (int64): Telegraf's default, accepted by every InfluxDB.
+    #[default]
+    Signed,
+    /// `123u` (uint64): only where the receiver accepts it.
+    Unsigned,
+}
+
+#[derive(Clone, Debug)]
+pub struct LineEncoder {
+    /// Static tags, already escaped, sorted by key.
+    tags: Vec<(String, String)>,
+    integers: IntegerType,
+}
+
+impl LineEncoder {
+    /// `tags` are raw (unescaped) key/value pairs; the netns tag is added per sample.
+    pub fn new(tags: &[(String, String)], integers: IntegerType) -> Self {
+        let mut tags: Vec<(String, String)> = tags
+            .iter()
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .map(|(k, v)| (escape_tag(k), escape_tag(v)))
+            .collect();
+        tags.sort();
+        tags.dedup_by(|a, b| a.0 == b.0);
+        Self { tags, integers }
+    }
+
+    /// Appends one line (with its trailing newline) to `out`.
+    pub fn encode(&self, sample: &Sample, out: &mut Vec<u8>) {
+        out.extend_from_slice(MEASUREMENT.as_bytes());
+
+        let netns = sample
+            .netns
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(escape_tag);
+        let mut netns_written = netns.is_none();
+        for (key, value) in &self.tags {
+            if !netns_written && key.as_str() > NETNS_TAG {
+                write_tag(out, NETNS_TAG, netns.as_deref().unwrap_or_default());
+                netns_written = true;
+            }
+            write_tag(out, key, value);
+        }
+        if !netns_written {
+            write_tag(out, NETNS_TAG, netns.as_deref().unwrap_or_default());
+        }
+
+        let mut separator = b' ';
+        for field in Field::ALPHABETICAL {
+            out.push(separator);
+            separator = b',';
+            out.extend_from_slice(field.name().as_bytes());
+            out.push(b'=');
+            let value = sample.totals[field.index()];
+            // Writing into a Vec cannot fail.
+            let _ = match self.integers {
+                // Saturate: 2^63 events is out of reach, but never print a negative.
+                IntegerType::Signed => write!(out, "{}i", value.min(i64::MAX as u64)),
+                IntegerType::Unsigned => write!(out, "{value}u"),
+            };
+        }
+        let _ = writeln!(out, " {}", sample.timestamp_ns);
+    }
+}
+
+fn write_tag(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b',');
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Escapes a tag key or value (the same rules apply to both).
+pub fn escape_tag(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len() + 2);
+    let kept = raw.trim_end_matches('\\');
+    for c in kept.chars() {
+        match c {
+            ',' | '=' | ' ' | '\\' => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            c if c.is_control() => escaped.push('_'),
+            c => escaped.push(c),
+        }
+    }
+    // Parsers reject a name that ends in a backslash, escaped or not.
+    escaped.extend(std::iter::repeat_n('_', raw.len() - kept.len()));
+    escaped
+}
+
+/// What a parser reads back for `raw` after [`escape_tag`].
+#[cfg(test)]
+fn sanitized(raw: &str) -> String {
+    let kept = raw.trim_end_matches('\\');
+    kept.chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .chain(std::iter::repeat_n('_', raw.len() - kept.len()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::FIELD_COUNT;
+    use influxdb_line_protocol::{parse_lines, FieldValue};
+
+    fn sample(netns: Option<&str>) -> Sample {
+        Sample {
+            netns: netns.map(str::to_owned),
+            totals: [0, 8742, 235, 8814, 0, 0],
+            timestamp_ns: 1_549_550_634_000_000_000,
+        }
+    }
+
+    fn encode(encoder: &LineEncoder, sample: &Sample) -> String {
+        let mut out = Vec::new();
+        encoder.encode(sample, &mut out);
+        match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => panic!("encoder wrote invalid UTF-8: {e}"),
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn telegraf_shape() {
+        let e = LineEncoder::new(&tags(&[("host", "gw01")]), IntegerType::Signed);
+        assert_eq!(
+            encode(&e, &sample(None)),
+            "synproxy,host=gw01 conn_reopened=0i,cookie_invalid=235i,cookie_retrans=0i,cookie_valid=8814i,entries=0i,syn_received=8742i 1549550634000000000\n"
+        );
+    }
+
+    #[test]
+    fn unsigned_integers_and_no_tags() {
+        let e = LineEncoder::new(&[], IntegerType::Unsigned);
+        assert_eq!(
+            encode(&e, &sample(None)),
+            "synproxy conn_reopened=0u,cookie_invalid=235u,cookie_retrans=0u,cookie_valid=8814u,entries=0u,syn_received=8742u 1549550634000000000\n"
+        );
+    }
+
+    #[test]
+    fn netns_tag_sorted_among_static_tags() {
+        let e = LineEncoder::new(
+            &tags(&[("zone", "a"), ("host", "gw01"), ("dc", "x")]),
+            IntegerType::Signed,
+        );
+        let line = encode(&e, &sample(Some("blue")));
+        assert!(
+            line.starts_with("synproxy,dc=x,host=gw01,netns=blue,zone=a "),
+            "{line}"
+        );
+        let e = LineEncoder::new(&tags(&[("host", "gw01")]), IntegerType::Signed);
+        let line = encode(&e, &sample(Some("blue")));
+        assert!(line.starts_with("synproxy,host=gw01,netns=blue "), "{line}");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape_tag("a b,c=d\\e"), "a\\ b\\,c\\=d\\\\e");
+        assert_eq!(escape_tag("new\nline\r"), "new_line_");
+        assert_eq!(escape_tag("ünïcode"), "ünïcode");
+        assert_eq!(escape_tag("end\\\\"), "end__");
+    }
+
+    #[test]
+    fn empty_values_are_omitted() {
+        let e = LineEncoder::new(&tags(&[("host", "")]), IntegerType::Signed);
+        let line = encode(&e, &sample(Some("")));
+        assert!(line.starts_with("synproxy conn_reopened="), "{line}");
+    }
+
+    #[test]
+    fn huge_totals_saturate_as_signed() {
+        let e = LineEncoder::new(&[], IntegerType::Signed);
+        let mut s = sample(None);
+        s.totals = [u64::MAX; FIELD_COUNT];
+        let line = encode(&e, &s);
+        assert!(line.contains(&format!("entries={}i", i64::MAX)), "{line}");
+        let e = LineEncoder::new(&[], IntegerType::Unsigned);
+        assert!(encode(&e, &s).contains(&format!("entries={}u", u64::MAX)));
+    }
+
+    fn check_roundtrip(
+        static_tags: &[(String, String)],
+        netns: Option<String>,
+        totals: [u64; FIELD_COUNT],
+        integers: IntegerType,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert_eq;
+        let e = LineEncoder::new(static_tags, integers);
+        let s = Sample {
+            netns: netns.clone(),
+            totals,
+            timestamp_ns: 42,
+        };
+        let text = encode(&e, &s);
+        let parsed: Vec<_> = parse_lines(&text).collect();
+        prop_assert_eq!(parsed.len(), 1, "{}", text);
+        let line = match &parsed[0] {
+            Ok(line) => line,
+            Err(err) => {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "{err}: {text}"
+                )))
+            }
+        };
+        prop_assert_eq!(line.series.measurement.as_str(), MEASUREMENT);
+        prop_assert_eq!(line.timestamp, Some(42));
+        let sanitize = super::sanitized;
+        if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
+            let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
+            prop_assert_eq!(got, Some(sanitize(ns)), "{}", text);
+        }
+        for (k, v) in static_tags
+            .iter()
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty() && k != NETNS_TAG)
+        {
+            let got = line.tag_value(&sanitize(k)).map(|v| v.to_string());
+            // A later duplicate key may have been dropped.
+            if let Some(got) = got {
+                if static_tags.iter().filter(|(k2, _)| k2 == k).count() == 1 {
+                    prop_assert_eq!(got, sanitize(v), "{}", text);
+                }
+            }
+        }
+        for field in Field::ALL {
+            let value = totals[field.index()];
+            let expected = match integers {
+                IntegerType::Signed => FieldValue::I64(value.min(i64::MAX as u64) as i64),
+                IntegerType::Unsigned => FieldValue::U64(value),
+            };
+            prop_assert_eq!(line.field_value(field.name()), Some(&expected), "{}", text);
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_line_parses_with_an_independent_parser(
+            static_tags in proptest::collection::vec(("[a-z]{1,3}(\\PC|[ ,=\\\\\n\r\t]){0,6}", "\\PC{0,6}|[ ,=\\\\\"\n\r\t]{0,4}"), 0..4),
+            netns in proptest::option::of("(\\PC|[ ,=\\\\\n\r\t\"]){0,10}"),
+            totals in proptest::array::uniform6(proptest::num::u64::ANY),
+            unsigned in proptest::bool::ANY,
+        ) {
+            let integers = if unsigned { IntegerType::Unsigned } else { IntegerType::Signed };
+            check_roundtrip(&static_tags, netns, totals, integers)?;
+        }
+    }
+}

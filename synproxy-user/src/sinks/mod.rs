@@ -1,0 +1,4 @@
+//! Where samples go: line protocol on stdout.
+
+pub mod line_protocol;
+pub mod stdout;

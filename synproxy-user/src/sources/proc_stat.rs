@@ -1,0 +1,376 @@
+//! Pure parser for `/proc/net/stat/synproxy`: bytes in, per-CPU counters or a
+//! typed error out. No I/O here; [`super::proc_file`] attaches the path.
+//!
+//! Format: a header naming the columns, then one row of `%08x` values per
+//! possible CPU. Columns are matched by header name, as Telegraf does: unknown
+//! columns are ignored, missing known columns read as 0, and every row must
+//! have as many columns as the header.
+
+use crate::fields::{Field, Values, FIELD_COUNT};
+use std::fmt;
+
+/// The per-CPU rows of one read of the file, in CPU order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcStat {
+    pub cpus: Vec<Values<u32>>,
+}
+
+impl ProcStat {
+    /// True 64-bit sums over all CPUs (never a wrapping u32 sum).
+    pub fn sums(&self) -> Values<u64> {
+        let mut sums = [0u64; FIELD_COUNT];
+        for row in &self.cpus {
+            for (sum, value) in sums.iter_mut().zip(row) {
+                *sum += u64::from(*value);
+            }
+        }
+        sums
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Zero bytes: the file exists but says nothing.
+    Empty,
+    /// The first line holds no column names.
+    EmptyHeader,
+    /// NUL, control or non-ASCII bytes: not a synproxy stat file.
+    NotText { offset: usize },
+    /// A row whose column count differs from the header's.
+    ColumnCount {
+        line: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// A value that is not hexadecimal or does not fit in 32 bits.
+    InvalidValue {
+        line: usize,
+        column: usize,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Empty => write!(f, "file is empty"),
+            ParseError::EmptyHeader => write!(f, "invalid data: header line names no columns"),
+            ParseError::NotText { offset } => {
+                write!(f, "not a synproxy stat file: binary data at byte {offset}")
+            }
+            ParseError::ColumnCount {
+                line,
+                expected,
+                found,
+            } => write!(
+                f,
+                "line {line}: invalid number of columns in data, expected {expected} found {found}"
+            ),
+            ParseError::InvalidValue {
+                line,
+                column,
+                value,
+                reason,
+            } => write!(
+                f,
+                "line {line}, column {column}: invalid value {value:?}: {reason}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Longest value echoed back in an error message.
+const MAX_ECHOED_VALUE: usize = 24;
+
+pub fn parse(bytes: &[u8]) -> Result<ProcStat, ParseError> {
+    if bytes.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if let Some(offset) = bytes
+        .iter()
+        .position(|&b| !(b == b'\t' || b == b'\n' || b == b'\r' || (0x20..0x7f).contains(&b)))
+    {
+        return Err(ParseError::NotText { offset });
+    }
+
+    let mut lines = bytes.split(|&b| b == b'\n');
+    let header = lines.next().unwrap_or_default();
+    // Header position -> known field (None for a column we ignore).
+    let columns: Vec<Option<Field>> = split_fields(header).map(Field::from_name).collect();
+    if columns.is_empty() {
+        return Err(ParseError::EmptyHeader);
+    }
+
+    let mut stat = ProcStat::default();
+    let mut line_no = 1;
+    let mut pending_blank = false;
+    for line in lines {
+        line_no += 1;
+        let mut row = [0u32; FIELD_COUNT];
+        let mut found = 0;
+        for token in split_fields(line) {
+            if let Some(Some(field)) = columns.get(found) {
+                row[field.index()] =
+                    parse_hex_u32(token).map_err(|reason| ParseError::InvalidValue {
+                        line: line_no,
+                        column: found + 1,
+                        value: echo(token),
+                        reason,
+                    })?;
+            } else if found < columns.len() {
+                // An ignored column must still be a valid value, as Telegraf checks it.
+                parse_hex_u32(token).map_err(|reason| ParseError::InvalidValue {
+                    line: line_no,
+                    column: found + 1,
+                    value: echo(token),
+                    reason,
+                })?;
+            }
+            found += 1;
+        }
+        if found == 0 {
+            // The file ends with a newline; a blank line anywhere else is malformed.
+            pending_blank = true;
+            continue;
+        }
+        if pending_blank {
+            return Err(ParseError::ColumnCount {
+                line: line_no - 1,
+                expected: columns.len(),
+                found: 0,
+            });
+        }
+        if found != columns.len() {
+            return Err(ParseError::ColumnCount {
+                line: line_no,
+                expected: columns.len(),
+                found,
+            });
+        }
+        stat.cpus.push(row);
+    }
+    Ok(stat)
+}
+
+fn split_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| b.is_ascii_whitespace())
+        .filter(|token| !token.is_empty())
+}
+
+fn parse_hex_u32(token: &[u8]) -> Result<u32, &'static str> {
+    let mut value: u64 = 0;
+    for &b in token {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err("not hexadecimal"),
+        };
+        value = (value << 4) | u64::from(digit);
+        if value > u64::from(u32::MAX) {
+            return Err("wider than 32 bits");
+        }
+    }
+    Ok(value as u32)
+}
+
+fn echo(token: &[u8]) -> String {
+    let shown = &token[..token.len().min(MAX_ECHOED_VALUE)];
+    let mut s = String::from_utf8_lossy(shown).into_owned();
+    if token.len() > MAX_ECHOED_VALUE {
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::Field::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("fixture {path}: {e}"),
+        }
+    }
+
+    fn sum(stat: &ProcStat, field: Field) -> u64 {
+        stat.sums()[field.index()]
+    }
+
+    #[test]
+    fn normal_eight_cpus() {
+        let stat = parse(&fixture("normal_8cpu")).unwrap();
+        assert_eq!(stat.cpus.len(), 8);
+        assert_eq!(sum(&stat, Entries), 0);
+        assert_eq!(sum(&stat, SynReceived), 254_587);
+        assert_eq!(sum(&stat, CookieInvalid), 84_286);
+        assert_eq!(sum(&stat, CookieValid), 251_855);
+        assert_eq!(sum(&stat, CookieRetrans), 0);
+        assert_eq!(sum(&stat, ConnReopened), 0);
+    }
+
+    #[test]
+    fn overflow_is_a_true_u64_sum() {
+        // Telegraf reports 4 here (u32 wrap); the real total is 2^32 + 4.
+        let stat = parse(&fixture("overflow_2cpu")).unwrap();
+        assert_eq!(sum(&stat, SynReceived), 4_294_967_300);
+        assert_eq!(sum(&stat, CookieValid), 4_294_967_300);
+        assert_eq!(sum(&stat, CookieInvalid), 0x1_d000_0009);
+    }
+
+    #[test]
+    fn extended_header_ignores_unknown_column() {
+        let stat = parse(&fixture("extended")).unwrap();
+        assert_eq!(stat.cpus.len(), 8);
+        assert_eq!(sum(&stat, SynReceived), 254_587);
+        assert_eq!(sum(&stat, CookieInvalid), 84_286);
+        assert_eq!(sum(&stat, CookieValid), 251_855);
+    }
+
+    #[test]
+    fn altered_header_reordered_and_missing_column() {
+        let stat = parse(&fixture("altered")).unwrap();
+        assert_eq!(stat.cpus.len(), 8);
+        assert_eq!(sum(&stat, SynReceived), 254_587);
+        assert_eq!(sum(&stat, CookieValid), 251_855);
+        assert_eq!(sum(&stat, CookieInvalid), 84_286);
+        // cookie_retrans is missing from this header: reads as 0.
+        assert_eq!(sum(&stat, CookieRetrans), 0);
+    }
+
+    #[test]
+    fn header_row_mismatch() {
+        let err = parse(&fixture("mismatch")).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::ColumnCount {
+                line: 2,
+                expected: 5,
+                found: 6
+            }
+        );
+        assert!(err
+            .to_string()
+            .contains("invalid number of columns in data, expected 5 found 6"));
+    }
+
+    #[test]
+    fn invalid_hex() {
+        let err = parse(&fixture("invalid_hex")).unwrap_err();
+        assert!(matches!(
+            err,
+            ParseError::InvalidValue { line: 2, column: 1, ref value, reason: "not hexadecimal" } if value == "entries"
+        ));
+        assert_eq!(
+            err.to_string(),
+            "line 2, column 1: invalid value \"entries\": not hexadecimal"
+        );
+    }
+
+    #[test]
+    fn wider_than_32_bits() {
+        let err = parse(b"entries\tsyn_received\n00000000\t100000000\n").unwrap_err();
+        assert!(matches!(
+            err,
+            ParseError::InvalidValue {
+                reason: "wider than 32 bits",
+                ..
+            }
+        ));
+        // Leading zeros are still 32 bits.
+        let stat = parse(b"entries\tsyn_received\n0\t0000000000ffffffff\n").unwrap();
+        assert_eq!(sum(&stat, SynReceived), 0xffff_ffff);
+    }
+
+    #[test]
+    fn empty_and_headerless() {
+        assert_eq!(parse(b""), Err(ParseError::Empty));
+        assert_eq!(parse(b"\n00000000\n"), Err(ParseError::EmptyHeader));
+        assert_eq!(parse(b"  \t \n"), Err(ParseError::EmptyHeader));
+    }
+
+    #[test]
+    fn header_only_reports_zeros() {
+        let stat = parse(b"entries\t\tsyn_received\n").unwrap();
+        assert!(stat.cpus.is_empty());
+        assert_eq!(stat.sums(), [0; FIELD_COUNT]);
+    }
+
+    #[test]
+    fn binary_garbage() {
+        assert_eq!(
+            parse(b"entries\x00\xff\x13"),
+            Err(ParseError::NotText { offset: 7 })
+        );
+    }
+
+    #[test]
+    fn spaces_tabs_and_crlf() {
+        let stat =
+            parse(b"entries  syn_received \t cookie_valid\r\n0 a\t\t1\r\n00000000 0000000b 2\r\n")
+                .unwrap();
+        assert_eq!(sum(&stat, SynReceived), 21);
+        assert_eq!(sum(&stat, CookieValid), 3);
+    }
+
+    #[test]
+    fn blank_line_inside_rows_is_an_error() {
+        let err = parse(b"entries\tsyn_received\n0\t1\n\n0\t2\n").unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::ColumnCount {
+                line: 3,
+                expected: 2,
+                found: 0
+            }
+        );
+    }
+
+    #[test]
+    fn real_kernel_file_two_cpus_idle() {
+        let stat = parse(&fixture("kernel_6.18_2cpu_idle")).unwrap();
+        assert_eq!(stat.cpus.len(), 2);
+        assert_eq!(stat.sums(), [0; FIELD_COUNT]);
+    }
+
+    #[test]
+    fn long_values_are_truncated_in_errors() {
+        let long = "z".repeat(100);
+        let input = format!("entries\n{long}\n");
+        let msg = parse(input.as_bytes()).unwrap_err().to_string();
+        assert!(msg.len() < 80, "{msg}");
+        assert!(msg.contains("..."));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_near_valid_text(s in "(entries|syn_received|cookie_valid|[0-9a-fA-Fxz]{0,10}|[ \t\n])*") {
+            let _ = parse(s.as_bytes());
+        }
+
+        #[test]
+        fn sums_match_rows(rows in proptest::collection::vec(proptest::array::uniform6(proptest::num::u32::ANY), 0..64)) {
+            let mut text = String::from("entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n");
+            for row in &rows {
+                let cells: Vec<String> = row.iter().map(|v| format!("{v:08x}")).collect();
+                text.push_str(&cells.join("\t"));
+                text.push('\n');
+            }
+            let stat = parse(text.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(&stat.cpus, &rows);
+            let expected: u64 = rows.iter().map(|r| u64::from(r[1])).sum();
+            proptest::prop_assert_eq!(stat.sums()[1], expected);
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The real `synproxy-agent` binary against proc trees laid out in a temp dir:
+//! output shape, errors, long-running behaviour (log once, recover, resets,
+//! wraps), execd stdin mode, signals and a closed stdout. Real-kernel tests
+//! live in the workspace's tests/ crate.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_synproxy-agent");
+const HEADER: &str =
+    "entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fake proc root whose net/stat/synproxy is written by the test.
+struct ProcTree {
+    dir: tempfile::TempDir,
+}
+
+impl ProcTree {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("net/stat")).unwrap();
+        Self { dir }
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn stat_path(&self) -> PathBuf {
+        self.root().join("net/stat/synproxy")
+    }
+    fn write_bytes(&self, bytes: &[u8]) {
+        fs::write(self.stat_path(), bytes).unwrap();
+    }
+    /// Rows of (syn_received, cookie_valid) per CPU.
+    fn write_rows(&self, rows: &[(u32, u32)]) {
+        let mut text = String::from(HEADER);
+        for (syn, valid) in rows {
+            text.push_str(&format!(
+                "00000000\t{syn:08x}\t00000000\t{valid:08x}\t00000000\t00000000\n"
+            ));
+        }
+        // Write then rename, like a real file appearing at once.
+        let tmp = self.root().join("net/stat/.synproxy.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(tmp, self.stat_path()).unwrap();
+    }
+    /// Rewrites in place: same inode, as the kernel's own file keeps.
+    fn rewrite_rows_in_place(&self, rows: &[(u32, u32)]) {
+        let mut text = String::from(HEADER);
+        for (syn, valid) in rows {
+            text.push_str(&format!(
+                "00000000\t{syn:08x}\t00000000\t{valid:08x}\t00000000\t00000000\n"
+            ));
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.stat_path())
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+fn agent(args: &[&str]) -> Command {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args)
+        .env_remove("HOST_PROC")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    agent(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Field value of `name` in a line of our own output.
+fn field(line: &str, name: &str) -> u64 {
+    let fields = line.split(' ').nth(1).unwrap_or_default();
+    for pair in fields.split(',') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if k == name {
+                return v.trim_end_matches(['i', 'u']).parse().unwrap();
+            }
+        }
+    }
+    panic!("no field {name} in {line:?}")
+}
+
+#[test]
+fn once_prints_telegraf_shaped_line() {
+    let proc = ProcTree::new();
+    proc.write_bytes(&fs::read(fixture("normal_8cpu")).unwrap());
+    let out = run(&[
+        "--once",
+        "--no-ebpf",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--hostname",
+        "gw01",
+        "--tag",
+        "dc=ams 1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let (head, ts) = lines[0].rsplit_once(' ').unwrap();
+    assert_eq!(
+        head,
+        "synproxy,dc=ams\\ 1,host=gw01 conn_reopened=0i,cookie_invalid=84286i,cookie_retrans=0i,cookie_valid=251855i,entries=0i,syn_received=254587i"
+    );
+    let ts: u64 = ts.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        now - ts < 60_000_000_000,
+        "timestamp {ts} is not now ({now})"
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn once_with_uint_and_no_host_tag_and_overflow() {
+    let proc = ProcTree::new();
+    proc.write_bytes(&fs::read(fixture("overflow_2cpu")).unwrap());
+    let out = run(&[
+        "--once",
+        "--uint",
+        "--no-host-tag",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("synproxy conn_reopened=0u,cookie_invalid=7784628233u,cookie_retrans=0u,cookie_valid=4294967300u,entries=0u,syn_received=4294967300u "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn host_proc_env_is_honoured() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(3, 2)]);
+    let out = agent(&["--once"])
+        .env("HOST_PROC", proc.root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(field(&text(&out.stdout), "syn_received"), 3);
+}
+
+#[test]
+fn missing_proc_root_is_a_one_line_usage_error() {
+    let out = run(&["--once", "--proc-root", "/nonexistent/proc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--proc-root /nonexistent/proc: no such directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrong_flag_is_rejected_with_exit_2() {
+    let out = run(&["--once", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unexpected argument '--bogus'"));
+    let out = run(&["--interval", "10 parsecs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--interval"));
+}
+
+#[test]
+fn missing_file_once_fails_naming_path_and_module() {
+    let proc = ProcTree::new();
+    let out = run(&["--once", "--proc-root", proc.root().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: file not found", proc.stat_path().display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nf_synproxy_core"), "{stderr}");
+}
+
+#[test]
+fn bad_files_fail_with_one_clear_line() {
+    let cases: [(&[u8], &str); 5] = [
+        (b"", "file is empty"),
+        (
+            &fs::read(fixture("mismatch")).unwrap(),
+            "invalid number of columns in data, expected 5 found 6",
+        ),
+        (
+            &fs::read(fixture("invalid_hex")).unwrap(),
+            "invalid value \"entries\": not hexadecimal",
+        ),
+        (
+            b"entries\tsyn_received\n0\t123456789\n",
+            "wider than 32 bits",
+        ),
+        (b"\x7fELF\x02\x01\x01\x00\x00", "binary data"),
+    ];
+    for (content, expected) in cases {
+        let proc = ProcTree::new();
+        proc.write_bytes(content);
+        let out = run(&["--once", "--proc-root", proc.root().to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "want {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(proc.stat_path().to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+}
+
+/// Reads stdout lines on a thread so the test can wait with a deadline.
+fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("agent printed no line within 5 s")
+}
+
+fn stop(mut child: Child) -> String {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
+#[test]
+fn interval_logs_a_missing_file_once_and_recovers() {
+    let proc = ProcTree::new();
+    let mut child = agent(&[
+        "--interval",
+        "50ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--log-format",
+        "telegraf",
+    ])
+    .spawn()
+    .unwrap();
+    let lines = line_reader(&mut child);
+    // Several intervals with the file missing.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        lines.try_recv().is_err(),
+        "no line while the file is missing"
+    );
+    proc.write_rows(&[(5, 4), (1, 1)]);
+    let line = next_line(&lines);
+    assert_eq!(field(&line, "syn_received"), 6);
+    assert_eq!(field(&line, "cookie_valid"), 5);
+    let stderr = stop(child);
+    assert_eq!(
+        stderr.matches("file not found").count(),
+        1,
+        "missing file logged once: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("W! ") && l.contains("nf_synproxy_core")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("I! ") && l.contains("readable again")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn interval_keeps_totals_monotonic_across_wraps_and_resets() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(0xffff_fff0, 10), (2, 0)]);
+    let mut child = agent(&[
+        "--interval",
+        "50ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let lines = line_reader(&mut child);
+    let first = next_line(&lines);
+    assert_eq!(field(&first, "syn_received"), 0xffff_fff0 + 2);
+
+    // CPU 0 wraps (same file, same inode): +0x20 events.
+    proc.rewrite_rows_in_place(&[(0x10, 10), (2, 0)]);
+    let expected = 0xffff_fff0u64 + 2 + 0x20;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = next_line(&lines);
+        let v = field(&line, "syn_received");
+        assert!(v >= 0xffff_fff0 + 2, "totals went down: {line}");
+        if v == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw the wrapped total");
+    }
+
+    // New file (new inode): the module was reloaded, counters restarted.
+    proc.write_rows(&[(3, 1), (0, 0)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = next_line(&lines);
+        let v = field(&line, "syn_received");
+        assert!(v >= expected, "reset shown as a drop: {line}");
+        if v == expected + 3 {
+            assert_eq!(field(&line, "cookie_valid"), 10 + 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw the post-reset total");
+    }
+    let stderr = stop(child);
+    assert!(stderr.contains("counters were recreated"), "{stderr}");
+}
+
+#[test]
+fn stdin_mode_samples_per_line_and_exits_on_eof() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(7, 7)]);
+    let mut child = agent(&[
+        "--signal",
+        "stdin",
+        "--no-host-tag",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--log-format",
+        "telegraf",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = line_reader(&mut child);
+    // No sample before Telegraf asks for one.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lines.try_recv().is_err());
+    for n in 1..=3 {
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        let line = next_line(&lines);
+        assert!(
+            line.starts_with("synproxy conn_reopened=0i"),
+            "sample {n}: {line}"
+        );
+        assert_eq!(field(&line, "syn_received"), 7);
+    }
+    let started = Instant::now();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(lines.try_recv().is_err(), "no extra sample after EOF");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero_within_a_second() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        for mode in [&["--interval", "1h"][..], &["--signal", "stdin"][..]] {
+            let proc = ProcTree::new();
+            proc.write_rows(&[(1, 1)]);
+            let mut args = vec!["--proc-root", proc.root().to_str().unwrap()];
+            args.extend_from_slice(mode);
+            let mut child = agent(&args).stdin(Stdio::piped()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let started = Instant::now();
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let status = child.wait().unwrap();
+            let took = started.elapsed();
+            assert_eq!(status.code(), Some(0), "signal {signal} mode {mode:?}");
+            assert!(
+                took < Duration::from_secs(1),
+                "signal {signal} took {took:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn closed_stdout_ends_the_agent_cleanly() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(1, 1)]);
+    let mut child = agent(&[
+        "--interval",
+        "20ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("synproxy,"));
+    drop(stdout);
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_named_netns_fails_once_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "--once",
+        "--netns",
+        "nope",
+        "--netns-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("netns nope:"), "{stderr}");
+    assert!(stderr.contains("no such network namespace"), "{stderr}");
+}
