@@ -114,24 +114,35 @@ pub fn build_v4(src: Ipv4Addr, dst: Ipv4Addr, seg: &TcpSegment, ip_id: u16) -> V
     ip
 }
 
-/// TCP segment (header + checksum) for a raw IPv6 socket: the kernel adds the IPv6
-/// header (source `src`, hop limit set on the socket).
-pub fn build_v6_tcp(src: Ipv6Addr, dst: Ipv6Addr, seg: &TcpSegment, mode: V6Checksum) -> Vec<u8> {
+/// Full IPv6 packet (header + TCP) for an IPPROTO_RAW (header-included) socket:
+/// hop limit 77, flow label 0, so every byte the checksum may cover is ours.
+pub fn build_v6(src: Ipv6Addr, dst: Ipv6Addr, seg: &TcpSegment, mode: V6Checksum) -> Vec<u8> {
     let mut tcp = tcp_header(seg);
-    let pseudo = match mode {
-        V6Checksum::Correct => pseudo_v6(&src, &dst, tcp.len()),
+    let mut ip = Vec::with_capacity(40 + tcp.len());
+    ip.extend_from_slice(&0x6000_0000u32.to_be_bytes());
+    ip.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    ip.push(libc::IPPROTO_TCP as u8);
+    ip.push(CRAFT_TTL);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = match mode {
+        V6Checksum::Correct => checksum(&tcp, pseudo_v6(&src, &dst, tcp.len())),
         V6Checksum::NftIpv4Helper => {
+            // nf_ip_checksum() sums the whole skb from the network header (harmless
+            // for IPv4, whose valid header sums to zero) plus an IPv4 pseudo header
+            // read from IPv6 header bytes 12..20; make that total come out valid.
             let s = src.octets();
-            pseudo_v4(
+            let pseudo = pseudo_v4(
                 [s[4], s[5], s[6], s[7]],
                 [s[8], s[9], s[10], s[11]],
                 tcp.len(),
-            )
+            );
+            checksum(&tcp, sum16(&ip, pseudo))
         }
     };
-    let csum = checksum(&tcp, pseudo);
     tcp[16..18].copy_from_slice(&csum.to_be_bytes());
-    tcp
+    ip.extend_from_slice(&tcp);
+    ip
 }
 
 /// Parse a TCP header (ports, numbers, flags).
@@ -202,8 +213,13 @@ mod tests {
         };
         let src: Ipv6Addr = "fd00:77:1::1".parse().unwrap();
         let dst: Ipv6Addr = "fd00:77:1::2".parse().unwrap();
-        let tcp = build_v6_tcp(src, dst, &seg, V6Checksum::Correct);
-        assert_eq!(checksum(&tcp, pseudo_v6(&src, &dst, tcp.len())), 0);
+        let p = build_v6(src, dst, &seg, V6Checksum::Correct);
+        let tcp = &p[40..];
+        assert_eq!(checksum(tcp, pseudo_v6(&src, &dst, tcp.len())), 0);
+        assert_eq!(parse_tcp(tcp).unwrap().ack, 10);
+        let p = build_v6(src, dst, &seg, V6Checksum::NftIpv4Helper);
+        let pseudo = pseudo_v4([0, 0x77, 0, 1], [0, 0, 0, 0], p.len() - 40);
+        assert_eq!(checksum(&p, pseudo), 0);
         assert_eq!(checksum(&[0xff], 0), !0xff00);
     }
 }

@@ -4,7 +4,6 @@
 
 use crate::netns::Netns;
 use crate::packet::{self, TcpSegment, V6Checksum};
-use crate::rules::CRAFT_TTL;
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::Read;
@@ -170,13 +169,13 @@ impl RawSender {
                     Type::RAW,
                     Some(Protocol::from(libc::IPPROTO_RAW)),
                 )?),
-                IpAddr::V6(_) => {
-                    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::TCP))?;
-                    s.set_unicast_hops_v6(u32::from(CRAFT_TTL))?;
-                    // Pin the source: the checksum covers it.
-                    s.bind(&SocketAddr::new(src, 0).into())?;
-                    Ok(s)
-                }
+                // Header included for IPv6 too: the checksum trick for nft needs
+                // to know every header byte (flow label, hop limit).
+                IpAddr::V6(_) => Ok(Socket::new(
+                    Domain::IPV6,
+                    Type::RAW,
+                    Some(Protocol::from(libc::IPPROTO_RAW)),
+                )?),
             })
             .context("raw socket for crafted packets (needs CAP_NET_RAW)")?;
         Ok(RawSender {
@@ -197,8 +196,7 @@ impl RawSender {
                 )
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => (
-                packet::build_v6_tcp(s, d, seg, self.v6_checksum),
-                // Port must be 0 for raw IPv6 sockets other than IPPROTO_RAW.
+                packet::build_v6(s, d, seg, self.v6_checksum),
                 SockAddr::from(SocketAddr::new(dst, 0)),
             ),
             _ => bail!("address family mismatch: {} -> {dst}", self.src),
