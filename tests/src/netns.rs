@@ -161,12 +161,17 @@ impl Topology {
 
     fn configure(&self) -> Result<()> {
         let (cli, srv) = (&self.cli, &self.srv);
+        // Both ends would get ifindex 2 in fresh netns; with ifindex == iflink the
+        // kernel treats the carrier change as non-urgent and activates the link up to
+        // 1 s later (linkwatch), dropping early packets. A distinct index avoids it.
         self.ip_in(
             cli,
             &[
                 "link",
                 "add",
                 &self.cli_if,
+                "index",
+                "4242",
                 "type",
                 "veth",
                 "peer",

@@ -4,7 +4,7 @@
 use crate::netns::Netns;
 use crate::tools::{self, Tools};
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const PROTECTED_PORT: u16 = 8080;
 /// TTL / hop limit of crafted packets; the client drops every other RST it sends.
@@ -73,25 +73,25 @@ impl RuleSet {
         }
     }
 
-    fn exec(&self, prog: &PathBuf, args: &[String], stdin: Option<&str>) -> Result<()> {
+    fn exec(&self, prog: &Path, args: &[String], stdin: Option<&str>) -> Result<()> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::netns::run_in(&self.netns, || tools::run_with_stdin(prog, &argv, stdin))
             .with_context(|| format!("in netns {}", self.netns))
     }
 
     /// `iptables -w <args>`; `undo_args` (without -w) is run on cleanup.
-    fn xt(&mut self, prog: &PathBuf, args: &[&str], undo_args: Vec<String>) -> Result<()> {
+    fn xt(&mut self, prog: &Path, args: &[&str], undo_args: Vec<String>) -> Result<()> {
         let mut full = vec!["-w".to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
         self.exec(prog, &full, None)?;
         let mut undo = vec!["-w".to_string()];
         undo.extend(undo_args);
-        self.undo.push((prog.clone(), undo));
+        self.undo.push((prog.to_path_buf(), undo));
         Ok(())
     }
 
     /// Add an xt rule; cleanup deletes the same rule (`-A`/`-I` become `-D`).
-    fn xt_rule(&mut self, prog: &PathBuf, args: &[&str]) -> Result<()> {
+    fn xt_rule(&mut self, prog: &Path, args: &[&str]) -> Result<()> {
         let undo = args
             .iter()
             .map(|a| match *a {
@@ -103,17 +103,17 @@ impl RuleSet {
     }
 
     /// Load an nft script creating table `inet TABLE`; cleanup deletes the table.
-    fn nft_table(&mut self, nft: &PathBuf, table: &str, script: &str) -> Result<()> {
+    fn nft_table(&mut self, nft: &Path, table: &str, script: &str) -> Result<()> {
         self.exec(nft, &["-f".into(), "-".into()], Some(script))
             .with_context(|| format!("nft script:\n{script}"))?;
         self.undo.push((
-            nft.clone(),
+            nft.to_path_buf(),
             vec!["delete".into(), "table".into(), "inet".into(), table.into()],
         ));
         Ok(())
     }
 
-    fn nft_cmd(&self, nft: &PathBuf, args: &[&str]) -> Result<()> {
+    fn nft_cmd(&self, nft: &Path, args: &[&str]) -> Result<()> {
         let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         self.exec(nft, &argv, None)
     }

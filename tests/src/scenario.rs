@@ -253,7 +253,9 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
         Family::Ipv4 => (topo.cli4.into(), topo.srv4.into()),
         Family::Ipv6 => (topo.cli6.into(), topo.srv6.into()),
     };
+    let t0 = Instant::now();
     traffic::wait_reachable(&topo.cli, SocketAddr::new(dst, PROBE_PORT), PACKET_TIMEOUT)?;
+    debug(|| format!("reachable after {:?}", t0.elapsed()));
     if combo.counter == Counter::CookieRetrans {
         srv_rules
             .drop_local_server_syn(tools)
@@ -273,7 +275,9 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
         held: Vec::new(),
     };
     out.driven = u64::from(cfg.count);
+    let t0 = Instant::now();
     drive(&mut ctx, cfg.count).with_context(|| format!("driving {name}"))?;
+    debug(|| format!("driven in {:?}", t0.elapsed()));
     let after = settle(&topo, name, before.get(name) + out.driven)?;
     out.proc_delta = after.get(name).saturating_sub(before.get(name));
     let proc_ok = out.proc_delta == out.driven;
@@ -324,6 +328,13 @@ fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> 
     Ok(ok)
 }
 
+/// Progress on stderr when SPX_DEBUG is set (timing in slow guests).
+fn debug(msg: impl FnOnce() -> String) {
+    if std::env::var_os("SPX_DEBUG").is_some() {
+        eprintln!("# debug: {}", msg());
+    }
+}
+
 /// Wait until `name` reaches `target`, then until all counters stop moving.
 fn settle(topo: &Topology, name: &str, target: u64) -> Result<Totals> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
@@ -366,6 +377,8 @@ fn drive(ctx: &mut Ctx, n: u32) -> Result<()> {
                 )?;
                 ctx.held.push(s);
             }
+            // On 6.18 the server rejects SYNPROXY's first ACK (TSecr mismatch,
+            // TcpExt TSEcrRejected) and completes after its SYN/ACK retransmit: ~1 s.
             ctx.server
                 .wait_accepted(base + u64::from(n), PACKET_TIMEOUT)?;
         }

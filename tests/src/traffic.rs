@@ -146,7 +146,12 @@ pub fn wait_reachable(netns: &Netns, dst: SocketAddr, timeout: Duration) -> Resu
             Err(e) if Instant::now() > deadline => {
                 return Err(e).with_context(|| format!("{dst} not reachable within {timeout:?}"))
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                if std::env::var_os("SPX_DEBUG").is_some() {
+                    eprintln!("# debug: probe {dst}: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(20))
+            }
         }
     }
 }

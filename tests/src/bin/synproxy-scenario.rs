@@ -103,7 +103,14 @@ fn main() {
     };
     let kernel = tools::kernel_release();
     let (mut passed, mut failed) = (0u32, 0u32);
-    for combo in scenario::combos(&args.rules, &args.families, &args.counters) {
+    let combos = scenario::combos(&args.rules, &args.families, &args.counters);
+    if combos.is_empty() {
+        // Never succeed on zero checks.
+        println!(
+            "# error: no combination selected (cookie_retrans and conn_reopened are IPv4-only)"
+        );
+    }
+    for combo in combos {
         let outcome = scenario::run_combo(&args.cfg, combo);
         println!("{}", outcome.result_line(&kernel));
         for note in &outcome.notes {
