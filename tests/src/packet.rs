@@ -218,7 +218,8 @@ mod tests {
         assert_eq!(checksum(tcp, pseudo_v6(&src, &dst, tcp.len())), 0);
         assert_eq!(parse_tcp(tcp).unwrap().ack, 10);
         let p = build_v6(src, dst, &seg, V6Checksum::NftIpv4Helper);
-        let pseudo = pseudo_v4([0, 0x77, 0, 1], [0, 0, 0, 0], p.len() - 40);
+        // fd00:77:1::1 -> bytes 4..8 = 00 01 00 00, bytes 8..12 = 0.
+        let pseudo = pseudo_v4([0, 1, 0, 0], [0, 0, 0, 0], p.len() - 40);
         assert_eq!(checksum(&p, pseudo), 0);
         assert_eq!(checksum(&[0xff], 0), !0xff00);
     }
