@@ -27,6 +27,9 @@ pub struct VmTestArgs {
     /// Time limit for one boot, in seconds (kernel start to poweroff).
     #[arg(long, default_value_t = 300)]
     pub boot_timeout_secs: u64,
+    /// Time limit for the whole run, in seconds; later boots get what is left.
+    #[arg(long, default_value_t = 570)]
+    pub total_timeout_secs: u64,
     /// Virtual CPUs per guest (2 gives /proc/net/stat/synproxy two rows to sum).
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
@@ -149,11 +152,14 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             plan.late.len(),
             console_log.display()
         );
+        let total_left =
+            Duration::from_secs(args.total_timeout_secs).saturating_sub(started.elapsed());
+        let boot_timeout = Duration::from_secs(args.boot_timeout_secs).min(total_left);
         let outcome = qemu::boot(&BootSpec {
             vmlinuz: &image.vmlinuz(),
             initrd: &initrd,
             console_log: &console_log,
-            timeout: Duration::from_secs(args.boot_timeout_secs),
+            timeout: boot_timeout,
             cpus: args.cpus,
             memory_mib: args.memory_mib,
             echo_prefix: format!("[{}] ", image.series),
@@ -172,7 +178,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             kernel_run.outcome.results.len(),
             kernel_run.problem().unwrap_or_else(|| "all passed".into())
         );
-        if kernel_run.problem().is_some() {
+        if kernel_run.outcome.end != BootEnd::Completed || kernel_run.outcome.results.is_empty() {
             println!(
                 "vm-test: last {} console lines of {}:",
                 kernel_run.outcome.tail.len(),

@@ -25,7 +25,7 @@ pub enum BootEnd {
 #[derive(Debug, Clone)]
 pub struct BootOutcome {
     pub end: BootEnd,
-    /// Every console line starting at "RESULT ".
+    /// Every console line that starts with "RESULT ".
     pub results: Vec<String>,
     /// Time from starting QEMU to the guest's VMTEST-BOOTED line.
     pub time_to_init: Option<Duration>,
@@ -128,9 +128,10 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         match receiver.recv_timeout(remaining) {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
-                let interesting = ["RESULT ", "SUMMARY", "VMTEST-", "FAIL", "panic", "error"]
-                    .iter()
-                    .any(|marker| line.contains(marker));
+                let interesting = line.starts_with("# ")
+                    || ["RESULT ", "SUMMARY", "VMTEST-", "FAIL", "panic", "error"]
+                        .iter()
+                        .any(|marker| line.contains(marker));
                 if spec.echo_all || interesting {
                     println!("{}{line}", spec.echo_prefix);
                 }
@@ -138,8 +139,9 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
                     tail.pop_front();
                 }
                 tail.push_back(line.clone());
-                if let Some(index) = line.find("RESULT ") {
-                    results.push(line[index..].trim().to_string());
+                // Only lines that start with it: the guest prefixes nested output.
+                if line.starts_with("RESULT ") {
+                    results.push(line.trim().to_string());
                 }
                 if line.contains("VMTEST-BOOTED") && time_to_init.is_none() {
                     time_to_init = Some(started.elapsed());
