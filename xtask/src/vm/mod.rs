@@ -19,22 +19,28 @@ use qemu::{BootEnd, BootOutcome, BootSpec};
 /// The series booted when no --kernel is given, oldest first.
 pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
 
+const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 300;
+/// Stays under the 10 minute budget for the whole suite.
+const DEFAULT_TOTAL_TIMEOUT_SECS: u64 = 570;
+const DEFAULT_GUEST_CPUS: u32 = 2;
+const DEFAULT_GUEST_MEMORY_MIB: u32 = 512;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
     /// Kernel series to boot (repeatable): 5.10, 6.1, 6.12. Default: all of them.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
     /// Time limit for one boot, in seconds (kernel start to poweroff).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = DEFAULT_BOOT_TIMEOUT_SECS)]
     pub boot_timeout_secs: u64,
     /// Time limit for the whole run, in seconds; later boots get what is left.
-    #[arg(long, default_value_t = 570)]
+    #[arg(long, default_value_t = DEFAULT_TOTAL_TIMEOUT_SECS)]
     pub total_timeout_secs: u64,
     /// Virtual CPUs per guest (2 gives /proc/net/stat/synproxy two rows to sum).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_GUEST_CPUS)]
     pub cpus: u32,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = DEFAULT_GUEST_MEMORY_MIB)]
     pub memory_mib: u32,
     /// Echo every console line as it arrives (RESULT lines are always printed).
     #[arg(long)]
@@ -45,9 +51,10 @@ impl Default for VmTestArgs {
     fn default() -> Self {
         Self {
             kernels: Vec::new(),
-            boot_timeout_secs: 300,
-            cpus: 2,
-            memory_mib: 512,
+            boot_timeout_secs: DEFAULT_BOOT_TIMEOUT_SECS,
+            total_timeout_secs: DEFAULT_TOTAL_TIMEOUT_SECS,
+            cpus: DEFAULT_GUEST_CPUS,
+            memory_mib: DEFAULT_GUEST_MEMORY_MIB,
             verbose: false,
         }
     }
