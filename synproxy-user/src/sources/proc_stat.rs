@@ -89,48 +89,36 @@ pub fn parse(bytes: &[u8]) -> Result<ProcStat, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
-    if let Some(offset) = bytes
-        .iter()
-        .position(|&b| !(b == b'\t' || b == b'\n' || b == b'\r' || (0x20..0x7f).contains(&b)))
-    {
+    if let Some(offset) = first_non_text(bytes) {
         return Err(ParseError::NotText { offset });
     }
 
-    let mut lines = bytes.split(|&b| b == b'\n');
-    let header = lines.next().unwrap_or_default();
-    // Header position -> known field (None for a column we ignore).
-    let columns: Vec<Option<Field>> = split_fields(header).map(Field::from_name).collect();
-    if columns.is_empty() {
+    let header_end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
+    // Header position -> slot in the row: a field's index, or IGNORED.
+    let slots: Vec<usize> = bytes[..header_end]
+        .split(|&b| is_space(b))
+        .filter(|token| !token.is_empty())
+        .map(|name| Field::from_name(name).map_or(IGNORED, Field::index))
+        .collect();
+    if slots.is_empty() {
         return Err(ParseError::EmptyHeader);
     }
 
-    let mut stat = ProcStat::default();
+    let body = bytes.get(header_end + 1..).unwrap_or_default();
+    let mut stat = ProcStat {
+        cpus: Vec::with_capacity(body.len() / (9 * slots.len()) + 1),
+    };
     let mut line_no = 1;
     let mut pending_blank = false;
-    for line in lines {
+    let mut pos = 0;
+    while pos < body.len() {
         line_no += 1;
-        let mut row = [0u32; FIELD_COUNT];
-        let mut found = 0;
-        for token in split_fields(line) {
-            if let Some(Some(field)) = columns.get(found) {
-                row[field.index()] =
-                    parse_hex_u32(token).map_err(|reason| ParseError::InvalidValue {
-                        line: line_no,
-                        column: found + 1,
-                        value: echo(token),
-                        reason,
-                    })?;
-            } else if found < columns.len() {
-                // An ignored column must still be a valid value, as Telegraf checks it.
-                parse_hex_u32(token).map_err(|reason| ParseError::InvalidValue {
-                    line: line_no,
-                    column: found + 1,
-                    value: echo(token),
-                    reason,
-                })?;
-            }
-            found += 1;
-        }
+        let mut row = [0u32; FIELD_COUNT + 1];
+        let (found, next) = parse_row(body, pos, &slots, &mut row, line_no)?;
+        pos = next;
         if found == 0 {
             // The file ends with a newline; a blank line anywhere else is malformed.
             pending_blank = true;
@@ -139,36 +127,143 @@ pub fn parse(bytes: &[u8]) -> Result<ProcStat, ParseError> {
         if pending_blank {
             return Err(ParseError::ColumnCount {
                 line: line_no - 1,
-                expected: columns.len(),
+                expected: slots.len(),
                 found: 0,
             });
         }
-        if found != columns.len() {
+        if found != slots.len() {
             return Err(ParseError::ColumnCount {
                 line: line_no,
-                expected: columns.len(),
+                expected: slots.len(),
                 found,
             });
         }
-        stat.cpus.push(row);
+        let mut values = [0u32; FIELD_COUNT];
+        values.copy_from_slice(&row[..FIELD_COUNT]);
+        stat.cpus.push(values);
     }
     Ok(stat)
 }
 
-fn split_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| b.is_ascii_whitespace())
-        .filter(|token| !token.is_empty())
+/// Row slot for a column we do not report (the spare last element).
+const IGNORED: usize = FIELD_COUNT;
+
+/// Hex digit value per byte; 0xFF for anything else.
+static HEX: [u8; 256] = {
+    let mut table = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t' || b == b'\r'
+}
+
+/// Parses the row starting at `pos` up to its newline into `row`; returns the
+/// number of columns found and where the next row starts.
+fn parse_row(
+    body: &[u8],
+    mut pos: usize,
+    slots: &[usize],
+    row: &mut [u32; FIELD_COUNT + 1],
+    line_no: usize,
+) -> Result<(usize, usize), ParseError> {
+    let mut found = 0;
+    while pos < body.len() {
+        let b = body[pos];
+        if b == b'\n' {
+            return Ok((found, pos + 1));
+        }
+        if is_space(b) {
+            pos += 1;
+            continue;
+        }
+        let token_end = pos + 8;
+        let mut fast = None;
+        if token_end <= body.len()
+            && body
+                .get(token_end)
+                .is_none_or(|&b| b == b'\n' || is_space(b))
+        {
+            // The kernel's `%08x`: eight digits, decoded without a length loop.
+            let mut value = 0u32;
+            let mut invalid = 0u8;
+            for &digit in &body[pos..token_end] {
+                let d = HEX[usize::from(digit)];
+                invalid |= d;
+                value = (value << 4) | u32::from(d & 0x0F);
+            }
+            if invalid & 0xF0 == 0 {
+                fast = Some(value);
+            }
+        }
+        let value = match fast {
+            Some(value) => {
+                pos = token_end;
+                value
+            }
+            None => {
+                // Any other shape (or an error to report precisely).
+                let len = body[pos..]
+                    .iter()
+                    .position(|&b| b == b'\n' || is_space(b))
+                    .unwrap_or(body.len() - pos);
+                let token = &body[pos..pos + len];
+                pos += len;
+                parse_hex_u32(token)
+                    .map_err(|reason| invalid_value(line_no, found, token, reason))?
+            }
+        };
+        if let Some(&slot) = slots.get(found) {
+            row[slot] = value;
+        }
+        found += 1;
+    }
+    Ok((found, pos))
+}
+
+fn invalid_value(line: usize, index: usize, token: &[u8], reason: &'static str) -> ParseError {
+    ParseError::InvalidValue {
+        line,
+        column: index + 1,
+        value: echo(token),
+        reason,
+    }
+}
+
+/// Offset of the first byte that cannot appear in the stat file. Scans in
+/// blocks without an early exit per byte so the check vectorises.
+fn first_non_text(bytes: &[u8]) -> Option<usize> {
+    let is_text = |b: u8| b.wrapping_sub(0x20) < 0x5F || b == b'\t' || b == b'\n' || b == b'\r';
+    bytes.chunks(64).enumerate().find_map(|(block, chunk)| {
+        if chunk.iter().fold(true, |ok, &b| ok & is_text(b)) {
+            None
+        } else {
+            chunk
+                .iter()
+                .position(|&b| !is_text(b))
+                .map(|i| block * 64 + i)
+        }
+    })
 }
 
 fn parse_hex_u32(token: &[u8]) -> Result<u32, &'static str> {
     let mut value: u64 = 0;
     for &b in token {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return Err("not hexadecimal"),
-        };
+        let digit = HEX[usize::from(b)];
+        if digit > 15 {
+            return Err("not hexadecimal");
+        }
         value = (value << 4) | u64::from(digit);
         if value > u64::from(u32::MAX) {
             return Err("wider than 32 bits");
@@ -357,6 +452,30 @@ mod tests {
         #[test]
         fn never_panics_on_near_valid_text(s in "(entries|syn_received|cookie_valid|[0-9a-fA-Fxz]{0,10}|[ \t\n])*") {
             let _ = parse(s.as_bytes());
+        }
+
+        #[test]
+        fn any_spacing_and_width_parses_the_same(
+            rows in proptest::collection::vec(proptest::array::uniform6((proptest::num::u32::ANY, 0usize..4, 0usize..3)), 1..16),
+        ) {
+            let seps = [" ", "\t", "  \t", "\t\t"];
+            let mut text = String::from("entries  syn_received\tcookie_invalid cookie_valid\tcookie_retrans\tconn_reopened\n");
+            for row in &rows {
+                for (i, (value, sep, width)) in row.iter().enumerate() {
+                    if i > 0 {
+                        text.push_str(seps[*sep]);
+                    }
+                    match width {
+                        0 => text.push_str(&format!("{value:x}")),
+                        1 => text.push_str(&format!("{value:08x}")),
+                        _ => text.push_str(&format!("{value:010X}")),
+                    }
+                }
+                text.push_str(if rows.len() % 2 == 0 { "\n" } else { "\r\n" });
+            }
+            let stat = parse(text.as_bytes()).unwrap();
+            let expected: Vec<[u32; 6]> = rows.iter().map(|r| r.map(|(v, _, _)| v)).collect();
+            proptest::prop_assert_eq!(stat.cpus, expected);
         }
 
         #[test]
