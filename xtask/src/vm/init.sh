@@ -108,6 +108,12 @@ $IPROUTE2 netns del srv
 timeout 420 "$SCENARIO" --agent "$AGENT" $TOOLS
 echo "scenario exit status $?"
 
+# 4. The xt rules once more through iptables-nft: nft_compat runs the same xt targets
+#    from an nf_tables chain. Its lines are tagged iptables=nft.
+timeout 300 "$SCENARIO" --agent "$AGENT" --rules xt --ip $IPROUTE2 \
+    --iptables /usr/sbin/iptables-nft --ip6tables /usr/sbin/ip6tables-nft --nft $NFT 2>&1 \
+    | sed '/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
+
 echo "VMTEST-END kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f
