@@ -1,7 +1,13 @@
+//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test`.
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod cargo;
+mod run;
+mod test;
 mod vm;
 
 /// Project tasks: `cargo xtask <command>`.
@@ -14,12 +20,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build the agent and run it as root, printing line protocol (args after `--`).
+    Run(run::RunArgs),
+    /// Install what the tests need, then run every test (CI runs this).
+    Test(test::TestArgs),
+    /// Parse+encode benchmark and the agent's steady-state memory.
+    Bench(bench::BenchArgs),
     /// Boot Debian kernels under QEMU and run the SYNPROXY scenarios inside them.
     VmTest(vm::VmTestArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::VmTest(args) => vm::run(args),
     };
     match result {

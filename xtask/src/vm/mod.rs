@@ -1,7 +1,7 @@
 //! `cargo xtask vm-test`: boot Debian cloud kernels under QEMU with an initramfs built
 //! here, run the SYNPROXY scenarios in the guest and collect their RESULT lines.
 
-mod host;
+pub mod host;
 mod initramfs;
 mod kernel;
 mod newc;

@@ -1,0 +1,87 @@
+//! `cargo xtask test`: everything CI checks, on a fresh machine. Installs what
+//! the tests need, then formatting, lints, unit and real-kernel tests, the
+//! benchmarks' smoke run and the VM suite.
+
+use crate::cargo::{cargo, is_root};
+use crate::vm;
+use crate::vm::host::Apt;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// Packages the host-kernel tests use (the VM suite installs its own).
+const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2"];
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Skip the QEMU VM suite (host tests only).
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask test needs root (network namespaces, SYNPROXY rules, apt-get): run it with sudo");
+    }
+    let mut steps: Vec<(&str, Result<()>, f64)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
+        println!("==> xtask test: {name}");
+        let started = Instant::now();
+        let result = f();
+        let secs = started.elapsed().as_secs_f64();
+        if let Err(e) = &result {
+            println!("==> xtask test: {name} FAILED: {e:#}");
+        }
+        steps.push((name, result, secs));
+    };
+
+    step("install test packages", &mut || {
+        Apt::default().ensure_installed(TEST_PACKAGES)
+    });
+    step("cargo fmt --check", &mut || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    });
+    step("cargo clippy", &mut || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    });
+    // Build first so the real-kernel tests find the agent binary.
+    step("cargo test (unit, CLI and host-kernel tests)", &mut || {
+        cargo(&["build", "--workspace", "--bins"])?;
+        cargo(&["test", "--workspace"])
+    });
+    step("benchmark smoke run", &mut || {
+        cargo(&[
+            "bench",
+            "--package",
+            "synproxy-user",
+            "--bench",
+            "parse_encode",
+            "--",
+            "--test",
+        ])
+    });
+    if !args.no_vm {
+        step("VM suite (cargo xtask vm-test)", &mut || {
+            vm::run_default_matrix()
+        });
+    }
+
+    println!();
+    let mut failed = 0;
+    for (name, result, secs) in &steps {
+        let verdict = if result.is_ok() { "ok" } else { "FAILED" };
+        println!("  {verdict:<6} {name} ({secs:.0}s)");
+        failed += usize::from(result.is_err());
+    }
+    println!("xtask: {} passed, {} failed", steps.len() - failed, failed);
+    if failed > 0 {
+        bail!("{failed} step(s) failed");
+    }
+    Ok(())
+}
