@@ -435,6 +435,16 @@ mod tests {
     }
 
     #[test]
+    fn real_kernel_file_after_traffic() {
+        // Captured from a server netns after the xt scenarios (IPv4 and IPv6).
+        let stat = parse(&fixture("kernel_6.18_2cpu_traffic")).unwrap();
+        assert_eq!(stat.cpus.len(), 2);
+        assert_eq!(stat.sums(), [0, 21, 6, 18, 3, 3]);
+        assert_eq!(stat.cpus[1][ConnReopened.index()], 0);
+        assert_eq!(stat.cpus[1][CookieRetrans.index()], 3);
+    }
+
+    #[test]
     fn long_values_are_truncated_in_errors() {
         let long = "z".repeat(100);
         let input = format!("entries\n{long}\n");
