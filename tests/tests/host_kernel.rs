@@ -210,3 +210,88 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
         "inside run has a netns tag"
     );
 }
+
+/// `--netns all` from the root netns: one line per namespace, each equal to that
+/// namespace's own kernel totals (namespaces count independently), and the
+/// initial namespace is labelled `init`.
+#[test]
+fn netns_all_reports_every_namespace_separately() {
+    require_prerequisites!();
+    let agent_path = agent_binary();
+    let tools = Tools::default();
+    let mut topologies = Vec::new();
+    for connections in [3u64, 1] {
+        let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
+        let rules =
+            ServerRules::install(&tools, &topo.srv, Flavour::Nft, Family::Ipv4, &topo.srv_if)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
+        let conns: Vec<_> = (0..connections)
+            .map(|_| {
+                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e:#}"))
+            })
+            .collect();
+        server
+            .wait_accepted(connections, std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        topologies.push((topo, rules, server, conns, connections));
+    }
+
+    let out = Command::new(&agent_path)
+        .args(["--once", "--no-ebpf", "--netns", "all"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the agent: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<synproxy_tests::line_protocol::Line> = stdout
+        .lines()
+        .map(|l| {
+            synproxy_tests::line_protocol::parse_line(l).unwrap_or_else(|e| panic!("{e:#}: {l}"))
+        })
+        .collect();
+    let line_for = |label: &str| {
+        let matching: Vec<_> = lines
+            .iter()
+            .filter(|l| l.tags.get("netns").map(String::as_str) == Some(label))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "want one line for netns={label}:\n{stdout}"
+        );
+        matching[0]
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.tags.get("netns").map(String::as_str) == Some("init")),
+        "no netns=init line:\n{stdout}"
+    );
+    for (topo, _rules, _server, _conns, connections) in &topologies {
+        let totals = proc_counters::read(&topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            totals.get("cookie_valid"),
+            *connections as u64,
+            "{totals:?}"
+        );
+        let line = line_for(topo.srv.name());
+        for name in proc_counters::COUNTERS {
+            assert_eq!(
+                line.counter(name).ok(),
+                Some(totals.get(name)),
+                "netns {} {name}",
+                topo.srv.name()
+            );
+        }
+        // The client side runs no SYNPROXY rules: its own counters stay 0.
+        let client = line_for(topo.cli.name());
+        assert_eq!(client.counter("syn_received").ok(), Some(0));
+    }
+}
