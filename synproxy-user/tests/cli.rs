@@ -40,27 +40,16 @@ impl ProcTree {
     fn write_bytes(&self, bytes: &[u8]) {
         fs::write(self.stat_path(), bytes).unwrap();
     }
-    /// Rows of (syn_received, cookie_valid) per CPU.
+    /// Rows of (syn_received, cookie_valid) per CPU, in a new file (new inode).
     fn write_rows(&self, rows: &[(u32, u32)]) {
-        let mut text = String::from(HEADER);
-        for (syn, valid) in rows {
-            text.push_str(&format!(
-                "00000000\t{syn:08x}\t00000000\t{valid:08x}\t00000000\t00000000\n"
-            ));
-        }
         // Write then rename, like a real file appearing at once.
         let tmp = self.root().join("net/stat/.synproxy.tmp");
-        fs::write(&tmp, text).unwrap();
+        fs::write(&tmp, rows_text(rows)).unwrap();
         fs::rename(tmp, self.stat_path()).unwrap();
     }
     /// Rewrites in place: same inode, as the kernel's own file keeps.
     fn rewrite_rows_in_place(&self, rows: &[(u32, u32)]) {
-        let mut text = String::from(HEADER);
-        for (syn, valid) in rows {
-            text.push_str(&format!(
-                "00000000\t{syn:08x}\t00000000\t{valid:08x}\t00000000\t00000000\n"
-            ));
-        }
+        let text = rows_text(rows);
         let mut f = fs::OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -68,6 +57,17 @@ impl ProcTree {
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
+}
+
+/// The kernel's format for rows of (syn_received, cookie_valid).
+fn rows_text(rows: &[(u32, u32)]) -> String {
+    let mut text = String::from(HEADER);
+    for (syn, valid) in rows {
+        text.push_str(&format!(
+            "00000000\t{syn:08x}\t00000000\t{valid:08x}\t00000000\t00000000\n"
+        ));
+    }
+    text
 }
 
 fn agent(args: &[&str]) -> Command {
