@@ -96,8 +96,8 @@ status=PASS
 [ "$agent_syn" = "$proc_syn" ] && [ "$agent_inv" = "$proc_inv" ] && [ "$agent_val" = "$proc_val" ] \
     && [ "$agent_ret" = "$proc_ret" ] && [ "$agent_reo" = "$proc_reo" ] || status=FAIL
 echo "RESULT kernel=$KERNEL check=module-late counter=cookie_valid driven=${driven:-none} proc=${proc_val:-none} agent=${agent_val:-none} proc_totals=$proc_syn/$proc_inv/$proc_val/$proc_ret/$proc_reo agent_totals=${agent_syn:-none}/${agent_inv:-none}/${agent_val:-none}/${agent_ret:-none}/${agent_reo:-none} missing_reports=$missing_reports recovery_logged=$recovery_logged agent_alive=$alive_after status=$status"
+sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
 if [ "$status" != PASS ]; then
-    sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
     tail -n 3 /tmp/agent.out | sed 's/^/module-late agent stdout: /'
 fi
 kill "$AGENT_PID" 2>/dev/null

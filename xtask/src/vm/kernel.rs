@@ -295,8 +295,16 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "nft_synproxy",
 ];
 
-/// Loaded when the kernel has them; tolerated when it does not.
-pub const OPTIONAL_MODULES: &[&str] = &["xt_state", "xt_comment", "xt_multiport", "xt_mark"];
+/// Loaded when the kernel has them as modules; tolerated when they are built in or absent.
+/// nft_counter: iptables-nft adds a counter to every rule; it is a module in 5.10 (built
+/// into nf_tables later), and the guest has no modprobe to autoload it.
+pub const OPTIONAL_MODULES: &[&str] = &[
+    "nft_counter",
+    "xt_state",
+    "xt_comment",
+    "xt_multiport",
+    "xt_mark",
+];
 
 /// The module that creates /proc/net/stat/synproxy.
 pub const SYNPROXY_CORE_MODULE: &str = "nf_synproxy_core";
