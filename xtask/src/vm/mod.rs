@@ -61,7 +61,6 @@ impl Default for VmTestArgs {
 }
 
 /// Installs the host packages and runs the default kernel matrix; for `cargo xtask test`.
-#[allow(dead_code)] // called by `cargo xtask test`
 pub fn run_default_matrix() -> Result<()> {
     run(VmTestArgs::default())
 }
