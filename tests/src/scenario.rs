@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const PROBE_PORT: u16 = 8081;
 /// Generous: a TCG guest is ~10x slower than the host.
 const PACKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// A probe packet that is counted at all is counted well within this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,13 +109,20 @@ pub struct Combo {
 }
 
 impl Combo {
-    /// nft_synproxy validates IPv6 packets with the IPv4 checksum helper: crafted
-    /// IPv6 packets must carry the checksum that helper expects.
-    fn v6_checksum(&self) -> V6Checksum {
-        match self.rules {
-            Flavour::Nft => V6Checksum::NftIpv4Helper,
-            Flavour::Xt => V6Checksum::Correct,
+    /// Checksums crafted IPv6 packets may need, most likely first. nft_synproxy
+    /// validates IPv6 packets with the IPv4 checksum helper; whether a packet
+    /// with that checksum, or a correct one, reaches the expression differs
+    /// between kernels (6.18 and 5.10 take the former, 6.1/6.12 drop it), so
+    /// nft + IPv6 checks find out with a probe before they count.
+    fn v6_checksum_candidates(&self) -> &'static [V6Checksum] {
+        match (self.rules, self.family) {
+            (Flavour::Nft, Family::Ipv6) => &[V6Checksum::NftIpv4Helper, V6Checksum::Correct],
+            _ => &[V6Checksum::Correct],
         }
+    }
+
+    fn sends_crafted_packets(&self) -> bool {
+        self.counter != Counter::CookieValid
     }
 }
 
@@ -190,6 +199,7 @@ struct Ctx<'a> {
     used_ports: HashSet<u16>,
     /// Real connections stay open until the check ends: closing them is traffic too.
     held: Vec<TcpStream>,
+    v6_checksum: V6Checksum,
 }
 
 impl Ctx<'_> {
@@ -203,7 +213,7 @@ impl Ctx<'_> {
     }
 
     fn sender(&self) -> Result<RawSender> {
-        RawSender::new(&self.topo.cli, self.src, self.combo.v6_checksum())
+        RawSender::new(&self.topo.cli, self.src, self.v6_checksum)
     }
 
     fn seg(&self, sport: u16, seq: u32, ack: u32, flags: u8) -> TcpSegment {
@@ -222,7 +232,11 @@ impl Ctx<'_> {
     }
 
     fn wait_counter(&self, name: &str, at_least: u64) -> Result<()> {
-        let deadline = Instant::now() + PACKET_TIMEOUT;
+        self.wait_counter_for(name, at_least, PACKET_TIMEOUT)
+    }
+
+    fn wait_counter_for(&self, name: &str, at_least: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
             let v = self.counter_now(name)?;
             if v >= at_least {
@@ -263,7 +277,6 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
     }
 
     let name = combo.counter.name();
-    let before = proc_counters::read(&topo.srv)?;
     let mut ctx = Ctx {
         topo: &topo,
         server: &server,
@@ -273,7 +286,14 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
         rng: XorShift::from_time(),
         used_ports: HashSet::new(),
         held: Vec::new(),
+        v6_checksum: V6Checksum::Correct,
     };
+    if combo.sends_crafted_packets() {
+        ctx.v6_checksum =
+            probe_v6_checksum(&mut ctx).context("probing crafted-packet checksums")?;
+    }
+    // Counted from here: the probe's SYN is outside the window.
+    let before = proc_counters::read(&topo.srv)?;
     out.driven = u64::from(cfg.count);
     let t0 = Instant::now();
     drive(&mut ctx, cfg.count).with_context(|| format!("driving {name}"))?;
@@ -352,6 +372,30 @@ fn settle(topo: &Topology, name: &str, target: u64) -> Result<Totals> {
         }
         last = now;
     }
+}
+
+/// The first checksum mode whose crafted SYN moves syn_received (only one
+/// candidate: no probe).
+fn probe_v6_checksum(ctx: &mut Ctx) -> Result<V6Checksum> {
+    let candidates = ctx.combo.v6_checksum_candidates();
+    if let [only] = candidates {
+        return Ok(*only);
+    }
+    for &mode in candidates {
+        ctx.v6_checksum = mode;
+        let before = ctx.counter_now("syn_received")?;
+        let (sport, isn) = (ctx.port(), ctx.rng.next_u32());
+        ctx.sender()?.send(ctx.dst, &ctx.seg(sport, isn, 0, SYN))?;
+        if ctx
+            .wait_counter_for("syn_received", before + 1, PROBE_TIMEOUT)
+            .is_ok()
+        {
+            debug(|| format!("crafted IPv6 packets counted with {mode:?} checksums"));
+            settle(ctx.topo, "syn_received", before + 1)?;
+            return Ok(mode);
+        }
+    }
+    bail!("no crafted IPv6 SYN reached SYNPROXY with any of {candidates:?} checksums")
 }
 
 /// The recipes of docs/synproxy-kernel.md, "Driving each counter". Each moves its
