@@ -1,13 +1,14 @@
 //! Types shared by the kernel-side programs and the agent.
 //!
 //! Everything here is `#[repr(C)]` and `no_std` so that the eBPF crate and the
-//! agent read the same bytes the same way.
+//! agent read the same bytes the same way. The `user` feature adds the
+//! `aya::Pod` impls the agent needs to read the maps.
 #![no_std]
 
 /// The SYNPROXY counters in the order the kernel prints them in
 /// `/proc/net/stat/synproxy` (after the constant `entries` column).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Counter {
     SynReceived = 0,
     CookieInvalid = 1,
@@ -18,3 +19,132 @@ pub enum Counter {
 
 /// Number of event counters the kernel keeps per CPU (`struct synproxy_stats`).
 pub const COUNTER_COUNT: usize = 5;
+
+impl Counter {
+    /// Kernel print order (also the `u8` stored in map keys).
+    pub const ALL: [Counter; COUNTER_COUNT] = [
+        Counter::SynReceived,
+        Counter::CookieInvalid,
+        Counter::CookieValid,
+        Counter::CookieRetrans,
+        Counter::ConnReopened,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Counter> {
+        match v {
+            0 => Some(Counter::SynReceived),
+            1 => Some(Counter::CookieInvalid),
+            2 => Some(Counter::CookieValid),
+            3 => Some(Counter::CookieRetrans),
+            4 => Some(Counter::ConnReopened),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::SynReceived => "syn_received",
+            Counter::CookieInvalid => "cookie_invalid",
+            Counter::CookieValid => "cookie_valid",
+            Counter::CookieRetrans => "cookie_retrans",
+            Counter::ConnReopened => "conn_reopened",
+        }
+    }
+}
+
+/// Address family of an event, as stored in map keys.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Key of the `COUNTS` per-CPU hash: one u64 per CPU per key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    /// `net->ns.inum`: the inode number of the network namespace.
+    pub netns: u32,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// [`Counter`] as u8.
+    pub counter: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the `RATES` per-CPU hash: events of one counter in one time bucket
+/// (`bpf_ktime_get_ns() / RATE_RES_NS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RateKey {
+    pub count: CountKey,
+    pub _pad: u32,
+    pub bucket: u64,
+}
+
+/// Per-CPU stash between `synproxy_recv_client_ack[_ipv6]` entry and return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AckStash {
+    pub netns: u32,
+    pub recv_seq: u32,
+    /// `ntohl(th->seq)`
+    pub seq: u32,
+    pub family: u8,
+    /// 1 while an entry is waiting for its return.
+    pub armed: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU stash set at `ipv4_synproxy_hook`/`ipv6_synproxy_hook` entry and read by
+/// `nf_ct_seqadj_init` (conn_reopened).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HookStash {
+    /// `skb->_nfct & ~7`: the conntrack entry the hook works on.
+    pub ct: u64,
+    pub netns: u32,
+    pub family: u8,
+    pub armed: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Slots of the `DIAG` per-CPU array: kernel-side anomalies, each a u64 per CPU.
+pub mod diag {
+    /// `COUNTS` was full: an event was not counted.
+    pub const COUNT_MAP_FULL: u32 = 0;
+    /// `RATES` was full: an event is missing from the peak rates only.
+    pub const RATE_MAP_FULL: u32 = 1;
+    /// A `synproxy_recv_client_ack` return without its entry (entry probe missed).
+    pub const ACK_RETURN_UNMATCHED: u32 = 2;
+    /// `nf_ct_seqadj_init(ct, ctinfo, 0)` in the original direction outside a
+    /// synproxy hook (not counted).
+    pub const SEQADJ_UNMATCHED: u32 = 3;
+    /// A kernel read (`bpf_probe_read_kernel`) failed: the event was counted
+    /// under netns 0.
+    pub const READ_FAILED: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Capacity of the `COUNTS` map (10 keys per namespace).
+pub const COUNTS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of the `RATES` map.
+pub const RATES_MAX_ENTRIES: u32 = 8192;
+
+/// Names of the globals the agent sets at load time.
+pub mod globals {
+    /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
+    pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
+    /// `offsetof(struct nf_hook_state, net)`.
+    pub const HOOK_STATE_NET_OFFSET: &str = "HOOK_STATE_NET_OFFSET";
+    /// `offsetof(struct sk_buff, _nfct)`.
+    pub const SKB_NFCT_OFFSET: &str = "SKB_NFCT_OFFSET";
+    /// Width of one peak-rate bucket in nanoseconds.
+    pub const RATE_RES_NS: &str = "RATE_RES_NS";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit
+    // pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::CountKey {}
+    // SAFETY: as above (u32 padding makes the u64 field 8-aligned explicitly).
+    unsafe impl aya::Pod for super::RateKey {}
+}

@@ -3,9 +3,11 @@
 //! One failing namespace is reported once and does not stop the others.
 
 use crate::cli::{NetnsSelection, SignalMode};
+use crate::reconcile::ebpf::{self as ebpf_reconcile, Reconciler, Status};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
-use crate::sample::{now_ns, Sample};
+use crate::sample::{now_ns, EbpfSample, ProbesSample, Sample};
 use crate::sinks::stdout::{SinkError, StdoutSink};
+use crate::sources::ebpf::EbpfSource;
 use crate::sources::netns::{self, NetnsError, NetnsTarget};
 use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
@@ -19,6 +21,8 @@ pub struct SamplerConfig {
     pub proc_root: PathBuf,
     pub netns_dir: PathBuf,
     pub selection: NetnsSelection,
+    /// The eBPF source when eBPF is in use (adds the `synproxy_ebpf` lines).
+    pub ebpf: Option<EbpfSource>,
 }
 
 /// Per-series state kept between rounds.
@@ -27,6 +31,7 @@ struct Series {
     tracker: WrapTracker,
     /// The error last reported for this series, so it is logged once.
     failing: Option<String>,
+    reconciler: Reconciler,
 }
 
 /// One sampling round's outcome.
@@ -34,12 +39,28 @@ pub struct Round {
     pub samples: Vec<Sample>,
     /// Namespaces that could not be read this round (already logged).
     pub failures: Vec<String>,
+    /// With eBPF: two lines (IPv4, IPv6) per sample, in sample order.
+    pub ebpf: Vec<EbpfSample>,
+    pub probes: Option<ProbesSample>,
+}
+
+/// A series read this round, waiting for its eBPF side.
+struct Pending {
+    label: String,
+    netns: Option<String>,
+    inode: Option<u32>,
+    totals: crate::fields::Values<u64>,
+    reset: bool,
+    timestamp_ns: u64,
 }
 
 pub struct Sampler {
     config: SamplerConfig,
     series: HashMap<String, Series>,
     buf: Vec<u8>,
+    /// Inode of the agent's own network namespace (eBPF only).
+    own_inode: Option<u32>,
+    pending: Vec<Pending>,
 }
 
 /// Series key of the agent's own namespace (never a valid netns name).
@@ -47,10 +68,32 @@ const OWN_SERIES: &str = "";
 
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
+        let own_inode = config
+            .ebpf
+            .as_ref()
+            .and_then(|_| netns::netns_inode(&config.proc_root.join("self/ns/net")));
         Self {
             config,
             series: HashMap::new(),
             buf: Vec::new(),
+            own_inode,
+            pending: Vec::new(),
+        }
+    }
+
+    /// With eBPF: one silent round, so that the first emitted round already
+    /// reconciles against a baseline taken now.
+    pub fn prime(&mut self) {
+        if self.config.ebpf.is_some() {
+            let _ = self.sample();
+        }
+    }
+
+    /// Stops the eBPF probes (also done on drop).
+    pub fn shutdown(&mut self) {
+        if let Some(mut ebpf) = self.config.ebpf.take() {
+            ebpf.flush_log();
+            ebpf.detach();
         }
     }
 
@@ -58,7 +101,14 @@ impl Sampler {
         let mut round = Round {
             samples: Vec::new(),
             failures: Vec::new(),
+            ebpf: Vec::new(),
+            probes: None,
         };
+        // Attach (or re-attach after a module reload) before reading /proc, so a
+        // new baseline is taken after the probes are in place.
+        if let Some(ebpf) = self.config.ebpf.as_mut() {
+            ebpf.poll();
+        }
         match self.config.selection.clone() {
             NetnsSelection::Own => {
                 let path = self.config.proc_root.join(STAT_FILE);
@@ -66,6 +116,7 @@ impl Sampler {
                 let timestamp_ns = now_ns();
                 self.record(
                     OWN_SERIES,
+                    self.own_inode,
                     result.map_err(Failure::Read),
                     timestamp_ns,
                     &mut round,
@@ -88,7 +139,69 @@ impl Sampler {
                 });
             }
         }
+        self.reconcile_ebpf(&mut round);
         round
+    }
+
+    /// Joins this round's /proc totals with the eBPF counts of the same
+    /// namespace (by inode) and adds the `synproxy_ebpf` lines.
+    fn reconcile_ebpf(&mut self, round: &mut Round) {
+        let Some(ebpf) = self.config.ebpf.as_mut() else {
+            return;
+        };
+        let reading = ebpf.read();
+        let res_s = ebpf.rate_resolution().as_secs_f64();
+        let losses = reading.as_ref().map_or(0, |r| r.losses);
+        let timestamp_ns = now_ns();
+        for p in self.pending.drain(..) {
+            let Some(series) = self.series.get_mut(&p.label) else {
+                continue;
+            };
+            let counts = match (&reading, p.inode) {
+                (Some(r), Some(inode)) => Some((
+                    r.generation,
+                    r.counts.get(&inode).copied().unwrap_or_default(),
+                )),
+                _ => None,
+            };
+            let out = series.reconciler.update(ebpf_reconcile::Input {
+                proc: ebpf_reconcile::proc_counts(&p.totals),
+                proc_reset: p.reset,
+                ebpf: counts,
+                losses,
+            });
+            let peaks = match (&reading, p.inode) {
+                (Some(r), Some(inode)) if out.status != Status::ProcOnly => {
+                    r.peaks.get(&inode).copied().unwrap_or_default()
+                }
+                _ => Default::default(),
+            };
+            for (f, family) in ["ipv4", "ipv6"].into_iter().enumerate() {
+                round.ebpf.push(EbpfSample {
+                    netns: p.netns.clone(),
+                    family,
+                    events: out.events[f],
+                    peak_rates: std::array::from_fn(|c| peaks[f][c] as f64 / res_s * out.scale[c]),
+                    probe_misses: losses,
+                    status: out.status,
+                    timestamp_ns: p.timestamp_ns,
+                });
+            }
+        }
+        round.probes = Some(match reading {
+            Some(r) => ProbesSample {
+                attached: true,
+                probes: r.probes,
+                diag: r.diag,
+                timestamp_ns,
+            },
+            None => ProbesSample {
+                attached: false,
+                probes: Vec::new(),
+                diag: Default::default(),
+                timestamp_ns,
+            },
+        });
     }
 
     fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Round) {
@@ -99,12 +212,20 @@ impl Sampler {
                 Err(e) if target.transient && e.is_vanished() => {
                     debug!("{e} (process exited during the scan)");
                 }
-                result => self.record(
-                    &target.label,
-                    result.map_err(Failure::Netns),
-                    timestamp_ns,
-                    round,
-                ),
+                result => {
+                    let inode = self
+                        .config
+                        .ebpf
+                        .as_ref()
+                        .and_then(|_| netns::netns_inode(&target.handle));
+                    self.record(
+                        &target.label,
+                        inode,
+                        result.map_err(Failure::Netns),
+                        timestamp_ns,
+                        round,
+                    )
+                }
             }
         }
     }
@@ -112,6 +233,7 @@ impl Sampler {
     fn record(
         &mut self,
         label: &str,
+        inode: Option<u32>,
         result: Result<Reading, Failure>,
         timestamp_ns: u64,
         round: &mut Round,
@@ -140,8 +262,19 @@ impl Sampler {
                     }
                     _ => {}
                 }
+                let netns = (label != OWN_SERIES).then(|| label.to_string());
+                if self.config.ebpf.is_some() {
+                    self.pending.push(Pending {
+                        label: label.to_string(),
+                        netns: netns.clone(),
+                        inode,
+                        totals,
+                        reset: matches!(update, Update::Reset(_)),
+                        timestamp_ns,
+                    });
+                }
                 round.samples.push(Sample {
-                    netns: (label != OWN_SERIES).then(|| label.to_string()),
+                    netns,
                     totals,
                     timestamp_ns,
                 });
@@ -186,9 +319,15 @@ pub struct Schedule {
 }
 
 pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule) -> Exit {
+    let exit = run_loop(&mut sampler, &mut sink, schedule).await;
+    sampler.shutdown();
+    exit
+}
+
+async fn run_loop(sampler: &mut Sampler, sink: &mut StdoutSink, schedule: Schedule) -> Exit {
     if schedule.once {
         let round = sampler.sample();
-        if let Err(exit) = emit(&mut sink, &round) {
+        if let Err(exit) = emit(sink, &round) {
             return exit;
         }
         return if round.failures.is_empty() {
@@ -198,6 +337,7 @@ pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule)
         };
     }
 
+    sampler.prime();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     match schedule.signal {
         SignalMode::Stdin => {
@@ -207,7 +347,7 @@ pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule)
                     line = lines.recv() => match line {
                         Some(()) => {
                             let round = sampler.sample();
-                            if let Err(exit) = emit(&mut sink, &round) {
+                            if let Err(exit) = emit(sink, &round) {
                                 return exit;
                             }
                         }
@@ -230,7 +370,7 @@ pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule)
                 tokio::select! {
                     _ = ticker.tick() => {
                         let round = sampler.sample();
-                        if let Err(exit) = emit(&mut sink, &round) {
+                        if let Err(exit) = emit(sink, &round) {
                             return exit;
                         }
                     }
@@ -248,7 +388,7 @@ fn emit(sink: &mut StdoutSink, round: &Round) -> Result<(), Exit> {
     if round.samples.is_empty() {
         return Ok(());
     }
-    match sink.write(&round.samples) {
+    match sink.write_round(&round.samples, &round.ebpf, round.probes.as_ref()) {
         Ok(()) => Ok(()),
         Err(SinkError::Closed) => {
             info!("stdout closed, exiting");

@@ -57,6 +57,10 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
     pub no_ebpf: bool,
 
+    /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
+    pub rate_resolution: Duration,
+
     /// Do not add the `host` tag.
     #[arg(long, env = "SYNPROXY_AGENT_NO_HOST_TAG")]
     pub no_host_tag: bool,

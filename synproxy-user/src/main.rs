@@ -8,6 +8,7 @@ use synproxy_user::cli::Cli;
 use synproxy_user::logging;
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
 use synproxy_user::sinks::stdout::StdoutSink;
+use synproxy_user::sources::ebpf::EbpfSource;
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
@@ -22,9 +23,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if !cli.no_ebpf {
-        log::debug!("eBPF source not available in this build; reading /proc only");
-    }
+    // eBPF: load, verify and attach; anything that prevents it is one warning,
+    // then /proc only. --once has no interval to count in: it only checks.
+    let ebpf = if cli.no_ebpf {
+        None
+    } else {
+        match EbpfSource::open(cli.rate_resolution, !cli.once) {
+            Ok(source) if cli.once => {
+                log::debug!(
+                    "eBPF usable; --once reports /proc only (eBPF counts need an interval)"
+                );
+                drop(source);
+                None
+            }
+            Ok(source) => Some(source),
+            Err(reason) => {
+                log::warn!("eBPF disabled: {reason}; reporting /proc only");
+                None
+            }
+        }
+    };
 
     let mut tags = Vec::new();
     if !cli.no_host_tag {
@@ -50,6 +68,7 @@ fn main() -> ExitCode {
         proc_root: cli.proc_root.clone(),
         netns_dir: cli.netns_dir.clone(),
         selection,
+        ebpf,
     });
     let schedule = Schedule {
         once: cli.once,

@@ -19,3 +19,33 @@ pub fn now_ns() -> u64 {
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// eBPF-side view of one namespace and family over one interval
+/// (measurement `synproxy_ebpf`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EbpfSample {
+    /// Same as the namespace's [`Sample::netns`].
+    pub netns: Option<String>,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// Events counted in the kernel by the probes during the interval, per counter
+    /// in kernel order ([`synproxy_common::Counter::ALL`]).
+    pub events: [u64; synproxy_common::COUNTER_COUNT],
+    /// Peak rate per counter (events per second over one rate bucket).
+    pub peak_rates: [f64; synproxy_common::COUNTER_COUNT],
+    /// Probe misses and lost events the kernel reported in the interval (all probes).
+    pub probe_misses: u64,
+    pub status: crate::reconcile::ebpf::Status,
+    pub timestamp_ns: u64,
+}
+
+/// Per-probe health, once per interval (measurement `synproxy_ebpf_probes`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbesSample {
+    pub attached: bool,
+    /// Probe short name -> hits and misses since it was attached.
+    pub probes: Vec<(&'static str, crate::sources::kprobe_events::ProbeStats)>,
+    /// Kernel-side diagnostics since load ([`synproxy_common::diag`]).
+    pub diag: [u64; synproxy_common::diag::COUNT as usize],
+    pub timestamp_ns: u64,
+}

@@ -70,10 +70,13 @@ fn rows_text(rows: &[(u32, u32)]) -> String {
     text
 }
 
+/// The agent reading /proc only (the eBPF side has its own tests): its stderr
+/// then holds exactly what the /proc path logs.
 fn agent(args: &[&str]) -> Command {
     let mut cmd = Command::new(AGENT);
     cmd.args(args)
         .env_remove("HOST_PROC")
+        .env("SYNPROXY_AGENT_NO_EBPF", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -477,4 +480,39 @@ fn missing_named_netns_fails_once_with_its_path() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("netns nope:"), "{stderr}");
     assert!(stderr.contains("no such network namespace"), "{stderr}");
+}
+
+/// Without `--no-ebpf`: on a kernel without kprobes (this project's machines),
+/// `--once` still prints the `synproxy` line, exits 0 and says once why eBPF is off.
+#[test]
+fn once_without_kprobes_degrades_with_one_warning() {
+    let proc = ProcTree::new();
+    proc.write_bytes(&fs::read(fixture("normal_8cpu")).unwrap());
+    let out = agent(&[
+        "--once",
+        "--log-format",
+        "telegraf",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ])
+    .env_remove("SYNPROXY_AGENT_NO_EBPF")
+    .output()
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("synproxy,"), "{stdout}");
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        assert_eq!(
+            stderr,
+            "W! [synproxy-agent] eBPF disabled: kprobes not supported by this kernel (/sys/bus/event_source/devices/kprobe missing); reporting /proc only\n"
+        );
+    } else {
+        assert!(stderr.lines().count() <= 1, "{stderr}");
+        assert!(
+            stderr.is_empty() || stderr.starts_with("W! [synproxy-agent] eBPF disabled: "),
+            "{stderr}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod ebpf_toolchain;
 mod run;
 mod test;
 mod vm;
@@ -28,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Boot Debian kernels under QEMU and run the SYNPROXY scenarios inside them.
     VmTest(vm::VmTestArgs),
+    /// Install the eBPF toolchain: nightly + rust-src, bpf-linker for the nightly's LLVM.
+    SetupEbpf,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::VmTest(args) => vm::run(args),
+        Command::SetupEbpf => ebpf_toolchain::ensure(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    // The agent embeds its eBPF programs: nightly, rust-src and bpf-linker first.
+    crate::ebpf_toolchain::ensure()?;
     cargo(&["build", "--release", "--package", "synproxy-user"])?;
     let agent = workspace_root().join("target/release/synproxy-agent");
     let agent_args = if args.agent_args.is_empty() {

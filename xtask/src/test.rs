@@ -37,6 +37,11 @@ pub fn run(args: TestArgs) -> Result<()> {
     step("install test packages", &mut || {
         Apt::default().ensure_installed(TEST_PACKAGES)
     });
+    // Every build of the agent compiles its eBPF programs.
+    step(
+        "install the eBPF toolchain",
+        &mut crate::ebpf_toolchain::ensure,
+    );
     step("cargo fmt --check", &mut || {
         cargo(&["fmt", "--all", "--", "--check"])
     });

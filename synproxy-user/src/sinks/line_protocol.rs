@@ -8,11 +8,26 @@
 //! `_`; an empty tag value omits the tag.
 
 use crate::fields::Field;
-use crate::sample::Sample;
+use crate::sample::{EbpfSample, ProbesSample, Sample};
 use std::io::Write as _;
+use synproxy_common::{diag, Counter};
 
 pub const MEASUREMENT: &str = "synproxy";
 pub const NETNS_TAG: &str = "netns";
+/// Per namespace and family: eBPF-counted events, peak rates, misses, reconcile status.
+pub const EBPF_MEASUREMENT: &str = "synproxy_ebpf";
+/// Per agent: probe hits/misses and kernel-side diagnostics.
+pub const PROBES_MEASUREMENT: &str = "synproxy_ebpf_probes";
+pub const FAMILY_TAG: &str = "family";
+
+/// Names of the `synproxy_ebpf_probes` diagnostic fields, by [`diag`] slot.
+const DIAG_FIELDS: [(u32, &str); diag::COUNT as usize] = [
+    (diag::COUNT_MAP_FULL, "count_map_full"),
+    (diag::RATE_MAP_FULL, "rate_map_full"),
+    (diag::ACK_RETURN_UNMATCHED, "unmatched_returns"),
+    (diag::SEQADJ_UNMATCHED, "unmatched_seqadj"),
+    (diag::READ_FAILED, "read_failures"),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IntegerType {
@@ -77,6 +92,107 @@ impl LineEncoder {
                 IntegerType::Signed => write!(out, "{}i", value.min(i64::MAX as u64)),
                 IntegerType::Unsigned => write!(out, "{value}u"),
             };
+        }
+        let _ = writeln!(out, " {}", sample.timestamp_ns);
+    }
+}
+
+impl LineEncoder {
+    /// Static tags merged with per-line tags (`extra`: escaped, sorted by key,
+    /// empty values omitted), in key order.
+    fn write_tags(&self, out: &mut Vec<u8>, extra: &[(&str, &str)]) {
+        let mut extra = extra.iter().filter(|(_, v)| !v.is_empty()).peekable();
+        for (key, value) in &self.tags {
+            while let Some((k, v)) = extra.next_if(|(k, _)| *k < key.as_str()) {
+                write_tag(out, k, v);
+            }
+            // A per-line tag wins over a static one of the same key.
+            if extra.peek().is_some_and(|(k, _)| *k == key.as_str()) {
+                continue;
+            }
+            write_tag(out, key, value);
+        }
+        for (k, v) in extra {
+            write_tag(out, k, v);
+        }
+    }
+
+    fn write_int(&self, out: &mut Vec<u8>, separator: &mut u8, name: &str, value: u64) {
+        out.push(*separator);
+        *separator = b',';
+        let _ = match self.integers {
+            IntegerType::Signed => write!(out, "{name}={}i", value.min(i64::MAX as u64)),
+            IntegerType::Unsigned => write!(out, "{name}={value}u"),
+        };
+    }
+
+    fn write_float(out: &mut Vec<u8>, separator: &mut u8, name: &str, value: f64) {
+        out.push(*separator);
+        *separator = b',';
+        // Line protocol has no NaN or infinities.
+        let value = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
+        let _ = write!(out, "{name}={value}");
+    }
+
+    /// One `synproxy_ebpf` line:
+    /// `synproxy_ebpf,family=ipv4,host=gw01 conn_reopened=0i,conn_reopened_peak_rate=0,...,probe_misses=0i,reconcile="exact",syn_received=20000i,syn_received_peak_rate=31000 TS`
+    pub fn encode_ebpf(&self, sample: &EbpfSample, out: &mut Vec<u8>) {
+        out.extend_from_slice(EBPF_MEASUREMENT.as_bytes());
+        let netns = sample.netns.as_deref().map(escape_tag).unwrap_or_default();
+        let family = escape_tag(sample.family);
+        self.write_tags(out, &[(FAMILY_TAG, &family), (NETNS_TAG, &netns)]);
+        let mut separator = b' ';
+        // Alphabetical field order.
+        let mut counters = Counter::ALL;
+        counters.sort_by_key(|c| c.name());
+        let mut wrote_misc = false;
+        for counter in counters {
+            if !wrote_misc && counter.name() > "reconcile" {
+                self.write_int(out, &mut separator, "probe_misses", sample.probe_misses);
+                out.extend_from_slice(b",reconcile=\"");
+                out.extend_from_slice(sample.status.name().as_bytes());
+                out.push(b'"');
+                wrote_misc = true;
+            }
+            let i = counter as usize;
+            self.write_int(out, &mut separator, counter.name(), sample.events[i]);
+            Self::write_float(
+                out,
+                &mut separator,
+                &format!("{}_peak_rate", counter.name()),
+                sample.peak_rates[i],
+            );
+        }
+        if !wrote_misc {
+            self.write_int(out, &mut separator, "probe_misses", sample.probe_misses);
+            out.extend_from_slice(b",reconcile=\"");
+            out.extend_from_slice(sample.status.name().as_bytes());
+            out.push(b'"');
+        }
+        let _ = writeln!(out, " {}", sample.timestamp_ns);
+    }
+
+    /// One `synproxy_ebpf_probes` line: `attached`, kernel-side diagnostics, and
+    /// per probe `<probe>_hits` / `<probe>_missed` since it was attached.
+    pub fn encode_probes(&self, sample: &ProbesSample, out: &mut Vec<u8>) {
+        out.extend_from_slice(PROBES_MEASUREMENT.as_bytes());
+        self.write_tags(out, &[]);
+        let mut fields: Vec<(String, u64)> = vec![("attached".into(), u64::from(sample.attached))];
+        for (slot, name) in DIAG_FIELDS {
+            fields.push((name.into(), sample.diag[slot as usize]));
+        }
+        for (probe, stats) in &sample.probes {
+            fields.push((format!("{probe}_hits"), stats.hits));
+            fields.push((format!("{probe}_missed"), stats.missed));
+        }
+        fields.sort();
+        let mut separator = b' ';
+        for (name, value) in fields {
+            self.write_int(out, &mut separator, &name, value);
         }
         let _ = writeln!(out, " {}", sample.timestamp_ns);
     }

@@ -2,7 +2,7 @@
 //! execd) sees whole lines. A closed stdout is reported as such, not panicked on.
 
 use super::line_protocol::LineEncoder;
-use crate::sample::Sample;
+use crate::sample::{EbpfSample, ProbesSample, Sample};
 use std::io::{self, Write};
 
 pub struct StdoutSink {
@@ -28,9 +28,25 @@ impl StdoutSink {
     }
 
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), SinkError> {
+        self.write_round(samples, &[], None)
+    }
+
+    /// The `synproxy` lines, then the eBPF lines, in one write.
+    pub fn write_round(
+        &mut self,
+        samples: &[Sample],
+        ebpf: &[EbpfSample],
+        probes: Option<&ProbesSample>,
+    ) -> Result<(), SinkError> {
         self.buf.clear();
         for sample in samples {
             self.encoder.encode(sample, &mut self.buf);
+        }
+        for sample in ebpf {
+            self.encoder.encode_ebpf(sample, &mut self.buf);
+        }
+        if let Some(probes) = probes {
+            self.encoder.encode_probes(probes, &mut self.buf);
         }
         let mut out = io::stdout().lock();
         out.write_all(&self.buf)

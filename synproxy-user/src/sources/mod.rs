@@ -1,7 +1,10 @@
-//! Where readings come from. Today: the kernel's `/proc/net/stat/synproxy`,
-//! in the agent's own network namespace or in others. The eBPF source slots in
-//! next to it.
+//! Where readings come from: the kernel's `/proc/net/stat/synproxy`, in the
+//! agent's own network namespace or in others, and the eBPF probes on the
+//! SYNPROXY paths (per event, per namespace and family).
 
+pub mod btf;
+pub mod ebpf;
+pub mod kprobe_events;
 pub mod netns;
 pub mod proc_file;
 pub mod proc_stat;

@@ -140,6 +140,14 @@ fn unnamed_label(inode: u64) -> String {
     }
 }
 
+/// The namespace inode (`net->ns.inum` in the kernel) of a namespace file such
+/// as `/run/netns/NAME` or `/proc/PID/ns/net`: how eBPF counts join a series.
+pub fn netns_inode(handle: &Path) -> Option<u32> {
+    fs::metadata(handle)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
 /// `net:[4026531833]` -> 4026531833
 pub fn parse_ns_link(link: &str) -> Option<u64> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()

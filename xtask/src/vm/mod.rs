@@ -125,6 +125,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         images.push(kernel::fetch(series, &mut apt, &vm_dir)?);
     }
 
+    crate::ebpf_toolchain::ensure()?;
     let binaries = initramfs::build_guest_binaries(&workspace)?;
     let initramfs_started = Instant::now();
     let common = initramfs::build_common_archive(&binaries)?;
