@@ -6,7 +6,9 @@
 //! integration tests and unchanged inside the QEMU guests of the VM suite.
 
 pub mod agent;
+pub mod ebpf_checks;
 pub mod line_protocol;
+pub mod live_agent;
 pub mod netns;
 pub mod packet;
 pub mod proc_counters;

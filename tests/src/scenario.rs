@@ -3,6 +3,7 @@
 //! with the driven amount and the agent's value with the /proc total.
 
 use crate::agent;
+use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, CRAFT_MSS, RST, SYN};
 use crate::proc_counters::{self, Totals};
@@ -90,6 +91,35 @@ impl AgentMode {
     }
 }
 
+/// Whether checks also run the agent with eBPF and require ebpf == proc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// When the kernel has kprobes.
+    Auto,
+    /// Always; a kernel without kprobes fails the checks.
+    Require,
+    Off,
+}
+
+impl EbpfMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(EbpfMode::Auto),
+            "require" => Ok(EbpfMode::Require),
+            "off" => Ok(EbpfMode::Off),
+            other => bail!("unknown --ebpf {other:?} (auto|require|off)"),
+        }
+    }
+
+    pub fn enabled(self) -> bool {
+        match self {
+            EbpfMode::Auto => live_agent::kernel_has_kprobes(),
+            EbpfMode::Require => true,
+            EbpfMode::Off => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub tools: Tools,
@@ -99,6 +129,7 @@ pub struct Config {
     pub server_netns: Option<String>,
     pub count: u32,
     pub agent_mode: AgentMode,
+    pub ebpf: EbpfMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +183,8 @@ pub struct Outcome {
     pub driven: u64,
     pub proc_delta: u64,
     pub agent: u64,
+    /// The agent's eBPF count of the counter (None: eBPF not checked).
+    pub ebpf: Option<u64>,
     pub pass: bool,
     /// Explanations printed as `# ...` lines after the RESULT line.
     pub notes: Vec<String>,
@@ -160,13 +193,14 @@ pub struct Outcome {
 impl Outcome {
     pub fn result_line(&self, kernel: &str) -> String {
         format!(
-            "RESULT kernel={kernel} rules={} family={} counter={} driven={} proc={} agent={} status={}",
+            "RESULT kernel={kernel} rules={} family={} counter={} driven={} proc={} agent={} ebpf={} status={}",
             self.combo.rules.name(),
             self.combo.family.name(),
             self.combo.counter.name(),
             self.driven,
             self.proc_delta,
             self.agent,
+            self.ebpf.map_or_else(|| "off".to_string(), |v| v.to_string()),
             if self.pass { "PASS" } else { "FAIL" }
         )
     }
@@ -179,6 +213,7 @@ pub fn run_combo(cfg: &Config, combo: Combo) -> Outcome {
         driven: 0,
         proc_delta: 0,
         agent: 0,
+        ebpf: None,
         pass: false,
         notes: Vec::new(),
     };
@@ -292,6 +327,15 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
         ctx.v6_checksum =
             probe_v6_checksum(&mut ctx).context("probing crafted-packet checksums")?;
     }
+    // The agent with eBPF runs across the traffic: attached before, sampled after.
+    let live = if cfg.ebpf.enabled() {
+        Some(
+            LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)
+                .context("agent with eBPF")?,
+        )
+    } else {
+        None
+    };
     // Counted from here: the probe's SYN is outside the window.
     let before = proc_counters::read(&topo.srv)?;
     out.driven = u64::from(cfg.count);
@@ -309,7 +353,11 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
     }
 
     let agent_ok = check_agent(cfg, &topo, name, out)?;
-    out.pass = proc_ok && agent_ok;
+    let ebpf_ok = match live {
+        Some(live) => check_ebpf(live, &topo, name, out)?,
+        None => true,
+    };
+    out.pass = proc_ok && agent_ok && ebpf_ok;
     drop(ctx);
     Ok(())
 }
@@ -345,6 +393,50 @@ fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> 
         shown.get_or_insert(v);
     }
     out.agent = shown.unwrap_or(0);
+    Ok(ok)
+}
+
+/// The live agent's eBPF count of `name` in the server netns must equal the /proc
+/// delta, every family line must say `reconcile="exact"` with no probe misses,
+/// and closing its stdin must stop it within 1 s leaving nothing in the kernel.
+fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcome) -> Result<bool> {
+    let lines = live.sample()?;
+    let stopped = live.stop(None)?;
+    let (count, view) = live_agent::ebpf_count(&lines, topo.srv.name(), name)?;
+    let (missed, attached) = live_agent::probe_misses(&lines)?;
+    out.ebpf = Some(count);
+    let mut ok = true;
+    if count != out.proc_delta {
+        ok = false;
+        out.notes.push(format!(
+            "ebpf {name}={count}, /proc delta {}",
+            out.proc_delta
+        ));
+    }
+    if !attached || view.statuses.iter().any(|s| s != "exact") || view.misses != 0 || missed != 0 {
+        ok = false;
+        out.notes.push(format!(
+            "eBPF attached={attached} reconcile={:?} probe_misses={} kprobe missed={missed}",
+            view.statuses, view.misses
+        ));
+    }
+    if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
+        ok = false;
+        out.notes.push(format!(
+            "agent on stdin EOF: exit ok={} after {:?}; stderr: {}",
+            stopped.exit_ok,
+            stopped.elapsed,
+            stopped.stderr.join(" | ")
+        ));
+    }
+    let left = live_agent::wait_clean(stopped.pid, Duration::from_secs(2))?;
+    if !left.is_empty() {
+        ok = false;
+        out.notes.push(format!(
+            "left in the kernel after exit: {}",
+            left.join("; ")
+        ));
+    }
     Ok(ok)
 }
 

@@ -4,20 +4,23 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
+use synproxy_tests::ebpf_checks;
 use synproxy_tests::rules::{Family, Flavour};
-use synproxy_tests::scenario::{self, AgentMode, Config, Counter};
+use synproxy_tests::scenario::{self, AgentMode, Config, Counter, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
-[--extra-agent-arg ARG]...";
+[--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]]";
 
 struct Args {
     cfg: Config,
     rules: Vec<Flavour>,
     families: Vec<Family>,
     counters: Vec<Counter>,
+    /// Run the eBPF flood and shutdown checks instead of the matrix.
+    flood: Option<(u32, u32)>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -30,11 +33,18 @@ fn parse_args() -> Result<Args> {
     let mut server_netns = None;
     let mut extra = Vec::new();
     let mut agent_mode = AgentMode::Both;
+    let mut ebpf = EbpfMode::Auto;
+    let mut flood = false;
+    let (mut flood_syn, mut flood_ack) = (20_000u32, 5_000u32);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--flood" {
+            flood = true;
+            continue;
         }
         let value = it
             .next()
@@ -71,6 +81,17 @@ fn parse_args() -> Result<Args> {
             "--server-netns" => server_netns = Some(value),
             "--agent-mode" => agent_mode = AgentMode::parse(&value)?,
             "--extra-agent-arg" => extra.push(value),
+            "--ebpf" => ebpf = EbpfMode::parse(&value)?,
+            "--flood-syn" => {
+                flood_syn = value
+                    .parse()
+                    .with_context(|| format!("--flood-syn {value:?} is not a number"))?
+            }
+            "--flood-ack" => {
+                flood_ack = value
+                    .parse()
+                    .with_context(|| format!("--flood-ack {value:?} is not a number"))?
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -86,10 +107,12 @@ fn parse_args() -> Result<Args> {
             server_netns,
             count,
             agent_mode,
+            ebpf,
         },
         rules,
         families,
         counters,
+        flood: flood.then_some((flood_syn, flood_ack)),
     })
 }
 
@@ -103,6 +126,23 @@ fn main() {
     };
     let kernel = tools::kernel_release();
     let (mut passed, mut failed) = (0u32, 0u32);
+    if let Some((syns, acks)) = args.flood {
+        let mut checks = vec![ebpf_checks::flood(&args.cfg, &kernel, syns, acks)];
+        checks.extend(ebpf_checks::shutdown(&args.cfg, &kernel));
+        for check in checks {
+            println!("{}", check.line);
+            for note in &check.notes {
+                println!("# {note}");
+            }
+            if check.pass {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        println!("SUMMARY passed={passed} failed={failed}");
+        std::process::exit(if failed == 0 && passed > 0 { 0 } else { 1 });
+    }
     let combos = scenario::combos(&args.rules, &args.families, &args.counters);
     if combos.is_empty() {
         // Never succeed on zero checks.

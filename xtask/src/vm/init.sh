@@ -105,14 +105,21 @@ wait "$AGENT_PID" 2>/dev/null
 $IPROUTE2 netns del srv
 
 # 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns.
-timeout 420 "$SCENARIO" --agent "$AGENT" $TOOLS
+#    Every check also runs the agent with eBPF across the traffic: ebpf= must equal proc=.
+timeout 420 "$SCENARIO" --agent "$AGENT" --ebpf require $TOOLS
 echo "scenario exit status $?"
 
 # 4. The xt rules once more through iptables-nft: nft_compat runs the same xt targets
 #    from an nf_tables chain. Its lines are tagged iptables=nft.
-timeout 300 "$SCENARIO" --agent "$AGENT" --rules xt --ip $IPROUTE2 \
+timeout 300 "$SCENARIO" --agent "$AGENT" --ebpf require --rules xt --ip $IPROUTE2 \
     --iptables /usr/sbin/iptables-nft --ip6tables /usr/sbin/ip6tables-nft --nft $NFT 2>&1 \
     | sed '/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
+
+# 5. eBPF under a flood (20,000 SYNs + 5,000 bad ACKs: eBPF == /proc, no probe misses),
+#    and shutdown: SIGTERM, SIGINT, stdin EOF each stop the agent within 1 s and leave
+#    no kprobe event, BPF program or map behind.
+timeout 240 "$SCENARIO" --agent "$AGENT" --ebpf require --flood $TOOLS
+echo "flood scenario exit status $?"
 
 echo "VMTEST-END kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
