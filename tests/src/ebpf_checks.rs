@@ -146,7 +146,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         ));
         pass = false;
     }
-    let left = live_agent::wait_clean(stopped.pid, Duration::from_secs(2))?;
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
     if !left.is_empty() {
         notes.push(format!("left in the kernel: {}", left.join("; ")));
         pass = false;
@@ -187,7 +187,7 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     // One round first, so the agent is in its steady state.
     live.sample()?;
     let stopped = live.stop(signal)?;
-    let left = live_agent::wait_clean(stopped.pid, Duration::from_secs(2))?;
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
     let pass = stopped.exit_ok
         && stopped.elapsed <= live_agent::EXIT_LIMIT
         && left.is_empty()
@@ -207,7 +207,8 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     }
     Ok(Check {
         line: format!(
-            "{head} probes_attached={attached} exit={} exit_ms={} leftovers={} status={}",
+            "{head} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
+            stopped.owned.len(),
             if stopped.exit_ok { 0 } else { 1 },
             stopped.elapsed.as_millis(),
             left.len(),

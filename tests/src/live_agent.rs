@@ -62,8 +62,13 @@ pub fn kprobe_lines_of(pid: u32) -> (Vec<String>, Vec<String>) {
     )
 }
 
+/// A BPF program (`prog`) or map of the agent: (prog, id, name).
+pub type BpfObject = (bool, u32, String);
+
 pub struct LiveAgent {
     child: Child,
+    /// BPF programs and maps that appeared while this agent started.
+    owned: Vec<BpfObject>,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Receiver<String>,
@@ -74,6 +79,7 @@ pub struct LiveAgent {
 #[derive(Debug)]
 pub struct Stopped {
     pub pid: u32,
+    pub owned: Vec<BpfObject>,
     pub exit_ok: bool,
     pub elapsed: Duration,
     pub stderr: Vec<String>,
@@ -106,6 +112,7 @@ impl LiveAgent {
         ];
         args.extend_from_slice(extra);
         let what = format!("`{} {}`", agent.display(), args.join(" "));
+        let existing = agent_objects()?;
         let mut child = Command::new(agent)
             .args(&args)
             .stdin(Stdio::piped())
@@ -118,12 +125,18 @@ impl LiveAgent {
         let stderr = pump(child.stderr.take().context("agent stderr")?);
         let mut live = LiveAgent {
             child,
+            owned: Vec::new(),
             stdin,
             lines,
             stderr,
             what,
         };
         live.wait_attached()?;
+        // Other agents may be running: the objects that are new are this one's.
+        live.owned = agent_objects()?
+            .into_iter()
+            .filter(|o| !existing.contains(o))
+            .collect();
         // A first round sets the agent's baseline; what the caller does next is
         // reported in the following round.
         live.sample().context("first round of the agent")?;
@@ -218,6 +231,7 @@ impl LiveAgent {
         std::thread::sleep(Duration::from_millis(20));
         Ok(Stopped {
             pid,
+            owned: std::mem::take(&mut self.owned),
             exit_ok: status.success(),
             elapsed,
             stderr: self.stderr.try_iter().collect(),
@@ -348,9 +362,26 @@ mod bpf {
     }
 }
 
-/// What of the agent is still in the kernel: kprobe events and profile lines of
-/// `pid`, BPF programs and maps with the agent's names.
-pub fn leftovers(pid: u32) -> Result<Vec<String>> {
+/// BPF programs and maps with the agent's names, of any agent.
+pub fn agent_objects() -> Result<Vec<BpfObject>> {
+    let mut out = Vec::new();
+    for (id, name) in bpf::names(true).context("listing BPF programs")? {
+        if name.starts_with(PROGRAM_PREFIX) {
+            out.push((true, id, name));
+        }
+    }
+    for (id, name) in bpf::names(false).context("listing BPF maps")? {
+        if MAP_NAMES.contains(&name.as_str()) {
+            out.push((false, id, name));
+        }
+    }
+    Ok(out)
+}
+
+/// What of a stopped agent is still in the kernel: kprobe events and profile
+/// lines of its pid, and the BPF programs and maps it had created.
+pub fn leftovers(stopped: &Stopped) -> Result<Vec<String>> {
+    let pid = stopped.pid;
     let (events, profile) = kprobe_lines_of(pid);
     let mut left: Vec<String> = events
         .into_iter()
@@ -361,15 +392,10 @@ pub fn leftovers(pid: u32) -> Result<Vec<String>> {
                 .map(|l| format!("kprobe_profile: {}", l.trim())),
         )
         .collect();
-    for (id, name) in bpf::names(true).context("listing BPF programs")? {
-        if name.starts_with(PROGRAM_PREFIX) {
-            left.push(format!("BPF program {id} {name}"));
-        }
-    }
-    for (id, name) in bpf::names(false).context("listing BPF maps")? {
-        if MAP_NAMES.contains(&name.as_str()) {
-            left.push(format!("BPF map {id} {name}"));
-        }
+    let now = agent_objects()?;
+    for (prog, id, name) in stopped.owned.iter().filter(|o| now.contains(o)) {
+        let kind = if *prog { "program" } else { "map" };
+        left.push(format!("BPF {kind} {id} {name}"));
     }
     if Path::new(&format!("/proc/{pid}")).exists() {
         left.push(format!("/proc/{pid} still exists"));
@@ -379,10 +405,10 @@ pub fn leftovers(pid: u32) -> Result<Vec<String>> {
 
 /// [`leftovers`] until empty (programs and maps are freed after an RCU grace
 /// period), at most `within`.
-pub fn wait_clean(pid: u32, within: Duration) -> Result<Vec<String>> {
+pub fn wait_clean(stopped: &Stopped, within: Duration) -> Result<Vec<String>> {
     let deadline = Instant::now() + within;
     loop {
-        let left = leftovers(pid)?;
+        let left = leftovers(stopped)?;
         if left.is_empty() || Instant::now() > deadline {
             return Ok(left);
         }

@@ -429,7 +429,7 @@ fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcom
             stopped.stderr.join(" | ")
         ));
     }
-    let left = live_agent::wait_clean(stopped.pid, Duration::from_secs(2))?;
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
     if !left.is_empty() {
         ok = false;
         out.notes.push(format!(

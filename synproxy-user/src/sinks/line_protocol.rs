@@ -378,6 +378,130 @@ mod tests {
         Ok(())
     }
 
+    fn ebpf_sample(netns: Option<&str>) -> EbpfSample {
+        EbpfSample {
+            netns: netns.map(str::to_owned),
+            family: "ipv4",
+            events: [20000, 5000, 0, 0, 0],
+            peak_rates: [31000.0, 12500.5, 0.0, 0.0, 0.0],
+            probe_misses: 0,
+            status: crate::reconcile::ebpf::Status::Exact,
+            timestamp_ns: 1_549_550_634_000_000_000,
+        }
+    }
+
+    #[test]
+    fn ebpf_line_shape() {
+        let e = LineEncoder::new(&tags(&[("host", "gw01")]), IntegerType::Signed);
+        let mut out = Vec::new();
+        e.encode_ebpf(&ebpf_sample(Some("blue")), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "synproxy_ebpf,family=ipv4,host=gw01,netns=blue conn_reopened=0i,conn_reopened_peak_rate=0,cookie_invalid=5000i,cookie_invalid_peak_rate=12500.5,cookie_retrans=0i,cookie_retrans_peak_rate=0,cookie_valid=0i,cookie_valid_peak_rate=0,probe_misses=0i,reconcile=\"exact\",syn_received=20000i,syn_received_peak_rate=31000 1549550634000000000\n"
+        );
+    }
+
+    #[test]
+    fn probes_line_shape() {
+        let e = LineEncoder::new(&[], IntegerType::Unsigned);
+        let mut out = Vec::new();
+        let probes = ProbesSample {
+            attached: true,
+            probes: vec![(
+                "ack4_ret",
+                crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
+            )],
+            diag: [0, 0, 1, 0, 0],
+            timestamp_ns: 5,
+        };
+        e.encode_probes(&probes, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,attached=1u,count_map_full=0u,rate_map_full=0u,read_failures=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
+        );
+    }
+
+    fn check_ebpf_roundtrip(
+        static_tags: &[(String, String)],
+        netns: Option<String>,
+        events: [u64; 5],
+        rates: [f64; 5],
+        integers: IntegerType,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert_eq;
+        let e = LineEncoder::new(static_tags, integers);
+        let mut sample = ebpf_sample(None);
+        sample.netns = netns.clone();
+        sample.events = events;
+        sample.peak_rates = rates;
+        sample.timestamp_ns = 42;
+        let mut out = Vec::new();
+        e.encode_ebpf(&sample, &mut out);
+        let text = String::from_utf8(out).map_err(|e| {
+            proptest::test_runner::TestCaseError::fail(format!("invalid UTF-8: {e}"))
+        })?;
+        let parsed: Vec<_> = parse_lines(&text).collect();
+        prop_assert_eq!(parsed.len(), 1, "{}", text);
+        let line = match &parsed[0] {
+            Ok(line) => line,
+            Err(err) => {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "{err}: {text}"
+                )))
+            }
+        };
+        prop_assert_eq!(line.series.measurement.as_str(), EBPF_MEASUREMENT);
+        prop_assert_eq!(
+            line.tag_value(FAMILY_TAG).map(|v| v.to_string()),
+            Some("ipv4".to_string())
+        );
+        if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
+            let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
+            prop_assert_eq!(got, Some(super::sanitized(ns)), "{}", text);
+        }
+        for counter in Counter::ALL {
+            let value = events[counter as usize];
+            let expected = match integers {
+                IntegerType::Signed => FieldValue::I64(value.min(i64::MAX as u64) as i64),
+                IntegerType::Unsigned => FieldValue::U64(value),
+            };
+            prop_assert_eq!(
+                line.field_value(counter.name()),
+                Some(&expected),
+                "{}",
+                text
+            );
+            let rate = line.field_value(&format!("{}_peak_rate", counter.name()));
+            prop_assert_eq!(
+                rate,
+                Some(&FieldValue::F64(rates[counter as usize])),
+                "{}",
+                text
+            );
+        }
+        prop_assert_eq!(
+            line.field_value("reconcile"),
+            Some(&FieldValue::String("exact".into())),
+            "{}",
+            text
+        );
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_ebpf_line_parses_with_an_independent_parser(
+            static_tags in proptest::collection::vec(("[a-z]{1,3}(\\PC|[ ,=\\\\\n\r\t]){0,6}", "\\PC{0,6}|[ ,=\\\\\"\n\r\t]{0,4}"), 0..4),
+            netns in proptest::option::of("(\\PC|[ ,=\\\\\n\r\t\"]){0,10}"),
+            events in proptest::array::uniform5(proptest::num::u64::ANY),
+            rates in proptest::array::uniform5(0.0f64..1e12),
+            unsigned in proptest::bool::ANY,
+        ) {
+            let integers = if unsigned { IntegerType::Unsigned } else { IntegerType::Signed };
+            check_ebpf_roundtrip(&static_tags, netns, events, rates, integers)?;
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn every_line_parses_with_an_independent_parser(

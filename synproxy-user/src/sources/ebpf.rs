@@ -522,6 +522,9 @@ fn remove_events(tracefs: &TraceFs, events: Vec<(String, OwnedFd)>) {
     // in parallel the waits overlap (shutdown must finish within 1 s).
     let started = std::time::Instant::now();
     let n = events.len();
+    if n == 0 {
+        return;
+    }
     std::thread::scope(|scope| {
         for (name, fd) in events {
             let spawned = std::thread::Builder::new()
@@ -541,7 +544,7 @@ fn remove_events(tracefs: &TraceFs, events: Vec<(String, OwnedFd)>) {
         }
     });
     info!(
-        "eBPF probes detached ({n} kprobe events removed in {} ms)",
+        "eBPF probes detached ({n} kprobe events closed and removed in {} ms)",
         started.elapsed().as_millis()
     );
 }

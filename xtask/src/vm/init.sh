@@ -59,10 +59,11 @@ load_modules /etc/vmtest/modules-early
 $IPROUTE2 netns add srv
 $IPROUTE2 -n srv link set lo up
 # The agent runs in the root netns and reads srv through --netns (via /run/netns/srv).
-"$AGENT" --interval 500ms --no-ebpf --netns srv >/tmp/agent.out 2>/tmp/agent.err &
+# With eBPF: the probes cannot attach yet either; they must attach once the module loads.
+"$AGENT" --interval 500ms --netns srv >/tmp/agent.out 2>/tmp/agent.err &
 AGENT_PID=$!
 sleep 2
-missing_reports=$(grep -c nf_synproxy_core /tmp/agent.err)
+missing_reports=$(grep -c 'file not found.*nf_synproxy_core' /tmp/agent.err)
 stderr_lines_before=$(wc -l < /tmp/agent.err)
 if kill -0 "$AGENT_PID" 2>/dev/null; then alive_while_missing=yes; else alive_while_missing=no; fi
 if [ -e /proc/net/stat/synproxy ]; then file_absent_before=no; else file_absent_before=yes; fi
@@ -86,6 +87,14 @@ agent_inv=$(field "$agent_line" cookie_invalid)
 agent_val=$(field "$agent_line" cookie_valid)
 agent_ret=$(field "$agent_line" cookie_retrans)
 agent_reo=$(field "$agent_line" conn_reopened)
+# eBPF: the synproxy_ebpf lines carry per-interval events; their sum since the probes
+# attached (after the module loaded, before any traffic) must equal the /proc total.
+ebpf_val=0
+for v in $(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
+    ebpf_val=$((ebpf_val + v))
+done
+ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
+if grep -q 'eBPF probes attached' /tmp/agent.err; then ebpf_attached=yes; else ebpf_attached=no; fi
 status=PASS
 [ "$missing_reports" = 1 ] || status=FAIL
 [ "$alive_while_missing" = yes ] && [ "$alive_after" = yes ] || status=FAIL
@@ -95,7 +104,8 @@ status=PASS
 [ "${proc_val:-0}" -gt 0 ] || status=FAIL
 [ "$agent_syn" = "$proc_syn" ] && [ "$agent_inv" = "$proc_inv" ] && [ "$agent_val" = "$proc_val" ] \
     && [ "$agent_ret" = "$proc_ret" ] && [ "$agent_reo" = "$proc_reo" ] || status=FAIL
-echo "RESULT kernel=$KERNEL check=module-late counter=cookie_valid driven=${driven:-none} proc=${proc_val:-none} agent=${agent_val:-none} proc_totals=$proc_syn/$proc_inv/$proc_val/$proc_ret/$proc_reo agent_totals=${agent_syn:-none}/${agent_inv:-none}/${agent_val:-none}/${agent_ret:-none}/${agent_reo:-none} missing_reports=$missing_reports recovery_logged=$recovery_logged agent_alive=$alive_after status=$status"
+[ "$ebpf_val" = "$proc_val" ] && [ "$ebpf_exact" = 2 ] && [ "$ebpf_attached" = yes ] || status=FAIL
+echo "RESULT kernel=$KERNEL check=module-late counter=cookie_valid driven=${driven:-none} proc=${proc_val:-none} agent=${agent_val:-none} ebpf=$ebpf_val ebpf_attached_late=$ebpf_attached ebpf_reconcile_exact=$ebpf_exact proc_totals=$proc_syn/$proc_inv/$proc_val/$proc_ret/$proc_reo agent_totals=${agent_syn:-none}/${agent_inv:-none}/${agent_val:-none}/${agent_ret:-none}/${agent_reo:-none} missing_reports=$missing_reports recovery_logged=$recovery_logged agent_alive=$alive_after status=$status"
 sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
 if [ "$status" != PASS ]; then
     tail -n 3 /tmp/agent.out | sed 's/^/module-late agent stdout: /'
