@@ -32,7 +32,12 @@ struct Series {
     /// The error last reported for this series, so it is logged once.
     failing: Option<String>,
     reconciler: Reconciler,
+    /// `--netns all`: rounds since the namespace was last seen.
+    missing_rounds: u32,
 }
+
+/// How long (in rounds) a vanished namespace's totals are kept for its return.
+const VANISHED_ROUNDS_KEPT: u32 = 360;
 
 /// One sampling round's outcome.
 pub struct Round {
@@ -129,13 +134,19 @@ impl Sampler {
             NetnsSelection::All => {
                 let targets = netns::discover_all(&self.config.proc_root, &self.config.netns_dir);
                 self.read_namespaces(&targets, &mut round);
-                // Forget namespaces that are gone, so state stays bounded.
-                self.series.retain(|label, _| {
-                    let alive = targets.iter().any(|t| &t.label == label);
-                    if !alive {
-                        info!("netns {label}: gone, no longer reported");
+                // A namespace that is gone may come back under its name (a new
+                // one): keep its totals a while, marked gone, so that is a reset
+                // rather than a drop; then forget it, so state stays bounded.
+                self.series.retain(|label, series| {
+                    if targets.iter().any(|t| &t.label == label) {
+                        return true;
                     }
-                    alive
+                    series.missing_rounds += 1;
+                    if series.missing_rounds == 1 {
+                        info!("netns {label}: gone, no longer reported");
+                        series.tracker.counters_gone();
+                    }
+                    series.missing_rounds <= VANISHED_ROUNDS_KEPT
                 });
             }
         }
@@ -249,10 +260,20 @@ impl Sampler {
                 if series.failing.take().is_some() {
                     info!("{name}: synproxy counters readable again");
                 }
+                series.missing_rounds = 0;
                 let (totals, update) = series.tracker.update(reading.identity, &reading.stat);
                 match update {
-                    Update::Reset(ResetReason::NewCounters) => warn!(
-                        "{name}: synproxy counters were recreated (module reloaded or namespace replaced); totals continue from a new baseline"
+                    Update::Reset(
+                        reason @ (ResetReason::NewCounters
+                        | ResetReason::FileWasGone
+                        | ResetReason::CountersWentBack),
+                    ) => warn!(
+                        "{name}: synproxy counters were recreated (module reloaded or namespace replaced; {}); totals continue from a new baseline",
+                        match reason {
+                            ResetReason::FileWasGone => "the file was gone",
+                            ResetReason::NewCounters => "new proc entry",
+                            _ => "counters went back",
+                        }
                     ),
                     Update::Reset(ResetReason::CpuCountChanged { before, after }) => warn!(
                         "{name}: CPU rows changed from {before} to {after}; totals continue from a new baseline"
@@ -280,6 +301,9 @@ impl Sampler {
                 });
             }
             Err(failure) => {
+                if failure.means_counters_gone() {
+                    series.tracker.counters_gone();
+                }
                 let message = failure.to_string();
                 if self.config.once {
                     log::error!("{message}");
@@ -299,6 +323,22 @@ enum Failure {
     Read(ReadError),
     #[error(transparent)]
     Netns(NetnsError),
+}
+
+impl Failure {
+    /// The stat file or its namespace does not exist: the kernel destroyed those
+    /// counters, so the next reading is a new set.
+    fn means_counters_gone(&self) -> bool {
+        matches!(
+            self,
+            Failure::Read(ReadError::Missing { .. })
+                | Failure::Netns(NetnsError::NotFound { .. })
+                | Failure::Netns(NetnsError::Read {
+                    source: ReadError::Missing { .. },
+                    ..
+                })
+        )
+    }
 }
 
 /// How the agent ended.

@@ -516,3 +516,30 @@ fn once_without_kprobes_degrades_with_one_warning() {
         );
     }
 }
+
+/// The file vanishing (module unloaded) and coming back with higher values is
+/// still a restart of the counters: they add to the totals, not replace them.
+#[test]
+fn file_gone_and_back_adds_the_new_counters() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(5, 5)]);
+    let mut child = agent(&[
+        "--interval",
+        "50ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let lines = line_reader(&mut child);
+    assert_eq!(field(&next_line(&lines), "syn_received"), 5);
+    fs::remove_file(proc.stat_path()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    while lines.try_recv().is_ok() {}
+    proc.write_rows(&[(7, 7)]);
+    let line = next_line(&lines);
+    assert_eq!(field(&line, "syn_received"), 12, "{line}");
+    assert_eq!(field(&line, "cookie_valid"), 12, "{line}");
+    let stderr = stop(child);
+    assert!(stderr.contains("the file was gone"), "{stderr}");
+}

@@ -110,6 +110,62 @@ sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
 if [ "$status" != PASS ]; then
     tail -n 3 /tmp/agent.out | sed 's/^/module-late agent stdout: /'
 fi
+# 2b. module-reload: with the same agent still running, unload nf_synproxy_core and its
+#     dependants, load them again and drive traffic. The kernel's counters restart at 0
+#     (a new proc entry): the agent must log the reset and continue its totals from the
+#     new baseline (old total + new counters, never a drop), detach and re-attach its
+#     probes, and count the new events exactly (eBPF == /proc since the reload).
+reload_before=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
+reload_before_val=$(field "$reload_before" cookie_valid)
+reload_out_mark=$(wc -l < /tmp/agent.out)
+reload_attach_before=$(grep -c 'eBPF probes attached' /tmp/agent.err)
+reload_unloaded=yes
+for module in $(sed '1!G;h;$!d' /etc/vmtest/modules-late); do
+    rmmod "$(basename "$module" .ko | tr - _)" 2>/tmp/rmmod.err || { reload_unloaded=no; sed 's/^/rmmod: /' /tmp/rmmod.err; }
+done
+if [ -e /sys/module/nf_synproxy_core ]; then reload_unloaded=no; fi
+sleep 1
+load_modules /etc/vmtest/modules-late
+# Traffic only once the probes are back, so eBPF sees every new event.
+reload_reattached=no
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if [ "$(grep -c 'eBPF probes attached' /tmp/agent.err)" -gt "$reload_attach_before" ]; then
+        reload_reattached=yes
+        break
+    fi
+    sleep 0.5
+done
+sleep 1
+timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+    --agent "$AGENT" $TOOLS >/tmp/reload-scenario.out 2>&1
+reload_scenario_status=$?
+sed 's/^/module-reload scenario: /' /tmp/reload-scenario.out
+reload_driven=$(sed -n 's/.* driven=\([0-9]*\).*/\1/p' /tmp/reload-scenario.out | head -n 1)
+sleep 1.5
+set -- $(proc_totals_in_srv)
+reload_proc_val=$3
+reload_after=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
+reload_agent_val=$(field "$reload_after" cookie_valid)
+reload_ebpf_val=0
+for v in $(tail -n +$((reload_out_mark + 1)) /tmp/agent.out | grep '^synproxy_ebpf,' | grep 'netns=srv' \
+        | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
+    reload_ebpf_val=$((reload_ebpf_val + v))
+done
+reload_ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
+if grep -q 'counters were recreated' /tmp/agent.err; then reset_logged=yes; else reset_logged=no; fi
+if kill -0 "$AGENT_PID" 2>/dev/null; then reload_alive=yes; else reload_alive=no; fi
+reload_expected=$(( ${reload_before_val:-0} + ${reload_proc_val:-0} ))
+status=PASS
+[ "$reload_unloaded" = yes ] && [ "$reload_reattached" = yes ] && [ "$reload_alive" = yes ] || status=FAIL
+[ "$reload_scenario_status" = 0 ] && [ "$reset_logged" = yes ] || status=FAIL
+[ "${reload_proc_val:-0}" = "${reload_driven:-none}" ] || status=FAIL
+[ "${reload_agent_val:-none}" = "$reload_expected" ] || status=FAIL
+[ "$reload_ebpf_val" = "${reload_proc_val:-none}" ] && [ "$reload_ebpf_exact" = 2 ] || status=FAIL
+echo "RESULT kernel=$KERNEL check=module-reload counter=cookie_valid driven=${reload_driven:-none} proc=${reload_proc_val:-none} agent=${reload_agent_val:-none} agent_before=${reload_before_val:-none} agent_expected=$reload_expected ebpf=$reload_ebpf_val ebpf_reattached=$reload_reattached ebpf_reconcile_exact=$reload_ebpf_exact unloaded=$reload_unloaded reset_logged=$reset_logged agent_alive=$reload_alive status=$status"
+if [ "$status" != PASS ]; then
+    tail -n 20 /tmp/agent.err | sed 's/^/module-reload agent stderr: /'
+    tail -n 4 /tmp/agent.out | sed 's/^/module-reload agent stdout: /'
+fi
 kill "$AGENT_PID" 2>/dev/null
 wait "$AGENT_PID" 2>/dev/null
 $IPROUTE2 netns del srv
