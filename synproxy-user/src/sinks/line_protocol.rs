@@ -324,6 +324,28 @@ mod tests {
         assert!(encode(&e, &s).contains(&format!("entries={}u", u64::MAX)));
     }
 
+    /// The single line in `text`, parsed by the independent parser.
+    fn parse_one(
+        text: &str,
+    ) -> Result<influxdb_line_protocol::ParsedLine<'_>, proptest::test_runner::TestCaseError> {
+        let mut lines = parse_lines(text);
+        let first = lines.next();
+        if lines.next().is_some() {
+            return Err(proptest::test_runner::TestCaseError::fail(format!(
+                "more than one line: {text}"
+            )));
+        }
+        match first {
+            Some(Ok(line)) => Ok(line),
+            Some(Err(err)) => Err(proptest::test_runner::TestCaseError::fail(format!(
+                "{err}: {text}"
+            ))),
+            None => Err(proptest::test_runner::TestCaseError::fail(format!(
+                "no line: {text}"
+            ))),
+        }
+    }
+
     fn check_roundtrip(
         static_tags: &[(String, String)],
         netns: Option<String>,
@@ -338,16 +360,8 @@ mod tests {
             timestamp_ns: 42,
         };
         let text = encode(&e, &s);
-        let parsed: Vec<_> = parse_lines(&text).collect();
-        prop_assert_eq!(parsed.len(), 1, "{}", text);
-        let line = match &parsed[0] {
-            Ok(line) => line,
-            Err(err) => {
-                return Err(proptest::test_runner::TestCaseError::fail(format!(
-                    "{err}: {text}"
-                )))
-            }
-        };
+        let parsed = parse_one(&text)?;
+        let line = &parsed;
         prop_assert_eq!(line.series.measurement.as_str(), MEASUREMENT);
         prop_assert_eq!(line.timestamp, Some(42));
         let sanitize = super::sanitized;
@@ -440,16 +454,8 @@ mod tests {
         let text = String::from_utf8(out).map_err(|e| {
             proptest::test_runner::TestCaseError::fail(format!("invalid UTF-8: {e}"))
         })?;
-        let parsed: Vec<_> = parse_lines(&text).collect();
-        prop_assert_eq!(parsed.len(), 1, "{}", text);
-        let line = match &parsed[0] {
-            Ok(line) => line,
-            Err(err) => {
-                return Err(proptest::test_runner::TestCaseError::fail(format!(
-                    "{err}: {text}"
-                )))
-            }
-        };
+        let parsed = parse_one(&text)?;
+        let line = &parsed;
         prop_assert_eq!(line.series.measurement.as_str(), EBPF_MEASUREMENT);
         prop_assert_eq!(
             line.tag_value(FAMILY_TAG).map(|v| v.to_string()),
