@@ -5,7 +5,7 @@
 
 use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
-use crate::packet::{TcpSegment, V6Checksum, ACK, CRAFT_MSS, SYN};
+use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
 use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
@@ -72,14 +72,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     let mut tx = RawSender::new(&topo.cli, src, V6Checksum::Correct)?;
     let mut rng = XorShift::from_time();
     let started = Instant::now();
-    let seg = |sport: u16, seq: u32, ack: u32, flags: u8| TcpSegment {
-        sport,
-        dport: PROTECTED_PORT,
-        seq,
-        ack,
-        flags,
-        mss: (flags & SYN != 0).then_some(CRAFT_MSS),
-    };
+    let seg = TcpSegment::to_protected;
     for i in 0..syns {
         let sport = 1024 + (i % 60000) as u16;
         tx.send(dst, &seg(sport, rng.next_u32(), 0, SYN))?;

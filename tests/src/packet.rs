@@ -23,6 +23,20 @@ pub struct TcpSegment {
     pub mss: Option<u16>,
 }
 
+impl TcpSegment {
+    /// A crafted segment to the protected port; SYNs carry [`CRAFT_MSS`].
+    pub fn to_protected(sport: u16, seq: u32, ack: u32, flags: u8) -> Self {
+        TcpSegment {
+            sport,
+            dport: crate::rules::PROTECTED_PORT,
+            seq,
+            ack,
+            flags,
+            mss: (flags & SYN != 0).then_some(CRAFT_MSS),
+        }
+    }
+}
+
 /// How the TCP checksum of a crafted IPv6 packet is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum V6Checksum {

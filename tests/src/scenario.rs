@@ -5,7 +5,7 @@
 use crate::agent;
 use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
-use crate::packet::{TcpSegment, V6Checksum, ACK, CRAFT_MSS, RST, SYN};
+use crate::packet::{TcpSegment, V6Checksum, ACK, RST, SYN};
 use crate::proc_counters::{self, Totals};
 use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
@@ -252,14 +252,7 @@ impl Ctx<'_> {
     }
 
     fn seg(&self, sport: u16, seq: u32, ack: u32, flags: u8) -> TcpSegment {
-        TcpSegment {
-            sport,
-            dport: PROTECTED_PORT,
-            seq,
-            ack,
-            flags,
-            mss: (flags & SYN != 0).then_some(CRAFT_MSS),
-        }
+        TcpSegment::to_protected(sport, seq, ack, flags)
     }
 
     fn counter_now(&self, name: &str) -> Result<u64> {

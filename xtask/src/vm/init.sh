@@ -52,6 +52,26 @@ proc_totals_in_srv() {
     }
 }
 
+# Drives cookie_valid in srv (xt, IPv4) through the scenario, its lines prefixed with
+# "$1 scenario: "; sets SCEN_STATUS and SCEN_DRIVEN.
+drive_cookie_valid_in_srv() {
+    timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+        --agent "$AGENT" $TOOLS >/tmp/scenario-in-srv.out 2>&1
+    SCEN_STATUS=$?
+    sed "s/^/$1 scenario: /" /tmp/scenario-in-srv.out
+    SCEN_DRIVEN=$(sed -n 's/.* driven=\([0-9]*\).*/\1/p' /tmp/scenario-in-srv.out | head -n 1)
+}
+
+# Sum of the eBPF cookie_valid events of netns srv in the agent's output after line $1.
+ebpf_cookie_valid_since() {
+    total=0
+    for v in $(tail -n +$(($1 + 1)) /tmp/agent.out | grep '^synproxy_ebpf,' | grep 'netns=srv' \
+            | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
+        total=$((total + v))
+    done
+    echo "$total"
+}
+
 # 1. Everything except nf_synproxy_core and its dependants.
 load_modules /etc/vmtest/modules-early
 
@@ -70,11 +90,9 @@ if [ -e /proc/net/stat/synproxy ]; then file_absent_before=no; else file_absent_
 
 load_modules /etc/vmtest/modules-late
 
-timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
-    --agent "$AGENT" $TOOLS >/tmp/late-scenario.out 2>&1
-scenario_status=$?
-sed 's/^/module-late scenario: /' /tmp/late-scenario.out
-driven=$(sed -n 's/.* driven=\([0-9]*\).*/\1/p' /tmp/late-scenario.out | head -n 1)
+drive_cookie_valid_in_srv module-late
+scenario_status=$SCEN_STATUS
+driven=$SCEN_DRIVEN
 sleep 1.5
 if kill -0 "$AGENT_PID" 2>/dev/null; then alive_after=yes; else alive_after=no; fi
 stderr_lines_after=$(wc -l < /tmp/agent.err)
@@ -89,10 +107,7 @@ agent_ret=$(field "$agent_line" cookie_retrans)
 agent_reo=$(field "$agent_line" conn_reopened)
 # eBPF: the synproxy_ebpf lines carry per-interval events; their sum since the probes
 # attached (after the module loaded, before any traffic) must equal the /proc total.
-ebpf_val=0
-for v in $(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
-    ebpf_val=$((ebpf_val + v))
-done
+ebpf_val=$(ebpf_cookie_valid_since 0)
 ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
 if grep -q 'eBPF probes attached' /tmp/agent.err; then ebpf_attached=yes; else ebpf_attached=no; fi
 status=PASS
@@ -136,21 +151,15 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.5
 done
 sleep 1
-timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
-    --agent "$AGENT" $TOOLS >/tmp/reload-scenario.out 2>&1
-reload_scenario_status=$?
-sed 's/^/module-reload scenario: /' /tmp/reload-scenario.out
-reload_driven=$(sed -n 's/.* driven=\([0-9]*\).*/\1/p' /tmp/reload-scenario.out | head -n 1)
+drive_cookie_valid_in_srv module-reload
+reload_scenario_status=$SCEN_STATUS
+reload_driven=$SCEN_DRIVEN
 sleep 1.5
 set -- $(proc_totals_in_srv)
 reload_proc_val=$3
 reload_after=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
 reload_agent_val=$(field "$reload_after" cookie_valid)
-reload_ebpf_val=0
-for v in $(tail -n +$((reload_out_mark + 1)) /tmp/agent.out | grep '^synproxy_ebpf,' | grep 'netns=srv' \
-        | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
-    reload_ebpf_val=$((reload_ebpf_val + v))
-done
+reload_ebpf_val=$(ebpf_cookie_valid_since "$reload_out_mark")
 reload_ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
 if grep -q 'counters were recreated' /tmp/agent.err; then reset_logged=yes; else reset_logged=no; fi
 if kill -0 "$AGENT_PID" 2>/dev/null; then reload_alive=yes; else reload_alive=no; fi
