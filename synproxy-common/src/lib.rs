@@ -41,6 +41,7 @@ impl Counter {
         }
     }
 
+    /// The name the kernel prints in the header, Telegraf's field name.
     pub const fn name(self) -> &'static str {
         match self {
             Counter::SynReceived => "syn_received",
@@ -50,7 +51,31 @@ impl Counter {
             Counter::ConnReopened => "conn_reopened",
         }
     }
+
+    /// The counter called `name` (as [`Counter::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Counter::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Index in [`Counter::ALL`] (kernel order).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 }
+
+/// The constant first column of `/proc/net/stat/synproxy` (always 0 since Linux 3.12);
+/// Telegraf reports it as a field.
+pub const ENTRIES: &str = "entries";
+
+/// Column names of `/proc/net/stat/synproxy` in the kernel's order.
+pub const STAT_COLUMNS: [&str; COUNTER_COUNT + 1] = [
+    ENTRIES,
+    Counter::SynReceived.name(),
+    Counter::CookieInvalid.name(),
+    Counter::CookieValid.name(),
+    Counter::CookieRetrans.name(),
+    Counter::ConnReopened.name(),
+];
 
 /// Address family of an event, as stored in map keys.
 pub const FAMILY_IPV4: u8 = 4;
