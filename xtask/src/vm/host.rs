@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use anyhow::{bail, Context, Result};
 
 /// Packages the VM test uses on the host: QEMU, a static busybox for the guest, depmod,
-/// the tools copied into the guest, xz for decompressing .ko.xz modules.
+/// the tools copied into the guest, xz and zstd for decompressing .ko.xz/.ko.zst modules.
 pub const HOST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -15,7 +15,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "xz-utils",
-    // Signs the private bullseye/bookworm apt sources used for kernels.
+    "zstd",
+    // Signs the private bullseye/bookworm/sid apt sources used for kernels.
     "debian-archive-keyring",
 ];
 

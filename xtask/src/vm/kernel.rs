@@ -19,6 +19,13 @@ const BOOKWORM: PrivateAptSource = PrivateAptSource {
     ],
 };
 
+/// Debian unstable: the newest kernel series the archive serves. Its version moves
+/// (7.2 when this was written); the series is named `sid`, not by number.
+const SID: PrivateAptSource = PrivateAptSource {
+    name: "sid",
+    lines: &["deb http://deb.debian.org/debian sid main"],
+};
+
 const BULLSEYE: PrivateAptSource = PrivateAptSource {
     name: "bullseye",
     lines: &[
@@ -33,6 +40,9 @@ pub struct KernelSeries {
     pub name: &'static str,
     /// The meta package whose Depends names the real image package.
     pub meta_package: &'static str,
+    /// The image package the meta package must resolve to starts with this, e.g.
+    /// `linux-image-6.1.` (`linux-image-` for sid, whose version moves).
+    pub package_prefix: &'static str,
     /// Try the machine's own apt sources first.
     pub try_system_sources: bool,
     /// Debian suite used when the machine's sources do not serve this series.
@@ -42,21 +52,31 @@ pub struct KernelSeries {
 pub const SERIES: &[KernelSeries] = &[
     KernelSeries {
         name: "5.10",
+        package_prefix: "linux-image-5.10.",
         meta_package: "linux-image-cloud-amd64",
         try_system_sources: false,
         fallback_source: BULLSEYE,
     },
     KernelSeries {
         name: "6.1",
+        package_prefix: "linux-image-6.1.",
         meta_package: "linux-image-cloud-amd64",
         try_system_sources: true,
         fallback_source: BOOKWORM,
     },
     KernelSeries {
         name: "6.12",
+        package_prefix: "linux-image-6.12.",
         meta_package: "linux-image-6.12-cloud-amd64",
         try_system_sources: true,
         fallback_source: BOOKWORM,
+    },
+    KernelSeries {
+        name: "sid",
+        package_prefix: "linux-image-",
+        meta_package: "linux-image-cloud-amd64",
+        try_system_sources: false,
+        fallback_source: SID,
     },
 ];
 
@@ -75,6 +95,11 @@ pub fn find_series(name: &str) -> Result<&'static KernelSeries> {
 struct ResolvedPackage {
     package: String,
     version: String,
+    /// Packages the image package needs for its files, exact versions: since Debian's
+    /// 6.16-ish packaging (sid) `linux-image-<release>` is empty and vmlinuz, the
+    /// modules and modules.builtin/order live in `linux-{binary,modules,base}-<release>`.
+    /// Empty for older kernels, whose image package holds everything.
+    parts: Vec<(String, String)>,
     /// None: the machine's own apt sources.
     source: Option<PrivateAptSource>,
 }
@@ -91,10 +116,17 @@ pub struct KernelImage {
 }
 
 impl KernelImage {
+    /// `boot/vmlinuz-<release>` (up to 6.12), or `lib/modules/<release>/vmlinuz` (sid's
+    /// split packages install it there).
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root
+        let boot = self
+            .root
             .join("boot")
-            .join(format!("vmlinuz-{}", self.release))
+            .join(format!("vmlinuz-{}", self.release));
+        if boot.is_file() {
+            return boot;
+        }
+        self.modules_dir().join("vmlinuz")
     }
 
     pub fn modules_dir(&self) -> PathBuf {
@@ -102,79 +134,137 @@ impl KernelImage {
     }
 }
 
-fn apt_cache_depends(meta_package: &str, apt_options: &[String]) -> Result<(String, String)> {
+/// One entry of a Depends field: the package and its exact `(= version)`, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dependency {
+    package: String,
+    exact_version: Option<String>,
+}
+
+/// Parses a Depends field; of alternatives (`a | b`) only the first is kept.
+fn parse_depends(depends: &str) -> Vec<Dependency> {
+    depends
+        .split(',')
+        .filter_map(|entry| {
+            let first = entry.split('|').next()?.trim();
+            let (package, rest) = match first.split_once(' ') {
+                Some((package, rest)) => (package, rest.trim()),
+                None => (first, ""),
+            };
+            if package.is_empty() {
+                return None;
+            }
+            let exact_version = rest
+                .strip_prefix("(=")
+                .and_then(|v| v.strip_suffix(')'))
+                .map(|v| v.trim().to_string());
+            Some(Dependency {
+                package: package.to_string(),
+                exact_version,
+            })
+        })
+        .collect()
+}
+
+/// The Depends of `package` (its candidate version) in the given apt state.
+fn apt_cache_depends(package: &str, apt_options: &[String]) -> Result<Vec<Dependency>> {
     let output = run_captured(Command::new("apt-cache").args(apt_options).args([
         "show",
         "--no-all-versions",
-        meta_package,
+        package,
     ]))?;
     let text = String::from_utf8_lossy(&output.stdout);
     let depends = text
         .lines()
         .find_map(|line| line.strip_prefix("Depends:"))
-        .ok_or_else(|| anyhow!("apt-cache show {meta_package}: no Depends field"))?;
-    // e.g. "linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)"
-    let first = depends.split(',').next().unwrap_or("").trim();
-    let (package, rest) = first
-        .split_once(' ')
-        .ok_or_else(|| anyhow!("apt-cache show {meta_package}: unexpected Depends {depends:?}"))?;
-    let version = rest
-        .trim()
-        .strip_prefix("(=")
-        .and_then(|v| v.strip_suffix(')'))
-        .map(str::trim)
-        .ok_or_else(|| {
-            anyhow!("apt-cache show {meta_package}: Depends has no exact version: {depends:?}")
-        })?;
-    if !package.starts_with("linux-image-") {
-        bail!("apt-cache show {meta_package}: Depends names {package}, not a linux-image package");
-    }
-    Ok((package.to_string(), version.to_string()))
+        .ok_or_else(|| anyhow!("apt-cache show {package}: no Depends field"))?;
+    Ok(parse_depends(depends))
 }
 
-fn matches_series(series: &KernelSeries, package: &str) -> bool {
-    package.starts_with(&format!("linux-image-{}.", series.name))
+/// The image package (`linux-image-<release>`, exact version) a meta package names.
+/// sid's meta package lists `linux-base-cloud-amd64` first, so look for the image.
+fn image_dependency(meta_package: &str, depends: &[Dependency]) -> Result<(String, String)> {
+    let image = depends
+        .iter()
+        .find(|d| d.package.starts_with("linux-image-"))
+        .ok_or_else(|| {
+            anyhow!("apt-cache show {meta_package}: Depends names no linux-image package")
+        })?;
+    let version = image.exact_version.clone().ok_or_else(|| {
+        anyhow!(
+            "apt-cache show {meta_package}: Depends has no exact version for {}",
+            image.package
+        )
+    })?;
+    Ok((image.package.clone(), version))
+}
+
+/// The packages holding the files of a split image package: its dependencies named
+/// `linux-*-<release>` with an exact version (sid: linux-binary, linux-modules,
+/// linux-base). Older image packages depend on none of that shape.
+fn image_parts(image_package: &str, depends: &[Dependency]) -> Vec<(String, String)> {
+    let Some(release) = image_package.strip_prefix("linux-image-") else {
+        return Vec::new();
+    };
+    let suffix = format!("-{release}");
+    depends
+        .iter()
+        .filter(|d| d.package.starts_with("linux-") && d.package.ends_with(&suffix))
+        .filter_map(|d| Some((d.package.clone(), d.exact_version.clone()?)))
+        .collect()
+}
+
+fn resolve_in(
+    series: &KernelSeries,
+    apt_options: &[String],
+    source_name: &str,
+) -> Result<(String, String, Vec<(String, String)>)> {
+    let meta_depends = apt_cache_depends(series.meta_package, apt_options)?;
+    let (package, version) = image_dependency(series.meta_package, &meta_depends)?;
+    if !package.starts_with(series.package_prefix) {
+        bail!(
+            "{} in {source_name} depends on {package}, which is not series {}",
+            series.meta_package,
+            series.name
+        );
+    }
+    let parts = image_parts(&package, &apt_cache_depends(&package, apt_options)?);
+    Ok((package, version, parts))
 }
 
 fn resolve(series: &'static KernelSeries, apt: &mut Apt, vm_dir: &Path) -> Result<ResolvedPackage> {
     if series.try_system_sources {
-        let mut attempt = apt_cache_depends(series.meta_package, &[]);
+        let mut attempt = resolve_in(series, &[], "the system apt sources");
         if attempt.is_err() {
             apt.update_system_once()?;
-            attempt = apt_cache_depends(series.meta_package, &[]);
+            attempt = resolve_in(series, &[], "the system apt sources");
         }
         match attempt {
-            Ok((package, version)) if matches_series(series, &package) => {
+            Ok((package, version, parts)) => {
                 return Ok(ResolvedPackage {
                     package,
                     version,
+                    parts,
                     source: None,
                 });
             }
-            Ok((package, _)) => println!(
-                "vm-test: system apt sources map {} to {package}, not series {}; using Debian {}",
-                series.meta_package, series.name, series.fallback_source.name
-            ),
             Err(error) => println!(
-                "vm-test: system apt sources do not serve {} ({error:#}); using Debian {}",
-                series.meta_package, series.fallback_source.name
+                "vm-test: system apt sources do not serve series {} ({error:#}); using Debian {}",
+                series.name, series.fallback_source.name
             ),
         }
     }
     let source = series.fallback_source.clone();
     source.refresh(vm_dir)?;
-    let (package, version) = apt_cache_depends(series.meta_package, &source.options(vm_dir))?;
-    if !matches_series(series, &package) {
-        bail!(
-            "{} in Debian {} depends on {package}, which is not series {}",
-            series.meta_package,
-            source.name,
-            series.name
-        );
-    }
+    let (package, version, parts) = resolve_in(
+        series,
+        &source.options(vm_dir),
+        &format!("Debian {}", source.name),
+    )?;
     Ok(ResolvedPackage {
         package,
         version,
+        parts,
         source: Some(source),
     })
 }
@@ -220,31 +310,45 @@ pub fn fetch(series: &'static KernelSeries, apt: &mut Apt, vm_dir: &Path) -> Res
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let started = std::time::Instant::now();
-    let package_spec = format!("{}={}", resolved.package, resolved.version);
+    let mut package_specs = vec![format!("{}={}", resolved.package, resolved.version)];
+    package_specs.extend(
+        resolved
+            .parts
+            .iter()
+            .map(|(package, version)| format!("{package}={version}")),
+    );
     let apt_options = resolved
         .source
         .as_ref()
         .map(|s| s.options(vm_dir))
         .unwrap_or_default();
-    println!("vm-test: apt-get download {package_spec}");
+    println!("vm-test: apt-get download {}", package_specs.join(" "));
     run_captured(
         Command::new("apt-get")
             .current_dir(&partial)
             .args(&apt_options)
-            .args(["-q", "-oAPT::Sandbox::User=root", "download", &package_spec]),
+            .args(["-q", "-oAPT::Sandbox::User=root", "download"])
+            .args(&package_specs),
     )?;
-    let deb = std::fs::read_dir(&partial)
+    let debs: Vec<PathBuf> = std::fs::read_dir(&partial)
         .with_context(|| format!("reading {}", partial.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|ext| ext == "deb"))
-        .ok_or_else(|| {
-            anyhow!(
-                "apt-get download {package_spec} produced no .deb in {}",
-                partial.display()
-            )
-        })?;
+        .filter(|p| p.extension().is_some_and(|ext| ext == "deb"))
+        .collect();
+    if debs.len() != package_specs.len() {
+        bail!(
+            "apt-get download {} left {} .deb files in {} (expected {})",
+            package_specs.join(" "),
+            debs.len(),
+            partial.display(),
+            package_specs.len()
+        );
+    }
     let tree = partial.join("tree");
-    run_captured(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    for deb in &debs {
+        run_captured(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
+    }
+    move_usr_modules(&tree, &release)?;
     // The .deb ships no modules.dep: generate it.
     run_captured(Command::new("depmod").arg("-b").arg(&tree).arg(&release))?;
     std::fs::write(tree.join("debian-version"), &resolved.version)
@@ -264,9 +368,35 @@ pub fn fetch(series: &'static KernelSeries, apt: &mut Apt, vm_dir: &Path) -> Res
         started.elapsed().as_secs_f64()
     );
     if !image.vmlinuz().is_file() {
-        bail!("{} has no {}", resolved.package, image.vmlinuz().display());
+        bail!(
+            "{} has no vmlinuz ({})",
+            resolved.package,
+            image.vmlinuz().display()
+        );
     }
     Ok(image)
+}
+
+/// Newer packages install to /usr/lib/modules/<release>/ (merged /usr); depmod -b and
+/// the module plan look in <root>/lib/modules/<release>/, so move it there.
+fn move_usr_modules(tree: &Path, release: &str) -> Result<()> {
+    let usr_dir = tree.join("usr/lib/modules").join(release);
+    if !usr_dir.is_dir() {
+        return Ok(());
+    }
+    let lib_modules = tree.join("lib/modules");
+    let lib_dir = lib_modules.join(release);
+    if lib_dir.exists() {
+        bail!(
+            "{} and {} both exist: unexpected package layout",
+            usr_dir.display(),
+            lib_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&lib_modules)
+        .with_context(|| format!("creating {}", lib_modules.display()))?;
+    std::fs::rename(&usr_dir, &lib_dir)
+        .with_context(|| format!("moving {} to {}", usr_dir.display(), lib_dir.display()))
 }
 
 /// Modules needed for xt and nft SYNPROXY over veth, IPv4 and IPv6, plus the matches
@@ -288,7 +418,8 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "xt_conntrack",
     "xt_tcpudp",
     "xt_hl",
-    "nfnetlink",
+    // nfnetlink comes with nf_tables' dependencies where it is a module; sid's kernel
+    // builds it into the netfilter core.
     "nf_tables",
     "nft_compat",
     "nft_ct",
@@ -414,12 +545,23 @@ pub fn plan_modules_from_dep(modules_dep: &str) -> Result<ModulePlan> {
     Ok(plan)
 }
 
-/// Reads a module file, decompressing .ko.xz (6.12) with xz on the host.
+/// Reads a module file, decompressing .ko.xz (6.12, sid) with xz and .ko.zst with zstd
+/// on the host (the guest's busybox insmod takes plain .ko only).
 pub fn read_module(image: &KernelImage, module: &KernelModule) -> Result<Vec<u8>> {
     let path = image.modules_dir().join(&module.relative_path);
     if module.relative_path.ends_with(".ko.xz") {
         let output = run_captured(Command::new("xz").arg("-dc").arg(&path))?;
         Ok(output.stdout)
+    } else if module.relative_path.ends_with(".ko.zst") {
+        let output = run_captured(Command::new("zstd").args(["-dc", "-q"]).arg(&path))?;
+        Ok(output.stdout)
+    } else if module.relative_path.ends_with(".ko.gz") {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut contents = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut contents)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        Ok(contents)
     } else if module.relative_path.ends_with(".ko") {
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     } else {
@@ -456,5 +598,46 @@ mod tests {
         assert!(!early.contains(&"nf_synproxy_core"));
         assert_eq!(late.first(), Some(&"nf_synproxy_core"));
         assert!(late.contains(&"ipt_SYNPROXY"));
+    }
+
+    #[test]
+    fn depends_parsing_finds_the_image_and_its_split_parts() {
+        // sid's meta package lists linux-base-cloud-amd64 first.
+        let meta = parse_depends(
+            " linux-base-cloud-amd64 (= 7.2.13-1), linux-image-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)",
+        );
+        let (package, version) = image_dependency("linux-image-cloud-amd64", &meta).unwrap();
+        assert_eq!(package, "linux-image-7.2.13+deb14-cloud-amd64");
+        assert_eq!(version, "7.2.13-1");
+        let image = parse_depends(
+            " dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+             linux-base-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+             linux-binary-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+             linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)",
+        );
+        let parts: Vec<String> = image_parts(&package, &image)
+            .into_iter()
+            .map(|(p, v)| format!("{p}={v}"))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                "linux-base-7.2.13+deb14-cloud-amd64=7.2.13-1",
+                "linux-binary-7.2.13+deb14-cloud-amd64=7.2.13-1",
+                "linux-modules-7.2.13+deb14-cloud-amd64=7.2.13-1",
+            ]
+        );
+        // An older image package holds its own files.
+        let bookworm = parse_depends(
+            " kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool",
+        );
+        assert!(image_parts("linux-image-6.1.0-56-cloud-amd64", &bookworm).is_empty());
+        let old_meta = parse_depends(" linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)");
+        assert_eq!(
+            image_dependency("linux-image-cloud-amd64", &old_meta)
+                .unwrap()
+                .0,
+            "linux-image-6.1.0-56-cloud-amd64"
+        );
     }
 }

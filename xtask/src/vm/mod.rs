@@ -16,8 +16,9 @@ use host::{Apt, HOST_PACKAGES};
 use kernel::KernelImage;
 use qemu::{BootEnd, BootOutcome, BootSpec};
 
-/// The series booted when no --kernel is given, oldest first.
-pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
+/// The series booted when no --kernel is given, oldest first; `sid` is Debian unstable's
+/// cloud kernel, the newest series the archive serves (its version moves).
+pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12", "sid"];
 
 const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 300;
 /// Stays under the 10 minute budget for the whole suite.
@@ -27,7 +28,7 @@ const DEFAULT_GUEST_MEMORY_MIB: u32 = 512;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
-    /// Kernel series to boot (repeatable): 5.10, 6.1, 6.12. Default: all of them.
+    /// Kernel series to boot (repeatable): 5.10, 6.1, 6.12, sid. Default: all of them.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
     /// Time limit for one boot, in seconds (kernel start to poweroff).
