@@ -1,7 +1,17 @@
 #!/bin/sh
 # PID 1 of the vm-test guest (busybox sh). Prints machine-readable lines on the serial
-# console: "RESULT ..." per check, "VMTEST-BOOTED" and "VMTEST-END" markers.
+# console: "RESULT ..." per check, "CHECK-BEGIN name=..." / "CHECK-END name=... secs=..."
+# around every check (the host names the open check if the boot runs out of time),
+# and the "VMTEST-BOOTED" / "VMTEST-END" markers.
 # busybox runs its own `ip` applet before PATH, so iproute2 is always called by full path.
+#
+# Adding a check:
+#     begin_check my-check
+#     run_scenario my-check 900 --agent "$AGENT" ... $TOOLS    # or shell code
+#     end_check my-check
+# Never sleep a guessed time: wait for the condition with `wait_for DESC TIMEOUT_S CMD...`
+# (polls CMD until it succeeds; prints "# timeout waiting for DESC" and fails after
+# TIMEOUT_S). Deadlines are generous: QEMU/TCG on a slow, busy machine is slow.
 export PATH=/bin:/usr/sbin:/usr/bin
 IPROUTE2=/usr/sbin/ip
 IPTABLES=/usr/sbin/iptables-legacy
@@ -10,6 +20,8 @@ NFT=/usr/sbin/nft
 AGENT=/bin/synproxy-agent
 SCENARIO=/bin/synproxy-scenario
 TOOLS="--ip $IPROUTE2 --iptables $IPTABLES --ip6tables $IP6TABLES --nft $NFT"
+# How often wait_for re-evaluates its condition.
+POLL_S=0.25
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -25,6 +37,76 @@ ip link set lo up 2>/dev/null
 
 KERNEL=$(uname -r)
 echo "VMTEST-BOOTED kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(grep -c ^processor /proc/cpuinfo)"
+
+# --- timing and waiting -------------------------------------------------------------
+
+# Centiseconds since boot (/proc/uptime always has two decimals).
+now_cs() {
+    local up
+    read -r up _ < /proc/uptime
+    # "1" prefix then minus 100: a fraction like "05" must not be read as octal.
+    echo $(( ${up%.*} * 100 + 1${up#*.} - 100 ))
+}
+
+# Centiseconds as seconds with one decimal.
+cs_to_secs() {
+    echo "$(($1 / 100)).$(($1 % 100 / 10))"
+}
+
+CHECKS_RUN=0
+# begin_check NAME: marks the start of a check on the console.
+begin_check() {
+    CHECK_NAME=$1
+    CHECK_STARTED_CS=$(now_cs)
+    CHECKS_RUN=$((CHECKS_RUN + 1))
+    echo "CHECK-BEGIN name=$1 kernel=$KERNEL uptime=$(cs_to_secs "$CHECK_STARTED_CS")"
+}
+
+# end_check NAME: marks its end with its duration in seconds.
+end_check() {
+    echo "CHECK-END name=$1 secs=$(cs_to_secs $(( $(now_cs) - CHECK_STARTED_CS )))"
+    CHECK_NAME=
+}
+
+# wait_for DESC TIMEOUT_S CMD...: runs CMD until it succeeds (0) or TIMEOUT_S passed (1).
+wait_for() {
+    local desc=$1 limit=$2 deadline
+    shift 2
+    deadline=$(( $(now_cs) + limit * 100 ))
+    while :; do
+        "$@" && return 0
+        if [ "$(now_cs)" -ge "$deadline" ]; then
+            echo "# timeout waiting for $desc (${limit}s, in check ${CHECK_NAME:-none})"
+            return 1
+        fi
+        sleep "$POLL_S"
+    done
+}
+
+# run_scenario NAME TIMEOUT_S ARGS...: synproxy-scenario ARGS, its output on the console
+# (through `sed "$SCENARIO_SED"` when that is set). A scenario that times out, fails
+# without a failing RESULT line, or prints no RESULT line at all adds a FAIL line for
+# NAME, so nothing is lost silently.
+run_scenario() {
+    local name=$1 limit=$2 status results failures
+    shift 2
+    { timeout "$limit" "$SCENARIO" "$@" 2>&1; echo "$?" > /tmp/scenario.status; } \
+        | sed "${SCENARIO_SED:-s/^//}" | tee /tmp/scenario.out
+    status=$(cat /tmp/scenario.status)
+    results=$(grep -c '^RESULT ' /tmp/scenario.out)
+    failures=$(grep '^RESULT ' /tmp/scenario.out | grep -vc 'status=PASS')
+    echo "# $name: scenario exit status $status"
+    if [ "$status" = 143 ] || [ "$status" = 124 ]; then
+        echo "# timeout waiting for the $name scenario (${limit}s)"
+        echo "RESULT kernel=$KERNEL check=$name status=FAIL reason=timeout limit=${limit}s results_before=$results"
+    elif [ "$status" != 0 ] && [ "$failures" = 0 ]; then
+        echo "RESULT kernel=$KERNEL check=$name status=FAIL reason=exit-$status results_before=$results"
+    elif [ "$results" = 0 ]; then
+        echo "RESULT kernel=$KERNEL check=$name status=FAIL reason=no-results"
+    fi
+}
+
+# --- helpers of the module checks ---------------------------------------------------
 
 load_modules() { # $1: list file
     while read -r module; do
@@ -52,10 +134,18 @@ proc_totals_in_srv() {
     }
 }
 
+# The agent's last synproxy line's totals in the same order, or "none".
+agent_totals() {
+    local line
+    line=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
+    [ -n "$line" ] || { echo none; return; }
+    echo "$(field "$line" syn_received) $(field "$line" cookie_invalid) $(field "$line" cookie_valid) $(field "$line" cookie_retrans) $(field "$line" conn_reopened)"
+}
+
 # Drives cookie_valid in srv (xt, IPv4) through the scenario, its lines prefixed with
 # "$1 scenario: "; sets SCEN_STATUS and SCEN_DRIVEN.
 drive_cookie_valid_in_srv() {
-    timeout 120 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+    timeout 300 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
         --agent "$AGENT" $TOOLS >/tmp/scenario-in-srv.out 2>&1
     SCEN_STATUS=$?
     sed "s/^/$1 scenario: /" /tmp/scenario-in-srv.out
@@ -64,7 +154,7 @@ drive_cookie_valid_in_srv() {
 
 # Sum of the eBPF cookie_valid events of netns srv in the agent's output after line $1.
 ebpf_cookie_valid_since() {
-    total=0
+    local total=0 v
     for v in $(tail -n +$(($1 + 1)) /tmp/agent.out | grep '^synproxy_ebpf,' | grep 'netns=srv' \
             | sed -n 's/.*[ ,]cookie_valid=\([0-9]*\)i.*/\1/p'); do
         total=$((total + v))
@@ -72,44 +162,99 @@ ebpf_cookie_valid_since() {
     echo "$total"
 }
 
+# How many of the agent's last two srv eBPF lines say reconcile="exact".
+ebpf_exact_of_last_two() {
+    grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"'
+}
+
+# Conditions polled with wait_for.
+agent_running() { kill -0 "$AGENT_PID" 2>/dev/null; }
+count_in_agent_err() { grep -c "$1" /tmp/agent.err; }
+agent_err_count_above() { [ "$(count_in_agent_err "$1")" -gt "$2" ]; }
+# At least $2 centiseconds passed since $1 (a now_cs value).
+cs_since_at_least() { [ $(( $(now_cs) - $1 )) -ge "$2" ]; }
+# An exact srv eBPF round printed after stdout line $1.
+exact_srv_round_after() {
+    tail -n +$(($1 + 1)) /tmp/agent.out | grep '^synproxy_ebpf,' | grep 'netns=srv' \
+        | grep -q 'reconcile="exact"'
+}
+# module-late is done when the agent's totals equal /proc's, its eBPF cookie_valid
+# events since the start equal /proc's cookie_valid, and its last two srv eBPF rounds
+# are exact.
+agent_caught_up() {
+    local proc
+    proc=$(proc_totals_in_srv)
+    set -- $proc
+    [ "$(agent_totals)" = "$proc" ] \
+        && [ "$(ebpf_cookie_valid_since 0)" = "$3" ] \
+        && [ "$(ebpf_exact_of_last_two)" = 2 ]
+}
+# module-reload is done when the agent's cookie_valid is its total before the reload
+# plus /proc's new counter, and eBPF counted the new events exactly.
+agent_caught_up_after_reload() {
+    local proc_val
+    proc_val=$(proc_totals_in_srv | cut -d' ' -f3)
+    set -- $(agent_totals)
+    [ "$3" = "$(( ${reload_before_val:-0} + ${proc_val:-0} ))" ] \
+        && [ "$(ebpf_cookie_valid_since "$reload_out_mark")" = "$proc_val" ] \
+        && [ "$(ebpf_exact_of_last_two)" = 2 ]
+}
+
+# --- the checks ---------------------------------------------------------------------
+
 # 1. Everything except nf_synproxy_core and its dependants.
+begin_check modules-early
 load_modules /etc/vmtest/modules-early
+end_check modules-early
 
 # 2. module-late: the agent starts while /proc/net/stat/synproxy does not exist yet.
+begin_check module-late
 $IPROUTE2 netns add srv
 $IPROUTE2 -n srv link set lo up
 # The agent runs in the root netns and reads srv through --netns (via /run/netns/srv).
 # With eBPF: the probes cannot attach yet either; they must attach once the module loads.
 "$AGENT" --interval 500ms --netns srv >/tmp/agent.out 2>/tmp/agent.err &
 AGENT_PID=$!
-sleep 2
-missing_reports=$(grep -c 'file not found.*nf_synproxy_core' /tmp/agent.err)
+MISSING='file not found.*nf_synproxy_core'
+ATTACHED='eBPF probes attached'
+# The missing file must be logged, then not again while the agent keeps retrying. A
+# failing round prints nothing, so "retrying" is measured on the guest clock: three
+# more intervals (3 x 500 ms) after the report was seen.
+wait_for "the agent to log the missing /proc/net/stat/synproxy" 120 agent_err_count_above "$MISSING" 0
+reported_cs=$(now_cs)
+wait_for "3 agent intervals after the missing-file report" 60 cs_since_at_least "$reported_cs" 150
+missing_reports=$(count_in_agent_err "$MISSING")
 stderr_lines_before=$(wc -l < /tmp/agent.err)
-if kill -0 "$AGENT_PID" 2>/dev/null; then alive_while_missing=yes; else alive_while_missing=no; fi
+if agent_running; then alive_while_missing=yes; else alive_while_missing=no; fi
 if [ -e /proc/net/stat/synproxy ]; then file_absent_before=no; else file_absent_before=yes; fi
 
 load_modules /etc/vmtest/modules-late
+# Traffic only once the probes are attached and one exact round followed, so eBPF
+# sees every event.
+if wait_for "the agent to attach its probes after the module loaded" 120 \
+        agent_err_count_above "$ATTACHED" 0; then
+    ebpf_attached=yes
+else
+    ebpf_attached=no
+fi
+mark=$(wc -l < /tmp/agent.out)
+wait_for "an exact eBPF round after the late attach" 60 exact_srv_round_after "$mark"
 
 drive_cookie_valid_in_srv module-late
 scenario_status=$SCEN_STATUS
 driven=$SCEN_DRIVEN
-sleep 1.5
-if kill -0 "$AGENT_PID" 2>/dev/null; then alive_after=yes; else alive_after=no; fi
-stderr_lines_after=$(wc -l < /tmp/agent.err)
-if [ "$stderr_lines_after" -gt "$stderr_lines_before" ]; then recovery_logged=yes; else recovery_logged=no; fi
-agent_line=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
-set -- $(proc_totals_in_srv)
-proc_syn=$1; proc_inv=$2; proc_val=$3; proc_ret=$4; proc_reo=$5
-agent_syn=$(field "$agent_line" syn_received)
-agent_inv=$(field "$agent_line" cookie_invalid)
-agent_val=$(field "$agent_line" cookie_valid)
-agent_ret=$(field "$agent_line" cookie_retrans)
-agent_reo=$(field "$agent_line" conn_reopened)
 # eBPF: the synproxy_ebpf lines carry per-interval events; their sum since the probes
 # attached (after the module loaded, before any traffic) must equal the /proc total.
+wait_for "the agent to report srv's /proc totals and eBPF events" 60 agent_caught_up
+if agent_running; then alive_after=yes; else alive_after=no; fi
+stderr_lines_after=$(wc -l < /tmp/agent.err)
+if [ "$stderr_lines_after" -gt "$stderr_lines_before" ]; then recovery_logged=yes; else recovery_logged=no; fi
+set -- $(proc_totals_in_srv)
+proc_syn=$1; proc_inv=$2; proc_val=$3; proc_ret=$4; proc_reo=$5
+set -- $(agent_totals)
+agent_syn=$1; agent_inv=$2; agent_val=$3; agent_ret=$4; agent_reo=$5
 ebpf_val=$(ebpf_cookie_valid_since 0)
-ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
-if grep -q 'eBPF probes attached' /tmp/agent.err; then ebpf_attached=yes; else ebpf_attached=no; fi
+ebpf_exact=$(ebpf_exact_of_last_two)
 status=PASS
 [ "$missing_reports" = 1 ] || status=FAIL
 [ "$alive_while_missing" = yes ] && [ "$alive_after" = yes ] || status=FAIL
@@ -125,44 +270,49 @@ sed 's/^/module-late agent stderr: /' /tmp/agent.err | tail -n 20
 if [ "$status" != PASS ]; then
     tail -n 3 /tmp/agent.out | sed 's/^/module-late agent stdout: /'
 fi
+end_check module-late
+
 # 2b. module-reload: with the same agent still running, unload nf_synproxy_core and its
 #     dependants, load them again and drive traffic. The kernel's counters restart at 0
 #     (a new proc entry): the agent must log the reset and continue its totals from the
 #     new baseline (old total + new counters, never a drop), detach and re-attach its
 #     probes, and count the new events exactly (eBPF == /proc since the reload).
-reload_before=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
-reload_before_val=$(field "$reload_before" cookie_valid)
-reload_out_mark=$(wc -l < /tmp/agent.out)
-reload_attach_before=$(grep -c 'eBPF probes attached' /tmp/agent.err)
+begin_check module-reload
+set -- $(agent_totals)
+reload_before_val=$3
+reload_attach_before=$(count_in_agent_err "$ATTACHED")
+reload_missing_before=$(count_in_agent_err "$MISSING")
 reload_unloaded=yes
 for module in $(sed '1!G;h;$!d' /etc/vmtest/modules-late); do
     rmmod "$(basename "$module" .ko | tr - _)" 2>/tmp/rmmod.err || { reload_unloaded=no; sed 's/^/rmmod: /' /tmp/rmmod.err; }
 done
 if [ -e /sys/module/nf_synproxy_core ]; then reload_unloaded=no; fi
-sleep 1
+# The agent must see the file gone before it comes back (that is how it tells new
+# counters from old ones that happen to be equal).
+wait_for "the agent to log the unloaded module's missing file" 120 \
+    agent_err_count_above "$MISSING" "$reload_missing_before"
 load_modules /etc/vmtest/modules-late
-# Traffic only once the probes are back, so eBPF sees every new event.
-reload_reattached=no
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-    if [ "$(grep -c 'eBPF probes attached' /tmp/agent.err)" -gt "$reload_attach_before" ]; then
-        reload_reattached=yes
-        break
-    fi
-    sleep 0.5
-done
-sleep 1
+# Traffic only once the probes are back and an exact round followed.
+if wait_for "the agent to re-attach its probes" 120 \
+        agent_err_count_above "$ATTACHED" "$reload_attach_before"; then
+    reload_reattached=yes
+else
+    reload_reattached=no
+fi
+reload_out_mark=$(wc -l < /tmp/agent.out)
+wait_for "an exact eBPF round after the re-attach" 60 exact_srv_round_after "$reload_out_mark"
 drive_cookie_valid_in_srv module-reload
 reload_scenario_status=$SCEN_STATUS
 reload_driven=$SCEN_DRIVEN
-sleep 1.5
-set -- $(proc_totals_in_srv)
-reload_proc_val=$3
-reload_after=$(grep '^synproxy,' /tmp/agent.out | tail -n 1)
-reload_agent_val=$(field "$reload_after" cookie_valid)
+wait_for "the agent's total to reach old total + /proc after the reload" 60 \
+    agent_caught_up_after_reload
+reload_proc_val=$(proc_totals_in_srv | cut -d' ' -f3)
+set -- $(agent_totals)
+reload_agent_val=$3
 reload_ebpf_val=$(ebpf_cookie_valid_since "$reload_out_mark")
-reload_ebpf_exact=$(grep '^synproxy_ebpf,' /tmp/agent.out | grep 'netns=srv' | tail -n 2 | grep -c 'reconcile="exact"')
+reload_ebpf_exact=$(ebpf_exact_of_last_two)
 if grep -q 'counters were recreated' /tmp/agent.err; then reset_logged=yes; else reset_logged=no; fi
-if kill -0 "$AGENT_PID" 2>/dev/null; then reload_alive=yes; else reload_alive=no; fi
+if agent_running; then reload_alive=yes; else reload_alive=no; fi
 reload_expected=$(( ${reload_before_val:-0} + ${reload_proc_val:-0} ))
 status=PASS
 [ "$reload_unloaded" = yes ] && [ "$reload_reattached" = yes ] && [ "$reload_alive" = yes ] || status=FAIL
@@ -178,24 +328,39 @@ fi
 kill "$AGENT_PID" 2>/dev/null
 wait "$AGENT_PID" 2>/dev/null
 $IPROUTE2 netns del srv
+end_check module-reload
 
-# 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns.
-#    Every check also runs the agent with eBPF across the traffic: ebpf= must equal proc=.
-timeout 420 "$SCENARIO" --agent "$AGENT" --ebpf require $TOOLS
-echo "scenario exit status $?"
+# 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns, one
+#    check per rules/family. Every combination also runs the agent with eBPF across the
+#    traffic: ebpf= must equal proc=.
+for rules in xt nft; do
+    for family in ipv4 ipv6; do
+        begin_check "matrix-$rules-$family"
+        run_scenario "matrix-$rules-$family" 900 --agent "$AGENT" --ebpf require \
+            --rules "$rules" --family "$family" $TOOLS
+        end_check "matrix-$rules-$family"
+    done
+done
 
 # 4. The xt rules once more through iptables-nft: nft_compat runs the same xt targets
 #    from an nf_tables chain. Its lines are tagged iptables=nft.
-timeout 300 "$SCENARIO" --agent "$AGENT" --ebpf require --rules xt --ip $IPROUTE2 \
-    --iptables /usr/sbin/iptables-nft --ip6tables /usr/sbin/ip6tables-nft --nft $NFT 2>&1 \
-    | sed '/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
+SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
+for family in ipv4 ipv6; do
+    begin_check "iptables-nft-$family"
+    run_scenario "iptables-nft-$family" 900 --agent "$AGENT" --ebpf require --rules xt \
+        --family "$family" --ip $IPROUTE2 --iptables /usr/sbin/iptables-nft \
+        --ip6tables /usr/sbin/ip6tables-nft --nft $NFT
+    end_check "iptables-nft-$family"
+done
+SCENARIO_SED=
 
 # 5. eBPF under a flood (20,000 SYNs + 5,000 bad ACKs: eBPF == /proc, no probe misses),
 #    and shutdown: SIGTERM, SIGINT, stdin EOF each stop the agent within 1 s and leave
 #    no kprobe event, BPF program or map behind.
-timeout 240 "$SCENARIO" --agent "$AGENT" --ebpf require --flood $TOOLS
-echo "flood scenario exit status $?"
+begin_check flood-shutdown
+run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
+end_check flood-shutdown
 
-echo "VMTEST-END kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "VMTEST-END kernel=$KERNEL checks=$CHECKS_RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f

@@ -20,6 +20,44 @@ pub enum BootEnd {
     TimedOut,
     /// QEMU exited without the end marker (e.g. init died).
     ExitedEarly(String),
+    /// Not booted (the budget for all boots was used up).
+    NotStarted(String),
+}
+
+/// One check of the guest, from its CHECK-BEGIN / CHECK-END console markers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTiming {
+    pub name: String,
+    /// Duration the guest measured (CHECK-END secs=); None while the check is open.
+    pub guest_secs: Option<f64>,
+    /// Duration the host saw between the two markers (up to the end of the boot for a
+    /// check that never ended).
+    pub host_secs: f64,
+}
+
+/// A console marker line of init.sh.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Marker {
+    Begin { name: String },
+    End { name: String, secs: Option<f64> },
+}
+
+/// Parses `CHECK-BEGIN name=X ...` and `CHECK-END name=X secs=Y`.
+pub fn parse_marker(line: &str) -> Option<Marker> {
+    let (kind, rest) = line.trim().split_once(' ')?;
+    let field = |key: &str| {
+        rest.split_whitespace()
+            .find_map(|token| token.strip_prefix(key)?.strip_prefix('='))
+    };
+    let name = field("name")?.to_string();
+    match kind {
+        "CHECK-BEGIN" => Some(Marker::Begin { name }),
+        "CHECK-END" => Some(Marker::End {
+            name,
+            secs: field("secs").and_then(|s| s.parse().ok()),
+        }),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -27,11 +65,30 @@ pub struct BootOutcome {
     pub end: BootEnd,
     /// Every console line that starts with "RESULT ".
     pub results: Vec<String>,
+    /// Checks that ended, in order.
+    pub checks: Vec<CheckTiming>,
+    /// The check that had begun and not ended when the boot ended (the one a timeout,
+    /// panic or early exit happened in).
+    pub open_check: Option<CheckTiming>,
     /// Time from starting QEMU to the guest's VMTEST-BOOTED line.
     pub time_to_init: Option<Duration>,
     pub total: Duration,
     /// The last console lines, shown on failure.
     pub tail: Vec<String>,
+}
+
+impl BootOutcome {
+    pub fn not_started(why: String) -> Self {
+        Self {
+            end: BootEnd::NotStarted(why),
+            results: Vec::new(),
+            checks: Vec::new(),
+            open_check: None,
+            time_to_init: None,
+            total: Duration::ZERO,
+            tail: Vec::new(),
+        }
+    }
 }
 
 const TAIL_LINES: usize = 30;
@@ -119,6 +176,8 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     let mut saw_end = false;
     let mut panicked = false;
     let mut timed_out = false;
+    let mut checks = Vec::new();
+    let mut open_check: Option<(String, Instant)> = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -129,9 +188,11 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
                 let interesting = line.starts_with("# ")
-                    || ["RESULT ", "SUMMARY", "VMTEST-", "FAIL", "panic", "error"]
-                        .iter()
-                        .any(|marker| line.contains(marker));
+                    || [
+                        "RESULT ", "SUMMARY", "VMTEST-", "CHECK-", "FAIL", "panic", "error",
+                    ]
+                    .iter()
+                    .any(|marker| line.contains(marker));
                 if spec.echo_all || interesting {
                     println!("{}{line}", spec.echo_prefix);
                 }
@@ -142,6 +203,21 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
                 // Only lines that start with it: the guest prefixes nested output.
                 if line.starts_with("RESULT ") {
                     results.push(line.trim().to_string());
+                }
+                match parse_marker(&line) {
+                    Some(Marker::Begin { name }) => open_check = Some((name, Instant::now())),
+                    Some(Marker::End { name, secs }) => {
+                        let host_secs = match open_check.take() {
+                            Some((open, since)) if open == name => since.elapsed().as_secs_f64(),
+                            _ => 0.0,
+                        };
+                        checks.push(CheckTiming {
+                            name,
+                            guest_secs: secs,
+                            host_secs,
+                        });
+                    }
+                    None => {}
                 }
                 if line.contains("VMTEST-BOOTED") && time_to_init.is_none() {
                     time_to_init = Some(started.elapsed());
@@ -177,6 +253,12 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     Ok(BootOutcome {
         end,
         results,
+        checks,
+        open_check: open_check.map(|(name, since)| CheckTiming {
+            name,
+            guest_secs: None,
+            host_secs: since.elapsed().as_secs_f64(),
+        }),
         time_to_init,
         total: started.elapsed(),
         tail: tail.into(),
@@ -227,7 +309,30 @@ fn strip_terminal_controls(line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_terminal_controls;
+    use super::{parse_marker, strip_terminal_controls, Marker};
+
+    #[test]
+    fn parses_check_markers() {
+        assert_eq!(
+            parse_marker("CHECK-BEGIN name=matrix-xt-ipv4 kernel=6.1.0-56-cloud-amd64 uptime=12.3"),
+            Some(Marker::Begin {
+                name: "matrix-xt-ipv4".into()
+            })
+        );
+        assert_eq!(
+            parse_marker("CHECK-END name=module-late secs=12.5"),
+            Some(Marker::End {
+                name: "module-late".into(),
+                secs: Some(12.5)
+            })
+        );
+        assert_eq!(parse_marker("CHECK-BEGIN kernel=x"), None);
+        assert_eq!(parse_marker("RESULT kernel=x check=y status=PASS"), None);
+        assert_eq!(
+            parse_marker("module-late scenario: CHECK-BEGIN name=x"),
+            None
+        );
+    }
 
     #[test]
     fn strips_screen_clearing_sequences() {
