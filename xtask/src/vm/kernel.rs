@@ -214,12 +214,17 @@ fn image_parts(image_package: &str, depends: &[Dependency]) -> Vec<(String, Stri
         .collect()
 }
 
+/// Resolves the series in the given apt state (`source`: None for the machine's own).
 fn resolve_in(
     series: &KernelSeries,
-    apt_options: &[String],
-    source_name: &str,
-) -> Result<(String, String, Vec<(String, String)>)> {
-    let meta_depends = apt_cache_depends(series.meta_package, apt_options)?;
+    source: Option<&PrivateAptSource>,
+    vm_dir: &Path,
+) -> Result<ResolvedPackage> {
+    let apt_options = source.map(|s| s.options(vm_dir)).unwrap_or_default();
+    let source_name = source
+        .map(|s| format!("Debian {}", s.name))
+        .unwrap_or_else(|| "the system apt sources".to_string());
+    let meta_depends = apt_cache_depends(series.meta_package, &apt_options)?;
     let (package, version) = image_dependency(series.meta_package, &meta_depends)?;
     if !package.starts_with(series.package_prefix) {
         bail!(
@@ -228,45 +233,33 @@ fn resolve_in(
             series.name
         );
     }
-    let parts = image_parts(&package, &apt_cache_depends(&package, apt_options)?);
-    Ok((package, version, parts))
+    let parts = image_parts(&package, &apt_cache_depends(&package, &apt_options)?);
+    Ok(ResolvedPackage {
+        package,
+        version,
+        parts,
+        source: source.cloned(),
+    })
 }
 
 fn resolve(series: &'static KernelSeries, apt: &mut Apt, vm_dir: &Path) -> Result<ResolvedPackage> {
     if series.try_system_sources {
-        let mut attempt = resolve_in(series, &[], "the system apt sources");
+        let mut attempt = resolve_in(series, None, vm_dir);
         if attempt.is_err() {
             apt.update_system_once()?;
-            attempt = resolve_in(series, &[], "the system apt sources");
+            attempt = resolve_in(series, None, vm_dir);
         }
         match attempt {
-            Ok((package, version, parts)) => {
-                return Ok(ResolvedPackage {
-                    package,
-                    version,
-                    parts,
-                    source: None,
-                });
-            }
+            Ok(resolved) => return Ok(resolved),
             Err(error) => println!(
                 "vm-test: system apt sources do not serve series {} ({error:#}); using Debian {}",
                 series.name, series.fallback_source.name
             ),
         }
     }
-    let source = series.fallback_source.clone();
+    let source = &series.fallback_source;
     source.refresh(vm_dir)?;
-    let (package, version, parts) = resolve_in(
-        series,
-        &source.options(vm_dir),
-        &format!("Debian {}", source.name),
-    )?;
-    Ok(ResolvedPackage {
-        package,
-        version,
-        parts,
-        source: Some(source),
-    })
+    resolve_in(series, Some(source), vm_dir)
 }
 
 /// Resolves the series' current package and returns its extracted tree, downloading it

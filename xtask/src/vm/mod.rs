@@ -197,9 +197,27 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let mut apt = Apt::default();
     apt.ensure_installed(HOST_PACKAGES)?;
 
+    // A kernel that cannot be resolved or downloaded (e.g. sid mid-upload) fails alone.
     let mut images = Vec::new();
+    let mut runs = Vec::new();
     for series in series {
-        images.push(kernel::fetch(series, &mut apt, &vm_dir)?);
+        match kernel::fetch(series, &mut apt, &vm_dir) {
+            Ok(image) => images.push(image),
+            Err(error) => {
+                let why = format!("not booted: fetching the kernel failed: {error:#}");
+                println!("vm-test: {} {why}", series.name);
+                runs.push(KernelRun {
+                    image: KernelImage {
+                        series: series.name,
+                        release: format!("unresolved-{}", series.name),
+                        debian_version: String::new(),
+                        root: PathBuf::new(),
+                    },
+                    outcome: BootOutcome::not_started(why),
+                    limit: Duration::ZERO,
+                });
+            }
+        }
     }
 
     crate::ebpf_toolchain::ensure()?;
@@ -228,8 +246,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         total_budget.as_secs_f64(),
         images.len()
     );
+    for failed in &mut runs {
+        if let Some(line) = failed.synthesized_result() {
+            failed.outcome.results.push(line);
+        }
+    }
     let boots_started = Instant::now();
-    let mut runs = Vec::new();
     for image in images {
         let total_left = total_budget.saturating_sub(boots_started.elapsed());
         if total_left < Duration::from_secs(MIN_BOOT_BUDGET_SECS) {
@@ -239,11 +261,15 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                 total_budget.as_secs_f64()
             );
             println!("vm-test: {} ({}) {why}", image.series, image.release);
-            runs.push(KernelRun {
+            let mut skipped = KernelRun {
                 image,
                 outcome: BootOutcome::not_started(why),
                 limit: Duration::ZERO,
-            });
+            };
+            if let Some(line) = skipped.synthesized_result() {
+                skipped.outcome.results.push(line);
+            }
+            runs.push(skipped);
             continue;
         }
         let plan = kernel::plan_modules(&image)?;
