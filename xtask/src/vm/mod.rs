@@ -162,6 +162,10 @@ impl KernelRun {
     /// `series release: boot-to-init=4.1s module-late=12.3s ... total=160.2s`
     fn timing_line(&self) -> String {
         let mut parts = vec![format!("{} {}:", self.image.series, self.image.release)];
+        if let BootEnd::NotStarted(_) = self.outcome.end {
+            parts.push("not booted".to_string());
+            return parts.join(" ");
+        }
         if let Some(init) = self.outcome.time_to_init {
             parts.push(format!("boot-to-init={:.1}s", init.as_secs_f64()));
         }
