@@ -4,9 +4,10 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
+use synproxy_common::Counter;
 use synproxy_tests::ebpf_checks;
 use synproxy_tests::rules::{Family, Flavour};
-use synproxy_tests::scenario::{self, AgentMode, Config, Counter, EbpfMode};
+use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -66,7 +67,7 @@ fn parse_args() -> Result<Args> {
             "--counter" => {
                 counters = match value.as_str() {
                     "all" => Counter::ALL.to_vec(),
-                    v => vec![Counter::parse(v)?],
+                    v => vec![scenario::parse_counter(v)?],
                 }
             }
             "--count" => {
