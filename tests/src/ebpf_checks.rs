@@ -177,8 +177,7 @@ pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
 fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result<Check> {
     let topo = Topology::create(&cfg.tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)?;
-    let (events, _) = live_agent::kprobe_lines_of(live.pid());
-    let attached = events.len();
+    let attached = live.owned_events().len();
     // One round first, so the agent is in its steady state.
     live.sample()?;
     let stopped = live.stop(signal)?;
@@ -203,7 +202,7 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     Ok(Check {
         line: format!(
             "{head} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
-            stopped.owned.len(),
+            stopped.owned.as_ref().map_or(0, |o| o.objects.len()),
             if stopped.exit_ok { 0 } else { 1 },
             stopped.elapsed.as_millis(),
             left.len(),

@@ -11,6 +11,7 @@ pub mod line_protocol;
 pub mod live_agent;
 pub mod netns;
 pub mod packet;
+pub mod pidns;
 pub mod proc_counters;
 pub mod rng;
 pub mod rules;

@@ -5,10 +5,10 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use synproxy_common::Counter;
-use synproxy_tests::ebpf_checks;
 use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
+use synproxy_tests::{ebpf_checks, pidns};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
@@ -118,6 +118,17 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() {
+    // Helper mode first, while the process is single-threaded (unshare + fork).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == pidns::HELPER_FLAG) {
+        match pidns::helper_main(&raw[1..]) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("synproxy-scenario {}: {e:#}", pidns::HELPER_FLAG);
+                std::process::exit(125);
+            }
+        }
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
