@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod ebpf_checks;
+pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;
 pub mod netns;
@@ -16,5 +17,6 @@ pub mod proc_counters;
 pub mod rng;
 pub mod rules;
 pub mod scenario;
+pub mod sustained;
 pub mod tools;
 pub mod traffic;

@@ -155,6 +155,8 @@ pub struct LiveAgent {
     stderr: Receiver<String>,
     log: Vec<String>,
     what: String,
+    /// Rounds end with the `synproxy_ebpf_probes` line (else with `synproxy`).
+    ebpf: bool,
 }
 
 /// How the agent ended.
@@ -170,6 +172,8 @@ pub struct Stopped {
     pub exit_code: i32,
     pub elapsed: Duration,
     pub stderr: Vec<String>,
+    /// Stdout lines not taken before the agent exited.
+    pub stdout: Vec<String>,
 }
 
 fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
@@ -197,15 +201,17 @@ impl LiveAgent {
     /// `agent --signal stdin --log-format telegraf --netns NAME [extra]` from the
     /// caller's netns, waiting until its probes are attached, plus one round.
     pub fn start(agent: &Path, netns: &Netns, extra: &[String]) -> Result<Self> {
-        Self::start_with(agent, netns, extra, &Launch::Direct)
+        Self::start_with(agent, netns, extra, &Launch::Direct, true)
     }
 
-    /// [`LiveAgent::start`], launched as `launch` says.
+    /// [`LiveAgent::start`], launched as `launch` says; without `ebpf` the agent
+    /// runs with `--no-ebpf` and a round ends with its `synproxy` line.
     pub fn start_with(
         agent: &Path,
         netns: &Netns,
         extra: &[String],
         launch: &Launch,
+        ebpf: bool,
     ) -> Result<Self> {
         let mut args = vec![
             "--signal".to_string(),
@@ -215,9 +221,15 @@ impl LiveAgent {
             "--netns".to_string(),
             netns.name().to_string(),
         ];
+        if !ebpf {
+            args.push("--no-ebpf".to_string());
+        }
         args.extend_from_slice(extra);
         let mut live = Self::spawn(agent, &args, launch)?;
-        live.wait_attached(ATTACH_TIMEOUT)?;
+        live.ebpf = ebpf;
+        if ebpf {
+            live.wait_attached(ATTACH_TIMEOUT)?;
+        }
         // A first round sets the agent's baseline; what the caller does next is
         // reported in the following round.
         live.sample().context("first round of the agent")?;
@@ -278,6 +290,7 @@ impl LiveAgent {
             stderr,
             log: Vec::new(),
             what,
+            ebpf: true,
         })
     }
 
@@ -371,7 +384,11 @@ impl LiveAgent {
             })?;
             let parsed = line_protocol::parse_line(&line)
                 .with_context(|| format!("output of {}", self.what))?;
-            let last = parsed.measurement == "synproxy_ebpf_probes";
+            let last = if self.ebpf {
+                parsed.measurement == "synproxy_ebpf_probes"
+            } else {
+                parsed.measurement == "synproxy"
+            };
             out.push(parsed);
             if last {
                 return Ok(out);
@@ -425,7 +442,17 @@ impl LiveAgent {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
+        let mut stdout = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => stdout.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > stderr_deadline => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
         Ok(Stopped {
+            stdout,
             pid: self.agent_pid,
             before: std::mem::take(&mut self.before),
             owned: self.owned.take(),
@@ -450,16 +477,19 @@ impl Drop for LiveAgent {
     }
 }
 
-/// Rounds of interval-mode output: a round is the lines with one timestamp, and a
-/// `synproxy_ebpf_probes` line ends one. Lines that do not parse are errors.
-pub fn split_rounds(lines: &[String]) -> Result<Vec<Vec<Line>>> {
+/// Rounds of interval-mode output. With eBPF a round is every line up to and
+/// including the `synproxy_ebpf_probes` line that ends it (the lines of a round
+/// should share one timestamp: see [`mixed_timestamps`]); without eBPF a round
+/// is a run of lines with one timestamp. Lines that do not parse are errors.
+pub fn split_rounds(lines: &[String], ebpf: bool) -> Result<Vec<Vec<Line>>> {
     let mut rounds: Vec<Vec<Line>> = Vec::new();
     let mut current: Vec<Line> = Vec::new();
     for raw in lines {
         let line = line_protocol::parse_line(raw).with_context(|| format!("agent line {raw:?}"))?;
-        if current
-            .last()
-            .is_some_and(|l: &Line| l.timestamp != line.timestamp)
+        if !ebpf
+            && current
+                .last()
+                .is_some_and(|l: &Line| l.timestamp != line.timestamp)
         {
             rounds.push(std::mem::take(&mut current));
         }
@@ -473,6 +503,14 @@ pub fn split_rounds(lines: &[String]) -> Result<Vec<Vec<Line>>> {
         rounds.push(current);
     }
     Ok(rounds)
+}
+
+/// Rounds whose lines do not all carry one timestamp.
+pub fn mixed_timestamps(rounds: &[Vec<Line>]) -> usize {
+    rounds
+        .iter()
+        .filter(|r| r.windows(2).any(|w| w[0].timestamp != w[1].timestamp))
+        .count()
 }
 
 /// eBPF view of one namespace in a round: the counter summed over families, the
