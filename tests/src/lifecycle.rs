@@ -103,6 +103,7 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
     };
     let mut runs: Vec<(u64, Stopped, Vec<String>, Duration)> = Vec::new();
     let left = live_agent::wait_clean(&reference, Duration::from_secs(2))?;
+    clean_up(&reference, &mut notes);
     runs.push((u64::MAX, reference, left, startup));
     let t0 = Instant::now();
     for &delay in &delays {
@@ -114,6 +115,7 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
         agent.signal(libc::SIGTERM)?;
         let stopped = agent.wait_exit(Instant::now())?;
         let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
+        clean_up(&stopped, &mut notes);
         runs.push((delay, stopped, left, signalled));
     }
     let series_secs = t0.elapsed().as_secs_f64();
@@ -180,6 +182,25 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
         pass,
         notes,
     })
+}
+
+/// Removes the kprobe events a stopped agent left (already counted as a
+/// failure), so that the next run or check starts from a clean kernel.
+fn clean_up(stopped: &Stopped, notes: &mut Vec<String>) {
+    let names = match &stopped.owned {
+        Some(o) => o.events.clone(),
+        None => live_agent::group_events()
+            .difference(&stopped.before.events)
+            .cloned()
+            .collect(),
+    };
+    let failed = live_agent::remove_events(&names);
+    if !failed.is_empty() {
+        notes.push(format!(
+            "could not remove leftover kprobe events: {}",
+            failed.join("; ")
+        ));
+    }
 }
 
 /// Server + client netns with xt IPv4 SYNPROXY rules, ready for crafted traffic.
@@ -372,6 +393,14 @@ fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
             128 + libc::SIGKILL
         ));
     }
+    // Whatever happened, the next check starts without the killed agent's events.
+    let failed_removals = live_agent::remove_events(&killed_events);
+    if !failed_removals.is_empty() {
+        notes.push(format!(
+            "could not remove the killed agent's events: {}",
+            failed_removals.join("; ")
+        ));
+    }
     let mut second = match restarted {
         Ok(a) => a,
         Err(e) => {
@@ -547,10 +576,14 @@ fn run_two_agents(cfg: &Config, head: &str) -> Result<Check> {
     }
     Ok(Check {
         line: format!(
-            "{head} ebpf={} agents={} pid1={} proc={proc_syn}/{proc_inv} {} exits={} leftovers={leftovers} status={}",
+            "{head} ebpf={} agents={} pid1={} distinct_pidns={} proc={proc_syn}/{proc_inv} {} exits={} leftovers={leftovers} status={}",
             if ebpf { "on" } else { "off" },
             exits.len(),
-            if pid1.iter().all(|p| *p) && distinct_ns { "yes" } else { "no" },
+            pid1.iter()
+                .map(|p| if *p { "yes" } else { "no" })
+                .collect::<Vec<_>>()
+                .join("/"),
+            if distinct_ns { "yes" } else { "no" },
             parts.join(" "),
             exits.join("/"),
             verdict(pass)

@@ -97,6 +97,30 @@ pub fn kprobe_lines_for(names: &BTreeSet<String>) -> (Vec<String>, Vec<String>) 
     (events, profile)
 }
 
+/// Removes the kprobe events `names` of the agent's group (test hygiene after a
+/// check that left some, so the next check starts clean). Returns what could
+/// not be removed (an event still open by a live agent: EBUSY).
+pub fn remove_events(names: &BTreeSet<String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    let Some(root) = TRACEFS
+        .iter()
+        .map(Path::new)
+        .find(|t| t.join("kprobe_events").exists())
+    else {
+        return names.iter().cloned().collect();
+    };
+    for name in names.intersection(&group_events()) {
+        let res = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("kprobe_events"))
+            .and_then(|mut f| f.write_all(format!("-:{EVENT_GROUP}/{name}\n").as_bytes()));
+        if let Err(e) = res {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
+    failed
+}
+
 /// A BPF program (`prog`) or map of the agent: (prog, id, name).
 pub type BpfObject = (bool, u32, String);
 

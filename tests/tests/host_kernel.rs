@@ -292,3 +292,36 @@ fn netns_all_reports_every_namespace_separately() {
         assert_eq!(client.counter("syn_received").ok(), Some(0));
     }
 }
+
+/// `--sustained` on the host kernel (no kprobes: /proc only): the rules on two
+/// ports, 20+ namespaces, the paced sender and the round parsing, with the agent's
+/// totals equal to /proc and /proc equal to what was driven.
+#[test]
+fn sustained_flood_proc_only() {
+    require_prerequisites!();
+    let agent = agent_binary();
+    let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
+        .arg("--agent")
+        .arg(&agent)
+        .args([
+            "--sustained",
+            "--sustained-syn",
+            "20000",
+            "--sustained-ack",
+            "6000",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run synproxy-scenario: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT ") && l.contains("check=sustained"))
+        .unwrap_or_else(|| panic!("no sustained RESULT line:\n{stdout}"));
+    assert!(line.ends_with("status=PASS"), "{line}\n{stdout}");
+    assert!(
+        line.contains(" proc_syn=20000 ") && line.contains(" proc_inv=6000 "),
+        "{line}"
+    );
+    assert!(out.status.success(), "exit status {}", out.status);
+}
