@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use synproxy_common::{Counter, STAT_COLUMNS};
 use synproxy_tests::netns::Topology;
 use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
-use synproxy_tests::scenario::Counter;
+use synproxy_tests::scenario::ipv4_only;
 use synproxy_tests::tools::{find_program, Tools};
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{agent, proc_counters};
@@ -83,7 +84,7 @@ fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
         .collect();
     let fam = Family::parse(family).unwrap_or_else(|e| panic!("{e}"));
     for counter in Counter::ALL {
-        if fam == Family::Ipv6 && counter.ipv4_only() {
+        if fam == Family::Ipv6 && ipv4_only(counter) {
             continue;
         }
         let key = format!("rules={rules} family={family} counter={} ", counter.name());
@@ -192,7 +193,7 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
         totals.get("cookie_valid") >= 3,
         "no traffic counted: {totals:?}"
     );
-    for name in proc_counters::COUNTERS {
+    for name in STAT_COLUMNS {
         let want = totals.get(name);
         assert_eq!(
             inside.counter(name).ok(),
@@ -278,7 +279,7 @@ fn netns_all_reports_every_namespace_separately() {
         let totals = proc_counters::read(&topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(totals.get("cookie_valid"), *connections, "{totals:?}");
         let line = line_for(topo.srv.name());
-        for name in proc_counters::COUNTERS {
+        for name in STAT_COLUMNS {
             assert_eq!(
                 line.counter(name).ok(),
                 Some(totals.get(name)),
@@ -599,4 +600,37 @@ fn netns_named_init_does_not_collide_with_the_initial_namespace() {
     }
     drop(agent);
     drop(ns);
+}
+
+/// `--sustained` on the host kernel (no kprobes: /proc only): the rules on two
+/// ports, 20+ namespaces, the paced sender and the round parsing, with the agent's
+/// totals equal to /proc and /proc equal to what was driven.
+#[test]
+fn sustained_flood_proc_only() {
+    require_prerequisites!();
+    let agent = agent_binary();
+    let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
+        .arg("--agent")
+        .arg(&agent)
+        .args([
+            "--sustained",
+            "--sustained-syn",
+            "20000",
+            "--sustained-ack",
+            "6000",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run synproxy-scenario: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT ") && l.contains("check=sustained"))
+        .unwrap_or_else(|| panic!("no sustained RESULT line:\n{stdout}"));
+    assert!(line.ends_with("status=PASS"), "{line}\n{stdout}");
+    assert!(
+        line.contains(" proc_syn=20000 ") && line.contains(" proc_inv=6000 "),
+        "{line}"
+    );
+    assert!(out.status.success(), "exit status {}", out.status);
 }

@@ -196,6 +196,19 @@ timeout 300 "$SCENARIO" --agent "$AGENT" --ebpf require --rules xt --ip $IPROUTE
 timeout 240 "$SCENARIO" --agent "$AGENT" --ebpf require --flood $TOOLS
 echo "flood scenario exit status $?"
 
+# 6. Sustained flood (issue 7): one server netns, xt and nft ports, IPv4 and IPv6,
+#    among 20+ other namespaces; an agent with eBPF samples every 200 ms
+#    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
+#    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
+timeout 300 "$SCENARIO" --agent "$AGENT" --ebpf require --sustained $TOOLS
+echo "sustained scenario exit status $?"
+
+# 7. Lifecycle (issue 7): SIGTERM at delays covering start-up and attach (exit 0,
+#    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
+#    agents at once, each PID 1 of its own PID namespace (both exact).
+timeout 300 "$SCENARIO" --agent "$AGENT" --ebpf require --lifecycle $TOOLS
+echo "lifecycle scenario exit status $?"
+
 echo "VMTEST-END kernel=$KERNEL uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f
