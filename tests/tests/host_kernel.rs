@@ -168,22 +168,8 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
     require_prerequisites!();
     let agent_path = agent_binary();
     let tools = Tools::default();
-    let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-    let _rules = ServerRules::install(&tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-    let _conns: Vec<_> = (0..3)
-        .map(|_| {
-            traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("{e:#}"))
-        })
-        .collect();
-    // Let the handshakes towards the server finish before comparing.
-    _server
-        .wait_accepted(3, std::time::Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let connections = Connections::open(&tools, None, Flavour::Xt, 3);
+    let topo = &connections.topo;
 
     let inside = agent::run_inside(&topo.srv, &agent_path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
     let flag =
@@ -220,26 +206,10 @@ fn netns_all_reports_every_namespace_separately() {
     require_prerequisites!();
     let agent_path = agent_binary();
     let tools = Tools::default();
-    let mut topologies = Vec::new();
-    for connections in [3u64, 1] {
-        let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-        let rules =
-            ServerRules::install(&tools, &topo.srv, Flavour::Nft, Family::Ipv4, &topo.srv_if)
-                .unwrap_or_else(|e| panic!("{e:#}"));
-        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-        let conns: Vec<_> = (0..connections)
-            .map(|_| {
-                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("{e:#}"))
-            })
-            .collect();
-        server
-            .wait_accepted(connections, std::time::Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        topologies.push((topo, rules, server, conns, connections));
-    }
+    let topologies: Vec<(Connections, u64)> = [3u64, 1]
+        .into_iter()
+        .map(|n| (Connections::open(&tools, None, Flavour::Nft, n), n))
+        .collect();
 
     let out = Command::new(&agent_path)
         .args(["--once", "--no-ebpf", "--netns", "all"])
@@ -275,7 +245,7 @@ fn netns_all_reports_every_namespace_separately() {
             .any(|l| l.tags.get("netns").map(String::as_str) == Some("init")),
         "no netns=init line:\n{stdout}"
     );
-    for (topo, _rules, _server, _conns, connections) in &topologies {
+    for (Connections { topo, .. }, connections) in &topologies {
         let totals = proc_counters::read(&topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(totals.get("cookie_valid"), *connections, "{totals:?}");
         let line = line_for(topo.srv.name());
@@ -401,23 +371,51 @@ fn assert_reports(
     }
 }
 
+/// Real connections through SYNPROXY, held open while this lives.
+struct Connections {
+    // Connections and server go before the rules and the namespaces.
+    _conns: Vec<std::net::TcpStream>,
+    _server: TcpServer,
+    _rules: ServerRules,
+    topo: Topology,
+}
+
+impl Connections {
+    /// `connections` accepted connections into a fresh server namespace, or
+    /// into the existing namespace `srv`.
+    fn open(tools: &Tools, srv: Option<&str>, flavour: Flavour, connections: u64) -> Self {
+        let topo = Topology::create(tools, srv).unwrap_or_else(|e| panic!("{e:#}"));
+        let rules = ServerRules::install(tools, &topo.srv, flavour, Family::Ipv4, &topo.srv_if)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
+        let conns = (0..connections)
+            .map(|_| {
+                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e:#}"))
+            })
+            .collect();
+        server
+            .wait_accepted(connections, std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            _conns: conns,
+            _server: server,
+            _rules: rules,
+            topo,
+        }
+    }
+}
+
 /// Real connections through SYNPROXY into the existing namespace `srv`.
 fn drive_connections(tools: &Tools, srv: &str, connections: u64) {
-    let topo = Topology::create(tools, Some(srv)).unwrap_or_else(|e| panic!("{e:#}"));
-    let _rules = ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-    let _conns: Vec<_> = (0..connections)
-        .map(|_| {
-            traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("{e:#}"))
-        })
-        .collect();
-    server
-        .wait_accepted(connections, std::time::Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    drop(Connections::open(
+        tools,
+        Some(srv),
+        Flavour::Xt,
+        connections,
+    ));
 }
 
 fn run_ip(args: &[&str]) {
