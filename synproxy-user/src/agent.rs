@@ -12,13 +12,12 @@ use crate::cli::NetnsSelection;
 use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{now_ns, EbpfSample, ProbesSample, Sample};
-use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey};
+use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
 use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsTarget};
 use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ pub struct SamplerConfig {
     /// The eBPF source when eBPF is in use (adds the `synproxy_ebpf` lines).
     pub ebpf: Option<EbpfSource>,
     /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
 }
 
 /// What a series is keyed by.

@@ -3,15 +3,14 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use synproxy_user::agent::{self, SamplerConfig};
 use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
-use synproxy_user::runtime::{self, Exit, Schedule};
+use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
 use synproxy_user::sinks::stdout::StdoutSink;
-use synproxy_user::sources::ebpf::EbpfSource;
+use synproxy_user::sources::ebpf::{EbpfSource, Stop};
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
@@ -46,32 +45,44 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match rt.block_on(start(cli, selection, signals)) {
+    let exit = rt.block_on(start(cli, selection, signals));
+    // Work abandoned at a signal (nothing of it outlives the process) is not
+    // waited for.
+    rt.shutdown_background();
+    match exit {
         Exit::Clean => ExitCode::SUCCESS,
         Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
     }
 }
 
 async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signals) -> Exit {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
     let ebpf = if cli.no_ebpf {
         None
     } else {
         let (resolution, attach, flag) = (cli.rate_resolution, !cli.once, Arc::clone(&stop));
-        let (opened, signal) = runtime::blocking_or_signal(
+        let opened = match runtime::blocking_or_signal(
             move || EbpfSource::open(resolution, attach, &flag),
             &mut signals,
             &stop,
         )
-        .await;
-        if let Some(signal) = signal {
-            log::info!("{signal} during start-up, exiting");
-            // Dropping the source detaches whatever was attached.
-            drop(opened);
-            return Exit::Clean;
-        }
+        .await
+        {
+            Blocking::Done(opened) => Some(opened),
+            Blocking::Stopped(opened, signal) => {
+                log::info!("{signal} during start-up, exiting");
+                // Dropping the source detaches whatever was attached.
+                drop(opened);
+                return Exit::Clean;
+            }
+            Blocking::Abandoned(signal) => {
+                log::info!("{signal} during start-up, exiting");
+                return Exit::Clean;
+            }
+            Blocking::Died => None,
+        };
         match opened {
             Some(Ok(source)) if cli.once => {
                 log::debug!(

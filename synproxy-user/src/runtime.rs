@@ -6,8 +6,8 @@
 use crate::agent::{Round, Sampler};
 use crate::cli::SignalMode;
 use crate::sinks::stdout::{SinkError, StdoutSink};
+use crate::sources::ebpf::Stop;
 use log::{info, warn};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -92,19 +92,40 @@ pub fn block_shutdown_signals(block: bool) {
     }
 }
 
-/// Runs `f` (blocking work) on the blocking pool; a signal meanwhile sets
-/// `stop` (so long steps end early) and is returned once `f` is done.
+/// How blocking work ended.
+pub enum Blocking<T> {
+    Done(T),
+    /// A signal came: the work stopped early and returned.
+    Stopped(T, &'static str),
+    /// A signal came before the work had created anything that outlives the
+    /// process: it was left to die with the process.
+    Abandoned(&'static str),
+    /// The work panicked.
+    Died,
+}
+
+/// Runs `f` (blocking work) on the blocking pool. A signal meanwhile asks it
+/// to stop; it is waited for only if it may have created kprobe events (the
+/// one thing that outlives the process), so start-up ends at once otherwise.
 pub async fn blocking_or_signal<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
     signals: &mut Signals,
-    stop: &Arc<AtomicBool>,
-) -> (Option<T>, Option<&'static str>) {
+    stop: &Stop,
+) -> Blocking<T> {
     let mut task = tokio::task::spawn_blocking(f);
     tokio::select! {
-        done = &mut task => (done.ok(), None),
+        done = &mut task => match done {
+            Ok(value) => Blocking::Done(value),
+            Err(_) => Blocking::Died,
+        },
         signal = signals.recv() => {
-            stop.store(true, Ordering::Relaxed);
-            (task.await.ok(), Some(signal))
+            if !stop.request() {
+                return Blocking::Abandoned(signal);
+            }
+            match task.await {
+                Ok(value) => Blocking::Stopped(value, signal),
+                Err(_) => Blocking::Died,
+            }
         }
     }
 }
@@ -118,9 +139,9 @@ async fn round(
     sampler: Sampler,
     sink: &mut StdoutSink,
     signals: &mut Signals,
-    stop: &Arc<AtomicBool>,
+    stop: &Stop,
 ) -> Step {
-    let (done, signal) = blocking_or_signal(
+    let done = blocking_or_signal(
         move || {
             let mut sampler = sampler;
             let round = sampler.sample();
@@ -130,17 +151,23 @@ async fn round(
         stop,
     )
     .await;
-    let Some((sampler, round)) = done else {
-        log::error!("the sampler stopped unexpectedly");
-        return Step::Stop(None, Exit::OutputFailed);
-    };
-    if let Some(signal) = signal {
-        info!("{signal}, exiting");
-        return Step::Stop(Some(sampler), Exit::Clean);
-    }
-    match emit(sink, &round) {
-        Ok(()) => Step::Continue(sampler),
-        Err(exit) => Step::Stop(Some(sampler), exit),
+    match done {
+        Blocking::Done((sampler, round)) => match emit(sink, &round) {
+            Ok(()) => Step::Continue(sampler),
+            Err(exit) => Step::Stop(Some(sampler), exit),
+        },
+        Blocking::Stopped((sampler, _), signal) => {
+            info!("{signal}, exiting");
+            Step::Stop(Some(sampler), Exit::Clean)
+        }
+        Blocking::Abandoned(signal) => {
+            info!("{signal}, exiting");
+            Step::Stop(None, Exit::Clean)
+        }
+        Blocking::Died => {
+            log::error!("the sampler stopped unexpectedly");
+            Step::Stop(None, Exit::OutputFailed)
+        }
     }
 }
 
@@ -149,7 +176,7 @@ pub async fn run(
     mut sink: StdoutSink,
     schedule: Schedule,
     mut signals: Signals,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 ) -> Exit {
     let (sampler, exit) = run_loop(sampler, &mut sink, &schedule, &mut signals, &stop).await;
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
@@ -176,7 +203,7 @@ async fn run_loop(
     sink: &mut StdoutSink,
     schedule: &Schedule,
     signals: &mut Signals,
-    stop: &Arc<AtomicBool>,
+    stop: &Stop,
 ) -> (Option<Sampler>, Exit) {
     if schedule.once {
         return match round(sampler, sink, signals, stop).await {
@@ -195,7 +222,7 @@ async fn run_loop(
         };
     }
 
-    let (done, signal) = blocking_or_signal(
+    let primed = blocking_or_signal(
         move || {
             let mut sampler = sampler;
             sampler.prime();
@@ -205,14 +232,21 @@ async fn run_loop(
         stop,
     )
     .await;
-    let Some(s) = done else {
-        return (None, Exit::OutputFailed);
+    sampler = match primed {
+        Blocking::Done(sampler) => sampler,
+        Blocking::Stopped(sampler, signal) => {
+            info!("{signal}, exiting");
+            return (Some(sampler), Exit::Clean);
+        }
+        Blocking::Abandoned(signal) => {
+            info!("{signal}, exiting");
+            return (None, Exit::Clean);
+        }
+        Blocking::Died => {
+            log::error!("the sampler stopped unexpectedly");
+            return (None, Exit::OutputFailed);
+        }
     };
-    sampler = s;
-    if let Some(signal) = signal {
-        info!("{signal}, exiting");
-        return (Some(sampler), Exit::Clean);
-    }
     let mut drain = sampler.drain_period().map(|period| {
         let mut t = tokio::time::interval(period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

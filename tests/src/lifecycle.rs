@@ -108,6 +108,9 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
     let t0 = Instant::now();
     for &delay in &delays {
         let agent = LiveAgent::spawn(&cfg.agent, &args, &Launch::Direct)?;
+        // Nothing can catch a signal before the agent's main() runs: the
+        // delays count from its first statement, which takes SIGTERM over.
+        live_agent::wait_signals_handled(agent.pid())?;
         let spawned = Instant::now();
         // The delay is the parameter under test, not a wait for a condition.
         std::thread::sleep(Duration::from_millis(delay));

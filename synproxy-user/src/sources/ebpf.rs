@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use synproxy_common::{
     diag, globals, CountKey, Counter, RateKey, COUNTER_COUNT, FAMILY_IPV4, FAMILY_IPV6,
@@ -83,6 +83,34 @@ pub const PROBES: [ProbeSpec; 9] = [
 
 /// Modules whose (re)load invalidates the probes.
 const MODULES: [&str; 2] = ["nf_synproxy_core", "nf_conntrack"];
+
+/// Shutdown handshake between the runtime and eBPF work in progress. Until
+/// the first kprobe event is created nothing of the agent outlives the process
+/// (BPF programs and maps go with their file descriptors), so a signal before
+/// that point may end the process at once; after it, the attach in progress
+/// must stop and undo its events first.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicU8);
+
+const STOP_REQUESTED: u8 = 1;
+const EVENTS_MAY_EXIST: u8 = 2;
+
+impl Stop {
+    /// Asks long steps to stop. Returns whether kprobe events may exist, in
+    /// which case the caller must wait for the step and detach.
+    pub fn request(&self) -> bool {
+        self.0.fetch_or(STOP_REQUESTED, Ordering::SeqCst) & EVENTS_MAY_EXIST != 0
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst) & STOP_REQUESTED != 0
+    }
+
+    /// Called before creating kprobe events: false once a stop was requested.
+    fn allow_events(&self) -> bool {
+        self.0.fetch_or(EVENTS_MAY_EXIST, Ordering::SeqCst) & STOP_REQUESTED == 0
+    }
+}
 
 /// Why eBPF cannot be used; the agent then reports /proc only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,11 +270,7 @@ fn raise_memlock() {
 impl EbpfSource {
     /// Checks the kernel, loads the programs (the verifier runs here) and tries
     /// to attach. Not being able to attach yet (module not loaded) is no error.
-    pub fn open(
-        rate_resolution: Duration,
-        attach: bool,
-        stop: &AtomicBool,
-    ) -> Result<Self, Unavailable> {
+    pub fn open(rate_resolution: Duration, attach: bool, stop: &Stop) -> Result<Self, Unavailable> {
         if OBJECT.is_empty() {
             return Err(Unavailable(
                 "this synproxy-agent was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
@@ -311,7 +335,7 @@ impl EbpfSource {
             if loaded.contains(&spec.program) {
                 continue;
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop.requested() {
                 return Err(Unavailable("stopped during start-up".into()));
             }
             let program: &mut KProbe = ebpf
@@ -405,7 +429,7 @@ impl EbpfSource {
     /// (1 s doubling to 30 s) or at once when a module changes. Cheap when
     /// nothing changed (a few stat calls). Returns true when the probes were
     /// (re)attached by this call.
-    pub fn poll(&mut self, stop: &AtomicBool) -> bool {
+    pub fn poll(&mut self, stop: &Stop) -> bool {
         let modules = module_identities();
         if let Some(att) = &self.attached {
             if att.modules == modules {
@@ -460,11 +484,11 @@ impl EbpfSource {
         }
     }
 
-    fn attach(&mut self, modules: &[Option<u64>], stop: &AtomicBool) -> Result<usize, AttachError> {
+    fn attach(&mut self, modules: &[Option<u64>], stop: &Stop) -> Result<usize, AttachError> {
         let mut events: Vec<(String, OwnedFd)> = Vec::new();
         let result = (|| {
             for spec in PROBES {
-                if stop.load(Ordering::Relaxed) {
+                if !stop.allow_events() {
                     return Err(AttachError::Stopped);
                 }
                 let event = kprobe_events::event_name(&self.token, spec.short);
