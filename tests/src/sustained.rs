@@ -250,14 +250,6 @@ fn round_ends(lines: &[String], ebpf: bool, label: &str) -> usize {
     }
 }
 
-fn int_field(line: &Line, name: &str) -> Option<u64> {
-    match line.fields.get(name) {
-        Some(FieldValue::Int(v)) => u64::try_from(*v).ok(),
-        Some(FieldValue::UInt(v)) => Some(*v),
-        _ => None,
-    }
-}
-
 /// The server namespace in one round.
 #[derive(Debug)]
 struct SrvRound {
@@ -578,28 +570,16 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
         }
     }
     let mut probes_misses = 0u64;
-    let mut cumulative_missed = None;
+    let mut map_bytes = 0u64;
     for round in &rounds {
         if let Some(line) = round
             .iter()
             .find(|l| l.measurement == "synproxy_ebpf_probes")
         {
-            match int_field(line, "probe_misses") {
-                Some(v) => probes_misses += v,
-                None => {
-                    // Older agents: per-probe `*_missed` since the attach.
-                    let sum = line
-                        .fields
-                        .keys()
-                        .filter(|k| k.ends_with("_missed"))
-                        .filter_map(|k| int_field(line, k))
-                        .sum::<u64>();
-                    cumulative_missed = Some(sum);
-                }
-            }
+            probes_misses += line.counter("probe_misses")?;
+            map_bytes = line.counter("map_bytes")?;
         }
     }
-    probes_misses += cumulative_missed.unwrap_or(0);
 
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut busy = 0usize;
@@ -777,7 +757,7 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
     drop((srv_rules, cli_rules, idle, trickles));
     Ok(Check {
         line: format!(
-            "{head} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
+            "{head} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
             if ebpf { "on" } else { "off" },
             want[syn_i],
             want[inv_i],
@@ -787,6 +767,7 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
             count("lagging"),
             count("missed"),
             count("proc-only"),
+            map_bytes / 1024,
             ebpf_sum[syn_i],
             proc_delta[syn_i],
             ebpf_sum[inv_i],
