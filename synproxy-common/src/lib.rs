@@ -77,6 +77,9 @@ pub const STAT_COLUMNS: [&str; COUNTER_COUNT + 1] = [
     Counter::ConnReopened.name(),
 ];
 
+const _: () = assert!(core::mem::size_of::<CountKey>() == 16);
+const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
+
 /// Address family of an event, as stored in map keys.
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -92,6 +95,9 @@ pub struct CountKey {
     /// [`Counter`] as u8.
     pub counter: u8,
     pub _pad: [u8; 2],
+    /// `net->net_cookie` (never reused, unlike inode numbers), or 0 where the
+    /// agent cannot read cookies (kernels before 5.14).
+    pub cookie: u64,
 }
 
 /// Key of the `RATES` per-CPU hash: events of one counter in one time bucket
@@ -100,7 +106,6 @@ pub struct CountKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RateKey {
     pub count: CountKey,
-    pub _pad: u32,
     pub bucket: u64,
 }
 
@@ -108,6 +113,8 @@ pub struct RateKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AckStash {
+    /// `net->net_cookie` (0 when not read).
+    pub cookie: u64,
     pub netns: u32,
     pub recv_seq: u32,
     /// `ntohl(th->seq)`
@@ -125,6 +132,7 @@ pub struct AckStash {
 pub struct HookStash {
     /// `skb->_nfct & ~7`: the conntrack entry the hook works on.
     pub ct: u64,
+    pub cookie: u64,
     pub netns: u32,
     pub family: u8,
     pub armed: u8,
@@ -133,7 +141,8 @@ pub struct HookStash {
 
 /// Slots of the `DIAG` per-CPU array: kernel-side anomalies, each a u64 per CPU.
 pub mod diag {
-    /// `COUNTS` was full: an event was not counted.
+    /// `COUNTS` was full: an event was not counted (also recorded per namespace
+    /// in `LOST` while that has room).
     pub const COUNT_MAP_FULL: u32 = 0;
     /// `RATES` was full: an event is missing from the peak rates only.
     pub const RATE_MAP_FULL: u32 = 1;
@@ -148,10 +157,17 @@ pub mod diag {
     pub const COUNT: u32 = 5;
 }
 
-/// Capacity of the `COUNTS` map (10 keys per namespace).
-pub const COUNTS_MAX_ENTRIES: u32 = 4096;
-/// Capacity of the `RATES` map.
-pub const RATES_MAX_ENTRIES: u32 = 8192;
+/// Capacity of the `COUNTS` map (at most 10 keys per namespace with events;
+/// keys of namespaces the agent no longer reports are pruned every round).
+pub const COUNTS_MAX_ENTRIES: u32 = 8192;
+/// Capacity of the `LOST` map: per key, events `COUNTS` had no room for.
+pub const LOST_MAX_ENTRIES: u32 = 1024;
+/// Capacity of the `RATES` map. The agent drains completed buckets at least
+/// every [`RATE_DRAIN_BUCKETS`] buckets, so it holds at most that many (+2 open)
+/// per active key: room for 1600 active keys.
+pub const RATES_MAX_ENTRIES: u32 = 16384;
+/// How many rate buckets may complete between two drains of `RATES`.
+pub const RATE_DRAIN_BUCKETS: u32 = 8;
 
 /// Names of the globals the agent sets at load time.
 pub mod globals {
@@ -159,6 +175,8 @@ pub mod globals {
     pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
     /// `offsetof(struct nf_hook_state, net)`.
     pub const HOOK_STATE_NET_OFFSET: &str = "HOOK_STATE_NET_OFFSET";
+    /// `offsetof(struct net, net_cookie)`, or `u32::MAX` to leave cookies 0.
+    pub const NET_COOKIE_OFFSET: &str = "NET_COOKIE_OFFSET";
     /// `offsetof(struct sk_buff, _nfct)`.
     pub const SKB_NFCT_OFFSET: &str = "SKB_NFCT_OFFSET";
     /// Width of one peak-rate bucket in nanoseconds.
@@ -170,6 +188,6 @@ mod user {
     // SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit
     // pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::CountKey {}
-    // SAFETY: as above (u32 padding makes the u64 field 8-aligned explicitly).
+    // SAFETY: as above (CountKey is 16 bytes, so the u64 field is 8-aligned).
     unsafe impl aya::Pod for super::RateKey {}
 }

@@ -8,7 +8,7 @@
 //!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
 //! Counting happens in per-CPU maps (no atomics, no per-event output); kernel-side
-//! anomalies are counted in `DIAG` and logged through aya-log.
+//! anomalies are counted in `DIAG`, which the agent reports once per interval.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -16,18 +16,19 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe, map},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
-    EbpfContext, Global,
+    Global,
 };
-use aya_log_ebpf::warn;
 use synproxy_common::{
     diag, AckStash, CountKey, Counter, HookStash, RateKey, COUNTS_MAX_ENTRIES, FAMILY_IPV4,
-    FAMILY_IPV6, RATES_MAX_ENTRIES,
+    FAMILY_IPV6, LOST_MAX_ENTRIES, RATES_MAX_ENTRIES,
 };
 
 #[no_mangle]
 static NET_INUM_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static HOOK_STATE_NET_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static NET_COOKIE_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[no_mangle]
 static SKB_NFCT_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -36,6 +37,9 @@ static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
 #[map]
 static COUNTS: PerCpuHashMap<CountKey, u64> =
     PerCpuHashMap::with_max_entries(COUNTS_MAX_ENTRIES, 0);
+/// Per key: events that found `COUNTS` full (reported per namespace).
+#[map]
+static LOST: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(LOST_MAX_ENTRIES, 0);
 #[map]
 static RATES: PerCpuHashMap<RateKey, u64> = PerCpuHashMap::with_max_entries(RATES_MAX_ENTRIES, 0);
 #[map]
@@ -78,17 +82,26 @@ fn bump<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
     }
 }
 
+/// Identity of a network namespace as the maps key it.
+#[derive(Clone, Copy)]
+struct Netns {
+    inum: u32,
+    cookie: u64,
+}
+
 #[inline(always)]
-fn count<C: EbpfContext>(ctx: &C, netns: u32, family: u8, counter: Counter) {
+fn count(ns: Netns, family: u8, counter: Counter) {
     let key = CountKey {
-        netns,
+        netns: ns.inum,
         family,
         counter: counter as u8,
         _pad: [0; 2],
+        cookie: ns.cookie,
     };
     if !bump(&COUNTS, &key) {
+        // Reported once per interval by the agent, never per event.
         diag_inc(diag::COUNT_MAP_FULL);
-        warn!(ctx, "COUNTS map full: event of netns {} not counted", netns);
+        let _ = bump(&LOST, &key);
     }
     let res = RATE_RES_NS.load();
     if res == 0 {
@@ -98,7 +111,6 @@ fn count<C: EbpfContext>(ctx: &C, netns: u32, family: u8, counter: Counter) {
     let now = unsafe { bpf_ktime_get_ns() };
     let rate_key = RateKey {
         count: key,
-        _pad: 0,
         bucket: now / res,
     };
     if !bump(&RATES, &rate_key) {
@@ -123,16 +135,23 @@ fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
-/// `net->ns.inum` (0 if it cannot be read).
+/// `net->ns.inum` and `net->net_cookie` (0 if they cannot be read).
 #[inline(always)]
-fn netns_of(net: u64) -> u32 {
-    read_at::<u32>(net, NET_INUM_OFFSET.load()).unwrap_or(0)
+fn netns_of(net: u64) -> Netns {
+    let inum = read_at::<u32>(net, NET_INUM_OFFSET.load()).unwrap_or(0);
+    let cookie_offset = NET_COOKIE_OFFSET.load();
+    let cookie = if cookie_offset == u32::MAX {
+        0
+    } else {
+        read_at::<u64>(net, cookie_offset).unwrap_or(0)
+    };
+    Netns { inum, cookie }
 }
 
 #[inline(always)]
 fn on_synack(ctx: &ProbeContext, family: u8) {
     let net: u64 = ctx.arg(0).unwrap_or(0);
-    count(ctx, netns_of(net), family, Counter::SynReceived);
+    count(netns_of(net), family, Counter::SynReceived);
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
@@ -162,7 +181,8 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
         // without another call in between (softirq, no nesting).
         unsafe {
             *stash = AckStash {
-                netns,
+                netns: netns.inum,
+                cookie: netns.cookie,
                 recv_seq: recv_seq as u32,
                 seq,
                 family,
@@ -201,21 +221,21 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
     let s = unsafe { *stash };
     if s.armed == 0 {
         diag_inc(diag::ACK_RETURN_UNMATCHED);
-        warn!(
-            &ctx,
-            "synproxy_recv_client_ack returned without a recorded entry"
-        );
         return 0;
     }
     // SAFETY: as above.
     unsafe { (*stash).armed = 0 };
+    let ns = Netns {
+        inum: s.netns,
+        cookie: s.cookie,
+    };
     if valid {
-        count(&ctx, s.netns, s.family, Counter::CookieValid);
+        count(ns, s.family, Counter::CookieValid);
         if s.recv_seq == s.seq.wrapping_add(1) {
-            count(&ctx, s.netns, s.family, Counter::CookieRetrans);
+            count(ns, s.family, Counter::CookieRetrans);
         }
     } else {
-        count(&ctx, s.netns, s.family, Counter::CookieInvalid);
+        count(ns, s.family, Counter::CookieInvalid);
     }
     0
 }
@@ -233,7 +253,8 @@ fn on_hook(ctx: &ProbeContext, family: u8) {
         unsafe {
             *stash = HookStash {
                 ct: nfct & !7,
-                netns,
+                cookie: netns.cookie,
+                netns: netns.inum,
                 family,
                 armed: 1,
                 _pad: [0; 2],
@@ -273,14 +294,14 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
     let s = unsafe { *stash };
     if s.armed == 0 || s.ct != ct {
         diag_inc(diag::SEQADJ_UNMATCHED);
-        warn!(
-            &ctx,
-            "nf_ct_seqadj_init(off 0, original) outside a synproxy hook"
-        );
         return 0;
     }
     // SAFETY: as above.
     unsafe { (*stash).armed = 0 };
-    count(&ctx, s.netns, s.family, Counter::ConnReopened);
+    let ns = Netns {
+        inum: s.netns,
+        cookie: s.cookie,
+    };
+    count(ns, s.family, Counter::ConnReopened);
     0
 }

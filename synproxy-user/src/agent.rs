@@ -1,18 +1,24 @@
-//! Drives the data flow on a schedule: read every selected namespace
-//! (sources), turn readings into u64 totals (reconcile), emit samples (sinks).
-//! One failing namespace is reported once and does not stop the others.
+//! The sampler: one round reads every selected namespace (sources), turns the
+//! readings into u64 totals and reconciles them with the eBPF counts
+//! (reconcile), and hands one snapshot to the sinks. One failing namespace is
+//! reported once and does not stop the others.
+//!
+//! Series are keyed by the namespace's identity ([`NamespaceId`]), not by its
+//! label: a namespace keeps its totals when it loses its name or is briefly
+//! undiscoverable, and a new namespace reusing a name or an inode starts its
+//! own series.
 
-use crate::cli::{NetnsSelection, SignalMode};
-use crate::reconcile::ebpf::{self as ebpf_reconcile, Reconciler, Status};
+use crate::cli::NetnsSelection;
+use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{now_ns, EbpfSample, ProbesSample, Sample};
-use crate::sinks::stdout::{SinkError, StdoutSink};
-use crate::sources::ebpf::EbpfSource;
-use crate::sources::netns::{self, NetnsError, NetnsTarget};
+use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
+use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsTarget};
 use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct SamplerConfig {
@@ -23,21 +29,48 @@ pub struct SamplerConfig {
     pub selection: NetnsSelection,
     /// The eBPF source when eBPF is in use (adds the `synproxy_ebpf` lines).
     pub ebpf: Option<EbpfSource>,
+    /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
+    pub stop: Arc<Stop>,
+}
+
+/// What a series is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SeriesKey {
+    /// The agent's own namespace (without `--netns`: Telegraf's line).
+    Own,
+    Netns(NamespaceId),
 }
 
 /// Per-series state kept between rounds.
-#[derive(Default)]
 struct Series {
+    label: String,
     tracker: WrapTracker,
-    /// The error last reported for this series, so it is logged once.
-    failing: Option<String>,
     reconciler: Reconciler,
-    /// `--netns all`: rounds since the namespace was last seen.
+    /// Rounds since the namespace was last read.
     missing_rounds: u32,
 }
 
-/// How long (in rounds) a vanished namespace's totals are kept for its return.
+impl Series {
+    fn new(label: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            tracker: WrapTracker::new(),
+            reconciler: Reconciler::new(),
+            missing_rounds: 0,
+        }
+    }
+}
+
+/// How long (in rounds) a vanished namespace's state is kept for its return.
 const VANISHED_ROUNDS_KEPT: u32 = 360;
+
+/// Pauses before re-reading a namespace whose /proc total fell outside its
+/// eBPF bracket (an event held between its probe and its increment).
+const BRACKET_RETRIES: [Duration; 3] = [
+    Duration::from_millis(1),
+    Duration::from_millis(4),
+    Duration::from_millis(16),
+];
 
 /// One sampling round's outcome.
 pub struct Round {
@@ -49,40 +82,43 @@ pub struct Round {
     pub probes: Option<ProbesSample>,
 }
 
-/// A series read this round, waiting for its eBPF side.
-struct Pending {
+/// One namespace read this round.
+struct Read {
+    key: SeriesKey,
     label: String,
-    netns: Option<String>,
-    inode: Option<u32>,
+    /// What to read again if the bracket does not hold.
+    target: Option<NetnsTarget>,
+    ebpf_key: Option<NsKey>,
+    before: Option<FamilyCounts>,
+    after: Option<FamilyCounts>,
     totals: crate::fields::Values<u64>,
     reset: bool,
-    timestamp_ns: u64,
 }
 
 pub struct Sampler {
     config: SamplerConfig,
-    series: HashMap<String, Series>,
+    series: HashMap<SeriesKey, Series>,
+    /// The error last reported per label, so it is logged once.
+    failing: HashMap<String, String>,
     buf: Vec<u8>,
-    /// Inode of the agent's own network namespace (eBPF only).
-    own_inode: Option<u32>,
-    pending: Vec<Pending>,
+    /// Identity of the agent's own network namespace (eBPF only).
+    own_id: Option<NamespaceId>,
+    last_round_failed: bool,
 }
-
-/// Series key of the agent's own namespace (never a valid netns name).
-const OWN_SERIES: &str = "";
 
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
-        let own_inode = config
+        let own_id = config
             .ebpf
             .as_ref()
-            .and_then(|_| netns::netns_inode(&config.proc_root.join("self/ns/net")));
+            .and_then(|_| netns::own_identity(&config.proc_root));
         Self {
             config,
             series: HashMap::new(),
+            failing: HashMap::new(),
             buf: Vec::new(),
-            own_inode,
-            pending: Vec::new(),
+            own_id,
+            last_round_failed: false,
         }
     }
 
@@ -97,9 +133,28 @@ impl Sampler {
     /// Stops the eBPF probes (also done on drop).
     pub fn shutdown(&mut self) {
         if let Some(mut ebpf) = self.config.ebpf.take() {
-            ebpf.flush_log();
             ebpf.detach();
         }
+    }
+
+    /// Between rounds: keeps the peak-rate map small (see [`EbpfSource::drain_rates`]).
+    pub fn drain_rates(&mut self) {
+        if let Some(ebpf) = self.config.ebpf.as_mut() {
+            ebpf.drain_rates();
+        }
+    }
+
+    /// How often [`Sampler::drain_rates`] should run, when eBPF is in use.
+    pub fn drain_period(&self) -> Option<Duration> {
+        self.config
+            .ebpf
+            .as_ref()
+            .map(|e| e.rate_resolution() * synproxy_common::RATE_DRAIN_BUCKETS)
+    }
+
+    /// Whether some selected namespace could not be read in the last round.
+    pub fn last_round_failed(&self) -> bool {
+        self.last_round_failed
     }
 
     pub fn sample(&mut self) -> Round {
@@ -112,379 +167,370 @@ impl Sampler {
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.
         if let Some(ebpf) = self.config.ebpf.as_mut() {
-            ebpf.poll();
+            ebpf.poll(&self.config.stop);
         }
-        match self.config.selection.clone() {
-            NetnsSelection::Own => {
-                let path = self.config.proc_root.join(STAT_FILE);
-                let result = read_stat_file(&path, &mut self.buf);
-                let timestamp_ns = now_ns();
-                self.record(
-                    OWN_SERIES,
-                    self.own_inode,
-                    result.map_err(Failure::Read),
-                    timestamp_ns,
-                    &mut round,
-                );
-            }
+        let generation = self.config.ebpf.as_ref().and_then(EbpfSource::generation);
+        let mut reads = match self.config.selection.clone() {
+            NetnsSelection::Own => self.read_own(&mut round),
             NetnsSelection::Named(names) => {
                 let targets = netns::named_targets(&names, &self.config.netns_dir);
-                self.read_namespaces(&targets, &mut round);
+                self.read_namespaces(&targets, &mut round)
             }
             NetnsSelection::All => {
                 let targets = netns::discover_all(&self.config.proc_root, &self.config.netns_dir);
-                self.read_namespaces(&targets, &mut round);
-                // A namespace that is gone may come back under its name (a new
-                // one): keep its totals a while, marked gone, so that is a reset
-                // rather than a drop; then forget it, so state stays bounded.
-                self.series.retain(|label, series| {
-                    if targets.iter().any(|t| &t.label == label) {
-                        return true;
-                    }
-                    series.missing_rounds += 1;
-                    if series.missing_rounds == 1 {
-                        info!("netns {label}: gone, no longer reported");
-                        series.tracker.counters_gone();
-                    }
-                    series.missing_rounds <= VANISHED_ROUNDS_KEPT
-                });
+                self.read_namespaces(&targets, &mut round)
             }
+        };
+        if let Some(generation) = generation {
+            self.settle_brackets(&mut reads, generation);
         }
-        self.reconcile_ebpf(&mut round);
+        self.age_series(&reads);
+        let timestamp_ns = now_ns();
+        self.reconcile_ebpf(&reads, generation, timestamp_ns, &mut round);
+        for read in &reads {
+            round.samples.push(Sample {
+                netns: (read.key != SeriesKey::Own).then(|| read.label.clone()),
+                totals: read.totals,
+                timestamp_ns,
+            });
+        }
+        self.last_round_failed = !round.failures.is_empty();
         round
     }
 
+    fn around(&self) -> impl Fn(&NamespaceId) -> Option<FamilyCounts> + Sync + '_ {
+        let view = self
+            .config
+            .ebpf
+            .as_ref()
+            .filter(|e| e.generation().is_some())
+            .map(EbpfSource::counts_view);
+        move |id: &NamespaceId| view.as_ref().map(|v| v.get(id.ebpf_key()))
+    }
+
+    fn read_own(&mut self, round: &mut Round) -> Vec<Read> {
+        let path = self.config.proc_root.join(STAT_FILE);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = {
+            let around = self.around();
+            netns::read_own(&path, self.own_id, &around, &mut buf)
+        };
+        self.buf = buf;
+        let name = path.display().to_string();
+        match result {
+            Ok((id, before, reading, after)) => {
+                let read = self.track(SeriesKey::Own, &name, "", reading);
+                vec![Read {
+                    ebpf_key: id.map(|id| id.ebpf_key()),
+                    before,
+                    after,
+                    ..read
+                }]
+            }
+            Err(e) => {
+                if matches!(e, ReadError::Missing { .. }) {
+                    if let Some(series) = self.series.get_mut(&SeriesKey::Own) {
+                        series.tracker.counters_gone();
+                    }
+                }
+                self.fail("", e.to_string(), round);
+                Vec::new()
+            }
+        }
+    }
+
+    fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Round) -> Vec<Read> {
+        let results = {
+            let around = self.around();
+            netns::read_in_namespaces(targets, &self.config.proc_root, &around)
+        };
+        let mut reads = Vec::with_capacity(targets.len());
+        for (target, result) in targets.iter().zip(results) {
+            match result {
+                Ok(ns) => {
+                    let key = SeriesKey::Netns(ns.id);
+                    let name = format!("netns {}", target.label);
+                    let read = self.track(key, &name, &target.label, ns.reading);
+                    reads.push(Read {
+                        target: Some(target.clone()),
+                        ebpf_key: Some(ns.id.ebpf_key()),
+                        before: ns.before,
+                        after: ns.after,
+                        ..read
+                    });
+                }
+                Err(e) if target.transient && e.is_vanished() => {
+                    debug!("{e} (process exited during the scan)");
+                }
+                Err(e) => {
+                    if let NetnsError::Read {
+                        id,
+                        source: ReadError::Missing { .. },
+                        ..
+                    } = &e
+                    {
+                        if let Some(series) = self.series.get_mut(&SeriesKey::Netns(*id)) {
+                            series.tracker.counters_gone();
+                        }
+                    }
+                    self.fail(&target.label, e.to_string(), round);
+                }
+            }
+        }
+        reads
+    }
+
+    fn fail(&mut self, label: &str, message: String, round: &mut Round) {
+        if self.config.once {
+            log::error!("{message}");
+        } else if self.failing.get(label) != Some(&message) {
+            warn!("{message}; retrying every interval");
+            self.failing.insert(label.to_string(), message.clone());
+        }
+        round.failures.push(message);
+    }
+
+    /// Feeds a reading to its series' wrap tracker.
+    fn track(&mut self, key: SeriesKey, name: &str, label: &str, reading: Reading) -> Read {
+        if self.failing.remove(label).is_some() {
+            info!("{name}: synproxy counters readable again");
+        }
+        let series = self.series.entry(key).or_insert_with(|| Series::new(label));
+        let came_back = series.missing_rounds > 0;
+        series.missing_rounds = 0;
+        if series.label != label {
+            info!("netns {}: now labelled {label}", series.label);
+            series.label = label.to_string();
+        }
+        let (mut totals, mut update) = series.tracker.update(reading.identity, &reading.stat);
+        if let (true, Update::Reset(_), SeriesKey::Netns(id)) = (came_back, update, key) {
+            if id.cookie.is_none() {
+                // Without netns cookies (before 5.14) an inode can belong to a new
+                // namespace: one that returns with restarted counters is one.
+                info!("{name}: a new namespace with a reused inode; new series");
+                *series = Series::new(label);
+                (totals, update) = series.tracker.update(reading.identity, &reading.stat);
+            }
+        }
+        log_update(name, update);
+        Read {
+            key,
+            label: label.to_string(),
+            target: None,
+            ebpf_key: None,
+            before: None,
+            after: None,
+            totals,
+            reset: matches!(update, Update::Reset(_)),
+        }
+    }
+
+    /// Re-reads namespaces whose /proc totals fell outside their eBPF bracket
+    /// (an event held between its probe and its increment): /proc again, then
+    /// the eBPF counts again, keeping the first read's lower bound.
+    fn settle_brackets(&mut self, reads: &mut [Read], generation: u64) {
+        for pause in BRACKET_RETRIES {
+            let outside: Vec<usize> = (0..reads.len())
+                .filter(|&i| !self.bracket_holds(&reads[i], generation))
+                .collect();
+            if outside.is_empty() {
+                return;
+            }
+            std::thread::sleep(pause);
+            for i in outside {
+                self.reread(&mut reads[i]);
+            }
+        }
+    }
+
+    fn bracket_holds(&self, read: &Read, generation: u64) -> bool {
+        let (Some(before), Some(after)) = (read.before, read.after) else {
+            return true;
+        };
+        self.series.get(&read.key).is_none_or(|series| {
+            series.reconciler.consistent(
+                &ebpf_reconcile::proc_counts(&read.totals),
+                read.reset,
+                &Bracket {
+                    generation,
+                    before,
+                    after,
+                },
+            )
+        })
+    }
+
+    fn reread(&mut self, read: &mut Read) {
+        let reading = match (&read.target, read.key) {
+            (Some(target), _) => {
+                let results = {
+                    let around = self.around();
+                    netns::read_in_namespaces(
+                        std::slice::from_ref(target),
+                        &self.config.proc_root,
+                        &around,
+                    )
+                };
+                match results.into_iter().next() {
+                    Some(Ok(ns)) if SeriesKey::Netns(ns.id) == read.key => {
+                        Some((ns.reading, ns.after))
+                    }
+                    _ => None,
+                }
+            }
+            (None, SeriesKey::Own) => {
+                let path = self.config.proc_root.join(STAT_FILE);
+                let mut buf = std::mem::take(&mut self.buf);
+                let result = read_stat_file(&path, &mut buf).ok();
+                self.buf = buf;
+                result.map(|r| {
+                    let after = self.own_id.and_then(|id| self.around()(&id));
+                    (r, after)
+                })
+            }
+            _ => None,
+        };
+        let Some((reading, after)) = reading else {
+            return;
+        };
+        let Some(series) = self.series.get_mut(&read.key) else {
+            return;
+        };
+        let (totals, update) = series.tracker.update(reading.identity, &reading.stat);
+        read.totals = totals;
+        read.reset |= matches!(update, Update::Reset(_));
+        read.after = after;
+    }
+
+    /// Series not read this round age; after [`VANISHED_ROUNDS_KEPT`] rounds
+    /// they are forgotten, so state stays bounded.
+    fn age_series(&mut self, reads: &[Read]) {
+        let seen: HashSet<SeriesKey> = reads.iter().map(|r| r.key).collect();
+        self.series.retain(|key, series| {
+            if seen.contains(key) {
+                return true;
+            }
+            series.missing_rounds += 1;
+            if series.missing_rounds == 1 && *key != SeriesKey::Own {
+                info!(
+                    "netns {}: not found this round, no longer reported",
+                    series.label
+                );
+            }
+            series.missing_rounds <= VANISHED_ROUNDS_KEPT
+        });
+    }
+
     /// Joins this round's /proc totals with the eBPF counts of the same
-    /// namespace (by inode) and adds the `synproxy_ebpf` lines.
-    fn reconcile_ebpf(&mut self, round: &mut Round) {
+    /// namespace and adds the `synproxy_ebpf` lines.
+    fn reconcile_ebpf(
+        &mut self,
+        reads: &[Read],
+        generation: Option<u64>,
+        timestamp_ns: u64,
+        round: &mut Round,
+    ) {
         let Some(ebpf) = self.config.ebpf.as_mut() else {
             return;
         };
-        let reading = ebpf.read();
+        // eBPF keys of every namespace the agent still tracks (pruning the rest).
+        let mut keep: HashSet<NsKey> = self
+            .series
+            .keys()
+            .filter_map(|k| match k {
+                SeriesKey::Netns(id) => Some(id.ebpf_key()),
+                SeriesKey::Own => None,
+            })
+            .collect();
+        keep.extend(self.own_id.map(|id| id.ebpf_key()));
+        let ebpf_round = ebpf.read_round(&keep);
         let res_s = ebpf.rate_resolution().as_secs_f64();
-        let losses = reading.as_ref().map_or(0, |r| r.losses);
-        let timestamp_ns = now_ns();
-        for p in self.pending.drain(..) {
-            let Some(series) = self.series.get_mut(&p.label) else {
+        let global_losses = ebpf_round.as_ref().map_or(0, |r| r.global_losses);
+        for read in reads {
+            let Some(series) = self.series.get_mut(&read.key) else {
                 continue;
             };
-            let counts = match (&reading, p.inode) {
-                (Some(r), Some(inode)) => Some((
-                    r.generation,
-                    r.counts.get(&inode).copied().unwrap_or_default(),
-                )),
+            let bracket = match (generation, read.before, read.after) {
+                (Some(generation), Some(before), Some(after)) => Some(Bracket {
+                    generation,
+                    before,
+                    after,
+                }),
                 _ => None,
             };
+            let lost = read
+                .ebpf_key
+                .and_then(|k| ebpf_round.as_ref()?.lost.get(&k).copied())
+                .unwrap_or_default();
             let out = series.reconciler.update(ebpf_reconcile::Input {
-                proc: ebpf_reconcile::proc_counts(&p.totals),
-                proc_reset: p.reset,
-                ebpf: counts,
-                losses,
+                proc: ebpf_reconcile::proc_counts(&read.totals),
+                proc_reset: read.reset,
+                ebpf: bracket,
+                lost: lost[0] + lost[1],
+                global_losses,
             });
-            let peaks = match (&reading, p.inode) {
-                (Some(r), Some(inode)) if out.status != Status::ProcOnly => {
-                    r.peaks.get(&inode).copied().unwrap_or_default()
+            let peaks = match (&ebpf_round, read.ebpf_key) {
+                (Some(r), Some(k)) if bracket.is_some() => {
+                    r.peaks.get(&k).copied().unwrap_or_default()
                 }
                 _ => Default::default(),
             };
+            let netns = (read.key != SeriesKey::Own).then(|| read.label.clone());
             for (f, family) in ["ipv4", "ipv6"].into_iter().enumerate() {
                 round.ebpf.push(EbpfSample {
-                    netns: p.netns.clone(),
+                    netns: netns.clone(),
                     family,
                     events: out.events[f],
                     peak_rates: std::array::from_fn(|c| peaks[f][c] as f64 / res_s * out.scale[c]),
-                    probe_misses: losses,
+                    probe_misses: lost[f],
                     status: out.status,
-                    timestamp_ns: p.timestamp_ns,
+                    timestamp_ns,
                 });
             }
         }
-        round.probes = Some(match reading {
+        round.probes = Some(match ebpf_round {
             Some(r) => ProbesSample {
                 attached: true,
+                probe_misses: r.global_losses,
+                recursion_misses: r.recursion_misses,
+                map_bytes: r.map_bytes,
                 probes: r.probes,
                 diag: r.diag,
                 timestamp_ns,
             },
             None => ProbesSample {
                 attached: false,
+                probe_misses: 0,
+                recursion_misses: 0,
+                map_bytes: 0,
                 probes: Vec::new(),
                 diag: Default::default(),
                 timestamp_ns,
             },
         });
     }
+}
 
-    fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Round) {
-        let results = netns::read_in_namespaces(targets, &self.config.proc_root);
-        let timestamp_ns = now_ns();
-        for (target, result) in targets.iter().zip(results) {
-            match result {
-                Err(e) if target.transient && e.is_vanished() => {
-                    debug!("{e} (process exited during the scan)");
-                }
-                result => {
-                    let inode = self
-                        .config
-                        .ebpf
-                        .as_ref()
-                        .and_then(|_| netns::netns_inode(&target.handle));
-                    self.record(
-                        &target.label,
-                        inode,
-                        result.map_err(Failure::Netns),
-                        timestamp_ns,
-                        round,
-                    )
-                }
+fn log_update(name: &str, update: Update) {
+    match update {
+        Update::Reset(
+            reason @ (ResetReason::NewCounters
+            | ResetReason::FileWasGone
+            | ResetReason::CountersWentBack),
+        ) => warn!(
+            "{name}: synproxy counters were recreated (module reloaded or namespace replaced; {}); totals continue from a new baseline",
+            match reason {
+                ResetReason::FileWasGone => "the file was gone",
+                ResetReason::NewCounters => "new proc entry",
+                _ => "counters went back",
             }
+        ),
+        Update::Reset(ResetReason::CpuCountChanged { before, after }) => warn!(
+            "{name}: CPU rows changed from {before} to {after}; totals continue from a new baseline"
+        ),
+        Update::Continued { wrapped_cpus } if wrapped_cpus > 0 => {
+            debug!("{name}: 32-bit counter wrap on {wrapped_cpus} CPU(s) absorbed")
         }
-    }
-
-    fn record(
-        &mut self,
-        label: &str,
-        inode: Option<u32>,
-        result: Result<Reading, Failure>,
-        timestamp_ns: u64,
-        round: &mut Round,
-    ) {
-        let name = if label == OWN_SERIES {
-            self.config.proc_root.join(STAT_FILE).display().to_string()
-        } else {
-            format!("netns {label}")
-        };
-        let series = self.series.entry(label.to_string()).or_default();
-        match result {
-            Ok(reading) => {
-                if series.failing.take().is_some() {
-                    info!("{name}: synproxy counters readable again");
-                }
-                series.missing_rounds = 0;
-                let (totals, update) = series.tracker.update(reading.identity, &reading.stat);
-                match update {
-                    Update::Reset(
-                        reason @ (ResetReason::NewCounters
-                        | ResetReason::FileWasGone
-                        | ResetReason::CountersWentBack),
-                    ) => warn!(
-                        "{name}: synproxy counters were recreated (module reloaded or namespace replaced; {}); totals continue from a new baseline",
-                        match reason {
-                            ResetReason::FileWasGone => "the file was gone",
-                            ResetReason::NewCounters => "new proc entry",
-                            _ => "counters went back",
-                        }
-                    ),
-                    Update::Reset(ResetReason::CpuCountChanged { before, after }) => warn!(
-                        "{name}: CPU rows changed from {before} to {after}; totals continue from a new baseline"
-                    ),
-                    Update::Continued { wrapped_cpus } if wrapped_cpus > 0 => {
-                        debug!("{name}: 32-bit counter wrap on {wrapped_cpus} CPU(s) absorbed")
-                    }
-                    _ => {}
-                }
-                let netns = (label != OWN_SERIES).then(|| label.to_string());
-                if self.config.ebpf.is_some() {
-                    self.pending.push(Pending {
-                        label: label.to_string(),
-                        netns: netns.clone(),
-                        inode,
-                        totals,
-                        reset: matches!(update, Update::Reset(_)),
-                        timestamp_ns,
-                    });
-                }
-                round.samples.push(Sample {
-                    netns,
-                    totals,
-                    timestamp_ns,
-                });
-            }
-            Err(failure) => {
-                if failure.means_counters_gone() {
-                    series.tracker.counters_gone();
-                }
-                let message = failure.to_string();
-                if self.config.once {
-                    log::error!("{message}");
-                } else if series.failing.as_deref() != Some(message.as_str()) {
-                    warn!("{message}; retrying every interval");
-                    series.failing = Some(message.clone());
-                }
-                round.failures.push(message);
-            }
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error(transparent)]
-    Read(ReadError),
-    #[error(transparent)]
-    Netns(NetnsError),
-}
-
-impl Failure {
-    /// The stat file or its namespace does not exist: the kernel destroyed those
-    /// counters, so the next reading is a new set.
-    fn means_counters_gone(&self) -> bool {
-        matches!(
-            self,
-            Failure::Read(ReadError::Missing { .. })
-                | Failure::Netns(NetnsError::NotFound { .. })
-                | Failure::Netns(NetnsError::Read {
-                    source: ReadError::Missing { .. },
-                    ..
-                })
-        )
-    }
-}
-
-/// How the agent ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// Signal, stdin EOF or closed stdout: a clean stop.
-    Clean,
-    /// `--once` could not read every selected namespace.
-    SampleFailed,
-    /// stdout failed for another reason.
-    OutputFailed,
-}
-
-pub struct Schedule {
-    pub once: bool,
-    pub interval: Duration,
-    pub signal: SignalMode,
-}
-
-pub async fn run(mut sampler: Sampler, mut sink: StdoutSink, schedule: Schedule) -> Exit {
-    let exit = run_loop(&mut sampler, &mut sink, schedule).await;
-    sampler.shutdown();
-    exit
-}
-
-async fn run_loop(sampler: &mut Sampler, sink: &mut StdoutSink, schedule: Schedule) -> Exit {
-    if schedule.once {
-        let round = sampler.sample();
-        if let Err(exit) = emit(sink, &round) {
-            return exit;
-        }
-        return if round.failures.is_empty() {
-            Exit::Clean
-        } else {
-            Exit::SampleFailed
-        };
-    }
-
-    sampler.prime();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    match schedule.signal {
-        SignalMode::Stdin => {
-            let mut lines = stdin_lines();
-            loop {
-                tokio::select! {
-                    line = lines.recv() => match line {
-                        Some(()) => {
-                            let round = sampler.sample();
-                            if let Err(exit) = emit(sink, &round) {
-                                return exit;
-                            }
-                        }
-                        None => {
-                            info!("stdin closed, exiting");
-                            return Exit::Clean;
-                        }
-                    },
-                    signal = &mut shutdown => {
-                        info!("{signal}, exiting");
-                        return Exit::Clean;
-                    }
-                }
-            }
-        }
-        SignalMode::None => {
-            let mut ticker = tokio::time::interval(schedule.interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {
-                        let round = sampler.sample();
-                        if let Err(exit) = emit(sink, &round) {
-                            return exit;
-                        }
-                    }
-                    signal = &mut shutdown => {
-                        info!("{signal}, exiting");
-                        return Exit::Clean;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn emit(sink: &mut StdoutSink, round: &Round) -> Result<(), Exit> {
-    if round.samples.is_empty() {
-        return Ok(());
-    }
-    match sink.write_round(&round.samples, &round.ebpf, round.probes.as_ref()) {
-        Ok(()) => Ok(()),
-        Err(SinkError::Closed) => {
-            info!("stdout closed, exiting");
-            Err(Exit::Clean)
-        }
-        Err(e) => {
-            log::error!("{e}");
-            Err(Exit::OutputFailed)
-        }
-    }
-}
-
-/// One message per line on stdin; the channel closes on EOF or a read error.
-/// A plain thread, because a blocked stdin read must not hold up shutdown.
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut line = String::new();
-            let stdin = std::io::stdin();
-            loop {
-                line.clear();
-                match stdin.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if tx.blocking_send(()).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        warn!("stdin: {e}");
-                        break;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the stdin reader: {e}");
-    }
-    rx
-}
-
-/// Resolves with the name of the first SIGTERM/SIGINT received.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        (Err(e), _) | (_, Err(e)) => {
-            warn!("cannot install signal handlers ({e}); relying on default signal handling");
-            std::future::pending().await
-        }
+        _ => {}
     }
 }

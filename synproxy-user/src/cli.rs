@@ -57,7 +57,7 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
     pub no_ebpf: bool,
 
-    /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields).
+    /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields), 10ms to 1h.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
     pub rate_resolution: Duration,
 
@@ -130,10 +130,21 @@ pub enum NetnsSelection {
     All,
 }
 
+/// Bounds of `--rate-resolution`: the agent drains the peak-rate map every 8
+/// buckets, so the finest resolution sets how often it wakes.
+pub const MIN_RATE_RESOLUTION: Duration = Duration::from_millis(10);
+pub const MAX_RATE_RESOLUTION: Duration = Duration::from_secs(3600);
+
 impl Cli {
     /// Checks that need more than one flag or the filesystem; one-line errors
     /// naming the flag.
     pub fn validate(&self) -> Result<NetnsSelection, String> {
+        if !(MIN_RATE_RESOLUTION..=MAX_RATE_RESOLUTION).contains(&self.rate_resolution) {
+            return Err(format!(
+                "--rate-resolution {:?}: must be between 10ms and 1h (the peak-rate map is drained every 8 buckets)",
+                self.rate_resolution
+            ));
+        }
         match std::fs::metadata(&self.proc_root) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -295,6 +306,20 @@ mod tests {
         assert!(parse_tag("_x=1").is_err());
         assert!(parse_tag("x=a\nb").is_err());
         assert!(parse_tag("x=a\\").is_err());
+    }
+
+    #[test]
+    fn rate_resolution_bounds() {
+        let ok = cli(&["--rate-resolution", "10ms"]).expect("parses");
+        assert!(ok.validate().is_ok());
+        // Every duration flag takes 10ms at the finest.
+        assert!(cli(&["--rate-resolution", "5ms"]).is_err());
+        let coarse = cli(&["--rate-resolution", "2h"]).expect("parses");
+        let err = coarse.validate().expect_err("2h is too coarse");
+        assert!(
+            err.starts_with("--rate-resolution 7200s: must be between"),
+            "{err}"
+        );
     }
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {

@@ -3,17 +3,39 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use synproxy_user::agent::{self, Exit, SamplerConfig, Schedule};
-use synproxy_user::cli::Cli;
+use std::sync::Arc;
+use synproxy_user::agent::{self, SamplerConfig};
+use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
+use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
 use synproxy_user::sinks::stdout::StdoutSink;
-use synproxy_user::sources::ebpf::EbpfSource;
+use synproxy_user::sources::ebpf::{EbpfSource, Stop};
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Signals first: SIGTERM/SIGINT at any moment of start-up end the agent
+    // cleanly (exit 0, nothing left in the kernel), never by the default action.
+    runtime::block_shutdown_signals(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            runtime::block_shutdown_signals(false);
+            eprintln!("synproxy-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signals = {
+        let _guard = rt.enter();
+        runtime::Signals::install()
+    };
+    runtime::block_shutdown_signals(false);
+
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.log_level.filter());
     let selection = match cli.validate() {
@@ -23,22 +45,59 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let exit = rt.block_on(start(cli, selection, signals));
+    // Work abandoned at a signal (nothing of it outlives the process) is not
+    // waited for.
+    rt.shutdown_background();
+    match exit {
+        Exit::Clean => ExitCode::SUCCESS,
+        Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
+    }
+}
+
+async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signals) -> Exit {
+    let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
     let ebpf = if cli.no_ebpf {
         None
     } else {
-        match EbpfSource::open(cli.rate_resolution, !cli.once) {
-            Ok(source) if cli.once => {
+        let (resolution, attach, flag) = (cli.rate_resolution, !cli.once, Arc::clone(&stop));
+        let opened = match runtime::blocking_or_signal(
+            move || EbpfSource::open(resolution, attach, &flag),
+            &mut signals,
+            &stop,
+        )
+        .await
+        {
+            Blocking::Done(opened) => Some(opened),
+            Blocking::Stopped(opened, signal) => {
+                log::info!("{signal} during start-up, exiting");
+                // Dropping the source detaches whatever was attached.
+                drop(opened);
+                return Exit::Clean;
+            }
+            Blocking::Abandoned(signal) => {
+                log::info!("{signal} during start-up, exiting");
+                return Exit::Clean;
+            }
+            Blocking::Died => None,
+        };
+        match opened {
+            Some(Ok(source)) if cli.once => {
                 log::debug!(
                     "eBPF usable; --once reports /proc only (eBPF counts need an interval)"
                 );
                 drop(source);
                 None
             }
-            Ok(source) => Some(source),
-            Err(reason) => {
+            Some(Ok(source)) => Some(source),
+            Some(Err(reason)) => {
                 log::warn!("eBPF disabled: {reason}; reporting /proc only");
+                None
+            }
+            None => {
+                log::warn!("eBPF disabled: the loader stopped unexpectedly; reporting /proc only");
                 None
             }
         }
@@ -69,27 +128,14 @@ fn main() -> ExitCode {
         netns_dir: cli.netns_dir.clone(),
         selection,
         ebpf,
+        stop: Arc::clone(&stop),
     });
     let schedule = Schedule {
         once: cli.once,
         interval: cli.interval,
         signal: cli.signal,
     };
-
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(agent::run(sampler, sink, schedule)) {
-        Exit::Clean => ExitCode::SUCCESS,
-        Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
-    }
+    runtime::run(sampler, sink, schedule, signals, stop).await
 }
 
 fn hostname() -> Option<String> {

@@ -33,7 +33,8 @@ pub struct EbpfSample {
     pub events: [u64; synproxy_common::COUNTER_COUNT],
     /// Peak rate per counter (events per second over one rate bucket).
     pub peak_rates: [f64; synproxy_common::COUNTER_COUNT],
-    /// Probe misses and lost events the kernel reported in the interval (all probes).
+    /// Events of this namespace and family the kernel-side programs could not
+    /// count this round (a map was full).
     pub probe_misses: u64,
     pub status: crate::reconcile::ebpf::Status,
     pub timestamp_ns: u64,
@@ -43,6 +44,13 @@ pub struct EbpfSample {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbesSample {
     pub attached: bool,
+    /// This round: probe misses, BPF recursion misses and losses not
+    /// attributable to a namespace (all namespaces).
+    pub probe_misses: u64,
+    /// Programs skipped because another BPF program ran on that CPU, since load.
+    pub recursion_misses: u64,
+    /// Kernel memory the maps pin, bytes.
+    pub map_bytes: u64,
     /// Probe short name -> hits and misses since it was attached.
     pub probes: Vec<(&'static str, crate::sources::kprobe_events::ProbeStats)>,
     /// Kernel-side diagnostics since load ([`synproxy_common::diag`]).

@@ -243,17 +243,7 @@ fn bad_files_fail_with_one_clear_line() {
 
 /// Reads stdout lines on a thread so the test can wait with a deadline.
 fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+    line_reader_of(child.stdout.take().unwrap())
 }
 
 fn next_line(rx: &mpsc::Receiver<String>) -> String {
@@ -542,4 +532,108 @@ fn file_gone_and_back_adds_the_new_counters() {
     assert_eq!(field(&line, "cookie_valid"), 12, "{line}");
     let stderr = stop(child);
     assert!(stderr.contains("the file was gone"), "{stderr}");
+}
+
+/// Whether the agent (after exec: spawning blocks every signal in the child
+/// until then) blocks or catches SIGTERM (`SigBlk`/`SigCgt` in
+/// /proc/PID/status): its first statement blocks it.
+fn sigterm_handled(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
+        return false;
+    }
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
+}
+
+#[test]
+fn sigterm_at_any_moment_of_start_up_exits_zero() {
+    for delay_ms in [0u64, 1, 3, 10, 30] {
+        let proc = ProcTree::new();
+        proc.write_rows(&[(1, 1)]);
+        let mut child = agent(&[
+            "--interval",
+            "1h",
+            "--proc-root",
+            proc.root().to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+        // Before main() runs nothing can catch a signal: start the clock when
+        // the agent's first statement has taken SIGTERM over.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sigterm_handled(child.id()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the agent to block SIGTERM"
+            );
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM after {delay_ms} ms: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stdout_reader_that_stops_reading_does_not_block_shutdown() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(1, 1)]);
+    // Long lines fill the pipe (64 KiB) within a few dozen rounds.
+    let tag = format!("pad={}", "x".repeat(4000));
+    let mut child = agent(&[
+        "--interval",
+        "10ms",
+        "--tag",
+        &tag,
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    // Nobody reads stdout from here on; wait for the agent to notice.
+    let _stdout = child.stdout.take().unwrap();
+    let stderr = line_reader_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("waiting for the agent to report an unread stdout: {e}"));
+        if line.contains("stdout is not being read") {
+            break;
+        }
+    }
+    let started = Instant::now();
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+}
+
+fn line_reader_of<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

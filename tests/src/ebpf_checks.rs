@@ -14,6 +14,7 @@ use crate::traffic::{self, RawSender, ServerMode, TcpServer};
 use anyhow::{Context, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+use synproxy_common::Counter;
 
 const PROBE_PORT: u16 = 8081;
 
@@ -94,13 +95,14 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         }
         last = now;
     }
-    let proc_syn = last.get("syn_received") - before.get("syn_received");
-    let proc_inv = last.get("cookie_invalid") - before.get("cookie_invalid");
+    let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
+    let proc_inv =
+        last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
     let lines = live.sample()?;
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let srv = topo.srv.name();
-    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, "syn_received")?;
-    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, "cookie_invalid")?;
+    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
+    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
     let (missed, attached) = live_agent::probe_misses(&lines)?;
     let peak = lines
         .iter()
@@ -175,8 +177,7 @@ pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
 fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result<Check> {
     let topo = Topology::create(&cfg.tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)?;
-    let (events, _) = live_agent::kprobe_lines_of(live.pid());
-    let attached = events.len();
+    let attached = live.owned_events().len();
     // One round first, so the agent is in its steady state.
     live.sample()?;
     let stopped = live.stop(signal)?;
@@ -201,7 +202,7 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     Ok(Check {
         line: format!(
             "{head} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
-            stopped.owned.len(),
+            stopped.owned.as_ref().map_or(0, |o| o.objects.len()),
             if stopped.exit_ok { 0 } else { 1 },
             stopped.elapsed.as_millis(),
             left.len(),

@@ -7,13 +7,16 @@
 
 pub mod agent;
 pub mod ebpf_checks;
+pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;
 pub mod netns;
 pub mod packet;
+pub mod pidns;
 pub mod proc_counters;
 pub mod rng;
 pub mod rules;
 pub mod scenario;
+pub mod sustained;
 pub mod tools;
 pub mod traffic;

@@ -1,13 +1,19 @@
 //! The agent running with eBPF for the length of a check: started before the
-//! traffic (`--signal stdin`), asked for one sample after it, then stopped by
-//! closing stdin or by a signal. Also the checks that nothing of it stays in the
-//! kernel afterwards: kprobe events, kprobe_profile lines, BPF programs and maps.
+//! traffic (`--signal stdin`, or sampling on its own with `--interval`), directly
+//! or as PID 1 of its own PID namespace, then stopped by closing stdin or by a
+//! signal. Also the checks that nothing of it stays in the kernel afterwards:
+//! kprobe events, kprobe_profile lines, BPF programs and maps.
+//!
+//! Which kprobe events are an agent's is found by difference (the events of the
+//! agent's tracefs group that appeared while it started), so the checks do not
+//! depend on how the agent names its events.
 
 use crate::line_protocol::{self, FieldValue, Line};
 use crate::netns::Netns;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -25,10 +31,16 @@ pub const MAP_NAMES: [&str; 6] = [
     "HOOK_STASH",
     "AYA_LOGS",
 ];
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// tracefs group of the agent's kprobe events.
+pub const EVENT_GROUP: &str = "synproxy_agent";
+/// What the agent logs once every probe is attached.
+pub const ATTACHED_LOG: &str = "eBPF probes attached";
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Item 5 of the eBPF issue: exit within 1 s of SIGTERM/SIGINT/stdin EOF.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(1);
+/// How long a stopped agent may take to exit before the check gives up on it.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -46,43 +58,146 @@ fn tracefs_file(name: &str) -> Option<String> {
         .find_map(|t| std::fs::read_to_string(Path::new(t).join(name)).ok())
 }
 
-/// Lines of kprobe_events / kprobe_profile that belong to agent `pid`.
-pub fn kprobe_lines_of(pid: u32) -> (Vec<String>, Vec<String>) {
-    let tag = format!("spx{pid}_");
-    let pick = |text: Option<String>| -> Vec<String> {
-        text.unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&tag))
-            .map(str::to_string)
-            .collect()
+/// `p:synproxy_agent/NAME function` (or `r256:...`) -> NAME.
+fn group_event_name(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(':')?;
+    let spec = rest.split_whitespace().next()?;
+    let (group, name) = spec.split_once('/')?;
+    (group == EVENT_GROUP).then_some(name)
+}
+
+/// Names of every kprobe event of the agent's group (of any agent).
+pub fn group_events() -> BTreeSet<String> {
+    tracefs_file("kprobe_events")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(group_event_name)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lines of kprobe_events / kprobe_profile that belong to the events `names`.
+pub fn kprobe_lines_for(names: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    let events = tracefs_file("kprobe_events")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| group_event_name(l).is_some_and(|n| names.contains(n)))
+        .map(str::to_string)
+        .collect();
+    let profile = tracefs_file("kprobe_profile")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|n| names.contains(n))
+        })
+        .map(str::to_string)
+        .collect();
+    (events, profile)
+}
+
+/// Removes the kprobe events `names` of the agent's group (test hygiene after a
+/// check that left some, so the next check starts clean). Returns what could
+/// not be removed (an event still open by a live agent: EBUSY).
+pub fn remove_events(names: &BTreeSet<String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    let Some(root) = TRACEFS
+        .iter()
+        .map(Path::new)
+        .find(|t| t.join("kprobe_events").exists())
+    else {
+        return names.iter().cloned().collect();
     };
-    (
-        pick(tracefs_file("kprobe_events")),
-        pick(tracefs_file("kprobe_profile")),
-    )
+    for name in names.intersection(&group_events()) {
+        let res = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("kprobe_events"))
+            .and_then(|mut f| f.write_all(format!("-:{EVENT_GROUP}/{name}\n").as_bytes()));
+        if let Err(e) = res {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
+    failed
 }
 
 /// A BPF program (`prog`) or map of the agent: (prog, id, name).
 pub type BpfObject = (bool, u32, String);
 
+/// The agent's kprobe events and BPF objects present at one moment (of any agent).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelState {
+    pub events: BTreeSet<String>,
+    pub objects: Vec<BpfObject>,
+}
+
+impl KernelState {
+    pub fn now() -> Result<Self> {
+        Ok(KernelState {
+            events: group_events(),
+            objects: agent_objects()?,
+        })
+    }
+
+    /// What is in `self` and was not in `before`.
+    pub fn since(&self, before: &KernelState) -> KernelState {
+        KernelState {
+            events: self.events.difference(&before.events).cloned().collect(),
+            objects: self
+                .objects
+                .iter()
+                .filter(|o| !before.objects.contains(o))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// How the agent process is started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// A child of this process.
+    Direct,
+    /// PID 1 of a new PID (and mount) namespace with its own /proc, like
+    /// `unshare -p -f --mount-proc`: `helper` is synproxy-scenario itself, run as
+    /// `helper --pidns-exec AGENT ARGS...` (see [`crate::pidns`]).
+    PidNamespace { helper: PathBuf },
+}
+
 pub struct LiveAgent {
     child: Child,
-    /// BPF programs and maps that appeared while this agent started.
-    owned: Vec<BpfObject>,
+    /// Host pid of the agent process (for [`Launch::PidNamespace`] the child is
+    /// the helper and the agent its child).
+    agent_pid: u32,
+    started: Instant,
+    /// Kernel state before the agent started.
+    before: KernelState,
+    /// The agent's own events and objects, once it attached.
+    owned: Option<KernelState>,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Receiver<String>,
+    log: Vec<String>,
     what: String,
+    /// Rounds end with the `synproxy_ebpf_probes` line (else with `synproxy`).
+    ebpf: bool,
 }
 
 /// How the agent ended.
 #[derive(Debug)]
 pub struct Stopped {
     pub pid: u32,
-    pub owned: Vec<BpfObject>,
+    /// Kernel state before the agent started.
+    pub before: KernelState,
+    /// Its events and objects, when it was seen attached.
+    pub owned: Option<KernelState>,
     pub exit_ok: bool,
+    /// Exit code, or 128 + signal number.
+    pub exit_code: i32,
     pub elapsed: Duration,
     pub stderr: Vec<String>,
+    /// Stdout lines not taken before the agent exited.
+    pub stdout: Vec<String>,
 }
 
 fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
@@ -98,10 +213,30 @@ fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
     rx
 }
 
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
 impl LiveAgent {
     /// `agent --signal stdin --log-format telegraf --netns NAME [extra]` from the
-    /// caller's netns, waiting until its probes are attached.
+    /// caller's netns, waiting until its probes are attached, plus one round.
     pub fn start(agent: &Path, netns: &Netns, extra: &[String]) -> Result<Self> {
+        Self::start_with(agent, netns, extra, &Launch::Direct, true)
+    }
+
+    /// [`LiveAgent::start`], launched as `launch` says; without `ebpf` the agent
+    /// runs with `--no-ebpf` and a round ends with its `synproxy` line.
+    pub fn start_with(
+        agent: &Path,
+        netns: &Netns,
+        extra: &[String],
+        launch: &Launch,
+        ebpf: bool,
+    ) -> Result<Self> {
         let mut args = vec![
             "--signal".to_string(),
             "stdin".to_string(),
@@ -110,11 +245,43 @@ impl LiveAgent {
             "--netns".to_string(),
             netns.name().to_string(),
         ];
+        if !ebpf {
+            args.push("--no-ebpf".to_string());
+        }
         args.extend_from_slice(extra);
-        let what = format!("`{} {}`", agent.display(), args.join(" "));
-        let existing = agent_objects()?;
-        let mut child = Command::new(agent)
-            .args(&args)
+        let mut live = Self::spawn(agent, &args, launch)?;
+        live.ebpf = ebpf;
+        if ebpf {
+            live.wait_attached(ATTACH_TIMEOUT)?;
+        }
+        // A first round sets the agent's baseline; what the caller does next is
+        // reported in the following round.
+        live.sample().context("first round of the agent")?;
+        Ok(live)
+    }
+
+    /// Starts `agent ARGS` as `launch` says, without waiting for anything.
+    pub fn spawn(agent: &Path, args: &[String], launch: &Launch) -> Result<Self> {
+        let before = KernelState::now()?;
+        let mut cmd = match launch {
+            Launch::Direct => Command::new(agent),
+            Launch::PidNamespace { helper } => {
+                let mut c = Command::new(helper);
+                c.arg(crate::pidns::HELPER_FLAG).arg(agent);
+                c
+            }
+        };
+        let what = match launch {
+            Launch::Direct => format!("`{} {}`", agent.display(), args.join(" ")),
+            Launch::PidNamespace { .. } => format!(
+                "`{} {}` (PID 1 of a new PID namespace)",
+                agent.display(),
+                args.join(" ")
+            ),
+        };
+        let started = Instant::now();
+        let mut child = cmd
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -123,50 +290,87 @@ impl LiveAgent {
         let stdin = child.stdin.take();
         let lines = pump(child.stdout.take().context("agent stdout")?);
         let stderr = pump(child.stderr.take().context("agent stderr")?);
-        let mut live = LiveAgent {
+        let agent_pid = match launch {
+            Launch::Direct => child.id(),
+            Launch::PidNamespace { .. } => {
+                match crate::pidns::wait_child_of(child.id(), Duration::from_secs(10)) {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e).with_context(|| format!("starting {what}"));
+                    }
+                }
+            }
+        };
+        Ok(LiveAgent {
             child,
-            owned: Vec::new(),
+            agent_pid,
+            started,
+            before,
+            owned: None,
             stdin,
             lines,
             stderr,
+            log: Vec::new(),
             what,
-        };
-        live.wait_attached()?;
-        // Other agents may be running: the objects that are new are this one's.
-        live.owned = agent_objects()?
-            .into_iter()
-            .filter(|o| !existing.contains(o))
-            .collect();
-        // A first round sets the agent's baseline; what the caller does next is
-        // reported in the following round.
-        live.sample().context("first round of the agent")?;
-        Ok(live)
+            ebpf: true,
+        })
     }
 
+    /// Host pid of the agent process.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.agent_pid
     }
 
-    fn wait_attached(&mut self) -> Result<()> {
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The agent's kprobe events (empty until it was seen attached).
+    pub fn owned_events(&self) -> BTreeSet<String> {
+        self.owned
+            .as_ref()
+            .map(|o| o.events.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the agent's `eBPF probes attached` log line and records the
+    /// events and objects that appeared since it started as its own. Fails at
+    /// once when the agent exits, disables eBPF, or says it will not retry.
+    /// Returns the time from spawn to the log line.
+    pub fn wait_attached(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
         loop {
-            let (events, _) = kprobe_lines_of(self.pid());
-            if events.len() == PROBE_COUNT {
-                return Ok(());
+            let log = self.stderr_lines();
+            if log.iter().any(|l| l.contains(ATTACHED_LOG)) {
+                let elapsed = self.started.elapsed();
+                self.owned = Some(KernelState::now()?.since(&self.before));
+                return Ok(elapsed);
+            }
+            let hopeless = log.iter().find(|l| {
+                l.contains("eBPF disabled") || l.contains("until nf_synproxy_core is reloaded")
+            });
+            if let Some(line) = hopeless {
+                bail!(
+                    "{}: eBPF did not attach: {line}; stderr: {}",
+                    self.what,
+                    log.join(" | ")
+                );
             }
             if let Some(status) = self.child.try_wait()? {
+                let log = self.stderr_lines();
                 bail!(
                     "{} exited ({status}) before attaching: {}",
                     self.what,
-                    self.stderr_lines().join(" | ")
+                    log.join(" | ")
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{}: {} of {PROBE_COUNT} kprobe events after {ATTACH_TIMEOUT:?}; stderr: {}",
+                    "{}: no `{ATTACHED_LOG}` within {timeout:?}; stderr: {}",
                     self.what,
-                    events.len(),
-                    self.stderr_lines().join(" | ")
+                    log.join(" | ")
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -174,8 +378,19 @@ impl LiveAgent {
     }
 
     /// Everything the agent logged so far.
-    pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+    pub fn stderr_lines(&mut self) -> Vec<String> {
+        self.log.extend(self.stderr.try_iter());
+        self.log.clone()
+    }
+
+    /// The stdout lines received since the last call (interval mode).
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// One round: a newline on stdin, then every line up to the
@@ -193,7 +408,11 @@ impl LiveAgent {
             })?;
             let parsed = line_protocol::parse_line(&line)
                 .with_context(|| format!("output of {}", self.what))?;
-            let last = parsed.measurement == "synproxy_ebpf_probes";
+            let last = if self.ebpf {
+                parsed.measurement == "synproxy_ebpf_probes"
+            } else {
+                parsed.measurement == "synproxy"
+            };
             out.push(parsed);
             if last {
                 return Ok(out);
@@ -201,20 +420,30 @@ impl LiveAgent {
         }
     }
 
+    /// Sends `signal` to the agent process.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.agent_pid;
+        // SAFETY: kill() on the agent's pid; it is our child (or the child of our
+        // child, the helper, which reaps it only after it exited) and not reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Stops the agent (closing stdin, or `signal`) and measures how long it took.
     pub fn stop(mut self, signal: Option<libc::c_int>) -> Result<Stopped> {
-        let pid = self.pid();
         let started = Instant::now();
         match signal {
             None => drop(self.stdin.take()),
-            Some(sig) => {
-                // SAFETY: kill() on our own child's pid; it has not been reaped yet.
-                if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
-                    bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
-                }
-            }
+            Some(sig) => self.signal(sig)?,
         }
-        let deadline = started + Duration::from_secs(10);
+        self.wait_exit(started)
+    }
+
+    /// Waits for the agent (and a PID-namespace helper) to exit.
+    pub fn wait_exit(mut self, since: Instant) -> Result<Stopped> {
+        let deadline = since + EXIT_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
@@ -222,19 +451,39 @@ impl LiveAgent {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                bail!("{} did not exit within 10 s", self.what);
+                bail!("{} did not exit within {EXIT_TIMEOUT:?}", self.what);
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let elapsed = started.elapsed();
-        // The pump threads end with the pipes.
-        std::thread::sleep(Duration::from_millis(20));
+        let elapsed = since.elapsed();
+        // The pump threads end with the pipes; the rest of stderr is there.
+        let stderr_deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => self.log.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > stderr_deadline => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let mut stdout = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => stdout.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > stderr_deadline => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
         Ok(Stopped {
-            pid,
-            owned: std::mem::take(&mut self.owned),
+            stdout,
+            pid: self.agent_pid,
+            before: std::mem::take(&mut self.before),
+            owned: self.owned.take(),
             exit_ok: status.success(),
+            exit_code: exit_code(status),
             elapsed,
-            stderr: self.stderr.try_iter().collect(),
+            stderr: std::mem::take(&mut self.log),
         })
     }
 }
@@ -242,10 +491,50 @@ impl LiveAgent {
 impl Drop for LiveAgent {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            if self.agent_pid != self.child.id() {
+                // SAFETY: kill() on the agent's pid, not yet reaped by the helper.
+                unsafe { libc::kill(self.agent_pid as libc::pid_t, libc::SIGKILL) };
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
+}
+
+/// Rounds of interval-mode output. With eBPF a round is every line up to and
+/// including the `synproxy_ebpf_probes` line that ends it (the lines of a round
+/// should share one timestamp: see [`mixed_timestamps`]); without eBPF a round
+/// is a run of lines with one timestamp. Lines that do not parse are errors.
+pub fn split_rounds(lines: &[String], ebpf: bool) -> Result<Vec<Vec<Line>>> {
+    let mut rounds: Vec<Vec<Line>> = Vec::new();
+    let mut current: Vec<Line> = Vec::new();
+    for raw in lines {
+        let line = line_protocol::parse_line(raw).with_context(|| format!("agent line {raw:?}"))?;
+        if !ebpf
+            && current
+                .last()
+                .is_some_and(|l: &Line| l.timestamp != line.timestamp)
+        {
+            rounds.push(std::mem::take(&mut current));
+        }
+        let ends = line.measurement == "synproxy_ebpf_probes";
+        current.push(line);
+        if ends {
+            rounds.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        rounds.push(current);
+    }
+    Ok(rounds)
+}
+
+/// Rounds whose lines do not all carry one timestamp.
+pub fn mixed_timestamps(rounds: &[Vec<Line>]) -> usize {
+    rounds
+        .iter()
+        .filter(|r| r.windows(2).any(|w| w[0].timestamp != w[1].timestamp))
+        .count()
 }
 
 /// eBPF view of one namespace in a round: the counter summed over families, the
@@ -378,11 +667,25 @@ pub fn agent_objects() -> Result<Vec<BpfObject>> {
     Ok(out)
 }
 
-/// What of a stopped agent is still in the kernel: kprobe events and profile
-/// lines of its pid, and the BPF programs and maps it had created.
+/// What of a stopped agent is still in the kernel: its kprobe events and
+/// profile lines and the BPF programs and maps it had created (when it was seen
+/// attached), else every event and object that appeared since it started (right
+/// only when no other agent started meanwhile), and its process.
 pub fn leftovers(stopped: &Stopped) -> Result<Vec<String>> {
-    let pid = stopped.pid;
-    let (events, profile) = kprobe_lines_of(pid);
+    let now = KernelState::now()?;
+    let mine = match &stopped.owned {
+        Some(owned) => KernelState {
+            events: owned.events.intersection(&now.events).cloned().collect(),
+            objects: owned
+                .objects
+                .iter()
+                .filter(|o| now.objects.contains(o))
+                .cloned()
+                .collect(),
+        },
+        None => now.since(&stopped.before),
+    };
+    let (events, profile) = kprobe_lines_for(&mine.events);
     let mut left: Vec<String> = events
         .into_iter()
         .map(|l| format!("kprobe_events: {l}"))
@@ -392,11 +695,11 @@ pub fn leftovers(stopped: &Stopped) -> Result<Vec<String>> {
                 .map(|l| format!("kprobe_profile: {}", l.trim())),
         )
         .collect();
-    let now = agent_objects()?;
-    for (prog, id, name) in stopped.owned.iter().filter(|o| now.contains(o)) {
+    for (prog, id, name) in &mine.objects {
         let kind = if *prog { "program" } else { "map" };
         left.push(format!("BPF {kind} {id} {name}"));
     }
+    let pid = stopped.pid;
     if Path::new(&format!("/proc/{pid}")).exists() {
         left.push(format!("/proc/{pid} still exists"));
     }
@@ -414,4 +717,36 @@ pub fn wait_clean(stopped: &Stopped, within: Duration) -> Result<Vec<String>> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` runs the agent (after exec) and blocks or catches
+/// SIGTERM (`SigBlk`/`SigCgt` in /proc/PID/status): the agent's first
+/// statement blocks it until its handlers are installed.
+pub fn signals_handled(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
+        return false;
+    }
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
+}
+
+/// Waits (generously) until [`signals_handled`] holds for `pid`.
+pub fn wait_signals_handled(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !signals_handled(pid) {
+        if Instant::now() > deadline {
+            bail!("timed out after 60 s waiting for the agent (pid {pid}) to take SIGTERM over");
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
 }

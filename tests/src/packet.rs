@@ -26,9 +26,14 @@ pub struct TcpSegment {
 impl TcpSegment {
     /// A crafted segment to the protected port; SYNs carry [`CRAFT_MSS`].
     pub fn to_protected(sport: u16, seq: u32, ack: u32, flags: u8) -> Self {
+        Self::to_port(crate::rules::PROTECTED_PORT, sport, seq, ack, flags)
+    }
+
+    /// A crafted segment to `dport`; SYNs carry [`CRAFT_MSS`].
+    pub fn to_port(dport: u16, sport: u16, seq: u32, ack: u32, flags: u8) -> Self {
         TcpSegment {
             sport,
-            dport: crate::rules::PROTECTED_PORT,
+            dport,
             seq,
             ack,
             flags,

@@ -4,16 +4,6 @@ use crate::netns::Netns;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 
-/// Counter names as the kernel and the agent spell them.
-pub const COUNTERS: [&str; 6] = [
-    "entries",
-    "syn_received",
-    "cookie_invalid",
-    "cookie_valid",
-    "cookie_retrans",
-    "conn_reopened",
-];
-
 /// Column totals (u64: the per-CPU u32 values are summed without wrapping).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals(pub BTreeMap<String, u64>);

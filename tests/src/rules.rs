@@ -155,6 +155,7 @@ pub struct ServerRules {
     family: Family,
     nft_table: Option<String>,
     ifname: String,
+    port: u16,
 }
 
 impl ServerRules {
@@ -165,7 +166,21 @@ impl ServerRules {
         family: Family,
         ifname: &str,
     ) -> Result<Self> {
-        let port = PROTECTED_PORT.to_string();
+        Self::install_on_port(tools, srv, flavour, family, ifname, PROTECTED_PORT)
+    }
+
+    /// [`ServerRules::install`] protecting `port` instead of [`PROTECTED_PORT`]:
+    /// several flavours and families can then share one server netns.
+    pub fn install_on_port(
+        tools: &Tools,
+        srv: &Netns,
+        flavour: Flavour,
+        family: Family,
+        ifname: &str,
+        port: u16,
+    ) -> Result<Self> {
+        let port_num = port;
+        let port = port.to_string();
         let mut set = RuleSet::new(srv);
         let mut nft_table = None;
         match flavour {
@@ -266,13 +281,14 @@ impl ServerRules {
             family,
             nft_table,
             ifname: ifname.to_string(),
+            port: port_num,
         })
     }
 
     /// cookie_retrans recipe: drop synproxy's own SYN to the local server so the
     /// conntrack entry stays in SYN_SENT.
     pub fn drop_local_server_syn(&mut self, tools: &Tools) -> Result<()> {
-        let port = PROTECTED_PORT.to_string();
+        let port = self.port.to_string();
         match (self.flavour, &self.nft_table) {
             (Flavour::Nft, Some(table)) => {
                 let rule =
@@ -295,6 +311,10 @@ impl ServerRules {
 
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use synproxy_common::Counter;
 
 /// Unprotected port probed to wait for the link (a refusal proves reachability).
 const PROBE_PORT: u16 = 8081;
@@ -25,48 +26,18 @@ const PACKET_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    SynReceived,
-    CookieValid,
-    CookieInvalid,
-    CookieRetrans,
-    ConnReopened,
+/// The counter called `name`, with the valid names in the error.
+pub fn parse_counter(name: &str) -> Result<Counter> {
+    Counter::from_name(name).with_context(|| {
+        let names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        format!("unknown counter {name:?} ({})", names.join("|"))
+    })
 }
 
-impl Counter {
-    pub const ALL: [Counter; 5] = [
-        Counter::SynReceived,
-        Counter::CookieValid,
-        Counter::CookieInvalid,
-        Counter::CookieRetrans,
-        Counter::ConnReopened,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::SynReceived => "syn_received",
-            Counter::CookieValid => "cookie_valid",
-            Counter::CookieInvalid => "cookie_invalid",
-            Counter::CookieRetrans => "cookie_retrans",
-            Counter::ConnReopened => "conn_reopened",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Counter::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .with_context(|| {
-                format!("unknown counter {s:?} (syn_received|cookie_valid|cookie_invalid|cookie_retrans|conn_reopened)")
-            })
-    }
-
-    /// The recipes for these need crafted follow-ups of a captured SYN/ACK; they
-    /// are defined (and checked) for IPv4 only.
-    pub fn ipv4_only(self) -> bool {
-        matches!(self, Counter::CookieRetrans | Counter::ConnReopened)
-    }
+/// The recipes for these need crafted follow-ups of a captured SYN/ACK; they are
+/// defined (and checked) for IPv4 only.
+pub fn ipv4_only(counter: Counter) -> bool {
+    matches!(counter, Counter::CookieRetrans | Counter::ConnReopened)
 }
 
 /// Which agent invocations a check compares with /proc.
@@ -163,7 +134,7 @@ pub fn combos(rules: &[Flavour], families: &[Family], counters: &[Counter]) -> V
     for &r in rules {
         for &f in families {
             for &c in counters {
-                if f == Family::Ipv6 && c.ipv4_only() {
+                if f == Family::Ipv6 && ipv4_only(c) {
                     continue;
                 }
                 v.push(Combo {

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use synproxy_common::{Counter, STAT_COLUMNS};
 use synproxy_tests::netns::Topology;
 use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
-use synproxy_tests::scenario::Counter;
+use synproxy_tests::scenario::ipv4_only;
 use synproxy_tests::tools::{find_program, Tools};
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{agent, proc_counters};
@@ -83,7 +84,7 @@ fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
         .collect();
     let fam = Family::parse(family).unwrap_or_else(|e| panic!("{e}"));
     for counter in Counter::ALL {
-        if fam == Family::Ipv6 && counter.ipv4_only() {
+        if fam == Family::Ipv6 && ipv4_only(counter) {
             continue;
         }
         let key = format!("rules={rules} family={family} counter={} ", counter.name());
@@ -167,22 +168,8 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
     require_prerequisites!();
     let agent_path = agent_binary();
     let tools = Tools::default();
-    let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-    let _rules = ServerRules::install(&tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-    let _conns: Vec<_> = (0..3)
-        .map(|_| {
-            traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("{e:#}"))
-        })
-        .collect();
-    // Let the handshakes towards the server finish before comparing.
-    _server
-        .wait_accepted(3, std::time::Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let connections = Connections::open(&tools, None, Flavour::Xt, 3);
+    let topo = &connections.topo;
 
     let inside = agent::run_inside(&topo.srv, &agent_path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
     let flag =
@@ -192,7 +179,7 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
         totals.get("cookie_valid") >= 3,
         "no traffic counted: {totals:?}"
     );
-    for name in proc_counters::COUNTERS {
+    for name in STAT_COLUMNS {
         let want = totals.get(name);
         assert_eq!(
             inside.counter(name).ok(),
@@ -219,26 +206,10 @@ fn netns_all_reports_every_namespace_separately() {
     require_prerequisites!();
     let agent_path = agent_binary();
     let tools = Tools::default();
-    let mut topologies = Vec::new();
-    for connections in [3u64, 1] {
-        let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-        let rules =
-            ServerRules::install(&tools, &topo.srv, Flavour::Nft, Family::Ipv4, &topo.srv_if)
-                .unwrap_or_else(|e| panic!("{e:#}"));
-        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-        let conns: Vec<_> = (0..connections)
-            .map(|_| {
-                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("{e:#}"))
-            })
-            .collect();
-        server
-            .wait_accepted(connections, std::time::Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        topologies.push((topo, rules, server, conns, connections));
-    }
+    let topologies: Vec<(Connections, u64)> = [3u64, 1]
+        .into_iter()
+        .map(|n| (Connections::open(&tools, None, Flavour::Nft, n), n))
+        .collect();
 
     let out = Command::new(&agent_path)
         .args(["--once", "--no-ebpf", "--netns", "all"])
@@ -274,11 +245,11 @@ fn netns_all_reports_every_namespace_separately() {
             .any(|l| l.tags.get("netns").map(String::as_str) == Some("init")),
         "no netns=init line:\n{stdout}"
     );
-    for (topo, _rules, _server, _conns, connections) in &topologies {
+    for (Connections { topo, .. }, connections) in &topologies {
         let totals = proc_counters::read(&topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(totals.get("cookie_valid"), *connections, "{totals:?}");
         let line = line_for(topo.srv.name());
-        for name in proc_counters::COUNTERS {
+        for name in STAT_COLUMNS {
             assert_eq!(
                 line.counter(name).ok(),
                 Some(totals.get(name)),
@@ -290,4 +261,374 @@ fn netns_all_reports_every_namespace_separately() {
         let client = line_for(topo.cli.name());
         assert_eq!(client.counter("syn_received").ok(), Some(0));
     }
+}
+
+// ---- Namespaces by identity: series follow the namespace, not its label ----
+
+/// A long-running agent in `--signal stdin` mode: one round per request.
+struct RoundAgent {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RoundAgent {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent_binary())
+            .args(["--signal", "stdin", "--no-ebpf", "--log-level", "debug"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the agent: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Asks for one round and returns its lines (all share one timestamp).
+    fn round(&mut self) -> Vec<synproxy_tests::line_protocol::Line> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("agent stdin");
+        stdin
+            .write_all(b"\n")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("cannot ask the agent for a round: {e}"));
+        let first = self
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("waiting for the agent's round: {e}"));
+        let stamp = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
+        let ts = stamp(&first);
+        let mut raw = vec![first];
+        // The round is one write: its other lines are already in the pipe.
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(500))
+        {
+            assert_eq!(stamp(&line), ts, "a line of another round: {line}");
+            raw.push(line);
+        }
+        raw.iter()
+            .map(|l| {
+                synproxy_tests::line_protocol::parse_line(l)
+                    .unwrap_or_else(|e| panic!("{e:#}: {l}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RoundAgent {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let _ = self.child.wait();
+    }
+}
+
+fn lines_labelled<'a>(
+    lines: &'a [synproxy_tests::line_protocol::Line],
+    label: &str,
+) -> Vec<&'a synproxy_tests::line_protocol::Line> {
+    lines
+        .iter()
+        .filter(|l| l.tags.get("netns").map(String::as_str) == Some(label))
+        .collect()
+}
+
+/// Asserts exactly one line labelled `label` and that it equals `kernel`.
+fn assert_reports(
+    lines: &[synproxy_tests::line_protocol::Line],
+    label: &str,
+    kernel: &proc_counters::Totals,
+    when: &str,
+) {
+    let matching = lines_labelled(lines, label);
+    assert_eq!(matching.len(), 1, "{when}: want one line netns={label}");
+    for counter in synproxy_common::Counter::ALL {
+        let name = counter.name();
+        assert_eq!(
+            matching[0].counter(name).ok(),
+            Some(kernel.get(name)),
+            "{when}: netns={label} {name} (kernel {kernel:?})"
+        );
+    }
+}
+
+/// Real connections through SYNPROXY, held open while this lives.
+struct Connections {
+    // Connections and server go before the rules and the namespaces.
+    _conns: Vec<std::net::TcpStream>,
+    _server: TcpServer,
+    _rules: ServerRules,
+    topo: Topology,
+}
+
+impl Connections {
+    /// `connections` accepted connections into a fresh server namespace, or
+    /// into the existing namespace `srv`.
+    fn open(tools: &Tools, srv: Option<&str>, flavour: Flavour, connections: u64) -> Self {
+        let topo = Topology::create(tools, srv).unwrap_or_else(|e| panic!("{e:#}"));
+        let rules = ServerRules::install(tools, &topo.srv, flavour, Family::Ipv4, &topo.srv_if)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
+        let conns = (0..connections)
+            .map(|_| {
+                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e:#}"))
+            })
+            .collect();
+        server
+            .wait_accepted(connections, std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            _conns: conns,
+            _server: server,
+            _rules: rules,
+            topo,
+        }
+    }
+}
+
+/// Real connections through SYNPROXY into the existing namespace `srv`.
+fn drive_connections(tools: &Tools, srv: &str, connections: u64) {
+    drop(Connections::open(
+        tools,
+        Some(srv),
+        Flavour::Xt,
+        connections,
+    ));
+}
+
+fn run_ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
+fn run_cmd(prog: &str, args: &[&str]) {
+    let status = Command::new(prog)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{prog} {args:?}: {e}"));
+    assert!(status.success(), "{prog} {args:?}: {status}");
+}
+
+fn nsfs_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .ino()
+}
+
+/// A namespace that loses its name while a process keeps it alive, is named
+/// again, then is only held by a bind mount elsewhere (undiscoverable) and
+/// named again: `--netns all` reports the kernel's totals throughout, never
+/// doubled, and under the label it has at the time.
+#[test]
+fn netns_identity_survives_losing_its_name_and_being_undiscoverable() {
+    require_prerequisites!();
+    let tools = Tools::default();
+    let name = format!("spx-id-{}-rename", std::process::id());
+    let ns =
+        synproxy_tests::netns::Netns::create(&tools, &name).unwrap_or_else(|e| panic!("{e:#}"));
+    drive_connections(&tools, &name, 2);
+    let kernel = proc_counters::read(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        kernel.get("cookie_valid") >= 2,
+        "no traffic counted: {kernel:?}"
+    );
+    let handle = Path::new("/run/netns").join(&name);
+    let inode = nsfs_inode(&handle);
+    let unnamed = format!("ns-{inode}");
+
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &name, "sleep", "600"])
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start a process in {name}: {e}"));
+    let holder_ns = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&holder_ns)
+        .map(|_| nsfs_inode(&holder_ns))
+        .ok()
+        != Some(inode)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the holder process to enter {name}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let mut agent = RoundAgent::start(&["--netns", "all"]);
+    assert_reports(&agent.round(), &name, &kernel, "named");
+
+    run_ip(&["netns", "del", &name]);
+    let lines = agent.round();
+    assert!(
+        lines_labelled(&lines, &name).is_empty(),
+        "name still reported"
+    );
+    assert_reports(&lines, &unnamed, &kernel, "unnamed, held by a process");
+
+    run_ip(&["netns", "attach", &name, &holder.id().to_string()]);
+    assert_eq!(nsfs_inode(&handle), inode, "attach named another namespace");
+    let lines = agent.round();
+    assert_reports(&lines, &name, &kernel, "named again");
+    assert!(lines_labelled(&lines, &unnamed).is_empty());
+
+    // Held only by a bind mount outside /run/netns: no process, no name.
+    let hold = std::env::temp_dir().join(format!("spx-hold-{}", std::process::id()));
+    std::fs::write(&hold, b"").unwrap_or_else(|e| panic!("{}: {e}", hold.display()));
+    let hold_s = hold.to_string_lossy().to_string();
+    run_cmd("mount", &["--bind", &handle.to_string_lossy(), &hold_s]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    run_ip(&["netns", "del", &name]);
+    let lines = agent.round();
+    assert!(lines_labelled(&lines, &name).is_empty());
+    assert!(lines_labelled(&lines, &unnamed).is_empty());
+
+    std::fs::write(&handle, b"").unwrap_or_else(|e| panic!("{}: {e}", handle.display()));
+    run_cmd("mount", &["--bind", &hold_s, &handle.to_string_lossy()]);
+    run_cmd("umount", &[&hold_s]);
+    let _ = std::fs::remove_file(&hold);
+    assert_eq!(nsfs_inode(&handle), inode);
+    assert_reports(
+        &agent.round(),
+        &name,
+        &kernel,
+        "back after being undiscoverable",
+    );
+    drop(agent);
+    drop(ns);
+}
+
+/// A new namespace that reuses a name is a new namespace: its totals are its
+/// own kernel's, with `--netns NAME` and with `--netns all`.
+#[test]
+fn netns_reusing_a_name_is_a_new_namespace() {
+    require_prerequisites!();
+    let tools = Tools::default();
+    let name = format!("spx-id-{}-reuse", std::process::id());
+    let ns =
+        synproxy_tests::netns::Netns::create(&tools, &name).unwrap_or_else(|e| panic!("{e:#}"));
+    drive_connections(&tools, &name, 3);
+    let first = proc_counters::read(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut named = RoundAgent::start(&["--netns", &name]);
+    let mut all = RoundAgent::start(&["--netns", "all"]);
+    assert_reports(
+        &named.round(),
+        &name,
+        &first,
+        "--netns NAME, first namespace",
+    );
+    assert_reports(&all.round(), &name, &first, "--netns all, first namespace");
+
+    drop(ns);
+    let ns =
+        synproxy_tests::netns::Netns::create(&tools, &name).unwrap_or_else(|e| panic!("{e:#}"));
+    drive_connections(&tools, &name, 1);
+    let second = proc_counters::read(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(second.get("cookie_valid"), 1, "{second:?}");
+    assert_reports(
+        &named.round(),
+        &name,
+        &second,
+        "--netns NAME, new namespace",
+    );
+    assert_reports(&all.round(), &name, &second, "--netns all, new namespace");
+    drop(named);
+    drop(all);
+    drop(ns);
+}
+
+/// A namespace named `init` does not share a series with the initial
+/// namespace: labels are unique in each round (the unnamed initial namespace
+/// becomes `ns-<inode>`), and without traffic no total moves.
+#[test]
+fn netns_named_init_does_not_collide_with_the_initial_namespace() {
+    require_prerequisites!();
+    let tools = Tools::default();
+    let initial = format!("ns-{}", nsfs_inode(Path::new("/proc/self/ns/net")));
+    if Path::new("/run/netns/init").exists() {
+        panic!("/run/netns/init exists already: cannot test the collision");
+    }
+    let ns =
+        synproxy_tests::netns::Netns::create(&tools, "init").unwrap_or_else(|e| panic!("{e:#}"));
+    let named_kernel = proc_counters::read(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+    let own_kernel = proc_counters::read_current_thread().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut agent = RoundAgent::start(&["--netns", "all"]);
+    for round in 0..3 {
+        let lines = agent.round();
+        let mut labels: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.tags.get("netns").map(String::as_str))
+            .collect();
+        labels.sort_unstable();
+        let total = labels.len();
+        labels.dedup();
+        assert_eq!(
+            labels.len(),
+            total,
+            "round {round}: duplicate labels {labels:?}"
+        );
+        assert_reports(&lines, "init", &named_kernel, "the namespace named init");
+        assert_reports(&lines, &initial, &own_kernel, "the initial namespace");
+    }
+    drop(agent);
+    drop(ns);
+}
+
+/// `--sustained` on the host kernel (no kprobes: /proc only): the rules on two
+/// ports, 20+ namespaces, the paced sender and the round parsing, with the agent's
+/// totals equal to /proc and /proc equal to what was driven.
+#[test]
+fn sustained_flood_proc_only() {
+    require_prerequisites!();
+    let agent = agent_binary();
+    let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
+        .arg("--agent")
+        .arg(&agent)
+        .args([
+            "--sustained",
+            "--sustained-syn",
+            "20000",
+            "--sustained-ack",
+            "6000",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run synproxy-scenario: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT ") && l.contains("check=sustained"))
+        .unwrap_or_else(|| panic!("no sustained RESULT line:\n{stdout}"));
+    assert!(line.ends_with("status=PASS"), "{line}\n{stdout}");
+    assert!(
+        line.contains(" proc_syn=20000 ") && line.contains(" proc_inv=6000 "),
+        "{line}"
+    );
+    assert!(out.status.success(), "exit status {}", out.status);
 }

@@ -1,20 +1,29 @@
 //! Agreement between the eBPF counts and the kernel's own counters, per network
 //! namespace. Pure: totals in, status and interval events out.
 //!
-//! /proc is authoritative. Both sources are compared as totals since a common
-//! baseline (taken when the probes were attached, or after a disagreement was
-//! reported), summed over families because /proc has no family split:
+//! /proc is authoritative. Each round the agent reads a namespace's eBPF counts
+//! just before and just after its /proc file (`before` <= `after`). An event's
+//! probe and the kernel's increment are a few instructions apart, so the
+//! kernel's total, less what it had counted before the probes were attached
+//! (the offset), lies within that bracket unless an event was missed or was
+//! still between its probe and its increment for longer than the read took.
+//! The offset is learnt per counter as an interval: each round narrows it to
+//! `[proc - after, proc - before]`; it is pinned once some round saw the counter
+//! quiet around the read (usually the first round after attaching).
 //!
-//! - `exact`: eBPF totals equal /proc totals for every counter.
-//! - `lagging`: they differ while events are flowing and the kernel reported no
-//!   probe miss: events in flight at the read (a probe fires just before or after
-//!   the kernel's increment). At most [`MAX_LAGGING_ROUNDS`] in a row.
-//! - `missed`: they differ and the kernel reported probe misses or lost events,
-//!   or nothing moved this interval (so nothing can be in flight), or lagging
-//!   went on too long. The baseline is then reset so later intervals can be
-//!   exact again.
-//! - `proc-only`: no eBPF counts for this interval (probes not attached yet,
-//!   just (re)attached, or the /proc counters were reset).
+//! - `exact`: the offset is pinned and the kernel's total lies within the
+//!   bracket for every counter. The round's events are a cut of the bracket
+//!   that sums to the kernel's delta, so over a run of exact rounds they sum
+//!   to the kernel's delta exactly, per namespace, split by family.
+//! - `lagging`: outside the bracket (the agent already re-read the namespace a
+//!   few times) while nothing was reported missed: an event was held between
+//!   its probe and its increment. At most [`MAX_LAGGING_ROUNDS`] in a row.
+//! - `missed`: outside the bracket and the kernel reported misses or lost
+//!   events, or nothing moved (nothing can be in flight), or lagging went on
+//!   too long. The offset is learnt again from this round.
+//! - `proc-only`: no eBPF counts (probes not attached, just (re)attached, the
+//!   /proc counters restarted), or the offset is not pinned yet because the
+//!   namespace was busy at every read since the probes attached.
 
 use crate::fields::{Field, Values};
 use synproxy_common::{Counter, COUNTER_COUNT};
@@ -47,14 +56,16 @@ impl Status {
 
 /// The five event counters out of the `synproxy` totals.
 pub fn proc_counts(totals: &Values<u64>) -> Counts {
-    let field = |c: Counter| match c {
-        Counter::SynReceived => Field::SynReceived,
-        Counter::CookieInvalid => Field::CookieInvalid,
-        Counter::CookieValid => Field::CookieValid,
-        Counter::CookieRetrans => Field::CookieRetrans,
-        Counter::ConnReopened => Field::ConnReopened,
-    };
-    Counter::ALL.map(|c| totals[field(c).index()])
+    Counter::ALL.map(|c| totals[Field::Counter(c).index()])
+}
+
+/// eBPF counts of one namespace read around its /proc read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bracket {
+    /// Changes whenever the probes were (re)attached.
+    pub generation: u64,
+    pub before: FamilyCounts,
+    pub after: FamilyCounts,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -63,32 +74,35 @@ pub struct Input {
     pub proc: Counts,
     /// The /proc counters restarted this round (new proc entry).
     pub proc_reset: bool,
-    /// Attachment generation and absolute eBPF counts of the namespace; None
-    /// when the probes are not attached.
-    pub ebpf: Option<(u64, FamilyCounts)>,
-    /// Probe misses and lost events reported by the kernel since the previous read.
-    pub losses: u64,
+    /// None when the probes are not attached.
+    pub ebpf: Option<Bracket>,
+    /// Events of this namespace the kernel side could not count this round.
+    pub lost: u64,
+    /// Probe misses and unattributed losses this round (all namespaces).
+    pub global_losses: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Outcome {
     pub status: Status,
-    /// eBPF-counted events in this interval, per family.
+    /// eBPF-counted events in this round, per family.
     pub events: FamilyCounts,
     /// /proc delta over the eBPF delta per counter when eBPF saw fewer events
     /// (1.0 otherwise): the factor that scales peak rates to the authoritative total.
     pub scale: [f64; COUNTER_COUNT],
-    /// eBPF minus /proc since the baseline, per counter, before any reset.
+    /// eBPF minus /proc, per counter: how far outside the bracket (0 inside).
     pub difference: [i64; COUNTER_COUNT],
 }
 
 #[derive(Clone, Debug)]
 struct State {
     generation: u64,
-    base_proc: Counts,
-    base_ebpf: Counts,
+    /// Bounds of the offset (/proc total minus eBPF total) per counter.
+    offset_lo: [i64; COUNTER_COUNT],
+    offset_hi: [i64; COUNTER_COUNT],
     last_proc: Counts,
-    last_ebpf: FamilyCounts,
+    /// The eBPF counts reported up to the previous round (per family).
+    last_cut: FamilyCounts,
     lagging_rounds: u32,
 }
 
@@ -102,9 +116,44 @@ fn family_sum(c: &FamilyCounts) -> Counts {
     std::array::from_fn(|i| c[0][i].wrapping_add(c[1][i]))
 }
 
+fn diff(a: u64, b: u64) -> i64 {
+    (a as i64).wrapping_sub(b as i64)
+}
+
+/// Offset bounds one reading allows, per counter: `[proc - after, proc - before]`.
+fn round_bounds(proc: &Counts, bracket: &Bracket) -> ([i64; COUNTER_COUNT], [i64; COUNTER_COUNT]) {
+    let before = family_sum(&bracket.before);
+    let after = family_sum(&bracket.after);
+    (
+        std::array::from_fn(|c| diff(proc[c], after[c])),
+        std::array::from_fn(|c| diff(proc[c], before[c])),
+    )
+}
+
+/// Splits `total` (between the family sums of `before` and `after`) over the
+/// families so that each stays within its own bracket.
+fn cut(total: u64, before: [u64; 2], after: [u64; 2]) -> [u64; 2] {
+    let room = total.saturating_sub(before[0].saturating_add(before[1]));
+    let v4 = before[0].saturating_add(room.min(after[0].saturating_sub(before[0])));
+    [v4, total.saturating_sub(v4)]
+}
+
 impl Reconciler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether this reading is consistent with what earlier rounds learnt (or
+    /// starts a new baseline): if not, the agent re-reads before giving up.
+    pub fn consistent(&self, proc: &Counts, proc_reset: bool, bracket: &Bracket) -> bool {
+        let Some(state) = self.state.as_ref() else {
+            return true;
+        };
+        if state.generation != bracket.generation || proc_reset {
+            return true;
+        }
+        let (lo, hi) = round_bounds(proc, bracket);
+        (0..COUNTER_COUNT).all(|c| lo[c].max(state.offset_lo[c]) <= hi[c].min(state.offset_hi[c]))
     }
 
     pub fn update(&mut self, input: Input) -> Outcome {
@@ -114,60 +163,105 @@ impl Reconciler {
             scale: [1.0; COUNTER_COUNT],
             difference: [0; COUNTER_COUNT],
         };
-        let Some((generation, ebpf)) = input.ebpf else {
+        let Some(bracket) = input.ebpf else {
             self.state = None;
             return out;
         };
+        let (lo, hi) = round_bounds(&input.proc, &bracket);
         let baseline = State {
-            generation,
-            base_proc: input.proc,
-            base_ebpf: family_sum(&ebpf),
+            generation: bracket.generation,
+            offset_lo: lo,
+            offset_hi: hi,
             last_proc: input.proc,
-            last_ebpf: ebpf,
+            last_cut: bracket.after,
             lagging_rounds: 0,
         };
         let state = match self.state.as_mut() {
-            Some(s) if s.generation == generation && !input.proc_reset => s,
+            Some(s) if s.generation == bracket.generation && !input.proc_reset => s,
             _ => {
                 self.state = Some(baseline);
                 return out;
             }
         };
-        out.events = std::array::from_fn(|f| {
-            std::array::from_fn(|c| ebpf[f][c].saturating_sub(state.last_ebpf[f][c]))
-        });
-        let ebpf_sum = family_sum(&ebpf);
+        let new_lo: [i64; COUNTER_COUNT] = std::array::from_fn(|c| lo[c].max(state.offset_lo[c]));
+        let new_hi: [i64; COUNTER_COUNT] = std::array::from_fn(|c| hi[c].min(state.offset_hi[c]));
+        let consistent = (0..COUNTER_COUNT).all(|c| new_lo[c] <= new_hi[c]);
         let mut moved = false;
-        #[allow(clippy::needless_range_loop)] // c indexes five parallel arrays
         for c in 0..COUNTER_COUNT {
-            let cum_e = ebpf_sum[c].wrapping_sub(state.base_ebpf[c]);
-            let cum_p = input.proc[c].wrapping_sub(state.base_proc[c]);
-            out.difference[c] = (cum_e as i64).wrapping_sub(cum_p as i64);
-            let proc_delta = input.proc[c].saturating_sub(state.last_proc[c]);
-            let ebpf_delta = out.events[0][c] + out.events[1][c];
-            moved |= proc_delta != 0 || ebpf_delta != 0;
-            if ebpf_delta > 0 && proc_delta > ebpf_delta {
-                out.scale[c] = proc_delta as f64 / ebpf_delta as f64;
-            }
+            moved |= input.proc[c] != state.last_proc[c]
+                || bracket.after[0][c] != state.last_cut[0][c]
+                || bracket.after[1][c] != state.last_cut[1][c];
         }
-        out.status = if out.difference.iter().all(|&d| d == 0) {
+        let reported = if consistent {
+            state.offset_lo = new_lo;
+            state.offset_hi = new_hi;
             state.lagging_rounds = 0;
-            Status::Exact
-        } else if input.losses > 0 || !moved || state.lagging_rounds >= MAX_LAGGING_ROUNDS {
-            Status::Missed
+            if new_lo == new_hi {
+                out.status = Status::Exact;
+                // The kernel's count since attach, split over the families.
+                let mut cut_now = [[0u64; COUNTER_COUNT]; 2];
+                for c in 0..COUNTER_COUNT {
+                    let total = diff(input.proc[c], 0).wrapping_sub(new_lo[c]).max(0) as u64;
+                    let [v4, v6] = cut(
+                        total,
+                        [bracket.before[0][c], bracket.before[1][c]],
+                        [bracket.after[0][c], bracket.after[1][c]],
+                    );
+                    cut_now[0][c] = v4;
+                    cut_now[1][c] = v6;
+                }
+                cut_now
+            } else {
+                bracket.after
+            }
         } else {
-            state.lagging_rounds += 1;
-            Status::Lagging
+            let after = family_sum(&bracket.after);
+            for c in 0..COUNTER_COUNT {
+                if lo[c] > state.offset_hi[c] {
+                    // /proc is ahead of everything eBPF saw.
+                    out.difference[c] = -lo[c].wrapping_sub(state.offset_hi[c]);
+                } else if hi[c] < state.offset_lo[c] {
+                    out.difference[c] = state.offset_lo[c].wrapping_sub(hi[c]);
+                }
+                let proc_delta = input.proc[c].saturating_sub(state.last_proc[c]);
+                let ebpf_delta = after[c]
+                    .saturating_sub(state.last_cut[0][c].wrapping_add(state.last_cut[1][c]));
+                if out.difference[c] < 0 && ebpf_delta > 0 && proc_delta > ebpf_delta {
+                    out.scale[c] = proc_delta as f64 / ebpf_delta as f64;
+                }
+            }
+            if input.lost > 0
+                || input.global_losses > 0
+                || !moved
+                || state.lagging_rounds >= MAX_LAGGING_ROUNDS
+            {
+                out.status = Status::Missed;
+            } else {
+                state.lagging_rounds += 1;
+                out.status = Status::Lagging;
+            }
+            bracket.after
         };
         if out.status != Status::Missed {
             // Peak rates are scaled only when events were really missed.
             out.scale = [1.0; COUNTER_COUNT];
         }
+        for ((events, last), now) in out
+            .events
+            .iter_mut()
+            .zip(&mut state.last_cut)
+            .zip(&reported)
+        {
+            for ((e, l), n) in events.iter_mut().zip(last.iter_mut()).zip(now) {
+                *e = n.saturating_sub(*l);
+                *l = (*l).max(*n);
+            }
+        }
         state.last_proc = input.proc;
-        state.last_ebpf = ebpf;
         if out.status == Status::Missed {
+            let last_cut = state.last_cut;
             *state = State {
-                generation,
+                last_cut,
                 ..baseline
             };
         }
@@ -179,17 +273,25 @@ impl Reconciler {
 mod tests {
     use super::*;
 
-    fn fc(v4: Counts, v6: Counts) -> FamilyCounts {
-        [v4, v6]
-    }
+    const Z: Counts = [0; 5];
 
-    fn input(proc: Counts, generation: u64, ebpf: FamilyCounts, losses: u64) -> Input {
+    fn input(proc: Counts, generation: u64, before: FamilyCounts, after: FamilyCounts) -> Input {
         Input {
             proc,
             proc_reset: false,
-            ebpf: Some((generation, ebpf)),
-            losses,
+            ebpf: Some(Bracket {
+                generation,
+                before,
+                after,
+            }),
+            lost: 0,
+            global_losses: 0,
         }
+    }
+
+    /// A read with no event in flight: the same counts before and after.
+    fn quiet(proc: Counts, ebpf: FamilyCounts) -> Input {
+        input(proc, 1, ebpf, ebpf)
     }
 
     #[test]
@@ -205,7 +307,8 @@ mod tests {
             proc: [1; 5],
             proc_reset: false,
             ebpf: None,
-            losses: 0,
+            lost: 0,
+            global_losses: 0,
         });
         assert_eq!(out.status, Status::ProcOnly);
         assert_eq!(out.events, [[0; 5]; 2]);
@@ -215,83 +318,98 @@ mod tests {
     fn baseline_then_exact_with_families() {
         let mut r = Reconciler::new();
         // Baseline: the namespace already had traffic before the probes attached.
-        let out = r.update(input([100, 7, 50, 0, 0], 1, fc([0; 5], [0; 5]), 0));
+        let out = r.update(quiet([100, 7, 50, 0, 0], [Z, Z]));
         assert_eq!(out.status, Status::ProcOnly);
         // 5 SYNs over IPv4, 3 over IPv6, 2 valid cookies over IPv6.
-        let out = r.update(input(
+        let out = r.update(quiet(
             [108, 7, 52, 0, 0],
-            1,
-            fc([5, 0, 0, 0, 0], [3, 0, 2, 0, 0]),
-            0,
+            [[5, 0, 0, 0, 0], [3, 0, 2, 0, 0]],
         ));
         assert_eq!(out.status, Status::Exact);
-        assert_eq!(out.events, fc([5, 0, 0, 0, 0], [3, 0, 2, 0, 0]));
-        assert_eq!(out.difference, [0; 5]);
-        // Idle interval: still exact, no events.
-        let out = r.update(input(
+        assert_eq!(out.events, [[5, 0, 0, 0, 0], [3, 0, 2, 0, 0]]);
+        // Idle round: still exact, no events.
+        let out = r.update(quiet(
             [108, 7, 52, 0, 0],
-            1,
-            fc([5, 0, 0, 0, 0], [3, 0, 2, 0, 0]),
-            0,
+            [[5, 0, 0, 0, 0], [3, 0, 2, 0, 0]],
         ));
         assert_eq!(out.status, Status::Exact);
         assert_eq!(out.events, [[0; 5]; 2]);
     }
 
     #[test]
-    fn in_flight_is_lagging_then_exact() {
+    fn events_in_flight_within_the_bracket_are_exact_and_sum_to_proc() {
         let mut r = Reconciler::new();
-        r.update(input([0; 5], 1, [[0; 5]; 2], 0));
-        // The kernel counted 10, eBPF saw 9 so far (a kretprobe still to run).
-        let out = r.update(input([0, 0, 10, 0, 0], 1, fc([0, 0, 9, 0, 0], [0; 5]), 0));
+        r.update(quiet(Z, [Z, Z]));
+        // Traffic during the read: eBPF saw 10 before and 14 after, the kernel
+        // counted 12 when its file was read.
+        let out = r.update(input(
+            [12, 0, 0, 0, 0],
+            1,
+            [[10, 0, 0, 0, 0], Z],
+            [[14, 0, 0, 0, 0], Z],
+        ));
+        assert_eq!(out.status, Status::Exact);
+        assert_eq!(out.events[0][0], 12);
+        // Next round: the kernel at 20; eBPF 18..21, of which IPv6 0..2.
+        let out = r.update(input(
+            [20, 0, 0, 0, 0],
+            1,
+            [[18, 0, 0, 0, 0], Z],
+            [[19, 0, 0, 0, 0], [2, 0, 0, 0, 0]],
+        ));
+        assert_eq!(out.status, Status::Exact);
+        assert_eq!(out.events[0][0] + out.events[1][0], 8);
+        assert_eq!(out.events, [[7, 0, 0, 0, 0], [1, 0, 0, 0, 0]]);
+    }
+
+    #[test]
+    fn outside_the_bracket_is_lagging_then_exact() {
+        let mut r = Reconciler::new();
+        r.update(quiet(Z, [Z, Z]));
+        // The kernel counted 10, eBPF saw 9 even after the read.
+        let out = r.update(input([0, 0, 10, 0, 0], 1, [Z, Z], [[0, 0, 9, 0, 0], Z]));
         assert_eq!(out.status, Status::Lagging);
         assert_eq!(out.difference, [0, 0, -1, 0, 0]);
-        let out = r.update(input([0, 0, 12, 0, 0], 1, fc([0, 0, 12, 0, 0], [0; 5]), 0));
+        assert_eq!(out.events[0][2], 9);
+        let out = r.update(quiet([0, 0, 12, 0, 0], [[0, 0, 12, 0, 0], Z]));
         assert_eq!(out.status, Status::Exact);
         assert_eq!(out.events[0][2], 3);
     }
 
     #[test]
-    fn reported_misses_make_missed_and_scale_peaks_then_rebase() {
+    fn losses_make_missed_and_scale_peaks_then_rebase() {
         let mut r = Reconciler::new();
-        r.update(input([0; 5], 1, [[0; 5]; 2], 0));
-        let out = r.update(input(
-            [0, 100, 0, 0, 0],
-            1,
-            fc([0, 80, 0, 0, 0], [0; 5]),
-            20,
-        ));
+        r.update(quiet(Z, [Z, Z]));
+        let mut i = quiet([0, 100, 0, 0, 0], [[0, 80, 0, 0, 0], Z]);
+        i.global_losses = 20;
+        let out = r.update(i);
         assert_eq!(out.status, Status::Missed);
         assert_eq!(out.scale[1], 1.25);
         assert_eq!(out.difference[1], -20);
         // After the rebase, new events reconcile exactly again.
-        let out = r.update(input([0, 110, 0, 0, 0], 1, fc([0, 90, 0, 0, 0], [0; 5]), 0));
+        let out = r.update(quiet([0, 110, 0, 0, 0], [[0, 90, 0, 0, 0], Z]));
         assert_eq!(out.status, Status::Exact);
         assert_eq!(out.scale, [1.0; 5]);
+        assert_eq!(out.events[0][1], 10);
     }
 
     #[test]
     fn a_difference_while_idle_is_missed() {
         let mut r = Reconciler::new();
-        r.update(input([0; 5], 1, [[0; 5]; 2], 0));
-        let out = r.update(input([3, 0, 0, 0, 0], 1, fc([2, 0, 0, 0, 0], [0; 5]), 0));
+        r.update(quiet(Z, [Z, Z]));
+        let out = r.update(quiet([3, 0, 0, 0, 0], [[2, 0, 0, 0, 0], Z]));
         assert_eq!(out.status, Status::Lagging);
-        let out = r.update(input([3, 0, 0, 0, 0], 1, fc([2, 0, 0, 0, 0], [0; 5]), 0));
+        let out = r.update(quiet([3, 0, 0, 0, 0], [[2, 0, 0, 0, 0], Z]));
         assert_eq!(out.status, Status::Missed);
     }
 
     #[test]
     fn lagging_is_bounded() {
         let mut r = Reconciler::new();
-        r.update(input([0; 5], 1, [[0; 5]; 2], 0));
+        r.update(quiet(Z, [Z, Z]));
         let mut statuses = Vec::new();
         for i in 1..=4u64 {
-            let out = r.update(input(
-                [i * 10, 0, 0, 0, 0],
-                1,
-                fc([i * 10 - 1, 0, 0, 0, 0], [0; 5]),
-                0,
-            ));
+            let out = r.update(quiet([i * 10, 0, 0, 0, 0], [[i * 10 - 1, 0, 0, 0, 0], Z]));
             statuses.push(out.status);
         }
         assert_eq!(
@@ -306,18 +424,116 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_baseline_is_proc_only_until_a_quiet_read_pins_it() {
+        let mut r = Reconciler::new();
+        // Attached while events flowed: the kernel's 50 includes 0..=4 of the
+        // events eBPF saw (offset 46..=50).
+        r.update(input([50, 0, 0, 0, 0], 1, [Z, Z], [[4, 0, 0, 0, 0], Z]));
+        let out = r.update(input(
+            [60, 0, 0, 0, 0],
+            1,
+            [[12, 0, 0, 0, 0], Z],
+            [[14, 0, 0, 0, 0], Z],
+        ));
+        assert_eq!(out.status, Status::ProcOnly);
+        // Quiet read: offset 70 - 22 = 48.
+        let out = r.update(quiet([70, 0, 0, 0, 0], [[22, 0, 0, 0, 0], Z]));
+        assert_eq!(out.status, Status::Exact);
+        let out = r.update(input(
+            [75, 0, 0, 0, 0],
+            1,
+            [[24, 0, 0, 0, 0], Z],
+            [[30, 0, 0, 0, 0], Z],
+        ));
+        assert_eq!(out.status, Status::Exact);
+        assert_eq!(out.events[0][0], 5);
+    }
+
+    #[test]
     fn reattach_or_proc_reset_starts_a_new_baseline() {
         let mut r = Reconciler::new();
-        r.update(input([0; 5], 1, [[0; 5]; 2], 0));
-        r.update(input([5, 0, 0, 0, 0], 1, fc([5, 0, 0, 0, 0], [0; 5]), 0));
+        r.update(quiet(Z, [Z, Z]));
+        r.update(quiet([5, 0, 0, 0, 0], [[5, 0, 0, 0, 0], Z]));
         // Module reloaded: new generation, eBPF map values carry on.
-        let out = r.update(input([0; 5], 2, fc([5, 0, 0, 0, 0], [0; 5]), 0));
+        let out = r.update(input(Z, 2, [[5, 0, 0, 0, 0], Z], [[5, 0, 0, 0, 0], Z]));
         assert_eq!(out.status, Status::ProcOnly);
-        let out = r.update(input([4, 0, 0, 0, 0], 2, fc([9, 0, 0, 0, 0], [0; 5]), 0));
+        let out = r.update(input(
+            [4, 0, 0, 0, 0],
+            2,
+            [[9, 0, 0, 0, 0], Z],
+            [[9, 0, 0, 0, 0], Z],
+        ));
         assert_eq!(out.status, Status::Exact);
         assert_eq!(out.events[0][0], 4);
-        let mut reset = input([1, 0, 0, 0, 0], 2, fc([9, 0, 0, 0, 0], [0; 5]), 0);
+        let mut reset = input(
+            [1, 0, 0, 0, 0],
+            2,
+            [[9, 0, 0, 0, 0], Z],
+            [[9, 0, 0, 0, 0], Z],
+        );
         reset.proc_reset = true;
         assert_eq!(r.update(reset).status, Status::ProcOnly);
+    }
+
+    /// Events whose probe runs before (or after) the kernel's increment, read
+    /// at arbitrary moments: every round is exact and the reported events sum
+    /// to the kernel's delta, per counter.
+    #[test]
+    fn interleaved_events_sum_to_the_kernel_delta() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut r = Reconciler::new();
+        let (mut proc, mut ebpf) = (Z, [Z, Z]);
+        r.update(quiet(proc, ebpf));
+        let mut reported = Z;
+        let start = proc;
+        for _ in 0..200 {
+            let complete = next() % 20;
+            // Some events complete; one may be half-done at each of the reads.
+            let mut step = |proc: &mut Counts, ebpf: &mut FamilyCounts, half: bool| {
+                let c = (next() % 5) as usize;
+                let f = (next() % 2) as usize;
+                let probe_first = next() % 2 == 0;
+                if half {
+                    if probe_first {
+                        ebpf[f][c] += 1;
+                    } else {
+                        proc[c] += 1;
+                    }
+                    Some((c, f, probe_first))
+                } else {
+                    proc[c] += 1;
+                    ebpf[f][c] += 1;
+                    None
+                }
+            };
+            for _ in 0..complete {
+                step(&mut proc, &mut ebpf, false);
+            }
+            // An event half done between the bracket's first read and /proc...
+            let before = ebpf;
+            let pending = step(&mut proc, &mut ebpf, true);
+            let seen_proc = proc;
+            // ...and completed before the second read.
+            if let Some((c, f, probe_first)) = pending {
+                if probe_first {
+                    proc[c] += 1;
+                } else {
+                    ebpf[f][c] += 1;
+                }
+            }
+            let out = r.update(input(seen_proc, 1, before, ebpf));
+            assert_eq!(out.status, Status::Exact);
+            for (c, total) in reported.iter_mut().enumerate() {
+                *total += out.events[0][c] + out.events[1][c];
+            }
+            let expected: Counts = std::array::from_fn(|c| seen_proc[c] - start[c]);
+            assert_eq!(reported, expected);
+        }
     }
 }

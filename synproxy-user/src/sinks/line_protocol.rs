@@ -176,12 +176,19 @@ impl LineEncoder {
         let _ = writeln!(out, " {}", sample.timestamp_ns);
     }
 
-    /// One `synproxy_ebpf_probes` line: `attached`, kernel-side diagnostics, and
-    /// per probe `<probe>_hits` / `<probe>_missed` since it was attached.
+    /// One `synproxy_ebpf_probes` line: `attached`, this round's `probe_misses`
+    /// (all namespaces), `recursion_misses`, `map_bytes`, kernel-side
+    /// diagnostics, and per probe `<probe>_hits` / `<probe>_missed` since it
+    /// was attached.
     pub fn encode_probes(&self, sample: &ProbesSample, out: &mut Vec<u8>) {
         out.extend_from_slice(PROBES_MEASUREMENT.as_bytes());
         self.write_tags(out, &[]);
-        let mut fields: Vec<(String, u64)> = vec![("attached".into(), u64::from(sample.attached))];
+        let mut fields: Vec<(String, u64)> = vec![
+            ("attached".into(), u64::from(sample.attached)),
+            ("probe_misses".into(), sample.probe_misses),
+            ("recursion_misses".into(), sample.recursion_misses),
+            ("map_bytes".into(), sample.map_bytes),
+        ];
         for (slot, name) in DIAG_FIELDS {
             fields.push((name.into(), sample.diag[slot as usize]));
         }
@@ -426,12 +433,15 @@ mod tests {
                 crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
             )],
             diag: [0, 0, 1, 0, 0],
+            probe_misses: 1,
+            recursion_misses: 0,
+            map_bytes: 4096,
             timestamp_ns: 5,
         };
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,attached=1u,count_map_full=0u,rate_map_full=0u,read_failures=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,attached=1u,count_map_full=0u,map_bytes=4096u,probe_misses=1u,rate_map_full=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
         );
     }
 

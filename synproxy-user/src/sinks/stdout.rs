@@ -1,13 +1,31 @@
-//! Line protocol on stdout, one flush per sampling round so a reader (Telegraf
-//! execd) sees whole lines. A closed stdout is reported as such, not panicked on.
+//! Line protocol on stdout, one write per sampling round so a reader (Telegraf
+//! execd) sees whole lines. Writes happen on a writer thread behind a short
+//! queue: a reader that stops reading never blocks sampling or shutdown (rounds
+//! are dropped, and counted, while the queue is full). A closed stdout is
+//! reported as such, not panicked on.
 
 use super::line_protocol::LineEncoder;
 use crate::sample::{EbpfSample, ProbesSample, Sample};
+use log::warn;
 use std::io::{self, Write};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Rounds waiting for the writer.
+const QUEUE_ROUNDS: usize = 16;
 
 pub struct StdoutSink {
     encoder: LineEncoder,
-    buf: Vec<u8>,
+    queue: Option<SyncSender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    /// Set by the writer when stdout failed; it stops then.
+    failure: Arc<Mutex<Option<SinkError>>>,
+    /// Wakes the runtime when the writer failed.
+    failed: tokio::sync::watch::Receiver<bool>,
+    dropped: u64,
+    dropping: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +39,69 @@ pub enum SinkError {
 
 impl StdoutSink {
     pub fn new(encoder: LineEncoder) -> Self {
+        let (queue, rounds) = sync_channel::<Vec<u8>>(QUEUE_ROUNDS);
+        let failure = Arc::new(Mutex::new(None));
+        let (failed_tx, failed) = tokio::sync::watch::channel(false);
+        let shared = Arc::clone(&failure);
+        let writer = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let stdout = io::stdout();
+                for buf in rounds {
+                    let mut out = stdout.lock();
+                    if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
+                        let error = match e.kind() {
+                            io::ErrorKind::BrokenPipe => SinkError::Closed,
+                            _ => SinkError::Io(e),
+                        };
+                        if let Ok(mut slot) = shared.lock() {
+                            *slot = Some(error);
+                        }
+                        let _ = failed_tx.send(true);
+                        return;
+                    }
+                }
+            });
+        let (queue, writer) = match writer {
+            Ok(handle) => (Some(queue), Some(handle)),
+            Err(e) => {
+                log::error!("cannot start the stdout writer: {e}");
+                if let Ok(mut slot) = failure.lock() {
+                    *slot = Some(SinkError::Io(e));
+                }
+                (None, None)
+            }
+        };
         Self {
             encoder,
-            buf: Vec::with_capacity(512),
+            queue,
+            writer,
+            failure,
+            failed,
+            dropped: 0,
+            dropping: false,
+        }
+    }
+
+    /// Rounds dropped because stdout was not read fast enough.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Why stdout failed, once it has.
+    pub fn error(&mut self) -> Option<SinkError> {
+        self.take_failure()
+    }
+
+    fn take_failure(&self) -> Option<SinkError> {
+        self.failure.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Resolves once stdout has failed (the error then comes from the next
+    /// write or from [`StdoutSink::finish`]).
+    pub async fn failed(&mut self) {
+        if self.failed.wait_for(|failed| *failed).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -38,22 +116,61 @@ impl StdoutSink {
         ebpf: &[EbpfSample],
         probes: Option<&ProbesSample>,
     ) -> Result<(), SinkError> {
-        self.buf.clear();
+        let mut buf = Vec::with_capacity(256 * (samples.len() + ebpf.len() + 1));
         for sample in samples {
-            self.encoder.encode(sample, &mut self.buf);
+            self.encoder.encode(sample, &mut buf);
         }
         for sample in ebpf {
-            self.encoder.encode_ebpf(sample, &mut self.buf);
+            self.encoder.encode_ebpf(sample, &mut buf);
         }
         if let Some(probes) = probes {
-            self.encoder.encode_probes(probes, &mut self.buf);
+            self.encoder.encode_probes(probes, &mut buf);
         }
-        let mut out = io::stdout().lock();
-        out.write_all(&self.buf)
-            .and_then(|()| out.flush())
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::BrokenPipe => SinkError::Closed,
-                _ => SinkError::Io(e),
-            })
+        let Some(queue) = &self.queue else {
+            return Err(self.take_failure().unwrap_or(SinkError::Closed));
+        };
+        match queue.try_send(buf) {
+            Ok(()) => {
+                if self.dropping {
+                    warn!(
+                        "stdout is read again ({} rounds dropped so far)",
+                        self.dropped
+                    );
+                    self.dropping = false;
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                if !self.dropping {
+                    warn!("stdout is not being read: dropping rounds until it is");
+                    self.dropping = true;
+                }
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(self.take_failure().unwrap_or(SinkError::Closed))
+            }
+        }
+    }
+
+    /// Lets the writer finish what is queued, waiting until `deadline` at the
+    /// latest (a reader that does not read must not hold up the exit).
+    pub fn finish(&mut self, deadline: Instant) -> Result<(), SinkError> {
+        self.queue = None;
+        if let Some(writer) = self.writer.take() {
+            while !writer.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if writer.is_finished() {
+                let _ = writer.join();
+            } else {
+                warn!("stdout is not being read: exiting without writing the last rounds");
+            }
+        }
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -213,6 +213,8 @@ pub struct KernelOffsets {
     pub hook_state_net: u32,
     /// `offsetof(struct sk_buff, _nfct)`
     pub skb_nfct: u32,
+    /// `offsetof(struct net, net_cookie)` (a u64 since 5.14; absent before 5.7).
+    pub net_cookie: Option<u32>,
 }
 
 impl KernelOffsets {
@@ -221,6 +223,7 @@ impl KernelOffsets {
             net_inum: btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?,
             hook_state_net: btf.member_offset("nf_hook_state", "net")?,
             skb_nfct: btf.member_offset("sk_buff", "_nfct")?,
+            net_cookie: btf.member_offset("net", "net_cookie").ok(),
         })
     }
 }

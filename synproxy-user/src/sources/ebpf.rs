@@ -1,7 +1,8 @@
 //! The eBPF source: loads the programs embedded in the agent, attaches them to
 //! the SYNPROXY functions (when `nf_synproxy_core` is loaded, again after it is
-//! reloaded), and reads the in-kernel counts, peak-rate buckets, probe misses and
-//! kernel-side diagnostics each interval.
+//! reloaded, and with backoff after a failed attach), and reads the in-kernel
+//! counts (per namespace, around each /proc read), peak-rate buckets, probe and
+//! recursion misses, and kernel-side diagnostics each round.
 //!
 //! Anything that makes eBPF unusable (no kprobes, no BTF, no capabilities, a
 //! verifier rejection) is an [`Unavailable`] with one sentence naming the reason;
@@ -13,12 +14,15 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::KProbe;
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info, warn};
-use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
-use synproxy_common::{diag, globals, CountKey, RateKey, COUNTER_COUNT, FAMILY_IPV6};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+use synproxy_common::{
+    diag, globals, CountKey, Counter, RateKey, COUNTER_COUNT, FAMILY_IPV4, FAMILY_IPV6,
+};
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synproxy"));
@@ -80,6 +84,34 @@ pub const PROBES: [ProbeSpec; 9] = [
 /// Modules whose (re)load invalidates the probes.
 const MODULES: [&str; 2] = ["nf_synproxy_core", "nf_conntrack"];
 
+/// Shutdown handshake between the runtime and eBPF work in progress. Until
+/// the first kprobe event is created nothing of the agent outlives the process
+/// (BPF programs and maps go with their file descriptors), so a signal before
+/// that point may end the process at once; after it, the attach in progress
+/// must stop and undo its events first.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicU8);
+
+const STOP_REQUESTED: u8 = 1;
+const EVENTS_MAY_EXIST: u8 = 2;
+
+impl Stop {
+    /// Asks long steps to stop. Returns whether kprobe events may exist, in
+    /// which case the caller must wait for the step and detach.
+    pub fn request(&self) -> bool {
+        self.0.fetch_or(STOP_REQUESTED, Ordering::SeqCst) & EVENTS_MAY_EXIST != 0
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst) & STOP_REQUESTED != 0
+    }
+
+    /// Called before creating kprobe events: false once a stop was requested.
+    fn allow_events(&self) -> bool {
+        self.0.fetch_or(EVENTS_MAY_EXIST, Ordering::SeqCst) & STOP_REQUESTED == 0
+    }
+}
+
 /// Why eBPF cannot be used; the agent then reports /proc only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable(pub String);
@@ -93,24 +125,31 @@ impl std::fmt::Display for Unavailable {
 /// Per family (0 = IPv4, 1 = IPv6), per counter in kernel order.
 pub type FamilyCounts = [[u64; COUNTER_COUNT]; 2];
 
-/// What one read of the maps returns.
+/// How the maps key a namespace: `net->ns.inum` and `net->net_cookie` (0
+/// where cookies are not read).
+pub type NsKey = (u32, u64);
+
+/// What one round's read of the maps returns, besides the bracketing counts.
 #[derive(Clone, Debug, Default)]
-pub struct EbpfReading {
-    /// Changes whenever the probes were (re)attached: counts of different
-    /// generations must not be compared.
-    pub generation: u64,
-    /// eBPF counts since the programs were loaded, by netns inode.
-    pub counts: HashMap<u32, FamilyCounts>,
+pub struct EbpfRound {
     /// Largest number of events in one rate bucket, among the buckets completed
-    /// since the previous read, by netns inode.
-    pub peaks: HashMap<u32, FamilyCounts>,
+    /// since the previous round, by namespace.
+    pub peaks: HashMap<NsKey, FamilyCounts>,
+    /// Events each namespace and family lost this round (`COUNTS` full).
+    pub lost: HashMap<NsKey, [u64; 2]>,
     /// Per probe (short name): hits and misses since it was attached.
     pub probes: Vec<(&'static str, ProbeStats)>,
     /// Kernel-side diagnostics ([`synproxy_common::diag`]), totals since load.
     pub diag: [u64; diag::COUNT as usize],
-    /// Probe misses plus lost events (map full, unmatched returns, failed reads)
-    /// since the previous read.
-    pub losses: u64,
+    /// Programs skipped because another BPF program ran on that CPU, since load.
+    pub recursion_misses: u64,
+    /// Probe misses, recursion misses and losses not attributable to a
+    /// namespace, in this round (all namespaces).
+    pub global_losses: u64,
+    /// Kernel memory the maps pin (memlock), bytes.
+    pub map_bytes: u64,
+    /// `COUNTS` keys removed this round because their namespace is not reported.
+    pub pruned_keys: u64,
 }
 
 struct Attachment {
@@ -121,22 +160,65 @@ struct Attachment {
     events: Vec<(String, OwnedFd)>,
 }
 
+/// When to try attaching again after a failure.
+struct Retry {
+    modules: Vec<Option<u64>>,
+    at: Instant,
+    backoff: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Read access to the per-namespace counts, usable from the netns reader thread.
+pub struct CountsView<'a> {
+    counts: &'a PerCpuHashMap<MapData, CountKey, u64>,
+}
+
+impl CountsView<'_> {
+    /// The namespace's counts per family and counter (10 map lookups).
+    pub fn get(&self, ns: NsKey) -> FamilyCounts {
+        let mut out = [[0u64; COUNTER_COUNT]; 2];
+        for (f, family) in [FAMILY_IPV4, FAMILY_IPV6].into_iter().enumerate() {
+            for counter in Counter::ALL {
+                let key = CountKey {
+                    netns: ns.0,
+                    family,
+                    counter: counter as u8,
+                    _pad: [0; 2],
+                    cookie: ns.1,
+                };
+                if let Ok(values) = self.counts.get(&key, 0) {
+                    out[f][counter.index()] = values.iter().copied().fold(0u64, u64::wrapping_add);
+                }
+            }
+        }
+        out
+    }
+}
+
 pub struct EbpfSource {
     ebpf: Ebpf,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     tracefs: TraceFs,
+    /// Names this agent's kprobe events: unique per start, whatever the PID
+    /// namespace (PIDs are not).
+    token: String,
     counts: PerCpuHashMap<MapData, CountKey, u64>,
+    lost: PerCpuHashMap<MapData, CountKey, u64>,
     rates: PerCpuHashMap<MapData, RateKey, u64>,
     diag_map: PerCpuArray<MapData, u64>,
     rate_res_ns: u64,
     attached: Option<Attachment>,
     generation: u64,
-    /// Module identities at the last failed attach: retried when they change.
-    last_try: Option<Vec<Option<u64>>>,
-    /// Probe misses of the current attachment at the previous read.
+    retry: Option<Retry>,
+    /// Probe misses of the current attachment at the previous round.
     last_missed: u64,
-    /// Loss-relevant diagnostics at the previous read.
-    last_diag_losses: u64,
+    last_recursion: u64,
+    last_diag: [u64; diag::COUNT as usize],
+    last_lost: HashMap<CountKey, u64>,
+    /// Peaks of the buckets drained since the previous round.
+    peaks: HashMap<NsKey, FamilyCounts>,
+    map_bytes: u64,
 }
 
 /// Identity of a loaded module: the inode of /sys/module/NAME (a new one per load).
@@ -188,7 +270,7 @@ fn raise_memlock() {
 impl EbpfSource {
     /// Checks the kernel, loads the programs (the verifier runs here) and tries
     /// to attach. Not being able to attach yet (module not loaded) is no error.
-    pub fn open(rate_resolution: Duration, attach: bool) -> Result<Self, Unavailable> {
+    pub fn open(rate_resolution: Duration, attach: bool, stop: &Stop) -> Result<Self, Unavailable> {
         if OBJECT.is_empty() {
             return Err(Unavailable(
                 "this synproxy-agent was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
@@ -220,6 +302,12 @@ impl EbpfSource {
             Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
         };
         debug!("kernel offsets from BTF: {offsets:?}");
+        // Cookies join eBPF counts with namespaces only where the agent can ask
+        // a namespace for its cookie too (SO_NETNS_COOKIE, 5.14+).
+        let cookie_offset = match (offsets.net_cookie, super::netns::current_netns_cookie()) {
+            (Some(offset), Some(_)) => offset,
+            _ => u32::MAX,
+        };
         raise_memlock();
         let rate_res_ns = u64::try_from(rate_resolution.as_nanos())
             .unwrap_or(u64::MAX)
@@ -232,6 +320,7 @@ impl EbpfSource {
                 true,
             )
             .override_global(globals::SKB_NFCT_OFFSET, &offsets.skb_nfct, true)
+            .override_global(globals::NET_COOKIE_OFFSET, &cookie_offset, true)
             .override_global(globals::RATE_RES_NS, &rate_res_ns, true)
             .load(OBJECT)
             .map_err(|e| {
@@ -241,17 +330,13 @@ impl EbpfSource {
                     Unavailable(format!("cannot load the eBPF object: {e}"))
                 }
             })?;
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
-                debug!("kernel-side eBPF log unavailable: {e}");
-                None
-            }
-        };
         let mut loaded: Vec<&str> = Vec::new();
         for spec in PROBES {
             if loaded.contains(&spec.program) {
                 continue;
+            }
+            if stop.requested() {
+                return Err(Unavailable("stopped during start-up".into()));
             }
             let program: &mut KProbe = ebpf
                 .program_mut(spec.program)
@@ -289,27 +374,36 @@ impl EbpfSource {
             .map_err(|e| Unavailable(format!("map COUNTS: {e}")))?;
         let rates = PerCpuHashMap::try_from(take(&mut ebpf, "RATES")?)
             .map_err(|e| Unavailable(format!("map RATES: {e}")))?;
+        let lost = PerCpuHashMap::try_from(take(&mut ebpf, "LOST")?)
+            .map_err(|e| Unavailable(format!("map LOST: {e}")))?;
         let diag_map = PerCpuArray::try_from(take(&mut ebpf, "DIAG")?)
             .map_err(|e| Unavailable(format!("map DIAG: {e}")))?;
-        for event in tracefs.remove_stale() {
+        for event in tracefs.remove_unused() {
             info!("removed kprobe event {event} left by an agent that no longer runs");
         }
+        let map_bytes = own_map_memlock();
+        debug!("eBPF maps pin {} KiB of kernel memory", map_bytes / 1024);
         let mut source = Self {
             ebpf,
-            logger,
             tracefs,
+            token: kprobe_events::new_token(),
             counts,
+            lost,
             rates,
             diag_map,
             rate_res_ns,
             attached: None,
             generation: 0,
-            last_try: None,
+            retry: None,
             last_missed: 0,
-            last_diag_losses: 0,
+            last_recursion: 0,
+            last_diag: [0; diag::COUNT as usize],
+            last_lost: HashMap::new(),
+            peaks: HashMap::new(),
+            map_bytes,
         };
         if attach {
-            source.poll();
+            source.poll(stop);
         }
         Ok(source)
     }
@@ -318,10 +412,24 @@ impl EbpfSource {
         self.attached.is_some()
     }
 
+    /// The attachment generation, None while the probes are not attached.
+    pub fn generation(&self) -> Option<u64> {
+        self.attached.as_ref().map(|a| a.generation)
+    }
+
+    /// Lookups of the per-namespace counts (for the reads around /proc).
+    pub fn counts_view(&self) -> CountsView<'_> {
+        CountsView {
+            counts: &self.counts,
+        }
+    }
+
     /// Follows module (re)loads: detaches probes whose module changed and
-    /// (re)attaches when possible. Cheap when nothing changed (a few stat calls).
-    /// Returns true when the probes were (re)attached by this call.
-    pub fn poll(&mut self) -> bool {
+    /// (re)attaches when possible; after a failed attach, retries with backoff
+    /// (1 s doubling to 30 s) or at once when a module changes. Cheap when
+    /// nothing changed (a few stat calls). Returns true when the probes were
+    /// (re)attached by this call.
+    pub fn poll(&mut self, stop: &Stop) -> bool {
         let modules = module_identities();
         if let Some(att) = &self.attached {
             if att.modules == modules {
@@ -330,37 +438,60 @@ impl EbpfSource {
             info!("nf_synproxy_core or nf_conntrack was unloaded or reloaded: detaching the eBPF probes");
             self.detach();
         }
-        if self.last_try.as_ref() == Some(&modules) {
-            return false;
+        if let Some(retry) = &self.retry {
+            if retry.modules == modules && Instant::now() < retry.at {
+                return false;
+            }
         }
-        match self.attach(&modules) {
+        match self.attach(&modules, stop) {
             Ok(n) => {
-                self.last_try = None;
+                self.retry = None;
                 info!(
                     "eBPF probes attached ({n} kprobes/kretprobes on the SYNPROXY paths, via {})",
                     self.tracefs.root().display()
                 );
                 true
             }
+            Err(AttachError::Stopped) => false,
             Err(AttachError::Missing(function)) => {
-                info!("eBPF loaded; waiting for nf_synproxy_core ({function} not found): probes attach when it is loaded");
-                self.last_try = Some(modules);
+                if self.retry.as_ref().is_none_or(|r| r.modules != modules) {
+                    info!("eBPF loaded; waiting for nf_synproxy_core ({function} not found): probes attach when it is loaded");
+                }
+                // A module appearing changes the identities: checked every round.
+                self.retry = Some(Retry {
+                    modules,
+                    at: Instant::now() + RETRY_MAX,
+                    backoff: RETRY_MAX,
+                });
                 false
             }
             Err(AttachError::Other(message)) => {
-                warn!("cannot attach the eBPF probes: {message}; reporting /proc only until nf_synproxy_core is reloaded");
-                self.last_try = Some(modules);
+                let backoff = match &self.retry {
+                    Some(r) if r.modules == modules => (r.backoff * 2).min(RETRY_MAX),
+                    _ => RETRY_FIRST,
+                };
+                warn!(
+                    "cannot attach the eBPF probes: {message}; reporting /proc only, retrying in {} s",
+                    backoff.as_secs()
+                );
+                self.retry = Some(Retry {
+                    modules,
+                    at: Instant::now() + backoff,
+                    backoff,
+                });
                 false
             }
         }
     }
 
-    fn attach(&mut self, modules: &[Option<u64>]) -> Result<usize, AttachError> {
-        let pid = std::process::id();
+    fn attach(&mut self, modules: &[Option<u64>], stop: &Stop) -> Result<usize, AttachError> {
         let mut events: Vec<(String, OwnedFd)> = Vec::new();
         let result = (|| {
             for spec in PROBES {
-                let event = format!("spx{pid}_{}", spec.short);
+                if !stop.allow_events() {
+                    return Err(AttachError::Stopped);
+                }
+                let event = kprobe_events::event_name(&self.token, spec.short);
                 let id = match self.tracefs.create(&event, spec.function, spec.ret) {
                     Ok(id) => id,
                     Err(e) => {
@@ -433,23 +564,14 @@ impl EbpfSource {
         }
     }
 
-    /// Reads counts, completed rate buckets, probe stats and diagnostics. None
-    /// when the probes are not attached.
-    pub fn read(&mut self) -> Option<EbpfReading> {
-        self.flush_log();
-        let att = self.attached.as_ref()?;
-        let mut reading = EbpfReading {
-            generation: att.generation,
-            ..Default::default()
-        };
-        for item in self.counts.iter() {
-            let Ok((key, values)) = item else { continue };
-            let Some(slot) = slot(&key) else { continue };
-            let total: u64 = values.iter().copied().fold(0u64, u64::wrapping_add);
-            reading.counts.entry(key.netns).or_default()[slot.0][slot.1] = total;
+    /// Folds completed rate buckets into the round's peaks and deletes them,
+    /// so `RATES` holds at most a few buckets per active key whatever the
+    /// interval. Called every [`synproxy_common::RATE_DRAIN_BUCKETS`] buckets
+    /// and at each round.
+    pub fn drain_rates(&mut self) {
+        if self.attached.is_none() {
+            return;
         }
-        // Buckets before the current one are complete: fold them into the peaks
-        // and delete them.
         let current = monotonic_ns() / self.rate_res_ns;
         let mut done = Vec::new();
         for item in self.rates.iter() {
@@ -462,47 +584,174 @@ impl EbpfSource {
                 continue;
             };
             let n: u64 = values.iter().copied().fold(0u64, u64::wrapping_add);
-            let peak = &mut reading.peaks.entry(key.count.netns).or_default()[slot.0][slot.1];
+            let ns = (key.count.netns, key.count.cookie);
+            let peak = &mut self.peaks.entry(ns).or_default()[slot.0][slot.1];
             *peak = (*peak).max(n);
         }
         for key in done {
             let _ = self.rates.remove(&key);
         }
+    }
+
+    /// The round's peaks, losses, probe stats and diagnostics; removes the
+    /// `COUNTS`/`LOST` keys of namespaces not in `keep` (gone, or not
+    /// reported). None when the probes are not attached.
+    pub fn read_round(&mut self, keep: &HashSet<NsKey>) -> Option<EbpfRound> {
+        self.attached.as_ref()?;
+        self.drain_rates();
+        let mut round = EbpfRound {
+            peaks: std::mem::take(&mut self.peaks),
+            map_bytes: self.map_bytes,
+            ..Default::default()
+        };
         let profile = self.tracefs.profile().unwrap_or_default();
-        let pid = std::process::id();
         for spec in PROBES {
             let stats = profile
-                .get(&format!("spx{pid}_{}", spec.short))
+                .get(&kprobe_events::event_name(&self.token, spec.short))
                 .copied()
                 .unwrap_or_default();
-            reading.probes.push((spec.short, stats));
+            round.probes.push((spec.short, stats));
         }
         for slot in 0..diag::COUNT {
             if let Ok(values) = self.diag_map.get(&slot, 0) {
-                reading.diag[slot as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
+                round.diag[slot as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
             }
         }
-        let missed = reading.probes.iter().map(|(_, s)| s.missed).sum::<u64>();
-        let diag_losses = reading.diag[diag::COUNT_MAP_FULL as usize]
-            + reading.diag[diag::ACK_RETURN_UNMATCHED as usize]
-            + reading.diag[diag::READ_FAILED as usize];
-        reading.losses = missed.saturating_sub(self.last_missed)
-            + diag_losses.saturating_sub(self.last_diag_losses);
+        round.recursion_misses = self.recursion_misses();
+
+        let mut lost_now = HashMap::new();
+        let mut lost_total = 0u64;
+        for item in self.lost.iter() {
+            let Ok((key, values)) = item else { continue };
+            let n: u64 = values.iter().copied().fold(0u64, u64::wrapping_add);
+            let delta = n.saturating_sub(self.last_lost.get(&key).copied().unwrap_or(0));
+            lost_now.insert(key, n);
+            if delta > 0 {
+                lost_total += delta;
+                if let Some((f, _)) = slot(&key) {
+                    round.lost.entry((key.netns, key.cookie)).or_default()[f] += delta;
+                }
+            }
+        }
+        self.last_lost = lost_now;
+
+        let delta = |now: u64, before: u64| now.saturating_sub(before);
+        let missed = round.probes.iter().map(|(_, s)| s.missed).sum::<u64>();
+        let d = |slot: u32| delta(round.diag[slot as usize], self.last_diag[slot as usize]);
+        let map_full = d(diag::COUNT_MAP_FULL);
+        round.global_losses = delta(missed, self.last_missed)
+            + delta(round.recursion_misses, self.last_recursion)
+            + d(diag::ACK_RETURN_UNMATCHED)
+            + d(diag::READ_FAILED)
+            + map_full.saturating_sub(lost_total);
+        if map_full > 0 {
+            warn!("eBPF: the COUNTS map was full: {map_full} events not counted this interval (see probe_misses per namespace)");
+        }
+        let rate_full = d(diag::RATE_MAP_FULL);
+        if rate_full > 0 {
+            warn!("eBPF: the RATES map was full: {rate_full} events missing from this interval's peak rates");
+        }
         self.last_missed = missed;
-        self.last_diag_losses = diag_losses;
-        Some(reading)
+        self.last_recursion = round.recursion_misses;
+        self.last_diag = round.diag;
+
+        round.pruned_keys = self.prune(keep);
+        Some(round)
     }
 
-    /// Forwards kernel-side aya-log records to the agent's log.
-    pub fn flush_log(&mut self) {
-        if let Some(logger) = self.logger.as_mut() {
-            logger.flush();
+    /// Removes the keys of namespaces not in `keep`; returns how many.
+    fn prune(&mut self, keep: &HashSet<NsKey>) -> u64 {
+        let stale = |map: &PerCpuHashMap<MapData, CountKey, u64>| -> Vec<CountKey> {
+            map.keys()
+                .filter_map(Result::ok)
+                .filter(|k| !keep.contains(&(k.netns, k.cookie)))
+                .collect()
+        };
+        let mut removed = 0;
+        for key in stale(&self.counts) {
+            removed += u64::from(self.counts.remove(&key).is_ok());
         }
+        for key in stale(&self.lost) {
+            let _ = self.lost.remove(&key);
+            self.last_lost.remove(&key);
+        }
+        removed
+    }
+
+    /// `bpf_prog_info.recursion_misses` summed over the programs (5.12+; 0 before).
+    fn recursion_misses(&self) -> u64 {
+        let mut total = 0;
+        for (_, program) in self.ebpf.programs() {
+            let Ok(program): Result<&KProbe, _> = program.try_into() else {
+                continue;
+            };
+            if let Ok(fd) = program.fd() {
+                total += prog_recursion_misses(fd.as_fd()).unwrap_or(0);
+            }
+        }
+        total
     }
 
     pub fn rate_resolution(&self) -> Duration {
         Duration::from_nanos(self.rate_res_ns)
     }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program: its `recursion_misses`.
+fn prog_recursion_misses(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: bpf_prog_info is plain integers and arrays: all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    // bpf_attr's `info` member: bpf_fd, info_len, info (u64 pointer).
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = [0u8; 128];
+    let head = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: InfoAttr is plain data and fits in the zeroed 128-byte attr.
+    unsafe { std::ptr::write_unaligned(attr.as_mut_ptr().cast::<InfoAttr>(), head) };
+    // SAFETY: `attr` points at a valid bpf_attr prefix whose `info` pointer
+    // refers to `info`, which outlives the call; the kernel writes at most
+    // `info_len` bytes there.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// memlock of every BPF map this process holds (`/proc/self/fdinfo`), bytes.
+fn own_map_memlock() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !text.lines().any(|l| l.starts_with("map_type:")) {
+            continue;
+        }
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 impl Drop for EbpfSource {
@@ -514,6 +763,8 @@ impl Drop for EbpfSource {
 enum AttachError {
     /// The function is not in the kernel (its module is not loaded).
     Missing(&'static str),
+    /// The agent is shutting down.
+    Stopped,
     Other(String),
 }
 

@@ -5,9 +5,12 @@
 //! invisible in `kprobe_profile`, and before Linux 6.7 the kernel reports their
 //! misses nowhere. Events made here show `hits` and `nmissed` (kretprobe
 //! `maxactive` misses included) in `kprobe_profile` on every kernel, so misses
-//! are read, never assumed. Every event is named `spx<pid>_<probe>` in group
-//! [`GROUP`] and removed on detach; events left by a killed agent are removed at
-//! the next start.
+//! are read, never assumed. Every event is named `spx_<token>_<probe>` in group
+//! [`GROUP`], with a token drawn at start (PIDs repeat across PID namespaces and
+//! restarts; tokens do not), and removed on detach. Events left by a killed
+//! agent are removed at the next start: the kernel refuses to remove an event
+//! that is in use (EBUSY), so every event of the group that *can* be removed
+//! belongs to no running agent.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -87,18 +90,18 @@ impl TraceFs {
         last
     }
 
-    /// Events of `GROUP` in `kprobe_events`, with the pid encoded in their name.
-    pub fn our_events(&self) -> io::Result<Vec<(String, Option<u32>)>> {
+    /// Events of `GROUP` in `kprobe_events`.
+    pub fn group_events(&self) -> io::Result<Vec<String>> {
         let text = fs::read_to_string(self.root.join("kprobe_events"))?;
         Ok(parse_kprobe_events(&text))
     }
 
-    /// Removes events left behind by agents that no longer run.
-    pub fn remove_stale(&self) -> Vec<String> {
+    /// Removes the events of `GROUP` no running agent uses (one attempt each:
+    /// an event in use answers EBUSY and stays).
+    pub fn remove_unused(&self) -> Vec<String> {
         let mut removed = Vec::new();
-        for (event, pid) in self.our_events().unwrap_or_default() {
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive && self.remove(&event).is_ok() {
+        for event in self.group_events().unwrap_or_default() {
+            if self.write_events(&format!("-:{GROUP}/{event}")).is_ok() {
                 removed.push(event);
             }
         }
@@ -112,21 +115,37 @@ impl TraceFs {
     }
 }
 
-/// `p:synproxy_agent/spx123_synack4 synproxy_send_client_synack` -> (`spx123_synack4`, 123)
-pub fn parse_kprobe_events(text: &str) -> Vec<(String, Option<u32>)> {
+/// A token for this agent's event names: 8 hex digits from the kernel's
+/// random source (the clock and PID as a fallback).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 4];
+    // SAFETY: the pointer and length describe `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let value = if n == 4 {
+        u32::from_ne_bytes(bytes)
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        nanos ^ std::process::id().rotate_left(16)
+    };
+    format!("{value:08x}")
+}
+
+/// `spx_<token>_<probe>`
+pub fn event_name(token: &str, probe: &str) -> String {
+    format!("spx_{token}_{probe}")
+}
+
+/// `p:synproxy_agent/spx_1a2b3c4d_synack4 synproxy_send_client_synack` -> `spx_1a2b3c4d_synack4`
+pub fn parse_kprobe_events(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| {
             let head = line.split_whitespace().next()?;
             let (_, name) = head.split_once(':')?;
             let (group, event) = name.split_once('/')?;
-            if group != GROUP {
-                return None;
-            }
-            let pid = event
-                .strip_prefix("spx")
-                .and_then(|rest| rest.split('_').next())
-                .and_then(|p| p.parse().ok());
-            Some((event.to_string(), pid))
+            (group == GROUP).then(|| event.to_string())
         })
         .collect()
 }
@@ -214,14 +233,18 @@ mod tests {
 
     #[test]
     fn parses_events_and_profile() {
-        let events = "p:kprobes/other do_sys_open\np:synproxy_agent/spx42_synack4 synproxy_send_client_synack\nr256:synproxy_agent/spx42_ack4_ret synproxy_recv_client_ack\n";
+        let events = "p:kprobes/other do_sys_open\np:synproxy_agent/spx_0000002a_synack4 synproxy_send_client_synack\nr256:synproxy_agent/spx_0000002a_ack4_ret synproxy_recv_client_ack\n";
         assert_eq!(
             parse_kprobe_events(events),
             vec![
-                ("spx42_synack4".to_string(), Some(42)),
-                ("spx42_ack4_ret".to_string(), Some(42))
+                "spx_0000002a_synack4".to_string(),
+                "spx_0000002a_ack4_ret".to_string()
             ]
         );
+        assert_eq!(event_name("0000002a", "synack4"), "spx_0000002a_synack4");
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
         let profile = "  spx42_synack4                                             20000               0\n  spx42_ack4_ret    5000 3\n";
         let p = parse_kprobe_profile(profile);
         assert_eq!(

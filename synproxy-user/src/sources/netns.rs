@@ -3,11 +3,15 @@
 //! namespace, so a short-lived worker thread enters each namespace with
 //! `setns(2)` and reads `<proc>/thread-self/net/stat/synproxy` there.
 
+// NetnsError carries the path and identity it is about; it is built at most
+// once per namespace and round, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use super::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -17,15 +21,36 @@ pub const INIT_NETNS_INODE: u64 = 0xEFFF_FFF9;
 /// The label of the initial network namespace when it has no `ip netns` name.
 pub const INIT_LABEL: &str = "init";
 
+/// What identifies a network namespace for the life of the agent: the nsfs
+/// device and inode, plus the netns cookie where the kernel has one (5.14+).
+/// Inode numbers of dead namespaces are reused; cookies never are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespaceId {
+    pub dev: u64,
+    pub inode: u64,
+    pub cookie: Option<u64>,
+}
+
+impl NamespaceId {
+    /// How the eBPF maps key this namespace: `net->ns.inum` and
+    /// `net->net_cookie` (0 where cookies are not read).
+    pub fn ebpf_key(&self) -> (u32, u64) {
+        (self.inode as u32, self.cookie.unwrap_or(0))
+    }
+}
+
 /// One namespace to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetnsTarget {
-    /// The `netns` tag value.
+    /// The `netns` tag value (unique within one round).
     pub label: String,
     /// A file that refers to the namespace: `/run/netns/NAME` or `/proc/PID/ns/net`.
     pub handle: PathBuf,
     /// Found by scanning processes: may vanish at any time, which is no error.
     pub transient: bool,
+    /// nsfs (device, inode) seen at discovery: the namespace entered must be
+    /// this one (a PID or a name can be reused between discovery and reading).
+    pub expected: Option<(u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +63,25 @@ pub enum NetnsError {
         handle: PathBuf,
         source: io::Error,
     },
+    #[error("netns {label}: {} now refers to another namespace than the one discovered", handle.display())]
+    Replaced { label: String, handle: PathBuf },
     #[error("netns {label}: cannot enter it (setns: {source}); the agent needs CAP_SYS_ADMIN for --netns")]
     Enter { label: String, source: io::Error },
     #[error("netns {label}: {source}")]
-    Read { label: String, source: ReadError },
+    Read {
+        label: String,
+        id: NamespaceId,
+        source: ReadError,
+    },
     #[error("netns reader thread failed: {0}")]
     Thread(String),
 }
 
 impl NetnsError {
-    /// The namespace went away between discovery and reading.
+    /// The namespace went away (or was replaced) between discovery and reading.
     pub fn is_vanished(&self) -> bool {
         match self {
-            NetnsError::NotFound { .. } => true,
+            NetnsError::NotFound { .. } | NetnsError::Replaced { .. } => true,
             NetnsError::Open { source, .. } | NetnsError::Enter { source, .. } => matches!(
                 source.raw_os_error(),
                 Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EINVAL)
@@ -60,23 +91,39 @@ impl NetnsError {
     }
 }
 
-/// Namespaces named with `ip netns add` (files under `netns_dir`).
+/// Namespaces named with `ip netns add` (files under `netns_dir`), deduplicated.
 pub fn named_targets(names: &[String], netns_dir: &Path) -> Vec<NetnsTarget> {
-    names
-        .iter()
-        .map(|name| NetnsTarget {
+    let mut targets: Vec<NetnsTarget> = Vec::with_capacity(names.len());
+    for name in names {
+        if targets.iter().any(|t| &t.label == name) {
+            continue;
+        }
+        targets.push(NetnsTarget {
             label: name.clone(),
             handle: netns_dir.join(name),
             transient: false,
-        })
-        .collect()
+            expected: None,
+        });
+    }
+    targets
+}
+
+/// Whether `label` has the shape of a generated label (`init`, `ns-<digits>`).
+pub fn looks_generated(label: &str) -> bool {
+    label == INIT_LABEL
+        || label
+            .strip_prefix("ns-")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Every distinct network namespace on the host: named ones from `netns_dir`,
-/// then those of running processes under `proc_root`. A namespace with a name
-/// is labelled by it, the initial one `init`, any other `ns-<inode>`.
+/// then those of running processes under `proc_root`. Labels are unique: a
+/// namespace with a name is labelled by it (the first name in sorted order when
+/// it has several); an unnamed one gets `init` (the initial namespace) or
+/// `ns-<inode>`, and if a name already took that label, `ns-<inode>` or then
+/// `ns-<inode>-unnamed`.
 pub fn discover_all(proc_root: &Path, netns_dir: &Path) -> Vec<NetnsTarget> {
-    let mut by_inode: BTreeMap<u64, NetnsTarget> = BTreeMap::new();
+    let mut by_inode: BTreeMap<(u64, u64), NetnsTarget> = BTreeMap::new();
 
     let mut names: Vec<(String, PathBuf)> = fs::read_dir(netns_dir)
         .into_iter()
@@ -97,37 +144,55 @@ pub fn discover_all(proc_root: &Path, netns_dir: &Path) -> Vec<NetnsTarget> {
         if nsfs_dev.is_some_and(|dev| dev != meta.dev()) {
             continue;
         }
-        by_inode.entry(meta.ino()).or_insert(NetnsTarget {
+        let key = (meta.dev(), meta.ino());
+        by_inode.entry(key).or_insert(NetnsTarget {
             label: name,
             handle: path,
             transient: false,
+            expected: Some(key),
         });
     }
-
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return by_inode.into_values().collect();
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let handle = proc_root.join(pid).join("ns/net");
-        // Processes we may not inspect (or that just exited) are skipped.
-        let Some(inode) = fs::read_link(&handle)
-            .ok()
-            .and_then(|link| parse_ns_link(&link.to_string_lossy()))
-        else {
-            continue;
-        };
-        by_inode.entry(inode).or_insert_with(|| NetnsTarget {
-            label: unnamed_label(inode),
-            handle,
-            transient: true,
-        });
+    let mut unnamed: Vec<NetnsTarget> = Vec::new();
+    if let Ok(entries) = fs::read_dir(proc_root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let handle = proc_root.join(pid).join("ns/net");
+            // Processes we may not inspect (or that just exited) are skipped.
+            let Ok(meta) = fs::metadata(&handle) else {
+                continue;
+            };
+            let key = (meta.dev(), meta.ino());
+            if by_inode.contains_key(&key) || unnamed.iter().any(|t| t.expected == Some(key)) {
+                continue;
+            }
+            unnamed.push(NetnsTarget {
+                label: String::new(),
+                handle,
+                transient: true,
+                expected: Some(key),
+            });
+        }
+    }
+    for mut target in unnamed {
+        let inode = target.expected.map_or(0, |(_, ino)| ino);
+        let taken = |label: &str| by_inode.values().any(|t| t.label == label);
+        let mut label = unnamed_label(inode);
+        if taken(&label) {
+            label = format!("ns-{inode}");
+        }
+        if taken(&label) {
+            label = format!("ns-{inode}-unnamed");
+        }
+        target.label = label;
+        if let Some(key) = target.expected {
+            by_inode.insert(key, target);
+        }
     }
     by_inode.into_values().collect()
 }
@@ -140,25 +205,79 @@ fn unnamed_label(inode: u64) -> String {
     }
 }
 
-/// The namespace inode (`net->ns.inum` in the kernel) of a namespace file such
-/// as `/run/netns/NAME` or `/proc/PID/ns/net`: how eBPF counts join a series.
-pub fn netns_inode(handle: &Path) -> Option<u32> {
-    fs::metadata(handle)
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
+/// The identity of the calling thread's current network namespace, given its
+/// namespace file (`/proc/self/ns/net` or an open handle's metadata).
+fn identity_here(dev: u64, inode: u64) -> NamespaceId {
+    NamespaceId {
+        dev,
+        inode,
+        cookie: current_netns_cookie(),
+    }
 }
 
-/// `net:[4026531833]` -> 4026531833
-pub fn parse_ns_link(link: &str) -> Option<u64> {
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+/// The identity of the agent's own network namespace (`<proc>/self/ns/net`).
+pub fn own_identity(proc_root: &Path) -> Option<NamespaceId> {
+    let meta = fs::metadata(proc_root.join("self/ns/net")).ok()?;
+    Some(identity_here(meta.dev(), meta.ino()))
+}
+
+/// The netns cookie of the calling thread's network namespace
+/// (`SO_NETNS_COOKIE`, Linux 5.14+); None where the kernel has none.
+pub fn current_netns_cookie() -> Option<u64> {
+    // SAFETY: plain socket(2); the returned descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the pointers describe `cookie` and `len`, which outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+}
+
+/// One namespace's stat file, with whatever `around` returned just before and
+/// just after it was read (the eBPF counts that bracket the read).
+#[derive(Debug)]
+pub struct NsReading<B> {
+    pub id: NamespaceId,
+    pub before: B,
+    pub reading: Reading,
+    pub after: B,
+}
+
+/// Reads the agent's own namespace's stat file at `path`, bracketed by
+/// `around` (only called when the namespace's identity is known).
+pub fn read_own<B: Default>(
+    path: &Path,
+    id: Option<NamespaceId>,
+    around: &dyn Fn(&NamespaceId) -> B,
+    buf: &mut Vec<u8>,
+) -> Result<(Option<NamespaceId>, B, Reading, B), ReadError> {
+    let call = |id: &Option<NamespaceId>| id.as_ref().map(around).unwrap_or_default();
+    let before = call(&id);
+    let reading = read_stat_file(path, buf)?;
+    let after = call(&id);
+    Ok((id, before, reading, after))
 }
 
 /// Reads the stat file inside each namespace, in order, from one worker thread
 /// that enters them in turn (entering a namespace only affects that thread).
-pub fn read_in_namespaces(
+pub fn read_in_namespaces<B: Send>(
     targets: &[NetnsTarget],
     proc_root: &Path,
-) -> Vec<Result<Reading, NetnsError>> {
+    around: &(dyn Fn(&NamespaceId) -> B + Sync),
+) -> Vec<Result<NsReading<B>, NetnsError>> {
     let path = proc_root.join("thread-self").join(STAT_FILE);
     let joined = std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
@@ -167,7 +286,7 @@ pub fn read_in_namespaces(
                 let mut buf = Vec::new();
                 targets
                     .iter()
-                    .map(|t| read_one(t, &path, &mut buf))
+                    .map(|t| read_one(t, &path, &mut buf, around))
                     .collect::<Vec<_>>()
             });
         match worker {
@@ -186,9 +305,14 @@ pub fn read_in_namespaces(
     }
 }
 
-fn read_one(target: &NetnsTarget, path: &Path, buf: &mut Vec<u8>) -> Result<Reading, NetnsError> {
+fn read_one<B>(
+    target: &NetnsTarget,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    around: &(dyn Fn(&NamespaceId) -> B + Sync),
+) -> Result<NsReading<B>, NetnsError> {
     let label = || target.label.clone();
-    let ns = File::open(&target.handle).map_err(|source| {
+    let open_error = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
             NetnsError::NotFound {
                 label: label(),
@@ -201,7 +325,18 @@ fn read_one(target: &NetnsTarget, path: &Path, buf: &mut Vec<u8>) -> Result<Read
                 source,
             }
         }
-    })?;
+    };
+    let ns = File::open(&target.handle).map_err(open_error)?;
+    let meta = ns.metadata().map_err(open_error)?;
+    if target
+        .expected
+        .is_some_and(|key| key != (meta.dev(), meta.ino()))
+    {
+        return Err(NetnsError::Replaced {
+            label: label(),
+            handle: target.handle.clone(),
+        });
+    }
     // SAFETY: `ns` is an open file descriptor owned by this function; setns only
     // changes the calling (worker) thread's network namespace.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -211,9 +346,19 @@ fn read_one(target: &NetnsTarget, path: &Path, buf: &mut Vec<u8>) -> Result<Read
             source: io::Error::last_os_error(),
         });
     }
-    read_stat_file(path, buf).map_err(|source| NetnsError::Read {
+    let id = identity_here(meta.dev(), meta.ino());
+    let before = around(&id);
+    let reading = read_stat_file(path, buf).map_err(|source| NetnsError::Read {
         label: label(),
+        id,
         source,
+    })?;
+    let after = around(&id);
+    Ok(NsReading {
+        id,
+        before,
+        reading,
+        after,
     })
 }
 
@@ -222,10 +367,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ns_link_parsing() {
-        assert_eq!(parse_ns_link("net:[4026531833]"), Some(INIT_NETNS_INODE));
-        assert_eq!(parse_ns_link("mnt:[4026531833]"), None);
-        assert_eq!(parse_ns_link("net:[x]"), None);
+    fn generated_label_shapes() {
+        assert!(looks_generated("init"));
+        assert!(looks_generated("ns-4026532282"));
+        assert!(!looks_generated("ns-"));
+        assert!(!looks_generated("ns-blue"));
+        assert!(!looks_generated("initial"));
+    }
+
+    #[test]
+    fn named_targets_are_deduplicated() {
+        let t = named_targets(
+            &["a".into(), "b".into(), "a".into()],
+            Path::new("/run/netns"),
+        );
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
@@ -237,7 +393,7 @@ mod tests {
     #[test]
     fn missing_named_namespace_is_reported_with_its_path() {
         let targets = named_targets(&["nope".into()], Path::new("/nonexistent-netns-dir"));
-        let results = read_in_namespaces(&targets, Path::new("/proc"));
+        let results = read_in_namespaces(&targets, Path::new("/proc"), &|_| ());
         let err = match &results[..] {
             [Err(e)] => e.to_string(),
             other => panic!("unexpected {other:?}"),
@@ -250,11 +406,13 @@ mod tests {
 
     #[test]
     fn discovery_finds_our_own_namespace() {
-        let own = fs::read_link("/proc/self/ns/net")
-            .ok()
-            .and_then(|l| parse_ns_link(&l.to_string_lossy()));
-        let Some(own) = own else { return };
+        let own = own_identity(Path::new("/proc")).expect("/proc/self/ns/net");
         let all = discover_all(Path::new("/proc"), Path::new("/nonexistent-netns-dir"));
-        assert!(all.iter().any(|t| t.label == unnamed_label(own)), "{all:?}");
+        assert!(
+            all.iter()
+                .any(|t| t.label == unnamed_label(own.inode)
+                    && t.expected == Some((own.dev, own.inode))),
+            "{all:?}"
+        );
     }
 }

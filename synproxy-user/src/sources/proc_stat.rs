@@ -284,7 +284,8 @@ fn echo(token: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields::Field::*;
+    use crate::fields::Field::Entries;
+    use synproxy_common::Counter::*;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -294,8 +295,8 @@ mod tests {
         }
     }
 
-    fn sum(stat: &ProcStat, field: Field) -> u64 {
-        stat.sums()[field.index()]
+    fn sum(stat: &ProcStat, field: impl Into<Field>) -> u64 {
+        stat.sums()[field.into().index()]
     }
 
     #[test]
@@ -440,8 +441,8 @@ mod tests {
         let stat = parse(&fixture("kernel_6.18_2cpu_traffic")).unwrap();
         assert_eq!(stat.cpus.len(), 2);
         assert_eq!(stat.sums(), [0, 21, 6, 18, 3, 3]);
-        assert_eq!(stat.cpus[1][ConnReopened.index()], 0);
-        assert_eq!(stat.cpus[1][CookieRetrans.index()], 3);
+        assert_eq!(stat.cpus[1][Field::from(ConnReopened).index()], 0);
+        assert_eq!(stat.cpus[1][Field::from(CookieRetrans).index()], 3);
     }
 
     #[test]

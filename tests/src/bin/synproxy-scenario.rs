@@ -4,15 +4,18 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use synproxy_tests::ebpf_checks;
+use synproxy_common::Counter;
 use synproxy_tests::rules::{Family, Flavour};
-use synproxy_tests::scenario::{self, AgentMode, Config, Counter, EbpfMode};
+use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
+use synproxy_tests::{ebpf_checks, lifecycle, pidns, sustained};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
-[--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]]";
+[--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]] \
+[--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
+[--lifecycle [--lifecycle-delays MS,MS,...]]";
 
 struct Args {
     cfg: Config,
@@ -21,6 +24,17 @@ struct Args {
     counters: Vec<Counter>,
     /// Run the eBPF flood and shutdown checks instead of the matrix.
     flood: Option<(u32, u32)>,
+    /// Run the sustained-flood check instead of the matrix.
+    sustained: Option<sustained::Params>,
+    /// Run the lifecycle checks instead of the matrix (explicit delays, if any).
+    lifecycle: Option<Option<Vec<u64>>>,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .ok()
+        .with_context(|| format!("{flag} {value:?} is not a number"))
 }
 
 fn parse_args() -> Result<Args> {
@@ -36,6 +50,10 @@ fn parse_args() -> Result<Args> {
     let mut ebpf = EbpfMode::Auto;
     let mut flood = false;
     let (mut flood_syn, mut flood_ack) = (20_000u32, 5_000u32);
+    let mut sustained = None;
+    let mut sustained_params = sustained::Params::default();
+    let mut lifecycle = None;
+    let mut delays = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -44,6 +62,14 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--flood" {
             flood = true;
+            continue;
+        }
+        if flag == "--sustained" {
+            sustained = Some(());
+            continue;
+        }
+        if flag == "--lifecycle" {
+            lifecycle = Some(());
             continue;
         }
         let value = it
@@ -66,7 +92,7 @@ fn parse_args() -> Result<Args> {
             "--counter" => {
                 counters = match value.as_str() {
                     "all" => Counter::ALL.to_vec(),
-                    v => vec![Counter::parse(v)?],
+                    v => vec![scenario::parse_counter(v)?],
                 }
             }
             "--count" => {
@@ -92,6 +118,17 @@ fn parse_args() -> Result<Args> {
                     .parse()
                     .with_context(|| format!("--flood-ack {value:?} is not a number"))?
             }
+            "--sustained-syn" => sustained_params.syns = number(&flag, &value)?,
+            "--sustained-ack" => sustained_params.acks = number(&flag, &value)?,
+            "--sustained-secs" => sustained_params.secs = number(&flag, &value)?,
+            "--lifecycle-delays" => {
+                delays = Some(
+                    value
+                        .split(',')
+                        .map(|v| number(&flag, v.trim()))
+                        .collect::<Result<Vec<u64>>>()?,
+                )
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -113,10 +150,23 @@ fn parse_args() -> Result<Args> {
         families,
         counters,
         flood: flood.then_some((flood_syn, flood_ack)),
+        sustained: sustained.map(|()| sustained_params),
+        lifecycle: lifecycle.map(|()| delays),
     })
 }
 
 fn main() {
+    // Helper mode first, while the process is single-threaded (unshare + fork).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == pidns::HELPER_FLAG) {
+        match pidns::helper_main(&raw[1..]) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("synproxy-scenario {}: {e:#}", pidns::HELPER_FLAG);
+                std::process::exit(125);
+            }
+        }
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -126,18 +176,45 @@ fn main() {
     };
     let kernel = tools::kernel_release();
     let (mut passed, mut failed) = (0u32, 0u32);
+    // The check modes print each check as soon as it is done: a guest that runs
+    // out of time keeps the lines of the checks that finished.
+    let cfg = &args.cfg;
+    let kernel = kernel.as_str();
+    let mut checks: Vec<Box<dyn Fn() -> Vec<ebpf_checks::Check> + '_>> = Vec::new();
     if let Some((syns, acks)) = args.flood {
-        let mut checks = vec![ebpf_checks::flood(&args.cfg, &kernel, syns, acks)];
-        checks.extend(ebpf_checks::shutdown(&args.cfg, &kernel));
-        for check in checks {
-            println!("{}", check.line);
-            for note in &check.notes {
-                println!("# {note}");
-            }
-            if check.pass {
-                passed += 1;
-            } else {
-                failed += 1;
+        checks.push(Box::new(move || {
+            vec![ebpf_checks::flood(cfg, kernel, syns, acks)]
+        }));
+        checks.push(Box::new(|| ebpf_checks::shutdown(cfg, kernel)));
+    }
+    if let Some(params) = &args.sustained {
+        checks.push(Box::new(move || {
+            vec![sustained::sustained(cfg, kernel, params)]
+        }));
+    }
+    if let Some(delays) = &args.lifecycle {
+        checks.push(Box::new(move || {
+            vec![lifecycle::sigterm_during_startup(
+                cfg,
+                kernel,
+                delays.as_deref(),
+            )]
+        }));
+        checks.push(Box::new(|| vec![lifecycle::kill9_restart(cfg, kernel)]));
+        checks.push(Box::new(|| vec![lifecycle::two_agents(cfg, kernel)]));
+    }
+    if !checks.is_empty() {
+        for run in checks {
+            for check in run() {
+                println!("{}", check.line);
+                for note in &check.notes {
+                    println!("# {note}");
+                }
+                if check.pass {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
             }
         }
         println!("SUMMARY passed={passed} failed={failed}");
@@ -152,7 +229,7 @@ fn main() {
     }
     for combo in combos {
         let outcome = scenario::run_combo(&args.cfg, combo);
-        println!("{}", outcome.result_line(&kernel));
+        println!("{}", outcome.result_line(kernel));
         for note in &outcome.notes {
             println!("# {note}");
         }

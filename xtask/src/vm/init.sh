@@ -361,6 +361,21 @@ begin_check flood-shutdown
 run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
 end_check flood-shutdown
 
+# 6. Sustained flood (issue 7): one server netns, xt and nft ports, IPv4 and IPv6,
+#    among 20+ other namespaces; an agent with eBPF samples every 200 ms
+#    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
+#    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
+begin_check sustained
+run_scenario sustained 900 --agent "$AGENT" --ebpf require --sustained $TOOLS
+end_check sustained
+
+# 7. Lifecycle (issue 7): SIGTERM at delays covering start-up and attach (exit 0,
+#    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
+#    agents at once, each PID 1 of its own PID namespace (both exact).
+begin_check lifecycle
+run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
+end_check lifecycle
+
 echo "VMTEST-END kernel=$KERNEL checks=$CHECKS_RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f
