@@ -571,13 +571,39 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
     }
     let mut probes_misses = 0u64;
     let mut map_bytes = 0u64;
+    // Which fields of the probes line carry the misses, for the report.
+    let mut miss_detail: Vec<String> = Vec::new();
+    let mut last_fields: BTreeMap<String, u64> = BTreeMap::new();
     for round in &rounds {
         if let Some(line) = round
             .iter()
             .find(|l| l.measurement == "synproxy_ebpf_probes")
         {
-            probes_misses += line.counter("probe_misses")?;
+            let misses = line.counter("probe_misses")?;
+            probes_misses += misses;
             map_bytes = line.counter("map_bytes")?;
+            let fields: BTreeMap<String, u64> = line
+                .fields
+                .keys()
+                .filter(|k| k.ends_with("_missed") || !k.ends_with("_hits"))
+                .filter_map(|k| Some((k.clone(), line.counter(k).ok()?)))
+                .collect();
+            if misses > 0 && miss_detail.len() < 5 {
+                let moved: Vec<String> = fields
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.as_str() != "probe_misses"
+                            && k.as_str() != "map_bytes"
+                            && **v != last_fields.get(*k).copied().unwrap_or(0)
+                    })
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                miss_detail.push(format!(
+                    "probes line with probe_misses={misses}: changed since the previous round: {}",
+                    moved.join(",")
+                ));
+            }
+            last_fields = fields;
         }
     }
 
@@ -691,6 +717,7 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
             notes.push(format!(
                 "probe misses: {line_misses} on the srv lines, {probes_misses} on the probes lines"
             ));
+            notes.append(&mut miss_detail);
         }
         if ebpf_sum != proc_delta {
             pass = false;
