@@ -81,6 +81,9 @@ pub const PROBES: [ProbeSpec; 9] = [
     probe("spx_seqadj", "nf_ct_seqadj_init", false, "seqadj"),
 ];
 
+/// The programs that count events; the others only stash state for them.
+const COUNTING_PROGRAMS: [&str; 4] = ["spx_synack4", "spx_synack6", "spx_ack_ret", "spx_seqadj"];
+
 /// Modules whose (re)load invalidates the probes.
 const MODULES: [&str; 2] = ["nf_synproxy_core", "nf_conntrack"];
 
@@ -617,7 +620,8 @@ impl EbpfSource {
                 round.diag[slot as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
             }
         }
-        round.recursion_misses = self.recursion_misses();
+        let (recursion_all, recursion_counting) = self.recursion_misses();
+        round.recursion_misses = recursion_all;
 
         let mut lost_now = HashMap::new();
         let mut lost_total = 0u64;
@@ -640,7 +644,8 @@ impl EbpfSource {
         let d = |slot: u32| delta(round.diag[slot as usize], self.last_diag[slot as usize]);
         let map_full = d(diag::COUNT_MAP_FULL);
         round.global_losses = delta(missed, self.last_missed)
-            + delta(round.recursion_misses, self.last_recursion)
+            + delta(recursion_counting, self.last_recursion)
+            + d(diag::SEQADJ_UNMATCHED)
             + d(diag::ACK_RETURN_UNMATCHED)
             + d(diag::READ_FAILED)
             + map_full.saturating_sub(lost_total);
@@ -652,7 +657,7 @@ impl EbpfSource {
             warn!("eBPF: the RATES map was full: {rate_full} events missing from this interval's peak rates");
         }
         self.last_missed = missed;
-        self.last_recursion = round.recursion_misses;
+        self.last_recursion = recursion_counting;
         self.last_diag = round.diag;
 
         round.pruned_keys = self.prune(keep);
@@ -679,17 +684,24 @@ impl EbpfSource {
     }
 
     /// `bpf_prog_info.recursion_misses` summed over the programs (5.12+; 0 before).
-    fn recursion_misses(&self) -> u64 {
-        let mut total = 0;
-        for (_, program) in self.ebpf.programs() {
+    /// Recursion misses since load: (all programs, those of the programs that
+    /// count). A skipped stash program (a hook or an ack entry) loses nothing
+    /// by itself; what it costs shows as `unmatched_returns`/`unmatched_seqadj`.
+    fn recursion_misses(&self) -> (u64, u64) {
+        let (mut all, mut counting) = (0, 0);
+        for (name, program) in self.ebpf.programs() {
             let Ok(program): Result<&KProbe, _> = program.try_into() else {
                 continue;
             };
             if let Ok(fd) = program.fd() {
-                total += prog_recursion_misses(fd.as_fd()).unwrap_or(0);
+                let n = prog_recursion_misses(fd.as_fd()).unwrap_or(0);
+                all += n;
+                if COUNTING_PROGRAMS.contains(&name) {
+                    counting += n;
+                }
             }
         }
-        total
+        (all, counting)
     }
 
     pub fn rate_resolution(&self) -> Duration {
