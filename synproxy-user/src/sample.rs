@@ -49,6 +49,8 @@ pub struct ProbesSample {
     pub probe_misses: u64,
     /// Programs skipped because another BPF program ran on that CPU, since load.
     pub recursion_misses: u64,
+    /// The same per program.
+    pub program_recursion: Vec<(&'static str, u64)>,
     /// Kernel memory the maps pin, bytes.
     pub map_bytes: u64,
     /// Probe short name -> hits and misses since it was attached.

@@ -192,6 +192,9 @@ impl LineEncoder {
         for (slot, name) in DIAG_FIELDS {
             fields.push((name.into(), sample.diag[slot as usize]));
         }
+        for (program, n) in &sample.program_recursion {
+            fields.push((format!("{program}_recursion_misses"), *n));
+        }
         for (probe, stats) in &sample.probes {
             fields.push((format!("{probe}_hits"), stats.hits));
             fields.push((format!("{probe}_missed"), stats.missed));
@@ -435,13 +438,14 @@ mod tests {
             diag: [0, 0, 1, 0, 0],
             probe_misses: 1,
             recursion_misses: 0,
+            program_recursion: vec![("ack_ret", 0)],
             map_bytes: 4096,
             timestamp_ns: 5,
         };
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,attached=1u,count_map_full=0u,map_bytes=4096u,probe_misses=1u,rate_map_full=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,count_map_full=0u,map_bytes=4096u,probe_misses=1u,rate_map_full=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
         );
     }
 

@@ -81,8 +81,10 @@ pub const PROBES: [ProbeSpec; 9] = [
     probe("spx_seqadj", "nf_ct_seqadj_init", false, "seqadj"),
 ];
 
-/// The programs that count events; the others only stash state for them.
-const COUNTING_PROGRAMS: [&str; 4] = ["spx_synack4", "spx_synack6", "spx_ack_ret", "spx_seqadj"];
+/// The programs that count events (names without `spx_`); the others only
+/// stash state for them: a skipped stash program loses nothing by itself, and
+/// what it can cost shows as `unmatched_returns`/`unmatched_seqadj`.
+const COUNTING_PROGRAMS: [&str; 4] = ["synack4", "synack6", "ack_ret", "seqadj"];
 
 /// Modules whose (re)load invalidates the probes.
 const MODULES: [&str; 2] = ["nf_synproxy_core", "nf_conntrack"];
@@ -146,6 +148,8 @@ pub struct EbpfRound {
     pub diag: [u64; diag::COUNT as usize],
     /// Programs skipped because another BPF program ran on that CPU, since load.
     pub recursion_misses: u64,
+    /// The same per program (its name without `spx_`).
+    pub program_recursion: Vec<(&'static str, u64)>,
     /// Probe misses, recursion misses and losses not attributable to a
     /// namespace, in this round (all namespaces).
     pub global_losses: u64,
@@ -620,8 +624,14 @@ impl EbpfSource {
                 round.diag[slot as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
             }
         }
-        let (recursion_all, recursion_counting) = self.recursion_misses();
-        round.recursion_misses = recursion_all;
+        round.program_recursion = self.recursion_misses();
+        round.recursion_misses = round.program_recursion.iter().map(|(_, n)| n).sum();
+        let recursion_counting: u64 = round
+            .program_recursion
+            .iter()
+            .filter(|(name, _)| COUNTING_PROGRAMS.contains(name))
+            .map(|(_, n)| n)
+            .sum();
 
         let mut lost_now = HashMap::new();
         let mut lost_total = 0u64;
@@ -684,24 +694,25 @@ impl EbpfSource {
     }
 
     /// `bpf_prog_info.recursion_misses` summed over the programs (5.12+; 0 before).
-    /// Recursion misses since load: (all programs, those of the programs that
-    /// count). A skipped stash program (a hook or an ack entry) loses nothing
-    /// by itself; what it costs shows as `unmatched_returns`/`unmatched_seqadj`.
-    fn recursion_misses(&self) -> (u64, u64) {
-        let (mut all, mut counting) = (0, 0);
-        for (name, program) in self.ebpf.programs() {
+    /// Recursion misses since load per program (name without `spx_`).
+    fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for spec in PROBES {
+            let name = spec.program.trim_start_matches("spx_");
+            if out.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let Some(program) = self.ebpf.program(spec.program) else {
+                continue;
+            };
             let Ok(program): Result<&KProbe, _> = program.try_into() else {
                 continue;
             };
             if let Ok(fd) = program.fd() {
-                let n = prog_recursion_misses(fd.as_fd()).unwrap_or(0);
-                all += n;
-                if COUNTING_PROGRAMS.contains(&name) {
-                    counting += n;
-                }
+                out.push((name, prog_recursion_misses(fd.as_fd()).unwrap_or(0)));
             }
         }
-        (all, counting)
+        out
     }
 
     pub fn rate_resolution(&self) -> Duration {
