@@ -168,6 +168,7 @@ impl Sampler {
         // new baseline is taken after the probes are in place.
         if let Some(ebpf) = self.config.ebpf.as_mut() {
             ebpf.poll(&self.config.stop);
+            ebpf.refresh_keys();
         }
         let generation = self.config.ebpf.as_ref().and_then(EbpfSource::generation);
         let mut reads = match self.config.selection.clone() {
@@ -337,6 +338,10 @@ impl Sampler {
                 return;
             }
             std::thread::sleep(pause);
+            // A namespace's first event of a kind creates its key.
+            if let Some(ebpf) = self.config.ebpf.as_mut() {
+                ebpf.refresh_keys();
+            }
             for i in outside {
                 self.reread(&mut reads[i]);
             }

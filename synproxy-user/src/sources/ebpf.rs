@@ -180,10 +180,17 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Read access to the per-namespace counts, usable from the netns reader thread.
 pub struct CountsView<'a> {
     counts: &'a PerCpuHashMap<MapData, CountKey, u64>,
+    present: &'a HashSet<CountKey>,
 }
 
 impl CountsView<'_> {
-    /// The namespace's counts per family and counter (10 map lookups).
+    /// The namespace's counts per family and counter: one map lookup per key
+    /// that existed at the last [`EbpfSource::refresh_keys`] (a key created
+    /// since reads as 0 until the next refresh: a lower bound, which the
+    /// bracket check tolerates by re-reading). Few lookups matter: while a CPU
+    /// is inside a map lookup syscall the kernel skips BPF programs there, so
+    /// a packet handled in a softirq on that CPU at that moment is not counted
+    /// (kernels from 6.7 on report it as a recursion miss).
     pub fn get(&self, ns: NsKey) -> FamilyCounts {
         let mut out = [[0u64; COUNTER_COUNT]; 2];
         for (f, family) in [FAMILY_IPV4, FAMILY_IPV6].into_iter().enumerate() {
@@ -195,6 +202,9 @@ impl CountsView<'_> {
                     _pad: [0; 2],
                     cookie: ns.1,
                 };
+                if !self.present.contains(&key) {
+                    continue;
+                }
                 if let Ok(values) = self.counts.get(&key, 0) {
                     out[f][counter.index()] = values.iter().copied().fold(0u64, u64::wrapping_add);
                 }
@@ -225,6 +235,8 @@ pub struct EbpfSource {
     last_lost: HashMap<CountKey, u64>,
     /// Peaks of the buckets drained since the previous round.
     peaks: HashMap<NsKey, FamilyCounts>,
+    /// `COUNTS` keys at the last [`EbpfSource::refresh_keys`].
+    present: HashSet<CountKey>,
     map_bytes: u64,
 }
 
@@ -407,6 +419,7 @@ impl EbpfSource {
             last_diag: [0; diag::COUNT as usize],
             last_lost: HashMap::new(),
             peaks: HashMap::new(),
+            present: HashSet::new(),
             map_bytes,
         };
         if attach {
@@ -428,6 +441,17 @@ impl EbpfSource {
     pub fn counts_view(&self) -> CountsView<'_> {
         CountsView {
             counts: &self.counts,
+            present: &self.present,
+        }
+    }
+
+    /// Lists the keys of `COUNTS` (key iteration only, no value copies) so
+    /// that [`CountsView::get`] looks up only keys that exist.
+    pub fn refresh_keys(&mut self) {
+        self.present.clear();
+        if self.attached.is_some() {
+            self.present
+                .extend(self.counts.keys().filter_map(Result::ok));
         }
     }
 
