@@ -104,6 +104,8 @@ pub struct Sampler {
     /// Identity of the agent's own network namespace (eBPF only).
     own_id: Option<NamespaceId>,
     last_round_failed: bool,
+    /// Namespaces entered this round whose stat file could not be read.
+    present_failing: HashSet<SeriesKey>,
 }
 
 impl Sampler {
@@ -119,6 +121,7 @@ impl Sampler {
             buf: Vec::new(),
             own_id,
             last_round_failed: false,
+            present_failing: HashSet::new(),
         }
     }
 
@@ -264,13 +267,14 @@ impl Sampler {
                     debug!("{e} (process exited during the scan)");
                 }
                 Err(e) => {
-                    if let NetnsError::Read {
-                        id,
-                        source: ReadError::Missing { .. },
-                        ..
-                    } = &e
-                    {
-                        if let Some(series) = self.series.get_mut(&SeriesKey::Netns(*id)) {
+                    if let NetnsError::Read { id, source, .. } = &e {
+                        // The namespace is there (it was entered), its file is
+                        // not: it is not "gone", and a missing file means its
+                        // counters were destroyed (module unloaded).
+                        self.present_failing.insert(SeriesKey::Netns(*id));
+                        if let (ReadError::Missing { .. }, Some(series)) =
+                            (source, self.series.get_mut(&SeriesKey::Netns(*id)))
+                        {
                             series.tracker.counters_gone();
                         }
                     }
@@ -410,9 +414,11 @@ impl Sampler {
     /// Series not read this round age; after [`VANISHED_ROUNDS_KEPT`] rounds
     /// they are forgotten, so state stays bounded.
     fn age_series(&mut self, reads: &[Read]) {
-        let seen: HashSet<SeriesKey> = reads.iter().map(|r| r.key).collect();
+        let mut seen: HashSet<SeriesKey> = reads.iter().map(|r| r.key).collect();
+        seen.extend(self.present_failing.drain());
         self.series.retain(|key, series| {
             if seen.contains(key) {
+                series.missing_rounds = 0;
                 return true;
             }
             series.missing_rounds += 1;
