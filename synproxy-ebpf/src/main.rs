@@ -1,7 +1,7 @@
 //! Kernel-side programs: kprobes/kretprobes on the SYNPROXY paths that count each
 //! counter increment of `/proc/net/stat/synproxy` one to one, per (network
-//! namespace, family, counter), in per-CPU maps. See `probes.rs` and
-//! docs/synproxy-kernel.md for the derivation.
+//! namespace, family, counter), in per-CPU maps. See `probes.rs` and the
+//! README ("How the events are counted") for the derivation.
 //!
 //! Built for `bpfel-unknown-none` by synproxy-user/build.rs; on the host this is an
 //! empty binary so that `cargo build --workspace` stays harmless.

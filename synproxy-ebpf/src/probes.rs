@@ -1,4 +1,4 @@
-//! The probe set (docs/synproxy-kernel.md, "Probe points"):
+//! The probe set (README, "How the events are counted"):
 //!
 //! | probe | counts |
 //! |---|---|

@@ -454,7 +454,7 @@ fn probe_v6_checksum(ctx: &mut Ctx) -> Result<V6Checksum> {
     bail!("no crafted IPv6 SYN reached SYNPROXY with any of {candidates:?} checksums")
 }
 
-/// The recipes of docs/synproxy-kernel.md, "Driving each counter". Each moves its
+/// One traffic recipe per counter (each arm says how it works). Each moves its
 /// counter by exactly `n`.
 fn drive(ctx: &mut Ctx, n: u32) -> Result<()> {
     match ctx.combo.counter {

@@ -52,7 +52,7 @@ const fn probe(
     }
 }
 
-/// The probe set of docs/synproxy-kernel.md. Entry probes that stash state for a
+/// The probe set (README, "How the events are counted"). Entry probes that stash state for a
 /// return probe come before it.
 pub const PROBES: [ProbeSpec; 9] = [
     probe(
