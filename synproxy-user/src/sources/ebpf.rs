@@ -155,8 +155,6 @@ pub struct EbpfRound {
     pub global_losses: u64,
     /// Kernel memory the maps pin (memlock), bytes.
     pub map_bytes: u64,
-    /// `COUNTS` keys removed this round because their namespace is not reported.
-    pub pruned_keys: u64,
 }
 
 struct Attachment {
@@ -694,31 +692,32 @@ impl EbpfSource {
         self.last_recursion = recursion_counting;
         self.last_diag = round.diag;
 
-        round.pruned_keys = self.prune(keep);
+        self.prune(keep);
         Some(round)
     }
 
-    /// Removes the keys of namespaces not in `keep`; returns how many.
-    fn prune(&mut self, keep: &HashSet<NsKey>) -> u64 {
-        let stale = |map: &PerCpuHashMap<MapData, CountKey, u64>| -> Vec<CountKey> {
-            map.keys()
-                .filter_map(Result::ok)
-                .filter(|k| !keep.contains(&(k.netns, k.cookie)))
-                .collect()
-        };
-        let mut removed = 0;
-        for key in stale(&self.counts) {
-            removed += u64::from(self.counts.remove(&key).is_ok());
+    /// Removes the keys of namespaces not in `keep`. `COUNTS` keys come from
+    /// this round's listing ([`EbpfSource::refresh_keys`]); a key created since
+    /// goes in the next round.
+    fn prune(&mut self, keep: &HashSet<NsKey>) {
+        let gone = |k: &CountKey| !keep.contains(&(k.netns, k.cookie));
+        for key in self.present.iter().filter(|k| gone(k)) {
+            let _ = self.counts.remove(key);
         }
-        for key in stale(&self.lost) {
+        let lost: Vec<CountKey> = self
+            .lost
+            .keys()
+            .filter_map(Result::ok)
+            .filter(gone)
+            .collect();
+        for key in lost {
             let _ = self.lost.remove(&key);
             self.last_lost.remove(&key);
         }
-        removed
     }
 
-    /// `bpf_prog_info.recursion_misses` summed over the programs (5.12+; 0 before).
-    /// Recursion misses since load per program (name without `spx_`).
+    /// `bpf_prog_info.recursion_misses` (5.12+; 0 before) per program, since
+    /// load (names without `spx_`).
     fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
         let mut out: Vec<(&'static str, u64)> = Vec::new();
         for spec in PROBES {
