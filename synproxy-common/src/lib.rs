@@ -77,37 +77,88 @@ pub const STAT_COLUMNS: [&str; COUNTER_COUNT + 1] = [
     Counter::ConnReopened.name(),
 ];
 
-const _: () = assert!(core::mem::size_of::<CountKey>() == 16);
-const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
+const _: () = assert!(core::mem::size_of::<NsEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<NsStats>().is_multiple_of(8));
 
-/// Address family of an event, as stored in map keys.
+/// Address family of an event, as the programs see it.
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
-/// Key of the `COUNTS` per-CPU hash: one u64 per CPU per key.
+// Counts and peak-rate buckets live in memory-mapped arrays that the agent
+// reads without system calls: while a CPU is inside a BPF map syscall the
+// kernel skips every kprobe program on that CPU, so reading maps by syscall
+// would make the agent itself lose events of packets handled there then.
+//
+// A namespace the agent tracks gets a slot in `NS_STATS`; `NS_TABLE` (open
+// addressing, written only by the agent) maps (netns inode, netns cookie) to
+// it. Events of a namespace without a slot only count in `diag::UNTRACKED`.
+
+/// Slots of `NS_STATS`: namespaces the agent can follow at once.
+pub const NS_SLOTS: u32 = 2048;
+/// Entries of `NS_TABLE` (a power of two, twice [`NS_SLOTS`]).
+pub const NS_TABLE_ENTRIES: u32 = 4096;
+/// How many consecutive `NS_TABLE` entries a lookup inspects at most.
+pub const NS_TABLE_PROBES: u32 = 16;
+/// [`NsEntry::word`] of an entry never used: a lookup stops there.
+pub const NS_ENTRY_EMPTY: u64 = 0;
+/// [`NsEntry::word`] of an entry whose namespace was released: a lookup goes
+/// on past it (inode 1 is never a namespace's).
+pub const NS_ENTRY_FREED: u64 = 1;
+
+/// One `NS_TABLE` entry. The agent writes `cookie` first and then `word` in
+/// one 64-bit store, so a lookup that matches `word` reads a slot and inode
+/// that belong together.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CountKey {
-    /// `net->ns.inum`: the inode number of the network namespace.
-    pub netns: u32,
-    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
-    pub family: u8,
-    /// [`Counter`] as u8.
-    pub counter: u8,
-    pub _pad: [u8; 2],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsEntry {
+    /// `net->ns.inum` in the low 32 bits, the slot in the high 32 bits; or
+    /// [`NS_ENTRY_EMPTY`] / [`NS_ENTRY_FREED`].
+    pub word: u64,
     /// `net->net_cookie` (never reused, unlike inode numbers), or 0 where the
     /// agent cannot read cookies (kernels before 5.14).
     pub cookie: u64,
 }
 
-/// Key of the `RATES` per-CPU hash: events of one counter in one time bucket
-/// (`bpf_ktime_get_ns() / RATE_RES_NS`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RateKey {
-    pub count: CountKey,
-    pub bucket: u64,
+impl NsEntry {
+    pub const fn word(inum: u32, slot: u32) -> u64 {
+        (inum as u64) | ((slot as u64) << 32)
+    }
 }
+
+/// The first `NS_TABLE` entry a lookup of (inum, cookie) inspects.
+#[inline(always)]
+pub fn ns_table_home(inum: u32, cookie: u64) -> u32 {
+    let mixed = ((inum as u64) ^ cookie.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed >> 32) as u32) & (NS_TABLE_ENTRIES - 1)
+}
+
+/// Buckets per counter in a slot's peak-rate ring (a power of two).
+pub const RATE_RING: u32 = 16;
+/// How many rate buckets may complete between two drains by the agent; the
+/// rest of the ring is slack for a late drain.
+pub const RATE_DRAIN_BUCKETS: u32 = 8;
+
+/// One slot of `NS_STATS`: one namespace's counts and peak-rate ring. The
+/// programs only add to it, atomically (all CPUs share it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NsStats {
+    /// Events per family (0 = IPv4, 1 = IPv6) and counter since the slot was
+    /// given to the namespace.
+    pub counts: [[u64; COUNTER_COUNT]; 2],
+    /// Events per family and counter of rate bucket `b` (`bpf_ktime_get_ns() /
+    /// RATE_RES_NS`) at index `b % RATE_RING`, counted while
+    /// `RATE_TAGS[b % RATE_RING] == b`; the agent reads and zeroes completed
+    /// buckets and moves their tags on.
+    pub rates: [[[u32; RATE_RING as usize]; COUNTER_COUNT]; 2],
+}
+
+/// A slot's size in u64 words; its counts are the first `2 * COUNTER_COUNT`.
+pub const NS_STATS_U64S: usize = core::mem::size_of::<NsStats>() / 8;
+/// A slot's size in u32 words.
+pub const NS_STATS_U32S: usize = core::mem::size_of::<NsStats>() / 4;
+/// Where a slot's rate buckets start, in u32 words.
+pub const NS_STATS_RATES_U32: usize = 2 * COUNTER_COUNT * 2;
 
 /// Per-CPU stash between `synproxy_recv_client_ack[_ipv6]` entry and return.
 #[repr(C)]
@@ -139,35 +190,26 @@ pub struct HookStash {
     pub _pad: [u8; 2],
 }
 
-/// Slots of the `DIAG` per-CPU array: kernel-side anomalies, each a u64 per CPU.
+/// Slots of the `DIAG` array (memory-mapped, atomic adds): kernel-side
+/// anomalies, totals since load.
 pub mod diag {
-    /// `COUNTS` was full: an event was not counted (also recorded per namespace
-    /// in `LOST` while that has room).
-    pub const COUNT_MAP_FULL: u32 = 0;
-    /// `RATES` was full: an event is missing from the peak rates only.
-    pub const RATE_MAP_FULL: u32 = 1;
+    /// Events of namespaces without a slot: namespaces the agent does not
+    /// track, and events before the agent first read a new namespace (its
+    /// offset covers those). Not a loss.
+    pub const UNTRACKED: u32 = 0;
+    /// Events missing from the peak rates only: the agent had not moved
+    /// their bucket's tag on yet (it drained late).
+    pub const RATE_LATE: u32 = 1;
     /// A `synproxy_recv_client_ack` return without its entry (entry probe missed).
     pub const ACK_RETURN_UNMATCHED: u32 = 2;
     /// `nf_ct_seqadj_init(ct, ctinfo, 0)` in the original direction outside a
     /// synproxy hook (not counted).
     pub const SEQADJ_UNMATCHED: u32 = 3;
-    /// A kernel read (`bpf_probe_read_kernel`) failed: the event was counted
-    /// under netns 0.
+    /// A kernel read (`bpf_probe_read_kernel`) failed: the event's namespace
+    /// is unknown and it was not counted.
     pub const READ_FAILED: u32 = 4;
     pub const COUNT: u32 = 5;
 }
-
-/// Capacity of the `COUNTS` map (at most 10 keys per namespace with events;
-/// keys of namespaces the agent no longer reports are pruned every round).
-pub const COUNTS_MAX_ENTRIES: u32 = 8192;
-/// Capacity of the `LOST` map: per key, events `COUNTS` had no room for.
-pub const LOST_MAX_ENTRIES: u32 = 1024;
-/// Capacity of the `RATES` map. The agent drains completed buckets at least
-/// every [`RATE_DRAIN_BUCKETS`] buckets, so it holds at most that many (+2 open)
-/// per active key: room for 1600 active keys.
-pub const RATES_MAX_ENTRIES: u32 = 16384;
-/// How many rate buckets may complete between two drains of `RATES`.
-pub const RATE_DRAIN_BUCKETS: u32 = 8;
 
 /// Names of the globals the agent sets at load time.
 pub mod globals {
@@ -181,13 +223,4 @@ pub mod globals {
     pub const SKB_NFCT_OFFSET: &str = "SKB_NFCT_OFFSET";
     /// Width of one peak-rate bucket in nanoseconds.
     pub const RATE_RES_NS: &str = "RATE_RES_NS";
-}
-
-#[cfg(feature = "user")]
-mod user {
-    // SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit
-    // pattern is valid and there are no implicit padding bytes.
-    unsafe impl aya::Pod for super::CountKey {}
-    // SAFETY: as above (CountKey is 16 bytes, so the u64 field is 8-aligned).
-    unsafe impl aya::Pod for super::RateKey {}
 }

@@ -7,20 +7,25 @@
 //! | kprobe `ipv4_synproxy_hook` / `ipv6_synproxy_hook` (stash) + kprobe `nf_ct_seqadj_init` | conn_reopened (`off == 0`, original direction, the hook's own entry) |
 //!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
-//! Counting happens in per-CPU maps (no atomics, no per-event output); kernel-side
-//! anomalies are counted in `DIAG`, which the agent reports once per interval.
+//! Counts go to the slot of the event's namespace in a memory-mapped array
+//! (atomic adds, no per-event output) that the agent reads without syscalls;
+//! kernel-side anomalies are counted in `DIAG`, which the agent reports once
+//! per interval.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
     Global,
 };
 use synproxy_common::{
-    diag, AckStash, CountKey, Counter, HookStash, RateKey, COUNTS_MAX_ENTRIES, FAMILY_IPV4,
-    FAMILY_IPV6, LOST_MAX_ENTRIES, RATES_MAX_ENTRIES,
+    diag, ns_table_home, AckStash, Counter, HookStash, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
+    NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
 };
 
 #[no_mangle]
@@ -34,16 +39,19 @@ static SKB_NFCT_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
 
+const MMAPABLE: u32 = BPF_F_MMAPABLE as u32;
+
+/// (netns inode, cookie) -> slot, written by the agent.
 #[map]
-static COUNTS: PerCpuHashMap<CountKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTS_MAX_ENTRIES, 0);
-/// Per key: events that found `COUNTS` full (reported per namespace).
+static NS_TABLE: Array<NsEntry> = Array::with_max_entries(NS_TABLE_ENTRIES, MMAPABLE);
+/// Per slot: counts and peak-rate buckets.
 #[map]
-static LOST: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(LOST_MAX_ENTRIES, 0);
+static NS_STATS: Array<NsStats> = Array::with_max_entries(NS_SLOTS, MMAPABLE);
+/// Per rate-ring index: the bucket it currently counts, set by the agent.
 #[map]
-static RATES: PerCpuHashMap<RateKey, u64> = PerCpuHashMap::with_max_entries(RATES_MAX_ENTRIES, 0);
+static RATE_TAGS: Array<u64> = Array::with_max_entries(RATE_RING, MMAPABLE);
 #[map]
-static DIAG: PerCpuArray<u64> = PerCpuArray::with_max_entries(diag::COUNT, 0);
+static DIAG: Array<u64> = Array::with_max_entries(diag::COUNT, MMAPABLE);
 #[map]
 static ACK_STASH: PerCpuArray<AckStash> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -52,33 +60,26 @@ static HOOK_STASH: PerCpuArray<HookStash> = PerCpuArray::with_max_entries(1, 0);
 /// `IP_CT_IS_REPLY`: ctinfo values below it are the original direction.
 const IP_CT_IS_REPLY: u64 = 3;
 
+/// Adds one to a u64 that other CPUs and the agent share.
+#[inline(always)]
+fn add_u64(p: *mut u64) {
+    // SAFETY: `p` points into an array map value (8-aligned, lives as long as
+    // the map); every writer uses atomic operations on it. The result is
+    // unused, so this is BPF_XADD, which every kernel the agent supports has
+    // (core's atomic types offer no read-modify-write on this target).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+}
+
+#[inline(always)]
+fn add_u32(p: *mut u32) {
+    // SAFETY: as in add_u64 (4-aligned).
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, 1) };
+}
+
 #[inline(always)]
 fn diag_inc(slot: u32) {
     if let Some(p) = DIAG.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot of this CPU; kprobe programs do not nest on a CPU.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Adds one to this CPU's value of `key`, creating it if needed.
-#[inline(always)]
-fn bump<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
-    if let Some(p) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's copy of the value; no concurrent writer on this CPU.
-        unsafe { *p += 1 };
-        return true;
-    }
-    if map.insert(key, 1u64, BPF_NOEXIST as u64).is_ok() {
-        return true;
-    }
-    // Another CPU created it in between (EEXIST), or the map is full.
-    match map.get_ptr_mut(key) {
-        Some(p) => {
-            // SAFETY: as above.
-            unsafe { *p += 1 };
-            true
-        }
-        None => false,
+        add_u64(p);
     }
 }
 
@@ -89,33 +90,60 @@ struct Netns {
     cookie: u64,
 }
 
+/// The namespace's slot in `NS_STATS`, if the agent gave it one.
+#[inline(always)]
+fn slot_of(ns: Netns) -> Option<u32> {
+    if ns.inum <= 1 {
+        return None;
+    }
+    let home = ns_table_home(ns.inum, ns.cookie);
+    let wanted = ns.inum as u64;
+    for i in 0..NS_TABLE_PROBES {
+        let entry = NS_TABLE.get_ptr((home + i) & (NS_TABLE_ENTRIES - 1))?;
+        // SAFETY: an array map value; the agent writes it concurrently with
+        // single aligned stores, so a volatile read sees one of them whole.
+        let word = unsafe { read_volatile(addr_of!((*entry).word)) };
+        if word == NS_ENTRY_EMPTY {
+            return None;
+        }
+        if word & 0xffff_ffff == wanted {
+            // SAFETY: as above.
+            let cookie = unsafe { read_volatile(addr_of!((*entry).cookie)) };
+            if cookie == ns.cookie {
+                return Some((word >> 32) as u32);
+            }
+        }
+    }
+    None
+}
+
 #[inline(always)]
 fn count(ns: Netns, family: u8, counter: Counter) {
-    let key = CountKey {
-        netns: ns.inum,
-        family,
-        counter: counter as u8,
-        _pad: [0; 2],
-        cookie: ns.cookie,
+    let Some(stats) = slot_of(ns).and_then(|slot| NS_STATS.get_ptr_mut(slot)) else {
+        diag_inc(diag::UNTRACKED);
+        return;
     };
-    if !bump(&COUNTS, &key) {
-        // Reported once per interval by the agent, never per event.
-        diag_inc(diag::COUNT_MAP_FULL);
-        let _ = bump(&LOST, &key);
-    }
+    let f = usize::from(family == FAMILY_IPV6);
+    let c = counter as usize;
+    // SAFETY: `stats` is a value of NS_STATS; f < 2 and c < COUNTER_COUNT.
+    add_u64(unsafe { addr_of_mut!((*stats).counts[f][c]) });
     let res = RATE_RES_NS.load();
     if res == 0 {
         return;
     }
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let rate_key = RateKey {
-        count: key,
-        bucket: now / res,
+    let bucket = unsafe { bpf_ktime_get_ns() } / res;
+    let idx = (bucket & u64::from(RATE_RING - 1)) as u32;
+    let Some(tag) = RATE_TAGS.get_ptr(idx) else {
+        return;
     };
-    if !bump(&RATES, &rate_key) {
-        diag_inc(diag::RATE_MAP_FULL);
+    // SAFETY: an array map value the agent writes with aligned stores.
+    if unsafe { read_volatile(tag) } != bucket {
+        diag_inc(diag::RATE_LATE);
+        return;
     }
+    // SAFETY: as above; idx < RATE_RING.
+    add_u32(unsafe { addr_of_mut!((*stats).rates[f][c][idx as usize]) });
 }
 
 /// Reads a kernel value at `base + offset`; counts a failure in DIAG.

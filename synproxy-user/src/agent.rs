@@ -171,7 +171,6 @@ impl Sampler {
         // new baseline is taken after the probes are in place.
         if let Some(ebpf) = self.config.ebpf.as_mut() {
             ebpf.poll(&self.config.stop);
-            ebpf.refresh_keys();
         }
         let generation = self.config.ebpf.as_ref().and_then(EbpfSource::generation);
         let mut reads = match self.config.selection.clone() {
@@ -209,7 +208,7 @@ impl Sampler {
             .as_ref()
             .filter(|e| e.generation().is_some())
             .map(EbpfSource::counts_view);
-        move |id: &NamespaceId| view.as_ref().map(|v| v.get(id.ebpf_key()))
+        move |id: &NamespaceId| view.as_ref().and_then(|v| v.get(id.ebpf_key()))
     }
 
     fn read_own(&mut self, round: &mut Round) -> Vec<Read> {
@@ -342,10 +341,6 @@ impl Sampler {
                 return;
             }
             std::thread::sleep(pause);
-            // A namespace's first event of a kind creates its key.
-            if let Some(ebpf) = self.config.ebpf.as_mut() {
-                ebpf.refresh_keys();
-            }
             for i in outside {
                 self.reread(&mut reads[i]);
             }
@@ -469,15 +464,10 @@ impl Sampler {
                 }),
                 _ => None,
             };
-            let lost = read
-                .ebpf_key
-                .and_then(|k| ebpf_round.as_ref()?.lost.get(&k).copied())
-                .unwrap_or_default();
             let out = series.reconciler.update(ebpf_reconcile::Input {
                 proc: ebpf_reconcile::proc_counts(&read.totals),
                 proc_reset: read.reset,
                 ebpf: bracket,
-                lost: lost[0] + lost[1],
                 global_losses,
             });
             let peaks = match (&ebpf_round, read.ebpf_key) {
@@ -493,7 +483,6 @@ impl Sampler {
                     family,
                     events: out.events[f],
                     peak_rates: std::array::from_fn(|c| peaks[f][c] as f64 / res_s * out.scale[c]),
-                    probe_misses: lost[f],
                     status: out.status,
                     timestamp_ns,
                 });

@@ -33,9 +33,6 @@ pub struct EbpfSample {
     pub events: [u64; synproxy_common::COUNTER_COUNT],
     /// Peak rate per counter (events per second over one rate bucket).
     pub peak_rates: [f64; synproxy_common::COUNTER_COUNT],
-    /// Events of this namespace and family the kernel-side programs could not
-    /// count this round (a map was full).
-    pub probe_misses: u64,
     pub status: crate::reconcile::ebpf::Status,
     pub timestamp_ns: u64,
 }

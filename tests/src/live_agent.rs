@@ -23,9 +23,10 @@ pub const PROBE_COUNT: usize = 9;
 /// Program names of synproxy-ebpf (BPF object names are cut at 15 bytes).
 pub const PROGRAM_PREFIX: &str = "spx_";
 /// Map names of synproxy-ebpf (and aya-log's ring buffer).
-pub const MAP_NAMES: [&str; 6] = [
-    "COUNTS",
-    "RATES",
+pub const MAP_NAMES: [&str; 7] = [
+    "NS_TABLE",
+    "NS_STATS",
+    "RATE_TAGS",
     "DIAG",
     "ACK_STASH",
     "HOOK_STASH",
@@ -543,6 +544,7 @@ pub fn mixed_timestamps(rounds: &[Vec<Line>]) -> usize {
 pub struct EbpfView {
     pub lines: usize,
     pub statuses: Vec<String>,
+    /// `probe_misses` of the round's probes line (all namespaces).
     pub misses: u64,
 }
 
@@ -555,7 +557,6 @@ pub fn ebpf_count(lines: &[Line], netns: &str, counter: &str) -> Result<(u64, Eb
     }) {
         total += line.counter(counter)?;
         view.lines += 1;
-        view.misses += line.counter("probe_misses")?;
         match line.fields.get("reconcile") {
             Some(FieldValue::Str(s)) => view.statuses.push(s.clone()),
             other => bail!("reconcile field {other:?} in {line:?}"),
@@ -566,6 +567,13 @@ pub fn ebpf_count(lines: &[Line], netns: &str, counter: &str) -> Result<(u64, Eb
             "expected 2 synproxy_ebpf lines (ipv4, ipv6) for netns {netns}, got {}",
             view.lines
         );
+    }
+    // Losses are reported for all namespaces at once, on the probes line.
+    if let Some(probes) = lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+    {
+        view.misses = probes.counter("probe_misses")?;
     }
     Ok((total, view))
 }

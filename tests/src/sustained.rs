@@ -261,7 +261,6 @@ struct SrvRound {
     ebpf_v4: Counts,
     ebpf_v6: Counts,
     status: String,
-    line_misses: u64,
 }
 
 fn srv_round(index: usize, round: &[Line], label: &str) -> Result<Option<SrvRound>> {
@@ -290,7 +289,6 @@ fn srv_round(index: usize, round: &[Line], label: &str) -> Result<Option<SrvRoun
         ebpf_v4: [0; COUNTER_COUNT],
         ebpf_v6: [0; COUNTER_COUNT],
         status: String::new(),
-        line_misses: 0,
     };
     if ebpf_lines.is_empty() {
         return Ok(Some(r));
@@ -308,7 +306,6 @@ fn srv_round(index: usize, round: &[Line], label: &str) -> Result<Option<SrvRoun
                 _ => {}
             }
         }
-        r.line_misses += line.counter("probe_misses")?;
         match line.fields.get("reconcile") {
             Some(FieldValue::Str(s)) => statuses.push(s.clone()),
             other => bail!("reconcile field {other:?} in {line:?}"),
@@ -569,11 +566,9 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
             None => {}
         }
     }
-    let mut probes_misses = 0u64;
-    // Misses that are BPF recursion skips only (the kernel skipped a program
-    // while that CPU was inside one of the agent's map syscalls): reported,
-    // and harmless to the server namespace exactly when its sums still match.
-    let mut recursion_skips = 0u64;
+    let mut probe_misses = 0u64;
+    // Program runs the kernel skipped since load (all programs, all namespaces).
+    let mut recursion_misses = 0u64;
     let mut map_bytes = 0u64;
     // Which fields of the probes line carry the misses, for the report.
     let mut miss_detail: Vec<String> = Vec::new();
@@ -584,8 +579,9 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
             .find(|l| l.measurement == "synproxy_ebpf_probes")
         {
             let misses = line.counter("probe_misses")?;
-            probes_misses += misses;
+            probe_misses += misses;
             map_bytes = line.counter("map_bytes")?;
+            recursion_misses = line.counter("recursion_misses")?;
             let fields: BTreeMap<String, u64> = line
                 .fields
                 .keys()
@@ -600,9 +596,6 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
                         && **v != last_fields.get(*k).copied().unwrap_or(0)
                 })
                 .collect();
-            if misses > 0 && moved.iter().all(|(k, _)| k.ends_with("recursion_misses")) {
-                recursion_skips += misses;
-            }
             if misses > 0 && miss_detail.len() < 5 {
                 let moved: Vec<String> = moved.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 miss_detail.push(format!(
@@ -616,7 +609,6 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
 
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut busy = 0usize;
-    let mut line_misses = 0u64;
     let mut ebpf_sum = [0u64; COUNTER_COUNT];
     let (mut ebpf_v4, mut ebpf_v6) = ([0u64; COUNTER_COUNT], [0u64; COUNTER_COUNT]);
     let mut non_exact = Vec::new();
@@ -626,7 +618,6 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
         let moved = prev.is_some_and(|p| p.totals != r.totals);
         let proc_step = prev.map_or([0; COUNTER_COUNT], |p| delta(&r.totals, &p.totals));
         prev = Some(r);
-        line_misses += r.line_misses;
         let Some(events) = r.ebpf else {
             if moved {
                 busy += 1;
@@ -661,7 +652,6 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
         .filter(|(k, _)| !known.contains(&k.as_str()))
         .map(|(_, v)| v)
         .sum();
-    let probe_misses = probes_misses + line_misses;
 
     let proc_delta = delta(&totals_counts(&after), &totals_counts(&before));
     let syn_i = Counter::SynReceived.index();
@@ -720,13 +710,9 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
             notes.extend(non_exact);
         }
         if probe_misses != 0 {
-            // Recursion skips alone, with the server namespace exact and its
-            // sums equal (checked below), were events of other namespaces.
-            if probe_misses != recursion_skips {
-                pass = false;
-            }
+            pass = false;
             notes.push(format!(
-                "probe misses: {line_misses} on the srv lines, {probes_misses} on the probes lines, of which {recursion_skips} BPF recursion skips"
+                "probe misses: {probe_misses} on the probes lines (recursion misses since load: {recursion_misses})"
             ));
             notes.append(&mut miss_detail);
         }
@@ -795,7 +781,7 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
     drop((srv_rules, cli_rules, idle, trickles));
     Ok(Check {
         line: format!(
-            "{head} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} recursion_skips={recursion_skips} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
+            "{head} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} recursion_misses={recursion_misses} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
             if ebpf { "on" } else { "off" },
             want[syn_i],
             want[inv_i],

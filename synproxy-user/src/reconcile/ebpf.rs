@@ -76,8 +76,6 @@ pub struct Input {
     pub proc_reset: bool,
     /// None when the probes are not attached.
     pub ebpf: Option<Bracket>,
-    /// Events of this namespace the kernel side could not count this round.
-    pub lost: u64,
     /// Probe misses and unattributed losses this round (all namespaces).
     pub global_losses: u64,
 }
@@ -230,11 +228,7 @@ impl Reconciler {
                     out.scale[c] = proc_delta as f64 / ebpf_delta as f64;
                 }
             }
-            if input.lost > 0
-                || input.global_losses > 0
-                || !moved
-                || state.lagging_rounds >= MAX_LAGGING_ROUNDS
-            {
+            if input.global_losses > 0 || !moved || state.lagging_rounds >= MAX_LAGGING_ROUNDS {
                 out.status = Status::Missed;
             } else {
                 state.lagging_rounds += 1;
@@ -284,7 +278,6 @@ mod tests {
                 before,
                 after,
             }),
-            lost: 0,
             global_losses: 0,
         }
     }
@@ -307,7 +300,6 @@ mod tests {
             proc: [1; 5],
             proc_reset: false,
             ebpf: None,
-            lost: 0,
             global_losses: 0,
         });
         assert_eq!(out.status, Status::ProcOnly);

@@ -22,8 +22,8 @@ pub const FAMILY_TAG: &str = "family";
 
 /// Names of the `synproxy_ebpf_probes` diagnostic fields, by [`diag`] slot.
 const DIAG_FIELDS: [(u32, &str); diag::COUNT as usize] = [
-    (diag::COUNT_MAP_FULL, "count_map_full"),
-    (diag::RATE_MAP_FULL, "rate_map_full"),
+    (diag::UNTRACKED, "untracked_events"),
+    (diag::RATE_LATE, "rate_late_events"),
     (diag::ACK_RETURN_UNMATCHED, "unmatched_returns"),
     (diag::SEQADJ_UNMATCHED, "unmatched_seqadj"),
     (diag::READ_FAILED, "read_failures"),
@@ -139,7 +139,7 @@ impl LineEncoder {
     }
 
     /// One `synproxy_ebpf` line:
-    /// `synproxy_ebpf,family=ipv4,host=gw01 conn_reopened=0i,conn_reopened_peak_rate=0,...,probe_misses=0i,reconcile="exact",syn_received=20000i,syn_received_peak_rate=31000 TS`
+    /// `synproxy_ebpf,family=ipv4,host=gw01 conn_reopened=0i,conn_reopened_peak_rate=0,...,reconcile="exact",syn_received=20000i,syn_received_peak_rate=31000 TS`
     pub fn encode_ebpf(&self, sample: &EbpfSample, out: &mut Vec<u8>) {
         out.extend_from_slice(EBPF_MEASUREMENT.as_bytes());
         let netns = sample.netns.as_deref().map(escape_tag).unwrap_or_default();
@@ -152,8 +152,9 @@ impl LineEncoder {
         let mut wrote_misc = false;
         for counter in counters {
             if !wrote_misc && counter.name() > "reconcile" {
-                self.write_int(out, &mut separator, "probe_misses", sample.probe_misses);
-                out.extend_from_slice(b",reconcile=\"");
+                out.push(separator);
+                separator = b',';
+                out.extend_from_slice(b"reconcile=\"");
                 out.extend_from_slice(sample.status.name().as_bytes());
                 out.push(b'"');
                 wrote_misc = true;
@@ -168,8 +169,8 @@ impl LineEncoder {
             );
         }
         if !wrote_misc {
-            self.write_int(out, &mut separator, "probe_misses", sample.probe_misses);
-            out.extend_from_slice(b",reconcile=\"");
+            out.push(separator);
+            out.extend_from_slice(b"reconcile=\"");
             out.extend_from_slice(sample.status.name().as_bytes());
             out.push(b'"');
         }
@@ -408,7 +409,6 @@ mod tests {
             family: "ipv4",
             events: [20000, 5000, 0, 0, 0],
             peak_rates: [31000.0, 12500.5, 0.0, 0.0, 0.0],
-            probe_misses: 0,
             status: crate::reconcile::ebpf::Status::Exact,
             timestamp_ns: 1_549_550_634_000_000_000,
         }
@@ -421,7 +421,7 @@ mod tests {
         e.encode_ebpf(&ebpf_sample(Some("blue")), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf,family=ipv4,host=gw01,netns=blue conn_reopened=0i,conn_reopened_peak_rate=0,cookie_invalid=5000i,cookie_invalid_peak_rate=12500.5,cookie_retrans=0i,cookie_retrans_peak_rate=0,cookie_valid=0i,cookie_valid_peak_rate=0,probe_misses=0i,reconcile=\"exact\",syn_received=20000i,syn_received_peak_rate=31000 1549550634000000000\n"
+            "synproxy_ebpf,family=ipv4,host=gw01,netns=blue conn_reopened=0i,conn_reopened_peak_rate=0,cookie_invalid=5000i,cookie_invalid_peak_rate=12500.5,cookie_retrans=0i,cookie_retrans_peak_rate=0,cookie_valid=0i,cookie_valid_peak_rate=0,reconcile=\"exact\",syn_received=20000i,syn_received_peak_rate=31000 1549550634000000000\n"
         );
     }
 
@@ -445,7 +445,7 @@ mod tests {
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,count_map_full=0u,map_bytes=4096u,probe_misses=1u,rate_map_full=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u 5\n"
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u,untracked_events=0u 5\n"
         );
     }
 

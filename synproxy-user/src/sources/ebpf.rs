@@ -2,7 +2,9 @@
 //! the SYNPROXY functions (when `nf_synproxy_core` is loaded, again after it is
 //! reloaded, and with backoff after a failed attach), and reads the in-kernel
 //! counts (per namespace, around each /proc read), peak-rate buckets, probe and
-//! recursion misses, and kernel-side diagnostics each round.
+//! recursion misses, and kernel-side diagnostics each round. Counts, rates and
+//! diagnostics are read from memory-mapped maps ([`SharedArray`]), never by
+//! map syscall: while a CPU is inside one, the kernel skips the programs there.
 //!
 //! Anything that makes eBPF unusable (no kprobes, no BTF, no capabilities, a
 //! verifier rejection) is an [`Unavailable`] with one sentence naming the reason;
@@ -10,7 +12,10 @@
 
 use super::btf::{Btf, KernelOffsets, VMLINUX_BTF};
 use super::kprobe_events::{self, ProbeStats, TraceFs};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use super::ns_slots::{read_counts, NoSlot, NsSlots};
+pub use super::ns_slots::{FamilyCounts, NsKey};
+use super::shared_array::SharedArray;
+use aya::maps::Map;
 use aya::programs::KProbe;
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info, warn};
@@ -19,9 +24,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use synproxy_common::{
-    diag, globals, CountKey, Counter, RateKey, COUNTER_COUNT, FAMILY_IPV4, FAMILY_IPV6,
+    diag, globals, NsEntry, NsStats, COUNTER_COUNT, NS_SLOTS, NS_STATS_RATES_U32, NS_STATS_U32S,
+    NS_TABLE_ENTRIES, RATE_RING,
 };
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
@@ -127,21 +134,12 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
-/// Per family (0 = IPv4, 1 = IPv6), per counter in kernel order.
-pub type FamilyCounts = [[u64; COUNTER_COUNT]; 2];
-
-/// How the maps key a namespace: `net->ns.inum` and `net->net_cookie` (0
-/// where cookies are not read).
-pub type NsKey = (u32, u64);
-
 /// What one round's read of the maps returns, besides the bracketing counts.
 #[derive(Clone, Debug, Default)]
 pub struct EbpfRound {
     /// Largest number of events in one rate bucket, among the buckets completed
     /// since the previous round, by namespace.
     pub peaks: HashMap<NsKey, FamilyCounts>,
-    /// Events each namespace and family lost this round (`COUNTS` full).
-    pub lost: HashMap<NsKey, [u64; 2]>,
     /// Per probe (short name): hits and misses since it was attached.
     pub probes: Vec<(&'static str, ProbeStats)>,
     /// Kernel-side diagnostics ([`synproxy_common::diag`]), totals since load.
@@ -175,41 +173,58 @@ struct Retry {
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Read access to the per-namespace counts, usable from the netns reader thread.
+/// The memory-mapped maps.
+struct Shared {
+    /// `NS_TABLE`, written by the agent only.
+    table: SharedArray,
+    /// `NS_STATS`: per slot, counts and rate buckets.
+    stats: SharedArray,
+    /// `RATE_TAGS`: the bucket each ring index counts.
+    tags: SharedArray,
+    diag: SharedArray,
+}
+
+/// Read access to the per-namespace counts, usable from the netns reader threads.
 pub struct CountsView<'a> {
-    counts: &'a PerCpuHashMap<MapData, CountKey, u64>,
-    present: &'a HashSet<CountKey>,
+    shared: &'a Shared,
+    slots: &'a Mutex<NsSlots>,
 }
 
 impl CountsView<'_> {
-    /// The namespace's counts per family and counter: one map lookup per key
-    /// that existed at the last [`EbpfSource::refresh_keys`] (a key created
-    /// since reads as 0 until the next refresh: a lower bound, which the
-    /// bracket check tolerates by re-reading). Few lookups matter: while a CPU
-    /// is inside a map lookup syscall the kernel skips BPF programs there, so
-    /// a packet handled in a softirq on that CPU at that moment is not counted
-    /// (kernels from 6.7 on report it as a recursion miss).
-    pub fn get(&self, ns: NsKey) -> FamilyCounts {
-        let mut out = [[0u64; COUNTER_COUNT]; 2];
-        for (f, family) in [FAMILY_IPV4, FAMILY_IPV6].into_iter().enumerate() {
-            for counter in Counter::ALL {
-                let key = CountKey {
-                    netns: ns.0,
-                    family,
-                    counter: counter as u8,
-                    _pad: [0; 2],
-                    cookie: ns.1,
-                };
-                if !self.present.contains(&key) {
-                    continue;
+    /// The namespace's counts per family and counter (memory reads, no
+    /// syscall). A namespace read for the first time gets a slot here, so its
+    /// events count from now on; None if no slot is free.
+    pub fn get(&self, ns: NsKey) -> Option<FamilyCounts> {
+        let mut slots = lock(self.slots);
+        let assigned = slots.slot(
+            ns,
+            self.shared.table.u64s(),
+            self.shared.stats.u64s(),
+            Instant::now(),
+        );
+        match assigned {
+            Ok(slot) => Some(read_counts(self.shared.stats.u64s(), slot)),
+            Err(NoSlot::Full) => {
+                if slots.first_refusal(ns) {
+                    warn!(
+                        "eBPF: no room to count namespace inode {} ({} namespaces tracked, at most {NS_SLOTS}): it is reported from /proc only",
+                        ns.0,
+                        slots.len()
+                    );
                 }
-                if let Ok(values) = self.counts.get(&key, 0) {
-                    out[f][counter.index()] = values.iter().copied().fold(0u64, u64::wrapping_add);
-                }
+                None
             }
+            Err(NoSlot::BadKey) => None,
         }
-        out
     }
+}
+
+fn lock(slots: &Mutex<NsSlots>) -> MutexGuard<'_, NsSlots> {
+    // The table stays consistent whatever a panicking holder did: each entry
+    // is published by one store.
+    slots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub struct EbpfSource {
@@ -218,11 +233,11 @@ pub struct EbpfSource {
     /// Names this agent's kprobe events: unique per start, whatever the PID
     /// namespace (PIDs are not).
     token: String,
-    counts: PerCpuHashMap<MapData, CountKey, u64>,
-    lost: PerCpuHashMap<MapData, CountKey, u64>,
-    rates: PerCpuHashMap<MapData, RateKey, u64>,
-    diag_map: PerCpuArray<MapData, u64>,
+    shared: Shared,
+    slots: Mutex<NsSlots>,
     rate_res_ns: u64,
+    /// The last rate bucket folded into `peaks`.
+    last_drained: u64,
     attached: Option<Attachment>,
     generation: u64,
     retry: Option<Retry>,
@@ -230,11 +245,8 @@ pub struct EbpfSource {
     last_missed: u64,
     last_recursion: u64,
     last_diag: [u64; diag::COUNT as usize],
-    last_lost: HashMap<CountKey, u64>,
     /// Peaks of the buckets drained since the previous round.
     peaks: HashMap<NsKey, FamilyCounts>,
-    /// `COUNTS` keys at the last [`EbpfSource::refresh_keys`].
-    present: HashSet<CountKey>,
     map_bytes: u64,
 }
 
@@ -383,18 +395,17 @@ impl EbpfSource {
             }
             loaded.push(spec.program);
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| Unavailable(format!("map {name} missing from the object")))
+        let shared = Shared {
+            table: map_shared(
+                &ebpf,
+                "NS_TABLE",
+                std::mem::size_of::<NsEntry>(),
+                NS_TABLE_ENTRIES,
+            )?,
+            stats: map_shared(&ebpf, "NS_STATS", std::mem::size_of::<NsStats>(), NS_SLOTS)?,
+            tags: map_shared(&ebpf, "RATE_TAGS", 8, RATE_RING)?,
+            diag: map_shared(&ebpf, "DIAG", 8, diag::COUNT)?,
         };
-        let counts = PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?)
-            .map_err(|e| Unavailable(format!("map COUNTS: {e}")))?;
-        let rates = PerCpuHashMap::try_from(take(&mut ebpf, "RATES")?)
-            .map_err(|e| Unavailable(format!("map RATES: {e}")))?;
-        let lost = PerCpuHashMap::try_from(take(&mut ebpf, "LOST")?)
-            .map_err(|e| Unavailable(format!("map LOST: {e}")))?;
-        let diag_map = PerCpuArray::try_from(take(&mut ebpf, "DIAG")?)
-            .map_err(|e| Unavailable(format!("map DIAG: {e}")))?;
         for event in tracefs.remove_unused() {
             info!("removed kprobe event {event} left by an agent that no longer runs");
         }
@@ -404,22 +415,21 @@ impl EbpfSource {
             ebpf,
             tracefs,
             token: kprobe_events::new_token(),
-            counts,
-            lost,
-            rates,
-            diag_map,
+            shared,
+            slots: Mutex::new(NsSlots::default()),
             rate_res_ns,
+            last_drained: 0,
             attached: None,
             generation: 0,
             retry: None,
             last_missed: 0,
             last_recursion: 0,
             last_diag: [0; diag::COUNT as usize],
-            last_lost: HashMap::new(),
             peaks: HashMap::new(),
-            present: HashSet::new(),
             map_bytes,
         };
+        // Tags for the buckets ahead, before any program can run.
+        source.drain_rates();
         if attach {
             source.poll(stop);
         }
@@ -435,21 +445,11 @@ impl EbpfSource {
         self.attached.as_ref().map(|a| a.generation)
     }
 
-    /// Lookups of the per-namespace counts (for the reads around /proc).
+    /// Reads of the per-namespace counts (for the reads around /proc).
     pub fn counts_view(&self) -> CountsView<'_> {
         CountsView {
-            counts: &self.counts,
-            present: &self.present,
-        }
-    }
-
-    /// Lists the keys of `COUNTS` (key iteration only, no value copies) so
-    /// that [`CountsView::get`] looks up only keys that exist.
-    pub fn refresh_keys(&mut self) {
-        self.present.clear();
-        if self.attached.is_some() {
-            self.present
-                .extend(self.counts.keys().filter_map(Result::ok));
+            shared: &self.shared,
+            slots: &self.slots,
         }
     }
 
@@ -593,38 +593,58 @@ impl EbpfSource {
         }
     }
 
-    /// Folds completed rate buckets into the round's peaks and deletes them,
-    /// so `RATES` holds at most a few buckets per active key whatever the
-    /// interval. Called every [`synproxy_common::RATE_DRAIN_BUCKETS`] buckets
-    /// and at each round.
+    /// Folds the completed rate buckets into the round's peaks, zeroes them and
+    /// hands their ring entries to the buckets ahead (`RATE_TAGS`). Called
+    /// every [`synproxy_common::RATE_DRAIN_BUCKETS`] buckets and at each round;
+    /// a drain later than the ring allows loses events from the peaks only
+    /// (counted as `rate_late_events`).
     pub fn drain_rates(&mut self) {
-        if self.attached.is_none() {
-            return;
-        }
-        let current = monotonic_ns() / self.rate_res_ns;
-        let mut done = Vec::new();
-        for item in self.rates.iter() {
-            let Ok((key, values)) = item else { continue };
-            if key.bucket >= current {
-                continue;
+        // A program that read the clock just before a bucket ended adds a
+        // moment later: buckets are drained once they ended a while ago.
+        let current = monotonic_ns().saturating_sub(DRAIN_MARGIN_NS) / self.rate_res_ns;
+        let ring = u64::from(RATE_RING);
+        let rates = self.shared.stats.u32s();
+        let slots = lock(&self.slots);
+        let first = self.last_drained.saturating_add(1);
+        let last = current.min(self.last_drained.saturating_add(ring + 1));
+        for bucket in first..last {
+            let idx = (bucket % ring) as usize;
+            for (ns, slot) in slots.assigned() {
+                let base = slot as usize * NS_STATS_U32S + NS_STATS_RATES_U32;
+                let mut events = [[0u64; COUNTER_COUNT]; 2];
+                let mut any = false;
+                for (f, family) in events.iter_mut().enumerate() {
+                    for (c, n) in family.iter_mut().enumerate() {
+                        let at = base + (f * COUNTER_COUNT + c) * RATE_RING as usize + idx;
+                        if let Some(v) = rates.get(at) {
+                            *n = u64::from(v.swap(0, Ordering::AcqRel));
+                            any |= *n > 0;
+                        }
+                    }
+                }
+                if any {
+                    let peak = self.peaks.entry(ns).or_default();
+                    for f in 0..2 {
+                        for c in 0..COUNTER_COUNT {
+                            peak[f][c] = peak[f][c].max(events[f][c]);
+                        }
+                    }
+                }
             }
-            done.push(key);
-            let Some(slot) = slot(&key.count) else {
-                continue;
-            };
-            let n: u64 = values.iter().copied().fold(0u64, u64::wrapping_add);
-            let ns = (key.count.netns, key.count.cookie);
-            let peak = &mut self.peaks.entry(ns).or_default()[slot.0][slot.1];
-            *peak = (*peak).max(n);
         }
-        for key in done {
-            let _ = self.rates.remove(&key);
+        drop(slots);
+        // Each ring entry counts the first bucket not drained yet that maps to it.
+        for (idx, tag) in self.shared.tags.u64s().iter().enumerate() {
+            let idx = idx as u64;
+            let ahead = (idx + ring - current % ring) % ring;
+            tag.store(current + ahead, Ordering::Release);
         }
+        self.last_drained = current.saturating_sub(1);
     }
 
-    /// The round's peaks, losses, probe stats and diagnostics; removes the
-    /// `COUNTS`/`LOST` keys of namespaces not in `keep` (gone, or not
-    /// reported). None when the probes are not attached.
+    /// The round's peaks, losses, probe stats and diagnostics; releases the
+    /// slots of namespaces not in `keep` (gone, or not reported). None when
+    /// the probes are not attached.
     pub fn read_round(&mut self, keep: &HashSet<NsKey>) -> Option<EbpfRound> {
         self.attached.as_ref()?;
         self.drain_rates();
@@ -641,9 +661,9 @@ impl EbpfSource {
                 .unwrap_or_default();
             round.probes.push((spec.short, stats));
         }
-        for slot in 0..diag::COUNT {
-            if let Ok(values) = self.diag_map.get(&slot, 0) {
-                round.diag[slot as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
+        for (slot, value) in self.shared.diag.u64s().iter().enumerate() {
+            if let Some(out) = round.diag.get_mut(slot) {
+                *out = value.load(Ordering::Acquire);
             }
         }
         round.program_recursion = self.recursion_misses();
@@ -655,38 +675,17 @@ impl EbpfSource {
             .map(|(_, n)| n)
             .sum();
 
-        let mut lost_now = HashMap::new();
-        let mut lost_total = 0u64;
-        for item in self.lost.iter() {
-            let Ok((key, values)) = item else { continue };
-            let n: u64 = values.iter().copied().fold(0u64, u64::wrapping_add);
-            let delta = n.saturating_sub(self.last_lost.get(&key).copied().unwrap_or(0));
-            lost_now.insert(key, n);
-            if delta > 0 {
-                lost_total += delta;
-                if let Some((f, _)) = slot(&key) {
-                    round.lost.entry((key.netns, key.cookie)).or_default()[f] += delta;
-                }
-            }
-        }
-        self.last_lost = lost_now;
-
         let delta = |now: u64, before: u64| now.saturating_sub(before);
         let missed = round.probes.iter().map(|(_, s)| s.missed).sum::<u64>();
         let d = |slot: u32| delta(round.diag[slot as usize], self.last_diag[slot as usize]);
-        let map_full = d(diag::COUNT_MAP_FULL);
         round.global_losses = delta(missed, self.last_missed)
             + delta(recursion_counting, self.last_recursion)
             + d(diag::SEQADJ_UNMATCHED)
             + d(diag::ACK_RETURN_UNMATCHED)
-            + d(diag::READ_FAILED)
-            + map_full.saturating_sub(lost_total);
-        if map_full > 0 {
-            warn!("eBPF: the COUNTS map was full: {map_full} events not counted this interval (see probe_misses per namespace)");
-        }
-        let rate_full = d(diag::RATE_MAP_FULL);
-        if rate_full > 0 {
-            warn!("eBPF: the RATES map was full: {rate_full} events missing from this interval's peak rates");
+            + d(diag::READ_FAILED);
+        let rate_late = d(diag::RATE_LATE);
+        if rate_late > 0 {
+            warn!("eBPF: the agent drained the peak-rate buckets late: {rate_late} events missing from this interval's peak rates");
         }
         self.last_missed = missed;
         self.last_recursion = recursion_counting;
@@ -696,24 +695,8 @@ impl EbpfSource {
         Some(round)
     }
 
-    /// Removes the keys of namespaces not in `keep`. `COUNTS` keys come from
-    /// this round's listing ([`EbpfSource::refresh_keys`]); a key created since
-    /// goes in the next round.
     fn prune(&mut self, keep: &HashSet<NsKey>) {
-        let gone = |k: &CountKey| !keep.contains(&(k.netns, k.cookie));
-        for key in self.present.iter().filter(|k| gone(k)) {
-            let _ = self.counts.remove(key);
-        }
-        let lost: Vec<CountKey> = self
-            .lost
-            .keys()
-            .filter_map(Result::ok)
-            .filter(gone)
-            .collect();
-        for key in lost {
-            let _ = self.lost.remove(&key);
-            self.last_lost.remove(&key);
-        }
+        lock(&self.slots).release_except(keep, self.shared.table.u64s(), Instant::now());
     }
 
     /// `bpf_prog_info.recursion_misses` (5.12+; 0 before) per program, since
@@ -858,11 +841,28 @@ fn symbol_exists(function: &str) -> bool {
     })
 }
 
-/// (family index, counter index) of a key; None for values the programs never write.
-fn slot(key: &CountKey) -> Option<(usize, usize)> {
-    let family = usize::from(key.family == FAMILY_IPV6);
-    let counter = usize::from(key.counter);
-    (counter < COUNTER_COUNT).then_some((family, counter))
+/// How long after its end a rate bucket is drained.
+const DRAIN_MARGIN_NS: u64 = 1_000_000;
+
+/// Maps an mmapable array map of the object.
+fn map_shared(
+    ebpf: &Ebpf,
+    name: &str,
+    value_size: usize,
+    max_entries: u32,
+) -> Result<SharedArray, Unavailable> {
+    let data = match ebpf.map(name) {
+        Some(Map::Array(data)) => data,
+        Some(_) => return Err(Unavailable(format!("map {name} is not an array"))),
+        None => return Err(Unavailable(format!("map {name} missing from the object"))),
+    };
+    SharedArray::map(data.fd().as_fd(), value_size, max_entries as usize).map_err(|e| {
+        if is_permission(&e) {
+            Unavailable(format!("{CAPS}: mmap of map {name}: {e}"))
+        } else {
+            Unavailable(format!("cannot map {name} into memory: {e}"))
+        }
+    })
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

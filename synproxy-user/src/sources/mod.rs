@@ -6,5 +6,7 @@ pub mod btf;
 pub mod ebpf;
 pub mod kprobe_events;
 pub mod netns;
+pub mod ns_slots;
 pub mod proc_file;
 pub mod proc_stat;
+pub mod shared_array;
