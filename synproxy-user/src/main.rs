@@ -1,15 +1,16 @@
-//! `synproxy-agent`: see README.md. Parses flags, wires sources -> reconcile ->
-//! sinks, and maps how the run ended to an exit code.
+//! `synproxy-agent`: see README.md. Parses flags, starts the outputs (sinks)
+//! and the sampler (sources -> reconcile -> sample), hands both to the
+//! runtime, and maps how the run ended to an exit code.
 
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
-use synproxy_user::agent::{self, SamplerConfig};
 use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
+use synproxy_user::sampler::{Sampler, SamplerConfig};
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
-use synproxy_user::sinks::stdout::StdoutSink;
+use synproxy_user::sinks::{prometheus, OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, Stop};
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
@@ -45,7 +46,27 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let exit = rt.block_on(start(cli, selection, signals));
+    // Outputs next, before anything slow: a port in use is a start-up error,
+    // and the metrics endpoint answers while eBPF loads.
+    let outputs = match output_config(&cli) {
+        Ok(outputs) => outputs,
+        Err(message) => {
+            log::error!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let sinks = {
+        let _guard = rt.enter();
+        Sinks::from_config(outputs)
+    };
+    let sinks = match sinks {
+        Ok(sinks) => sinks,
+        Err(message) => {
+            log::error!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let exit = rt.block_on(start(cli, selection, signals, sinks));
     // Work abandoned at a signal (nothing of it outlives the process) is not
     // waited for.
     rt.shutdown_background();
@@ -55,7 +76,48 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signals) -> Exit {
+/// Which outputs, from the flags: stdout (line protocol) unless a network
+/// output is configured without `--stdout`; the bound metrics listener.
+fn output_config(cli: &Cli) -> Result<OutputConfig, String> {
+    let prometheus = match &cli.prometheus_listen {
+        Some(addr) => Some(prometheus::Listener::bind(addr)?),
+        None => None,
+    };
+    let stdout = cli.stdout_enabled().then(|| {
+        let integers = if cli.uint {
+            IntegerType::Unsigned
+        } else {
+            IntegerType::Signed
+        };
+        LineEncoder::new(&line_tags(cli), integers)
+    });
+    Ok(OutputConfig { stdout, prometheus })
+}
+
+/// `host` and `--tag` tags of every line.
+fn line_tags(cli: &Cli) -> Vec<(String, String)> {
+    let mut tags = Vec::new();
+    if !cli.no_host_tag {
+        match cli.hostname.clone().or_else(hostname) {
+            Some(host) => tags.push(("host".to_string(), host)),
+            None => {
+                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
+            }
+        }
+    }
+    for (key, value) in &cli.tags {
+        tags.retain(|(k, _)| k != key);
+        tags.push((key.clone(), value.clone()));
+    }
+    tags
+}
+
+async fn start(
+    cli: Cli,
+    selection: NetnsSelection,
+    mut signals: runtime::Signals,
+    sinks: Sinks,
+) -> Exit {
     let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
@@ -103,26 +165,7 @@ async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signal
         }
     };
 
-    let mut tags = Vec::new();
-    if !cli.no_host_tag {
-        match cli.hostname.clone().or_else(hostname) {
-            Some(host) => tags.push(("host".to_string(), host)),
-            None => {
-                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
-            }
-        }
-    }
-    for (key, value) in &cli.tags {
-        tags.retain(|(k, _)| k != key);
-        tags.push((key.clone(), value.clone()));
-    }
-    let integers = if cli.uint {
-        IntegerType::Unsigned
-    } else {
-        IntegerType::Signed
-    };
-    let sink = StdoutSink::new(LineEncoder::new(&tags, integers));
-    let sampler = agent::Sampler::new(SamplerConfig {
+    let sampler = Sampler::new(SamplerConfig {
         once: cli.once,
         proc_root: cli.proc_root.clone(),
         netns_dir: cli.netns_dir.clone(),
@@ -135,7 +178,7 @@ async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signal
         interval: cli.interval,
         signal: cli.signal,
     };
-    runtime::run(sampler, sink, schedule, signals, stop).await
+    runtime::run(sampler, sinks, schedule, signals, stop).await
 }
 
 fn hostname() -> Option<String> {

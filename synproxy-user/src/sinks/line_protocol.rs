@@ -234,9 +234,9 @@ pub fn escape_tag(raw: &str) -> String {
     escaped
 }
 
-/// What a parser reads back for `raw` after [`escape_tag`].
-#[cfg(test)]
-fn sanitized(raw: &str) -> String {
+/// What a parser reads back for a tag value `raw` after [`escape_tag`]:
+/// control characters and trailing backslashes become `_`.
+pub fn sanitized_tag(raw: &str) -> String {
     let kept = raw.trim_end_matches('\\');
     kept.chars()
         .map(|c| if c.is_control() { '_' } else { c })
@@ -374,7 +374,7 @@ mod tests {
         let line = &parsed;
         prop_assert_eq!(line.series.measurement.as_str(), MEASUREMENT);
         prop_assert_eq!(line.timestamp, Some(42));
-        let sanitize = super::sanitized;
+        let sanitize = super::sanitized_tag;
         if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
             let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
             prop_assert_eq!(got, Some(sanitize(ns)), "{}", text);
@@ -477,7 +477,7 @@ mod tests {
         );
         if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
             let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
-            prop_assert_eq!(got, Some(super::sanitized(ns)), "{}", text);
+            prop_assert_eq!(got, Some(super::sanitized_tag(ns)), "{}", text);
         }
         for counter in Counter::ALL {
             let value = events[counter as usize];
