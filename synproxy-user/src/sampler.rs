@@ -529,6 +529,9 @@ impl Sampler {
                 timestamp_ns,
             )));
         }
+        // Per-program run time and count (`bpf_prog_info.run_time_ns` and
+        // `run_cnt`) go to `round.agent.programs` once the eBPF source reads
+        // them; until then that list stays empty and the series are absent.
         round.probes = Some(join::probes(ebpf_round, timestamp_ns));
         out
     }

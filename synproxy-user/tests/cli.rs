@@ -663,15 +663,18 @@ fn start_with_metrics(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) 
     let mut child = agent(args).spawn().unwrap();
     let stderr = line_reader_of(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("timeout waiting for the agent to log its metrics address"));
+    let addr = loop {
+        let Ok(line) = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("timeout waiting for the agent to log its metrics address");
+        };
         if let Some((_, rest)) = line.split_once("Prometheus metrics on http://") {
-            let addr = rest.trim_end_matches("/metrics").to_string();
-            return (child, addr, stderr);
+            break rest.trim_end_matches("/metrics").to_string();
         }
-    }
+    };
+    (child, addr, stderr)
 }
 
 /// Polls /metrics until `line` is in it.

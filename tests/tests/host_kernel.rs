@@ -688,9 +688,11 @@ impl MetricsAgent {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let addr = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("timeout waiting for the agent to log its metrics address (60s)")
-            });
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timeout waiting for the agent to log its metrics address (60s)");
+            };
             if let Some((_, rest)) = line.split_once("Prometheus metrics on http://") {
                 break rest.trim_end_matches("/metrics").to_string();
             }

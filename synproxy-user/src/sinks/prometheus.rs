@@ -247,7 +247,7 @@ async fn serve(listener: tokio::net::TcpListener, state: watch::Receiver<Arc<Pub
     }
 }
 
-fn respond<B>(request: &Request<B>, published: &Published) -> Response<Full<Bytes>> {
+fn respond<B>(request: &Request<B>, published: &Arc<Published>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let method = request.method();
     if path != "/metrics" && path != "/" {
@@ -276,7 +276,7 @@ fn respond<B>(request: &Request<B>, published: &Published) -> Response<Full<Byte
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    match render(published, format) {
+    match render_shared(Arc::clone(published), format) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
@@ -353,8 +353,13 @@ impl Format {
 
 /// Renders `published` in `format`.
 pub fn render(published: &Published, format: Format) -> Result<String, std::fmt::Error> {
+    render_shared(Arc::new(published.clone()), format)
+}
+
+/// [`render`] without a copy (what a scrape does with the published value).
+fn render_shared(published: Arc<Published>, format: Format) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exposition(Arc::new(published.clone()))));
+    registry.register_collector(Box::new(Exposition(published)));
     let mut out = String::with_capacity(16 * 1024);
     match format {
         Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?,
@@ -1089,7 +1094,7 @@ mod tests {
 
     #[test]
     fn http_routes() {
-        let published = ebpf_published();
+        let published = Arc::new(ebpf_published());
         let get = |path: &str, accept: Option<&str>| {
             let mut request = Request::get(path);
             if let Some(accept) = accept {
