@@ -9,8 +9,7 @@ use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
-use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
-use synproxy_user::sinks::{prometheus, OutputConfig, Sinks};
+use synproxy_user::sinks::{OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, Stop};
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
@@ -48,7 +47,7 @@ fn main() -> ExitCode {
     };
     // Outputs next, before anything slow: a port in use is a start-up error,
     // and the metrics endpoint answers while eBPF loads.
-    let outputs = match output_config(&cli) {
+    let outputs = match OutputConfig::from_cli(&cli) {
         Ok(outputs) => outputs,
         Err(message) => {
             log::error!("{message}");
@@ -74,42 +73,6 @@ fn main() -> ExitCode {
         Exit::Clean => ExitCode::SUCCESS,
         Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
     }
-}
-
-/// Which outputs, from the flags: stdout (line protocol) unless a network
-/// output is configured without `--stdout`; the bound metrics listener.
-fn output_config(cli: &Cli) -> Result<OutputConfig, String> {
-    let prometheus = match &cli.prometheus_listen {
-        Some(addr) => Some(prometheus::Listener::bind(addr)?),
-        None => None,
-    };
-    let stdout = cli.stdout_enabled().then(|| {
-        let integers = if cli.uint {
-            IntegerType::Unsigned
-        } else {
-            IntegerType::Signed
-        };
-        LineEncoder::new(&line_tags(cli), integers)
-    });
-    Ok(OutputConfig { stdout, prometheus })
-}
-
-/// `host` and `--tag` tags of every line.
-fn line_tags(cli: &Cli) -> Vec<(String, String)> {
-    let mut tags = Vec::new();
-    if !cli.no_host_tag {
-        match cli.hostname.clone().or_else(hostname) {
-            Some(host) => tags.push(("host".to_string(), host)),
-            None => {
-                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
-            }
-        }
-    }
-    for (key, value) in &cli.tags {
-        tags.retain(|(k, _)| k != key);
-        tags.push((key.clone(), value.clone()));
-    }
-    tags
 }
 
 async fn start(
@@ -179,16 +142,4 @@ async fn start(
         signal: cli.signal,
     };
     runtime::run(sampler, sinks, schedule, signals, stop).await
-}
-
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the pointer and length describe `buf`, which outlives the call.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
-    (!name.is_empty()).then_some(name)
 }

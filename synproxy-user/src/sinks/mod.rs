@@ -3,7 +3,7 @@
 //! the sink must return at once: one that does I/O hands the work to its own
 //! thread or task, so a slow reader, scraper or server never holds up
 //! sampling. Adding an output means a module here, its flags in the CLI, and
-//! a line in [`Sinks::from_config`].
+//! a line each in [`OutputConfig::from_cli`] and [`Sinks::from_config`].
 //!
 //! - [`stdout`]: InfluxDB line protocol ([`line_protocol`]) through a writer
 //!   thread; the only output unless a network output is configured, and then
@@ -15,6 +15,7 @@ pub mod line_protocol;
 pub mod prometheus;
 pub mod stdout;
 
+use crate::cli::Cli;
 use crate::sample::Snapshot;
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,6 +57,58 @@ pub struct OutputConfig {
     pub stdout: Option<line_protocol::LineEncoder>,
     /// The bound `/metrics` listener.
     pub prometheus: Option<prometheus::Listener>,
+}
+
+impl OutputConfig {
+    /// Which outputs, from the flags: stdout (line protocol) unless a
+    /// network output is configured without `--stdout`; the metrics listener,
+    /// bound now so that a bad address is a start-up error (one line naming
+    /// the flag).
+    pub fn from_cli(cli: &Cli) -> Result<Self, String> {
+        let prometheus = match &cli.prometheus_listen {
+            Some(addr) => Some(prometheus::Listener::bind(addr)?),
+            None => None,
+        };
+        let stdout = cli.stdout_enabled().then(|| {
+            let integers = if cli.uint {
+                line_protocol::IntegerType::Unsigned
+            } else {
+                line_protocol::IntegerType::Signed
+            };
+            line_protocol::LineEncoder::new(&line_tags(cli), integers)
+        });
+        Ok(Self { stdout, prometheus })
+    }
+}
+
+/// `host` and `--tag` tags of every line.
+fn line_tags(cli: &Cli) -> Vec<(String, String)> {
+    let mut tags = Vec::new();
+    if !cli.no_host_tag {
+        match cli.hostname.clone().or_else(hostname) {
+            Some(host) => tags.push(("host".to_string(), host)),
+            None => {
+                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
+            }
+        }
+    }
+    for (key, value) in &cli.tags {
+        tags.retain(|(k, _)| k != key);
+        tags.push((key.clone(), value.clone()));
+    }
+    tags
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Every configured output.
