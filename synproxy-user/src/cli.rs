@@ -9,8 +9,8 @@ use std::time::Duration;
 #[command(
     name = "synproxy-agent",
     version,
-    about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy)",
-    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]"
+    about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy) or serves Prometheus metrics",
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics"
 )]
 pub struct Cli {
     /// Print one sample and exit (non-zero exit if any namespace could not be read).
@@ -85,6 +85,16 @@ pub struct Cli {
         env = "SYNPROXY_AGENT_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:9816
+    /// or [::]:9816). Line protocol on stdout then stops unless --stdout is given.
+    #[arg(long, value_name = "ADDR", env = "SYNPROXY_AGENT_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<String>,
+
+    /// Print line protocol on stdout also when a network output is configured
+    /// (without one, stdout is the output and this changes nothing).
+    #[arg(long, env = "SYNPROXY_AGENT_STDOUT")]
+    pub stdout: bool,
 
     /// Least severe log level written.
     #[arg(
@@ -190,6 +200,15 @@ impl Cli {
         if selection != NetnsSelection::Own && self.tags.iter().any(|(k, _)| k == "netns") {
             return Err("--tag netns=...: the netns tag is set by --netns".into());
         }
+        if let Some(listen) = &self.prometheus_listen {
+            if self.once {
+                return Err(format!(
+                    "--prometheus-listen {listen}: not with --once (there is nothing to scrape after one sample)"
+                ));
+            }
+            parse_listen_addr(listen)
+                .map_err(|e| format!("--prometheus-listen {listen:?}: {e}"))?;
+        }
         if let Some(host) = &self.hostname {
             if host.is_empty() || host.chars().any(char::is_control) {
                 return Err(format!(
@@ -199,6 +218,22 @@ impl Cli {
         }
         Ok(selection)
     }
+}
+
+impl Cli {
+    /// Whether line protocol goes to stdout: always without a network
+    /// output (the Telegraf drop-in), otherwise only with `--stdout`.
+    pub fn stdout_enabled(&self) -> bool {
+        self.stdout || self.prometheus_listen.is_none()
+    }
+}
+
+/// `IP:PORT`, with IPv6 addresses in brackets: `127.0.0.1:9816`, `[::]:9816`.
+pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>().map_err(|_| {
+        "not an address to listen on (expected IP:PORT, for example 127.0.0.1:9816 or [::]:9816)"
+            .to_string()
+    })
 }
 
 fn describe_io(e: &std::io::Error) -> String {
@@ -360,6 +395,42 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err, "--proc-root /etc/hostname: not a directory");
+    }
+
+    #[test]
+    fn prometheus_listen_addresses() {
+        for ok in ["127.0.0.1:9816", "[::]:9816", "[::1]:0", "0.0.0.0:80"] {
+            assert!(parse_listen_addr(ok).is_ok(), "{ok}");
+            let c = cli(&["--prometheus-listen", ok]).unwrap();
+            assert!(c.validate().is_ok(), "{ok}");
+            assert!(!c.stdout_enabled());
+        }
+        for bad in [
+            "9816",
+            "localhost:9816",
+            "::1:9816",
+            "127.0.0.1",
+            "1.2.3.4:99999",
+            "",
+        ] {
+            let err = cli(&["--prometheus-listen", bad])
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(
+                err.starts_with(&format!("--prometheus-listen {bad:?}: not an address")),
+                "{err}"
+            );
+        }
+        let err = cli(&["--once", "--prometheus-listen", "127.0.0.1:9816"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("--prometheus-listen 127.0.0.1:9816: not with --once"));
+        assert!(cli(&[]).unwrap().stdout_enabled());
+        assert!(cli(&["--stdout"]).unwrap().stdout_enabled());
+        let both = cli(&["--stdout", "--prometheus-listen", "[::1]:9816"]).unwrap();
+        assert!(both.stdout_enabled());
     }
 
     #[test]

@@ -1,15 +1,19 @@
-//! synproxy-agent: measures netfilter SYNPROXY and writes InfluxDB line protocol.
+//! synproxy-agent: measures netfilter SYNPROXY and writes InfluxDB line
+//! protocol and/or serves Prometheus metrics.
 //!
-//! Data flow: [`sources`] (read the kernel) -> [`reconcile`] (u64 totals, resets)
-//! -> [`sample`] -> [`sinks`] (line protocol). [`agent`] is the sampler that runs
-//! one round of that flow; [`runtime`] schedules rounds, signals and shutdown.
+//! Data flow, one direction: [`sources`] (read the kernel) -> [`reconcile`]
+//! (u64 totals, resets, the eBPF join) -> [`sample`] (one [`sample::Snapshot`]
+//! per round) -> [`sinks`] (stdout line protocol, Prometheus). [`sampler`]
+//! runs one round of that flow and knows nothing of the sinks; [`runtime`]
+//! schedules rounds, hands each snapshot to the sinks, and owns signals and
+//! shutdown.
 
-pub mod agent;
 pub mod cli;
 pub mod fields;
 pub mod logging;
 pub mod reconcile;
 pub mod runtime;
 pub mod sample;
+pub mod sampler;
 pub mod sinks;
 pub mod sources;

@@ -1,15 +1,15 @@
-//! `synproxy-agent`: see README.md. Parses flags, wires sources -> reconcile ->
-//! sinks, and maps how the run ended to an exit code.
+//! `synproxy-agent`: see README.md. Parses flags, starts the outputs (sinks)
+//! and the sampler (sources -> reconcile -> sample), hands both to the
+//! runtime, and maps how the run ended to an exit code.
 
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
-use synproxy_user::agent::{self, SamplerConfig};
 use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
-use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
-use synproxy_user::sinks::stdout::StdoutSink;
+use synproxy_user::sampler::{Sampler, SamplerConfig};
+use synproxy_user::sinks::{OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, Stop};
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
@@ -45,7 +45,27 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let exit = rt.block_on(start(cli, selection, signals));
+    // Outputs next, before anything slow: a port in use is a start-up error,
+    // and the metrics endpoint answers while eBPF loads.
+    let outputs = match OutputConfig::from_cli(&cli) {
+        Ok(outputs) => outputs,
+        Err(message) => {
+            log::error!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let sinks = {
+        let _guard = rt.enter();
+        Sinks::from_config(outputs)
+    };
+    let sinks = match sinks {
+        Ok(sinks) => sinks,
+        Err(message) => {
+            log::error!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let exit = rt.block_on(start(cli, selection, signals, sinks));
     // Work abandoned at a signal (nothing of it outlives the process) is not
     // waited for.
     rt.shutdown_background();
@@ -55,7 +75,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signals) -> Exit {
+async fn start(
+    cli: Cli,
+    selection: NetnsSelection,
+    mut signals: runtime::Signals,
+    sinks: Sinks,
+) -> Exit {
     let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
@@ -103,26 +128,7 @@ async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signal
         }
     };
 
-    let mut tags = Vec::new();
-    if !cli.no_host_tag {
-        match cli.hostname.clone().or_else(hostname) {
-            Some(host) => tags.push(("host".to_string(), host)),
-            None => {
-                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
-            }
-        }
-    }
-    for (key, value) in &cli.tags {
-        tags.retain(|(k, _)| k != key);
-        tags.push((key.clone(), value.clone()));
-    }
-    let integers = if cli.uint {
-        IntegerType::Unsigned
-    } else {
-        IntegerType::Signed
-    };
-    let sink = StdoutSink::new(LineEncoder::new(&tags, integers));
-    let sampler = agent::Sampler::new(SamplerConfig {
+    let sampler = Sampler::new(SamplerConfig {
         once: cli.once,
         proc_root: cli.proc_root.clone(),
         netns_dir: cli.netns_dir.clone(),
@@ -135,17 +141,5 @@ async fn start(cli: Cli, selection: NetnsSelection, mut signals: runtime::Signal
         interval: cli.interval,
         signal: cli.signal,
     };
-    runtime::run(sampler, sink, schedule, signals, stop).await
-}
-
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the pointer and length describe `buf`, which outlives the call.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
-    (!name.is_empty()).then_some(name)
+    runtime::run(sampler, sinks, schedule, signals, stop).await
 }

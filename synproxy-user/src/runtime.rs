@@ -1,11 +1,13 @@
-//! The schedule around the sampler: signals, ticks or stdin requests, the
-//! sink, and one shutdown deadline. Sampling (setns, /proc and map reads,
-//! attaching probes) runs on a blocking thread, so a signal is seen at once
-//! and interrupts a long attach instead of waiting for it.
+//! The schedule around the sampler: signals, ticks or stdin requests, handing
+//! each round's snapshot to the sinks, and one shutdown deadline. Sampling
+//! (setns, /proc and map reads, attaching probes) runs on a blocking thread,
+//! so a signal is seen at once and interrupts a long attach instead of
+//! waiting for it, and network outputs (tasks on this runtime) are served
+//! while a round is in progress.
 
-use crate::agent::{Round, Sampler};
 use crate::cli::SignalMode;
-use crate::sinks::stdout::{SinkError, StdoutSink};
+use crate::sampler::Sampler;
+use crate::sinks::{Ended, Sinks};
 use crate::sources::ebpf::Stop;
 use log::{info, warn};
 use std::sync::Arc;
@@ -22,7 +24,8 @@ pub enum Exit {
     Clean,
     /// `--once` could not read every selected namespace.
     SampleFailed,
-    /// stdout failed for another reason, or the sampler died.
+    /// An output failed (stdout for another reason than being closed), or
+    /// the sampler died.
     OutputFailed,
 }
 
@@ -135,12 +138,7 @@ enum Step {
     Stop(Option<Sampler>, Exit),
 }
 
-async fn round(
-    sampler: Sampler,
-    sink: &mut StdoutSink,
-    signals: &mut Signals,
-    stop: &Stop,
-) -> Step {
+async fn round(sampler: Sampler, sinks: &mut Sinks, signals: &mut Signals, stop: &Stop) -> Step {
     let done = blocking_or_signal(
         move || {
             let mut sampler = sampler;
@@ -152,9 +150,9 @@ async fn round(
     )
     .await;
     match done {
-        Blocking::Done((sampler, round)) => match emit(sink, &round) {
+        Blocking::Done((sampler, round)) => match sinks.send(round) {
             Ok(()) => Step::Continue(sampler),
-            Err(exit) => Step::Stop(Some(sampler), exit),
+            Err(ended) => Step::Stop(Some(sampler), exit_for(ended)),
         },
         Blocking::Stopped((sampler, _), signal) => {
             info!("{signal}, exiting");
@@ -173,12 +171,12 @@ async fn round(
 
 pub async fn run(
     sampler: Sampler,
-    mut sink: StdoutSink,
+    mut sinks: Sinks,
     schedule: Schedule,
     mut signals: Signals,
     stop: Arc<Stop>,
 ) -> Exit {
-    let (sampler, exit) = run_loop(sampler, &mut sink, &schedule, &mut signals, &stop).await;
+    let (sampler, exit) = run_loop(sampler, &mut sinks, &schedule, &mut signals, &stop).await;
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
     if let Some(mut sampler) = sampler {
         sampler.shutdown();
@@ -189,24 +187,38 @@ pub async fn run(
     } else {
         deadline
     };
-    match (sink.finish(deadline), exit) {
-        (Err(SinkError::Io(e)), Exit::Clean | Exit::SampleFailed) => {
-            log::error!("stdout: {e}");
+    match (sinks.finish(deadline), exit) {
+        (Err(Ended::Failed(e)), Exit::Clean | Exit::SampleFailed) => {
+            log::error!("{e}");
             Exit::OutputFailed
         }
         (_, exit) => exit,
     }
 }
 
+/// Logs how a sink ended and maps it to the agent's exit.
+fn exit_for(ended: Ended) -> Exit {
+    match ended {
+        Ended::Closed(what) => {
+            info!("{what}, exiting");
+            Exit::Clean
+        }
+        Ended::Failed(e) => {
+            log::error!("{e}");
+            Exit::OutputFailed
+        }
+    }
+}
+
 async fn run_loop(
     mut sampler: Sampler,
-    sink: &mut StdoutSink,
+    sinks: &mut Sinks,
     schedule: &Schedule,
     signals: &mut Signals,
     stop: &Stop,
 ) -> (Option<Sampler>, Exit) {
     if schedule.once {
-        return match round(sampler, sink, signals, stop).await {
+        return match round(sampler, sinks, signals, stop).await {
             Step::Continue(sampler) => {
                 let failed = sampler.last_round_failed();
                 (
@@ -276,42 +288,16 @@ async fn run_loop(
                 info!("{signal}, exiting");
                 return (Some(sampler), Exit::Clean);
             }
-            _ = sink.failed() => {
-                return match sink.error() {
-                    Some(SinkError::Io(e)) => {
-                        log::error!("stdout: {e}");
-                        (Some(sampler), Exit::OutputFailed)
-                    }
-                    _ => {
-                        info!("stdout closed, exiting");
-                        (Some(sampler), Exit::Clean)
-                    }
-                };
+            ended = sinks.ended() => {
+                return (Some(sampler), exit_for(ended));
             }
         };
         if !due {
             continue;
         }
-        match round(sampler, sink, signals, stop).await {
+        match round(sampler, sinks, signals, stop).await {
             Step::Continue(s) => sampler = s,
             Step::Stop(s, exit) => return (s, exit),
-        }
-    }
-}
-
-fn emit(sink: &mut StdoutSink, round: &Round) -> Result<(), Exit> {
-    if round.samples.is_empty() {
-        return Ok(());
-    }
-    match sink.write_round(&round.samples, &round.ebpf, round.probes.as_ref()) {
-        Ok(()) => Ok(()),
-        Err(SinkError::Closed) => {
-            info!("stdout closed, exiting");
-            Err(Exit::Clean)
-        }
-        Err(e) => {
-            log::error!("{e}");
-            Err(Exit::OutputFailed)
         }
     }
 }

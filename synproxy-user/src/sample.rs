@@ -1,4 +1,6 @@
-//! One reading of one series, ready for a sink.
+//! What a sampling round produced, ready for the sinks: a [`Snapshot`] per
+//! round, made of per-namespace [`Sample`]s (/proc totals) and
+//! [`EbpfSample`]s (the eBPF view), probe health and agent health.
 
 use crate::fields::Values;
 
@@ -56,3 +58,99 @@ pub struct ProbesSample {
     pub diag: [u64; synproxy_common::diag::COUNT as usize],
     pub timestamp_ns: u64,
 }
+
+/// Which series a namespace's readings belong to, for the life of the agent:
+/// unique per series (a namespace that is replaced, for example a reused
+/// inode before Linux 5.14, gets a new one). Sinks that accumulate across
+/// rounds key their state by it, never by the label.
+pub type SeriesId = u64;
+
+/// A BPF program's run statistics since load (`bpf_prog_info.run_time_ns` and
+/// `run_cnt`), counted only while `kernel.bpf_stats_enabled` is 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// One namespace read this round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceSnapshot {
+    pub series: SeriesId,
+    /// The /proc totals (the `synproxy` line).
+    pub sample: Sample,
+    /// With eBPF: this round's view per family, IPv4 then IPv6 (the
+    /// `synproxy_ebpf` lines).
+    pub ebpf: Option<[EbpfSample; 2]>,
+}
+
+/// A namespace not found this round whose state the sampler keeps in case it
+/// comes back (up to its retention period): not reported on stdout, but its
+/// counters stay valid until it is forgotten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedNamespace {
+    pub series: SeriesId,
+    /// The label it had when it was last read (`None`: the agent's own namespace).
+    pub netns: Option<String>,
+    /// Its totals as last read.
+    pub totals: Values<u64>,
+    /// Rounds since it was last read (1 = not found this round).
+    pub missing_rounds: u32,
+}
+
+/// The agent's own health this round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentHealth {
+    /// How long the round took (namespace reads, eBPF map reads, reconcile).
+    pub round_duration: std::time::Duration,
+    /// Whether eBPF is in use (loaded; `--no-ebpf` or a failed load: false).
+    pub ebpf_enabled: bool,
+    /// Whether the probes are attached.
+    pub ebpf_attached: bool,
+    /// Per BPF program run statistics; empty when not available (eBPF off, or
+    /// `kernel.bpf_stats_enabled` is 0).
+    pub programs: Vec<ProgramRuns>,
+}
+
+/// Everything one sampling round produced: what every sink receives, and all
+/// it receives. Built by the sampler, which knows nothing of the sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Nanoseconds since the Unix epoch (the same on every line of the round).
+    pub timestamp_ns: u64,
+    /// Namespaces read this round, in the order they are reported.
+    pub namespaces: Vec<NamespaceSnapshot>,
+    /// Namespaces not found this round, still retained.
+    pub retained: Vec<RetainedNamespace>,
+    /// Namespaces that could not be read this round (already logged).
+    pub failures: Vec<String>,
+    /// With eBPF: probe health (the `synproxy_ebpf_probes` line).
+    pub probes: Option<ProbesSample>,
+    pub agent: AgentHealth,
+}
+
+impl Snapshot {
+    /// The `synproxy` samples, in order.
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.namespaces.iter().map(|n| &n.sample)
+    }
+
+    /// The `synproxy_ebpf` samples, two per namespace, in namespace order.
+    pub fn ebpf_samples(&self) -> impl Iterator<Item = &EbpfSample> {
+        self.namespaces.iter().flat_map(|n| n.ebpf.iter().flatten())
+    }
+}
+
+/// Names of the kernel-side diagnostics by [`synproxy_common::diag`] slot, as
+/// every output spells them.
+pub const DIAG_NAMES: [(u32, &str); synproxy_common::diag::COUNT as usize] = [
+    (synproxy_common::diag::UNTRACKED, "untracked_events"),
+    (synproxy_common::diag::RATE_LATE, "rate_late_events"),
+    (
+        synproxy_common::diag::ACK_RETURN_UNMATCHED,
+        "unmatched_returns",
+    ),
+    (synproxy_common::diag::SEQADJ_UNMATCHED, "unmatched_seqadj"),
+    (synproxy_common::diag::READ_FAILED, "read_failures"),
+];

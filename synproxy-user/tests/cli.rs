@@ -637,3 +637,174 @@ fn line_reader_of<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<Str
     });
     rx
 }
+
+// ---- Outputs: Prometheus endpoint, stdout with and without it ----
+
+/// `GET path` over HTTP/1.1 on `addr`: (status line, headers, body).
+fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<(String, String)> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((head.to_string(), body.to_string()))
+}
+
+/// Starts the agent, waits for its metrics address in its log, returns it
+/// and a reader of its stderr lines.
+fn start_with_metrics(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = agent(args).spawn().unwrap();
+    let stderr = line_reader_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let Ok(line) = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("timeout waiting for the agent to log its metrics address");
+        };
+        if let Some((_, rest)) = line.split_once("Prometheus metrics on http://") {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    (child, addr, stderr)
+}
+
+/// Polls /metrics until `line` is in it.
+fn wait_for_metric(addr: &str, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((head, body)) = http_get(addr, "/metrics", None) {
+            if head.starts_with("HTTP/1.1 200") && body.lines().any(|l| l == line) {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout waiting for {line:?} on http://{addr}/metrics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn prometheus_endpoint_serves_totals_and_stdout_stays_quiet() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(7, 3), (1, 1)]);
+    let (mut child, addr, _stderr) = start_with_metrics(&[
+        "--interval",
+        "100ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--prometheus-listen",
+        "127.0.0.1:0",
+    ]);
+    let body = wait_for_metric(&addr, "synproxy_syn_received_total{netns=\"self\"} 8");
+    assert!(
+        body.contains("synproxy_cookie_valid_total{netns=\"self\"} 4"),
+        "{body}"
+    );
+    // The counters move with the kernel's.
+    proc.rewrite_rows_in_place(&[(9, 3), (1, 1)]);
+    wait_for_metric(&addr, "synproxy_syn_received_total{netns=\"self\"} 10");
+    let (head, body) = http_get(&addr, "/metrics", Some("application/openmetrics-text")).unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let (head, _) = http_get(&addr, "/other", None).unwrap();
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(stdout.is_empty(), "stdout without --stdout: {stdout}");
+}
+
+#[test]
+fn stdout_flag_prints_line_protocol_next_to_prometheus() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(7, 3)]);
+    let (mut child, addr, _stderr) = start_with_metrics(&[
+        "--interval",
+        "100ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--hostname",
+        "gw01",
+        "--prometheus-listen",
+        "[::1]:0",
+        "--stdout",
+    ]);
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let lines = line_reader(&mut child);
+    let line = next_line(&lines);
+    assert!(
+        line.starts_with("synproxy,host=gw01 conn_reopened=0i,cookie_invalid=0i,cookie_retrans=0i,cookie_valid=3i,entries=0i,syn_received=7i "),
+        "{line}"
+    );
+    wait_for_metric(&addr, "synproxy_syn_received_total{netns=\"self\"} 7");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn prometheus_listen_errors_are_one_line_naming_the_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let in_use = format!("127.0.0.1:{port}");
+    let cases = [
+        (
+            in_use.clone(),
+            format!("--prometheus-listen {in_use}: address already in use"),
+        ),
+        (
+            "nonsense".to_string(),
+            "--prometheus-listen \"nonsense\": not an address to listen on (expected IP:PORT"
+                .to_string(),
+        ),
+        (
+            "127.0.0.1:70000".to_string(),
+            "--prometheus-listen \"127.0.0.1:70000\": not an address".to_string(),
+        ),
+        (
+            "192.0.2.1:9816".to_string(),
+            "--prometheus-listen 192.0.2.1:9816: address not available".to_string(),
+        ),
+    ];
+    let proc = ProcTree::new();
+    proc.write_rows(&[(1, 1)]);
+    for (addr, expected) in cases {
+        let out = run(&[
+            "--interval",
+            "1s",
+            "--proc-root",
+            proc.root().to_str().unwrap(),
+            "--prometheus-listen",
+            &addr,
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{addr}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&expected), "want {expected:?} in {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    drop(busy);
+}

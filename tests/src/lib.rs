@@ -14,6 +14,7 @@ pub mod netns;
 pub mod packet;
 pub mod pidns;
 pub mod proc_counters;
+pub mod prometheus;
 pub mod rng;
 pub mod rules;
 pub mod scenario;

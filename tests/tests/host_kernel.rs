@@ -632,3 +632,245 @@ fn sustained_flood_proc_only() {
     );
     assert!(out.status.success(), "exit status {}", out.status);
 }
+
+// ---- Prometheus: a real server scraping the agent during real traffic ----
+
+/// `prometheus` and `promtool` (Debian package `prometheus`): `Err` on CI,
+/// `Ok(false)` (skip) elsewhere.
+fn prometheus_prerequisites() -> Result<bool, String> {
+    let missing: Vec<&str> = ["prometheus", "promtool"]
+        .into_iter()
+        .filter(|p| find_program(Path::new(p)).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    let msg = format!(
+        "Prometheus tests need {} in PATH (apt-get install prometheus; cargo xtask test installs it)",
+        missing.join(" and ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        Err(format!("{msg} (CI=true, so this is a failure)"))
+    } else {
+        eprintln!("SKIPPED: {msg}");
+        Ok(false)
+    }
+}
+
+/// The agent serving /metrics, with its stderr drained on a thread.
+struct MetricsAgent {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl MetricsAgent {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent_binary())
+            .args(args)
+            .args(["--prometheus-listen", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the agent: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("agent: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timeout waiting for the agent to log its metrics address (60s)");
+            };
+            if let Some((_, rest)) = line.split_once("Prometheus metrics on http://") {
+                break rest.trim_end_matches("/metrics").to_string();
+            }
+        };
+        Self { child, addr }
+    }
+
+    /// Stops the agent (SIGTERM) and returns what it printed on stdout.
+    fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for the agent: {e}"));
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = out.read_to_string(&mut stdout);
+        }
+        (status.code(), stdout)
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, failing with its last
+/// error after `timeout`; `what` names the condition.
+fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("timeout waiting for {what} ({timeout:?}): {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Prometheus's view of the /proc counters of namespace `label` equals the
+/// kernel's totals `kernel`.
+fn prometheus_matches(
+    server: &synproxy_tests::prometheus::PrometheusServer,
+    label: &str,
+    kernel: &proc_counters::Totals,
+) -> Result<(), String> {
+    for counter in Counter::ALL {
+        let expr = format!(
+            "synproxy_{}_total{{job=\"{}\",netns=\"{label}\"}}",
+            counter.name(),
+            synproxy_tests::prometheus::JOB
+        );
+        let series = server.query(&expr).map_err(|e| format!("{e:#}"))?;
+        let [one] = series.as_slice() else {
+            return Err(format!(
+                "{expr}: {} series, want 1: {series:?}",
+                series.len()
+            ));
+        };
+        let want = kernel.get(counter.name()) as f64;
+        if one.value != want {
+            return Err(format!("{expr} = {}, kernel {want}", one.value));
+        }
+    }
+    Ok(())
+}
+
+/// Debian's `prometheus` scrapes the agent (`--netns all`) every second while
+/// real connections go through SYNPROXY in two server namespaces: its query
+/// API returns each namespace's kernel totals under the namespace's line
+/// protocol label, first after the traffic into one, then after more traffic
+/// into the other; `promtool check metrics` finds nothing in the exposition;
+/// stdout stays quiet.
+#[test]
+fn prometheus_server_scrapes_kernel_totals_per_namespace() {
+    require_prerequisites!();
+    match prometheus_prerequisites() {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(msg) => panic!("{msg}"),
+    }
+    let tools = Tools::default();
+    let agent = MetricsAgent::start(&["--netns", "all", "--interval", "500ms", "--no-ebpf"]);
+    let server =
+        synproxy_tests::prometheus::PrometheusServer::start(std::slice::from_ref(&agent.addr))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let timeout = std::time::Duration::from_secs(120);
+    wait_until("prometheus to scrape the agent (up == 1)", timeout, || {
+        let up = server
+            .query(&format!(
+                "up{{job=\"{}\"}}",
+                synproxy_tests::prometheus::JOB
+            ))
+            .map_err(|e| format!("{e:#}"))?;
+        match up.as_slice() {
+            [s] if s.value == 1.0 => Ok(()),
+            other => Err(format!("up = {other:?}; prometheus log:\n{}", server.log())),
+        }
+    });
+
+    // Traffic into the first namespace while scrapes go on.
+    let first = Connections::open(&tools, None, Flavour::Xt, 3);
+    let first_kernel = proc_counters::read(&first.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(first_kernel.get("cookie_valid") >= 3, "{first_kernel:?}");
+    let first_label = first.topo.srv.name().to_string();
+    wait_until(
+        &format!("prometheus to hold the kernel's totals of {first_label}"),
+        timeout,
+        || prometheus_matches(&server, &first_label, &first_kernel),
+    );
+
+    // Then into a second one (nft), the first one unchanged.
+    let second = Connections::open(&tools, None, Flavour::Nft, 2);
+    let second_kernel = proc_counters::read(&second.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(second_kernel.get("cookie_valid") >= 2, "{second_kernel:?}");
+    let second_label = second.topo.srv.name().to_string();
+    wait_until(
+        &format!("prometheus to hold the kernel's totals of {second_label}"),
+        timeout,
+        || prometheus_matches(&server, &second_label, &second_kernel),
+    );
+    let first_now = proc_counters::read(&first.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    prometheus_matches(&server, &first_label, &first_now).unwrap_or_else(|e| panic!("{e}"));
+    // The initial namespace is labelled as on the line protocol.
+    let init = server
+        .query("synproxy_syn_received_total{netns=\"init\"}")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(init.len(), 1, "{init:?}");
+
+    // The exposition, both formats, passes promtool's lint.
+    for accept in [None, Some("application/openmetrics-text;version=1.0.0")] {
+        let (status, head, body) =
+            synproxy_tests::prometheus::http_get(&agent.addr, "/metrics", accept)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(status, 200, "{head}");
+        assert!(body.contains(&format!("netns=\"{first_label}\"")), "{body}");
+        if accept.is_none() {
+            promtool_check_metrics(&body);
+        } else {
+            assert!(body.ends_with("# EOF\n"), "{body}");
+        }
+    }
+    drop(server);
+    let (code, stdout) = agent.stop();
+    assert_eq!(code, Some(0));
+    assert!(stdout.is_empty(), "stdout without --stdout: {stdout}");
+    drop(second);
+    drop(first);
+}
+
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("promtool stdin: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}\n{text}"
+    );
+}

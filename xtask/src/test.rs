@@ -9,7 +9,8 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 /// Packages the host-kernel tests use (the VM suite installs its own).
-const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2"];
+/// `prometheus` brings the server and `promtool` for the Prometheus tests.
+const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2", "prometheus"];
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {

@@ -1,5 +1,7 @@
 //! Turns raw readings into what the agent reports: wrap-safe u64 totals per
-//! series, and agreement between the eBPF counts and /proc.
+//! series, agreement between the eBPF counts and /proc, and the join of the
+//! two into per-namespace, per-family samples. Pure throughout.
 
 pub mod ebpf;
+pub mod join;
 pub mod wrap_tracker;

@@ -8,9 +8,9 @@
 //! `_`; an empty tag value omits the tag.
 
 use crate::fields::Field;
-use crate::sample::{EbpfSample, ProbesSample, Sample};
+use crate::sample::{EbpfSample, ProbesSample, Sample, DIAG_NAMES};
 use std::io::Write as _;
-use synproxy_common::{diag, Counter};
+use synproxy_common::Counter;
 
 pub const MEASUREMENT: &str = "synproxy";
 pub const NETNS_TAG: &str = "netns";
@@ -19,15 +19,6 @@ pub const EBPF_MEASUREMENT: &str = "synproxy_ebpf";
 /// Per agent: probe hits/misses and kernel-side diagnostics.
 pub const PROBES_MEASUREMENT: &str = "synproxy_ebpf_probes";
 pub const FAMILY_TAG: &str = "family";
-
-/// Names of the `synproxy_ebpf_probes` diagnostic fields, by [`diag`] slot.
-const DIAG_FIELDS: [(u32, &str); diag::COUNT as usize] = [
-    (diag::UNTRACKED, "untracked_events"),
-    (diag::RATE_LATE, "rate_late_events"),
-    (diag::ACK_RETURN_UNMATCHED, "unmatched_returns"),
-    (diag::SEQADJ_UNMATCHED, "unmatched_seqadj"),
-    (diag::READ_FAILED, "read_failures"),
-];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IntegerType {
@@ -190,7 +181,7 @@ impl LineEncoder {
             ("recursion_misses".into(), sample.recursion_misses),
             ("map_bytes".into(), sample.map_bytes),
         ];
-        for (slot, name) in DIAG_FIELDS {
+        for (slot, name) in DIAG_NAMES {
             fields.push((name.into(), sample.diag[slot as usize]));
         }
         for (program, n) in &sample.program_recursion {
@@ -235,9 +226,9 @@ pub fn escape_tag(raw: &str) -> String {
     escaped
 }
 
-/// What a parser reads back for `raw` after [`escape_tag`].
-#[cfg(test)]
-fn sanitized(raw: &str) -> String {
+/// What a parser reads back for a tag value `raw` after [`escape_tag`]:
+/// control characters and trailing backslashes become `_`.
+pub fn sanitized_tag(raw: &str) -> String {
     let kept = raw.trim_end_matches('\\');
     kept.chars()
         .map(|c| if c.is_control() { '_' } else { c })
@@ -375,7 +366,7 @@ mod tests {
         let line = &parsed;
         prop_assert_eq!(line.series.measurement.as_str(), MEASUREMENT);
         prop_assert_eq!(line.timestamp, Some(42));
-        let sanitize = super::sanitized;
+        let sanitize = super::sanitized_tag;
         if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
             let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
             prop_assert_eq!(got, Some(sanitize(ns)), "{}", text);
@@ -477,7 +468,7 @@ mod tests {
         );
         if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
             let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
-            prop_assert_eq!(got, Some(super::sanitized(ns)), "{}", text);
+            prop_assert_eq!(got, Some(super::sanitized_tag(ns)), "{}", text);
         }
         for counter in Counter::ALL {
             let value = events[counter as usize];

@@ -1,4 +1,196 @@
-//! Where samples go: line protocol on stdout.
+//! Where snapshots go. Each output is a [`Sink`]: every round the runtime
+//! hands it that round's [`Snapshot`] (one `Arc`, shared by all sinks), and
+//! the sink must return at once: one that does I/O hands the work to its own
+//! thread or task, so a slow reader, scraper or server never holds up
+//! sampling. Adding an output means a module here, its flags in the CLI, and
+//! a line each in [`OutputConfig::from_cli`] and [`Sinks::from_config`].
+//!
+//! - [`stdout`]: InfluxDB line protocol ([`line_protocol`]) through a writer
+//!   thread; the only output unless a network output is configured, and then
+//!   only with `--stdout`.
+//! - [`prometheus`]: a `/metrics` endpoint that renders the latest snapshot
+//!   on each scrape.
 
 pub mod line_protocol;
+pub mod prometheus;
 pub mod stdout;
+
+use crate::cli::Cli;
+use crate::sample::Snapshot;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Why a sink stopped working in a way that ends the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Its reader went away (stdout closed): a clean stop. The text says what.
+    Closed(String),
+    /// It failed: an error, logged as is.
+    Failed(String),
+}
+
+/// One output.
+pub trait Sink: Send {
+    /// Takes one round's snapshot; returns at once. `Err`: the sink is done
+    /// and the agent should stop.
+    fn send(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), Ended>;
+    /// At exit: finishes queued work, until `deadline` at the latest.
+    fn finish(&mut self, deadline: Instant) -> Result<(), Ended>;
+}
+
+/// Lets a sink's thread or task report that it has ended, so the runtime
+/// stops without waiting for the next round.
+#[derive(Clone, Debug)]
+pub struct EndNotifier(UnboundedSender<Ended>);
+
+impl EndNotifier {
+    pub fn ended(&self, why: Ended) {
+        let _ = self.0.send(why);
+    }
+}
+
+/// Static configuration of the outputs, from the command line.
+#[derive(Debug)]
+pub struct OutputConfig {
+    /// Line protocol on stdout.
+    pub stdout: Option<line_protocol::LineEncoder>,
+    /// The bound `/metrics` listener.
+    pub prometheus: Option<prometheus::Listener>,
+}
+
+impl OutputConfig {
+    /// Which outputs, from the flags: stdout (line protocol) unless a
+    /// network output is configured without `--stdout`; the metrics listener,
+    /// bound now so that a bad address is a start-up error (one line naming
+    /// the flag).
+    pub fn from_cli(cli: &Cli) -> Result<Self, String> {
+        let prometheus = match &cli.prometheus_listen {
+            Some(addr) => Some(prometheus::Listener::bind(addr)?),
+            None => None,
+        };
+        let stdout = cli.stdout_enabled().then(|| {
+            let integers = if cli.uint {
+                line_protocol::IntegerType::Unsigned
+            } else {
+                line_protocol::IntegerType::Signed
+            };
+            line_protocol::LineEncoder::new(&line_tags(cli), integers)
+        });
+        Ok(Self { stdout, prometheus })
+    }
+}
+
+/// `host` and `--tag` tags of every line.
+fn line_tags(cli: &Cli) -> Vec<(String, String)> {
+    let mut tags = Vec::new();
+    if !cli.no_host_tag {
+        match cli.hostname.clone().or_else(hostname) {
+            Some(host) => tags.push(("host".to_string(), host)),
+            None => {
+                log::warn!("cannot read the hostname; lines carry no host tag (set --hostname)")
+            }
+        }
+    }
+    for (key, value) in &cli.tags {
+        tags.retain(|(k, _)| k != key);
+        tags.push((key.clone(), value.clone()));
+    }
+    tags
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Every configured output.
+pub struct Sinks {
+    sinks: Vec<Box<dyn Sink>>,
+    ended_tx: UnboundedSender<Ended>,
+    ended_rx: UnboundedReceiver<Ended>,
+}
+
+impl Default for Sinks {
+    fn default() -> Self {
+        let (ended_tx, ended_rx) = unbounded_channel();
+        Self {
+            sinks: Vec::new(),
+            ended_tx,
+            ended_rx,
+        }
+    }
+}
+
+impl Sinks {
+    /// Starts every configured output. Must run inside the tokio runtime
+    /// (network outputs spawn their tasks on it). The error is one line.
+    pub fn from_config(config: OutputConfig) -> Result<Self, String> {
+        let mut sinks = Sinks::default();
+        if let Some(encoder) = config.stdout {
+            let sink = stdout::StdoutSink::new(encoder, sinks.notifier());
+            sinks.add(Box::new(sink));
+        }
+        if let Some(listener) = config.prometheus {
+            let sink = prometheus::PrometheusSink::start(listener)?;
+            sinks.add(Box::new(sink));
+        }
+        Ok(sinks)
+    }
+
+    pub fn notifier(&self) -> EndNotifier {
+        EndNotifier(self.ended_tx.clone())
+    }
+
+    pub fn add(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Hands the snapshot to every sink; the first that ended is reported
+    /// (after all had it).
+    pub fn send(&mut self, snapshot: Snapshot) -> Result<(), Ended> {
+        let snapshot = Arc::new(snapshot);
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.send(&snapshot) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Resolves when a sink reports from its own thread or task that it ended.
+    pub async fn ended(&mut self) -> Ended {
+        match self.ended_rx.recv().await {
+            Some(why) => why,
+            // Cannot happen (we hold a sender); never resolve if it did.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lets every sink finish, all by `deadline`; the first error is returned.
+    pub fn finish(&mut self, deadline: Instant) -> Result<(), Ended> {
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.finish(deadline) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}

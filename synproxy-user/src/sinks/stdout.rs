@@ -5,7 +5,8 @@
 //! reported as such, not panicked on.
 
 use super::line_protocol::LineEncoder;
-use crate::sample::{EbpfSample, ProbesSample, Sample};
+use super::{EndNotifier, Ended, Sink};
+use crate::sample::{EbpfSample, ProbesSample, Sample, Snapshot};
 use log::warn;
 use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -21,27 +22,25 @@ pub struct StdoutSink {
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     /// Set by the writer when stdout failed; it stops then.
-    failure: Arc<Mutex<Option<SinkError>>>,
-    /// Wakes the runtime when the writer failed.
-    failed: tokio::sync::watch::Receiver<bool>,
+    failure: Arc<Mutex<Option<Ended>>>,
     dropped: u64,
     dropping: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The reader went away (EPIPE): time to stop, not an error to shout about.
-    #[error("stdout closed")]
-    Closed,
-    #[error("stdout: {0}")]
-    Io(io::Error),
+/// The reader went away (EPIPE): time to stop, not an error to shout about.
+fn closed() -> Ended {
+    Ended::Closed("stdout closed".into())
+}
+
+fn io_failure(e: &io::Error) -> Ended {
+    Ended::Failed(format!("stdout: {e}"))
 }
 
 impl StdoutSink {
-    pub fn new(encoder: LineEncoder) -> Self {
+    /// Starts the writer thread; `notifier` learns when stdout failed.
+    pub fn new(encoder: LineEncoder, notifier: EndNotifier) -> Self {
         let (queue, rounds) = sync_channel::<Vec<u8>>(QUEUE_ROUNDS);
         let failure = Arc::new(Mutex::new(None));
-        let (failed_tx, failed) = tokio::sync::watch::channel(false);
         let shared = Arc::clone(&failure);
         let writer = std::thread::Builder::new()
             .name("stdout".into())
@@ -51,13 +50,13 @@ impl StdoutSink {
                     let mut out = stdout.lock();
                     if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
                         let error = match e.kind() {
-                            io::ErrorKind::BrokenPipe => SinkError::Closed,
-                            _ => SinkError::Io(e),
+                            io::ErrorKind::BrokenPipe => closed(),
+                            _ => io_failure(&e),
                         };
                         if let Ok(mut slot) = shared.lock() {
-                            *slot = Some(error);
+                            *slot = Some(error.clone());
                         }
-                        let _ = failed_tx.send(true);
+                        notifier.ended(error);
                         return;
                     }
                 }
@@ -67,7 +66,7 @@ impl StdoutSink {
             Err(e) => {
                 log::error!("cannot start the stdout writer: {e}");
                 if let Ok(mut slot) = failure.lock() {
-                    *slot = Some(SinkError::Io(e));
+                    *slot = Some(io_failure(&e));
                 }
                 (None, None)
             }
@@ -77,7 +76,6 @@ impl StdoutSink {
             queue,
             writer,
             failure,
-            failed,
             dropped: 0,
             dropping: false,
         }
@@ -88,35 +86,22 @@ impl StdoutSink {
         self.dropped
     }
 
-    /// Why stdout failed, once it has.
-    pub fn error(&mut self) -> Option<SinkError> {
-        self.take_failure()
-    }
-
-    fn take_failure(&self) -> Option<SinkError> {
+    fn take_failure(&self) -> Option<Ended> {
         self.failure.lock().ok().and_then(|mut slot| slot.take())
     }
 
-    /// Resolves once stdout has failed (the error then comes from the next
-    /// write or from [`StdoutSink::finish`]).
-    pub async fn failed(&mut self) {
-        if self.failed.wait_for(|failed| *failed).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    pub fn write(&mut self, samples: &[Sample]) -> Result<(), SinkError> {
+    pub fn write(&mut self, samples: &[Sample]) -> Result<(), Ended> {
         self.write_round(samples, &[], None)
     }
 
     /// The `synproxy` lines, then the eBPF lines, in one write.
-    pub fn write_round(
+    pub fn write_round<'a>(
         &mut self,
-        samples: &[Sample],
-        ebpf: &[EbpfSample],
+        samples: impl IntoIterator<Item = &'a Sample>,
+        ebpf: impl IntoIterator<Item = &'a EbpfSample>,
         probes: Option<&ProbesSample>,
-    ) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(256 * (samples.len() + ebpf.len() + 1));
+    ) -> Result<(), Ended> {
+        let mut buf = Vec::with_capacity(1024);
         for sample in samples {
             self.encoder.encode(sample, &mut buf);
         }
@@ -127,7 +112,7 @@ impl StdoutSink {
             self.encoder.encode_probes(probes, &mut buf);
         }
         let Some(queue) = &self.queue else {
-            return Err(self.take_failure().unwrap_or(SinkError::Closed));
+            return Err(self.take_failure().unwrap_or_else(closed));
         };
         match queue.try_send(buf) {
             Ok(()) => {
@@ -148,15 +133,13 @@ impl StdoutSink {
                 }
                 Ok(())
             }
-            Err(TrySendError::Disconnected(_)) => {
-                Err(self.take_failure().unwrap_or(SinkError::Closed))
-            }
+            Err(TrySendError::Disconnected(_)) => Err(self.take_failure().unwrap_or_else(closed)),
         }
     }
 
     /// Lets the writer finish what is queued, waiting until `deadline` at the
     /// latest (a reader that does not read must not hold up the exit).
-    pub fn finish(&mut self, deadline: Instant) -> Result<(), SinkError> {
+    pub fn finish(&mut self, deadline: Instant) -> Result<(), Ended> {
         self.queue = None;
         if let Some(writer) = self.writer.take() {
             while !writer.is_finished() && Instant::now() < deadline {
@@ -172,5 +155,24 @@ impl StdoutSink {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl Sink for StdoutSink {
+    /// One write per round: the `synproxy` lines, then the eBPF lines. A
+    /// round in which no namespace could be read prints nothing.
+    fn send(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), Ended> {
+        if snapshot.namespaces.is_empty() {
+            return Ok(());
+        }
+        self.write_round(
+            snapshot.samples(),
+            snapshot.ebpf_samples(),
+            snapshot.probes.as_ref(),
+        )
+    }
+
+    fn finish(&mut self, deadline: Instant) -> Result<(), Ended> {
+        StdoutSink::finish(self, deadline)
     }
 }

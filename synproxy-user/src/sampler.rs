@@ -1,7 +1,7 @@
 //! The sampler: one round reads every selected namespace (sources), turns the
-//! readings into u64 totals and reconciles them with the eBPF counts
-//! (reconcile), and hands one snapshot to the sinks. One failing namespace is
-//! reported once and does not stop the others.
+//! readings into u64 totals and joins them with the eBPF counts (reconcile),
+//! and returns one [`Snapshot`] (sample), knowing nothing of where it goes.
+//! One failing namespace is reported once and does not stop the others.
 //!
 //! Series are keyed by the namespace's identity ([`NamespaceId`]), not by its
 //! label: a namespace keeps its totals when it loses its name or is briefly
@@ -10,8 +10,11 @@
 
 use crate::cli::NetnsSelection;
 use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
+use crate::reconcile::join::{self, NamespaceReading};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
-use crate::sample::{now_ns, EbpfSample, ProbesSample, Sample};
+use crate::sample::{
+    now_ns, AgentHealth, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId, Snapshot,
+};
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
 use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsTarget};
 use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
@@ -19,7 +22,7 @@ use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct SamplerConfig {
     /// One round only: failures are errors, not retried.
@@ -43,6 +46,8 @@ enum SeriesKey {
 
 /// Per-series state kept between rounds.
 struct Series {
+    /// Unique for the life of the agent ([`SeriesId`]).
+    id: SeriesId,
     label: String,
     tracker: WrapTracker,
     reconciler: Reconciler,
@@ -51,8 +56,9 @@ struct Series {
 }
 
 impl Series {
-    fn new(label: &str) -> Self {
+    fn new(id: SeriesId, label: &str) -> Self {
         Self {
+            id,
             label: label.to_string(),
             tracker: WrapTracker::new(),
             reconciler: Reconciler::new(),
@@ -62,7 +68,7 @@ impl Series {
 }
 
 /// How long (in rounds) a vanished namespace's state is kept for its return.
-const VANISHED_ROUNDS_KEPT: u32 = 360;
+pub const VANISHED_ROUNDS_KEPT: u32 = 360;
 
 /// Pauses before re-reading a namespace whose /proc total fell outside its
 /// eBPF bracket (an event held between its probe and its increment).
@@ -71,16 +77,6 @@ const BRACKET_RETRIES: [Duration; 3] = [
     Duration::from_millis(4),
     Duration::from_millis(16),
 ];
-
-/// One sampling round's outcome.
-pub struct Round {
-    pub samples: Vec<Sample>,
-    /// Namespaces that could not be read this round (already logged).
-    pub failures: Vec<String>,
-    /// With eBPF: two lines (IPv4, IPv6) per sample, in sample order.
-    pub ebpf: Vec<EbpfSample>,
-    pub probes: Option<ProbesSample>,
-}
 
 /// One namespace read this round.
 struct Read {
@@ -106,6 +102,8 @@ pub struct Sampler {
     last_round_failed: bool,
     /// Namespaces entered this round whose stat file could not be read.
     present_failing: HashSet<SeriesKey>,
+    /// The last [`SeriesId`] handed out.
+    last_series_id: SeriesId,
 }
 
 impl Sampler {
@@ -122,6 +120,7 @@ impl Sampler {
             own_id,
             last_round_failed: false,
             present_failing: HashSet::new(),
+            last_series_id: 0,
         }
     }
 
@@ -160,12 +159,20 @@ impl Sampler {
         self.last_round_failed
     }
 
-    pub fn sample(&mut self) -> Round {
-        let mut round = Round {
-            samples: Vec::new(),
+    pub fn sample(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let mut round = Snapshot {
+            timestamp_ns: 0,
+            namespaces: Vec::new(),
+            retained: Vec::new(),
             failures: Vec::new(),
-            ebpf: Vec::new(),
             probes: None,
+            agent: AgentHealth {
+                round_duration: Duration::ZERO,
+                ebpf_enabled: self.config.ebpf.is_some(),
+                ebpf_attached: false,
+                programs: Vec::new(),
+            },
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.
@@ -189,16 +196,44 @@ impl Sampler {
         }
         self.age_series(&reads);
         let timestamp_ns = now_ns();
-        self.reconcile_ebpf(&reads, generation, timestamp_ns, &mut round);
-        for read in &reads {
-            round.samples.push(Sample {
-                netns: (read.key != SeriesKey::Own).then(|| read.label.clone()),
-                totals: read.totals,
-                timestamp_ns,
+        round.timestamp_ns = timestamp_ns;
+        let mut ebpf = self.reconcile_ebpf(&reads, generation, timestamp_ns, &mut round);
+        for (i, read) in reads.iter().enumerate() {
+            round.namespaces.push(NamespaceSnapshot {
+                // Every read has its series (created by `track`, kept by `age_series`).
+                series: self.series.get(&read.key).map_or(0, |s| s.id),
+                sample: Sample {
+                    netns: (read.key != SeriesKey::Own).then(|| read.label.clone()),
+                    totals: read.totals,
+                    timestamp_ns,
+                },
+                ebpf: ebpf.get_mut(i).and_then(Option::take),
             });
         }
+        round.retained = self.retained();
+        round.agent.ebpf_attached = round.probes.as_ref().is_some_and(|p| p.attached);
         self.last_round_failed = !round.failures.is_empty();
+        round.agent.round_duration = started.elapsed();
         round
+    }
+
+    /// Series kept but not read this round (their last label and totals).
+    fn retained(&self) -> Vec<RetainedNamespace> {
+        let mut out: Vec<RetainedNamespace> = self
+            .series
+            .iter()
+            .filter(|(_, s)| s.missing_rounds > 0)
+            .filter_map(|(key, s)| {
+                Some(RetainedNamespace {
+                    series: s.id,
+                    netns: (*key != SeriesKey::Own).then(|| s.label.clone()),
+                    totals: s.tracker.totals()?,
+                    missing_rounds: s.missing_rounds,
+                })
+            })
+            .collect();
+        out.sort_by_key(|r| r.series);
+        out
     }
 
     fn around(&self) -> impl Fn(&NamespaceId) -> Option<FamilyCounts> + Sync + '_ {
@@ -211,7 +246,7 @@ impl Sampler {
         move |id: &NamespaceId| view.as_ref().and_then(|v| v.get(id.ebpf_key()))
     }
 
-    fn read_own(&mut self, round: &mut Round) -> Vec<Read> {
+    fn read_own(&mut self, round: &mut Snapshot) -> Vec<Read> {
         let path = self.config.proc_root.join(STAT_FILE);
         let mut buf = std::mem::take(&mut self.buf);
         let result = {
@@ -242,7 +277,7 @@ impl Sampler {
         }
     }
 
-    fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Round) -> Vec<Read> {
+    fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Snapshot) -> Vec<Read> {
         let results = {
             let around = self.around();
             netns::read_in_namespaces(targets, &self.config.proc_root, &around)
@@ -284,7 +319,7 @@ impl Sampler {
         reads
     }
 
-    fn fail(&mut self, label: &str, message: String, round: &mut Round) {
+    fn fail(&mut self, label: &str, message: String, round: &mut Snapshot) {
         if self.config.once {
             log::error!("{message}");
         } else if self.failing.get(label) != Some(&message) {
@@ -299,7 +334,14 @@ impl Sampler {
         if self.failing.remove(label).is_some() {
             info!("{name}: synproxy counters readable again");
         }
-        let series = self.series.entry(key).or_insert_with(|| Series::new(label));
+        let next_id = self.last_series_id + 1;
+        let series = self
+            .series
+            .entry(key)
+            .or_insert_with(|| Series::new(next_id, label));
+        if series.id == next_id {
+            self.last_series_id = next_id;
+        }
         let came_back = series.missing_rounds > 0;
         series.missing_rounds = 0;
         if series.label != label {
@@ -312,7 +354,8 @@ impl Sampler {
                 // Without netns cookies (before 5.14) an inode can belong to a new
                 // namespace: one that returns with restarted counters is one.
                 info!("{name}: a new namespace with a reused inode; new series");
-                *series = Series::new(label);
+                self.last_series_id += 1;
+                *series = Series::new(self.last_series_id, label);
                 (totals, update) = series.tracker.update(reading.identity, &reading.stat);
             }
         }
@@ -427,17 +470,18 @@ impl Sampler {
         });
     }
 
-    /// Joins this round's /proc totals with the eBPF counts of the same
-    /// namespace and adds the `synproxy_ebpf` lines.
+    /// Reads this round's eBPF maps and joins them with each namespace's
+    /// /proc totals ([`join::join`]): per read, its IPv4 and IPv6 samples
+    /// (`None` for all without eBPF); sets the round's probes sample.
     fn reconcile_ebpf(
         &mut self,
         reads: &[Read],
         generation: Option<u64>,
         timestamp_ns: u64,
-        round: &mut Round,
-    ) {
+        round: &mut Snapshot,
+    ) -> Vec<Option<[crate::sample::EbpfSample; 2]>> {
         let Some(ebpf) = self.config.ebpf.as_mut() else {
-            return;
+            return Vec::new();
         };
         // eBPF keys of every namespace the agent still tracks (pruning the rest).
         let mut keep: HashSet<NsKey> = self
@@ -450,10 +494,11 @@ impl Sampler {
             .collect();
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
         let ebpf_round = ebpf.read_round(&keep);
-        let res_s = ebpf.rate_resolution().as_secs_f64();
-        let global_losses = ebpf_round.as_ref().map_or(0, |r| r.global_losses);
+        let resolution = ebpf.rate_resolution();
+        let mut out = Vec::with_capacity(reads.len());
         for read in reads {
             let Some(series) = self.series.get_mut(&read.key) else {
+                out.push(None);
                 continue;
             };
             let bracket = match (generation, read.before, read.after) {
@@ -464,52 +509,26 @@ impl Sampler {
                 }),
                 _ => None,
             };
-            let out = series.reconciler.update(ebpf_reconcile::Input {
-                proc: ebpf_reconcile::proc_counts(&read.totals),
+            let reading = NamespaceReading {
+                netns: (read.key != SeriesKey::Own).then_some(read.label.as_str()),
+                totals: &read.totals,
                 proc_reset: read.reset,
-                ebpf: bracket,
-                global_losses,
-            });
-            let peaks = match (&ebpf_round, read.ebpf_key) {
-                (Some(r), Some(k)) if bracket.is_some() => {
-                    r.peaks.get(&k).copied().unwrap_or_default()
-                }
-                _ => Default::default(),
+                ebpf_key: read.ebpf_key,
+                bracket,
             };
-            let netns = (read.key != SeriesKey::Own).then(|| read.label.clone());
-            for (f, family) in ["ipv4", "ipv6"].into_iter().enumerate() {
-                round.ebpf.push(EbpfSample {
-                    netns: netns.clone(),
-                    family,
-                    events: out.events[f],
-                    peak_rates: std::array::from_fn(|c| peaks[f][c] as f64 / res_s * out.scale[c]),
-                    status: out.status,
-                    timestamp_ns,
-                });
-            }
+            out.push(Some(join::join(
+                &mut series.reconciler,
+                reading,
+                ebpf_round.as_ref(),
+                resolution,
+                timestamp_ns,
+            )));
         }
-        round.probes = Some(match ebpf_round {
-            Some(r) => ProbesSample {
-                attached: true,
-                probe_misses: r.global_losses,
-                recursion_misses: r.recursion_misses,
-                program_recursion: r.program_recursion,
-                map_bytes: r.map_bytes,
-                probes: r.probes,
-                diag: r.diag,
-                timestamp_ns,
-            },
-            None => ProbesSample {
-                attached: false,
-                probe_misses: 0,
-                recursion_misses: 0,
-                program_recursion: Vec::new(),
-                map_bytes: 0,
-                probes: Vec::new(),
-                diag: Default::default(),
-                timestamp_ns,
-            },
-        });
+        // Per-program run time and count (`bpf_prog_info.run_time_ns` and
+        // `run_cnt`) go to `round.agent.programs` once the eBPF source reads
+        // them; until then that list stays empty and the series are absent.
+        round.probes = Some(join::probes(ebpf_round, timestamp_ns));
+        out
     }
 }
 

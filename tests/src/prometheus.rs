@@ -1,0 +1,191 @@
+//! A throwaway Prometheus server (Debian package `prometheus`) for the tests:
+//! its own config, data directory and loopback port, scraping the given
+//! targets every second; its HTTP query API; and a plain HTTP GET helper.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The scrape job name (the alerting rules assume it).
+pub const JOB: &str = "synproxy-agent";
+
+/// `GET path` on `addr` (HTTP/1.0: no chunked bodies), with an optional
+/// `Accept`: (status code, headers, body).
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String, String)> {
+    let mut stream =
+        TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading http://{addr}{path}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("http://{addr}{path}: no HTTP response: {text:?}");
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("http://{addr}{path}: bad status line in {head:?}"))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// Percent-encodes a query parameter.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One series of an instant query: its labels and value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+pub struct PrometheusServer {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl PrometheusServer {
+    /// Starts `prometheus` scraping `targets` (`host:port`) every second as
+    /// job [`JOB`], and waits until it is ready.
+    pub fn start(targets: &[String]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "spx-prometheus-{}-{}",
+            std::process::id(),
+            crate::netns::next_seq()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: '{JOB}'\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        // A free loopback port (bound and released: the server takes it next).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start prometheus (apt-get install prometheus)")?;
+        let mut server = Self { child, dir, addr };
+        server.wait_ready(Duration::from_secs(120))?;
+        Ok(server)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The server's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "prometheus exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            if matches!(http_get(&self.addr, "/-/ready", None), Ok((200, _, _))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timeout waiting for prometheus to be ready on {} ({timeout:?}):\n{}",
+                    self.addr,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// An instant query through `GET /api/v1/query`.
+    pub fn query(&self, expr: &str) -> Result<Vec<Series>> {
+        let path = format!("/api/v1/query?query={}", encode(expr));
+        let (status, _, body) = http_get(&self.addr, &path, None)?;
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("query {expr}: not JSON ({status}): {body}"))?;
+        if json["status"] != "success" {
+            bail!("query {expr}: {body}");
+        }
+        let Some(result) = json["data"]["result"].as_array() else {
+            bail!("query {expr}: no result vector: {body}");
+        };
+        let mut out = Vec::new();
+        for item in result {
+            let labels = item["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let value = item["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("query {expr}: bad value in {item}"))?;
+            out.push(Series { labels, value });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
