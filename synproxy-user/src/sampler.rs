@@ -524,9 +524,22 @@ impl Sampler {
                 timestamp_ns,
             )));
         }
-        // Per-program run time and count (`bpf_prog_info.run_time_ns` and
-        // `run_cnt`) go to `round.agent.programs` once the eBPF source reads
-        // them; until then that list stays empty and the series are absent.
+        // Present only while the kernel counts them (kernel.bpf_stats_enabled).
+        round.agent.programs = ebpf_round
+            .as_ref()
+            .map(|r| {
+                r.program_runs
+                    .iter()
+                    .map(
+                        |&(program, run_time_ns, run_count)| crate::sample::ProgramRuns {
+                            program,
+                            run_time_ns,
+                            run_count,
+                        },
+                    )
+                    .collect()
+            })
+            .unwrap_or_default();
         round.probes = Some(join::probes(ebpf_round, timestamp_ns));
         out
     }

@@ -148,6 +148,9 @@ pub struct EbpfRound {
     pub recursion_misses: u64,
     /// The same per program (its name without `spx_`).
     pub program_recursion: Vec<(&'static str, u64)>,
+    /// Per program: run time (ns) and run count since load, counted by the
+    /// kernel only while `kernel.bpf_stats_enabled` is 1 (empty otherwise).
+    pub program_runs: Vec<(&'static str, u64, u64)>,
     /// Probe misses, recursion misses and losses not attributable to a
     /// namespace, in this round (all namespaces).
     pub global_losses: u64,
@@ -666,8 +669,18 @@ impl EbpfSource {
                 *out = value.load(Ordering::Acquire);
             }
         }
-        round.program_recursion = self.recursion_misses();
+        let infos = self.program_infos();
+        round.program_recursion = infos
+            .iter()
+            .map(|(n, i)| (*n, i.recursion_misses))
+            .collect();
         round.recursion_misses = round.program_recursion.iter().map(|(_, n)| n).sum();
+        if bpf_stats_enabled() {
+            round.program_runs = infos
+                .iter()
+                .map(|(n, i)| (*n, i.run_time_ns, i.run_cnt))
+                .collect();
+        }
         let recursion_counting: u64 = round
             .program_recursion
             .iter()
@@ -699,10 +712,9 @@ impl EbpfSource {
         lock(&self.slots).release_except(keep, self.shared.table.u64s(), Instant::now());
     }
 
-    /// `bpf_prog_info.recursion_misses` (5.12+; 0 before) per program, since
-    /// load (names without `spx_`).
-    fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
-        let mut out: Vec<(&'static str, u64)> = Vec::new();
+    /// `bpf_prog_info` of each program (names without `spx_`).
+    fn program_infos(&self) -> Vec<(&'static str, ProgInfo)> {
+        let mut out: Vec<(&'static str, ProgInfo)> = Vec::new();
         for spec in PROBES {
             let name = spec.program.trim_start_matches("spx_");
             if out.iter().any(|(n, _)| *n == name) {
@@ -715,7 +727,7 @@ impl EbpfSource {
                 continue;
             };
             if let Ok(fd) = program.fd() {
-                out.push((name, prog_recursion_misses(fd.as_fd()).unwrap_or(0)));
+                out.push((name, prog_info(fd.as_fd()).unwrap_or_default()));
             }
         }
         out
@@ -726,8 +738,24 @@ impl EbpfSource {
     }
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` on a program: its `recursion_misses`.
-fn prog_recursion_misses(fd: BorrowedFd<'_>) -> Option<u64> {
+/// What the agent reads of a program's `bpf_prog_info`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProgInfo {
+    /// Runs skipped by the kernel (5.12+; 0 before).
+    recursion_misses: u64,
+    /// Time spent in the program and runs, while `kernel.bpf_stats_enabled` is 1.
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Whether the kernel counts program run time (`kernel.bpf_stats_enabled`).
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program (no map access: it does not block
+/// BPF programs on this CPU the way map syscalls do).
+fn prog_info(fd: BorrowedFd<'_>) -> Option<ProgInfo> {
     // SAFETY: bpf_prog_info is plain integers and arrays: all zeroes is valid.
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
     // bpf_attr's `info` member: bpf_fd, info_len, info (u64 pointer).
@@ -756,7 +784,11 @@ fn prog_recursion_misses(fd: BorrowedFd<'_>) -> Option<u64> {
             attr.len() as u32,
         )
     };
-    (rc == 0).then_some(info.recursion_misses)
+    (rc == 0).then_some(ProgInfo {
+        recursion_misses: info.recursion_misses,
+        run_time_ns: info.run_time_ns,
+        run_cnt: info.run_cnt,
+    })
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
