@@ -1,5 +1,7 @@
 //! eBPF-only checks: a flood (N pure SYNs and M bad ACKs as fast as a raw socket
-//! sends them; the eBPF counts must equal /proc exactly, with no probe misses),
+//! sends them; the eBPF counts must equal /proc exactly, with no probe misses,
+//! on stdout and on the agent's Prometheus endpoint, which must also show each
+//! program's run count and time while `kernel.bpf_stats_enabled` is on),
 //! and the shutdown check (SIGTERM, SIGINT and stdin EOF each stop the agent
 //! within 1 s, and no kprobe, BPF program or map of it remains).
 
@@ -17,6 +19,57 @@ use std::time::{Duration, Instant};
 use synproxy_common::Counter;
 
 const PROBE_PORT: u16 = 8081;
+/// Where the flood check's agent serves /metrics.
+const METRICS_ADDR: &str = "127.0.0.1:9816";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on the kernel's per-program run time accounting; restores it on drop.
+struct BpfStats {
+    before: Option<String>,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS).ok();
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("cannot write 1 to {BPF_STATS}"))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(before) = &self.before {
+            let _ = std::fs::write(BPF_STATS, before.trim());
+        }
+    }
+}
+
+/// The value of the sample `name{...}` whose labels include all of `labels`
+/// (Prometheus text format), summed over the matching samples.
+fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let matches = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if let (true, Ok(v)) = (matches, value.parse::<f64>()) {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
 
 /// One RESULT line and its explanations.
 pub struct Check {
@@ -67,8 +120,10 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         SocketAddr::new(dst, PROBE_PORT),
         Duration::from_secs(5),
     )?;
-    let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)
-        .context("agent with eBPF")?;
+    let _stats = BpfStats::enable()?;
+    let mut args = cfg.extra_agent_args.clone();
+    args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
+    let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with eBPF")?;
     let before = proc_counters::read(&topo.srv)?;
     let mut tx = RawSender::new(&topo.cli, src, V6Checksum::Correct)?;
     let mut rng = XorShift::from_time();
@@ -99,6 +154,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     let proc_inv =
         last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
     let lines = live.sample()?;
+    let scrape = crate::prometheus::http_get(METRICS_ADDR, "/metrics", None);
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let srv = topo.srv.name();
     let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
@@ -134,6 +190,61 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         notes.push("no syn_received peak rate reported".into());
         pass = false;
     }
+    // The same round on the Prometheus endpoint.
+    let body = match scrape {
+        Ok((200, _, body)) => body,
+        Ok((status, _, body)) => {
+            notes.push(format!("GET /metrics: status {status}: {body}"));
+            String::new()
+        }
+        Err(e) => {
+            notes.push(format!("GET /metrics: {e:#}"));
+            String::new()
+        }
+    };
+    let ns = ("netns", srv);
+    let prom = |name: &str, labels: &[(&str, &str)]| metric(&body, name, labels).unwrap_or(-1.0);
+    let prom_proc_syn = prom("synproxy_syn_received_total", &[ns]);
+    let prom_ebpf_syn = prom(
+        "synproxy_ebpf_events_total",
+        &[ns, ("counter", Counter::SynReceived.name())],
+    );
+    let prom_ebpf_inv = prom(
+        "synproxy_ebpf_events_total",
+        &[ns, ("counter", Counter::CookieInvalid.name())],
+    );
+    let prom_exact = prom("synproxy_ebpf_reconcile_status", &[ns, ("status", "exact")]);
+    let synack_runs = prom(
+        "synproxy_ebpf_program_runs_total",
+        &[("program", "synack4")],
+    );
+    let synack_secs = prom(
+        "synproxy_ebpf_program_run_time_seconds_total",
+        &[("program", "synack4")],
+    );
+    let proc_syn_total = last.get(Counter::SynReceived.name()) as f64;
+    if prom_proc_syn != proc_syn_total
+        || prom_ebpf_syn != ebpf_syn as f64
+        || prom_ebpf_inv != ebpf_inv as f64
+        || prom_exact != 1.0
+    {
+        notes.push(format!(
+            "/metrics: synproxy_syn_received_total={prom_proc_syn} (kernel {proc_syn_total}), eBPF syn_received={prom_ebpf_syn} cookie_invalid={prom_ebpf_inv} (stdout {ebpf_syn}/{ebpf_inv}), reconcile exact={prom_exact}"
+        ));
+        pass = false;
+    }
+    // Every SYN went through synack4 while the kernel counted run time.
+    if synack_runs < f64::from(syns) || synack_secs <= 0.0 {
+        notes.push(format!(
+            "/metrics: synack4 runs={synack_runs} run time={synack_secs}s with bpf_stats_enabled=1, {syns} SYNs sent"
+        ));
+        pass = false;
+    }
+    let ns_per_run = if synack_runs > 0.0 {
+        synack_secs * 1e9 / synack_runs
+    } else {
+        0.0
+    };
     if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
         notes.push(format!(
             "SIGTERM: exit ok={} after {:?}",
@@ -148,7 +259,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     }
     Ok(Check {
         line: format!(
-            "{head} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s status={}",
+            "{head} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} status={}",
             view.statuses.join("/"),
             if pass { "PASS" } else { "FAIL" }
         ),
