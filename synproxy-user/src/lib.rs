@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod fields;
 pub mod logging;
+pub mod privileges;
 pub mod reconcile;
 pub mod runtime;
 pub mod sample;

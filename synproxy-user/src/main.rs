@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use synproxy_user::cli::{Cli, NetnsSelection};
 use synproxy_user::logging;
+use synproxy_user::privileges;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
 use synproxy_user::sinks::{OutputConfig, Sinks};
@@ -128,6 +129,15 @@ async fn start(
         }
     };
 
+    // Start-up is over: keep only the capabilities the features still need.
+    privileges::restrict_and_log(privileges::Features {
+        ebpf: ebpf.is_some(),
+        netns: match &selection {
+            NetnsSelection::Own => privileges::NetnsNeed::Own,
+            NetnsSelection::Named(_) => privileges::NetnsNeed::Named,
+            NetnsSelection::All => privileges::NetnsNeed::All,
+        },
+    });
     let sampler = Sampler::new(SamplerConfig {
         once: cli.once,
         proc_root: cli.proc_root.clone(),

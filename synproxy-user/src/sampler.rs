@@ -9,6 +9,7 @@
 //! own series.
 
 use crate::cli::NetnsSelection;
+use crate::privileges;
 use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::join::{self, NamespaceReading};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
@@ -106,6 +107,11 @@ pub struct Sampler {
     last_series_id: SeriesId,
 }
 
+/// The `failing` key of discovery failures (no namespace label has a NUL).
+const DISCOVERY_LABEL: &str = "\0netns-discovery";
+/// The same for processes refused even with CAP_SYS_PTRACE (warned once).
+const DENIED_ANYWAY_LABEL: &str = "\0netns-discovery-policy";
+
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
         let own_id = config
@@ -187,8 +193,9 @@ impl Sampler {
                 self.read_namespaces(&targets, &mut round)
             }
             NetnsSelection::All => {
-                let targets = netns::discover_all(&self.config.proc_root, &self.config.netns_dir);
-                self.read_namespaces(&targets, &mut round)
+                let found = netns::discover(&self.config.proc_root, &self.config.netns_dir);
+                self.report_denied(&found, &mut round);
+                self.read_namespaces(&found.targets, &mut round)
             }
         };
         if let Some(generation) = generation {
@@ -317,6 +324,43 @@ impl Sampler {
             }
         }
         reads
+    }
+
+    /// `--netns all`: processes whose namespace could not be inspected are
+    /// never skipped silently (a namespace only they use would go unreported).
+    /// For lack of CAP_SYS_PTRACE it is a failure of the round (logged once,
+    /// with its recovery); with it, something else (a security module's
+    /// policy) refuses, which is logged once as a warning.
+    fn report_denied(&mut self, found: &netns::Discovery, round: &mut Snapshot) {
+        let Some((path, e)) = &found.first_denied else {
+            if self.failing.remove(DISCOVERY_LABEL).is_some() {
+                info!("--netns all: every process's network namespace can be inspected again");
+            }
+            return;
+        };
+        debug!(
+            "--netns all: {} processes could not be inspected (first: {}: {e})",
+            found.denied,
+            path.display()
+        );
+        let error = std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EACCES));
+        if privileges::effective_has(privileges::CAP_SYS_PTRACE) {
+            let message = format!(
+                "--netns all: {}: {error} even with CAP_SYS_PTRACE (a security policy?); namespaces only such processes use are not reported",
+                path.display()
+            );
+            if !self.failing.contains_key(DENIED_ANYWAY_LABEL) {
+                warn!("{message}");
+                self.failing.insert(DENIED_ANYWAY_LABEL.to_string(), message);
+            }
+            return;
+        }
+        let message = format!(
+            "--netns all: cannot inspect the network namespace of other users' processes \
+             ({}: {error}); namespaces only they use are not reported: the agent needs CAP_SYS_PTRACE for --netns all",
+            self.config.proc_root.join("PID/ns/net").display(),
+        );
+        self.fail(DISCOVERY_LABEL, message, round);
     }
 
     fn fail(&mut self, label: &str, message: String, round: &mut Snapshot) {

@@ -123,6 +123,24 @@ pub fn looks_generated(label: &str) -> bool {
 /// `ns-<inode>`, and if a name already took that label, `ns-<inode>` or then
 /// `ns-<inode>-unnamed`.
 pub fn discover_all(proc_root: &Path, netns_dir: &Path) -> Vec<NetnsTarget> {
+    discover(proc_root, netns_dir).targets
+}
+
+/// What [`discover`] found.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub targets: Vec<NetnsTarget>,
+    /// Processes whose `/proc/PID/ns/net` the agent may not inspect (EACCES or
+    /// EPERM: another user's process, and no CAP_SYS_PTRACE): their
+    /// namespaces may be missing from `targets`. The first one's path and error.
+    pub denied: usize,
+    pub first_denied: Option<(PathBuf, io::Error)>,
+}
+
+/// [`discover_all`], also counting the processes that could not be inspected.
+pub fn discover(proc_root: &Path, netns_dir: &Path) -> Discovery {
+    let mut denied = 0usize;
+    let mut first_denied = None;
     let mut by_inode: BTreeMap<(u64, u64), NetnsTarget> = BTreeMap::new();
 
     let mut names: Vec<(String, PathBuf)> = fs::read_dir(netns_dir)
@@ -163,9 +181,16 @@ pub fn discover_all(proc_root: &Path, netns_dir: &Path) -> Vec<NetnsTarget> {
                 continue;
             };
             let handle = proc_root.join(pid).join("ns/net");
-            // Processes we may not inspect (or that just exited) are skipped.
-            let Ok(meta) = fs::metadata(&handle) else {
-                continue;
+            // A process that just exited is no loss; one we may not inspect
+            // is counted, never skipped silently.
+            let meta = match fs::metadata(&handle) {
+                Ok(meta) => meta,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                    denied += 1;
+                    first_denied.get_or_insert((handle, e));
+                    continue;
+                }
+                Err(_) => continue,
             };
             let key = (meta.dev(), meta.ino());
             if by_inode.contains_key(&key) || unnamed.iter().any(|t| t.expected == Some(key)) {
@@ -194,7 +219,11 @@ pub fn discover_all(proc_root: &Path, netns_dir: &Path) -> Vec<NetnsTarget> {
             by_inode.insert(key, target);
         }
     }
-    by_inode.into_values().collect()
+    Discovery {
+        targets: by_inode.into_values().collect(),
+        denied,
+        first_denied,
+    }
 }
 
 fn unnamed_label(inode: u64) -> String {

@@ -1,0 +1,666 @@
+//! Least privilege. Once start-up is over (outputs bound, eBPF loaded and
+//! attached or found unusable), the agent keeps in its effective, permitted
+//! and bounding sets only the capabilities its features still need, clears
+//! the inheritable and ambient sets, and sets `no_new_privs`. The table is
+//! [`required`] (and the README's "Capabilities" section, checked against it
+//! by a unit test).
+//!
+//! Capabilities belong to each thread, not to the process: `capset(2)`
+//! changes only the calling thread. So the drop is applied on the calling
+//! thread, then on every other thread of the process by a real-time signal
+//! whose handler makes the same system calls on its own thread (what libcap's
+//! `psx` does), pass after pass until no thread is left that has not applied
+//! it; threads created afterwards inherit the reduced sets. Every thread's
+//! `/proc/self/task/TID/status` is checked at the end.
+
+use log::{debug, info, warn};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Capability numbers (linux/capability.h).
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_SETPCAP: u32 = 8;
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Names as in capabilities(7), for the log and the tests.
+const NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// A set of capabilities as a bit mask (bit N = capability N), the format of
+/// `CapEff:` and friends in `/proc/PID/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapSet(pub u64);
+
+impl CapSet {
+    pub const EMPTY: CapSet = CapSet(0);
+
+    pub fn of(caps: &[u32]) -> CapSet {
+        CapSet(caps.iter().fold(0, |m, c| m | (1u64 << c)))
+    }
+
+    pub fn contains(self, cap: u32) -> bool {
+        cap < 64 && self.0 & (1 << cap) != 0
+    }
+
+    pub fn union(self, other: CapSet) -> CapSet {
+        CapSet(self.0 | other.0)
+    }
+
+    pub fn intersection(self, other: CapSet) -> CapSet {
+        CapSet(self.0 & other.0)
+    }
+
+    pub fn minus(self, other: CapSet) -> CapSet {
+        CapSet(self.0 & !other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `CAP_BPF, CAP_PERFMON` (ascending), or `none`.
+    pub fn names(self) -> String {
+        let mut out = String::new();
+        for cap in (0..64).filter(|&c| self.contains(c)) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            match NAMES.get(cap as usize) {
+                Some(name) => out.push_str(name),
+                None => {
+                    let _ = write!(out, "CAP_{cap}");
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push_str("none");
+        }
+        out
+    }
+
+    /// Parses `CAP_BPF,cap_perfmon,...` (names with or without `CAP_`, any case).
+    pub fn parse(list: &str) -> Result<CapSet, String> {
+        let mut set = CapSet::EMPTY;
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let upper = item.to_ascii_uppercase();
+            let name = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
+            let cap = NAMES
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| format!("unknown capability {item:?}"))?;
+            set = set.union(CapSet(1 << cap));
+        }
+        Ok(set)
+    }
+}
+
+/// Which namespaces the agent reads (the part of `--netns` that matters here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsNeed {
+    /// Its own namespace: plain file reads.
+    Own,
+    /// `--netns NAME`: setns(2) into bound namespace files.
+    Named,
+    /// `--netns all`: setns(2), and `/proc/PID/ns/net` of every process.
+    All,
+}
+
+/// The features that decide what the agent keeps after start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// The eBPF probes are loaded and will be (re)attached at run time.
+    pub ebpf: bool,
+    pub netns: NetnsNeed,
+}
+
+/// What the running kernel and user change in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The kernel knows CAP_BPF and CAP_PERFMON (Linux 5.8+); before, both
+    /// are part of CAP_SYS_ADMIN.
+    pub bpf_caps: bool,
+    /// The agent's filesystem uid is 0: it owns the root-only tracefs files.
+    pub root_fsuid: bool,
+}
+
+impl Host {
+    pub fn current() -> Host {
+        // SAFETY: PR_CAPBSET_READ only reads the calling thread's bounding set;
+        // EINVAL means the kernel does not know the capability.
+        let bpf_known = unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_BPF as libc::c_ulong) } >= 0;
+        // SAFETY: setfsuid(-1) (an invalid id) changes nothing and returns the
+        // current filesystem uid.
+        let fsuid = unsafe { libc::setfsuid(u32::MAX) };
+        Host {
+            bpf_caps: bpf_known,
+            root_fsuid: fsuid == 0,
+        }
+    }
+}
+
+/// The capabilities the agent keeps after start-up (the README's table).
+pub fn required(features: Features, host: Host) -> CapSet {
+    let mut caps = Vec::new();
+    if features.ebpf {
+        // Per round, bpf(BPF_OBJ_GET_INFO_BY_FD) for the programs' recursion
+        // misses and run time (kernels before 5.19 refuse every bpf() command
+        // without it while kernel.unprivileged_bpf_disabled is set); at each
+        // (re)attach, perf_event_open of the kprobe events on every CPU.
+        if host.bpf_caps {
+            caps.extend([CAP_BPF, CAP_PERFMON]);
+        } else {
+            caps.push(CAP_SYS_ADMIN);
+        }
+        // Creating and removing kprobe events, their ids and kprobe_profile:
+        // tracefs files are root's (0640/0440 under a 0700 or 0750 root).
+        if !host.root_fsuid {
+            caps.push(CAP_DAC_OVERRIDE);
+        }
+    }
+    match features.netns {
+        NetnsNeed::Own => {}
+        NetnsNeed::Named => caps.push(CAP_SYS_ADMIN),
+        NetnsNeed::All => caps.extend([CAP_SYS_ADMIN, CAP_SYS_PTRACE]),
+    }
+    CapSet::of(&caps)
+}
+
+/// What [`restrict`] did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub kept: CapSet,
+    /// Needed but not held when the agent started.
+    pub missing: CapSet,
+    /// The bounding set could be reduced (needs CAP_SETPCAP, i.e. root).
+    pub bounding_reduced: bool,
+    pub threads: usize,
+}
+
+// What every thread applies, set before any thread is asked to.
+static KEEP: AtomicU64 = AtomicU64::new(0);
+static APPLIED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+static BOUNDING_KEPT: AtomicBool = AtomicBool::new(false);
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The calling thread's (effective, permitted) sets.
+fn capget() -> Result<(CapSet, CapSet), i32> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: version 3 takes a header and two data structs, both valid for
+    // the call; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    let join = |lo: u32, hi: u32| CapSet(u64::from(lo) | (u64::from(hi) << 32));
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+    ))
+}
+
+/// Whether the calling thread has `cap` in its effective set.
+pub fn effective_has(cap: u32) -> bool {
+    capget().is_ok_and(|(effective, _)| effective.contains(cap))
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Applies [`KEEP`] to the calling thread. Async-signal-safe: only raw
+/// system calls and atomics (it runs in the signal handler).
+fn apply_here() -> Result<(), i32> {
+    let keep = KEEP.load(Ordering::SeqCst);
+    // Bounding set first, while CAP_SETPCAP may still be effective.
+    for cap in 0..64u32 {
+        // SAFETY: PR_CAPBSET_READ reads the thread's bounding set; EINVAL past
+        // the last capability the kernel knows.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) };
+        if present < 0 {
+            break;
+        }
+        if present == 1 && keep & (1 << cap) == 0 {
+            // SAFETY: drops one capability from this thread's bounding set.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) } != 0 {
+                // EPERM: no CAP_SETPCAP (a non-root agent); the service
+                // manager's bounding set stands.
+                BOUNDING_KEPT.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    // SAFETY: clears this thread's ambient set (EINVAL before Linux 4.3,
+    // which has none: ignored).
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    let (_, permitted) = capget()?;
+    let kept = permitted.0 & keep;
+    let part = |shift: u32| {
+        let bits = (kept >> shift) as u32;
+        CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: 0,
+        }
+    };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [part(0), part(32)];
+    // SAFETY: as in capget; the kernel only reads `data`. Lowering the
+    // permitted set and setting effective within it needs no capability.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(errno());
+    }
+    // SAFETY: sets this thread's no_new_privs bit (irreversible by design).
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } != 0
+    {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // SAFETY: the handler must leave errno as it found it.
+    let saved = unsafe { *libc::__errno_location() };
+    if apply_here().is_err() {
+        FAILED.fetch_add(1, Ordering::SeqCst);
+    }
+    APPLIED.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+fn thread_ids() -> Vec<libc::pid_t> {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// How long other threads get to run the handler (they only need to be
+/// scheduled once; a loaded machine can be slow).
+const THREAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Drops every capability `features` do not need, on every thread, and sets
+/// `no_new_privs`. Logs what was kept (and what was needed but missing).
+pub fn restrict(features: Features) -> Result<Outcome, String> {
+    let host = Host::current();
+    let needed = required(features, host);
+    let (_, permitted) = capget().map_err(|e| {
+        format!(
+            "capget: {}",
+            std::io::Error::from_raw_os_error(e)
+        )
+    })?;
+    let kept = needed.intersection(permitted);
+    let missing = needed.minus(permitted);
+    KEEP.store(kept.0, Ordering::SeqCst);
+    APPLIED.store(0, Ordering::SeqCst);
+    FAILED.store(0, Ordering::SeqCst);
+    BOUNDING_KEPT.store(false, Ordering::SeqCst);
+
+    let signal = libc::SIGRTMIN() + 3;
+    // SAFETY: installs an async-signal-safe handler (raw syscalls and atomics
+    // only) for a real-time signal nothing else in the agent uses.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(format!(
+            "sigaction: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    apply_here().map_err(|e| format!("capset: {}", std::io::Error::from_raw_os_error(e)))?;
+    let me = gettid();
+    // SAFETY: getpid cannot fail.
+    let pid = unsafe { libc::getpid() };
+    let mut done: HashSet<libc::pid_t> = HashSet::from([me]);
+    let mut asked = 0usize;
+    // A thread that had not applied the drop may start another one before it
+    // gets the signal: repeat until a pass finds no new thread.
+    for _ in 0..100 {
+        let new: Vec<libc::pid_t> = thread_ids()
+            .into_iter()
+            .filter(|t| !done.contains(t))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for tid in new {
+            done.insert(tid);
+            // SAFETY: signals one thread of this process.
+            if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal) } == 0 {
+                asked += 1;
+            } // ESRCH: the thread has exited meanwhile.
+        }
+        let deadline = Instant::now() + THREAD_DEADLINE;
+        while APPLIED.load(Ordering::SeqCst) < asked {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "timed out after {THREAD_DEADLINE:?} waiting for {} of {asked} threads to drop their capabilities",
+                    asked - APPLIED.load(Ordering::SeqCst)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    if FAILED.load(Ordering::SeqCst) > 0 {
+        return Err(format!(
+            "{} threads could not drop their capabilities",
+            FAILED.load(Ordering::SeqCst)
+        ));
+    }
+    let threads = verify(kept)?;
+    let outcome = Outcome {
+        kept,
+        missing,
+        bounding_reduced: !BOUNDING_KEPT.load(Ordering::SeqCst),
+        threads,
+    };
+    Ok(outcome)
+}
+
+/// Checks every thread's `/proc/self/task/TID/status`: effective and
+/// permitted are `kept`, ambient empty, `NoNewPrivs: 1`. Returns how many
+/// threads there are.
+fn verify(kept: CapSet) -> Result<usize, String> {
+    let mut n = 0;
+    for tid in thread_ids() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+            continue; // exited
+        };
+        let sets = ThreadStatus::parse(&status)
+            .ok_or_else(|| format!("/proc/self/task/{tid}/status: no capability lines"))?;
+        if sets.effective != kept || sets.permitted != kept || !sets.ambient.is_empty() || !sets.no_new_privs {
+            return Err(format!(
+                "thread {tid} still has effective {}, permitted {}, ambient {}, no_new_privs {}",
+                sets.effective.names(),
+                sets.permitted.names(),
+                sets.ambient.names(),
+                sets.no_new_privs
+            ));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The capability lines of `/proc/PID/status` (or of one thread's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadStatus {
+    pub effective: CapSet,
+    pub permitted: CapSet,
+    pub bounding: CapSet,
+    pub ambient: CapSet,
+    pub no_new_privs: bool,
+}
+
+impl ThreadStatus {
+    pub fn parse(status: &str) -> Option<ThreadStatus> {
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
+        let set = |key: &str| -> Option<CapSet> {
+            u64::from_str_radix(field(key)?, 16).ok().map(CapSet)
+        };
+        Some(ThreadStatus {
+            effective: set("CapEff:")?,
+            permitted: set("CapPrm:")?,
+            bounding: set("CapBnd:")?,
+            // CapAmb: is absent before Linux 4.3.
+            ambient: set("CapAmb:").unwrap_or_default(),
+            no_new_privs: field("NoNewPrivs:") == Some("1"),
+        })
+    }
+}
+
+/// [`restrict`] with the result logged: one info line with the sets kept, a
+/// warning naming what the features need but the agent was not given, an
+/// error if the drop failed (the agent goes on: losing metrics would not make
+/// it safer).
+pub fn restrict_and_log(features: Features) {
+    match restrict(features) {
+        Ok(outcome) => {
+            if !outcome.missing.is_empty() {
+                warn!(
+                    "capabilities: the agent was started without {} ({}); {}",
+                    outcome.missing.names(),
+                    what_needs(outcome.missing),
+                    "see the README's capability table"
+                );
+            }
+            info!(
+                "capabilities after start-up: {} (effective, permitted{}), no_new_privs set on {} threads",
+                outcome.kept.names(),
+                if outcome.bounding_reduced {
+                    " and bounding"
+                } else {
+                    "; bounding set left to the service manager: no CAP_SETPCAP"
+                },
+                outcome.threads
+            );
+            debug!("capability mask kept: {:#x}", outcome.kept.0);
+        }
+        Err(e) => log::error!("cannot drop capabilities: {e}"),
+    }
+}
+
+fn what_needs(missing: CapSet) -> String {
+    let mut parts = Vec::new();
+    if missing.contains(CAP_BPF) || missing.contains(CAP_PERFMON) {
+        parts.push("eBPF needs CAP_BPF and CAP_PERFMON");
+    }
+    if missing.contains(CAP_DAC_OVERRIDE) {
+        parts.push("eBPF as a non-root user needs CAP_DAC_OVERRIDE for tracefs");
+    }
+    if missing.contains(CAP_SYS_ADMIN) {
+        parts.push("--netns (and eBPF before Linux 5.8) needs CAP_SYS_ADMIN");
+    }
+    if missing.contains(CAP_SYS_PTRACE) {
+        parts.push("--netns all needs CAP_SYS_PTRACE");
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODERN: Host = Host {
+        bpf_caps: true,
+        root_fsuid: false,
+    };
+
+    fn req(ebpf: bool, netns: NetnsNeed, host: Host) -> CapSet {
+        required(Features { ebpf, netns }, host)
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(req(false, NetnsNeed::Own, MODERN), CapSet::EMPTY);
+        assert_eq!(
+            req(false, NetnsNeed::Named, MODERN),
+            CapSet::of(&[CAP_SYS_ADMIN])
+        );
+        assert_eq!(
+            req(false, NetnsNeed::All, MODERN),
+            CapSet::of(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE])
+        );
+        assert_eq!(
+            req(true, NetnsNeed::Own, MODERN),
+            CapSet::of(&[CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE])
+        );
+        let root = Host {
+            root_fsuid: true,
+            ..MODERN
+        };
+        assert_eq!(
+            req(true, NetnsNeed::Own, root),
+            CapSet::of(&[CAP_BPF, CAP_PERFMON])
+        );
+        let old = Host {
+            bpf_caps: false,
+            root_fsuid: false,
+        };
+        assert_eq!(
+            req(true, NetnsNeed::Named, old),
+            CapSet::of(&[CAP_SYS_ADMIN, CAP_DAC_OVERRIDE])
+        );
+    }
+
+    #[test]
+    fn names_and_parse() {
+        let set = CapSet::of(&[CAP_BPF, CAP_SYS_ADMIN, CAP_PERFMON]);
+        assert_eq!(set.names(), "CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF");
+        assert_eq!(CapSet::parse("bpf, CAP_perfmon,sys_admin"), Ok(set));
+        assert_eq!(CapSet::EMPTY.names(), "none");
+        assert!(CapSet::parse("cap_nope").is_err());
+        assert_eq!(CapSet::parse(""), Ok(CapSet::EMPTY));
+    }
+
+    #[test]
+    fn status_lines() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000200000\nCapEff:\t0000000000200000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
+        let s = ThreadStatus::parse(status).expect("parses");
+        assert_eq!(s.effective, CapSet::of(&[CAP_SYS_ADMIN]));
+        assert_eq!(s.bounding, CapSet(0x1ff_ffff_ffff));
+        assert!(s.no_new_privs);
+    }
+
+    /// The README's table lists, per row, the capabilities [`required`] gives.
+    #[test]
+    fn readme_table_matches() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| features (after start-up)"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(rows.len() >= 5, "capability table not found in README.md");
+        let expected: [(&str, CapSet); 5] = [
+            ("`--no-ebpf`", CapSet::EMPTY),
+            ("`--no-ebpf --netns NAME`", req(false, NetnsNeed::Named, MODERN)),
+            ("`--no-ebpf --netns all`", req(false, NetnsNeed::All, MODERN)),
+            ("eBPF", req(true, NetnsNeed::Own, MODERN)),
+            ("eBPF `--netns all`", req(true, NetnsNeed::All, MODERN)),
+        ];
+        for (feature, caps) in expected {
+            let row = rows
+                .iter()
+                .find(|r| r.split('|').nth(1).map(str::trim) == Some(feature))
+                .unwrap_or_else(|| panic!("no README row for {feature}"));
+            let listed = row.split('|').nth(2).map(str::trim).unwrap_or_default();
+            let listed = if listed == "none" {
+                CapSet::EMPTY
+            } else {
+                CapSet::parse(&listed.replace('`', "")).expect("capability names")
+            };
+            assert_eq!(listed, caps, "README row {row}");
+        }
+    }
+}
