@@ -179,13 +179,14 @@ impl Host {
     pub fn current() -> Host {
         // SAFETY: PR_CAPBSET_READ only reads the calling thread's bounding set;
         // EINVAL means the kernel does not know the capability.
-        let bpf_known = unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_BPF as libc::c_ulong) } >= 0;
-        // SAFETY: setfsuid(-1) (an invalid id) changes nothing and returns the
-        // current filesystem uid.
-        let fsuid = unsafe { libc::setfsuid(u32::MAX) };
+        let bpf_known =
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_BPF as libc::c_ulong) } >= 0;
+        // SAFETY: geteuid has no preconditions and cannot fail. (The agent
+        // never changes its filesystem uid, which follows the effective one.)
+        let euid = unsafe { libc::geteuid() };
         Host {
             bpf_caps: bpf_known,
-            root_fsuid: fsuid == 0,
+            root_fsuid: euid == 0,
         }
     }
 }
@@ -382,12 +383,8 @@ const THREAD_DEADLINE: Duration = Duration::from_secs(10);
 pub fn restrict(features: Features) -> Result<Outcome, String> {
     let host = Host::current();
     let needed = required(features, host);
-    let (_, permitted) = capget().map_err(|e| {
-        format!(
-            "capget: {}",
-            std::io::Error::from_raw_os_error(e)
-        )
-    })?;
+    let (_, permitted) =
+        capget().map_err(|e| format!("capget: {}", std::io::Error::from_raw_os_error(e)))?;
     let kept = needed.intersection(permitted);
     let missing = needed.minus(permitted);
     KEEP.store(kept.0, Ordering::SeqCst);
@@ -406,10 +403,7 @@ pub fn restrict(features: Features) -> Result<Outcome, String> {
         libc::sigaction(signal, &action, std::ptr::null_mut())
     };
     if rc != 0 {
-        return Err(format!(
-            "sigaction: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
     }
     apply_here().map_err(|e| format!("capset: {}", std::io::Error::from_raw_os_error(e)))?;
     let me = gettid();
@@ -472,7 +466,11 @@ fn verify(kept: CapSet) -> Result<usize, String> {
         };
         let sets = ThreadStatus::parse(&status)
             .ok_or_else(|| format!("/proc/self/task/{tid}/status: no capability lines"))?;
-        if sets.effective != kept || sets.permitted != kept || !sets.ambient.is_empty() || !sets.no_new_privs {
+        if sets.effective != kept
+            || sets.permitted != kept
+            || !sets.ambient.is_empty()
+            || !sets.no_new_privs
+        {
             return Err(format!(
                 "thread {tid} still has effective {}, permitted {}, ambient {}, no_new_privs {}",
                 sets.effective.names(),
@@ -504,9 +502,8 @@ impl ThreadStatus {
                 .find_map(|l| l.strip_prefix(key))
                 .map(str::trim)
         };
-        let set = |key: &str| -> Option<CapSet> {
-            u64::from_str_radix(field(key)?, 16).ok().map(CapSet)
-        };
+        let set =
+            |key: &str| -> Option<CapSet> { u64::from_str_radix(field(key)?, 16).ok().map(CapSet) };
         Some(ThreadStatus {
             effective: set("CapEff:")?,
             permitted: set("CapPrm:")?,
@@ -641,12 +638,19 @@ mod tests {
             .skip(2)
             .take_while(|l| l.starts_with('|'))
             .collect();
-        assert!(rows.len() >= 5, "capability table not found in README.md");
-        let expected: [(&str, CapSet); 5] = [
+        assert!(rows.len() >= 6, "capability table not found in README.md");
+        let expected: [(&str, CapSet); 6] = [
             ("`--no-ebpf`", CapSet::EMPTY),
-            ("`--no-ebpf --netns NAME`", req(false, NetnsNeed::Named, MODERN)),
-            ("`--no-ebpf --netns all`", req(false, NetnsNeed::All, MODERN)),
+            (
+                "`--no-ebpf --netns NAME`",
+                req(false, NetnsNeed::Named, MODERN),
+            ),
+            (
+                "`--no-ebpf --netns all`",
+                req(false, NetnsNeed::All, MODERN),
+            ),
             ("eBPF", req(true, NetnsNeed::Own, MODERN)),
+            ("eBPF `--netns NAME`", req(true, NetnsNeed::Named, MODERN)),
             ("eBPF `--netns all`", req(true, NetnsNeed::All, MODERN)),
         ];
         for (feature, caps) in expected {

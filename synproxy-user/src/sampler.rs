@@ -351,7 +351,8 @@ impl Sampler {
             );
             if !self.failing.contains_key(DENIED_ANYWAY_LABEL) {
                 warn!("{message}");
-                self.failing.insert(DENIED_ANYWAY_LABEL.to_string(), message);
+                self.failing
+                    .insert(DENIED_ANYWAY_LABEL.to_string(), message);
             }
             return;
         }

@@ -282,7 +282,7 @@ fn is_permission(err: &(dyn std::error::Error + 'static)) -> bool {
     matches!(first_errno(err), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
-const CAPS: &str = "missing capabilities (loading eBPF needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN for tracefs)";
+const CAPS: &str = "missing capabilities (loading eBPF needs root, or CAP_BPF + CAP_PERFMON, and CAP_DAC_OVERRIDE for tracefs)";
 
 fn raise_memlock() {
     let limit = libc::rlimit {
