@@ -6,6 +6,7 @@
 //! integration tests and unchanged inside the QEMU guests of the VM suite.
 
 pub mod agent;
+pub mod caps;
 pub mod ebpf_checks;
 pub mod lifecycle;
 pub mod line_protocol;
