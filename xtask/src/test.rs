@@ -9,8 +9,17 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 /// Packages the host-kernel tests use (the VM suite installs its own).
-/// `prometheus` brings the server and `promtool` for the Prometheus tests.
-const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2", "prometheus"];
+/// `prometheus` brings the server and `promtool` for the Prometheus tests;
+/// `systemd` `systemd-analyze` for the unit checks; `util-linux` `setpriv`
+/// for running the agent as an unprivileged user with chosen capabilities.
+const TEST_PACKAGES: &[&str] = &[
+    "iptables",
+    "nftables",
+    "iproute2",
+    "prometheus",
+    "systemd",
+    "util-linux",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
