@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;
 pub mod netns;
+pub mod non_root;
 pub mod packet;
 pub mod pidns;
 pub mod proc_counters;

@@ -163,6 +163,10 @@ pub enum Launch {
     /// `unshare -p -f --mount-proc`: `helper` is synproxy-scenario itself, run as
     /// `helper --pidns-exec AGENT ARGS...` (see [`crate::pidns`]).
     PidNamespace { helper: PathBuf },
+    /// As uid/gid 65534 with only `caps` (comma-separated, setpriv's names)
+    /// as ambient capabilities and bounding set: `helper --caps-exec CAPS
+    /// AGENT ARGS...` (see [`crate::caps`]), which execs the agent (same pid).
+    Caps { helper: PathBuf, caps: String },
 }
 
 pub struct LiveAgent {
@@ -271,11 +275,21 @@ impl LiveAgent {
                 c.arg(crate::pidns::HELPER_FLAG).arg(agent);
                 c
             }
+            Launch::Caps { helper, caps } => {
+                let mut c = Command::new(helper);
+                c.arg(crate::caps::HELPER_FLAG).arg(caps).arg(agent);
+                c
+            }
         };
         let what = match launch {
             Launch::Direct => format!("`{} {}`", agent.display(), args.join(" ")),
             Launch::PidNamespace { .. } => format!(
                 "`{} {}` (PID 1 of a new PID namespace)",
+                agent.display(),
+                args.join(" ")
+            ),
+            Launch::Caps { caps, .. } => format!(
+                "`{} {}` (uid 65534, capabilities {caps})",
                 agent.display(),
                 args.join(" ")
             ),
@@ -292,7 +306,7 @@ impl LiveAgent {
         let lines = pump(child.stdout.take().context("agent stdout")?);
         let stderr = pump(child.stderr.take().context("agent stderr")?);
         let agent_pid = match launch {
-            Launch::Direct => child.id(),
+            Launch::Direct | Launch::Caps { .. } => child.id(),
             Launch::PidNamespace { .. } => {
                 match crate::pidns::wait_child_of(child.id(), Duration::from_secs(10)) {
                     Ok(pid) => pid,

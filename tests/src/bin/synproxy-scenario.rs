@@ -8,14 +8,14 @@ use synproxy_common::Counter;
 use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
-use synproxy_tests::{ebpf_checks, lifecycle, pidns, sustained};
+use synproxy_tests::{caps, ebpf_checks, lifecycle, non_root, pidns, sustained};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
-[--lifecycle [--lifecycle-delays MS,MS,...]]";
+[--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root]";
 
 struct Args {
     cfg: Config,
@@ -28,6 +28,8 @@ struct Args {
     sustained: Option<sustained::Params>,
     /// Run the lifecycle checks instead of the matrix (explicit delays, if any).
     lifecycle: Option<Option<Vec<u64>>>,
+    /// Run the non-root check (eBPF as uid 65534) instead of the matrix.
+    non_root: bool,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -54,6 +56,7 @@ fn parse_args() -> Result<Args> {
     let mut sustained_params = sustained::Params::default();
     let mut lifecycle = None;
     let mut delays = None;
+    let mut non_root = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -70,6 +73,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--lifecycle" {
             lifecycle = Some(());
+            continue;
+        }
+        if flag == "--non-root" {
+            non_root = true;
             continue;
         }
         let value = it
@@ -152,12 +159,20 @@ fn parse_args() -> Result<Args> {
         flood: flood.then_some((flood_syn, flood_ack)),
         sustained: sustained.map(|()| sustained_params),
         lifecycle: lifecycle.map(|()| delays),
+        non_root,
     })
 }
 
 fn main() {
     // Helper mode first, while the process is single-threaded (unshare + fork).
     let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == caps::HELPER_FLAG) {
+        // Returns only if it could not exec the program.
+        if let Err(e) = caps::helper_main(&raw[1..]) {
+            eprintln!("synproxy-scenario {}: {e:#}", caps::HELPER_FLAG);
+        }
+        std::process::exit(125);
+    }
     if raw.first().is_some_and(|a| a == pidns::HELPER_FLAG) {
         match pidns::helper_main(&raw[1..]) {
             Ok(code) => std::process::exit(code),
@@ -202,6 +217,9 @@ fn main() {
         }));
         checks.push(Box::new(|| vec![lifecycle::kill9_restart(cfg, kernel)]));
         checks.push(Box::new(|| vec![lifecycle::two_agents(cfg, kernel)]));
+    }
+    if args.non_root {
+        checks.push(Box::new(|| vec![non_root::non_root(cfg, kernel)]));
     }
     if !checks.is_empty() {
         for run in checks {

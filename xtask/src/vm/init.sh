@@ -376,6 +376,15 @@ begin_check lifecycle
 run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
 end_check lifecycle
 
+# 8. Least privilege (issue 9): the agent with eBPF and --netns as uid 65534 with
+#    only the capability table's CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE,
+#    CAP_SYS_ADMIN (ambient): attaches, keeps exactly those (every thread,
+#    bounding set, no_new_privs), eBPF == /proc after a burst, totals == a root
+#    agent's, and SIGTERM leaves nothing behind.
+begin_check non-root
+run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
+end_check non-root
+
 echo "VMTEST-END kernel=$KERNEL checks=$CHECKS_RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f

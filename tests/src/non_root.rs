@@ -1,0 +1,214 @@
+//! The `non-root` check (VM suite): the agent with eBPF and `--netns NAME`,
+//! run as uid/gid 65534 with exactly the README table's capabilities for
+//! that ("eBPF `--netns NAME`": CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE,
+//! CAP_SYS_ADMIN) as ambient capabilities (synproxy-scenario's own
+//! `--caps-exec` helper: the guest has no setpriv). Its probes must attach,
+//! its sets after start-up must be the table's on every thread (bounding set
+//! too, no_new_privs), its eBPF counts must equal /proc after a burst of
+//! crafted SYNs and bad ACKs, its totals must equal a root agent's and the
+//! kernel's, and on SIGTERM it must exit 0 leaving nothing in the kernel
+//! (removing its kprobe events after the drop needs CAP_DAC_OVERRIDE).
+
+use crate::caps::{self, CAP_BPF, CAP_DAC_OVERRIDE, CAP_PERFMON, CAP_SYS_ADMIN};
+use crate::ebpf_checks::Check;
+use crate::live_agent::{self, Launch, LiveAgent};
+use crate::netns::Topology;
+use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
+use crate::proc_counters;
+use crate::rng::XorShift;
+use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::scenario::Config;
+use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use anyhow::{bail, Context, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use synproxy_common::{Counter, STAT_COLUMNS};
+
+const PROBE_PORT: u16 = 8081;
+const SYNS: u32 = 2_000;
+const ACKS: u32 = 500;
+/// The README table's row "eBPF `--netns NAME`".
+const CAPS: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE, CAP_SYS_ADMIN];
+
+pub fn non_root(cfg: &Config, kernel: &str) -> Check {
+    let head = format!(
+        "RESULT kernel={kernel} check=non-root uid={} caps={}",
+        caps::NOBODY,
+        caps::names(caps::mask(&CAPS))
+    );
+    match run(cfg, &head) {
+        Ok(check) => check,
+        Err(e) => Check {
+            line: format!("{head} status=FAIL"),
+            pass: false,
+            notes: vec![format!("error: {e:#}")],
+        },
+    }
+}
+
+/// Polls until /proc of `topo.srv` stops moving (60 s at most).
+fn settled(topo: &Topology) -> Result<proc_counters::Totals> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = proc_counters::read(&topo.srv)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = proc_counters::read(&topo.srv)?;
+        if now == last {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timeout waiting for /proc of {} to settle (60s)",
+                topo.srv.name()
+            );
+        }
+        last = now;
+    }
+}
+
+fn run(cfg: &Config, head: &str) -> Result<Check> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let _srv_rules =
+        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
+            .context("SYNPROXY rules")?;
+    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
+        .context("RST filter")?;
+    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
+    traffic::wait_reachable(
+        &topo.cli,
+        SocketAddr::new(dst, PROBE_PORT),
+        Duration::from_secs(5),
+    )?;
+    let helper = std::env::current_exe().context("path of synproxy-scenario")?;
+    let launch = Launch::Caps {
+        helper,
+        caps: caps::names(caps::mask(&CAPS)),
+    };
+    // Waits for the attach and one round.
+    let mut live =
+        LiveAgent::start_with(&cfg.agent, &topo.srv, &cfg.extra_agent_args, &launch, true)
+            .context("agent with eBPF as uid 65534")?;
+    let mut notes = Vec::new();
+    let mut pass = true;
+    let kept = caps::mask(&CAPS);
+    let check_caps = |live: &LiveAgent, when: &str, notes: &mut Vec<String>| -> Result<bool> {
+        let threads = caps::process_caps(live.pid())?;
+        let wrong = caps::check_threads(&threads, kept, kept);
+        if !wrong.is_empty() {
+            notes.push(format!("{when}: {}", wrong.join("; ")));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", live.pid()))?;
+        let uid_ok = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|v| v.split_whitespace().all(|u| u == "65534"));
+        if !uid_ok {
+            notes.push(format!("{when}: the agent does not run as uid 65534"));
+        }
+        Ok(wrong.is_empty() && uid_ok)
+    };
+    pass &= check_caps(&live, "after start-up", &mut notes)?;
+    let cap_eff = caps::process_caps(live.pid())?
+        .first()
+        .map_or(0, |(_, t)| t.effective);
+
+    let before = proc_counters::read(&topo.srv)?;
+    let mut tx = RawSender::new(&topo.cli, src, V6Checksum::Correct)?;
+    let mut rng = XorShift::from_time();
+    let seg = TcpSegment::to_protected;
+    for i in 0..SYNS {
+        tx.send(dst, &seg(1024 + i as u16, rng.next_u32(), 0, SYN))?;
+    }
+    for i in 0..ACKS {
+        tx.send(
+            dst,
+            &seg(1024 + i as u16, rng.next_u32(), rng.next_u32(), ACK),
+        )?;
+    }
+    let last = settled(&topo)?;
+    let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
+    let proc_inv =
+        last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
+    let lines = live.sample()?;
+    pass &= check_caps(&live, "after traffic", &mut notes)?;
+    let srv = topo.srv.name();
+    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
+    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
+    let (missed, attached) = live_agent::probe_misses(&lines)?;
+    if proc_syn != u64::from(SYNS) || proc_inv != u64::from(ACKS) {
+        notes.push(format!(
+            "/proc moved syn_received {proc_syn}, cookie_invalid {proc_inv}: not what was sent"
+        ));
+        pass = false;
+    }
+    if ebpf_syn != proc_syn || ebpf_inv != proc_inv {
+        notes.push(format!(
+            "eBPF {ebpf_syn}/{ebpf_inv} != /proc {proc_syn}/{proc_inv}"
+        ));
+        pass = false;
+    }
+    if missed != 0 || view.misses != 0 || !attached || view.statuses.iter().any(|s| s != "exact") {
+        notes.push(format!(
+            "attached={attached} kprobe missed={missed} probe_misses={} reconcile={:?}",
+            view.misses, view.statuses
+        ));
+        pass = false;
+    }
+    // Totals: the non-root agent's, a root agent's (`--once --no-ebpf`) and
+    // the kernel's, all counters.
+    let line = lines
+        .iter()
+        .find(|l| {
+            l.measurement == "synproxy" && l.tags.get("netns").map(String::as_str) == Some(srv)
+        })
+        .context("no synproxy line for the server namespace")?;
+    let root = crate::agent::run_with_netns_flag(&topo.srv, &cfg.agent, &[])
+        .context("root agent --once --no-ebpf --netns")?;
+    let kernel = proc_counters::read(&topo.srv)?;
+    let mut same = true;
+    for name in STAT_COLUMNS {
+        let (a, r, k) = (line.counter(name)?, root.counter(name)?, kernel.get(name));
+        if a != r || a != k {
+            notes.push(format!(
+                "{name}: uid 65534 agent {a}, root agent {r}, kernel {k}"
+            ));
+            same = false;
+        }
+    }
+    pass &= same;
+    let stopped = live.stop(Some(libc::SIGTERM))?;
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
+    if !stopped.exit_ok || !left.is_empty() {
+        notes.push(format!(
+            "SIGTERM: exit {} after {:?}, left in the kernel: {}",
+            stopped.exit_code,
+            stopped.elapsed,
+            left.join("; ")
+        ));
+        pass = false;
+    }
+    let logged: Vec<&String> = stopped
+        .stderr
+        .iter()
+        .filter(|l| l.contains("capabilities"))
+        .collect();
+    notes.push(format!("agent: {logged:?}"));
+    if !pass {
+        notes.push(format!("agent stderr: {}", stopped.stderr.join(" | ")));
+    }
+    Ok(Check {
+        line: format!(
+            "{head} cap_eff={} syn_driven={SYNS} ack_driven={ACKS} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} totals_equal_root={} exit={} leftovers={} status={}",
+            caps::names(cap_eff),
+            view.statuses.join("/"),
+            if same { "yes" } else { "no" },
+            stopped.exit_code,
+            left.len(),
+            if pass { "PASS" } else { "FAIL" }
+        ),
+        pass,
+        notes,
+    })
+}
