@@ -130,14 +130,21 @@ async fn start(
     };
 
     // Start-up is over: keep only the capabilities the features still need.
-    privileges::restrict_and_log(privileges::Features {
-        ebpf: ebpf.is_some(),
-        netns: match &selection {
-            NetnsSelection::Own => privileges::NetnsNeed::Own,
-            NetnsSelection::Named(_) => privileges::NetnsNeed::Named,
-            NetnsSelection::All => privileges::NetnsNeed::All,
+    privileges::restrict_and_log(
+        privileges::Features {
+            ebpf: ebpf.is_some(),
+            netns: match &selection {
+                NetnsSelection::Own => privileges::NetnsNeed::Own,
+                NetnsSelection::Named(_) => privileges::NetnsNeed::Named,
+                NetnsSelection::All => privileges::NetnsNeed::All,
+            },
         },
-    });
+        if cli.once {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        },
+    );
     let sampler = Sampler::new(SamplerConfig {
         once: cli.once,
         proc_root: cli.proc_root.clone(),

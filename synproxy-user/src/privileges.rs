@@ -13,7 +13,7 @@
 //! it; threads created afterwards inherit the reduced sets. Every thread's
 //! `/proc/self/task/TID/status` is checked at the end.
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -515,11 +515,11 @@ impl ThreadStatus {
     }
 }
 
-/// [`restrict`] with the result logged: one info line with the sets kept, a
-/// warning naming what the features need but the agent was not given, an
-/// error if the drop failed (the agent goes on: losing metrics would not make
-/// it safer).
-pub fn restrict_and_log(features: Features) {
+/// [`restrict`] with the result logged: one line at `level` with the sets
+/// kept (info for a long-running agent; `--once` stays quiet), a warning
+/// naming what the features need but the agent was not given, an error if the
+/// drop failed (the agent goes on: losing metrics would not make it safer).
+pub fn restrict_and_log(features: Features, level: log::Level) {
     match restrict(features) {
         Ok(outcome) => {
             if !outcome.missing.is_empty() {
@@ -530,7 +530,8 @@ pub fn restrict_and_log(features: Features) {
                     "see the README's capability table"
                 );
             }
-            info!(
+            log::log!(
+                level,
                 "capabilities after start-up: {} (effective, permitted{}), no_new_privs set on {} threads",
                 outcome.kept.names(),
                 if outcome.bounding_reduced {
