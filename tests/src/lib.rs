@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod ebpf_checks;
+pub mod influxdb;
 pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;

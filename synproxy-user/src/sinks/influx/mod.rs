@@ -405,8 +405,10 @@ impl InfluxSink {
             .is_none_or(|at| at.elapsed() >= DROP_WARNING_EVERY);
         if due {
             warn!(
-                "InfluxDB {}: buffer full (--influx-buffer-lines {}): dropped the oldest {} lines ({dropped_total} since start) while the server cannot keep up or be reached",
-                self.target, self.buffer_lines, self.dropped_unreported
+                "InfluxDB {}: buffer full (--influx-buffer-lines {}): dropped the oldest {} ({dropped_total} since start) while the server cannot keep up or be reached",
+                self.target,
+                self.buffer_lines,
+                writer::lines(self.dropped_unreported)
             );
             self.dropped_unreported = 0;
             self.last_drop_warning = Some(Instant::now());
@@ -458,8 +460,9 @@ impl Sink for InfluxSink {
             return Ok(());
         }
         let message = format!(
-            "InfluxDB {}: exiting with {left} lines not written",
-            self.target
+            "InfluxDB {}: exiting with {} not written",
+            self.target,
+            writer::lines(left)
         );
         if self.once {
             Err(Ended::Failed(message))

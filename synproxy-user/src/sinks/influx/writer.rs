@@ -278,6 +278,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// "1 line", "2 lines".
+pub fn lines(n: u64) -> String {
+    if n == 1 {
+        "1 line".into()
+    } else {
+        format!("{n} lines")
+    }
+}
+
 pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder =
         flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), Default::default());
@@ -367,14 +376,15 @@ impl Writer {
                 };
                 if self.failing.take().is_some() {
                     info!(
-                        "InfluxDB {target}: writing again after {} failed attempts ({buffered} lines still buffered)",
-                        self.failed_attempts
+                        "InfluxDB {target}: writing again after {} failed attempts ({} still buffered)",
+                        self.failed_attempts,
+                        lines(buffered)
                     );
                 }
                 self.failed_attempts = 0;
                 self.backoff.reset();
                 self.last_rejection = None;
-                debug!("InfluxDB {target}: wrote {} lines", batch.lines);
+                debug!("InfluxDB {target}: wrote {}", lines(batch.lines));
                 None
             }
             Outcome::Retry {
@@ -393,9 +403,10 @@ impl Writer {
                     .max(retry_after.unwrap_or_default());
                 if self.failing.as_deref() != Some(reason.as_str()) {
                     warn!(
-                        "InfluxDB {target}: {reason}; retrying (next in {:.1} s, backing off up to {} s; {buffered} lines buffered)",
+                        "InfluxDB {target}: {reason}; retrying (next in {:.1} s, backing off up to {} s; {} buffered)",
                         delay.as_secs_f64(),
-                        MAX_BACKOFF.as_secs()
+                        MAX_BACKOFF.as_secs(),
+                        lines(buffered)
                     );
                     self.failing = Some(reason);
                 } else {
@@ -410,8 +421,9 @@ impl Writer {
                 self.shared.lock().buffer.failed();
                 self.batch_lines = (batch.lines / 2).max(1);
                 warn!(
-                    "InfluxDB {target}: 413 Payload Too Large for {} lines ({message}); sending at most {} lines per request from now on",
-                    batch.lines, self.batch_lines
+                    "InfluxDB {target}: 413 Payload Too Large for {} ({message}); sending at most {} per request from now on",
+                    lines(batch.lines),
+                    lines(self.batch_lines)
                 );
                 None
             }
@@ -432,8 +444,10 @@ impl Writer {
                 .map(describe_status)
                 .unwrap_or_else(|_| key.0.to_string());
             error!(
-                "InfluxDB {}: the server refused {} lines with {status}: {}; not retried, the lines are dropped (logged once until a write succeeds)",
-                self.endpoint.target, batch.lines, key.1
+                "InfluxDB {}: the server refused {} with {status}: {}; not retried, dropped (logged once until a write succeeds)",
+                self.endpoint.target,
+                lines(batch.lines),
+                key.1
             );
             self.last_rejection = Some(key);
         }
