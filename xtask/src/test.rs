@@ -9,8 +9,10 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 /// Packages the host-kernel tests use (the VM suite installs its own).
-/// `prometheus` brings the server and `promtool` for the Prometheus tests.
-const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2", "prometheus"];
+/// `prometheus` brings the server and `promtool` for the Prometheus tests;
+/// `influxdb` brings `influxd` (1.x) for the InfluxDB tests, which start their
+/// own server on a free loopback port (never the packaged service's 8086).
+const TEST_PACKAGES: &[&str] = &["iptables", "nftables", "iproute2", "prometheus", "influxdb"];
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
