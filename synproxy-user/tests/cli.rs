@@ -818,7 +818,9 @@ fn influx_flag_errors_are_one_line_naming_the_flag_with_exit_2() {
     let root = proc.root().to_str().unwrap().to_string();
     let missing_token = proc.root().join("no-such-token");
     let missing_token = missing_token.to_str().unwrap().to_string();
-    let cases: Vec<(Vec<&str>, &[(&str, &str)], String)> = vec![
+    // (flags, environment, the error line expected)
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], String);
+    let cases: Vec<Case> = vec![
         (
             vec!["--influx-url", "localhost:8086", "--influx-db", "d"],
             &[],
