@@ -354,13 +354,8 @@ impl ScriptedEndpoint {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let reply = script.pop_front().unwrap_or_else(|| Reply::new(204));
-                match serve_one(stream, &reply) {
-                    Ok(request) => {
-                        if let Ok(mut log) = log.lock() {
-                            log.push(request);
-                        }
-                    }
-                    Err(e) => eprintln!("scripted endpoint: {e:#}"),
+                if let Err(e) = serve_one(stream, &reply, &log) {
+                    eprintln!("scripted endpoint: {e:#}");
                 }
             }
         });
@@ -376,7 +371,10 @@ impl ScriptedEndpoint {
     }
 }
 
-fn serve_one(stream: TcpStream, reply: &Reply) -> Result<Received> {
+/// Reads one request, records it, then answers it: recorded before the
+/// agent can see the answer (and maybe exit), so a test that waited for the
+/// agent finds every request it made.
+fn serve_one(stream: TcpStream, reply: &Reply, log: &Mutex<Vec<Received>>) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -404,7 +402,16 @@ fn serve_one(stream: TcpStream, reply: &Reply) -> Result<Received> {
         .context("no Content-Length")?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    let at = Instant::now();
+    if let Ok(mut log) = log.lock() {
+        log.push(Received {
+            method,
+            target,
+            headers,
+            body,
+            status: reply.status,
+            at: Instant::now(),
+        });
+    }
     let reason = match reply.status {
         204 => "No Content",
         400 => "Bad Request",
@@ -426,14 +433,7 @@ fn serve_one(stream: TcpStream, reply: &Reply) -> Result<Received> {
     let mut stream = stream;
     stream.write_all(response.as_bytes())?;
     stream.flush()?;
-    Ok(Received {
-        method,
-        target,
-        headers,
-        body,
-        status: reply.status,
-        at,
-    })
+    Ok(())
 }
 
 /// Decompresses a gzip body.
