@@ -10,7 +10,7 @@ use std::time::Duration;
     name = "synproxy-agent",
     version,
     about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy) or serves Prometheus metrics",
-    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics"
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x"
 )]
 pub struct Cli {
     /// Print one sample and exit (non-zero exit if any namespace could not be read).
@@ -91,6 +91,43 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", env = "SYNPROXY_AGENT_PROMETHEUS_LISTEN")]
     pub prometheus_listen: Option<String>,
 
+    /// Write the line protocol to InfluxDB at this base URL (http:// or https://,
+    /// e.g. http://127.0.0.1:8086), with --influx-db (1.x API) or --influx-bucket
+    /// and --influx-org (2.x API). Credentials: INFLUX_TOKEN, or INFLUX_USERNAME
+    /// and INFLUX_PASSWORD (1.x), or --influx-token-file. Line protocol on stdout
+    /// then stops unless --stdout is given.
+    #[arg(long, value_name = "URL", env = "SYNPROXY_AGENT_INFLUX_URL")]
+    pub influx_url: Option<String>,
+
+    /// InfluxDB 1.x database (POST /write?db=DB).
+    #[arg(long, value_name = "DB", env = "SYNPROXY_AGENT_INFLUX_DB")]
+    pub influx_db: Option<String>,
+
+    /// InfluxDB 2.x bucket (POST /api/v2/write?bucket=B), with --influx-org.
+    #[arg(long, value_name = "BUCKET", env = "SYNPROXY_AGENT_INFLUX_BUCKET")]
+    pub influx_bucket: Option<String>,
+
+    /// InfluxDB 2.x organization (name or ID), with --influx-bucket.
+    #[arg(long, value_name = "ORG", env = "SYNPROXY_AGENT_INFLUX_ORG")]
+    pub influx_org: Option<String>,
+
+    /// Read the InfluxDB token from this file (instead of INFLUX_TOKEN); sent as
+    /// `Authorization: Token ...`.
+    #[arg(long, value_name = "PATH", env = "SYNPROXY_AGENT_INFLUX_TOKEN_FILE")]
+    pub influx_token_file: Option<PathBuf>,
+
+    /// Lines kept for InfluxDB while it cannot be written to; when full, the
+    /// oldest are dropped (and counted). The default holds over an hour at the
+    /// default interval for up to 270 lines per round.
+    #[arg(
+        long,
+        value_name = "LINES",
+        default_value_t = DEFAULT_INFLUX_BUFFER_LINES,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "SYNPROXY_AGENT_INFLUX_BUFFER_LINES"
+    )]
+    pub influx_buffer_lines: u64,
+
     /// Print line protocol on stdout also when a network output is configured
     /// (without one, stdout is the output and this changes nothing).
     #[arg(long, env = "SYNPROXY_AGENT_STDOUT")]
@@ -139,6 +176,11 @@ pub enum NetnsSelection {
     Named(Vec<String>),
     All,
 }
+
+/// `--influx-buffer-lines` default: one hour at the default 10 s interval is
+/// 360 rounds, so 100,000 lines hold an hour of rounds of up to 277 lines
+/// (about 90 namespaces with eBPF: 3 lines each, or 270 without).
+pub const DEFAULT_INFLUX_BUFFER_LINES: u64 = 100_000;
 
 /// Bounds of `--rate-resolution`: the agent drains the peak-rate map every 8
 /// buckets, so the finest resolution sets how often it wakes.
@@ -209,6 +251,7 @@ impl Cli {
             parse_listen_addr(listen)
                 .map_err(|e| format!("--prometheus-listen {listen:?}: {e}"))?;
         }
+        self.validate_influx_flags()?;
         if let Some(host) = &self.hostname {
             if host.is_empty() || host.chars().any(char::is_control) {
                 return Err(format!(
@@ -224,7 +267,54 @@ impl Cli {
     /// Whether line protocol goes to stdout: always without a network
     /// output (the Telegraf drop-in), otherwise only with `--stdout`.
     pub fn stdout_enabled(&self) -> bool {
-        self.stdout || self.prometheus_listen.is_none()
+        self.stdout || (self.prometheus_listen.is_none() && self.influx_url.is_none())
+    }
+
+    /// Which InfluxDB flags go together: the URL with either the 1.x database
+    /// or the 2.x bucket and organization. The URL itself, the token file and
+    /// the environment's credentials are checked when the writer is set up.
+    fn validate_influx_flags(&self) -> Result<(), String> {
+        let v2 = [
+            ("--influx-bucket", &self.influx_bucket),
+            ("--influx-org", &self.influx_org),
+        ];
+        let Some(url) = &self.influx_url else {
+            let stray = [("--influx-db", &self.influx_db)]
+                .into_iter()
+                .chain(v2)
+                .find_map(|(flag, value)| value.as_ref().map(|_| flag))
+                .or(self
+                    .influx_token_file
+                    .as_ref()
+                    .map(|_| "--influx-token-file"));
+            return match stray {
+                Some(flag) => Err(format!("{flag}: needs --influx-url")),
+                None => Ok(()),
+            };
+        };
+        for (flag, value) in [("--influx-db", &self.influx_db)].into_iter().chain(v2) {
+            if let Some(value) = value {
+                if value.is_empty() || value.chars().any(char::is_control) {
+                    return Err(format!(
+                        "{flag} {value:?}: must be non-empty, without control characters"
+                    ));
+                }
+            }
+        }
+        match (&self.influx_db, &self.influx_bucket, &self.influx_org) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => Ok(()),
+            (Some(_), Some(_), _) => Err(
+                "--influx-db with --influx-bucket: choose the 1.x API (--influx-db) or the 2.x API (--influx-bucket and --influx-org)".into(),
+            ),
+            (Some(_), None, Some(_)) => Err(
+                "--influx-org is for the 2.x API (with --influx-bucket), not with --influx-db".into(),
+            ),
+            (None, Some(_), None) => Err("--influx-bucket needs --influx-org".into()),
+            (None, None, Some(_)) => Err("--influx-org needs --influx-bucket".into()),
+            (None, None, None) => Err(format!(
+                "--influx-url {url}: needs --influx-db DB (InfluxDB 1.x) or --influx-bucket B --influx-org O (2.x)"
+            )),
+        }
     }
 }
 

@@ -111,6 +111,23 @@ pub struct AgentHealth {
     /// Per BPF program run statistics; empty when not available (eBPF off, or
     /// `kernel.bpf_stats_enabled` is 0).
     pub programs: Vec<ProgramRuns>,
+    /// The InfluxDB writer's state when the round was handed to the outputs;
+    /// `None` without `--influx-url`. Filled in by that output, not the
+    /// sampler, so that the other outputs (Prometheus) can show it.
+    pub influx: Option<InfluxHealth>,
+}
+
+/// The InfluxDB writer's line counts since start, and its backlog.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InfluxHealth {
+    /// Lines the server accepted.
+    pub written_lines: u64,
+    /// Lines waiting in the buffer (including a request in flight).
+    pub buffered_lines: u64,
+    /// Lines dropped, oldest first, because the buffer was full.
+    pub dropped_lines: u64,
+    /// Lines the server refused with a 4xx other than 429 (not retried).
+    pub rejected_lines: u64,
 }
 
 /// Everything one sampling round produced: what every sink receives, and all

@@ -178,6 +178,7 @@ impl Sampler {
                 ebpf_enabled: self.config.ebpf.is_some(),
                 ebpf_attached: false,
                 programs: Vec::new(),
+                influx: None,
             },
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a

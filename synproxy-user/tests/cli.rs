@@ -808,3 +808,166 @@ fn prometheus_listen_errors_are_one_line_naming_the_flag() {
     }
     drop(busy);
 }
+
+// ---- InfluxDB output: start-up errors and an unreachable server ----
+
+#[test]
+fn influx_flag_errors_are_one_line_naming_the_flag_with_exit_2() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(1, 1)]);
+    let root = proc.root().to_str().unwrap().to_string();
+    let missing_token = proc.root().join("no-such-token");
+    let missing_token = missing_token.to_str().unwrap().to_string();
+    // (flags, environment, the error line expected)
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], String);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--influx-url", "localhost:8086", "--influx-db", "d"],
+            &[],
+            "--influx-url \"localhost:8086\": not a URL".into(),
+        ),
+        (
+            vec!["--influx-url", "ftp://h:21", "--influx-db", "d"],
+            &[],
+            "--influx-url \"ftp://h:21\": scheme \"ftp\" is not supported".into(),
+        ),
+        (
+            vec!["--influx-url", "http://u:secret@h:8086", "--influx-db", "d"],
+            &[],
+            "--influx-url: credentials do not belong in the URL".into(),
+        ),
+        (
+            vec![
+                "--influx-url",
+                "http://h:8086",
+                "--influx-db",
+                "d",
+                "--influx-bucket",
+                "b",
+                "--influx-org",
+                "o",
+            ],
+            &[],
+            "--influx-db with --influx-bucket: choose the 1.x API".into(),
+        ),
+        (
+            vec!["--influx-url", "http://h:8086"],
+            &[],
+            "--influx-url http://h:8086: needs --influx-db DB".into(),
+        ),
+        (
+            vec!["--influx-url", "http://h:8086", "--influx-bucket", "b"],
+            &[],
+            "--influx-bucket needs --influx-org".into(),
+        ),
+        (
+            vec!["--influx-db", "d"],
+            &[],
+            "--influx-db: needs --influx-url".into(),
+        ),
+        (
+            vec![
+                "--influx-url",
+                "http://h:8086",
+                "--influx-bucket",
+                "b",
+                "--influx-org",
+                "o",
+                "--influx-token-file",
+                &missing_token,
+            ],
+            &[],
+            format!("--influx-token-file {missing_token}: no such file"),
+        ),
+        (
+            vec!["--influx-url", "http://h:8086", "--influx-db", "d"],
+            &[("INFLUX_USERNAME", "u")],
+            "INFLUX_USERNAME is set without INFLUX_PASSWORD".into(),
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = agent(&["--interval", "1s", "--proc-root", &root]);
+        cmd.args(&args)
+            .env_remove("INFLUX_TOKEN")
+            .env_remove("INFLUX_USERNAME")
+            .env_remove("INFLUX_PASSWORD");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("ERROR {expected}")),
+            "{args:?}: want {expected:?} in {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
+}
+
+/// Nothing listens at the URL: the agent keeps sampling (and printing, with
+/// --stdout), logs the failure once, retries, and exits 0 on SIGTERM saying
+/// what it could not write. Prometheus shows the backlog.
+#[test]
+fn unreachable_influx_url_keeps_sampling_and_exits_zero() {
+    let proc = ProcTree::new();
+    proc.write_rows(&[(5, 2)]);
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (mut child, addr, stderr) = start_with_metrics(&[
+        "--interval",
+        "200ms",
+        "--proc-root",
+        proc.root().to_str().unwrap(),
+        "--influx-url",
+        &url,
+        "--influx-db",
+        "d",
+        "--prometheus-listen",
+        "127.0.0.1:0",
+        "--stdout",
+    ]);
+    let lines = line_reader(&mut child);
+    for _ in 0..8 {
+        let line = next_line(&lines);
+        assert!(line.starts_with("synproxy,"), "{line}");
+    }
+    let body = wait_for_metric(&addr, "synproxy_agent_influx_written_lines_total 0");
+    let buffered = body
+        .lines()
+        .find_map(|l| l.strip_prefix("synproxy_agent_influx_buffered_lines "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no buffered lines gauge in {body}"));
+    assert!(buffered >= 1, "{body}");
+    let started = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // The reader ends at the agent's exit (EOF): every line is in.
+    let log: Vec<String> = stderr.iter().collect();
+    let log = log.join("\n");
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Connection refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "one warning for the same failure:\n{log}");
+    assert!(
+        refused[0].contains(&format!("InfluxDB {url} (database d)"))
+            && refused[0].contains("retrying"),
+        "{log}"
+    );
+    assert!(log.contains("not written"), "{log}");
+}

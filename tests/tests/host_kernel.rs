@@ -874,3 +874,169 @@ fn promtool_check_metrics(text: &str) {
         "promtool check metrics: {report}\n{text}"
     );
 }
+
+// ---- InfluxDB: a real server storing the agent's points during real traffic ----
+
+/// InfluxDB's latest `synproxy` point of namespace `label` holds the
+/// kernel's totals `kernel`, as integers, with the line's tags.
+fn influx_matches(
+    server: &synproxy_tests::influxdb::InfluxServer,
+    db: &str,
+    label: &str,
+    kernel: &proc_counters::Totals,
+) -> Result<(), String> {
+    let query =
+        format!("SELECT * FROM synproxy WHERE netns = '{label}' ORDER BY time DESC LIMIT 1");
+    let series = server.query(db, &query).map_err(|e| format!("{e:#}"))?;
+    let [one] = series.as_slice() else {
+        return Err(format!("{query}: {} series: {series:?}", series.len()));
+    };
+    let [row] = one.rows.as_slice() else {
+        return Err(format!("{query}: {} rows", one.rows.len()));
+    };
+    if row.get("netns").and_then(|v| v.as_str()) != Some(label) {
+        return Err(format!("{query}: netns tag in {row:?}"));
+    }
+    if row
+        .get("host")
+        .and_then(|v| v.as_str())
+        .is_none_or(str::is_empty)
+    {
+        return Err(format!("{query}: no host tag in {row:?}"));
+    }
+    for counter in Counter::ALL {
+        let name = counter.name();
+        let stored = row.get(name).and_then(|v| v.as_u64());
+        if stored != Some(kernel.get(name)) {
+            return Err(format!(
+                "{query}: {name} = {stored:?}, kernel {}",
+                kernel.get(name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Debian's `influxd` (1.6) on a loopback port receives the agent's writes
+/// (`--netns all`, every 500 ms) while real connections go through SYNPROXY
+/// in two server namespaces (xt, then nft): the points queried back carry
+/// each namespace's kernel totals, as integers, tagged `netns` and `host`;
+/// stdout stays quiet, and /metrics shows the writer's health.
+#[test]
+fn influxdb_server_stores_kernel_totals_per_namespace() {
+    require_prerequisites!();
+    match synproxy_tests::influxdb::prerequisites() {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(msg) => panic!("{msg}"),
+    }
+    let tools = Tools::default();
+    let server =
+        synproxy_tests::influxdb::InfluxServer::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let db = "synproxy";
+    server
+        .execute(&format!("CREATE DATABASE {db}"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = server.url();
+    let agent = MetricsAgent::start(&[
+        "--netns",
+        "all",
+        "--interval",
+        "500ms",
+        "--no-ebpf",
+        "--influx-url",
+        &url,
+        "--influx-db",
+        db,
+    ]);
+    let timeout = std::time::Duration::from_secs(120);
+
+    let first = Connections::open(&tools, None, Flavour::Xt, 3);
+    let first_kernel = proc_counters::read(&first.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(first_kernel.get("cookie_valid") >= 3, "{first_kernel:?}");
+    let first_label = first.topo.srv.name().to_string();
+    wait_until(
+        &format!("InfluxDB to hold the kernel's totals of {first_label}"),
+        timeout,
+        || influx_matches(&server, db, &first_label, &first_kernel),
+    );
+
+    let second = Connections::open(&tools, None, Flavour::Nft, 2);
+    let second_kernel = proc_counters::read(&second.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(second_kernel.get("cookie_valid") >= 2, "{second_kernel:?}");
+    let second_label = second.topo.srv.name().to_string();
+    wait_until(
+        &format!("InfluxDB to hold the kernel's totals of {second_label}"),
+        timeout,
+        || influx_matches(&server, db, &second_label, &second_kernel),
+    );
+    let first_now = proc_counters::read(&first.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until(
+        &format!("InfluxDB to hold the kernel's totals of {first_label} (unchanged)"),
+        timeout,
+        || influx_matches(&server, db, &first_label, &first_now),
+    );
+
+    // The initial namespace is there too, labelled as on stdout.
+    let init = server
+        .query(
+            db,
+            "SELECT count(syn_received) FROM synproxy WHERE netns = 'init'",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(init.len(), 1, "{init:?}");
+    // Every field an integer, as Telegraf writes them; tags host and netns.
+    let fields = server
+        .query(db, "SHOW FIELD KEYS FROM synproxy")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let types: std::collections::BTreeMap<String, String> = fields
+        .iter()
+        .flat_map(|s| &s.rows)
+        .map(|row| {
+            let text = |k: &str| {
+                row.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (text("fieldKey"), text("fieldType"))
+        })
+        .collect();
+    let mut expected: Vec<&str> = STAT_COLUMNS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        types.keys().map(String::as_str).collect::<Vec<_>>(),
+        expected,
+        "{types:?}"
+    );
+    assert!(types.values().all(|t| t == "integer"), "{types:?}");
+    let tags = server
+        .query(db, "SHOW TAG KEYS FROM synproxy")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tag_keys: Vec<String> = tags
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter_map(|row| row.get("tagKey").and_then(|v| v.as_str()).map(String::from))
+        .collect();
+    assert_eq!(tag_keys, ["host", "netns"]);
+
+    // Both outputs on: /metrics shows the writer's health.
+    let (status, _, metrics) = synproxy_tests::prometheus::http_get(&agent.addr, "/metrics", None)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+    };
+    assert!(value("synproxy_agent_influx_written_lines_total") >= 3.0);
+    assert_eq!(value("synproxy_agent_influx_dropped_lines_total"), 0.0);
+    assert_eq!(value("synproxy_agent_influx_rejected_lines_total"), 0.0);
+
+    let (code, stdout) = agent.stop();
+    assert_eq!(code, Some(0));
+    assert!(stdout.is_empty(), "stdout without --stdout: {stdout}");
+    drop(second);
+    drop(first);
+}

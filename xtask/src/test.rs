@@ -10,6 +10,8 @@ use std::time::Instant;
 
 /// Packages the host-kernel tests use (the VM suite installs its own).
 /// `prometheus` brings the server and `promtool` for the Prometheus tests;
+/// `influxdb` brings `influxd` (1.x) for the InfluxDB tests, which start their
+/// own server on a free loopback port (never the packaged service's 8086).
 /// `systemd` `systemd-analyze` for the unit checks; `util-linux` `setpriv`
 /// for running the agent as an unprivileged user with chosen capabilities.
 const TEST_PACKAGES: &[&str] = &[
@@ -17,6 +19,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "prometheus",
+    "influxdb",
     "systemd",
     "util-linux",
 ];

@@ -8,7 +8,7 @@
 //! `_`; an empty tag value omits the tag.
 
 use crate::fields::Field;
-use crate::sample::{EbpfSample, ProbesSample, Sample, DIAG_NAMES};
+use crate::sample::{EbpfSample, ProbesSample, Sample, Snapshot, DIAG_NAMES};
 use std::io::Write as _;
 use synproxy_common::Counter;
 
@@ -166,6 +166,24 @@ impl LineEncoder {
             out.push(b'"');
         }
         let _ = writeln!(out, " {}", sample.timestamp_ns);
+    }
+
+    /// A whole round, as every line protocol output writes it: the `synproxy`
+    /// lines, then the `synproxy_ebpf` lines, then the `synproxy_ebpf_probes`
+    /// line. A round in which no namespace could be read writes nothing.
+    pub fn encode_round(&self, snapshot: &Snapshot, out: &mut Vec<u8>) {
+        if snapshot.namespaces.is_empty() {
+            return;
+        }
+        for sample in snapshot.samples() {
+            self.encode(sample, out);
+        }
+        for sample in snapshot.ebpf_samples() {
+            self.encode_ebpf(sample, out);
+        }
+        if let Some(probes) = &snapshot.probes {
+            self.encode_probes(probes, out);
+        }
     }
 
     /// One `synproxy_ebpf_probes` line: `attached`, this round's `probe_misses`

@@ -10,13 +10,17 @@
 //!   only with `--stdout`.
 //! - [`prometheus`]: a `/metrics` endpoint that renders the latest snapshot
 //!   on each scrape.
+//! - [`influx`]: the same lines as stdout, written to an InfluxDB server
+//!   (1.x `/write` or 2.x `/api/v2/write`) by its own thread, with a bounded
+//!   buffer and retries.
 
+pub mod influx;
 pub mod line_protocol;
 pub mod prometheus;
 pub mod stdout;
 
 use crate::cli::Cli;
-use crate::sample::Snapshot;
+use crate::sample::{AgentHealth, Snapshot};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -37,6 +41,10 @@ pub trait Sink: Send {
     fn send(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), Ended>;
     /// At exit: finishes queued work, until `deadline` at the latest.
     fn finish(&mut self, deadline: Instant) -> Result<(), Ended>;
+    /// Adds the sink's own health to the round's agent health before the
+    /// snapshot is shared, so that another output can show it (Prometheus
+    /// shows the InfluxDB writer's backlog). Most sinks have nothing to add.
+    fn report_health(&self, _health: &mut AgentHealth) {}
 }
 
 /// Lets a sink's thread or task report that it has ended, so the runtime
@@ -57,6 +65,8 @@ pub struct OutputConfig {
     pub stdout: Option<line_protocol::LineEncoder>,
     /// The bound `/metrics` listener.
     pub prometheus: Option<prometheus::Listener>,
+    /// Where and how to write to InfluxDB, with the encoder of its lines.
+    pub influx: Option<(influx::InfluxConfig, line_protocol::LineEncoder)>,
 }
 
 impl OutputConfig {
@@ -69,7 +79,12 @@ impl OutputConfig {
             Some(addr) => Some(prometheus::Listener::bind(addr)?),
             None => None,
         };
-        let stdout = cli.stdout_enabled().then(|| {
+        // Credentials come from the environment (or a file), never argv.
+        let influx = influx::InfluxConfig::from_cli(cli, |name| std::env::var(name).ok())?;
+        let wants_lines = cli.stdout_enabled() || influx.is_some();
+        // One encoder (tags, integer type) for every line protocol output:
+        // InfluxDB receives exactly the lines stdout prints.
+        let encoder = wants_lines.then(|| {
             let integers = if cli.uint {
                 line_protocol::IntegerType::Unsigned
             } else {
@@ -77,7 +92,13 @@ impl OutputConfig {
             };
             line_protocol::LineEncoder::new(&line_tags(cli), integers)
         });
-        Ok(Self { stdout, prometheus })
+        let stdout = encoder.clone().filter(|_| cli.stdout_enabled());
+        let influx = influx.zip(encoder);
+        Ok(Self {
+            stdout,
+            prometheus,
+            influx,
+        })
     }
 }
 
@@ -142,6 +163,10 @@ impl Sinks {
             let sink = prometheus::PrometheusSink::start(listener)?;
             sinks.add(Box::new(sink));
         }
+        if let Some((influx, encoder)) = config.influx {
+            let sink = influx::InfluxSink::start(influx, encoder)?;
+            sinks.add(Box::new(sink));
+        }
         Ok(sinks)
     }
 
@@ -159,7 +184,10 @@ impl Sinks {
 
     /// Hands the snapshot to every sink; the first that ended is reported
     /// (after all had it).
-    pub fn send(&mut self, snapshot: Snapshot) -> Result<(), Ended> {
+    pub fn send(&mut self, mut snapshot: Snapshot) -> Result<(), Ended> {
+        for sink in &self.sinks {
+            sink.report_health(&mut snapshot.agent);
+        }
         let snapshot = Arc::new(snapshot);
         let mut result = Ok(());
         for sink in &mut self.sinks {

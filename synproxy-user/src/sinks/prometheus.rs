@@ -20,7 +20,7 @@ use super::{Ended, Sink};
 use crate::cli::parse_listen_addr;
 use crate::reconcile::ebpf::Status;
 use crate::reconcile::join::FAMILIES;
-use crate::sample::{SeriesId, Snapshot, DIAG_NAMES};
+use crate::sample::{InfluxHealth, SeriesId, Snapshot, DIAG_NAMES};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
@@ -709,8 +709,40 @@ impl Exposition {
         families.extend([
             run_time, run_count, enabled, attached, duration, timestamp, namespaces,
         ]);
+        if let Some(influx) = &agent.influx {
+            families.extend(influx_families(influx));
+        }
         families
     }
+}
+
+/// The InfluxDB writer's health (only with `--influx-url`).
+fn influx_families(influx: &InfluxHealth) -> [Family; 4] {
+    let mut written = Family::new(
+        "synproxy_agent_influx_written_lines",
+        "Line protocol lines the InfluxDB server accepted.",
+        MetricType::Counter,
+    );
+    written.count(Vec::new(), influx.written_lines);
+    let mut dropped = Family::new(
+        "synproxy_agent_influx_dropped_lines",
+        "Lines dropped, oldest first, because the InfluxDB writer's buffer (--influx-buffer-lines) was full.",
+        MetricType::Counter,
+    );
+    dropped.count(Vec::new(), influx.dropped_lines);
+    let mut rejected = Family::new(
+        "synproxy_agent_influx_rejected_lines",
+        "Lines the InfluxDB server refused with a 4xx status other than 429 (not retried).",
+        MetricType::Counter,
+    );
+    rejected.count(Vec::new(), influx.rejected_lines);
+    let mut buffered = Family::new(
+        "synproxy_agent_influx_buffered_lines",
+        "Lines waiting to be written to InfluxDB (including a request in flight).",
+        MetricType::Gauge,
+    );
+    buffered.count(Vec::new(), influx.buffered_lines);
+    [written, dropped, rejected, buffered]
 }
 
 impl Collector for Exposition {
@@ -810,6 +842,7 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                influx: None,
             },
         })
     }
@@ -864,6 +897,35 @@ mod tests {
             !text.contains("synproxy_ebpf"),
             "no eBPF series without eBPF:\n{text}"
         );
+    }
+
+    #[test]
+    fn influx_writer_health_only_with_the_writer() {
+        let mut published = Published::default();
+        published.add(&snapshot(vec![namespace(1, None, totals(10, 5))], false));
+        let text = render(&published, Format::Text).unwrap();
+        assert!(!text.contains("influx"), "{text}");
+
+        let mut round = (*snapshot(vec![namespace(1, None, totals(10, 5))], false)).clone();
+        round.agent.influx = Some(InfluxHealth {
+            written_lines: 40,
+            buffered_lines: 3,
+            dropped_lines: 2,
+            rejected_lines: 1,
+        });
+        published.add(&Arc::new(round));
+        let text = render(&published, Format::Text).unwrap();
+        for line in [
+            "# TYPE synproxy_agent_influx_written_lines_total counter",
+            "synproxy_agent_influx_written_lines_total 40",
+            "synproxy_agent_influx_dropped_lines_total 2",
+            "synproxy_agent_influx_rejected_lines_total 1",
+            "# TYPE synproxy_agent_influx_buffered_lines gauge",
+            "synproxy_agent_influx_buffered_lines 3",
+        ] {
+            assert!(has(&text, line), "{line} missing in\n{text}");
+        }
+        promtool_check(&text);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::line_protocol::LineEncoder;
 use super::{EndNotifier, Ended, Sink};
-use crate::sample::{EbpfSample, ProbesSample, Sample, Snapshot};
+use crate::sample::{Sample, Snapshot};
 use log::warn;
 use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -91,26 +91,15 @@ impl StdoutSink {
     }
 
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), Ended> {
-        self.write_round(samples, &[], None)
-    }
-
-    /// The `synproxy` lines, then the eBPF lines, in one write.
-    pub fn write_round<'a>(
-        &mut self,
-        samples: impl IntoIterator<Item = &'a Sample>,
-        ebpf: impl IntoIterator<Item = &'a EbpfSample>,
-        probes: Option<&ProbesSample>,
-    ) -> Result<(), Ended> {
         let mut buf = Vec::with_capacity(1024);
         for sample in samples {
             self.encoder.encode(sample, &mut buf);
         }
-        for sample in ebpf {
-            self.encoder.encode_ebpf(sample, &mut buf);
-        }
-        if let Some(probes) = probes {
-            self.encoder.encode_probes(probes, &mut buf);
-        }
+        self.queue_round(buf)
+    }
+
+    /// Hands one round's bytes to the writer thread, in one write.
+    fn queue_round(&mut self, buf: Vec<u8>) -> Result<(), Ended> {
         let Some(queue) = &self.queue else {
             return Err(self.take_failure().unwrap_or_else(closed));
         };
@@ -159,17 +148,15 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    /// One write per round: the `synproxy` lines, then the eBPF lines. A
-    /// round in which no namespace could be read prints nothing.
+    /// One write per round ([`LineEncoder::encode_round`]). A round in which
+    /// no namespace could be read prints nothing.
     fn send(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), Ended> {
         if snapshot.namespaces.is_empty() {
             return Ok(());
         }
-        self.write_round(
-            snapshot.samples(),
-            snapshot.ebpf_samples(),
-            snapshot.probes.as_ref(),
-        )
+        let mut buf = Vec::with_capacity(1024);
+        self.encoder.encode_round(snapshot, &mut buf);
+        self.queue_round(buf)
     }
 
     fn finish(&mut self, deadline: Instant) -> Result<(), Ended> {
