@@ -20,16 +20,16 @@ use synproxy_common::Counter;
 
 const PROBE_PORT: u16 = 8081;
 /// Where the flood check's agent serves /metrics.
-const METRICS_ADDR: &str = "127.0.0.1:9816";
+pub const METRICS_ADDR: &str = "127.0.0.1:9816";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Turns on the kernel's per-program run time accounting; restores it on drop.
-struct BpfStats {
+pub struct BpfStats {
     before: Option<String>,
 }
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub fn enable() -> Result<Self> {
         let before = std::fs::read_to_string(BPF_STATS).ok();
         std::fs::write(BPF_STATS, "1").with_context(|| format!("cannot write 1 to {BPF_STATS}"))?;
         Ok(Self { before })
@@ -46,7 +46,7 @@ impl Drop for BpfStats {
 
 /// The value of the sample `name{...}` whose labels include all of `labels`
 /// (Prometheus text format), summed over the matching samples.
-fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {

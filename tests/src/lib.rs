@@ -6,8 +6,10 @@
 //! integration tests and unchanged inside the QEMU guests of the VM suite.
 
 pub mod agent;
+pub mod bpf_floor;
 pub mod caps;
 pub mod ebpf_checks;
+pub mod ebpf_cost;
 pub mod influxdb;
 pub mod lifecycle;
 pub mod line_protocol;

@@ -8,14 +8,15 @@ use synproxy_common::Counter;
 use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
-use synproxy_tests::{caps, ebpf_checks, lifecycle, non_root, pidns, sustained};
+use synproxy_tests::{caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained};
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
-[--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root]";
+[--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] \
+[--ebpf-cost [--cost-syn N] [--cost-runs N]]";
 
 struct Args {
     cfg: Config,
@@ -30,6 +31,8 @@ struct Args {
     lifecycle: Option<Option<Vec<u64>>>,
     /// Run the non-root check (eBPF as uid 65534) instead of the matrix.
     non_root: bool,
+    /// Run the eBPF cost check instead of the matrix.
+    cost: Option<ebpf_cost::Params>,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -57,6 +60,8 @@ fn parse_args() -> Result<Args> {
     let mut lifecycle = None;
     let mut delays = None;
     let mut non_root = false;
+    let mut cost = None;
+    let mut cost_params = ebpf_cost::Params::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -77,6 +82,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--non-root" {
             non_root = true;
+            continue;
+        }
+        if flag == "--ebpf-cost" {
+            cost = Some(());
             continue;
         }
         let value = it
@@ -128,6 +137,8 @@ fn parse_args() -> Result<Args> {
             "--sustained-syn" => sustained_params.syns = number(&flag, &value)?,
             "--sustained-ack" => sustained_params.acks = number(&flag, &value)?,
             "--sustained-secs" => sustained_params.secs = number(&flag, &value)?,
+            "--cost-syn" => cost_params.syns = number(&flag, &value)?,
+            "--cost-runs" => cost_params.runs = number(&flag, &value)?,
             "--lifecycle-delays" => {
                 delays = Some(
                     value
@@ -160,6 +171,7 @@ fn parse_args() -> Result<Args> {
         sustained: sustained.map(|()| sustained_params),
         lifecycle: lifecycle.map(|()| delays),
         non_root,
+        cost: cost.map(|()| cost_params),
     })
 }
 
@@ -220,6 +232,11 @@ fn main() {
     }
     if args.non_root {
         checks.push(Box::new(|| vec![non_root::non_root(cfg, kernel)]));
+    }
+    if let Some(params) = &args.cost {
+        checks.push(Box::new(move || {
+            vec![ebpf_cost::ebpf_cost(cfg, kernel, params)]
+        }));
     }
     if !checks.is_empty() {
         for run in checks {

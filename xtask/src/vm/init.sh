@@ -385,6 +385,13 @@ begin_check non-root
 run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
 end_check non-root
 
+# 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on
+#    the same function (BPF stats), SYNs/s through SYNPROXY without and with the
+#    probes (alternating runs), and the kernel memory of the maps.
+begin_check ebpf-cost
+run_scenario ebpf-cost 900 --agent "$AGENT" --ebpf require --ebpf-cost $TOOLS
+end_check ebpf-cost
+
 echo "VMTEST-END kernel=$KERNEL checks=$CHECKS_RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f

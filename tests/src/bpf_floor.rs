@@ -1,0 +1,195 @@
+//! The floor of the eBPF cost check: an empty kprobe program (`r0 = 0; exit`)
+//! attached through a tracefs kprobe event to the same kernel function as one
+//! of the agent's programs, so the kernel's BPF statistics give, in the same
+//! run and for the same events, what a kprobe program that does nothing costs.
+
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_KPROBE: u32 = 2;
+/// tracefs group of the floor's event (not the agent's group, whose unused
+/// events an agent removes at start).
+const GROUP: &str = "spx_floor";
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zeroed 128-byte buffer, at least as large as every
+    // bpf_attr variant used here; the kernel reads and writes within its size.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
+/// Run time and count of a BPF program (`bpf_prog_info.run_time_ns`,
+/// `run_cnt`; counted while `kernel.bpf_stats_enabled` is 1).
+pub fn prog_run_stats(fd: &OwnedFd) -> Result<(u64, u64)> {
+    let mut info = [0u8; 256];
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, info.len() as u32);
+    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    // struct bpf_prog_info: run_time_ns at 192, run_cnt at 200.
+    Ok((get_u64(&info, 192), get_u64(&info, 200)))
+}
+
+pub struct EmptyKprobe {
+    prog: OwnedFd,
+    perf: Option<OwnedFd>,
+    tracefs: PathBuf,
+    event: String,
+}
+
+impl EmptyKprobe {
+    /// Loads the empty program and attaches it to `function`'s entry.
+    pub fn attach(function: &str) -> Result<Self> {
+        // mov r0, 0 ; exit
+        let insns: [u8; 16] = [
+            0xb7, 0, 0, 0, 0, 0, 0, 0, //
+            0x95, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_KPROBE);
+        put_u32(&mut attr, 4, 2);
+        put_u64(&mut attr, 8, insns.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..57].copy_from_slice(b"spx_floor");
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty kprobe program")?;
+        // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let tracefs = TRACEFS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("kprobe_events").exists())
+            .context("no tracefs with kprobe_events")?;
+        let event = format!("floor_{}", std::process::id());
+        let mut floor = Self {
+            prog,
+            perf: None,
+            tracefs,
+            event,
+        };
+        floor.write_event(&format!("p:{GROUP}/{} {function}", floor.event))?;
+        let id_path = floor
+            .tracefs
+            .join("events")
+            .join(GROUP)
+            .join(&floor.event)
+            .join("id");
+        let id: u64 = std::fs::read_to_string(&id_path)
+            .with_context(|| format!("reading {}", id_path.display()))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: not a number", id_path.display()))?;
+        floor.perf = Some(attach_to_event(id, &floor.prog)?);
+        Ok(floor)
+    }
+
+    fn write_event(&self, line: &str) -> Result<()> {
+        let path = self.tracefs.join("kprobe_events");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(format!("{line}\n").as_bytes())
+            .with_context(|| format!("writing {line:?} to {}", path.display()))
+    }
+
+    /// (run time ns, run count) of the empty program.
+    pub fn stats(&self) -> Result<(u64, u64)> {
+        prog_run_stats(&self.prog)
+    }
+
+    pub fn tracefs(&self) -> &Path {
+        &self.tracefs
+    }
+}
+
+impl Drop for EmptyKprobe {
+    fn drop(&mut self) {
+        self.perf = None;
+        let _ = self.write_event(&format!("-:{GROUP}/{}", self.event));
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+fn attach_to_event(id: u64, prog: &OwnedFd) -> Result<OwnedFd> {
+    let attr = PerfEventAttr {
+        type_: PERF_TYPE_TRACEPOINT,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: id,
+        sample_period: 1,
+        wakeup_events: 1,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid perf_event_attr (VER0 size) that outlives the
+    // call; pid -1 / cpu 0 opens a trace event for BPF (it runs on every CPU).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttr,
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        bail!("perf_event_open: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: both descriptors are open for the duration of the calls.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) } < 0 {
+        bail!(
+            "PERF_EVENT_IOC_SET_BPF: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
+        bail!("PERF_EVENT_IOC_ENABLE: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -1,0 +1,287 @@
+//! The eBPF cost check (one RESULT line per kernel, `check=ebpf-cost`):
+//! (a) each of the agent's programs, per run, from the kernel's BPF statistics
+//! (`kernel.bpf_stats_enabled`), beside an empty kprobe program attached to
+//! `synproxy_send_client_synack` in the same run (the floor for a kprobe
+//! program); (b) SYNs the kernel answers per second through SYNPROXY without
+//! and with the agent's probes, same guest, same traffic, alternating runs
+//! (medians compared); (c) the kernel memory the agent's maps pin.
+
+use crate::bpf_floor::EmptyKprobe;
+use crate::ebpf_checks::{metric, BpfStats, Check, METRICS_ADDR};
+use crate::live_agent::LiveAgent;
+use crate::netns::{Netns, Topology};
+use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
+use crate::proc_counters;
+use crate::rng::XorShift;
+use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::scenario::Config;
+use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use anyhow::{bail, Context, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use synproxy_common::Counter;
+
+const PROBE_PORT: u16 = 8081;
+/// The agent's programs that run per packet or per event (names without `spx_`).
+const PROGRAMS: [&str; 5] = ["synack4", "hook4", "ack4", "ack_ret", "seqadj"];
+/// Throughput with probes must be at least this share of without.
+pub const THROUGHPUT_TARGET: f64 = 0.97;
+/// Our programs' run time per run, at most this many times the empty program's.
+pub const COST_TARGET: f64 = 2.0;
+
+pub struct Params {
+    /// SYNs per throughput run.
+    pub syns: u32,
+    /// Runs without and with probes each.
+    pub runs: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            syns: 10_000,
+            runs: 3,
+        }
+    }
+}
+
+pub fn ebpf_cost(cfg: &Config, kernel: &str, params: &Params) -> Check {
+    let head = format!("RESULT kernel={kernel} check=ebpf-cost probes=kprobe");
+    match run(cfg, &head, params) {
+        Ok(check) => check,
+        Err(e) => Check {
+            line: format!("{head} status=FAIL"),
+            pass: false,
+            notes: vec![format!("error: {e:#}")],
+        },
+    }
+}
+
+struct Traffic<'a> {
+    srv: &'a Netns,
+    tx: RawSender,
+    dst: IpAddr,
+    rng: XorShift,
+}
+
+impl Traffic<'_> {
+    fn send(&mut self, syns: u32, acks: u32) -> Result<()> {
+        let seg = TcpSegment::to_protected;
+        for i in 0..syns {
+            let sport = 1024 + (i % 60000) as u16;
+            self.tx
+                .send(self.dst, &seg(sport, self.rng.next_u32(), 0, SYN))?;
+        }
+        for i in 0..acks {
+            let sport = 1024 + (i % 60000) as u16;
+            let (seq, ack) = (self.rng.next_u32(), self.rng.next_u32());
+            self.tx.send(self.dst, &seg(sport, seq, ack, ACK))?;
+        }
+        Ok(())
+    }
+
+    /// SYNs per second: `n` SYNs sent back to back, until the kernel counted
+    /// them all.
+    fn syn_rate(&mut self, n: u32) -> Result<f64> {
+        let name = Counter::SynReceived.name();
+        let before = proc_counters::read(self.srv)?.get(name);
+        let started = Instant::now();
+        self.send(n, 0)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let counted = proc_counters::read(self.srv)?.get(name) - before;
+            if counted >= u64::from(n) {
+                return Ok(f64::from(n) / started.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for the kernel to count {n} SYNs ({counted} so far)");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the server's counters stop moving.
+    fn settle(&self) -> Result<proc_counters::Totals> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = proc_counters::read(self.srv)?;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = proc_counters::read(self.srv)?;
+            if now == last || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// (run time ns, runs) of each of our programs, from the agent's /metrics.
+fn program_stats(body: &str) -> Vec<(&'static str, f64, f64)> {
+    PROGRAMS
+        .iter()
+        .map(|p| {
+            let runs = metric(body, "synproxy_ebpf_program_runs_total", &[("program", p)]);
+            let secs = metric(
+                body,
+                "synproxy_ebpf_program_run_time_seconds_total",
+                &[("program", p)],
+            );
+            (*p, secs.unwrap_or(0.0) * 1e9, runs.unwrap_or(0.0))
+        })
+        .collect()
+}
+
+fn scrape() -> Result<String> {
+    match crate::prometheus::http_get(METRICS_ADDR, "/metrics", None)? {
+        (200, _, body) => Ok(body),
+        (status, _, body) => bail!("GET /metrics: status {status}: {body}"),
+    }
+}
+
+fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let _srv_rules =
+        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
+            .context("SYNPROXY rules")?;
+    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
+        .context("RST filter")?;
+    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
+    traffic::wait_reachable(
+        &topo.cli,
+        SocketAddr::new(dst, PROBE_PORT),
+        Duration::from_secs(5),
+    )?;
+    let mut traffic = Traffic {
+        srv: &topo.srv,
+        tx: RawSender::new(&topo.cli, src, V6Checksum::Correct)?,
+        dst,
+        rng: XorShift::from_time(),
+    };
+    let stats = BpfStats::enable()?;
+    let mut notes = Vec::new();
+    let mut pass = true;
+
+    // (a) Per-program cost beside the empty program, same events.
+    let mut args = cfg.extra_agent_args.clone();
+    args.extend(["--prometheus-listen", METRICS_ADDR].map(String::from));
+    let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with eBPF")?;
+    let floor = EmptyKprobe::attach("synproxy_send_client_synack")?;
+    let ours_before = program_stats(&scrape()?);
+    let floor_before = floor.stats()?;
+    traffic.send(params.syns, params.syns / 4)?;
+    traffic.settle()?;
+    let lines = live.sample()?;
+    let ours_after = program_stats(&scrape()?);
+    let floor_after = floor.stats()?;
+    drop(floor);
+    live.stop(Some(libc::SIGTERM))?;
+    let map_bytes = lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .map(|l| l.counter("map_bytes"))
+        .transpose()?
+        .unwrap_or(0);
+    let per_run = |ns: f64, runs: f64| if runs > 0.0 { ns / runs } else { 0.0 };
+    let floor_runs = floor_after.1.saturating_sub(floor_before.1) as f64;
+    let floor_ns = per_run(
+        floor_after.0.saturating_sub(floor_before.0) as f64,
+        floor_runs,
+    );
+    let mut costs = Vec::new();
+    for ((name, ns_after, runs_after), (_, ns_before, runs_before)) in
+        ours_after.iter().zip(&ours_before)
+    {
+        let runs = runs_after - runs_before;
+        costs.push((*name, per_run(ns_after - ns_before, runs), runs));
+    }
+    if floor_runs < f64::from(params.syns) || floor_ns <= 0.0 {
+        notes.push(format!(
+            "the empty program ran {floor_runs} times for {} SYNs",
+            params.syns
+        ));
+        pass = false;
+    }
+    let synack = costs
+        .iter()
+        .find(|(n, _, _)| *n == "synack4")
+        .map_or(0.0, |c| c.1);
+    let worst = costs
+        .iter()
+        .filter(|(_, _, runs)| *runs > 0.0)
+        .map(|c| c.1)
+        .fold(0.0, f64::max);
+    let cost_ratio = if floor_ns > 0.0 {
+        worst / floor_ns
+    } else {
+        0.0
+    };
+    if synack <= 0.0 || cost_ratio > COST_TARGET {
+        notes.push(format!(
+            "per run: {} against the empty program's {floor_ns:.0} ns (target: at most {COST_TARGET}x)",
+            costs
+                .iter()
+                .map(|(n, ns, runs)| format!("{n}={ns:.0}ns/{runs:.0} runs"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        pass = false;
+    }
+
+    // (b) Throughput without and with the probes, alternating.
+    drop(stats);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for i in 0..params.runs {
+        for probes in if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            if probes {
+                let live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)
+                    .context("agent for a throughput run")?;
+                with.push(traffic.syn_rate(params.syns)?);
+                live.stop(Some(libc::SIGTERM))?;
+            } else {
+                without.push(traffic.syn_rate(params.syns)?);
+            }
+        }
+    }
+    let (rate_without, rate_with) = (median(without.clone()), median(with.clone()));
+    let throughput = if rate_without > 0.0 {
+        rate_with / rate_without
+    } else {
+        0.0
+    };
+    if throughput < THROUGHPUT_TARGET {
+        notes.push(format!(
+            "SYNs/s without probes {without:.0?}, with {with:.0?}: median ratio {throughput:.3} (target {THROUGHPUT_TARGET})"
+        ));
+        pass = false;
+    }
+    let cost_fields: Vec<String> = costs
+        .iter()
+        .map(|(n, ns, _)| format!("{n}_ns={ns:.0}"))
+        .collect();
+    Ok(Check {
+        line: format!(
+            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3} runs={} map_kib={} status={}",
+            cost_fields.join(" "),
+            params.runs,
+            map_bytes / 1024,
+            if pass { "PASS" } else { "FAIL" }
+        ),
+        pass,
+        notes,
+    })
+}
