@@ -174,7 +174,7 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
 
     // (a) Per-program cost beside the empty program, same events.
     let mut args = cfg.extra_agent_args.clone();
-    args.extend(["--prometheus-listen", METRICS_ADDR].map(String::from));
+    args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with eBPF")?;
     let floor = EmptyKprobe::attach("synproxy_send_client_synack")?;
     let ours_before = program_stats(&scrape()?);
