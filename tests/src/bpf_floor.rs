@@ -69,6 +69,19 @@ pub struct EmptyKprobe {
 impl EmptyKprobe {
     /// Loads the empty program and attaches it to `function`'s entry.
     pub fn attach(function: &str) -> Result<Self> {
+        // Kernels before 5.11 charge programs to RLIMIT_MEMLOCK against what
+        // the user (root, like the agent) has locked already.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: plain syscall with a pointer to a local struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+            bail!(
+                "cannot raise RLIMIT_MEMLOCK: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         // mov r0, 0 ; exit
         let insns: [u8; 16] = [
             0xb7, 0, 0, 0, 0, 0, 0, 0, //

@@ -23,15 +23,17 @@ pub const CAP_NET_BIND_SERVICE: u32 = 10;
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
-const NAMES: [(u32, &str); 7] = [
+const NAMES: [(u32, &str); 8] = [
     (CAP_DAC_OVERRIDE, "dac_override"),
     (CAP_NET_BIND_SERVICE, "net_bind_service"),
     (CAP_NET_ADMIN, "net_admin"),
     (CAP_SYS_PTRACE, "sys_ptrace"),
     (CAP_SYS_ADMIN, "sys_admin"),
+    (CAP_SYS_RESOURCE, "sys_resource"),
     (CAP_PERFMON, "perfmon"),
     (CAP_BPF, "bpf"),
 ];
