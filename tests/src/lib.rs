@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod caps;
 pub mod ebpf_checks;
+pub mod fuzz;
 pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;

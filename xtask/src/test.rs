@@ -11,7 +11,8 @@ use std::time::Instant;
 /// Packages the host-kernel tests use (the VM suite installs its own).
 /// `prometheus` brings the server and `promtool` for the Prometheus tests;
 /// `systemd` `systemd-analyze` for the unit checks; `util-linux` `setpriv`
-/// for running the agent as an unprivileged user with chosen capabilities.
+/// for running the agent as an unprivileged user with chosen capabilities;
+/// `man-db` `man` for the package's man page, `kmod` `modprobe`.
 const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
@@ -19,7 +20,12 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "util-linux",
+    "man-db",
+    "kmod",
 ];
+
+/// Seconds each fuzz target runs in the suite's smoke run.
+const FUZZ_SMOKE_SECS: u64 = 5;
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -80,6 +86,21 @@ pub fn run(args: TestArgs) -> Result<()> {
             "--",
             "--test",
         ])
+    });
+    // After `cargo test`: the man page's example reuses its dev build.
+    step("Debian package (cargo xtask package --check)", &mut || {
+        let deb = crate::package::build()?;
+        crate::package::check(&deb)
+    });
+    step("fuzz smoke run (cargo xtask fuzz)", &mut || {
+        crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SMOKE_SECS, 1).map(|stats| {
+            for s in stats {
+                println!(
+                    "  fuzz {}: {} executions in {:.0}s, no crash",
+                    s.target, s.execs, s.secs
+                );
+            }
+        })
     });
     if !args.no_vm {
         step("VM suite (cargo xtask vm-test)", &mut || {
