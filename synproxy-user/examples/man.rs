@@ -26,14 +26,80 @@ Prometheus alerting rules for the agent's metrics
 \fBsystemd.exec\fR(5), \fBtelegraf\fR(1), \fBprometheus\fR(1)
 "#;
 
+/// Escapes text for roff: backslashes, and hyphens as `\-` (real minus signs,
+/// so options copy and search as typed); a leading `.` or `'` is protected.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+/// EXAMPLES (the `--help` epilogue, unwrapped) and ENVIRONMENT (every flag's
+/// variable), both from the CLI definition.
+fn generated_sections(cmd: &clap::Command) -> String {
+    let mut out = String::new();
+    if let Some(after) = cmd.get_after_help() {
+        let text = after.to_string();
+        let examples: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.ends_with(':'))
+            .collect();
+        if !examples.is_empty() {
+            out.push_str(".SH EXAMPLES\n");
+            for example in examples {
+                let (command, comment) = example.split_once('#').unwrap_or((example, ""));
+                out.push_str(".TP\n.B ");
+                out.push_str(&roff(command.trim()));
+                out.push('\n');
+                out.push_str(&roff(comment.trim()));
+                out.push('\n');
+            }
+        }
+    }
+    let env: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|arg| {
+            let var = arg.get_env()?.to_string_lossy().into_owned();
+            Some((var, format!("--{}", arg.get_long()?)))
+        })
+        .collect();
+    if !env.is_empty() {
+        out.push_str(".SH ENVIRONMENT\n");
+        for (var, flag) in env {
+            out.push_str(&format!(
+                ".TP\n.B {}\nas \\fB{}\\fR\n",
+                roff(&var),
+                roff(&flag)
+            ));
+        }
+    }
+    out
+}
+
 fn main() -> std::process::ExitCode {
-    let man = clap_mangen::Man::new(Cli::command());
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
     let mut page = Vec::new();
-    if let Err(e) = man.render(&mut page) {
+    let rendered = man
+        .render_title(&mut page)
+        .and_then(|()| man.render_name_section(&mut page))
+        .and_then(|()| man.render_synopsis_section(&mut page))
+        .and_then(|()| man.render_description_section(&mut page))
+        .and_then(|()| man.render_options_section(&mut page));
+    if let Err(e) = rendered {
         eprintln!("rendering the man page: {e}");
         return std::process::ExitCode::FAILURE;
     }
+    page.extend_from_slice(generated_sections(&cmd).as_bytes());
     page.extend_from_slice(EXTRA.as_bytes());
+    if let Err(e) = man.render_version_section(&mut page) {
+        eprintln!("rendering the man page: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let written = match std::env::args_os().nth(1) {
         Some(path) => std::fs::write(&path, &page)
             .map_err(|e| format!("{}: {e}", std::path::Path::new(&path).display())),
