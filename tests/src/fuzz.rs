@@ -21,10 +21,13 @@ use synproxy_user::sources::btf::{Btf, KernelOffsets};
 use synproxy_user::sources::kprobe_events::ProbeStats;
 use synproxy_user::sources::proc_stat;
 
+/// A target's body: panics when a property fails.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs`.
 /// The InfluxDB sink's HTTP response / Retry-After parser gets its target
 /// (`influx_response`) when that sink is merged.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("proc_stat", proc_stat),
     ("btf", btf),
     ("line_protocol", line_protocol),

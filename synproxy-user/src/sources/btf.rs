@@ -348,9 +348,12 @@ mod tests {
         ));
     }
 
+    /// A member: name, type id, bit offset.
+    type TestMember<'a> = (&'a str, u32, u32);
+
     /// A blob of structs (type ids from 1), each a name ("" anonymous, "a" or
     /// "b") and members (name, type id, bit offset).
-    fn structs(types_in: &[(&str, &[(&str, u32, u32)])]) -> Vec<u8> {
+    fn structs(types_in: &[(&str, &[TestMember])]) -> Vec<u8> {
         let strings = b"\0a\0b\0".to_vec();
         let name = |n: &str| match n {
             "a" => 1u32,
@@ -391,8 +394,8 @@ mod tests {
     #[test]
     fn offsets_beyond_32_bits_are_no_match() {
         // struct a { struct { b @ 0x20 } @ 0xffff_fff0 }: b would be past 2^32 bits.
-        let far: &[(&str, u32, u32)] = &[("", 2, 0xffff_fff0)];
-        let inner: &[(&str, u32, u32)] = &[("b", 2, 0x20)];
+        let far: &[TestMember] = &[("", 2, 0xffff_fff0)];
+        let inner: &[TestMember] = &[("b", 2, 0x20)];
         let btf = Btf::parse(&structs(&[("a", far), ("", inner)])).unwrap();
         assert_eq!(
             btf.member_offset("a", "b"),
@@ -401,7 +404,7 @@ mod tests {
                 member: "b".into()
             })
         );
-        let near: &[(&str, u32, u32)] = &[("", 2, 0x40)];
+        let near: &[TestMember] = &[("", 2, 0x40)];
         let btf = Btf::parse(&structs(&[("a", near), ("", inner)])).unwrap();
         assert_eq!(btf.member_offset("a", "b"), Ok(12));
     }
