@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, on a fresh machine. Installs what
 //! the tests need, then formatting, lints, unit and real-kernel tests, the
-//! benchmarks' smoke run and the VM suite.
+//! benchmarks' smoke run, the Debian package check, the fuzz smoke run and the
+//! VM suite.
 
 use crate::cargo::{cargo, is_root};
 use crate::vm;
