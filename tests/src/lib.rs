@@ -11,6 +11,7 @@ pub mod caps;
 pub mod ebpf_checks;
 pub mod ebpf_cost;
 pub mod influxdb;
+pub mod fuzz;
 pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;

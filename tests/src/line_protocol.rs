@@ -32,8 +32,25 @@ impl Line {
     }
 }
 
-/// Split at unescaped `sep` outside double quotes.
-fn split_unescaped(s: &str, sep: char) -> Vec<String> {
+/// The text before and after the first unescaped `sep` (double quotes are not
+/// special: measurement, tag keys and values and field keys take them literally).
+fn split_once_unescaped(s: &str, sep: char) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            return Some((&s[..i], &s[i + c.len_utf8()..]));
+        }
+    }
+    None
+}
+
+/// Split at unescaped `sep`; with `quotes`, not inside double quotes (the
+/// field set, where string values are quoted).
+fn split_unescaped(s: &str, sep: char, quotes: bool) -> Vec<String> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars();
@@ -46,7 +63,7 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
                     cur.push(n);
                 }
             }
-            '"' => {
+            '"' if quotes => {
                 quoted = !quoted;
                 cur.push(c);
             }
@@ -99,29 +116,33 @@ fn parse_value(v: &str) -> Result<FieldValue> {
 
 pub fn parse_line(line: &str) -> Result<Line> {
     let line = line.trim_end_matches(['\r', '\n']);
-    let sections = split_unescaped(line, ' ');
-    let (head, fields, ts) = match sections.as_slice() {
-        [h, f] => (h, f, None),
-        [h, f, t] => (h, f, Some(t)),
+    // Quotes only delimit string field values: the head (measurement and tags)
+    // ends at the first unescaped space whatever quotes it holds.
+    let Some((head, rest)) = split_once_unescaped(line, ' ') else {
+        bail!("expected `measurement[,tags] fields [timestamp]`: {line:?}");
+    };
+    let sections = split_unescaped(rest, ' ', true);
+    let (fields, ts) = match sections.as_slice() {
+        [f] => (f, None),
+        [f, t] => (f, Some(t)),
         _ => bail!("expected `measurement[,tags] fields [timestamp]`: {line:?}"),
     };
-    let mut head_parts = split_unescaped(head, ',').into_iter();
+    let mut head_parts = split_unescaped(head, ',', false).into_iter();
     let measurement = unescape(&head_parts.next().unwrap_or_default());
     if measurement.is_empty() {
         bail!("empty measurement: {line:?}");
     }
     let mut tags = BTreeMap::new();
     for t in head_parts {
-        let kv = split_unescaped(&t, '=');
+        let kv = split_unescaped(&t, '=', false);
         let [k, v] = kv.as_slice() else {
             bail!("bad tag {t:?} in {line:?}");
         };
         tags.insert(unescape(k), unescape(v));
     }
     let mut field_map = BTreeMap::new();
-    for f in split_unescaped(fields, ',') {
-        let kv = split_unescaped(&f, '=');
-        let [k, v] = kv.as_slice() else {
+    for f in split_unescaped(fields, ',', true) {
+        let Some((k, v)) = split_once_unescaped(&f, '=') else {
             bail!("bad field {f:?} in {line:?}");
         };
         field_map.insert(unescape(k), parse_value(v)?);
@@ -167,5 +188,10 @@ mod tests {
         assert_eq!(l.fields["c"], FieldValue::Str("x y".into()));
         assert!(parse_line("synproxy").is_err());
         assert!(parse_line("synproxy a=zz 1").is_err());
+        // Found by fuzzing (fuzz/artifacts/line_protocol): quotes in tags are literal.
+        let l = parse_line(r#"synproxy,""="a\ b c=" d=x",e=1i 5"#).unwrap();
+        assert_eq!(l.tags["\"\""], "\"a b");
+        assert_eq!(l.fields["c"], FieldValue::Str(" d=x".into()));
+        assert_eq!(l.fields["e"], FieldValue::Int(1));
     }
 }

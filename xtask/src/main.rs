@@ -1,4 +1,4 @@
-//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test`.
+//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test | package | man | fuzz`.
 
 use std::process::ExitCode;
 
@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+mod cargo_tools;
 mod ebpf_toolchain;
+mod fuzz;
+mod package;
 mod run;
 mod test;
 mod vm;
@@ -31,6 +34,13 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// Install the eBPF toolchain: nightly + rust-src, bpf-linker for the nightly's LLVM.
     SetupEbpf,
+    /// Build the Debian package with cargo-deb (target/debian/*.deb); --check installs,
+    /// runs and removes it.
+    Package(package::PackageArgs),
+    /// Generate the man page from the CLI (target/release/package/synproxy-agent.1).
+    Man,
+    /// Run the cargo-fuzz targets (libFuzzer, nightly) for --secs each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +50,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::VmTest(args) => vm::run(args),
         Command::SetupEbpf => ebpf_toolchain::ensure(),
+        Command::Package(args) => package::run(args),
+        Command::Man => package::man().map(|page| println!("{}", page.display())),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

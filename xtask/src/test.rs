@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, on a fresh machine. Installs what
 //! the tests need, then formatting, lints, unit and real-kernel tests, the
-//! benchmarks' smoke run and the VM suite.
+//! benchmarks' smoke run, the Debian package check, the fuzz smoke run and the
+//! VM suite.
 
 use crate::cargo::{cargo, is_root};
 use crate::vm;
@@ -13,7 +14,8 @@ use std::time::Instant;
 /// `influxdb` brings `influxd` (1.x) for the InfluxDB tests, which start their
 /// own server on a free loopback port (never the packaged service's 8086).
 /// `systemd` `systemd-analyze` for the unit checks; `util-linux` `setpriv`
-/// for running the agent as an unprivileged user with chosen capabilities.
+/// for running the agent as an unprivileged user with chosen capabilities;
+/// `man-db` `man` for the package's man page, `kmod` `modprobe`.
 const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
@@ -22,7 +24,12 @@ const TEST_PACKAGES: &[&str] = &[
     "influxdb",
     "systemd",
     "util-linux",
+    "man-db",
+    "kmod",
 ];
+
+/// Seconds each fuzz target runs in the suite's smoke run.
+const FUZZ_SMOKE_SECS: u64 = 5;
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -83,6 +90,21 @@ pub fn run(args: TestArgs) -> Result<()> {
             "--",
             "--test",
         ])
+    });
+    // After `cargo test`: the man page's example reuses its dev build.
+    step("Debian package (cargo xtask package --check)", &mut || {
+        let deb = crate::package::build()?;
+        crate::package::check(&deb)
+    });
+    step("fuzz smoke run (cargo xtask fuzz)", &mut || {
+        crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SMOKE_SECS, 1).map(|stats| {
+            for s in stats {
+                println!(
+                    "  fuzz {}: {} executions in {:.0}s, no crash",
+                    s.target, s.execs, s.secs
+                );
+            }
+        })
     });
     if !args.no_vm {
         step("VM suite (cargo xtask vm-test)", &mut || {

@@ -84,7 +84,7 @@ impl LineEncoder {
                 IntegerType::Unsigned => write!(out, "{value}u"),
             };
         }
-        let _ = writeln!(out, " {}", sample.timestamp_ns);
+        let _ = writeln!(out, " {}", timestamp(sample.timestamp_ns));
     }
 }
 
@@ -165,7 +165,7 @@ impl LineEncoder {
             out.extend_from_slice(sample.status.name().as_bytes());
             out.push(b'"');
         }
-        let _ = writeln!(out, " {}", sample.timestamp_ns);
+        let _ = writeln!(out, " {}", timestamp(sample.timestamp_ns));
     }
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
@@ -214,8 +214,15 @@ impl LineEncoder {
         for (name, value) in fields {
             self.write_int(out, &mut separator, &name, value);
         }
-        let _ = writeln!(out, " {}", sample.timestamp_ns);
+        let _ = writeln!(out, " {}", timestamp(sample.timestamp_ns));
     }
+}
+
+/// Line protocol timestamps are int64 nanoseconds: a clock past 2262 (or
+/// `now_ns`'s saturated u64::MAX) is written as the largest one, never as a
+/// number InfluxDB rejects with the whole batch.
+fn timestamp(ns: u64) -> u64 {
+    ns.min(i64::MAX as u64)
 }
 
 fn write_tag(out: &mut Vec<u8>, key: &str, value: &str) {
@@ -331,6 +338,14 @@ mod tests {
         let e = LineEncoder::new(&tags(&[("host", "")]), IntegerType::Signed);
         let line = encode(&e, &sample(Some("")));
         assert!(line.starts_with("synproxy conn_reopened="), "{line}");
+    }
+
+    #[test]
+    fn timestamps_saturate_at_i64_max() {
+        let e = LineEncoder::new(&[], IntegerType::Unsigned);
+        let mut s = sample(None);
+        s.timestamp_ns = u64::MAX;
+        assert!(encode(&e, &s).ends_with(&format!(" {}\n", i64::MAX)));
     }
 
     #[test]

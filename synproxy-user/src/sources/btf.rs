@@ -164,7 +164,7 @@ impl Btf {
             .structs_by_name
             .get(st)
             .ok_or_else(|| BtfError::NoStruct(st.to_string()))?;
-        self.find_member(id, member, 0)
+        self.find_member(id, member, 0, &mut HashMap::new())
             .map(|bits| bits / 8)
             .ok_or_else(|| BtfError::NoMember {
                 st: st.to_string(),
@@ -172,9 +172,24 @@ impl Btf {
             })
     }
 
-    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+    /// Bit offset of `member` in type `id`, through at most 8 levels of
+    /// anonymous members. `searched` (type id -> shallowest depth it was
+    /// searched at without a match) keeps a blob whose anonymous members refer
+    /// to each other from being searched exponentially often: each type is
+    /// searched at most once per depth. An offset that does not fit in 32 bits
+    /// is no match.
+    fn find_member(
+        &self,
+        id: u32,
+        member: &str,
+        depth: u32,
+        searched: &mut HashMap<u32, u32>,
+    ) -> Option<u32> {
         let ty = self.types.get(id as usize)?;
         if depth > 8 || !(ty.kind == KIND_STRUCT || ty.kind == KIND_UNION) {
+            return None;
+        }
+        if searched.get(&id).is_some_and(|&d| d <= depth) {
             return None;
         }
         for m in &ty.members {
@@ -184,11 +199,15 @@ impl Btf {
             }
             if name.is_empty() {
                 let inner = self.skip_modifiers(m.type_id);
-                if let Some(bits) = self.find_member(inner, member, depth + 1) {
-                    return Some(m.bit_offset + bits);
+                if let Some(bits) = self
+                    .find_member(inner, member, depth + 1, searched)
+                    .and_then(|bits| m.bit_offset.checked_add(bits))
+                {
+                    return Some(bits);
                 }
             }
         }
+        searched.insert(id, depth);
         None
     }
 
@@ -327,6 +346,78 @@ mod tests {
             btf.member_offset("nope", "a"),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    /// A member: name, type id, bit offset.
+    type TestMember<'a> = (&'a str, u32, u32);
+
+    /// A blob of structs (type ids from 1), each a name ("" anonymous, "a" or
+    /// "b") and members (name, type id, bit offset).
+    fn structs(types_in: &[(&str, &[TestMember])]) -> Vec<u8> {
+        let strings = b"\0a\0b\0".to_vec();
+        let name = |n: &str| match n {
+            "a" => 1u32,
+            "b" => 3,
+            _ => 0,
+        };
+        let mut types = Vec::new();
+        let push = |types: &mut Vec<u8>, v: u32| types.extend_from_slice(&v.to_le_bytes());
+        for (st, members) in types_in {
+            push(&mut types, name(st));
+            push(&mut types, (KIND_STRUCT << 24) | members.len() as u32);
+            push(&mut types, 8);
+            for (n, ty, bits) in *members {
+                push(&mut types, name(n));
+                push(&mut types, *ty);
+                push(&mut types, *bits);
+            }
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            push(&mut out, v);
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    /// Found by fuzzing (fuzz/artifacts/btf): nested anonymous members whose
+    /// offsets add up past 32 bits panicked ("attempt to add with overflow").
+    #[test]
+    fn offsets_beyond_32_bits_are_no_match() {
+        // struct a { struct { b @ 0x20 } @ 0xffff_fff0 }: b would be past 2^32 bits.
+        let far: &[TestMember] = &[("", 2, 0xffff_fff0)];
+        let inner: &[TestMember] = &[("b", 2, 0x20)];
+        let btf = Btf::parse(&structs(&[("a", far), ("", inner)])).unwrap();
+        assert_eq!(
+            btf.member_offset("a", "b"),
+            Err(BtfError::NoMember {
+                st: "a".into(),
+                member: "b".into()
+            })
+        );
+        let near: &[TestMember] = &[("", 2, 0x40)];
+        let btf = Btf::parse(&structs(&[("a", near), ("", inner)])).unwrap();
+        assert_eq!(btf.member_offset("a", "b"), Ok(12));
+    }
+
+    /// Anonymous members referring back to their own struct: each type is
+    /// searched once per depth, not once per path (2000^8 paths here).
+    #[test]
+    fn self_referring_anonymous_members_end_quickly() {
+        let members = vec![("", 1, 0); 2000];
+        let btf = Btf::parse(&structs(&[("a", &members)])).unwrap();
+        let started = std::time::Instant::now();
+        assert!(btf.member_offset("a", "b").is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

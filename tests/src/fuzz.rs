@@ -1,0 +1,309 @@
+//! The bodies of the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs` are one-line
+//! wrappers around these), kept here so that `cargo test` replays the checked-in
+//! corpus and crash reproducers (`fuzz/corpus/<target>/*`, `fuzz/artifacts/<target>/*`)
+//! through exactly the same code, without libFuzzer (`tests/tests/fuzz_corpus.rs`).
+//!
+//! Each function takes the fuzzer's bytes and panics when a property fails.
+//! The parsers themselves must never panic, whatever the bytes.
+
+use crate::line_protocol::{parse_line, FieldValue, Line};
+use arbitrary::{Arbitrary, Unstructured};
+use std::collections::BTreeMap;
+use synproxy_common::{Counter, COUNTER_COUNT};
+use synproxy_user::fields::{Field, FIELD_COUNT};
+use synproxy_user::reconcile::ebpf::Status;
+use synproxy_user::sample::{EbpfSample, ProbesSample, Sample};
+use synproxy_user::sinks::line_protocol::{
+    sanitized_tag, IntegerType, LineEncoder, EBPF_MEASUREMENT, FAMILY_TAG, MEASUREMENT, NETNS_TAG,
+    PROBES_MEASUREMENT,
+};
+use synproxy_user::sources::btf::{Btf, KernelOffsets};
+use synproxy_user::sources::kprobe_events::ProbeStats;
+use synproxy_user::sources::proc_stat;
+
+/// A target's body: panics when a property fails.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs`.
+/// The InfluxDB sink's HTTP response / Retry-After parser gets its target
+/// (`influx_response`) when that sink is merged.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("proc_stat", proc_stat),
+    ("btf", btf),
+    ("line_protocol", line_protocol),
+];
+
+/// `/proc/net/stat/synproxy`: never panics; what it accepts, written back in the
+/// kernel's own format (known columns, `%08x`), parses to the same rows.
+pub fn proc_stat(data: &[u8]) {
+    let Ok(stat) = proc_stat::parse(data) else {
+        return;
+    };
+    let _ = stat.sums();
+    let mut text = Field::ALL.map(Field::name).join("\t");
+    text.push('\n');
+    for row in &stat.cpus {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:08x}")).collect();
+        text.push_str(&cells.join("\t"));
+        text.push('\n');
+    }
+    match proc_stat::parse(text.as_bytes()) {
+        Ok(again) => assert_eq!(again, stat, "rewritten as {text:?}"),
+        Err(e) => panic!("the canonical form {text:?} does not parse: {e}"),
+    }
+}
+
+/// Names the agent looks up, and some the fuzzer's blobs may hold.
+const BTF_LOOKUPS: &[(&str, &str)] = &[
+    ("net", "ns"),
+    ("ns_common", "inum"),
+    ("nf_hook_state", "net"),
+    ("sk_buff", "_nfct"),
+    ("net", "net_cookie"),
+    ("outer", "a"),
+    ("outer", "c"),
+    ("a", "a"),
+    ("a", "b"),
+];
+
+/// The BTF reader: never panics (nor loops for long) on any blob; an offset it
+/// finds is a byte offset, so at most `u32::MAX / 8`.
+pub fn btf(data: &[u8]) {
+    let Ok(btf) = Btf::parse(data) else {
+        return;
+    };
+    for (st, member) in BTF_LOOKUPS {
+        if let Ok(offset) = btf.member_offset(st, member) {
+            assert!(offset <= u32::MAX / 8, "{st}.{member} at byte {offset}");
+        }
+    }
+    let _ = KernelOffsets::from_btf(&btf);
+}
+
+/// What the line protocol target encodes: arbitrary tags, namespace names and values.
+#[derive(Debug, Arbitrary)]
+struct LineInput {
+    static_tags: Vec<(String, String)>,
+    netns: Option<String>,
+    totals: [u64; FIELD_COUNT],
+    events: [u64; COUNTER_COUNT],
+    peak_rates: [f64; COUNTER_COUNT],
+    status: u8,
+    family_ipv6: bool,
+    probe_counts: [u64; 8],
+    timestamp_ns: u64,
+    unsigned: bool,
+}
+
+/// The encoder round-tripped through the independent parser
+/// ([`crate::line_protocol`]): every line it writes is one line that parses,
+/// with the tags the README's escaping rules promise (control characters and
+/// trailing backslashes become `_`, empty keys or values drop the tag; of keys
+/// equal after that, one value is kept), the values given (signed integers
+/// saturate at `i64::MAX`, non-finite or negative rates are 0) and the timestamp
+/// (saturated at `i64::MAX`, the largest line protocol can carry).
+pub fn line_protocol(data: &[u8]) {
+    let Ok(mut input) = LineInput::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let integers = if input.unsigned {
+        IntegerType::Unsigned
+    } else {
+        IntegerType::Signed
+    };
+    // The CLI refuses `--tag netns=...` together with `--netns`, the only way a
+    // sample gets a namespace name.
+    if input.netns.is_some() {
+        input
+            .static_tags
+            .retain(|(k, _)| sanitized_tag(k) != NETNS_TAG);
+    }
+    let encoder = LineEncoder::new(&input.static_tags, integers);
+    let static_tags = expected_tags(&input.static_tags);
+    let timestamp = i64::try_from(input.timestamp_ns).unwrap_or(i64::MAX);
+    let int = |v: u64| match integers {
+        IntegerType::Signed => FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX)),
+        IntegerType::Unsigned => FieldValue::UInt(v),
+    };
+    let with = |tags: &BTreeMap<String, String>, extra: &[(&str, Option<&str>)]| {
+        let mut tags = tags.clone();
+        for (k, v) in extra {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                tags.insert(k.to_string(), sanitized_tag(v));
+            }
+        }
+        tags
+    };
+
+    // `synproxy`
+    let sample = Sample {
+        netns: input.netns.clone(),
+        totals: input.totals,
+        timestamp_ns: input.timestamp_ns,
+    };
+    let mut out = Vec::new();
+    encoder.encode(&sample, &mut out);
+    let line = one_line(&out);
+    assert_eq!(line.measurement, MEASUREMENT);
+    let tags = with(&static_tags, &[(NETNS_TAG, input.netns.as_deref())]);
+    assert_eq!(line.tags, tags, "{:?}", String::from_utf8_lossy(&out));
+    let fields: BTreeMap<String, FieldValue> = Field::ALL
+        .into_iter()
+        .map(|f| (f.name().to_string(), int(input.totals[f.index()])))
+        .collect();
+    assert_eq!(line.fields, fields, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(line.timestamp, Some(timestamp));
+
+    // `synproxy_ebpf`
+    let status = match input.status % 4 {
+        0 => Status::Exact,
+        1 => Status::Lagging,
+        2 => Status::Missed,
+        _ => Status::ProcOnly,
+    };
+    let family = if input.family_ipv6 { "ipv6" } else { "ipv4" };
+    let ebpf = EbpfSample {
+        netns: input.netns.clone(),
+        family,
+        events: input.events,
+        peak_rates: input.peak_rates,
+        status,
+        timestamp_ns: input.timestamp_ns,
+    };
+    let mut out = Vec::new();
+    encoder.encode_ebpf(&ebpf, &mut out);
+    let line = one_line(&out);
+    assert_eq!(line.measurement, EBPF_MEASUREMENT);
+    let tags = with(
+        &static_tags,
+        &[
+            (NETNS_TAG, input.netns.as_deref()),
+            (FAMILY_TAG, Some(family)),
+        ],
+    );
+    assert_eq!(line.tags, tags, "{:?}", String::from_utf8_lossy(&out));
+    let mut fields = BTreeMap::new();
+    for c in Counter::ALL {
+        fields.insert(c.name().to_string(), int(input.events[c.index()]));
+        let rate = input.peak_rates[c.index()];
+        let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
+        fields.insert(format!("{}_peak_rate", c.name()), FieldValue::Float(rate));
+    }
+    fields.insert(
+        "reconcile".to_string(),
+        FieldValue::Str(status.name().to_string()),
+    );
+    assert_eq!(line.fields, fields, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(line.timestamp, Some(timestamp));
+
+    // `synproxy_ebpf_probes`
+    let [hits, missed, a, b, c, d, e, f] = input.probe_counts;
+    let probes = ProbesSample {
+        attached: input.family_ipv6,
+        probe_misses: a,
+        recursion_misses: b,
+        program_recursion: vec![("syn", c)],
+        map_bytes: d,
+        probes: vec![("ack4_ret", ProbeStats { hits, missed })],
+        diag: [e, f, a, b, c],
+        timestamp_ns: input.timestamp_ns,
+    };
+    let mut out = Vec::new();
+    encoder.encode_probes(&probes, &mut out);
+    let line = one_line(&out);
+    assert_eq!(line.measurement, PROBES_MEASUREMENT);
+    assert_eq!(
+        line.tags,
+        static_tags,
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(line.fields.get("ack4_ret_hits"), Some(&int(hits)));
+    assert_eq!(line.fields.get("ack4_ret_missed"), Some(&int(missed)));
+    assert_eq!(line.fields.get("syn_recursion_misses"), Some(&int(c)));
+    assert_eq!(line.fields.get("map_bytes"), Some(&int(d)));
+    assert_eq!(
+        line.fields.get("attached"),
+        Some(&int(u64::from(input.family_ipv6)))
+    );
+    assert_eq!(line.timestamp, Some(timestamp));
+}
+
+/// Static tags as a parser reads them back: non-empty keys and values,
+/// sanitized; of raw keys that sanitize alike the encoder keeps one (the value
+/// it sorts first), so any of their values is accepted by [`matches_one_of`].
+fn expected_tags(raw: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in raw.iter().filter(|(k, v)| !k.is_empty() && !v.is_empty()) {
+        candidates
+            .entry(sanitized_tag(k))
+            .or_default()
+            .push(sanitized_tag(v));
+    }
+    // The encoder sorts escaped values; escaping keeps the order of sanitized
+    // values except around the escaped characters, so pick by the escaped form.
+    candidates
+        .into_iter()
+        .filter_map(|(k, values)| {
+            let chosen = values
+                .into_iter()
+                .min_by(|a, b| escaped(a).cmp(&escaped(b)))?;
+            Some((k, chosen))
+        })
+        .collect()
+}
+
+/// A sanitized value in the escaped form the encoder sorts by.
+fn escaped(sanitized: &str) -> String {
+    let mut out = String::with_capacity(sanitized.len());
+    for c in sanitized.chars() {
+        if matches!(c, ',' | '=' | ' ' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The single line in `out`: UTF-8, ends with a newline, no other newline, parses.
+fn one_line(out: &[u8]) -> Line {
+    let text = match std::str::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => panic!("encoder wrote invalid UTF-8 ({e}): {out:?}"),
+    };
+    let Some(body) = text.strip_suffix('\n') else {
+        panic!("no trailing newline: {text:?}");
+    };
+    assert!(
+        !body.contains(['\n', '\r']),
+        "line break inside the line: {text:?}"
+    );
+    let line = match parse_line(body) {
+        Ok(line) => line,
+        Err(e) => panic!("{e:#}: {text:?}"),
+    };
+    // The parser keeps the last of repeated tag keys: count them in the text.
+    assert_eq!(
+        tag_count(body),
+        line.tags.len(),
+        "repeated tag key: {text:?}"
+    );
+    line
+}
+
+/// Tags in a line: unescaped commas before the first unescaped space.
+fn tag_count(line: &str) -> usize {
+    let mut count = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            ',' => count += 1,
+            ' ' => break,
+            _ => {}
+        }
+    }
+    count
+}
