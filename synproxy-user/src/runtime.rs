@@ -157,8 +157,8 @@ pub async fn blocking_or_signal<T: Send + 'static>(
 
 /// What the sampler thread is told.
 enum Control {
-    /// Stop, and end with this exit.
-    Stop(Exit),
+    /// Stop, end with this exit, and let the sinks finish by this deadline.
+    Stop(Exit, Instant),
     /// `--signal stdin`: a line came, sample now.
     Request,
     /// `--signal stdin`: EOF or a read error.
@@ -205,14 +205,16 @@ pub async fn run(
         ended = ends.next() => (exit_for(ended), false),
     };
     let (exit, must_wait) = stopping;
-    let _ = control.send(Control::Stop(exit));
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    let _ = control.send(Control::Stop(exit, deadline));
     stop.request();
-    // The sampler thread finishes the sinks within SHUTDOWN_BUDGET; a round
-    // in progress (and nothing that must be undone) is not waited for.
+    // The sampler thread finishes the sinks by the deadline; a round in
+    // progress (and nothing that must be undone) is not waited for longer.
     let waited = if must_wait {
         Ok(done.await)
     } else {
-        tokio::time::timeout(SHUTDOWN_BUDGET, done).await
+        let grace = deadline + Duration::from_millis(50);
+        tokio::time::timeout_at(grace.into(), done).await
     };
     match waited {
         Ok(Ok(exit)) => exit,
@@ -230,14 +232,14 @@ fn sampler_thread(
     control: &Receiver<Control>,
     stop: &Stop,
 ) -> Exit {
-    let (sampler, exit) = run_loop(sampler, sinks, schedule, control, stop);
-    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    let (sampler, exit, deadline) = run_loop(sampler, sinks, schedule, control, stop);
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + SHUTDOWN_BUDGET);
     if let Some(mut sampler) = sampler {
         sampler.shutdown();
     }
     // --once has no signal to hurry it: give a slow reader time.
     let deadline = if schedule.once {
-        deadline + Duration::from_secs(30)
+        Instant::now() + SHUTDOWN_BUDGET + Duration::from_secs(30)
     } else {
         deadline
     };
@@ -321,7 +323,7 @@ fn run_loop(
     schedule: &Schedule,
     control: &Receiver<Control>,
     stop: &Stop,
-) -> (Option<Sampler>, Exit) {
+) -> (Option<Sampler>, Exit, Option<Instant>) {
     if schedule.once {
         return match round(&mut sampler, sinks) {
             Ok(()) => {
@@ -330,14 +332,17 @@ fn run_loop(
                 } else {
                     Exit::Clean
                 };
-                (Some(sampler), exit)
+                (Some(sampler), exit, None)
             }
-            Err(exit) => (Some(sampler), exit),
+            Err(exit) => (Some(sampler), exit, None),
         };
     }
     sampler.prime();
     if stop.requested() {
-        return (Some(sampler), Exit::Clean);
+        return match control.try_recv() {
+            Ok(Control::Stop(exit, deadline)) => (Some(sampler), exit, Some(deadline)),
+            _ => (Some(sampler), Exit::Clean, None),
+        };
     }
     let drain_period = sampler.drain_period();
     let started = Instant::now();
@@ -360,10 +365,12 @@ fn run_loop(
             Woken::Control(Control::Request) => true,
             Woken::Control(Control::StdinClosed) => {
                 info!("stdin closed, exiting");
-                return (Some(sampler), Exit::Clean);
+                return (Some(sampler), Exit::Clean, None);
             }
-            Woken::Control(Control::Stop(exit)) => return (Some(sampler), exit),
-            Woken::Orphaned => return (Some(sampler), Exit::Clean),
+            Woken::Control(Control::Stop(exit, deadline)) => {
+                return (Some(sampler), exit, Some(deadline))
+            }
+            Woken::Orphaned => return (Some(sampler), Exit::Clean, None),
         };
         if !due {
             continue;
@@ -372,11 +379,7 @@ fn run_loop(
             next_round = Some(next_tick(tick, schedule.interval, Instant::now()));
         }
         if let Err(exit) = round(&mut sampler, sinks) {
-            return (Some(sampler), exit);
-        }
-        // A stop that came during the round.
-        if let Ok(Control::Stop(exit)) = control.try_recv() {
-            return (Some(sampler), exit);
+            return (Some(sampler), exit, None);
         }
     }
 }

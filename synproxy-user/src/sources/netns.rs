@@ -629,4 +629,47 @@ mod tests {
             "{all:?}"
         );
     }
+
+    /// Kept files across rounds, and a namespace replaced under its name: a
+    /// new identity (new series), the old namespace's file released.
+    #[test]
+    fn kept_files_follow_a_replaced_namespace() {
+        use crate::sources::proc_file::tests::{ip, real_kernel, TestNetns};
+        if !real_kernel() {
+            return;
+        }
+        let name = format!("spx-keep-{}", std::process::id());
+        let dir = Path::new("/run/netns");
+        ip(&["netns", "add", &name]);
+        let _netns = TestNetns(name.clone());
+        let targets = named_targets(std::slice::from_ref(&name), dir);
+        let mut reader = NetnsReader::new();
+        let read = |reader: &mut NetnsReader| {
+            let results = reader.read(&targets, Path::new("/proc"), &|_| ());
+            reader.end_round();
+            match results.into_iter().next() {
+                Some(Ok(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = read(&mut reader);
+        assert_eq!(reader.kept(), 1);
+        let second = read(&mut reader);
+        assert_eq!(reader.kept(), 1);
+        assert_eq!(first.id, second.id);
+        assert!(!second.reading.recreated);
+
+        // Replaced: deleted and created again under the same name. The kept
+        // file holds the old namespace (and its inode) until the round that
+        // no longer finds it, so the new one cannot reuse the inode.
+        ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name]);
+        let third = read(&mut reader);
+        assert_ne!(third.id, first.id);
+        assert_eq!(reader.kept(), 1, "the old namespace's file is released");
+
+        // Not selected any more: released.
+        reader.end_round();
+        assert_eq!(reader.kept(), 0);
+    }
 }

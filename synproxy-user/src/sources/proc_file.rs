@@ -249,7 +249,7 @@ impl KeptStat {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -294,5 +294,113 @@ mod tests {
         let reading = read_stat_file(path, &mut Vec::new()).unwrap();
         assert_eq!(reading.stat.cpus.len(), 8);
         assert_ne!(reading.identity.file_inode, 0);
+    }
+
+    /// Real-kernel tests need root and iproute2: skipped with a message
+    /// elsewhere, failed on CI (CI=true).
+    pub(crate) fn real_kernel() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let ip = std::process::Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if root && ip && Path::new("/proc/net/stat/synproxy").exists() {
+            return true;
+        }
+        let msg = "real-kernel test needs root, `ip` and /proc/net/stat/synproxy";
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{msg} (CI=true)"
+        );
+        eprintln!("SKIPPED: {msg}");
+        false
+    }
+
+    pub(crate) fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Deletes a namespace on drop.
+    pub(crate) struct TestNetns(pub String);
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
+        }
+    }
+
+    #[test]
+    fn the_real_stat_file_is_kept_open_and_reread() {
+        if !real_kernel() {
+            return;
+        }
+        let mut kept = KeptStat::new(PathBuf::from("/proc/net/stat/synproxy"));
+        let mut buf = Vec::new();
+        let first = kept.read(&mut buf).unwrap();
+        assert!(kept.open.is_some(), "procfs file not kept");
+        let second = kept.read(&mut buf).unwrap();
+        assert!(!first.recreated && !second.recreated);
+        assert_eq!(first.identity, second.identity);
+        assert_eq!(first.stat.cpus.len(), second.stat.cpus.len());
+    }
+
+    /// What the kept files rely on: a removed proc entry's open file fails
+    /// with EIO (no module to unload here, so the entry is an interface's
+    /// `/proc/net/dev_snmp6/<dev>`, removed with the interface, by the same
+    /// kernel path as the synproxy file at a module unload), which is told
+    /// from a live file's failure and makes [`KeptStat`] open the path again.
+    #[test]
+    fn a_removed_proc_entry_makes_the_kept_file_stale() {
+        if !real_kernel() {
+            return;
+        }
+        let name = format!("spx-kept-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let _netns = TestNetns(name.clone());
+        ip(&[
+            "-n", &name, "link", "add", "spxk0", "type", "veth", "peer", "name", "spxk1",
+        ]);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let handle = File::open(format!("/run/netns/{name}")).unwrap();
+                // SAFETY: valid fd; only this scoped thread changes namespace.
+                let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+                let path = PathBuf::from("/proc/thread-self/net/dev_snmp6/spxk0");
+                let open = OpenStat::open(&path).unwrap();
+                assert!(open.keepable());
+                let mut buf = Vec::new();
+                // Live: read (it is no synproxy file, so it fails to parse).
+                let live = read_kept(&open, &path, &mut buf);
+                assert!(
+                    matches!(live, KeptRead::Failed(ReadError::Parse { .. })),
+                    "{live:?}"
+                );
+                assert!(!buf.is_empty());
+                ip(&["-n", &name, "link", "del", "spxk0"]);
+                let gone = read_kept(&open, &path, &mut buf);
+                assert!(matches!(gone, KeptRead::Stale), "{gone:?}");
+                // KeptStat then opens the path again: gone for good here.
+                let mut kept = KeptStat {
+                    path: path.clone(),
+                    open: Some(open),
+                };
+                let again = kept.read(&mut buf);
+                assert!(matches!(again, Err(ReadError::Missing { .. })), "{again:?}");
+                assert!(kept.open.is_none());
+            });
+        });
     }
 }
