@@ -145,6 +145,9 @@ async fn start(
             log::Level::Info
         },
     );
+    if !matches!(selection, NetnsSelection::Own) {
+        runtime::raise_fd_limit();
+    }
     let sampler = Sampler::new(SamplerConfig {
         once: cli.once,
         proc_root: cli.proc_root.clone(),

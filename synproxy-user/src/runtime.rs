@@ -1,15 +1,20 @@
 //! The schedule around the sampler: signals, ticks or stdin requests, handing
 //! each round's snapshot to the sinks, and one shutdown deadline. Sampling
-//! (setns, /proc and map reads, attaching probes) runs on a blocking thread,
-//! so a signal is seen at once and interrupts a long attach instead of
-//! waiting for it, and network outputs (tasks on this runtime) are served
-//! while a round is in progress.
+//! (setns, /proc and map reads, attaching probes) and the schedule run on one
+//! long-lived thread (`sampler`) that sleeps until its next round and hands
+//! the round to the sinks itself: one wake-up per round, nothing in between
+//! (the eBPF drain ticks only with eBPF). The async runtime's thread serves
+//! the network outputs and waits for signals and sink failures; a signal
+//! asks the sampler thread to stop at once (a long attach is interrupted)
+//! and is never held up by a round in progress unless probes may have to be
+//! detached.
 
 use crate::cli::SignalMode;
 use crate::sampler::Sampler;
 use crate::sinks::{Ended, Sinks};
 use crate::sources::ebpf::Stop;
 use log::{info, warn};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -95,6 +100,23 @@ pub fn block_shutdown_signals(block: bool) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: `--netns all` keeps
+/// one stat file open per namespace (see [`crate::sources::netns`]).
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write `limit`, which outlives the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// How blocking work ended.
 pub enum Blocking<T> {
     Done(T),
@@ -133,40 +155,14 @@ pub async fn blocking_or_signal<T: Send + 'static>(
     }
 }
 
-enum Step {
-    Continue(Sampler),
-    Stop(Option<Sampler>, Exit),
-}
-
-async fn round(sampler: Sampler, sinks: &mut Sinks, signals: &mut Signals, stop: &Stop) -> Step {
-    let done = blocking_or_signal(
-        move || {
-            let mut sampler = sampler;
-            let round = sampler.sample();
-            (sampler, round)
-        },
-        signals,
-        stop,
-    )
-    .await;
-    match done {
-        Blocking::Done((sampler, round)) => match sinks.send(round) {
-            Ok(()) => Step::Continue(sampler),
-            Err(ended) => Step::Stop(Some(sampler), exit_for(ended)),
-        },
-        Blocking::Stopped((sampler, _), signal) => {
-            info!("{signal}, exiting");
-            Step::Stop(Some(sampler), Exit::Clean)
-        }
-        Blocking::Abandoned(signal) => {
-            info!("{signal}, exiting");
-            Step::Stop(None, Exit::Clean)
-        }
-        Blocking::Died => {
-            log::error!("the sampler stopped unexpectedly");
-            Step::Stop(None, Exit::OutputFailed)
-        }
-    }
+/// What the sampler thread is told.
+enum Control {
+    /// Stop, end with this exit, and let the sinks finish by this deadline.
+    Stop(Exit, Instant),
+    /// `--signal stdin`: a line came, sample now.
+    Request,
+    /// `--signal stdin`: EOF or a read error.
+    StdinClosed,
 }
 
 pub async fn run(
@@ -176,14 +172,74 @@ pub async fn run(
     mut signals: Signals,
     stop: Arc<Stop>,
 ) -> Exit {
-    let (sampler, exit) = run_loop(sampler, &mut sinks, &schedule, &mut signals, &stop).await;
+    let mut ends = sinks.take_ends();
+    let (control, control_rx) = std::sync::mpsc::channel::<Control>();
+    if schedule.signal == SignalMode::Stdin && !schedule.once {
+        stdin_lines(control.clone());
+    }
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Exit>();
+    let handle = tokio::runtime::Handle::current();
+    let thread_stop = Arc::clone(&stop);
+    let spawned = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || {
+            // Sinks may use the runtime (channels, tasks) from this thread.
+            let _runtime = handle.enter();
+            let exit = sampler_thread(sampler, &mut sinks, &schedule, &control_rx, &thread_stop);
+            let _ = done_tx.send(exit);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the sampler thread: {e}");
+        return Exit::OutputFailed;
+    }
+    let stopping = tokio::select! {
+        exit = &mut done => return exit.unwrap_or_else(|_| {
+            log::error!("the sampler stopped unexpectedly");
+            Exit::OutputFailed
+        }),
+        signal = signals.recv() => {
+            info!("{signal}, exiting");
+            // Probes may have to be detached: then wait for the sampler.
+            (Exit::Clean, stop.request())
+        }
+        ended = ends.next() => (exit_for(ended), false),
+    };
+    let (exit, must_wait) = stopping;
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    let _ = control.send(Control::Stop(exit, deadline));
+    stop.request();
+    // The sampler thread finishes the sinks by the deadline; a round in
+    // progress (and nothing that must be undone) is not waited for longer.
+    let waited = if must_wait {
+        Ok(done.await)
+    } else {
+        let grace = deadline + Duration::from_millis(50);
+        tokio::time::timeout_at(grace.into(), done).await
+    };
+    match waited {
+        Ok(Ok(exit)) => exit,
+        Ok(Err(_)) => Exit::OutputFailed,
+        Err(_) => Exit::Clean,
+    }
+}
+
+/// The sampler thread: the schedule, each round, the sinks, and at the end
+/// detaching the probes and letting the sinks finish.
+fn sampler_thread(
+    sampler: Sampler,
+    sinks: &mut Sinks,
+    schedule: &Schedule,
+    control: &Receiver<Control>,
+    stop: &Stop,
+) -> Exit {
+    let (sampler, exit, deadline) = run_loop(sampler, sinks, schedule, control, stop);
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + SHUTDOWN_BUDGET);
     if let Some(mut sampler) = sampler {
         sampler.shutdown();
     }
     // --once has no signal to hurry it: give a slow reader time.
     let deadline = if schedule.once {
-        deadline + Duration::from_secs(30)
+        Instant::now() + SHUTDOWN_BUDGET + Duration::from_secs(30)
     } else {
         deadline
     };
@@ -210,102 +266,128 @@ fn exit_for(ended: Ended) -> Exit {
     }
 }
 
-async fn run_loop(
+/// The next tick after `now` on the grid `start + k * period` (missed ticks
+/// are skipped, not caught up).
+fn next_tick(tick: Instant, period: Duration, now: Instant) -> Instant {
+    let next = tick + period;
+    if next > now || period.is_zero() {
+        return next;
+    }
+    let behind = now.duration_since(next).as_nanos();
+    let skipped = behind / period.as_nanos() + 1;
+    let skipped = u32::try_from(skipped).unwrap_or(u32::MAX);
+    next + period.saturating_mul(skipped)
+}
+
+/// What ended a wait.
+enum Woken {
+    Due,
+    Drain,
+    Control(Control),
+    /// The main thread is gone.
+    Orphaned,
+}
+
+fn wait_until(
+    control: &Receiver<Control>,
+    round: Option<Instant>,
+    drain: Option<Instant>,
+) -> Woken {
+    let (deadline, is_drain) = match (round, drain) {
+        (Some(r), Some(d)) if d < r => (Some(d), true),
+        (Some(r), _) => (Some(r), false),
+        (None, Some(d)) => (Some(d), true),
+        (None, None) => (None, false),
+    };
+    let received = match deadline {
+        Some(deadline) => control.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        None => control.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    match received {
+        Ok(message) => Woken::Control(message),
+        Err(RecvTimeoutError::Timeout) if is_drain => Woken::Drain,
+        Err(RecvTimeoutError::Timeout) => Woken::Due,
+        Err(RecvTimeoutError::Disconnected) => Woken::Orphaned,
+    }
+}
+
+/// One round, handed to the sinks.
+fn round(sampler: &mut Sampler, sinks: &mut Sinks) -> Result<(), Exit> {
+    let snapshot = sampler.sample();
+    sinks.send(snapshot).map_err(exit_for)
+}
+
+fn run_loop(
     mut sampler: Sampler,
     sinks: &mut Sinks,
     schedule: &Schedule,
-    signals: &mut Signals,
+    control: &Receiver<Control>,
     stop: &Stop,
-) -> (Option<Sampler>, Exit) {
+) -> (Option<Sampler>, Exit, Option<Instant>) {
     if schedule.once {
-        return match round(sampler, sinks, signals, stop).await {
-            Step::Continue(sampler) => {
-                let failed = sampler.last_round_failed();
-                (
-                    Some(sampler),
-                    if failed {
-                        Exit::SampleFailed
-                    } else {
-                        Exit::Clean
-                    },
-                )
+        return match round(&mut sampler, sinks) {
+            Ok(()) => {
+                let exit = if sampler.last_round_failed() {
+                    Exit::SampleFailed
+                } else {
+                    Exit::Clean
+                };
+                (Some(sampler), exit, None)
             }
-            Step::Stop(sampler, exit) => (sampler, exit),
+            Err(exit) => (Some(sampler), exit, None),
         };
     }
-
-    let primed = blocking_or_signal(
-        move || {
-            let mut sampler = sampler;
-            sampler.prime();
-            sampler
-        },
-        signals,
-        stop,
-    )
-    .await;
-    sampler = match primed {
-        Blocking::Done(sampler) => sampler,
-        Blocking::Stopped(sampler, signal) => {
-            info!("{signal}, exiting");
-            return (Some(sampler), Exit::Clean);
-        }
-        Blocking::Abandoned(signal) => {
-            info!("{signal}, exiting");
-            return (None, Exit::Clean);
-        }
-        Blocking::Died => {
-            log::error!("the sampler stopped unexpectedly");
-            return (None, Exit::OutputFailed);
-        }
-    };
-    let mut drain = sampler.drain_period().map(|period| {
-        let mut t = tokio::time::interval(period);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        t
-    });
-    let mut ticker = tokio::time::interval(schedule.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut lines = match schedule.signal {
-        SignalMode::Stdin => Some(stdin_lines()),
-        SignalMode::None => None,
+    sampler.prime();
+    if stop.requested() {
+        return match control.try_recv() {
+            Ok(Control::Stop(exit, deadline)) => (Some(sampler), exit, Some(deadline)),
+            _ => (Some(sampler), Exit::Clean, None),
+        };
+    }
+    let drain_period = sampler.drain_period();
+    let started = Instant::now();
+    let mut next_drain = drain_period.map(|p| started + p);
+    // Like an interval timer: the first round at once, then on the grid.
+    let mut next_round = match schedule.signal {
+        SignalMode::None => Some(started),
+        SignalMode::Stdin => None,
     };
     loop {
-        let due = tokio::select! {
-            _ = ticker.tick(), if lines.is_none() => true,
-            line = async { lines.as_mut()?.recv().await }, if lines.is_some() => match line {
-                Some(()) => true,
-                None => {
-                    info!("stdin closed, exiting");
-                    return (Some(sampler), Exit::Clean);
-                }
-            },
-            _ = async { drain.as_mut()?.tick().await; Some(()) }, if drain.is_some() => {
+        let due = match wait_until(control, next_round, next_drain) {
+            Woken::Due => true,
+            Woken::Drain => {
                 sampler.drain_rates();
+                if let (Some(tick), Some(period)) = (next_drain, drain_period) {
+                    next_drain = Some(next_tick(tick, period, Instant::now()));
+                }
                 false
             }
-            signal = signals.recv() => {
-                info!("{signal}, exiting");
-                return (Some(sampler), Exit::Clean);
+            Woken::Control(Control::Request) => true,
+            Woken::Control(Control::StdinClosed) => {
+                info!("stdin closed, exiting");
+                return (Some(sampler), Exit::Clean, None);
             }
-            ended = sinks.ended() => {
-                return (Some(sampler), exit_for(ended));
+            Woken::Control(Control::Stop(exit, deadline)) => {
+                return (Some(sampler), exit, Some(deadline))
             }
+            Woken::Orphaned => return (Some(sampler), Exit::Clean, None),
         };
         if !due {
             continue;
         }
-        match round(sampler, sinks, signals, stop).await {
-            Step::Continue(s) => sampler = s,
-            Step::Stop(s, exit) => return (s, exit),
+        if let Some(tick) = next_round {
+            next_round = Some(next_tick(tick, schedule.interval, Instant::now()));
+        }
+        if let Err(exit) = round(&mut sampler, sinks) {
+            return (Some(sampler), exit, None);
         }
     }
 }
 
-/// One message per line on stdin; the channel closes on EOF or a read error.
-/// A plain thread, because a blocked stdin read must not hold up shutdown.
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+/// One message per line on stdin; [`Control::StdinClosed`] on EOF or a read
+/// error. A plain thread, because a blocked stdin read must not hold up
+/// shutdown.
+fn stdin_lines(control: Sender<Control>) {
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -316,8 +398,8 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<()> {
                 match stdin.read_line(&mut line) {
                     Ok(0) => break,
                     Ok(_) => {
-                        if tx.blocking_send(()).is_err() {
-                            break;
+                        if control.send(Control::Request).is_err() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -326,9 +408,29 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<()> {
                     }
                 }
             }
+            let _ = control.send(Control::StdinClosed);
         });
     if let Err(e) = spawned {
         log::error!("cannot start the stdin reader: {e}");
     }
-    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_skip_missed_rounds_on_the_grid() {
+        let start = Instant::now();
+        let p = Duration::from_millis(100);
+        assert_eq!(next_tick(start, p, start), start + p);
+        assert_eq!(
+            next_tick(start, p, start + Duration::from_millis(350)),
+            start + Duration::from_millis(400)
+        );
+        assert_eq!(
+            next_tick(start, p, start + Duration::from_millis(100)),
+            start + Duration::from_millis(200)
+        );
+    }
 }

@@ -17,8 +17,8 @@ use crate::sample::{
     now_ns, AgentHealth, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId, Snapshot,
 };
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
-use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsTarget};
-use crate::sources::proc_file::{read_stat_file, ReadError, Reading, STAT_FILE};
+use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
+use crate::sources::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -98,6 +98,11 @@ pub struct Sampler {
     /// The error last reported per label, so it is logged once.
     failing: HashMap<String, String>,
     buf: Vec<u8>,
+    /// The agent's own stat file (kept open on procfs) and its name in logs.
+    own_file: KeptStat,
+    own_name: String,
+    /// Other namespaces' stat files (kept open on procfs).
+    reader: NetnsReader,
     /// Identity of the agent's own network namespace (eBPF only).
     own_id: Option<NamespaceId>,
     last_round_failed: bool,
@@ -118,7 +123,11 @@ impl Sampler {
             .ebpf
             .as_ref()
             .and_then(|_| netns::own_identity(&config.proc_root));
+        let own_path = config.proc_root.join(STAT_FILE);
         Self {
+            own_name: own_path.display().to_string(),
+            own_file: KeptStat::new(own_path),
+            reader: NetnsReader::new(),
             config,
             series: HashMap::new(),
             failing: HashMap::new(),
@@ -202,6 +211,8 @@ impl Sampler {
         if let Some(generation) = generation {
             self.settle_brackets(&mut reads, generation);
         }
+        // Namespaces not read this round are released (their files closed).
+        self.reader.end_round();
         self.age_series(&reads);
         let timestamp_ns = now_ns();
         round.timestamp_ns = timestamp_ns;
@@ -255,15 +266,16 @@ impl Sampler {
     }
 
     fn read_own(&mut self, round: &mut Snapshot) -> Vec<Read> {
-        let path = self.config.proc_root.join(STAT_FILE);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut file = std::mem::replace(&mut self.own_file, KeptStat::new(PathBuf::new()));
         let result = {
             let around = self.around();
-            netns::read_own(&path, self.own_id, &around, &mut buf)
+            netns::read_own(&mut file, self.own_id, &around, &mut buf)
         };
+        self.own_file = file;
         self.buf = buf;
-        let name = path.display().to_string();
-        match result {
+        let name = std::mem::take(&mut self.own_name);
+        let reads = match result {
             Ok((id, before, reading, after)) => {
                 let read = self.track(SeriesKey::Own, &name, "", reading);
                 vec![Read {
@@ -282,14 +294,18 @@ impl Sampler {
                 self.fail("", e.to_string(), round);
                 Vec::new()
             }
-        }
+        };
+        self.own_name = name;
+        reads
     }
 
     fn read_namespaces(&mut self, targets: &[NetnsTarget], round: &mut Snapshot) -> Vec<Read> {
+        let mut reader = std::mem::take(&mut self.reader);
         let results = {
             let around = self.around();
-            netns::read_in_namespaces(targets, &self.config.proc_root, &around)
+            reader.read(targets, &self.config.proc_root, &around)
         };
+        self.reader = reader;
         let mut reads = Vec::with_capacity(targets.len());
         for (target, result) in targets.iter().zip(results) {
             match result {
@@ -394,6 +410,10 @@ impl Sampler {
             info!("netns {}: now labelled {label}", series.label);
             series.label = label.to_string();
         }
+        if reading.recreated {
+            // The kept file went stale: its counters were destroyed.
+            series.tracker.counters_gone();
+        }
         let (mut totals, mut update) = series.tracker.update(reading.identity, &reading.stat);
         if let (true, Update::Reset(_), SeriesKey::Netns(id)) = (came_back, update, key) {
             if id.cookie.is_none() {
@@ -456,14 +476,16 @@ impl Sampler {
     fn reread(&mut self, read: &mut Read) {
         let reading = match (&read.target, read.key) {
             (Some(target), _) => {
+                let mut reader = std::mem::take(&mut self.reader);
                 let results = {
                     let around = self.around();
-                    netns::read_in_namespaces(
+                    reader.read(
                         std::slice::from_ref(target),
                         &self.config.proc_root,
                         &around,
                     )
                 };
+                self.reader = reader;
                 match results.into_iter().next() {
                     Some(Ok(ns)) if SeriesKey::Netns(ns.id) == read.key => {
                         Some((ns.reading, ns.after))
@@ -472,9 +494,8 @@ impl Sampler {
                 }
             }
             (None, SeriesKey::Own) => {
-                let path = self.config.proc_root.join(STAT_FILE);
                 let mut buf = std::mem::take(&mut self.buf);
-                let result = read_stat_file(&path, &mut buf).ok();
+                let result = self.own_file.read(&mut buf).ok();
                 self.buf = buf;
                 result.map(|r| {
                     let after = self.own_id.and_then(|id| self.around()(&id));
@@ -489,6 +510,9 @@ impl Sampler {
         let Some(series) = self.series.get_mut(&read.key) else {
             return;
         };
+        if reading.recreated {
+            series.tracker.counters_gone();
+        }
         let (totals, update) = series.tracker.update(reading.identity, &reading.stat);
         read.totals = totals;
         read.reset |= matches!(update, Update::Reset(_));

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, on a fresh machine. Installs what
 //! the tests need, then formatting, lints, unit and real-kernel tests, the
-//! benchmarks' smoke run, the Debian package check, the fuzz smoke run and the
+//! benchmarks' smoke runs (criterion, and `bench --compare` for 3 s), the Debian
+//! package check, the fuzz smoke run and the
 //! VM suite.
 
 use crate::cargo::{cargo, is_root};
@@ -106,6 +107,19 @@ pub fn run(args: TestArgs) -> Result<()> {
             }
         })
     });
+    // The side-by-side bench, short: it must produce its figures (the
+    // targets are judged on a full run, machines vary). Installs gcc and
+    // collectd-core when missing.
+    step(
+        "bench --compare smoke run (3 s, 10 namespaces)",
+        &mut || {
+            crate::bench::compare::run(&crate::bench::compare::CompareArgs {
+                secs: 3,
+                netns_sizes: vec![10],
+            })?
+            .check_produced()
+        },
+    );
     if !args.no_vm {
         step("VM suite (cargo xtask vm-test)", &mut || {
             vm::run_default_matrix()

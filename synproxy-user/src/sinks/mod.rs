@@ -136,7 +136,25 @@ fn hostname() -> Option<String> {
 pub struct Sinks {
     sinks: Vec<Box<dyn Sink>>,
     ended_tx: UnboundedSender<Ended>,
-    ended_rx: UnboundedReceiver<Ended>,
+    ended_rx: Option<UnboundedReceiver<Ended>>,
+}
+
+/// Where sinks report from their own threads or tasks that they ended
+/// ([`Sinks::take_ends`]).
+pub struct Ends(Option<UnboundedReceiver<Ended>>);
+
+impl Ends {
+    /// Resolves when a sink reports that it ended.
+    pub async fn next(&mut self) -> Ended {
+        match self.0.as_mut() {
+            Some(rx) => match rx.recv().await {
+                Some(why) => why,
+                // Cannot happen (the sinks hold a sender); never resolve if it did.
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Default for Sinks {
@@ -145,7 +163,7 @@ impl Default for Sinks {
         Self {
             sinks: Vec::new(),
             ended_tx,
-            ended_rx,
+            ended_rx: Some(ended_rx),
         }
     }
 }
@@ -200,13 +218,18 @@ impl Sinks {
         result
     }
 
+    /// The receiving end of the sinks' reports that they ended, so that
+    /// another thread than the one sending rounds can wait for them.
+    pub fn take_ends(&mut self) -> Ends {
+        Ends(self.ended_rx.take())
+    }
+
     /// Resolves when a sink reports from its own thread or task that it ended.
     pub async fn ended(&mut self) -> Ended {
-        match self.ended_rx.recv().await {
-            Some(why) => why,
-            // Cannot happen (we hold a sender); never resolve if it did.
-            None => std::future::pending().await,
-        }
+        let mut ends = Ends(self.ended_rx.take());
+        let why = ends.next().await;
+        self.ended_rx = ends.0;
+        why
     }
 
     /// Lets every sink finish, all by `deadline`; the first error is returned.

@@ -1,5 +1,9 @@
 //! `cargo xtask bench`: the criterion benchmark of the per-interval path, then
-//! the agent's steady-state memory in proc-only interval mode.
+//! the agent's steady-state memory in proc-only interval mode; or, with
+//! `--compare`, the agent's cost per round beside a bare reader and collectd,
+//! and with `--netns all` at scale ([`compare`]).
+
+pub mod compare;
 
 use crate::cargo::{cargo, workspace_root};
 use anyhow::{bail, Context, Result};
@@ -17,9 +21,27 @@ pub struct BenchArgs {
     /// How long the agent runs (at a 100ms interval) before memory is read.
     #[arg(long, default_value_t = 10)]
     pub rss_seconds: u64,
+    /// The agent beside a bare C reader and collectd's synproxy plugin, all
+    /// on the real /proc/net/stat/synproxy every 100 ms, then `--netns all`
+    /// over namespaces the bench creates (needs root).
+    #[arg(long)]
+    pub compare: bool,
+    /// --compare: seconds of the side-by-side run (each scale run: a third).
+    #[arg(long, default_value_t = 60)]
+    pub secs: u64,
+    /// --compare: namespace counts for the `--netns all` runs (0 for none).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub netns_sizes: Vec<usize>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.compare {
+        return compare::run(&compare::CompareArgs {
+            secs: args.secs,
+            netns_sizes: args.netns_sizes,
+        })
+        .map(|_| ());
+    }
     if !args.rss_only {
         cargo(&[
             "bench",
