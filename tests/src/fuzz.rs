@@ -25,12 +25,11 @@ use synproxy_user::sources::proc_stat;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs`.
-/// The InfluxDB sink's HTTP response / Retry-After parser gets its target
-/// (`influx_response`) when that sink is merged.
 pub const TARGETS: &[(&str, Target)] = &[
     ("proc_stat", proc_stat),
     ("btf", btf),
     ("line_protocol", line_protocol),
+    ("influx_response", influx_response),
 ];
 
 /// `/proc/net/stat/synproxy`: never panics; what it accepts, written back in the
@@ -306,4 +305,139 @@ fn tag_count(line: &str) -> usize {
         }
     }
     count
+}
+
+/// The InfluxDB writer's reading of an answer: the bytes are what the server
+/// sends back on the connection, read by hyper's HTTP/1 client (the parser the
+/// writer uses) and then by the writer's `read_answer`. Never panics nor hangs;
+/// a 2xx is written, a 429 or 5xx retried with the `Retry-After` RFC 9110 gives
+/// (digits only, capped), 413 halves the batch, any other status drops it; the
+/// message is one non-empty line without control characters, cut at
+/// `MAX_MESSAGE_CHARS`.
+pub fn influx_response(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(runtime) => runtime,
+            Err(e) => panic!("cannot build a tokio runtime: {e}"),
+        };
+    }
+    RUNTIME.with(|runtime| runtime.block_on(influx_exchange(data)));
+}
+
+async fn influx_exchange(data: &[u8]) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use synproxy_user::sinks::influx::{read_answer, Outcome, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER};
+    use tokio::io::AsyncWriteExt;
+
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 20);
+    let (mut sender, connection) = match hyper::client::conn::http1::handshake(
+        hyper_util::rt::TokioIo::new(client_io),
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(e) => panic!("handshake over an in-memory pipe: {e}"),
+    };
+    let connection = tokio::spawn(connection);
+    // The whole answer, then end of stream: a body that claims more ends early.
+    let answer = data.to_vec();
+    let server = tokio::spawn(async move {
+        let _ = server_io.write_all(&answer).await;
+        let _ = server_io.shutdown().await;
+        // Keep the pipe until the client is done reading, so the request
+        // can still be written into it.
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut server_io, &mut sink).await;
+    });
+    let request = match hyper::Request::post("/api/v2/write?bucket=b&org=o&precision=ns").body(
+        Full::new(Bytes::from_static(b"synproxy syn_received=1i 1\n")),
+    ) {
+        Ok(request) => request,
+        Err(e) => panic!("request: {e}"),
+    };
+    let Ok(response) = sender.send_request(request).await else {
+        // Not an HTTP answer hyper takes: the writer retries (connection error).
+        drop(sender);
+        let _ = connection.await;
+        let _ = server.await;
+        return;
+    };
+    let status = response.status();
+    let expected_retry_after = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .map(|v| v.trim_matches(|c| c == ' ' || c == '\t'))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| {
+            // Compare as decimal strings: any length of digits.
+            let digits = v.trim_start_matches('0');
+            if digits.len() > 3
+                || digits.parse::<u64>().unwrap_or(u64::MAX) > MAX_RETRY_AFTER.as_secs()
+            {
+                MAX_RETRY_AFTER
+            } else {
+                std::time::Duration::from_secs(digits.parse::<u64>().unwrap_or(0))
+            }
+        });
+    let outcome = read_answer(response).await;
+    drop(sender);
+    let _ = connection.await;
+    let _ = server.await;
+
+    let describe = |status: hyper::StatusCode| match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    };
+    let check_message = |message: &str| {
+        assert!(!message.is_empty(), "empty message for {status}");
+        assert!(
+            !message.chars().any(char::is_control),
+            "control character in {message:?}"
+        );
+        assert!(
+            message.chars().count() <= MAX_MESSAGE_CHARS + 3,
+            "message of {} characters",
+            message.chars().count()
+        );
+    };
+    match outcome {
+        Outcome::Written => assert!(status.is_success(), "{status} taken as written"),
+        Outcome::Retry {
+            reason,
+            retry_after,
+        } => {
+            assert!(
+                status.as_u16() == 429 || status.is_server_error(),
+                "{status} retried"
+            );
+            assert_eq!(
+                retry_after, expected_retry_after,
+                "Retry-After for {status}"
+            );
+            let message = reason
+                .strip_prefix(&format!("the server answered {}", describe(status)))
+                .and_then(|rest| rest.strip_prefix(": "));
+            match message {
+                Some(message) => check_message(message),
+                None => panic!("{reason:?} does not name {status}"),
+            }
+        }
+        Outcome::TooLarge { message } => {
+            assert_eq!(status.as_u16(), 413);
+            check_message(&message);
+        }
+        Outcome::Rejected {
+            status: code,
+            message,
+        } => {
+            assert_eq!(code, status.as_u16());
+            assert!(
+                !status.is_success() && code != 429 && code != 413 && !status.is_server_error(),
+                "{status} rejected"
+            );
+            check_message(&message);
+        }
+    }
 }

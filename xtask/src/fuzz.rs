@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// Every target in fuzz/Cargo.toml. The InfluxDB sink's HTTP response /
-/// Retry-After parser gets one (`influx_response`) when that sink is merged.
-pub const TARGETS: &[&str] = &["proc_stat", "btf", "line_protocol"];
+/// Every target in fuzz/Cargo.toml.
+pub const TARGETS: &[&str] = &["proc_stat", "btf", "line_protocol", "influx_response"];
 
 /// The fuzzed code is safe Rust: no sanitizer (about twice the executions per
 /// second of ASan); overflow checks and debug assertions stay on.

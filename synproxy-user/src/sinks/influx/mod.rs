@@ -31,7 +31,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use writer::{Endpoint, Shared, Writer};
 
-pub use writer::{BATCH_LINES, FIRST_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER, REQUEST_TIMEOUT};
+pub use writer::{
+    read_answer, Outcome, BATCH_LINES, FIRST_BACKOFF, MAX_BACKOFF, MAX_MESSAGE_CHARS,
+    MAX_RETRY_AFTER, REQUEST_TIMEOUT,
+};
 
 /// The environment variables that carry credentials.
 pub const TOKEN_ENV: &str = "INFLUX_TOKEN";

@@ -39,7 +39,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// How much of an error answer is read (for the log line).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How much of the server's message is logged.
-const MAX_MESSAGE_CHARS: usize = 400;
+pub const MAX_MESSAGE_CHARS: usize = 400;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -97,6 +97,30 @@ pub enum Outcome {
     },
 }
 
+/// What the server's answer means for the batch: its status, `Retry-After`
+/// and, for an error, its message (the first 64 KiB of the body). A body that
+/// breaks off is an empty message, not an error: the status has decided.
+pub async fn read_answer<B>(response: hyper::Response<B>) -> Outcome
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers().get(RETRY_AFTER));
+    // Only error answers have a message worth reading.
+    let message = if status.is_success() {
+        String::new()
+    } else {
+        let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        one_line_message(&body, status)
+    };
+    classify(status, retry_after, message)
+}
+
 /// What an answer means for the batch.
 pub fn classify(status: StatusCode, retry_after: Option<Duration>, message: String) -> Outcome {
     if status.is_success() {
@@ -123,10 +147,15 @@ fn describe_status(status: StatusCode) -> String {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by InfluxDB and
-/// is ignored: the backoff applies).
+/// `Retry-After` in seconds: `delay-seconds`, digits only (RFC 9110; a sign
+/// is not one). The HTTP-date form is not used by InfluxDB and is ignored:
+/// the backoff applies. Too many digits for a u64 are the cap.
 pub fn parse_retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
-    let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    let text = value?.to_str().ok()?.trim_matches([' ', '\t']);
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = text.parse::<u64>().unwrap_or(u64::MAX);
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
@@ -229,20 +258,7 @@ impl Endpoint {
         let until = deadline.map_or(timeout, |d| d.min(timeout));
         let exchange = async {
             let response = self.client.request(request).await?;
-            let status = response.status();
-            let retry_after = parse_retry_after(response.headers().get(RETRY_AFTER));
-            // Only error answers have a message worth reading.
-            let message = if status.is_success() {
-                String::new()
-            } else {
-                let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                one_line_message(&body, status)
-            };
-            Ok::<_, hyper_util::client::legacy::Error>(classify(status, retry_after, message))
+            Ok::<_, hyper_util::client::legacy::Error>(read_answer(response).await)
         };
         match tokio::time::timeout_at(tokio::time::Instant::from_std(until), exchange).await {
             Ok(Ok(outcome)) => outcome,
@@ -517,6 +533,18 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(None), None);
+        // delay-seconds is digits only; whitespace around them is allowed.
+        assert_eq!(parse_retry_after(Some(&header("+5"))), None);
+        assert_eq!(parse_retry_after(Some(&header("-1"))), None);
+        assert_eq!(parse_retry_after(Some(&header(""))), None);
+        assert_eq!(
+            parse_retry_after(Some(&header(" 7\t"))),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after(Some(&header("99999999999999999999999"))),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
