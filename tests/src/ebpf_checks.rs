@@ -46,6 +46,42 @@ impl Drop for BpfStats {
 
 /// The value of the sample `name{...}` whose labels include all of `labels`
 /// (Prometheus text format), summed over the matching samples.
+/// When the round `/metrics` serves ended (seconds since the epoch).
+const ROUND_STAMP: &str = "synproxy_agent_last_round_timestamp_seconds";
+
+/// The stamp of the round `/metrics` serves now, if it serves one.
+pub fn served_round_stamp() -> Option<f64> {
+    match crate::prometheus::http_get(METRICS_ADDR, "/metrics", None) {
+        Ok((200, _, body)) => metric(&body, ROUND_STAMP, &[]),
+        _ => None,
+    }
+}
+
+/// `GET /metrics` once it serves a newer round than the one stamped
+/// `previous` (taken before a round was asked for): the Prometheus sink
+/// stores a round a moment after stdout printed it. After 60 s, whatever it
+/// answers (the check then reports it).
+pub fn scrape_after_round(previous: Option<f64>) -> Result<(u16, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = crate::prometheus::http_get(METRICS_ADDR, "/metrics", None);
+        if let Ok((200, _, body)) = &answer {
+            let newer = match (metric(body, ROUND_STAMP, &[]), previous) {
+                (Some(now), Some(before)) => now > before,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if newer {
+                return answer;
+            }
+        }
+        if Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -153,8 +189,9 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
     let proc_inv =
         last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
+    let served_before = served_round_stamp();
     let lines = live.sample()?;
-    let scrape = crate::prometheus::http_get(METRICS_ADDR, "/metrics", None);
+    let scrape = scrape_after_round(served_before);
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let srv = topo.srv.name();
     let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
