@@ -9,6 +9,7 @@
 //! side by side over the same seconds (their starts a third of an interval
 //! apart), so the machine's load weighs on all of them alike.
 
+use super::status_kib;
 use crate::cargo::{cargo, is_root, workspace_root};
 use crate::vm::host::Apt;
 use anyhow::{bail, Context, Result};
@@ -390,17 +391,6 @@ fn wait_with_rusage(pid: i32, grace: Duration) -> Result<(Duration, i32)> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn agent_command(tools: &Tools, extra: &[&str]) -> Command {

@@ -78,7 +78,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn status_kib(status: &str, key: &str) -> Option<u64> {
+/// A `kB` value of `/proc/PID/status`.
+pub(crate) fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key))?
