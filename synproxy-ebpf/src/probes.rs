@@ -325,14 +325,22 @@ fn on_hook(skb: u64, state: u64, family: u8) {
 /// `ipv4_synproxy_hook(priv, skb, state)` entry: remember netns and conntrack entry.
 #[kprobe]
 pub fn spx_hook4(ctx: ProbeContext) -> u32 {
-    on_hook(ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0), FAMILY_IPV4);
+    on_hook(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        FAMILY_IPV4,
+    );
     0
 }
 
 /// `ipv6_synproxy_hook(priv, skb, state)` entry.
 #[kprobe]
 pub fn spx_hook6(ctx: ProbeContext) -> u32 {
-    on_hook(ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0), FAMILY_IPV6);
+    on_hook(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        FAMILY_IPV6,
+    );
     0
 }
 

@@ -564,6 +564,7 @@ impl Sampler {
             .collect();
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
         let ebpf_round = ebpf.read_round(&keep);
+        let probe_type = ebpf.probe_type().as_str();
         let resolution = ebpf.rate_resolution();
         let mut out = Vec::with_capacity(reads.len());
         for read in reads {
@@ -610,7 +611,7 @@ impl Sampler {
                     .collect()
             })
             .unwrap_or_default();
-        round.probes = Some(join::probes(ebpf_round, timestamp_ns));
+        round.probes = Some(join::probes(ebpf_round, probe_type, timestamp_ns));
         out
     }
 }
