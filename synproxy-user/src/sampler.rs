@@ -154,6 +154,15 @@ impl Sampler {
         }
     }
 
+    /// SIGUSR1: releases the eBPF probes until the modules are reloaded
+    /// ([`EbpfSource::release`]).
+    pub fn release_probes(&mut self) {
+        match self.config.ebpf.as_mut() {
+            Some(ebpf) => ebpf.release(),
+            None => info!("SIGUSR1: no eBPF probes to release"),
+        }
+    }
+
     /// Between rounds: keeps the peak-rate map small (see [`EbpfSource::drain_rates`]).
     pub fn drain_rates(&mut self) {
         if let Some(ebpf) = self.config.ebpf.as_mut() {

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Probes the agent attaches (sources/ebpf.rs PROBES).
 pub const PROBE_COUNT: usize = 9;
-/// Program names of synproxy-ebpf (BPF object names are cut at 15 bytes).
-pub const PROGRAM_PREFIX: &str = "spx_";
+/// Program names of synproxy-ebpf: `spx_` (kprobes) and `spxf_` (fentry/fexit)
+/// (BPF object names are cut at 15 bytes).
+pub const PROGRAM_PREFIX: &str = "spx";
 /// Map names of synproxy-ebpf (and aya-log's ring buffer).
 pub const MAP_NAMES: [&str; 7] = [
     "NS_TABLE",
@@ -590,6 +591,29 @@ pub fn ebpf_count(lines: &[Line], netns: &str, counter: &str) -> Result<(u64, Eb
         view.misses = probes.counter("probe_misses")?;
     }
     Ok((total, view))
+}
+
+/// The `probe_type` of the first `synproxy_ebpf_probes` line.
+pub fn probe_type(lines: &[Line]) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .and_then(|l| match l.fields.get("probe_type") {
+            Some(crate::line_protocol::FieldValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// The probe type an agent with `--probes fentry` must end up with here:
+/// fentry where `nf_synproxy_core` has module BTF (the VM kernels build
+/// SYNPROXY as modules; Debian's 5.10 has no module BTF), kprobe otherwise
+/// (the documented fallback).
+pub fn expected_probe_type() -> &'static str {
+    if Path::new("/sys/kernel/btf/nf_synproxy_core").exists() {
+        "fentry"
+    } else {
+        "kprobe"
+    }
 }
 
 /// Sum of every `*_missed` field of the `synproxy_ebpf_probes` line.

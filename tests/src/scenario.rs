@@ -101,6 +101,26 @@ pub struct Config {
     pub count: u32,
     pub agent_mode: AgentMode,
     pub ebpf: EbpfMode,
+    /// `--probes fentry` given to the scenario: the agents run with it (it is
+    /// in `extra_agent_args` too) and the eBPF checks report which probe type
+    /// the agent used against the one this kernel should give.
+    pub fentry: bool,
+}
+
+impl Config {
+    /// With `--probes fentry`: ` probes=fentry probe_type=<seen> expected=<type>`
+    /// for a RESULT line, and whether they agree. Empty and true otherwise.
+    pub fn probe_type_fields(&self, seen: Option<&str>) -> (String, bool) {
+        if !self.fentry {
+            return (String::new(), true);
+        }
+        let expected = crate::live_agent::expected_probe_type();
+        let seen = seen.unwrap_or("none");
+        (
+            format!(" probes=fentry probe_type={seen} expected_probe_type={expected}"),
+            seen == expected,
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -342,6 +342,17 @@ struct Retry {
     backoff: Duration,
 }
 
+/// After SIGUSR1, how long the probes stay released if the modules are not
+/// reloaded meanwhile.
+pub const RELEASE_HOLD: Duration = Duration::from_secs(60);
+
+/// Probes released on request (SIGUSR1): not attached again while the modules
+/// are the ones they were released from, until `until`.
+struct Released {
+    modules: Vec<Option<u64>>,
+    until: Instant,
+}
+
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -420,6 +431,7 @@ pub struct EbpfSource {
     attached: Option<Attachment>,
     generation: u64,
     retry: Option<Retry>,
+    released: Option<Released>,
     /// Probe misses of the current attachment at the previous round.
     last_missed: u64,
     last_recursion: u64,
@@ -615,6 +627,7 @@ impl EbpfSource {
             attached: None,
             generation: 0,
             retry: None,
+            released: None,
             last_missed: 0,
             last_recursion: 0,
             last_diag: [0; diag::COUNT as usize],
@@ -707,6 +720,19 @@ impl EbpfSource {
     /// (re)attached by this call.
     pub fn poll(&mut self, stop: &Stop) -> bool {
         let modules = module_identities();
+        if let Some(released) = &self.released {
+            if released.modules == modules && Instant::now() < released.until {
+                return false;
+            }
+            if released.modules == modules {
+                info!(
+                    "nf_synproxy_core was not reloaded within {} s of SIGUSR1: attaching the eBPF probes again",
+                    RELEASE_HOLD.as_secs()
+                );
+            }
+            self.released = None;
+            self.retry = None;
+        }
         if let Some(att) = &self.attached {
             if att.modules == modules {
                 return false;
@@ -975,6 +1001,24 @@ impl EbpfSource {
                 }
             }
         }
+    }
+
+    /// SIGUSR1: detaches the probes and unloads fentry programs, so that
+    /// nothing of the agent holds `nf_synproxy_core` or `nf_conntrack` (a
+    /// loaded fentry program on a module function keeps the module from being
+    /// unloaded). They are attached again, fentry programs loaded against the
+    /// new module BTF, once the modules were unloaded or reloaded, or after
+    /// [`RELEASE_HOLD`] if they were not.
+    pub fn release(&mut self) {
+        self.detach();
+        self.released = Some(Released {
+            modules: module_identities(),
+            until: Instant::now() + RELEASE_HOLD,
+        });
+        info!(
+            "SIGUSR1: eBPF probes released; nf_synproxy_core and nf_conntrack can be unloaded now. The probes attach again once they are reloaded, or in {} s if they are not",
+            RELEASE_HOLD.as_secs()
+        );
     }
 
     /// Detaches every probe: kprobe events are removed; fentry/fexit programs
