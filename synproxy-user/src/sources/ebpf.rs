@@ -432,6 +432,11 @@ pub struct EbpfSource {
     generation: u64,
     retry: Option<Retry>,
     released: Option<Released>,
+    /// fentry fell back to kprobes, which cannot be used either: eBPF is
+    /// unusable (at start-up: [`EbpfSource::open`] fails with this).
+    unusable: Option<String>,
+    /// Inside [`EbpfSource::open`]: an unusable eBPF is its error, not a warning.
+    opening: bool,
     /// Probe misses of the current attachment at the previous round.
     last_missed: u64,
     last_recursion: u64,
@@ -628,6 +633,8 @@ impl EbpfSource {
             generation: 0,
             retry: None,
             released: None,
+            unusable: None,
+            opening: true,
             last_missed: 0,
             last_recursion: 0,
             last_diag: [0; diag::COUNT as usize],
@@ -642,7 +649,11 @@ impl EbpfSource {
         if attach {
             source.poll(stop);
         }
-        Ok(source)
+        source.opening = false;
+        match source.unusable.take() {
+            Some(reason) => Err(Unavailable(reason)),
+            None => Ok(source),
+        }
     }
 
     /// Loads the kprobe programs (the verifier runs here) and removes kprobe
@@ -758,7 +769,14 @@ impl EbpfSource {
             self.active = ProbeType::Kprobe;
             attached = match self.load_kprobes(stop) {
                 Ok(()) => self.attach(&modules, stop),
-                Err(Unavailable(reason)) => Err(AttachError::Other(reason)),
+                Err(Unavailable(reason)) => {
+                    if self.opening {
+                        // open() reports it as the reason eBPF is disabled.
+                        self.unusable = Some(reason);
+                        return false;
+                    }
+                    Err(AttachError::Other(reason))
+                }
             };
         }
         match attached {
@@ -943,7 +961,19 @@ impl EbpfSource {
                         .and_then(|()| p.attach().map(drop))
                 };
                 if let Err(e) = loaded {
-                    let Unavailable(reason) = load_error(spec.program, e);
+                    let Unavailable(reason) = if is_permission(&e) {
+                        // Also as root where a kernel does not allow fentry.
+                        Unavailable(format!(
+                            "the kernel refused {} ({}; loading needs CAP_BPF and CAP_PERFMON)",
+                            spec.program,
+                            first_errno(&e).map_or_else(
+                                || e.to_string(),
+                                |n| std::io::Error::from_raw_os_error(n).to_string()
+                            )
+                        ))
+                    } else {
+                        load_error(spec.program, e)
+                    };
                     return Err(AttachError::FentryUnusable(format!(
                         "{} on {}: {reason}",
                         if spec.exit { "fexit" } else { "fentry" },
@@ -1445,4 +1475,37 @@ fn resolve_fentry_targets(targets: &FentryTargets) -> Result<Resolved, AttachErr
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(parse_release("5.10.0-46-cloud-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
+        assert_eq!(parse_release("7.2.13+deb14-cloud-amd64"), Some((7, 2)));
+        assert_eq!(parse_release("6.18"), Some((6, 18)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    /// Both program sets cover the same functions; the fentry short names are
+    /// the kprobe programs' (ack4/ack6 stand for the entry + return pair).
+    #[test]
+    fn fentry_set_matches_the_kprobe_set() {
+        let mut kprobe: Vec<&str> = PROBES.iter().map(|p| p.function).collect();
+        kprobe.dedup();
+        let fentry: Vec<&str> = FENTRY_PROBES.iter().map(|p| p.function).collect();
+        let mut k = kprobe.clone();
+        k.sort_unstable();
+        k.dedup();
+        let mut f = fentry.clone();
+        f.sort_unstable();
+        assert_eq!(k, f);
+        for name in FENTRY_COUNTING_PROGRAMS {
+            assert!(FENTRY_PROBES.iter().any(|p| p.short == name), "{name}");
+        }
+        assert!(FENTRY_PROBES.iter().all(|p| p.program.len() <= 15));
+    }
 }
