@@ -426,6 +426,14 @@ if selected fentry-sustained; then
     end_check fentry-sustained
 fi
 
+# The non-root check with --probes fentry: the capability table's fentry row (CAP_BPF,
+# CAP_PERFMON, CAP_SYS_ADMIN: no tracefs, the module BTF lookup) where fentry is used.
+if selected fentry-non-root; then
+    begin_check fentry-non-root
+    run_scenario fentry-non-root 900 --agent "$AGENT" --ebpf require --probes fentry --non-root $TOOLS
+    end_check fentry-non-root
+fi
+
 # The probe_type of the agent's last synproxy_ebpf_probes line.
 probe_type_now() {
     grep '^synproxy_ebpf_probes' /tmp/agent.out | tail -n 1 | sed -n 's/.*probe_type="\([a-z]*\)".*/\1/p'
