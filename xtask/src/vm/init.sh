@@ -456,6 +456,11 @@ rmmod_late() {
     done
 }
 
+# nf_synproxy_core's reference count is 0 (nothing holds it).
+synproxy_core_unheld() { [ "$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null)" = 0 ]; }
+# Unloads the late modules; true once nf_synproxy_core is gone.
+late_unloaded() { rmmod_late; [ ! -e /sys/module/nf_synproxy_core ]; }
+
 # 10. fentry and module reloads (issue 10). A loaded fentry program on a module function
 #     holds the module (Linux 6.4+; 5.12-6.3 while attached). With the agent running with
 #     --probes fentry: unloading nf_synproxy_core must fail "in use" while the agent keeps
@@ -500,6 +505,8 @@ if [ "$fm_expected" = fentry ]; then
     # Released on request: then the modules go and come back.
     kill -USR1 "$AGENT_PID"
     wait_for "the agent to release its probes on SIGUSR1" 60 agent_err_count_above 'eBPF probes released' 0 || fm_status=FAIL
+    # The kernel drops a freed program's module reference a moment later.
+    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld || fm_status=FAIL
     fm_refcnt_released=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     reload_missing_before=$(count_in_agent_err "$MISSING")
     rmmod_late
@@ -526,8 +533,11 @@ if [ "$fm_expected" = fentry ]; then
     [ "$fm_type_after" = fentry ] || fm_status=FAIL
     # SIGTERM: nothing of the agent holds the module any more.
     kill "$AGENT_PID"; wait "$AGENT_PID"; fm_exit=$?
-    rmmod_late
-    fm_after_exit_failed=$RMMOD_FAILED
+    if wait_for "the late modules to unload after the agent exited" 60 late_unloaded; then
+        fm_after_exit_failed=
+    else
+        fm_after_exit_failed=$RMMOD_FAILED
+    fi
     [ "$fm_exit" = 0 ] && [ -z "$fm_after_exit_failed" ] || { fm_status=FAIL; sed 's/^/fentry-module rmmod after exit: /' /tmp/rmmod.err; }
     load_modules /etc/vmtest/modules-late
     echo "RESULT kernel=$KERNEL check=fentry-module probes=fentry probe_type=$fm_type expected_probe_type=$fm_expected cookie_valid=$fm_val ebpf=$fm_ebpf_val rmmod_while_held=${fm_held_failed:-none} in_use=$fm_in_use refcnt_held=$fm_refcnt_held refcnt_released=$fm_refcnt_released rmmod_after_release=${fm_released_failed:-ok} btf_id_before=${fm_btf1:-none} btf_id_after=${fm_btf2:-none} proc_after_reload=${fm_reload_val:-none} ebpf_after_reload=$fm_reload_ebpf probe_type_after=$fm_type_after exit=$fm_exit rmmod_after_exit=${fm_after_exit_failed:-ok} agent_alive_while_held=$fm_alive status=$fm_status"
