@@ -496,12 +496,15 @@ if [ "$fm_expected" = fentry ]; then
     # Held: the dependants go, nf_synproxy_core stays, "in use".
     rmmod_late
     fm_held_failed=$RMMOD_FAILED
-    if grep -q 'in use' /tmp/rmmod.err; then fm_in_use=yes; else fm_in_use=no; fi
+    # kmod's rmmod says "in use"; busybox's (the guest's, O_NONBLOCK) EWOULDBLOCK,
+    # "Resource temporarily unavailable": the module's reference count is not 0.
+    if grep -q -e 'in use' -e 'temporarily unavailable' /tmp/rmmod.err; then fm_in_use=yes; else fm_in_use=no; fi
     fm_refcnt_held=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     case "$fm_held_failed" in *nf_synproxy_core*) fm_held=yes ;; *) fm_held=no ;; esac
     sed 's/^/fentry-module rmmod while held: /' /tmp/rmmod.err
     if agent_running; then fm_alive=yes; else fm_alive=no; fi
     [ "$fm_held" = yes ] && [ "$fm_in_use" = yes ] && [ "$fm_alive" = yes ] || fm_status=FAIL
+    [ "${fm_refcnt_held:-0}" != none ] && [ "${fm_refcnt_held:-0}" -gt 0 ] || fm_status=FAIL
     # Released on request: then the modules go and come back.
     kill -USR1 "$AGENT_PID"
     wait_for "the agent to release its probes on SIGUSR1" 60 agent_err_count_above 'eBPF probes released' 0 || fm_status=FAIL
