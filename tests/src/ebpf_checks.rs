@@ -266,7 +266,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     } else {
         0.0
     };
-    if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
+    if !stopped.exit_ok || stopped.elapsed > cfg.exit_limit() {
         notes.push(format!(
             "SIGTERM: exit ok={} after {:?}",
             stopped.exit_ok, stopped.elapsed
@@ -324,7 +324,7 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     let stopped = live.stop(signal)?;
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
     let pass = stopped.exit_ok
-        && stopped.elapsed <= live_agent::EXIT_LIMIT
+        && stopped.elapsed <= cfg.exit_limit()
         && left.is_empty()
         && probe_type_ok
         && stopped

@@ -108,6 +108,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How soon after SIGTERM/SIGINT/stdin EOF the agent must have exited:
+    /// [`crate::live_agent::EXIT_LIMIT`], or with fentry in use
+    /// [`crate::live_agent::FENTRY_EXIT_LIMIT`].
+    pub fn exit_limit(&self) -> std::time::Duration {
+        if self.fentry && crate::live_agent::expected_probe_type() == "fentry" {
+            crate::live_agent::FENTRY_EXIT_LIMIT
+        } else {
+            crate::live_agent::EXIT_LIMIT
+        }
+    }
+
     /// With `--probes fentry`: ` probes=fentry probe_type=<seen> expected=<type>`
     /// for a RESULT line, and whether they agree. Empty and true otherwise.
     pub fn probe_type_fields(&self, seen: Option<&str>) -> (String, bool) {

@@ -452,7 +452,8 @@ rmmod_late() {
     : > /tmp/rmmod.err
     for module in $(sed '1!G;h;$!d' /etc/vmtest/modules-late); do
         name=$(basename "$module" .ko | tr - _)
-        rmmod "$name" 2>>/tmp/rmmod.err || RMMOD_FAILED="$RMMOD_FAILED $name"
+        [ -e "/sys/module/$name" ] || continue
+        rmmod "$name" 2>>/tmp/rmmod.err || RMMOD_FAILED="${RMMOD_FAILED:+$RMMOD_FAILED,}$name"
     done
 }
 
