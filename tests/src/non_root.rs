@@ -61,8 +61,7 @@ fn given_caps(cfg: &Config, kernel: &str) -> Vec<u32> {
 pub fn non_root(cfg: &Config, kernel: &str) -> Check {
     let given = given_caps(cfg, kernel);
     let head = format!(
-        "RESULT kernel={kernel} check=non-root{} uid={} caps={}",
-        if cfg.fentry { " probes=fentry" } else { "" },
+        "RESULT kernel={kernel} check=non-root uid={} caps={}",
         caps::NOBODY,
         caps::names(caps::mask(&given))
     );
