@@ -18,3 +18,4 @@ pub mod sample;
 pub mod sampler;
 pub mod sinks;
 pub mod sources;
+pub mod start_up_pages;

@@ -384,6 +384,7 @@ fn run_loop(
         SignalMode::None => Some(started),
         SignalMode::Stdin => None,
     };
+    let mut first_round = true;
     loop {
         let due = match wait_until(control, next_round, next_drain) {
             Woken::Due => true,
@@ -417,6 +418,20 @@ fn run_loop(
         if let Err(exit) = round(&mut sampler, sinks) {
             return (Some(sampler), exit, None);
         }
+        if std::mem::take(&mut first_round) {
+            release_start_up_pages();
+        }
+    }
+}
+
+/// Start-up is over once a round has run: its code need not stay resident.
+fn release_start_up_pages() {
+    match crate::start_up_pages::release() {
+        Ok(bytes) => log::debug!(
+            "start-up pages of the executable released ({} KiB advised)",
+            bytes / 1024
+        ),
+        Err(e) => log::debug!("start-up pages kept: {e}"),
     }
 }
 

@@ -381,15 +381,14 @@ async fn influx_exchange(data: &[u8]) {
         .map(|v| v.trim_matches(|c| c == ' ' || c == '\t'))
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .map(|v| {
-            // Compare as decimal strings: any length of digits.
+            // Decided on the decimal string, so any number of digits works.
             let digits = v.trim_start_matches('0');
-            if digits.len() > 3
-                || digits.parse::<u64>().unwrap_or(u64::MAX) > MAX_RETRY_AFTER.as_secs()
-            {
-                MAX_RETRY_AFTER
-            } else {
-                std::time::Duration::from_secs(digits.parse::<u64>().unwrap_or(0))
-            }
+            let seconds = match digits.len() {
+                0 => 0,
+                1..=3 => digits.bytes().fold(0, |n, d| n * 10 + u64::from(d - b'0')),
+                _ => u64::MAX,
+            };
+            std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER)
         });
     let outcome = read_answer(response).await;
     drop(sender);

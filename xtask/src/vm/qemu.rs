@@ -98,8 +98,14 @@ const TAIL_LINES: usize = 30;
 /// a busy host), and removing a kprobe event waits for grace periods. Expedited grace
 /// periods (IPIs, as fast as on hardware) keep the agent's shutdown measurable against its
 /// 1 s limit instead of against the emulator's speed.
-const KERNEL_COMMAND_LINE: &str =
-    "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init rcupdate.rcu_expedited=1";
+///
+/// `clocksource=tsc tsc=reliable`: under TCG the kernel's watchdog soon finds the
+/// emulated TSC unstable and falls back to the HPET, whose every read is an emulated
+/// MMIO access (microseconds, under QEMU's global lock). The probes read the clock per
+/// event, so an HPET would make the eBPF cost figures measure QEMU's device model;
+/// hardware and KVM guests read a TSC or kvm-clock for a few nanoseconds.
+const KERNEL_COMMAND_LINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init \
+     rcupdate.rcu_expedited=1 clocksource=tsc tsc=reliable";
 
 /// The kernel command line; `vmtest_checks=a,b` (no dot: the kernel hands it to
 /// init as an environment variable) when only some checks are to run.
