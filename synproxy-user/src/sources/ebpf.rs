@@ -989,6 +989,8 @@ impl EbpfSource {
         }
         self.generation += 1;
         self.last_missed = 0;
+        // Freshly loaded programs: their recursion_misses start at 0 again.
+        self.last_recursion = 0;
         self.attached = Some(Attachment {
             generation: self.generation,
             modules: modules.to_vec(),
