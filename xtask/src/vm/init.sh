@@ -426,6 +426,17 @@ if selected fentry-sustained; then
     end_check fentry-sustained
 fi
 
+# The xt IPv4 matrix (every counter, conn_reopened and cookie_retrans included) with the
+# agents on --probes fentry; its lines are tagged probes=fentry.
+if selected fentry-matrix-xt-ipv4; then
+    begin_check fentry-matrix-xt-ipv4
+    SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
+    run_scenario fentry-matrix-xt-ipv4 900 --agent "$AGENT" --ebpf require --probes fentry \
+        --rules xt --family ipv4 $TOOLS
+    SCENARIO_SED=
+    end_check fentry-matrix-xt-ipv4
+fi
+
 # The non-root check with --probes fentry: the capability table's fentry row (CAP_BPF,
 # CAP_PERFMON, CAP_SYS_ADMIN: no tracefs, the module BTF lookup) where fentry is used.
 if selected fentry-non-root; then
