@@ -349,7 +349,7 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
 
     let agent_ok = check_agent(cfg, &topo, name, out)?;
     let ebpf_ok = match live {
-        Some(live) => check_ebpf(live, &topo, name, out)?,
+        Some(live) => check_ebpf(live, &topo, name, cfg.exit_limit(), out)?,
         None => true,
     };
     out.pass = proc_ok && agent_ok && ebpf_ok;
@@ -394,7 +394,13 @@ fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> 
 /// The live agent's eBPF count of `name` in the server netns must equal the /proc
 /// delta, every family line must say `reconcile="exact"` with no probe misses,
 /// and closing its stdin must stop it within 1 s leaving nothing in the kernel.
-fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcome) -> Result<bool> {
+fn check_ebpf(
+    mut live: LiveAgent,
+    topo: &Topology,
+    name: &str,
+    exit_limit: std::time::Duration,
+    out: &mut Outcome,
+) -> Result<bool> {
     let lines = live.sample()?;
     let stopped = live.stop(None)?;
     let (count, view) = live_agent::ebpf_count(&lines, topo.srv.name(), name)?;
@@ -415,7 +421,7 @@ fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcom
             view.statuses, view.misses
         ));
     }
-    if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
+    if !stopped.exit_ok || stopped.elapsed > exit_limit {
         ok = false;
         out.notes.push(format!(
             "agent on stdin EOF: exit ok={} after {:?}; stderr: {}",
