@@ -6,6 +6,11 @@
 //! | kprobe `synproxy_recv_client_ack[_ipv6]` (stash) + kretprobe | cookie_valid / cookie_invalid, and cookie_retrans when valid and `recv_seq == ntohl(th->seq) + 1` |
 //! | kprobe `ipv4_synproxy_hook` / `ipv6_synproxy_hook` (stash) + kprobe `nf_ct_seqadj_init` | conn_reopened (`off == 0`, original direction, the hook's own entry) |
 //!
+//! The same set as fentry/fexit programs (`spxf_*`, `--probes fentry`): the
+//! same functions and the same counting code; an fexit program sees the
+//! arguments and the return value at once, so `synproxy_recv_client_ack[_ipv6]`
+//! needs no entry program and no stash there (one fexit program per function).
+//!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
 //! Counts go to the slot of the event's namespace in a memory-mapped array
 //! (atomic adds, no per-event output) that the agent reads without syscalls;
@@ -18,9 +23,9 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{Array, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     Global,
 };
 use synproxy_common::{
@@ -177,23 +182,42 @@ fn netns_of(net: u64) -> Netns {
 }
 
 #[inline(always)]
-fn on_synack(ctx: &ProbeContext, family: u8) {
-    let net: u64 = ctx.arg(0).unwrap_or(0);
+fn on_synack(net: u64, family: u8) {
     count(netns_of(net), family, Counter::SynReceived);
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack4(ctx: ProbeContext) -> u32 {
-    on_synack(&ctx, FAMILY_IPV4);
+    on_synack(ctx.arg(0).unwrap_or(0), FAMILY_IPV4);
     0
 }
 
 /// syn_received, IPv6: `synproxy_send_client_synack_ipv6(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack6(ctx: ProbeContext) -> u32 {
-    on_synack(&ctx, FAMILY_IPV6);
+    on_synack(ctx.arg(0).unwrap_or(0), FAMILY_IPV6);
     0
+}
+
+/// What the cookie check's arguments say about the event.
+#[derive(Clone, Copy)]
+struct AckArgs {
+    netns: Netns,
+    recv_seq: u32,
+    /// `ntohl(th->seq)`
+    seq: u32,
+}
+
+#[inline(always)]
+fn ack_args(net: u64, th: u64, recv_seq: u64) -> AckArgs {
+    // tcphdr: source(2) dest(2) seq(4): network byte order.
+    let seq = read_at::<u32>(th, 4).map(u32::from_be).unwrap_or(0);
+    AckArgs {
+        netns: netns_of(net),
+        recv_seq: recv_seq as u32,
+        seq,
+    }
 }
 
 #[inline(always)]
@@ -201,23 +225,37 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
     let net: u64 = ctx.arg(0).unwrap_or(0);
     let th: u64 = ctx.arg(2).unwrap_or(0);
     let recv_seq: u64 = ctx.arg(4).unwrap_or(0);
-    // tcphdr: source(2) dest(2) seq(4): network byte order.
-    let seq = read_at::<u32>(th, 4).map(u32::from_be).unwrap_or(0);
-    let netns = netns_of(net);
+    let args = ack_args(net, th, recv_seq);
     if let Some(stash) = ACK_STASH.get_ptr_mut(0) {
         // SAFETY: this CPU's stash; entry and return of one call run on this CPU
         // without another call in between (softirq, no nesting).
         unsafe {
             *stash = AckStash {
-                netns: netns.inum,
-                cookie: netns.cookie,
-                recv_seq: recv_seq as u32,
-                seq,
+                netns: args.netns.inum,
+                cookie: args.netns.cookie,
+                recv_seq: args.recv_seq,
+                seq: args.seq,
                 family,
                 armed: 1,
                 _pad: [0; 2],
             };
         }
+    }
+}
+
+/// cookie_valid or cookie_invalid, plus cookie_retrans for the hook's
+/// `ntohl(th->seq) + 1` call.
+#[inline(always)]
+fn on_ack_result(args: AckArgs, family: u8, ret: u64) {
+    // A C `bool`: only the low 8 bits are defined.
+    let valid = ret & 0xff != 0;
+    if valid {
+        count(args.netns, family, Counter::CookieValid);
+        if args.recv_seq == args.seq.wrapping_add(1) {
+            count(args.netns, family, Counter::CookieRetrans);
+        }
+    } else {
+        count(args.netns, family, Counter::CookieInvalid);
     }
 }
 
@@ -235,13 +273,11 @@ pub fn spx_ack6(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of either `synproxy_recv_client_ack[_ipv6]`: cookie_valid or
-/// cookie_invalid, plus cookie_retrans for the hook's `ntohl(th->seq) + 1` call.
+/// Return of either `synproxy_recv_client_ack[_ipv6]`: counts with what the
+/// entry stashed.
 #[kretprobe]
 pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
-    // A C `bool`: only the low 8 bits are defined.
     let ret: u64 = ctx.ret();
-    let valid = ret & 0xff != 0;
     let Some(stash) = ACK_STASH.get_ptr_mut(0) else {
         return 0;
     };
@@ -253,25 +289,20 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
     }
     // SAFETY: as above.
     unsafe { (*stash).armed = 0 };
-    let ns = Netns {
-        inum: s.netns,
-        cookie: s.cookie,
+    let args = AckArgs {
+        netns: Netns {
+            inum: s.netns,
+            cookie: s.cookie,
+        },
+        recv_seq: s.recv_seq,
+        seq: s.seq,
     };
-    if valid {
-        count(ns, s.family, Counter::CookieValid);
-        if s.recv_seq == s.seq.wrapping_add(1) {
-            count(ns, s.family, Counter::CookieRetrans);
-        }
-    } else {
-        count(ns, s.family, Counter::CookieInvalid);
-    }
+    on_ack_result(args, s.family, ret);
     0
 }
 
 #[inline(always)]
-fn on_hook(ctx: &ProbeContext, family: u8) {
-    let skb: u64 = ctx.arg(1).unwrap_or(0);
-    let state: u64 = ctx.arg(2).unwrap_or(0);
+fn on_hook(skb: u64, state: u64, family: u8) {
     let net = read_at::<u64>(state, HOOK_STATE_NET_OFFSET.load()).unwrap_or(0);
     let nfct = read_at::<u64>(skb, SKB_NFCT_OFFSET.load()).unwrap_or(0);
     let netns = netns_of(net);
@@ -294,35 +325,42 @@ fn on_hook(ctx: &ProbeContext, family: u8) {
 /// `ipv4_synproxy_hook(priv, skb, state)` entry: remember netns and conntrack entry.
 #[kprobe]
 pub fn spx_hook4(ctx: ProbeContext) -> u32 {
-    on_hook(&ctx, FAMILY_IPV4);
+    on_hook(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        FAMILY_IPV4,
+    );
     0
 }
 
 /// `ipv6_synproxy_hook(priv, skb, state)` entry.
 #[kprobe]
 pub fn spx_hook6(ctx: ProbeContext) -> u32 {
-    on_hook(&ctx, FAMILY_IPV6);
+    on_hook(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        FAMILY_IPV6,
+    );
     0
 }
 
 /// `nf_ct_seqadj_init(ct, ctinfo, off)`: the hook's reopen path calls it with
 /// off 0 in the original direction right before `conn_reopened++`.
-#[kprobe]
-pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
-    let ct: u64 = ctx.arg(0).unwrap_or(0);
-    let ctinfo: u64 = ctx.arg::<u64>(1).unwrap_or(0) & 0xffff_ffff;
-    let off: u64 = ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff;
+#[inline(always)]
+fn on_seqadj(ct: u64, ctinfo: u64, off: u64) {
+    let ctinfo = ctinfo & 0xffff_ffff;
+    let off = off & 0xffff_ffff;
     if off != 0 || ctinfo >= IP_CT_IS_REPLY {
-        return 0;
+        return;
     }
     let Some(stash) = HOOK_STASH.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     // SAFETY: this CPU's stash (see on_hook).
     let s = unsafe { *stash };
     if s.armed == 0 || s.ct != ct {
         diag_inc(diag::SEQADJ_UNMATCHED);
-        return 0;
+        return;
     }
     // SAFETY: as above.
     unsafe { (*stash).armed = 0 };
@@ -331,5 +369,65 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
         cookie: s.cookie,
     };
     count(ns, s.family, Counter::ConnReopened);
+}
+
+/// kprobe on `nf_ct_seqadj_init`.
+#[kprobe]
+pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
+    on_seqadj(
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+    );
+    0
+}
+
+// fentry/fexit: the same probe points and counting code. Arguments are the
+// context's u64 slots; an fexit program's return value is the slot after the
+// last argument (read that way rather than with bpf_get_func_ret, which
+// needs 5.17).
+
+#[fentry(function = "synproxy_send_client_synack")]
+pub fn spxf_synack4(ctx: FEntryContext) -> i32 {
+    on_synack(ctx.arg(0), FAMILY_IPV4);
+    0
+}
+
+#[fentry(function = "synproxy_send_client_synack_ipv6")]
+pub fn spxf_synack6(ctx: FEntryContext) -> i32 {
+    on_synack(ctx.arg(0), FAMILY_IPV6);
+    0
+}
+
+/// `synproxy_recv_client_ack(net, skb, th, opts, recv_seq)`, returns bool (slot 5).
+#[fexit(function = "synproxy_recv_client_ack")]
+pub fn spxf_ack4(ctx: FExitContext) -> i32 {
+    let args = ack_args(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    on_ack_result(args, FAMILY_IPV4, ctx.arg(5));
+    0
+}
+
+#[fexit(function = "synproxy_recv_client_ack_ipv6")]
+pub fn spxf_ack6(ctx: FExitContext) -> i32 {
+    let args = ack_args(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    on_ack_result(args, FAMILY_IPV6, ctx.arg(5));
+    0
+}
+
+#[fentry(function = "ipv4_synproxy_hook")]
+pub fn spxf_hook4(ctx: FEntryContext) -> i32 {
+    on_hook(ctx.arg(1), ctx.arg(2), FAMILY_IPV4);
+    0
+}
+
+#[fentry(function = "ipv6_synproxy_hook")]
+pub fn spxf_hook6(ctx: FEntryContext) -> i32 {
+    on_hook(ctx.arg(1), ctx.arg(2), FAMILY_IPV6);
+    0
+}
+
+#[fentry(function = "nf_ct_seqadj_init")]
+pub fn spxf_seqadj(ctx: FEntryContext) -> i32 {
+    on_seqadj(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }

@@ -57,6 +57,28 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
     pub no_ebpf: bool,
 
+    /// Which BPF programs count the events. kprobe: kprobes/kretprobes through
+    /// tracefs (any kernel with kprobes). fentry: fentry/fexit programs,
+    /// cheaper per event; on SYNPROXY built as modules (distribution kernels)
+    /// they need the modules' BTF (CONFIG_DEBUG_INFO_BTF_MODULES, Linux 5.11+)
+    /// and CAP_SYS_ADMIN to find it; where that is missing the agent logs one
+    /// warning naming the reason and uses kprobes. While the agent runs with
+    /// fentry, nf_synproxy_core and nf_conntrack cannot be unloaded (rmmod: "Module
+    /// nf_synproxy_core is in use"): the kernel holds a module while a program
+    /// on one of its functions is attached (on 6.4+ while it is loaded). Send
+    /// SIGUSR1 to release it: the agent unloads its programs and loads them
+    /// again against the module's new BTF once the module is reloaded (or after
+    /// 60 s if it was not). The type in use is the probe_type field of the
+    /// synproxy_ebpf_probes line and synproxy_ebpf_probe_type on /metrics.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "kprobe|fentry",
+        default_value = "kprobe",
+        env = "SYNPROXY_AGENT_PROBES"
+    )]
+    pub probes: crate::sources::ebpf::ProbeType,
+
     /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields), 10ms to 1h.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
     pub rate_resolution: Duration,

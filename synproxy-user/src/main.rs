@@ -89,8 +89,9 @@ async fn start(
         None
     } else {
         let (resolution, attach, flag) = (cli.rate_resolution, !cli.once, Arc::clone(&stop));
+        let probes = cli.probes;
         let opened = match runtime::blocking_or_signal(
-            move || EbpfSource::open(resolution, attach, &flag),
+            move || EbpfSource::open(resolution, attach, &flag, probes),
             &mut signals,
             &stop,
         )
@@ -132,7 +133,7 @@ async fn start(
     // Start-up is over: keep only the capabilities the features still need.
     privileges::restrict_and_log(
         privileges::Features {
-            ebpf: ebpf.is_some(),
+            ebpf: ebpf.as_ref().map(EbpfSource::capability_need),
             netns: match &selection {
                 NetnsSelection::Own => privileges::NetnsNeed::Own,
                 NetnsSelection::Named(_) => privileges::NetnsNeed::Named,

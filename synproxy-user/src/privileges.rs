@@ -157,11 +157,23 @@ pub enum NetnsNeed {
     All,
 }
 
+/// Which probes the agent may (re)attach at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EbpfNeed {
+    /// kprobes through tracefs.
+    Kprobe,
+    /// fentry/fexit programs, loaded against the modules' BTF at each attach.
+    Fentry,
+    /// `--probes fentry` before its first attach: it may still fall back to
+    /// kprobes (a module without BTF), so both rows' capabilities are kept.
+    FentryOrKprobe,
+}
+
 /// The features that decide what the agent keeps after start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
     /// The eBPF probes are loaded and will be (re)attached at run time.
-    pub ebpf: bool,
+    pub ebpf: Option<EbpfNeed>,
     pub netns: NetnsNeed,
 }
 
@@ -194,7 +206,7 @@ impl Host {
 /// The capabilities the agent keeps after start-up (the README's table).
 pub fn required(features: Features, host: Host) -> CapSet {
     let mut caps = Vec::new();
-    if features.ebpf {
+    if let Some(need) = features.ebpf {
         // Per round, bpf(BPF_OBJ_GET_INFO_BY_FD) for the programs' recursion
         // misses and run time (kernels before 5.19 refuse every bpf() command
         // without it while kernel.unprivileged_bpf_disabled is set); at each
@@ -206,8 +218,14 @@ pub fn required(features: Features, host: Host) -> CapSet {
         }
         // Creating and removing kprobe events, their ids and kprobe_profile:
         // tracefs files are root's (0640/0440 under a 0700 or 0750 root).
-        if !host.root_fsuid {
+        if need != EbpfNeed::Fentry && !host.root_fsuid {
             caps.push(CAP_DAC_OVERRIDE);
+        }
+        // fentry on module functions: at each (re)load, the module's BTF
+        // object is found by id (BPF_BTF_GET_NEXT_ID, BPF_BTF_GET_FD_BY_ID),
+        // which the kernel allows only with CAP_SYS_ADMIN.
+        if need != EbpfNeed::Kprobe {
+            caps.push(CAP_SYS_ADMIN);
         }
     }
     match features.netns {
@@ -556,7 +574,9 @@ fn what_needs(missing: CapSet) -> String {
         parts.push("eBPF as a non-root user needs CAP_DAC_OVERRIDE for tracefs");
     }
     if missing.contains(CAP_SYS_ADMIN) {
-        parts.push("--netns (and eBPF before Linux 5.8) needs CAP_SYS_ADMIN");
+        parts.push(
+            "--netns, --probes fentry (module BTF) and eBPF before Linux 5.8 need CAP_SYS_ADMIN",
+        );
     }
     if missing.contains(CAP_SYS_PTRACE) {
         parts.push("--netns all needs CAP_SYS_PTRACE");
@@ -574,7 +594,23 @@ mod tests {
     };
 
     fn req(ebpf: bool, netns: NetnsNeed, host: Host) -> CapSet {
-        required(Features { ebpf, netns }, host)
+        required(
+            Features {
+                ebpf: ebpf.then_some(EbpfNeed::Kprobe),
+                netns,
+            },
+            host,
+        )
+    }
+
+    fn req_fentry(need: EbpfNeed, netns: NetnsNeed, host: Host) -> CapSet {
+        required(
+            Features {
+                ebpf: Some(need),
+                netns,
+            },
+            host,
+        )
     }
 
     #[test]
@@ -608,6 +644,18 @@ mod tests {
             req(true, NetnsNeed::Named, old),
             CapSet::of(&[CAP_SYS_ADMIN, CAP_DAC_OVERRIDE])
         );
+        assert_eq!(
+            req_fentry(EbpfNeed::Fentry, NetnsNeed::Own, MODERN),
+            CapSet::of(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN])
+        );
+        assert_eq!(
+            req_fentry(EbpfNeed::FentryOrKprobe, NetnsNeed::Own, MODERN),
+            CapSet::of(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_DAC_OVERRIDE])
+        );
+        assert_eq!(
+            req_fentry(EbpfNeed::Fentry, NetnsNeed::All, root),
+            CapSet::of(&[CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE])
+        );
     }
 
     #[test]
@@ -639,8 +687,8 @@ mod tests {
             .skip(2)
             .take_while(|l| l.starts_with('|'))
             .collect();
-        assert!(rows.len() >= 6, "capability table not found in README.md");
-        let expected: [(&str, CapSet); 6] = [
+        assert!(rows.len() >= 9, "capability table not found in README.md");
+        let expected: [(&str, CapSet); 9] = [
             ("`--no-ebpf`", CapSet::EMPTY),
             (
                 "`--no-ebpf --netns NAME`",
@@ -653,6 +701,18 @@ mod tests {
             ("eBPF", req(true, NetnsNeed::Own, MODERN)),
             ("eBPF `--netns NAME`", req(true, NetnsNeed::Named, MODERN)),
             ("eBPF `--netns all`", req(true, NetnsNeed::All, MODERN)),
+            (
+                "eBPF `--probes fentry`",
+                req_fentry(EbpfNeed::Fentry, NetnsNeed::Own, MODERN),
+            ),
+            (
+                "eBPF `--probes fentry --netns all`",
+                req_fentry(EbpfNeed::Fentry, NetnsNeed::All, MODERN),
+            ),
+            (
+                "eBPF `--probes fentry`, before the first attach",
+                req_fentry(EbpfNeed::FentryOrKprobe, NetnsNeed::Own, MODERN),
+            ),
         ];
         for (feature, caps) in expected {
             let row = rows

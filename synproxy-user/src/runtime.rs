@@ -40,10 +40,12 @@ pub struct Schedule {
     pub signal: SignalMode,
 }
 
-/// SIGTERM and SIGINT, caught from the first moments of the process on.
+/// SIGTERM and SIGINT, caught from the first moments of the process on, and
+/// SIGUSR1 (release the eBPF probes, see [`crate::sources::ebpf::EbpfSource::release`]).
 pub struct Signals {
     term: Option<Signal>,
     int: Option<Signal>,
+    usr1: Option<Signal>,
 }
 
 impl Signals {
@@ -55,10 +57,20 @@ impl Signals {
         if let Err(e) = term.as_ref().and(int.as_ref()) {
             warn!("cannot install signal handlers ({e}); relying on default signal handling");
         }
+        let usr1 = signal(SignalKind::user_defined1());
+        if let Err(e) = &usr1 {
+            warn!("cannot install the SIGUSR1 handler ({e}): the probes cannot be released on request");
+        }
         Self {
             term: term.ok(),
             int: int.ok(),
+            usr1: usr1.ok(),
         }
+    }
+
+    /// The SIGUSR1 stream, to wait on beside [`Signals::recv`].
+    fn take_usr1(&mut self) -> Option<Signal> {
+        self.usr1.take()
     }
 
     /// Resolves with the name of the next SIGTERM/SIGINT.
@@ -77,6 +89,18 @@ impl Signals {
             _ = next(&mut self.term) => "SIGTERM",
             _ = next(&mut self.int) => "SIGINT",
         }
+    }
+}
+
+/// Resolves at the next SIGUSR1 (never without a handler).
+async fn recv_usr1(usr1: &mut Option<Signal>) {
+    match usr1 {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -163,6 +187,8 @@ enum Control {
     Request,
     /// `--signal stdin`: EOF or a read error.
     StdinClosed,
+    /// SIGUSR1: release the eBPF probes (and so the modules they hold).
+    Release,
 }
 
 pub async fn run(
@@ -192,17 +218,23 @@ pub async fn run(
         log::error!("cannot start the sampler thread: {e}");
         return Exit::OutputFailed;
     }
-    let stopping = tokio::select! {
-        exit = &mut done => return exit.unwrap_or_else(|_| {
-            log::error!("the sampler stopped unexpectedly");
-            Exit::OutputFailed
-        }),
-        signal = signals.recv() => {
-            info!("{signal}, exiting");
-            // Probes may have to be detached: then wait for the sampler.
-            (Exit::Clean, stop.request())
+    let mut usr1 = signals.take_usr1();
+    let stopping = loop {
+        tokio::select! {
+            exit = &mut done => return exit.unwrap_or_else(|_| {
+                log::error!("the sampler stopped unexpectedly");
+                Exit::OutputFailed
+            }),
+            signal = signals.recv() => {
+                info!("{signal}, exiting");
+                // Probes may have to be detached: then wait for the sampler.
+                break (Exit::Clean, stop.request());
+            }
+            ended = ends.next() => break (exit_for(ended), false),
+            () = recv_usr1(&mut usr1) => {
+                let _ = control.send(Control::Release);
+            }
         }
-        ended = ends.next() => (exit_for(ended), false),
     };
     let (exit, must_wait) = stopping;
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
@@ -364,6 +396,10 @@ fn run_loop(
                 false
             }
             Woken::Control(Control::Request) => true,
+            Woken::Control(Control::Release) => {
+                sampler.release_probes();
+                false
+            }
             Woken::Control(Control::StdinClosed) => {
                 info!("stdin closed, exiting");
                 return (Some(sampler), Exit::Clean, None);

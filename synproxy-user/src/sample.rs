@@ -43,6 +43,8 @@ pub struct EbpfSample {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbesSample {
     pub attached: bool,
+    /// `kprobe` or `fentry`: the kind of programs in use.
+    pub probe_type: &'static str,
     /// This round: probe misses, BPF recursion misses and losses not
     /// attributable to a namespace (all namespaces).
     pub probe_misses: u64,

@@ -154,6 +154,15 @@ impl Sampler {
         }
     }
 
+    /// SIGUSR1: releases the eBPF probes until the modules are reloaded
+    /// ([`EbpfSource::release`]).
+    pub fn release_probes(&mut self) {
+        match self.config.ebpf.as_mut() {
+            Some(ebpf) => ebpf.release(),
+            None => info!("SIGUSR1: no eBPF probes to release"),
+        }
+    }
+
     /// Between rounds: keeps the peak-rate map small (see [`EbpfSource::drain_rates`]).
     pub fn drain_rates(&mut self) {
         if let Some(ebpf) = self.config.ebpf.as_mut() {
@@ -564,6 +573,7 @@ impl Sampler {
             .collect();
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
         let ebpf_round = ebpf.read_round(&keep);
+        let probe_type = ebpf.probe_type().as_str();
         let resolution = ebpf.rate_resolution();
         let mut out = Vec::with_capacity(reads.len());
         for read in reads {
@@ -610,7 +620,7 @@ impl Sampler {
                     .collect()
             })
             .unwrap_or_default();
-        round.probes = Some(join::probes(ebpf_round, timestamp_ns));
+        round.probes = Some(join::probes(ebpf_round, probe_type, timestamp_ns));
         out
     }
 }

@@ -192,6 +192,18 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     let served_before = served_round_stamp();
     let lines = live.sample()?;
     let scrape = scrape_after_round(served_before);
+    let (probe_fields, probe_type_ok) =
+        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
+    let fallback_logged = live
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("--probes fentry: ") && l.contains("using kprobes"));
+    let recursion = lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .map(|l| l.counter("recursion_misses"))
+        .transpose()?
+        .unwrap_or(0);
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let srv = topo.srv.name();
     let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
@@ -206,6 +218,15 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         .fold(0.0, f64::max);
     let mut notes = Vec::new();
     let mut pass = true;
+    if !probe_type_ok {
+        notes.push(format!("probe type:{probe_fields}"));
+        pass = false;
+    }
+    // Where fentry cannot be used the agent must say why, once, and use kprobes.
+    if cfg.fentry && live_agent::expected_probe_type() == "kprobe" && !fallback_logged {
+        notes.push("no `--probes fentry: ...; using kprobes` warning".into());
+        pass = false;
+    }
     if proc_syn != u64::from(syns) || proc_inv != u64::from(acks) {
         notes.push(format!("/proc moved syn_received {proc_syn}, cookie_invalid {proc_inv}: not what was sent (packets lost before SYNPROXY?)"));
         pass = false;
@@ -282,7 +303,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     } else {
         0.0
     };
-    if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
+    if !stopped.exit_ok || stopped.elapsed > cfg.exit_limit() {
         notes.push(format!(
             "SIGTERM: exit ok={} after {:?}",
             stopped.exit_ok, stopped.elapsed
@@ -296,7 +317,8 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     }
     Ok(Check {
         line: format!(
-            "{head} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} status={}",
+            "{head}{probe_fields} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} probe_misses={} recursion_misses={recursion} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} status={}",
+            view.misses,
             view.statuses.join("/"),
             if pass { "PASS" } else { "FAIL" }
         ),
@@ -327,13 +349,26 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)?;
     let attached = live.owned_events().len();
     // One round first, so the agent is in its steady state.
-    live.sample()?;
+    let lines = live.sample()?;
+    let (probe_fields, probe_type_ok) =
+        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
+    // fentry programs have no kprobe events: their links die with the process.
+    let expected_events = if cfg.fentry && live_agent::expected_probe_type() == "fentry" {
+        0
+    } else {
+        live_agent::PROBE_COUNT
+    };
     let stopped = live.stop(signal)?;
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
     let pass = stopped.exit_ok
-        && stopped.elapsed <= live_agent::EXIT_LIMIT
+        && stopped.elapsed <= cfg.exit_limit()
         && left.is_empty()
-        && attached == live_agent::PROBE_COUNT;
+        && probe_type_ok
+        && stopped
+            .owned
+            .as_ref()
+            .is_some_and(|o| !o.objects.is_empty())
+        && attached == expected_events;
     let mut notes = Vec::new();
     if !left.is_empty() {
         notes.push(format!("left in the kernel: {}", left.join("; ")));
@@ -349,7 +384,7 @@ fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result
     }
     Ok(Check {
         line: format!(
-            "{head} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
+            "{head}{probe_fields} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
             stopped.owned.as_ref().map_or(0, |o| o.objects.len()),
             if stopped.exit_ok { 0 } else { 1 },
             stopped.elapsed.as_millis(),

@@ -10,6 +10,15 @@
 //! event, and under TCG an emulated HPET costs microseconds per read where a
 //! TSC costs nanoseconds (the VM suite boots with `clocksource=tsc`).
 //!
+//! Where the kernel allows fentry on the SYNPROXY functions (module BTF), the
+//! same figures for `--probes fentry`: (a) each fentry/fexit program per run
+//! (`fentry_<program>_ns`, same traffic), and (b) a third configuration in the
+//! alternating throughput runs (`syn_rate_with_fentry`). BPF statistics time
+//! the program only, not how it is entered (a kprobe's breakpoint, a
+//! trampoline's call): that difference shows in (b), summed up as
+//! `<type>_extra_ns_per_syn` (the median over runs of 1/rate with - 1/rate
+//! without in the same run).
+//!
 //! The check passes when every figure was measured (each program ran for the
 //! traffic, the empty program ran for every SYN, every run was counted). The
 //! targets ([`COST_TARGET`], [`THROUGHPUT_TARGET`]) are reported as
@@ -35,6 +44,8 @@ use synproxy_common::Counter;
 const PROBE_PORT: u16 = 8081;
 /// The agent's programs that run per packet or per event (names without `spx_`).
 const PROGRAMS: [&str; 5] = ["synack4", "hook4", "ack4", "ack_ret", "seqadj"];
+/// The same for `--probes fentry` (`ack4` is the fexit program there).
+const FENTRY_PROGRAMS: [&str; 4] = ["synack4", "hook4", "ack4", "seqadj"];
 /// Throughput with probes must be at least this share of without.
 pub const THROUGHPUT_TARGET: f64 = 0.97;
 /// Our programs' run time per run, at most this many times the empty program's.
@@ -145,6 +156,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// through the Prometheus sink, which may store it a moment after the line was
 /// read; after 60 s, whatever /metrics shows (the check then reports it).
 fn scrape_after_runs(
+    programs: &[&'static str],
     before: &[(&'static str, f64, f64)],
     program: &str,
     runs: u32,
@@ -157,7 +169,7 @@ fn scrape_after_runs(
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = program_stats(&scrape()?);
+        let now = program_stats(&scrape()?, programs);
         if count(&now) - count(before) >= f64::from(runs) || Instant::now() > deadline {
             return Ok(now);
         }
@@ -165,9 +177,9 @@ fn scrape_after_runs(
     }
 }
 
-/// (run time ns, runs) of each of our programs, from the agent's /metrics.
-fn program_stats(body: &str) -> Vec<(&'static str, f64, f64)> {
-    PROGRAMS
+/// (run time ns, runs) of each of `programs`, from the agent's /metrics.
+fn program_stats(body: &str, programs: &[&'static str]) -> Vec<(&'static str, f64, f64)> {
+    programs
         .iter()
         .map(|p| {
             let runs = metric(body, "synproxy_ebpf_program_runs_total", &[("program", p)]);
@@ -218,12 +230,12 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with eBPF")?;
     let floor = EmptyKprobe::attach("synproxy_send_client_synack")?;
-    let ours_before = program_stats(&scrape()?);
+    let ours_before = program_stats(&scrape()?, &PROGRAMS);
     let floor_before = floor.stats()?;
     traffic.send(params.syns, params.syns / 4)?;
     traffic.settle()?;
     let lines = live.sample()?;
-    let ours_after = scrape_after_runs(&ours_before, "synack4", params.syns)?;
+    let ours_after = scrape_after_runs(&PROGRAMS, &ours_before, "synack4", params.syns)?;
     let floor_after = floor.stats()?;
     drop(floor);
     live.stop(Some(libc::SIGTERM))?;
@@ -284,31 +296,87 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         ));
     }
 
-    // (b) Throughput without and with the probes, alternating.
+    // (a) for fentry: the same traffic through the fentry/fexit programs.
+    let fentry = crate::live_agent::expected_probe_type() == "fentry";
+    let mut fentry_args = cfg.extra_agent_args.clone();
+    fentry_args.extend(["--probes", "fentry"].map(String::from));
+    let mut fentry_costs = Vec::new();
+    if fentry {
+        let mut args = fentry_args.clone();
+        args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
+        let mut live =
+            LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with fentry")?;
+        let before = program_stats(&scrape()?, &FENTRY_PROGRAMS);
+        traffic.send(params.syns, params.syns / 4)?;
+        traffic.settle()?;
+        let lines = live.sample()?;
+        let after = scrape_after_runs(&FENTRY_PROGRAMS, &before, "synack4", params.syns)?;
+        live.stop(Some(libc::SIGTERM))?;
+        let seen = crate::live_agent::probe_type(&lines);
+        if seen.as_deref() != Some("fentry") {
+            notes.push(format!("the --probes fentry agent used {seen:?}"));
+            pass = false;
+        }
+        for ((name, ns_after, runs_after), (_, ns_before, runs_before)) in after.iter().zip(&before)
+        {
+            let runs = runs_after - runs_before;
+            fentry_costs.push((*name, per_run(ns_after - ns_before, runs), runs));
+        }
+        if fentry_costs
+            .iter()
+            .any(|(n, ns, _)| *n == "synack4" && *ns <= 0.0)
+        {
+            notes.push("fentry synack4 did not run for the SYNs".into());
+            pass = false;
+        }
+    }
+
+    // (b) Throughput without and with the probes (each type), alternating.
     drop(stats);
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..params.runs {
-        for probes in if i % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            if probes {
-                let live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)
-                    .context("agent for a throughput run")?;
-                with.push(traffic.syn_rate(params.syns)?);
-                live.stop(Some(libc::SIGTERM))?;
-            } else {
-                without.push(traffic.syn_rate(params.syns)?);
+    // Each run measures every configuration once, in rotating order; the
+    // ratios are taken per run (a slow stretch of the host weighs on both
+    // sides) and their median reported.
+    let (mut without, mut with, mut with_fentry) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut fentry_ratios) = (Vec::new(), Vec::new());
+    let (mut extra, mut fentry_extra) = (Vec::new(), Vec::new());
+    let configs: &[u8] = if fentry { &[0, 1, 2] } else { &[0, 1] };
+    for i in 0..params.runs as usize {
+        for k in 0..configs.len() {
+            match configs[(i + k) % configs.len()] {
+                0 => without.push(traffic.syn_rate(params.syns)?),
+                which => {
+                    let args = if which == 1 {
+                        &cfg.extra_agent_args
+                    } else {
+                        &fentry_args
+                    };
+                    let live = LiveAgent::start(&cfg.agent, &topo.srv, args)
+                        .context("agent for a throughput run")?;
+                    let rate = traffic.syn_rate(params.syns)?;
+                    if which == 1 {
+                        with.push(rate);
+                    } else {
+                        with_fentry.push(rate);
+                    }
+                    live.stop(Some(libc::SIGTERM))?;
+                }
             }
         }
-        if let (Some(w), Some(wo)) = (with.last(), without.last()) {
-            if *wo > 0.0 {
+        if let Some(&wo) = without.last().filter(|wo| **wo > 0.0) {
+            // Time the probes add per SYN: 1/rate with - 1/rate without.
+            let added = |rate: f64| (1e9 / rate - 1e9 / wo).max(0.0);
+            if let Some(&w) = with.last().filter(|w| **w > 0.0) {
                 ratios.push(w / wo);
+                extra.push(added(w));
+            }
+            if let Some(&w) = with_fentry.last().filter(|w| **w > 0.0) {
+                fentry_ratios.push(w / wo);
+                fentry_extra.push(added(w));
             }
         }
     }
     let (rate_without, rate_with) = (median(without.clone()), median(with.clone()));
+    let rate_fentry = median(with_fentry.clone());
     let throughput = median(ratios.clone());
     if rate_without <= 0.0 || rate_with <= 0.0 {
         notes.push("no throughput measured".into());
@@ -320,13 +388,35 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     notes.push(format!(
         "SYNs/s without probes {without:.0?}, with {with:.0?}: pair ratios {ratios:.3?}, median {throughput:.3} (target {THROUGHPUT_TARGET})"
     ));
-    let cost_fields: Vec<String> = costs
+    let mut cost_fields: Vec<String> = costs
         .iter()
         .map(|(n, ns, _)| format!("{n}_ns={ns:.0}"))
         .collect();
+    cost_fields.push(format!("kprobe_extra_ns_per_syn={:.0}", median(extra)));
+    let fentry_fields = if fentry {
+        let mut f: Vec<String> = fentry_costs
+            .iter()
+            .map(|(n, ns, _)| format!("fentry_{n}_ns={ns:.0}"))
+            .collect();
+        f.push(format!("syn_rate_with_fentry={rate_fentry:.0}"));
+        f.push(format!(
+            "throughput_ratio_fentry={:.3}",
+            median(fentry_ratios.clone())
+        ));
+        f.push(format!(
+            "fentry_extra_ns_per_syn={:.0}",
+            median(fentry_extra)
+        ));
+        notes.push(format!(
+            "SYNs/s with fentry probes {with_fentry:.0?}: pair ratios {fentry_ratios:.3?}"
+        ));
+        format!(" fentry=yes {}", f.join(" "))
+    } else {
+        " fentry=unavailable".to_string()
+    };
     Ok(Check {
         line: format!(
-            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3} runs={} map_kib={} targets={} status={}",
+            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields} runs={} map_kib={} targets={} status={}",
             cost_fields.join(" "),
             params.runs,
             map_bytes / 1024,

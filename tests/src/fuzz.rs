@@ -197,8 +197,14 @@ pub fn line_protocol(data: &[u8]) {
 
     // `synproxy_ebpf_probes`
     let [hits, missed, a, b, c, d, e, f] = input.probe_counts;
+    let probe_type = if input.family_ipv6 {
+        "fentry"
+    } else {
+        "kprobe"
+    };
     let probes = ProbesSample {
         attached: input.family_ipv6,
+        probe_type,
         probe_misses: a,
         recursion_misses: b,
         program_recursion: vec![("syn", c)],
@@ -221,6 +227,10 @@ pub fn line_protocol(data: &[u8]) {
     assert_eq!(line.fields.get("ack4_ret_missed"), Some(&int(missed)));
     assert_eq!(line.fields.get("syn_recursion_misses"), Some(&int(c)));
     assert_eq!(line.fields.get("map_bytes"), Some(&int(d)));
+    assert_eq!(
+        line.fields.get("probe_type"),
+        Some(&FieldValue::Str(probe_type.to_string()))
+    );
     assert_eq!(
         line.fields.get("attached"),
         Some(&int(u64::from(input.family_ipv6)))

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Probes the agent attaches (sources/ebpf.rs PROBES).
 pub const PROBE_COUNT: usize = 9;
-/// Program names of synproxy-ebpf (BPF object names are cut at 15 bytes).
-pub const PROGRAM_PREFIX: &str = "spx_";
+/// Program names of synproxy-ebpf: `spx_` (kprobes) and `spxf_` (fentry/fexit)
+/// (BPF object names are cut at 15 bytes).
+pub const PROGRAM_PREFIX: &str = "spx";
 /// Map names of synproxy-ebpf (and aya-log's ring buffer).
 pub const MAP_NAMES: [&str; 7] = [
     "NS_TABLE",
@@ -40,6 +41,11 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Item 5 of the eBPF issue: exit within 1 s of SIGTERM/SIGINT/stdin EOF.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(1);
+/// The same with fentry/fexit programs: the kernel tears their 7 trampolines
+/// down one after the other, each unregistration waiting for RCU-tasks grace
+/// periods under ftrace's lock (0.7-1.3 s for all 7 on 6.1/6.12 under QEMU/TCG), whether
+/// the agent unloads them or its exit closes them.
+pub const FENTRY_EXIT_LIMIT: Duration = Duration::from_secs(2);
 /// How long a stopped agent may take to exit before the check gives up on it.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -590,6 +596,29 @@ pub fn ebpf_count(lines: &[Line], netns: &str, counter: &str) -> Result<(u64, Eb
         view.misses = probes.counter("probe_misses")?;
     }
     Ok((total, view))
+}
+
+/// The `probe_type` of the first `synproxy_ebpf_probes` line.
+pub fn probe_type(lines: &[Line]) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .and_then(|l| match l.fields.get("probe_type") {
+            Some(crate::line_protocol::FieldValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// The probe type an agent with `--probes fentry` must end up with here:
+/// fentry where `nf_synproxy_core` has module BTF (the VM kernels build
+/// SYNPROXY as modules; Debian's 5.10 has no module BTF), kprobe otherwise
+/// (the documented fallback).
+pub fn expected_probe_type() -> &'static str {
+    if Path::new("/sys/kernel/btf/nf_synproxy_core").exists() {
+        "fentry"
+    } else {
+        "kprobe"
+    }
 }
 
 /// Sum of every `*_missed` field of the `synproxy_ebpf_probes` line.

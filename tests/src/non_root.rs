@@ -29,12 +29,25 @@ const SYNS: u32 = 2_000;
 const ACKS: u32 = 500;
 /// The README table's row "eBPF `--netns NAME`".
 const CAPS: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE, CAP_SYS_ADMIN];
+/// The rows "eBPF `--probes fentry`" and "`--no-ebpf --netns NAME`" together:
+/// no tracefs (no CAP_DAC_OVERRIDE), CAP_SYS_ADMIN for the module BTF.
+const FENTRY_CAPS: [u32; 3] = [CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN];
+
+/// The table's capabilities for this run: the fentry row where the agent
+/// will use fentry (`--probes fentry` on a kernel with module BTF).
+fn table_caps(cfg: &Config) -> Vec<u32> {
+    if cfg.fentry && live_agent::expected_probe_type() == "fentry" {
+        FENTRY_CAPS.to_vec()
+    } else {
+        CAPS.to_vec()
+    }
+}
 
 /// What the agent is started with: the table's row, plus, on kernels that
 /// charge BPF maps to RLIMIT_MEMLOCK (before 5.11), CAP_SYS_RESOURCE, which
 /// the table lists as used at start-up only (to raise the limit).
-fn given_caps(kernel: &str) -> Vec<u32> {
-    let mut given = CAPS.to_vec();
+fn given_caps(cfg: &Config, kernel: &str) -> Vec<u32> {
+    let mut given = table_caps(cfg);
     let mut parts = kernel
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
@@ -46,12 +59,13 @@ fn given_caps(kernel: &str) -> Vec<u32> {
 }
 
 pub fn non_root(cfg: &Config, kernel: &str) -> Check {
-    let given = given_caps(kernel);
+    let given = given_caps(cfg, kernel);
     let head = format!(
         "RESULT kernel={kernel} check=non-root uid={} caps={}",
         caps::NOBODY,
         caps::names(caps::mask(&given))
     );
+
     match run(cfg, &head, &given) {
         Ok(check) => check,
         Err(e) => Check {
@@ -108,7 +122,7 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
             .context("agent with eBPF as uid 65534")?;
     let mut notes = Vec::new();
     let mut pass = true;
-    let kept = caps::mask(&CAPS);
+    let kept = caps::mask(&table_caps(cfg));
     // Without CAP_SETPCAP the agent cannot shrink its bounding set.
     let bounding = caps::mask(given);
     let check_caps = |live: &LiveAgent, when: &str, notes: &mut Vec<String>| -> Result<bool> {
@@ -155,6 +169,12 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
     let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
     let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
     let (missed, attached) = live_agent::probe_misses(&lines)?;
+    let (probe_fields, probe_type_ok) =
+        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
+    if !probe_type_ok {
+        notes.push(format!("probe type:{probe_fields}"));
+        pass = false;
+    }
     if proc_syn != u64::from(SYNS) || proc_inv != u64::from(ACKS) {
         notes.push(format!(
             "/proc moved syn_received {proc_syn}, cookie_invalid {proc_inv}: not what was sent"
@@ -218,7 +238,7 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
     }
     Ok(Check {
         line: format!(
-            "{head} cap_eff={} syn_driven={SYNS} ack_driven={ACKS} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} totals_equal_root={} exit={} leftovers={} status={}",
+            "{head}{probe_fields} cap_eff={} syn_driven={SYNS} ack_driven={ACKS} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} totals_equal_root={} exit={} leftovers={} status={}",
             caps::names(cap_eff),
             view.statuses.join("/"),
             if same { "yes" } else { "no" },

@@ -101,6 +101,37 @@ pub struct Config {
     pub count: u32,
     pub agent_mode: AgentMode,
     pub ebpf: EbpfMode,
+    /// `--probes fentry` given to the scenario: the agents run with it (it is
+    /// in `extra_agent_args` too) and the eBPF checks report which probe type
+    /// the agent used against the one this kernel should give.
+    pub fentry: bool,
+}
+
+impl Config {
+    /// How soon after SIGTERM/SIGINT/stdin EOF the agent must have exited:
+    /// [`crate::live_agent::EXIT_LIMIT`], or with fentry in use
+    /// [`crate::live_agent::FENTRY_EXIT_LIMIT`].
+    pub fn exit_limit(&self) -> std::time::Duration {
+        if self.fentry && crate::live_agent::expected_probe_type() == "fentry" {
+            crate::live_agent::FENTRY_EXIT_LIMIT
+        } else {
+            crate::live_agent::EXIT_LIMIT
+        }
+    }
+
+    /// With `--probes fentry`: ` probes=fentry probe_type=<seen> expected=<type>`
+    /// for a RESULT line, and whether they agree. Empty and true otherwise.
+    pub fn probe_type_fields(&self, seen: Option<&str>) -> (String, bool) {
+        if !self.fentry {
+            return (String::new(), true);
+        }
+        let expected = crate::live_agent::expected_probe_type();
+        let seen = seen.unwrap_or("none");
+        (
+            format!(" probes=fentry probe_type={seen} expected_probe_type={expected}"),
+            seen == expected,
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,7 +349,7 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
 
     let agent_ok = check_agent(cfg, &topo, name, out)?;
     let ebpf_ok = match live {
-        Some(live) => check_ebpf(live, &topo, name, out)?,
+        Some(live) => check_ebpf(live, &topo, name, cfg.exit_limit(), out)?,
         None => true,
     };
     out.pass = proc_ok && agent_ok && ebpf_ok;
@@ -363,7 +394,13 @@ fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> 
 /// The live agent's eBPF count of `name` in the server netns must equal the /proc
 /// delta, every family line must say `reconcile="exact"` with no probe misses,
 /// and closing its stdin must stop it within 1 s leaving nothing in the kernel.
-fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcome) -> Result<bool> {
+fn check_ebpf(
+    mut live: LiveAgent,
+    topo: &Topology,
+    name: &str,
+    exit_limit: std::time::Duration,
+    out: &mut Outcome,
+) -> Result<bool> {
     let lines = live.sample()?;
     let stopped = live.stop(None)?;
     let (count, view) = live_agent::ebpf_count(&lines, topo.srv.name(), name)?;
@@ -384,7 +421,7 @@ fn check_ebpf(mut live: LiveAgent, topo: &Topology, name: &str, out: &mut Outcom
             view.statuses, view.misses
         ));
     }
-    if !stopped.exit_ok || stopped.elapsed > live_agent::EXIT_LIMIT {
+    if !stopped.exit_ok || stopped.elapsed > exit_limit {
         ok = false;
         out.notes.push(format!(
             "agent on stdin EOF: exit ok={} after {:?}; stderr: {}",

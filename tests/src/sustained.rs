@@ -666,6 +666,15 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
 
     let mut notes = Vec::new();
     let mut pass = true;
+    let seen_type = rounds
+        .iter()
+        .rev()
+        .find_map(|r| crate::live_agent::probe_type(r));
+    let (probe_fields, probe_type_ok) = cfg.probe_type_fields(seen_type.as_deref());
+    if ebpf && !probe_type_ok {
+        pass = false;
+        notes.push(format!("probe type:{probe_fields}"));
+    }
     if proc_delta != want {
         pass = false;
         notes.push(format!(
@@ -781,7 +790,7 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
     drop((srv_rules, cli_rules, idle, trickles));
     Ok(Check {
         line: format!(
-            "{head} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} recursion_misses={recursion_misses} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
+            "{head}{probe_fields} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} recursion_misses={recursion_misses} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
             if ebpf { "on" } else { "off" },
             want[syn_i],
             want[inv_i],

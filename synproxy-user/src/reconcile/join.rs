@@ -62,10 +62,15 @@ pub fn join(
 }
 
 /// The probes sample of a round: what the map read returned, or detached.
-pub fn probes(round: Option<EbpfRound>, timestamp_ns: u64) -> ProbesSample {
+pub fn probes(
+    round: Option<EbpfRound>,
+    probe_type: &'static str,
+    timestamp_ns: u64,
+) -> ProbesSample {
     match round {
         Some(r) => ProbesSample {
             attached: true,
+            probe_type,
             probe_misses: r.global_losses,
             recursion_misses: r.recursion_misses,
             program_recursion: r.program_recursion,
@@ -76,6 +81,7 @@ pub fn probes(round: Option<EbpfRound>, timestamp_ns: u64) -> ProbesSample {
         },
         None => ProbesSample {
             attached: false,
+            probe_type,
             probe_misses: 0,
             recursion_misses: 0,
             program_recursion: Vec::new(),
@@ -143,7 +149,7 @@ mod tests {
             assert_eq!(s.peak_rates, [0.0; COUNTER_COUNT]);
             assert_eq!(s.timestamp_ns, 5);
         }
-        let p = probes(None, 5);
+        let p = probes(None, "kprobe", 5);
         assert!(!p.attached);
         assert_eq!((p.probe_misses, p.map_bytes), (0, 0));
     }
@@ -217,7 +223,7 @@ mod tests {
             map_bytes: 4096,
             ..Default::default()
         };
-        let p = probes(Some(round), 9);
+        let p = probes(Some(round), "kprobe", 9);
         assert!(p.attached);
         assert_eq!(p.probe_misses, 4);
         assert_eq!(p.recursion_misses, 3);

@@ -186,7 +186,7 @@ impl LineEncoder {
         }
     }
 
-    /// One `synproxy_ebpf_probes` line: `attached`, this round's `probe_misses`
+    /// One `synproxy_ebpf_probes` line: `attached`, `probe_type`, this round's `probe_misses`
     /// (all namespaces), `recursion_misses`, `map_bytes`, kernel-side
     /// diagnostics, and per probe `<probe>_hits` / `<probe>_missed` since it
     /// was attached.
@@ -211,10 +211,28 @@ impl LineEncoder {
         }
         fields.sort();
         let mut separator = b' ';
+        let mut wrote_type = false;
         for (name, value) in fields {
+            // `probe_type="kprobe"` (a string) in its alphabetical place.
+            if !wrote_type && name.as_str() > "probe_type" {
+                Self::write_probe_type(out, &mut separator, sample.probe_type);
+                wrote_type = true;
+            }
             self.write_int(out, &mut separator, &name, value);
         }
+        if !wrote_type {
+            Self::write_probe_type(out, &mut separator, sample.probe_type);
+        }
         let _ = writeln!(out, " {}", timestamp(sample.timestamp_ns));
+    }
+
+    fn write_probe_type(out: &mut Vec<u8>, separator: &mut u8, probe_type: &str) {
+        out.push(*separator);
+        *separator = b',';
+        out.extend_from_slice(b"probe_type=\"");
+        // A fixed word (kprobe, fentry): nothing to escape.
+        out.extend_from_slice(probe_type.as_bytes());
+        out.push(b'"');
     }
 }
 
@@ -455,6 +473,7 @@ mod tests {
         let mut out = Vec::new();
         let probes = ProbesSample {
             attached: true,
+            probe_type: "kprobe",
             probes: vec![(
                 "ack4_ret",
                 crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
@@ -469,7 +488,7 @@ mod tests {
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u,untracked_events=0u 5\n"
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u,untracked_events=0u 5\n"
         );
     }
 

@@ -640,7 +640,26 @@ impl Exposition {
             )
             .unit(Unit::Bytes);
             map_memory.count(Vec::new(), probes.map_bytes);
-            families.extend([probe_misses, recursion, hits, missed, anomalies, map_memory]);
+            let mut probe_type = Family::new(
+                "synproxy_ebpf_probe_type",
+                "The kind of BPF programs that count the events: 1 for the one in use (--probes, or kprobe after a fallback), 0 for the other.",
+                MetricType::Gauge,
+            );
+            for kind in ["kprobe", "fentry"] {
+                probe_type.count(
+                    vec![("type", kind.to_string())],
+                    u64::from(kind == probes.probe_type),
+                );
+            }
+            families.extend([
+                probe_misses,
+                recursion,
+                hits,
+                missed,
+                anomalies,
+                map_memory,
+                probe_type,
+            ]);
         }
         let mut run_time = Family::new(
             "synproxy_ebpf_program_run_time",
@@ -812,6 +831,7 @@ mod tests {
             failures: Vec::new(),
             probes: probes.then(|| ProbesSample {
                 attached: true,
+                probe_type: "kprobe",
                 probe_misses: 2,
                 recursion_misses: 1,
                 program_recursion: vec![("ack4", 1), ("synack4", 0)],

@@ -15,6 +15,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -111,30 +112,22 @@ impl Btf {
             let size_or_type = u32_at(types_bytes, at + 8)?;
             at += 12;
             let mut members = Vec::new();
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_bytes, m + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(types_bytes, m)?,
-                            type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    vlen * 12
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                for i in 0..vlen {
+                    let m = at + i * 12;
+                    let offset = u32_at(types_bytes, m + 8)?;
+                    members.push(Member {
+                        name_off: u32_at(types_bytes, m)?,
+                        type_id: u32_at(types_bytes, m + 4)?,
+                        bit_offset: if kind_flag {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        },
+                    });
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                _ => 0,
-            };
-            at += extra;
+            }
+            at += record_extra(kind, vlen);
             let id = btf.types.len() as u32;
             if kind == KIND_STRUCT {
                 let name = btf.string(name_off).to_string();
@@ -221,6 +214,133 @@ impl Btf {
         }
         id
     }
+}
+
+/// Bytes that follow a type's 12-byte header, by kind.
+fn record_extra(kind: u32, vlen: usize) -> usize {
+    match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+        _ => 0,
+    }
+}
+
+/// The type and string sections of a BTF blob.
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if u16_at(data, 0)? != BTF_MAGIC {
+        return Err(BtfError::Malformed(
+            "bad magic (not little-endian BTF)".into(),
+        ));
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let section = |off: usize, len: usize, what: &str| {
+        hdr_len
+            .checked_add(off)
+            .and_then(|start| Some(start..start.checked_add(len)?))
+            .and_then(|range| data.get(range))
+            .ok_or_else(|| BtfError::Malformed(format!("{what} section out of bounds")))
+    };
+    let types = section(
+        u32_at(data, 8)? as usize,
+        u32_at(data, 12)? as usize,
+        "type",
+    )?;
+    let strings = section(
+        u32_at(data, 16)? as usize,
+        u32_at(data, 20)? as usize,
+        "string",
+    )?;
+    Ok((types, strings))
+}
+
+/// The base of a module's split BTF: the kernel's (vmlinux) BTF, whose type
+/// ids and string offsets the module's continue.
+pub struct SplitBase<'a> {
+    /// vmlinux's string section.
+    pub strings: &'a [u8],
+    /// Number of vmlinux types, `void` (id 0) included: the module's first
+    /// type has this id.
+    pub type_count: u32,
+}
+
+/// Number of types in a BTF blob, `void` included (its last id + 1).
+pub fn type_count(data: &[u8]) -> Result<u32, BtfError> {
+    let mut count = 1u32;
+    walk(data, |_, _| {
+        count += 1;
+        false
+    })?;
+    Ok(count)
+}
+
+/// vmlinux's string section (a split BTF's names below its length are there).
+pub fn string_section(data: &[u8]) -> Result<&[u8], BtfError> {
+    sections(data).map(|(_, strings)| strings)
+}
+
+/// Calls `f(kind, name_off)` for each type in order until it returns true.
+fn walk(data: &[u8], mut f: impl FnMut(u32, u32) -> bool) -> Result<(), BtfError> {
+    let (types, _) = sections(data)?;
+    let mut at = 0;
+    while at < types.len() {
+        let name_off = u32_at(types, at)?;
+        let info = u32_at(types, at + 4)?;
+        if f((info >> 24) & 0x1f, name_off) {
+            return Ok(());
+        }
+        at += 12 + record_extra((info >> 24) & 0x1f, (info & 0xffff) as usize);
+    }
+    Ok(())
+}
+
+/// The BTF type ids of the functions (`BTF_KIND_FUNC`) named `names`, in a
+/// kernel BTF blob: vmlinux's (`base` None), or a module's split BTF with
+/// vmlinux as `base`, whose ids continue vmlinux's (the first module type is
+/// `base.type_count`) and whose string offsets from `base.strings.len()` on
+/// are its own (lower ones are vmlinux's strings, shared by deduplication).
+/// That id, with the module's BTF object, is what loading an fentry program
+/// on a module function takes.
+pub fn func_ids(
+    data: &[u8],
+    base: Option<&SplitBase<'_>>,
+    names: &[&str],
+) -> Result<Vec<Option<u32>>, BtfError> {
+    let (_, own) = sections(data)?;
+    let (base_strings, first_id): (&[u8], u32) = match base {
+        Some(b) => (b.strings, b.type_count),
+        None => (&[], 1),
+    };
+    let name_at = |off: u32| -> &[u8] {
+        let off = off as usize;
+        let rest = if off < base_strings.len() {
+            base_strings.get(off..)
+        } else {
+            own.get(off - base_strings.len()..)
+        }
+        .unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    };
+    let mut found: Vec<Option<u32>> = vec![None; names.len()];
+    let mut id = first_id;
+    let mut left = names.len();
+    walk(data, |kind, name_off| {
+        if kind == KIND_FUNC {
+            let name = name_at(name_off);
+            for (slot, wanted) in found.iter_mut().zip(names) {
+                if slot.is_none() && name == wanted.as_bytes() {
+                    *slot = Some(id);
+                    left -= 1;
+                }
+            }
+        }
+        id = id.saturating_add(1);
+        left == 0
+    })?;
+    Ok(found)
 }
 
 /// The struct offsets the programs need, read from the running kernel's BTF.
@@ -440,5 +560,80 @@ mod tests {
         let btf = Btf::read(path).unwrap().unwrap();
         let offsets = KernelOffsets::from_btf(&btf).unwrap();
         assert!(offsets.net_inum > 0 && offsets.skb_nfct > 0, "{offsets:?}");
+    }
+
+    /// A blob of `types` (kind, name offset, extra u32 words) and `strings`.
+    fn raw_blob(types_in: &[(u32, u32, &[u32])], strings: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        for (kind, name_off, extra) in types_in {
+            types.extend_from_slice(&name_off.to_le_bytes());
+            let vlen = if *kind == KIND_FUNC_PROTO {
+                extra.len() as u32 / 2
+            } else {
+                0
+            };
+            types.extend_from_slice(&((kind << 24) | vlen).to_le_bytes());
+            types.extend_from_slice(&0u32.to_le_bytes());
+            for w in *extra {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    /// Module BTF is split: ids continue vmlinux's, and names are looked up in
+    /// vmlinux's strings below their length, in the module's own above.
+    #[test]
+    fn function_ids_in_split_btf() {
+        // vmlinux: 1 int "int", 2 func_proto (one param), 3 func "shared".
+        let base_strings = b"\0int\0shared\0".to_vec();
+        let vmlinux = raw_blob(
+            &[
+                (KIND_INT, 1, &[32]),
+                (KIND_FUNC_PROTO, 0, &[0, 1]),
+                (KIND_FUNC, 5, &[]),
+            ],
+            &base_strings,
+        );
+        assert_eq!(type_count(&vmlinux), Ok(4));
+        assert_eq!(
+            func_ids(&vmlinux, None, &["shared", "int"]),
+            Ok(vec![Some(3), None])
+        );
+        // module: 4 func_proto, 5 func "modfn" (own string), 6 func "shared"
+        // (name deduplicated into vmlinux's strings).
+        let own = b"\0modfn\0".to_vec();
+        let modfn_off = base_strings.len() as u32 + 1;
+        let module = raw_blob(
+            &[
+                (KIND_FUNC_PROTO, 0, &[]),
+                (KIND_FUNC, modfn_off, &[]),
+                (KIND_FUNC, 5, &[]),
+            ],
+            &own,
+        );
+        let base = SplitBase {
+            strings: string_section(&vmlinux).unwrap(),
+            type_count: type_count(&vmlinux).unwrap(),
+        };
+        assert_eq!(
+            func_ids(&module, Some(&base), &["modfn", "shared", "absent"]),
+            Ok(vec![Some(5), Some(6), None])
+        );
+        assert!(func_ids(b"not btf", None, &["x"]).is_err());
     }
 }

@@ -9,14 +9,23 @@
 //! Anything that makes eBPF unusable (no kprobes, no BTF, no capabilities, a
 //! verifier rejection) is an [`Unavailable`] with one sentence naming the reason;
 //! the agent then reports /proc only.
+//!
+//! Two probe types count the same events into the same maps ([`ProbeType`]):
+//! kprobes/kretprobes (created through tracefs, the default) or
+//! fentry/fexit programs (`--probes fentry`). fentry programs are loaded at
+//! each attach against the BTF of the module that holds the function
+//! ([`super::kernel_btf`]): after a module reload they are loaded again, not
+//! only re-attached. Where fentry cannot be used (no module BTF, Linux before
+//! 5.11, a load the kernel refuses) the agent says why once and uses kprobes.
 
-use super::btf::{Btf, KernelOffsets, VMLINUX_BTF};
+use super::btf::{self, Btf, KernelOffsets, SplitBase, VMLINUX_BTF};
+use super::kernel_btf;
 use super::kprobe_events::{self, ProbeStats, TraceFs};
 use super::ns_slots::{read_counts, NoSlot, NsSlots};
 pub use super::ns_slots::{FamilyCounts, NsKey};
 use super::shared_array::SharedArray;
 use aya::maps::Map;
-use aya::programs::KProbe;
+use aya::programs::{FEntry, FExit, KProbe};
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
@@ -93,6 +102,162 @@ pub const PROBES: [ProbeSpec; 9] = [
 /// what it can cost shows as `unmatched_returns`/`unmatched_seqadj`.
 const COUNTING_PROGRAMS: [&str; 4] = ["synack4", "synack6", "ack_ret", "seqadj"];
 
+/// Which kind of BPF program counts the events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeType {
+    /// kprobes/kretprobes created through tracefs (any kernel with kprobes).
+    #[default]
+    Kprobe,
+    /// fentry/fexit programs (BPF trampolines): cheaper per event; on module
+    /// functions they need module BTF (Linux 5.11+), and hold the module loaded.
+    Fentry,
+}
+
+impl ProbeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeType::Kprobe => "kprobe",
+            ProbeType::Fentry => "fentry",
+        }
+    }
+}
+
+/// One fentry/fexit program: its name, the kernel function, whether it runs
+/// at the function's exit, and its short name (the program name without
+/// `spxf_`, used in the reported fields).
+#[derive(Clone, Copy, Debug)]
+pub struct FentrySpec {
+    pub program: &'static str,
+    pub function: &'static str,
+    pub exit: bool,
+    pub short: &'static str,
+}
+
+const fn fentry(
+    program: &'static str,
+    function: &'static str,
+    exit: bool,
+    short: &'static str,
+) -> FentrySpec {
+    FentrySpec {
+        program,
+        function,
+        exit,
+        short,
+    }
+}
+
+/// The fentry/fexit set: the same functions as [`PROBES`]; an fexit program
+/// sees arguments and return value, so each cookie check has one program.
+pub const FENTRY_PROBES: [FentrySpec; 7] = [
+    fentry(
+        "spxf_synack4",
+        "synproxy_send_client_synack",
+        false,
+        "synack4",
+    ),
+    fentry(
+        "spxf_synack6",
+        "synproxy_send_client_synack_ipv6",
+        false,
+        "synack6",
+    ),
+    fentry("spxf_ack4", "synproxy_recv_client_ack", true, "ack4"),
+    fentry("spxf_ack6", "synproxy_recv_client_ack_ipv6", true, "ack6"),
+    fentry("spxf_hook4", "ipv4_synproxy_hook", false, "hook4"),
+    fentry("spxf_hook6", "ipv6_synproxy_hook", false, "hook6"),
+    fentry("spxf_seqadj", "nf_ct_seqadj_init", false, "seqadj"),
+];
+
+/// The fentry programs that count events (see [`COUNTING_PROGRAMS`]).
+const FENTRY_COUNTING_PROGRAMS: [&str; 5] = ["synack4", "synack6", "ack4", "ack6", "seqadj"];
+
+/// Linux version of the running kernel, (major, minor), from uname.
+fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: utsname is plain bytes: all zeroes is valid; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a local utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    let release: String = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    parse_release(&release)
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Where the fentry programs' functions are, as far as known at start.
+#[derive(Clone, Debug)]
+struct FentryTargets {
+    /// vmlinux's type count: a module's split BTF ids continue after it.
+    vmlinux_types: u32,
+    /// Ids in vmlinux of functions built into the kernel (no module BTF needed).
+    builtin: [Option<u32>; FENTRY_PROBES.len()],
+}
+
+/// Whether fentry can be used here, as far as can be told before the
+/// modules load: Err is the reason to use kprobes instead.
+fn fentry_precheck(vmlinux: &[u8]) -> Result<FentryTargets, String> {
+    let names = FENTRY_PROBES.map(|p| p.function);
+    let ids = btf::func_ids(vmlinux, None, &names).map_err(|e| format!("{VMLINUX_BTF}: {e}"))?;
+    let vmlinux_types = btf::type_count(vmlinux).map_err(|e| format!("{VMLINUX_BTF}: {e}"))?;
+    let mut builtin = [None; FENTRY_PROBES.len()];
+    builtin.copy_from_slice(&ids);
+    let targets = FentryTargets {
+        vmlinux_types,
+        builtin,
+    };
+    if targets.builtin.iter().all(Option::is_some) {
+        return Ok(targets);
+    }
+    // Some functions are in modules: that needs module BTF and 5.11.
+    if let Some((major, minor)) = kernel_version() {
+        if (major, minor) < (5, 11) {
+            return Err(format!(
+                "fentry on module functions needs Linux 5.11 or later (this is {major}.{minor})"
+            ));
+        }
+    }
+    if let Some(reason) = no_module_btf() {
+        return Err(reason);
+    }
+    Ok(targets)
+}
+
+/// A reason if loaded modules show that the kernel has no module BTF.
+fn no_module_btf() -> Option<String> {
+    let loaded: Vec<String> = std::fs::read_to_string("/proc/modules")
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    for m in MODULES {
+        if loaded.iter().any(|l| l == m) && !Path::new("/sys/kernel/btf").join(m).exists() {
+            return Some(format!(
+                "no BTF for module {m} (/sys/kernel/btf/{m} missing: the kernel was built without CONFIG_DEBUG_INFO_BTF_MODULES)"
+            ));
+        }
+    }
+    if !loaded.is_empty()
+        && !loaded
+            .iter()
+            .any(|m| Path::new("/sys/kernel/btf").join(m).exists())
+    {
+        return Some("no module BTF in /sys/kernel/btf (the kernel was built without CONFIG_DEBUG_INFO_BTF_MODULES)".into());
+    }
+    None
+}
+
 /// Modules whose (re)load invalidates the probes.
 const MODULES: [&str; 2] = ["nf_synproxy_core", "nf_conntrack"];
 
@@ -156,14 +321,18 @@ pub struct EbpfRound {
     pub global_losses: u64,
     /// Kernel memory the maps pin (memlock), bytes.
     pub map_bytes: u64,
+    /// The kind of programs that counted.
+    pub probe_type: ProbeType,
 }
 
 struct Attachment {
     generation: u64,
     /// Identity of the modules when attached.
     modules: Vec<Option<u64>>,
-    /// (event name, perf fd) in attach order.
+    /// (event name, perf fd) in attach order (kprobes; empty for fentry,
+    /// whose links the programs hold).
     events: Vec<(String, OwnedFd)>,
+    kind: ProbeType,
 }
 
 /// When to try attaching again after a failure.
@@ -171,6 +340,17 @@ struct Retry {
     modules: Vec<Option<u64>>,
     at: Instant,
     backoff: Duration,
+}
+
+/// After SIGUSR1, how long the probes stay released if the modules are not
+/// reloaded meanwhile.
+pub const RELEASE_HOLD: Duration = Duration::from_secs(60);
+
+/// Probes released on request (SIGUSR1): not attached again while the modules
+/// are the ones they were released from, until `until`.
+struct Released {
+    modules: Vec<Option<u64>>,
+    until: Instant,
 }
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -232,7 +412,14 @@ fn lock(slots: &Mutex<NsSlots>) -> MutexGuard<'_, NsSlots> {
 
 pub struct EbpfSource {
     ebpf: Ebpf,
-    tracefs: TraceFs,
+    /// Needed for kprobes only.
+    tracefs: Option<TraceFs>,
+    /// The probe type in use: `--probes`, or kprobe after a fallback.
+    active: ProbeType,
+    /// The kprobe programs are loaded (at start for kprobes, at a fallback).
+    kprobes_loaded: bool,
+    /// With fentry: where the functions are.
+    fentry_targets: Option<FentryTargets>,
     /// Names this agent's kprobe events: unique per start, whatever the PID
     /// namespace (PIDs are not).
     token: String,
@@ -244,6 +431,12 @@ pub struct EbpfSource {
     attached: Option<Attachment>,
     generation: u64,
     retry: Option<Retry>,
+    released: Option<Released>,
+    /// fentry fell back to kprobes, which cannot be used either: eBPF is
+    /// unusable (at start-up: [`EbpfSource::open`] fails with this).
+    unusable: Option<String>,
+    /// Inside [`EbpfSource::open`]: an unusable eBPF is its error, not a warning.
+    opening: bool,
     /// Probe misses of the current attachment at the previous round.
     last_missed: u64,
     last_recursion: u64,
@@ -299,30 +492,55 @@ fn raise_memlock() {
     }
 }
 
+/// The tracefs to create kprobe events in, if the kernel has kprobes.
+fn kprobe_support(tracefs: Option<&TraceFs>) -> Result<&TraceFs, Unavailable> {
+    if !Path::new(KPROBE_PMU).exists() && tracefs.is_none() {
+        return Err(Unavailable(format!(
+            "kprobes not supported by this kernel ({KPROBE_PMU} missing)"
+        )));
+    }
+    tracefs.ok_or_else(|| {
+        Unavailable(
+            "tracefs is not mounted (no kprobe_events in /sys/kernel/tracing or /sys/kernel/debug/tracing; mount -t tracefs nodev /sys/kernel/tracing)".into(),
+        )
+    })
+}
+
+/// Why the kernel refused to load a program: capabilities, or the
+/// verifier's last line.
+fn load_error(program: &str, e: aya::programs::ProgramError) -> Unavailable {
+    if is_permission(&e) {
+        return Unavailable(format!("{CAPS}: {e}"));
+    }
+    let detail = match &e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log
+            .to_string()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_string(),
+        other => other.to_string(),
+    };
+    Unavailable(format!("the kernel verifier rejected {program}: {detail}"))
+}
+
 impl EbpfSource {
     /// Checks the kernel, loads the programs (the verifier runs here) and tries
     /// to attach. Not being able to attach yet (module not loaded) is no error.
-    pub fn open(rate_resolution: Duration, attach: bool, stop: &Stop) -> Result<Self, Unavailable> {
+    pub fn open(
+        rate_resolution: Duration,
+        attach: bool,
+        stop: &Stop,
+        probes: ProbeType,
+    ) -> Result<Self, Unavailable> {
         if OBJECT.is_empty() {
             return Err(Unavailable(
                 "this synproxy-agent was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
             ));
         }
-        let tracefs = TraceFs::find();
-        if !Path::new(KPROBE_PMU).exists() && tracefs.is_none() {
-            return Err(Unavailable(format!(
-                "kprobes not supported by this kernel ({KPROBE_PMU} missing)"
-            )));
-        }
-        let Some(tracefs) = tracefs else {
-            return Err(Unavailable(
-                "tracefs is not mounted (no kprobe_events in /sys/kernel/tracing or /sys/kernel/debug/tracing; mount -t tracefs nodev /sys/kernel/tracing)".into(),
-            ));
-        };
-        let offsets = match Btf::read(Path::new(VMLINUX_BTF)) {
-            Ok(Ok(btf)) => KernelOffsets::from_btf(&btf)
-                .map_err(|e| Unavailable(format!("kernel BTF lacks a needed type: {e}")))?,
-            Ok(Err(e)) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
+        let vmlinux = match std::fs::read(VMLINUX_BTF) {
+            Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Unavailable(format!(
                     "no kernel BTF ({VMLINUX_BTF} missing; the kernel needs CONFIG_DEBUG_INFO_BTF)"
@@ -333,6 +551,31 @@ impl EbpfSource {
             }
             Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
         };
+        let fentry_targets = match probes {
+            ProbeType::Kprobe => None,
+            ProbeType::Fentry => match fentry_precheck(&vmlinux) {
+                Ok(targets) => Some(targets),
+                Err(reason) => {
+                    warn!("--probes fentry: {reason}; using kprobes");
+                    None
+                }
+            },
+        };
+        let active = if fentry_targets.is_some() {
+            ProbeType::Fentry
+        } else {
+            ProbeType::Kprobe
+        };
+        let tracefs = TraceFs::find();
+        if active == ProbeType::Kprobe {
+            kprobe_support(tracefs.as_ref())?;
+        }
+        let offsets = match Btf::parse(&vmlinux) {
+            Ok(btf) => KernelOffsets::from_btf(&btf)
+                .map_err(|e| Unavailable(format!("kernel BTF lacks a needed type: {e}")))?,
+            Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
+        };
+        drop(vmlinux);
         debug!("kernel offsets from BTF: {offsets:?}");
         // Cookies join eBPF counts with namespaces only where the agent can ask
         // a namespace for its cookie too (SO_NETNS_COOKIE, 5.14+).
@@ -344,7 +587,7 @@ impl EbpfSource {
         let rate_res_ns = u64::try_from(rate_resolution.as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .override_global(globals::NET_INUM_OFFSET, &offsets.net_inum, true)
             .override_global(
                 globals::HOOK_STATE_NET_OFFSET,
@@ -362,42 +605,6 @@ impl EbpfSource {
                     Unavailable(format!("cannot load the eBPF object: {e}"))
                 }
             })?;
-        let mut loaded: Vec<&str> = Vec::new();
-        for spec in PROBES {
-            if loaded.contains(&spec.program) {
-                continue;
-            }
-            if stop.requested() {
-                return Err(Unavailable("stopped during start-up".into()));
-            }
-            let program: &mut KProbe = ebpf
-                .program_mut(spec.program)
-                .ok_or_else(|| {
-                    Unavailable(format!("program {} missing from the object", spec.program))
-                })?
-                .try_into()
-                .map_err(|e| Unavailable(format!("program {}: {e}", spec.program)))?;
-            if let Err(e) = program.load() {
-                if is_permission(&e) {
-                    return Err(Unavailable(format!("{CAPS}: {e}")));
-                }
-                let detail = match &e {
-                    aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log
-                        .to_string()
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or_default()
-                        .to_string(),
-                    other => other.to_string(),
-                };
-                return Err(Unavailable(format!(
-                    "the kernel verifier rejected {}: {detail}",
-                    spec.program
-                )));
-            }
-            loaded.push(spec.program);
-        }
         let shared = Shared {
             table: map_shared(
                 &ebpf,
@@ -409,14 +616,14 @@ impl EbpfSource {
             tags: map_shared(&ebpf, "RATE_TAGS", 8, RATE_RING)?,
             diag: map_shared(&ebpf, "DIAG", 8, diag::COUNT)?,
         };
-        for event in tracefs.remove_unused() {
-            info!("removed kprobe event {event} left by an agent that no longer runs");
-        }
         let map_bytes = own_map_memlock();
         debug!("eBPF maps pin {} KiB of kernel memory", map_bytes / 1024);
         let mut source = Self {
             ebpf,
             tracefs,
+            active,
+            kprobes_loaded: false,
+            fentry_targets,
             token: kprobe_events::new_token(),
             shared,
             slots: Mutex::new(NsSlots::default()),
@@ -425,18 +632,79 @@ impl EbpfSource {
             attached: None,
             generation: 0,
             retry: None,
+            released: None,
+            unusable: None,
+            opening: true,
             last_missed: 0,
             last_recursion: 0,
             last_diag: [0; diag::COUNT as usize],
             peaks: HashMap::new(),
             map_bytes,
         };
+        if active == ProbeType::Kprobe {
+            source.load_kprobes(stop)?;
+        }
         // Tags for the buckets ahead, before any program can run.
         source.drain_rates();
         if attach {
             source.poll(stop);
         }
-        Ok(source)
+        source.opening = false;
+        match source.unusable.take() {
+            Some(reason) => Err(Unavailable(reason)),
+            None => Ok(source),
+        }
+    }
+
+    /// Loads the kprobe programs (the verifier runs here) and removes kprobe
+    /// events that agents no longer running left behind.
+    fn load_kprobes(&mut self, stop: &Stop) -> Result<(), Unavailable> {
+        if self.kprobes_loaded {
+            return Ok(());
+        }
+        let tracefs = kprobe_support(self.tracefs.as_ref())?;
+        let mut loaded: Vec<&str> = Vec::new();
+        for spec in PROBES {
+            if loaded.contains(&spec.program) {
+                continue;
+            }
+            if stop.requested() {
+                return Err(Unavailable("stopped during start-up".into()));
+            }
+            let program: &mut KProbe = self
+                .ebpf
+                .program_mut(spec.program)
+                .ok_or_else(|| {
+                    Unavailable(format!("program {} missing from the object", spec.program))
+                })?
+                .try_into()
+                .map_err(|e| Unavailable(format!("program {}: {e}", spec.program)))?;
+            if let Err(e) = program.load() {
+                return Err(load_error(spec.program, e));
+            }
+            loaded.push(spec.program);
+        }
+        for event in tracefs.remove_unused() {
+            info!("removed kprobe event {event} left by an agent that no longer runs");
+        }
+        self.kprobes_loaded = true;
+        Ok(())
+    }
+
+    /// The probe type in use.
+    pub fn probe_type(&self) -> ProbeType {
+        self.active
+    }
+
+    /// What later (re)attaches need (the capabilities kept after start-up).
+    pub fn capability_need(&self) -> crate::privileges::EbpfNeed {
+        use crate::privileges::EbpfNeed;
+        match self.active {
+            ProbeType::Kprobe => EbpfNeed::Kprobe,
+            // Attached once: the modules have BTF, later attaches use it too.
+            ProbeType::Fentry if self.generation > 0 => EbpfNeed::Fentry,
+            ProbeType::Fentry => EbpfNeed::FentryOrKprobe,
+        }
     }
 
     pub fn is_attached(&self) -> bool {
@@ -463,6 +731,19 @@ impl EbpfSource {
     /// (re)attached by this call.
     pub fn poll(&mut self, stop: &Stop) -> bool {
         let modules = module_identities();
+        if let Some(released) = &self.released {
+            if released.modules == modules && Instant::now() < released.until {
+                return false;
+            }
+            if released.modules == modules {
+                info!(
+                    "nf_synproxy_core was not reloaded within {} s of SIGUSR1: attaching the eBPF probes again",
+                    RELEASE_HOLD.as_secs()
+                );
+            }
+            self.released = None;
+            self.retry = None;
+        }
         if let Some(att) = &self.attached {
             if att.modules == modules {
                 return false;
@@ -475,16 +756,41 @@ impl EbpfSource {
                 return false;
             }
         }
-        match self.attach(&modules, stop) {
-            Ok(n) => {
+        let mut attached = self.attach(&modules, stop);
+        if matches!(attached, Err(AttachError::FentryUnusable(_))) && module_identities() != modules
+        {
+            // A module came or went meanwhile: not a reason to give fentry up.
+            attached = Err(AttachError::Other(
+                "nf_synproxy_core or nf_conntrack changed during the attach".into(),
+            ));
+        }
+        if let Err(AttachError::FentryUnusable(reason)) = &attached {
+            warn!("--probes fentry: {reason}; using kprobes");
+            self.active = ProbeType::Kprobe;
+            attached = match self.load_kprobes(stop) {
+                Ok(()) => self.attach(&modules, stop),
+                Err(Unavailable(reason)) => {
+                    if self.opening {
+                        // open() reports it as the reason eBPF is disabled.
+                        self.unusable = Some(reason);
+                        return false;
+                    }
+                    Err(AttachError::Other(reason))
+                }
+            };
+        }
+        match attached {
+            Ok(what) => {
                 self.retry = None;
-                info!(
-                    "eBPF probes attached ({n} kprobes/kretprobes on the SYNPROXY paths, via {})",
-                    self.tracefs.root().display()
-                );
+                info!("eBPF probes attached ({what})");
                 true
             }
             Err(AttachError::Stopped) => false,
+            Err(AttachError::FentryUnusable(reason)) => {
+                // Not reached: the fallback above replaced it.
+                warn!("cannot attach the eBPF probes: {reason}");
+                false
+            }
             Err(AttachError::Missing(function)) => {
                 if self.retry.as_ref().is_none_or(|r| r.modules != modules) {
                     info!("eBPF loaded; waiting for nf_synproxy_core ({function} not found): probes attach when it is loaded");
@@ -516,7 +822,32 @@ impl EbpfSource {
         }
     }
 
-    fn attach(&mut self, modules: &[Option<u64>], stop: &Stop) -> Result<usize, AttachError> {
+    /// Attaches the probes of the type in use; Ok names what was attached.
+    fn attach(&mut self, modules: &[Option<u64>], stop: &Stop) -> Result<String, AttachError> {
+        match self.active {
+            ProbeType::Kprobe => {
+                let n = self.attach_kprobes(modules, stop)?;
+                let via = self
+                    .tracefs
+                    .as_ref()
+                    .map(|t| t.root().display().to_string())
+                    .unwrap_or_default();
+                Ok(format!(
+                    "{n} kprobes/kretprobes on the SYNPROXY paths, via {via}"
+                ))
+            }
+            ProbeType::Fentry => self.attach_fentry(modules, stop),
+        }
+    }
+
+    fn attach_kprobes(
+        &mut self,
+        modules: &[Option<u64>],
+        stop: &Stop,
+    ) -> Result<usize, AttachError> {
+        let Some(tracefs) = self.tracefs.as_ref() else {
+            return Err(AttachError::Other("tracefs is not mounted".into()));
+        };
         let mut events: Vec<(String, OwnedFd)> = Vec::new();
         let result = (|| {
             for spec in PROBES {
@@ -524,11 +855,11 @@ impl EbpfSource {
                     return Err(AttachError::Stopped);
                 }
                 let event = kprobe_events::event_name(&self.token, spec.short);
-                let id = match self.tracefs.create(&event, spec.function, spec.ret) {
+                let id = match tracefs.create(&event, spec.function, spec.ret) {
                     Ok(id) => id,
                     Err(e) => {
                         // The write may have created the event before failing to read its id.
-                        let _ = self.tracefs.remove(&event);
+                        let _ = tracefs.remove(&event);
                         return Err(match e.raw_os_error() {
                             Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::EADDRNOTAVAIL)
                                 if !symbol_exists(spec.function) =>
@@ -559,7 +890,7 @@ impl EbpfSource {
                 match kprobe_events::attach_program(id, prog_fd.as_fd()) {
                     Ok(fd) => events.push((event, fd)),
                     Err(e) => {
-                        let _ = self.tracefs.remove(&event);
+                        let _ = tracefs.remove(&event);
                         return Err(AttachError::Other(format!(
                             "attaching {} to {}: {e}",
                             spec.program, spec.function
@@ -579,20 +910,170 @@ impl EbpfSource {
                     generation: self.generation,
                     modules: modules.to_vec(),
                     events,
+                    kind: ProbeType::Kprobe,
                 });
                 Ok(n)
             }
             Err(e) => {
-                remove_events(&self.tracefs, events);
+                remove_events(tracefs, events);
                 Err(e)
             }
         }
     }
 
-    /// Detaches every probe and removes its kprobe event.
+    /// Loads every fentry/fexit program against the BTF object that holds
+    /// its function (vmlinux, or the module's, found again at each attach so
+    /// that a reloaded module's new BTF is used) and attaches it.
+    fn attach_fentry(
+        &mut self,
+        modules: &[Option<u64>],
+        stop: &Stop,
+    ) -> Result<String, AttachError> {
+        let Some(targets) = self.fentry_targets.clone() else {
+            return Err(AttachError::FentryUnusable("no fentry targets".into()));
+        };
+        let resolved = resolve_fentry_targets(&targets)?;
+        let result = (|| {
+            for (spec, (id, obj)) in FENTRY_PROBES.iter().zip(&resolved) {
+                if stop.requested() {
+                    return Err(AttachError::Stopped);
+                }
+                let fd = match obj {
+                    Some((_, _, fd)) => Some(fd.try_clone().map_err(|e| {
+                        AttachError::Other(format!("duplicating a BTF descriptor: {e}"))
+                    })?),
+                    None => None,
+                };
+                let program = self.ebpf.program_mut(spec.program).ok_or_else(|| {
+                    AttachError::Other(format!("program {} missing", spec.program))
+                })?;
+                let loaded = if spec.exit {
+                    let p: &mut FExit = program
+                        .try_into()
+                        .map_err(|e| AttachError::Other(format!("{}: {e}", spec.program)))?;
+                    p.load_with_btf_obj(*id, fd)
+                        .and_then(|()| p.attach().map(drop))
+                } else {
+                    let p: &mut FEntry = program
+                        .try_into()
+                        .map_err(|e| AttachError::Other(format!("{}: {e}", spec.program)))?;
+                    p.load_with_btf_obj(*id, fd)
+                        .and_then(|()| p.attach().map(drop))
+                };
+                if let Err(e) = loaded {
+                    let Unavailable(reason) = if is_permission(&e) {
+                        // Also as root where a kernel does not allow fentry.
+                        Unavailable(format!(
+                            "the kernel refused {} ({}; loading needs CAP_BPF and CAP_PERFMON)",
+                            spec.program,
+                            first_errno(&e).map_or_else(
+                                || e.to_string(),
+                                |n| std::io::Error::from_raw_os_error(n).to_string()
+                            )
+                        ))
+                    } else {
+                        load_error(spec.program, e)
+                    };
+                    return Err(AttachError::FentryUnusable(format!(
+                        "{} on {}: {reason}",
+                        if spec.exit { "fexit" } else { "fentry" },
+                        spec.function
+                    )));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.unload_fentry();
+            return Err(e);
+        }
+        self.generation += 1;
+        self.last_missed = 0;
+        // Freshly loaded programs: their recursion_misses start at 0 again.
+        self.last_recursion = 0;
+        self.attached = Some(Attachment {
+            generation: self.generation,
+            modules: modules.to_vec(),
+            events: Vec::new(),
+            kind: ProbeType::Fentry,
+        });
+        let mut objects: Vec<String> = Vec::new();
+        for (_, obj) in &resolved {
+            let name = match obj {
+                Some((module, id, _)) => format!("{module} (BTF id {id})"),
+                None => "vmlinux".to_string(),
+            };
+            if !objects.contains(&name) {
+                objects.push(name);
+            }
+        }
+        Ok(format!(
+            "{} fentry/fexit programs on the SYNPROXY paths, loaded against the BTF of {}",
+            FENTRY_PROBES.len(),
+            objects.join(" and ")
+        ))
+    }
+
+    /// Unloads every fentry/fexit program (links and program descriptors):
+    /// nothing of them holds a module any more.
+    fn unload_fentry(&mut self) {
+        for spec in FENTRY_PROBES {
+            let Some(program) = self.ebpf.program_mut(spec.program) else {
+                continue;
+            };
+            let unloaded = if spec.exit {
+                <&mut FExit>::try_from(program).map(FExit::unload)
+            } else {
+                <&mut FEntry>::try_from(program).map(FEntry::unload)
+            };
+            // NotLoaded: this one was not loaded (a failed attach stopped earlier).
+            if let Ok(Err(e)) = unloaded {
+                if !matches!(e, aya::programs::ProgramError::NotLoaded) {
+                    warn!("cannot unload {}: {e}", spec.program);
+                }
+            }
+        }
+    }
+
+    /// SIGUSR1: detaches the probes and unloads fentry programs, so that
+    /// nothing of the agent holds `nf_synproxy_core` or `nf_conntrack` (a
+    /// loaded fentry program on a module function keeps the module from being
+    /// unloaded). They are attached again, fentry programs loaded against the
+    /// new module BTF, once the modules were unloaded or reloaded, or after
+    /// [`RELEASE_HOLD`] if they were not.
+    pub fn release(&mut self) {
+        self.detach();
+        self.released = Some(Released {
+            modules: module_identities(),
+            until: Instant::now() + RELEASE_HOLD,
+        });
+        info!(
+            "SIGUSR1: eBPF probes released; nf_synproxy_core and nf_conntrack can be unloaded now. The probes attach again once they are reloaded, or in {} s if they are not",
+            RELEASE_HOLD.as_secs()
+        );
+    }
+
+    /// Detaches every probe: kprobe events are removed; fentry/fexit programs
+    /// are unloaded (they are loaded again against the modules' BTF at the
+    /// next attach).
     pub fn detach(&mut self) {
         if let Some(att) = self.attached.take() {
-            remove_events(&self.tracefs, att.events);
+            match att.kind {
+                ProbeType::Kprobe => {
+                    if let Some(tracefs) = self.tracefs.as_ref() {
+                        remove_events(tracefs, att.events);
+                    }
+                }
+                ProbeType::Fentry => {
+                    let started = Instant::now();
+                    self.unload_fentry();
+                    info!(
+                        "eBPF probes detached ({} fentry/fexit programs unloaded in {} ms)",
+                        FENTRY_PROBES.len(),
+                        started.elapsed().as_millis()
+                    );
+                }
+            }
         }
     }
 
@@ -656,14 +1137,19 @@ impl EbpfSource {
             map_bytes: self.map_bytes,
             ..Default::default()
         };
-        let profile = self.tracefs.profile().unwrap_or_default();
-        for spec in PROBES {
-            let stats = profile
-                .get(&kprobe_events::event_name(&self.token, spec.short))
-                .copied()
-                .unwrap_or_default();
-            round.probes.push((spec.short, stats));
+        // kprobe_profile counts kprobe hits and misses; fentry programs
+        // have no such counts (their skipped runs are recursion misses).
+        if let (ProbeType::Kprobe, Some(tracefs)) = (self.active, self.tracefs.as_ref()) {
+            let profile = tracefs.profile().unwrap_or_default();
+            for spec in PROBES {
+                let stats = profile
+                    .get(&kprobe_events::event_name(&self.token, spec.short))
+                    .copied()
+                    .unwrap_or_default();
+                round.probes.push((spec.short, stats));
+            }
         }
+        round.probe_type = self.active;
         for (slot, value) in self.shared.diag.u64s().iter().enumerate() {
             if let Some(out) = round.diag.get_mut(slot) {
                 *out = value.load(Ordering::Acquire);
@@ -681,10 +1167,14 @@ impl EbpfSource {
                 .map(|(n, i)| (*n, i.run_time_ns, i.run_cnt))
                 .collect();
         }
+        let counting: &[&str] = match self.active {
+            ProbeType::Kprobe => &COUNTING_PROGRAMS,
+            ProbeType::Fentry => &FENTRY_COUNTING_PROGRAMS,
+        };
         let recursion_counting: u64 = round
             .program_recursion
             .iter()
-            .filter(|(name, _)| COUNTING_PROGRAMS.contains(name))
+            .filter(|(name, _)| counting.contains(name))
             .map(|(_, n)| n)
             .sum();
 
@@ -712,18 +1202,22 @@ impl EbpfSource {
         lock(&self.slots).release_except(keep, self.shared.table.u64s(), Instant::now());
     }
 
-    /// `bpf_prog_info` of each program (names without `spx_`).
+    /// `bpf_prog_info` of each program of the type in use (names without
+    /// `spx_`/`spxf_`).
     fn program_infos(&self) -> Vec<(&'static str, ProgInfo)> {
+        let programs: Vec<(&'static str, &'static str)> = match self.active {
+            ProbeType::Kprobe => PROBES
+                .iter()
+                .map(|p| (p.program, p.program.trim_start_matches("spx_")))
+                .collect(),
+            ProbeType::Fentry => FENTRY_PROBES.iter().map(|p| (p.program, p.short)).collect(),
+        };
         let mut out: Vec<(&'static str, ProgInfo)> = Vec::new();
-        for spec in PROBES {
-            let name = spec.program.trim_start_matches("spx_");
+        for (program, name) in programs {
             if out.iter().any(|(n, _)| *n == name) {
                 continue;
             }
-            let Some(program) = self.ebpf.program(spec.program) else {
-                continue;
-            };
-            let Ok(program): Result<&KProbe, _> = program.try_into() else {
+            let Some(program) = self.ebpf.program(program) else {
                 continue;
             };
             if let Ok(fd) = program.fd() {
@@ -824,6 +1318,8 @@ impl Drop for EbpfSource {
 enum AttachError {
     /// The function is not in the kernel (its module is not loaded).
     Missing(&'static str),
+    /// fentry/fexit cannot be used on this kernel: use kprobes.
+    FentryUnusable(String),
     /// The agent is shutting down.
     Stopped,
     Other(String),
@@ -908,4 +1404,110 @@ fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+/// (BTF id, (module, BTF object id, BTF object fd) or None for vmlinux) of
+/// each fentry program, in [`FENTRY_PROBES`] order. Module BTF is found by
+/// name among the kernel's BTF objects and its ids read from that object.
+type Resolved = Vec<(u32, Option<(&'static str, u32, OwnedFd)>)>;
+
+fn resolve_fentry_targets(targets: &FentryTargets) -> Result<Resolved, AttachError> {
+    let mut out: Resolved = Vec::new();
+    let mut vmlinux_strings: Option<Vec<u8>> = None;
+    let mut objects: Vec<(&'static str, Option<kernel_btf::ModuleBtf>)> = Vec::new();
+    for (spec, builtin) in FENTRY_PROBES.iter().zip(targets.builtin) {
+        if let Some(id) = builtin {
+            out.push((id, None));
+            continue;
+        }
+        let mut found = None;
+        for module in MODULES {
+            if !objects.iter().any(|(m, _)| *m == module) {
+                let object = kernel_btf::find_module_btf(module).map_err(|e| {
+                    if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                        AttachError::Other(format!(
+                            "{CAPS}; fentry on module functions also needs CAP_SYS_ADMIN to find the module's BTF: {e}"
+                        ))
+                    } else {
+                        AttachError::FentryUnusable(format!("cannot list the kernel's BTF objects: {e}"))
+                    }
+                })?;
+                objects.push((module, object));
+            }
+            let Some((_, Some(object))) = objects.iter().find(|(m, _)| *m == module) else {
+                continue;
+            };
+            if vmlinux_strings.is_none() {
+                let data = std::fs::read(VMLINUX_BTF)
+                    .map_err(|e| AttachError::Other(format!("{VMLINUX_BTF}: {e}")))?;
+                let strings = btf::string_section(&data)
+                    .map_err(|e| AttachError::Other(format!("{VMLINUX_BTF}: {e}")))?
+                    .to_vec();
+                vmlinux_strings = Some(strings);
+            }
+            let base = SplitBase {
+                strings: vmlinux_strings.as_deref().unwrap_or_default(),
+                type_count: targets.vmlinux_types,
+            };
+            let ids = btf::func_ids(&object.data, Some(&base), &[spec.function])
+                .map_err(|e| AttachError::Other(format!("BTF of module {module}: {e}")))?;
+            if let Some(Some(id)) = ids.first() {
+                let fd = object.fd.try_clone().map_err(|e| {
+                    AttachError::Other(format!("duplicating a BTF descriptor: {e}"))
+                })?;
+                found = Some((*id, Some((module, object.id, fd))));
+                break;
+            }
+        }
+        match found {
+            Some(target) => out.push(target),
+            None => {
+                // Loaded modules without a BTF object: this kernel has no
+                // module BTF. A module not loaded: wait for it.
+                let loaded_without_btf = objects.iter().find(|(m, o)| {
+                    o.is_none() && Path::new("/sys/module").join(m).join("refcnt").exists()
+                });
+                return Err(match loaded_without_btf {
+                    Some((m, _)) if symbol_exists(spec.function) => AttachError::FentryUnusable(format!(
+                        "no BTF for module {m} (the kernel was built without CONFIG_DEBUG_INFO_BTF_MODULES)"
+                    )),
+                    _ => AttachError::Missing(spec.function),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(parse_release("5.10.0-46-cloud-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
+        assert_eq!(parse_release("7.2.13+deb14-cloud-amd64"), Some((7, 2)));
+        assert_eq!(parse_release("6.18"), Some((6, 18)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    /// Both program sets cover the same functions; the fentry short names are
+    /// the kprobe programs' (ack4/ack6 stand for the entry + return pair).
+    #[test]
+    fn fentry_set_matches_the_kprobe_set() {
+        let mut kprobe: Vec<&str> = PROBES.iter().map(|p| p.function).collect();
+        kprobe.dedup();
+        let fentry: Vec<&str> = FENTRY_PROBES.iter().map(|p| p.function).collect();
+        let mut k = kprobe.clone();
+        k.sort_unstable();
+        k.dedup();
+        let mut f = fentry.clone();
+        f.sort_unstable();
+        assert_eq!(k, f);
+        for name in FENTRY_COUNTING_PROGRAMS {
+            assert!(FENTRY_PROBES.iter().any(|p| p.short == name), "{name}");
+        }
+        assert!(FENTRY_PROBES.iter().all(|p| p.program.len() <= 15));
+    }
 }

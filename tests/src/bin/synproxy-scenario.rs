@@ -13,7 +13,7 @@ use synproxy_tests::{caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, s
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
 [--family ipv4|ipv6|all] [--counter NAME|all] [--count N] [--ip PATH] [--iptables PATH] \
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
-[--extra-agent-arg ARG]... [--ebpf auto|require|off] [--flood [--flood-syn N] [--flood-ack N]] \
+[--extra-agent-arg ARG]... [--ebpf auto|require|off] [--probes kprobe|fentry] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
 [--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] \
 [--ebpf-cost [--cost-syn N] [--cost-runs N]]";
@@ -62,6 +62,7 @@ fn parse_args() -> Result<Args> {
     let mut non_root = false;
     let mut cost = None;
     let mut cost_params = ebpf_cost::Params::default();
+    let mut fentry = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -124,6 +125,11 @@ fn parse_args() -> Result<Args> {
             "--agent-mode" => agent_mode = AgentMode::parse(&value)?,
             "--extra-agent-arg" => extra.push(value),
             "--ebpf" => ebpf = EbpfMode::parse(&value)?,
+            "--probes" => match value.as_str() {
+                "kprobe" => fentry = false,
+                "fentry" => fentry = true,
+                other => bail!("--probes {other:?}: expected kprobe or fentry"),
+            },
             "--flood-syn" => {
                 flood_syn = value
                     .parse()
@@ -151,6 +157,9 @@ fn parse_args() -> Result<Args> {
         }
     }
     let agent = agent.with_context(|| format!("--agent is required\n{USAGE}"))?;
+    if fentry {
+        extra.extend(["--probes".to_string(), "fentry".to_string()]);
+    }
     if !agent.is_file() {
         bail!("agent binary {} not found", agent.display());
     }
@@ -163,6 +172,7 @@ fn parse_args() -> Result<Args> {
             count,
             agent_mode,
             ebpf,
+            fentry,
         },
         rules,
         families,

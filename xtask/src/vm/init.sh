@@ -106,6 +106,17 @@ run_scenario() {
     fi
 }
 
+# selected NAME: whether check NAME runs. `cargo xtask vm-test --check NAME` (repeatable)
+# passes vmtest_checks=a,b on the kernel command line, which the kernel hands to init
+# as an environment variable; without it every check runs.
+selected() {
+    [ -z "$vmtest_checks" ] && return 0
+    case ",$vmtest_checks," in
+        *",$1,"*) return 0 ;;
+    esac
+    return 1
+}
+
 # --- helpers of the module checks ---------------------------------------------------
 
 load_modules() { # $1: list file
@@ -208,6 +219,9 @@ load_modules /etc/vmtest/modules-early
 end_check modules-early
 
 # 2. module-late: the agent starts while /proc/net/stat/synproxy does not exist yet.
+if ! selected module-late; then
+    load_modules /etc/vmtest/modules-late
+else
 begin_check module-late
 $IPROUTE2 netns add srv
 $IPROUTE2 -n srv link set lo up
@@ -329,12 +343,14 @@ kill "$AGENT_PID" 2>/dev/null
 wait "$AGENT_PID" 2>/dev/null
 $IPROUTE2 netns del srv
 end_check module-reload
+fi
 
 # 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns, one
 #    check per rules/family. Every combination also runs the agent with eBPF across the
 #    traffic: ebpf= must equal proc=.
 for rules in xt nft; do
     for family in ipv4 ipv6; do
+        selected "matrix-$rules-$family" || continue
         begin_check "matrix-$rules-$family"
         run_scenario "matrix-$rules-$family" 900 --agent "$AGENT" --ebpf require \
             --rules "$rules" --family "$family" $TOOLS
@@ -346,6 +362,7 @@ done
 #    from an nf_tables chain. Its lines are tagged iptables=nft.
 SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
 for family in ipv4 ipv6; do
+    selected "iptables-nft-$family" || continue
     begin_check "iptables-nft-$family"
     run_scenario "iptables-nft-$family" 900 --agent "$AGENT" --ebpf require --rules xt \
         --family "$family" --ip $IPROUTE2 --iptables /usr/sbin/iptables-nft \
@@ -357,40 +374,214 @@ SCENARIO_SED=
 # 5. eBPF under a flood (20,000 SYNs + 5,000 bad ACKs: eBPF == /proc, no probe misses),
 #    and shutdown: SIGTERM, SIGINT, stdin EOF each stop the agent within 1 s and leave
 #    no kprobe event, BPF program or map behind.
-begin_check flood-shutdown
-run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
-end_check flood-shutdown
+if selected flood-shutdown; then
+    begin_check flood-shutdown
+    run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
+    end_check flood-shutdown
+fi
 
 # 6. Sustained flood (issue 7): one server netns, xt and nft ports, IPv4 and IPv6,
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
 #    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
-begin_check sustained
-run_scenario sustained 900 --agent "$AGENT" --ebpf require --sustained $TOOLS
-end_check sustained
+if selected sustained; then
+    begin_check sustained
+    run_scenario sustained 900 --agent "$AGENT" --ebpf require --sustained $TOOLS
+    end_check sustained
+fi
 
 # 7. Lifecycle (issue 7): SIGTERM at delays covering start-up and attach (exit 0,
 #    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
 #    agents at once, each PID 1 of its own PID namespace (both exact).
-begin_check lifecycle
-run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
-end_check lifecycle
+if selected lifecycle; then
+    begin_check lifecycle
+    run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
+    end_check lifecycle
+fi
 
 # 8. Least privilege (issue 9): the agent with eBPF and --netns as uid 65534 with
 #    only the capability table's CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE,
 #    CAP_SYS_ADMIN (ambient): attaches, keeps exactly those (every thread,
 #    bounding set, no_new_privs), eBPF == /proc after a burst, totals == a root
 #    agent's, and SIGTERM leaves nothing behind.
-begin_check non-root
-run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
-end_check non-root
+if selected non-root; then
+    begin_check non-root
+    run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
+    end_check non-root
+fi
+
+# 9. fentry/fexit (issue 10): the flood (with shutdown) and sustained checks again with
+#    --probes fentry. Their RESULT lines add probes=fentry, the probe type the agent used
+#    (probe_type=) and the one this kernel must give (expected_probe_type=: fentry where
+#    nf_synproxy_core has module BTF; kprobe on 5.10, the documented fallback, whose
+#    warning the flood check requires).
+if selected fentry-flood; then
+    begin_check fentry-flood
+    run_scenario fentry-flood 900 --agent "$AGENT" --ebpf require --probes fentry --flood $TOOLS
+    end_check fentry-flood
+fi
+if selected fentry-sustained; then
+    begin_check fentry-sustained
+    run_scenario fentry-sustained 900 --agent "$AGENT" --ebpf require --probes fentry --sustained $TOOLS
+    end_check fentry-sustained
+fi
+
+# The xt IPv4 matrix (every counter, conn_reopened and cookie_retrans included) with the
+# agents on --probes fentry; its lines are tagged probes=fentry.
+if selected fentry-matrix-xt-ipv4; then
+    begin_check fentry-matrix-xt-ipv4
+    SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
+    run_scenario fentry-matrix-xt-ipv4 900 --agent "$AGENT" --ebpf require --probes fentry \
+        --rules xt --family ipv4 $TOOLS
+    SCENARIO_SED=
+    end_check fentry-matrix-xt-ipv4
+fi
+
+# The non-root check with --probes fentry: the capability table's fentry row (CAP_BPF,
+# CAP_PERFMON, CAP_SYS_ADMIN: no tracefs, the module BTF lookup) where fentry is used.
+if selected fentry-non-root; then
+    begin_check fentry-non-root
+    run_scenario fentry-non-root 900 --agent "$AGENT" --ebpf require --probes fentry --non-root $TOOLS
+    end_check fentry-non-root
+fi
+
+# The probe_type of the agent's last synproxy_ebpf_probes line.
+probe_type_now() {
+    grep '^synproxy_ebpf_probes' /tmp/agent.out | tail -n 1 | sed -n 's/.*probe_type="\([a-z]*\)".*/\1/p'
+}
+# attached= of the agent's last synproxy_ebpf_probes line.
+probes_attached_now() {
+    field "$(grep '^synproxy_ebpf_probes' /tmp/agent.out | tail -n 1)" attached
+}
+# The nf_synproxy_core BTF object id named by the agent's attach log line number $1.
+btf_id_of_attach() {
+    grep "$ATTACHED" /tmp/agent.err | sed -n "${1}p" | sed -n 's/.*nf_synproxy_core (BTF id \([0-9]*\)).*/\1/p'
+}
+# rmmod every late module, dependants first; the names that failed in $RMMOD_FAILED.
+rmmod_late() {
+    RMMOD_FAILED=
+    : > /tmp/rmmod.err
+    for module in $(sed '1!G;h;$!d' /etc/vmtest/modules-late); do
+        name=$(basename "$module" .ko | tr - _)
+        [ -e "/sys/module/$name" ] || continue
+        rmmod "$name" 2>>/tmp/rmmod.err || RMMOD_FAILED="${RMMOD_FAILED:+$RMMOD_FAILED,}$name"
+    done
+}
+
+# nf_synproxy_core's reference count is 0 (nothing holds it).
+synproxy_core_unheld() { [ "$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null)" = 0 ]; }
+# Unloads the late modules; true once nf_synproxy_core is gone.
+late_unloaded() { rmmod_late; [ ! -e /sys/module/nf_synproxy_core ]; }
+
+# 10. fentry and module reloads (issue 10). A loaded fentry program on a module function
+#     holds the module (Linux 6.4+; 5.12-6.3 while attached). With the agent running with
+#     --probes fentry: unloading nf_synproxy_core must fail "in use" while the agent keeps
+#     counting; SIGUSR1 releases it; the module is unloaded and loaded again, and the
+#     agent must load its programs again against the new module BTF (another BTF object
+#     id in its attach log) and count the new events exactly. On a kernel without module
+#     BTF (5.10) the agent must warn once and use kprobes, which do not hold the module.
+if selected fentry-module; then
+begin_check fentry-module
+$IPROUTE2 netns add srv
+$IPROUTE2 -n srv link set lo up
+MISSING='file not found.*nf_synproxy_core'
+ATTACHED='eBPF probes attached'
+"$AGENT" --probes fentry --interval 500ms --netns srv >/tmp/agent.out 2>/tmp/agent.err &
+AGENT_PID=$!
+fm_status=PASS
+fm_expected=kprobe
+[ -e /sys/kernel/btf/nf_synproxy_core ] && fm_expected=fentry
+wait_for "the --probes fentry agent to attach" 120 agent_err_count_above "$ATTACHED" 0 || fm_status=FAIL
+mark=$(wc -l < /tmp/agent.out)
+wait_for "an exact eBPF round after the attach" 60 exact_srv_round_after "$mark" || fm_status=FAIL
+fm_type=$(probe_type_now)
+fm_warnings=$(grep -c -e '--probes fentry: ' /tmp/agent.err)
+drive_cookie_valid_in_srv fentry-module
+[ "$SCEN_STATUS" = 0 ] || fm_status=FAIL
+wait_for "the agent to report srv's /proc totals and eBPF events" 60 agent_caught_up || fm_status=FAIL
+fm_val=$(proc_totals_in_srv | cut -d' ' -f3)
+fm_ebpf_val=$(ebpf_cookie_valid_since 0)
+[ "$fm_type" = "$fm_expected" ] && [ "${fm_val:-0}" -gt 0 ] && [ "$fm_ebpf_val" = "$fm_val" ] || fm_status=FAIL
+if [ "$fm_expected" = fentry ]; then
+    [ "$fm_warnings" = 0 ] || fm_status=FAIL
+    fm_btf1=$(btf_id_of_attach 1)
+    # Held: the dependants go, nf_synproxy_core stays, "in use".
+    rmmod_late
+    fm_held_failed=$RMMOD_FAILED
+    # kmod's rmmod says "in use"; busybox's (the guest's, O_NONBLOCK) EWOULDBLOCK,
+    # "Resource temporarily unavailable": the module's reference count is not 0.
+    if grep -q -e 'in use' -e 'temporarily unavailable' /tmp/rmmod.err; then fm_in_use=yes; else fm_in_use=no; fi
+    fm_refcnt_held=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
+    case "$fm_held_failed" in *nf_synproxy_core*) fm_held=yes ;; *) fm_held=no ;; esac
+    sed 's/^/fentry-module rmmod while held: /' /tmp/rmmod.err
+    if agent_running; then fm_alive=yes; else fm_alive=no; fi
+    [ "$fm_held" = yes ] && [ "$fm_in_use" = yes ] && [ "$fm_alive" = yes ] || fm_status=FAIL
+    [ "${fm_refcnt_held:-0}" != none ] && [ "${fm_refcnt_held:-0}" -gt 0 ] || fm_status=FAIL
+    # Released on request: then the modules go and come back.
+    kill -USR1 "$AGENT_PID"
+    wait_for "the agent to release its probes on SIGUSR1" 60 agent_err_count_above 'eBPF probes released' 0 || fm_status=FAIL
+    # The kernel drops a freed program's module reference a moment later.
+    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld || fm_status=FAIL
+    fm_refcnt_released=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
+    reload_missing_before=$(count_in_agent_err "$MISSING")
+    rmmod_late
+    fm_released_failed=$RMMOD_FAILED
+    [ -z "$fm_released_failed" ] && [ ! -e /sys/module/nf_synproxy_core ] || { fm_status=FAIL; sed 's/^/fentry-module rmmod after release: /' /tmp/rmmod.err; }
+    wait_for "the agent to log the unloaded module's missing file" 120 \
+        agent_err_count_above "$MISSING" "$reload_missing_before" || fm_status=FAIL
+    set -- $(agent_totals)
+    reload_before_val=$3
+    load_modules /etc/vmtest/modules-late
+    wait_for "the agent to load its fentry programs again" 120 agent_err_count_above "$ATTACHED" 1 || fm_status=FAIL
+    fm_btf2=$(btf_id_of_attach 2)
+    [ -n "$fm_btf1" ] && [ -n "$fm_btf2" ] && [ "$fm_btf1" != "$fm_btf2" ] || fm_status=FAIL
+    reload_out_mark=$(wc -l < /tmp/agent.out)
+    wait_for "an exact eBPF round after the reload" 60 exact_srv_round_after "$reload_out_mark" || fm_status=FAIL
+    drive_cookie_valid_in_srv fentry-module-reload
+    [ "$SCEN_STATUS" = 0 ] || fm_status=FAIL
+    wait_for "the agent's total to reach old total + /proc after the reload" 60 \
+        agent_caught_up_after_reload || fm_status=FAIL
+    fm_reload_val=$(proc_totals_in_srv | cut -d' ' -f3)
+    fm_reload_ebpf=$(ebpf_cookie_valid_since "$reload_out_mark")
+    [ "${fm_reload_val:-0}" -gt 0 ] && [ "$fm_reload_ebpf" = "$fm_reload_val" ] || fm_status=FAIL
+    fm_type_after=$(probe_type_now)
+    [ "$fm_type_after" = fentry ] || fm_status=FAIL
+    # SIGTERM: nothing of the agent holds the module any more.
+    kill "$AGENT_PID"; wait "$AGENT_PID"; fm_exit=$?
+    if wait_for "the late modules to unload after the agent exited" 60 late_unloaded; then
+        fm_after_exit_failed=
+    else
+        fm_after_exit_failed=$RMMOD_FAILED
+    fi
+    [ "$fm_exit" = 0 ] && [ -z "$fm_after_exit_failed" ] || { fm_status=FAIL; sed 's/^/fentry-module rmmod after exit: /' /tmp/rmmod.err; }
+    load_modules /etc/vmtest/modules-late
+    echo "RESULT kernel=$KERNEL check=fentry-module probes=fentry probe_type=$fm_type expected_probe_type=$fm_expected cookie_valid=$fm_val ebpf=$fm_ebpf_val rmmod_while_held=${fm_held_failed:-none} in_use=$fm_in_use refcnt_held=$fm_refcnt_held refcnt_released=$fm_refcnt_released rmmod_after_release=${fm_released_failed:-ok} btf_id_before=${fm_btf1:-none} btf_id_after=${fm_btf2:-none} proc_after_reload=${fm_reload_val:-none} ebpf_after_reload=$fm_reload_ebpf probe_type_after=$fm_type_after exit=$fm_exit rmmod_after_exit=${fm_after_exit_failed:-ok} agent_alive_while_held=$fm_alive status=$fm_status"
+else
+    # No module BTF: one warning naming the reason, then kprobes.
+    [ "$fm_warnings" = 1 ] || fm_status=FAIL
+    fm_warning=$(grep -- '--probes fentry: ' /tmp/agent.err | head -n 1 | sed 's/.*--probes fentry: //; s/ /_/g')
+    kill "$AGENT_PID"; wait "$AGENT_PID"; fm_exit=$?
+    [ "$fm_exit" = 0 ] || fm_status=FAIL
+    echo "RESULT kernel=$KERNEL check=fentry-module probes=fentry probe_type=$fm_type expected_probe_type=$fm_expected fallback_warnings=$fm_warnings cookie_valid=$fm_val ebpf=$fm_ebpf_val exit=$fm_exit status=$fm_status"
+    echo "# fentry-module fallback warning: $fm_warning"
+fi
+if [ "$fm_status" != PASS ]; then
+    tail -n 20 /tmp/agent.err | sed 's/^/fentry-module agent stderr: /'
+    tail -n 4 /tmp/agent.out | sed 's/^/fentry-module agent stdout: /'
+fi
+kill "$AGENT_PID" 2>/dev/null
+$IPROUTE2 netns del srv
+end_check fentry-module
+fi
 
 # 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on
 #    the same function (BPF stats), SYNs/s through SYNPROXY without and with the
 #    probes (alternating runs), and the kernel memory of the maps.
-begin_check ebpf-cost
-run_scenario ebpf-cost 900 --agent "$AGENT" --ebpf require --ebpf-cost $TOOLS
-end_check ebpf-cost
+if selected ebpf-cost; then
+    begin_check ebpf-cost
+    run_scenario ebpf-cost 900 --agent "$AGENT" --ebpf require --ebpf-cost $TOOLS
+    end_check ebpf-cost
+fi
 
 echo "VMTEST-END kernel=$KERNEL checks=$CHECKS_RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync

@@ -58,6 +58,12 @@ pub struct VmTestArgs {
     /// Echo every console line as it arrives (RESULT lines are always printed).
     #[arg(long)]
     pub verbose: bool,
+    /// Run only this check group in the guest (repeatable; default: all). Names as in
+    /// the timing line: module-late (with module-reload), matrix-xt-ipv4, ...,
+    /// iptables-nft-ipv4, iptables-nft-ipv6, flood-shutdown, sustained, lifecycle,
+    /// non-root, ebpf-cost, fentry-flood, fentry-sustained, fentry-matrix-xt-ipv4, fentry-non-root, fentry-module.
+    #[arg(long = "check", value_name = "NAME")]
+    pub checks: Vec<String>,
 }
 
 impl Default for VmTestArgs {
@@ -69,6 +75,7 @@ impl Default for VmTestArgs {
             cpus: DEFAULT_GUEST_CPUS,
             memory_mib: DEFAULT_GUEST_MEMORY_MIB,
             verbose: false,
+            checks: Vec::new(),
         }
     }
 }
@@ -302,6 +309,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             memory_mib: args.memory_mib,
             echo_prefix: format!("[{}] ", image.series),
             echo_all: args.verbose,
+            checks: &args.checks,
         })?;
         let mut kernel_run = KernelRun {
             image,

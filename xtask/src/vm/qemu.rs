@@ -107,6 +107,16 @@ const TAIL_LINES: usize = 30;
 const KERNEL_COMMAND_LINE: &str = "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init \
      rcupdate.rcu_expedited=1 clocksource=tsc tsc=reliable";
 
+/// The kernel command line; `vmtest_checks=a,b` (no dot: the kernel hands it to
+/// init as an environment variable) when only some checks are to run.
+fn command_line(checks: &[String]) -> String {
+    if checks.is_empty() {
+        KERNEL_COMMAND_LINE.to_string()
+    } else {
+        format!("{KERNEL_COMMAND_LINE} vmtest_checks={}", checks.join(","))
+    }
+}
+
 /// KVM only where the CPU advertises it and /dev/kvm opens; this machine's kind has
 /// /dev/kvm but cannot run normal guests, and no vmx/svm flag.
 pub fn kvm_usable() -> bool {
@@ -134,6 +144,9 @@ pub struct BootSpec<'a> {
     pub echo_prefix: String,
     /// Echo every console line; otherwise only RESULT/SUMMARY/marker lines.
     pub echo_all: bool,
+    /// Run only these checks in the guest (all when empty); passed to init as
+    /// the environment variable `vmtest_checks` through the kernel command line.
+    pub checks: &'a [String],
 }
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
@@ -160,7 +173,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .arg(spec.vmlinuz)
         .arg("-initrd")
         .arg(spec.initrd)
-        .args(["-append", KERNEL_COMMAND_LINE])
+        .args(["-append", &command_line(spec.checks)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
