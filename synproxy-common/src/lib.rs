@@ -177,17 +177,19 @@ pub struct AckStash {
 }
 
 /// Per-CPU stash set at `ipv4_synproxy_hook`/`ipv6_synproxy_hook` entry and read by
-/// `nf_ct_seqadj_init` (conn_reopened).
+/// `nf_ct_seqadj_init` (conn_reopened). The hook runs for every packet and
+/// conn_reopened is rare, so the entry only stores its arguments; they are
+/// dereferenced in `nf_ct_seqadj_init`, which the hook calls while they live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HookStash {
-    /// `skb->_nfct & ~7`: the conntrack entry the hook works on.
-    pub ct: u64,
-    pub cookie: u64,
-    pub netns: u32,
+    /// The hook's `struct sk_buff *`.
+    pub skb: u64,
+    /// The hook's `const struct nf_hook_state *`.
+    pub state: u64,
     pub family: u8,
     pub armed: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Slots of the `DIAG` array (memory-mapped, atomic adds): kernel-side

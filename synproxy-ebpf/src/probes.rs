@@ -301,22 +301,20 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// Runs for every packet through the hook: stores the arguments only (no
+/// memory reads); `on_seqadj` reads through them in the rare reopen case.
 #[inline(always)]
 fn on_hook(skb: u64, state: u64, family: u8) {
-    let net = read_at::<u64>(state, HOOK_STATE_NET_OFFSET.load()).unwrap_or(0);
-    let nfct = read_at::<u64>(skb, SKB_NFCT_OFFSET.load()).unwrap_or(0);
-    let netns = netns_of(net);
     if let Some(stash) = HOOK_STASH.get_ptr_mut(0) {
         // SAFETY: this CPU's stash; the hook calls nf_ct_seqadj_init on this CPU
         // before any other hook invocation can run here.
         unsafe {
             *stash = HookStash {
-                ct: nfct & !7,
-                cookie: netns.cookie,
-                netns: netns.inum,
+                skb,
+                state,
                 family,
                 armed: 1,
-                _pad: [0; 2],
+                _pad: [0; 6],
             };
         }
     }
@@ -358,17 +356,21 @@ fn on_seqadj(ct: u64, ctinfo: u64, off: u64) {
     };
     // SAFETY: this CPU's stash (see on_hook).
     let s = unsafe { *stash };
-    if s.armed == 0 || s.ct != ct {
+    if s.armed == 0 {
         diag_inc(diag::SEQADJ_UNMATCHED);
         return;
     }
     // SAFETY: as above.
     unsafe { (*stash).armed = 0 };
-    let ns = Netns {
-        inum: s.netns,
-        cookie: s.cookie,
-    };
-    count(ns, s.family, Counter::ConnReopened);
+    // Called from the hook whose entry filled the stash: its skb still holds
+    // this conntrack entry, and its state the namespace.
+    let nfct = read_at::<u64>(s.skb, SKB_NFCT_OFFSET.load()).unwrap_or(0);
+    if nfct & !7 != ct {
+        diag_inc(diag::SEQADJ_UNMATCHED);
+        return;
+    }
+    let net = read_at::<u64>(s.state, HOOK_STATE_NET_OFFSET.load()).unwrap_or(0);
+    count(netns_of(net), s.family, Counter::ConnReopened);
 }
 
 /// kprobe on `nf_ct_seqadj_init`.

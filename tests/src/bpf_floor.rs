@@ -206,3 +206,69 @@ fn attach_to_event(id: u64, prog: &OwnedFd) -> Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_FENTRY: u32 = 24;
+
+/// The floor for `--probes fentry`: an empty fentry program on a function of
+/// a module (loaded against the module's BTF object, like the agent's), so
+/// its BPF statistics give what entering a program through a trampoline and
+/// doing nothing costs, for the same events as the agent's fentry programs.
+pub struct EmptyFentry {
+    prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl EmptyFentry {
+    pub fn attach(module: &str, function: &str) -> Result<Self> {
+        use synproxy_user::sources::{btf, kernel_btf};
+        let vmlinux =
+            std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+        let base = btf::SplitBase {
+            strings: btf::string_section(&vmlinux)
+                .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?,
+            type_count: btf::type_count(&vmlinux)
+                .map_err(|e| anyhow::anyhow!("/sys/kernel/btf/vmlinux: {e}"))?,
+        };
+        let module_btf = kernel_btf::find_module_btf(module)
+            .with_context(|| format!("looking for the BTF object of {module}"))?
+            .with_context(|| format!("no kernel BTF object named {module}"))?;
+        let id = btf::func_ids(&module_btf.data, Some(&base), &[function])
+            .map_err(|e| anyhow::anyhow!("BTF of {module}: {e}"))?
+            .first()
+            .copied()
+            .flatten()
+            .with_context(|| format!("no function {function} in the BTF of {module}"))?;
+        // mov r0, 0 ; exit
+        let insns: [u8; 16] = [
+            0xb7, 0, 0, 0, 0, 0, 0, 0, //
+            0x95, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_TRACING);
+        put_u32(&mut attr, 4, 2);
+        put_u64(&mut attr, 8, insns.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..58].copy_from_slice(b"spxf_floor");
+        put_u32(&mut attr, 68, BPF_TRACE_FENTRY);
+        put_u32(&mut attr, 108, id);
+        put_u32(&mut attr, 112, module_btf.fd.as_raw_fd() as u32);
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty fentry program")?;
+        // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 8, prog.as_raw_fd() as u32);
+        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+            .with_context(|| format!("attaching the empty fentry program to {function}"))?;
+        // SAFETY: as above (the link's descriptor).
+        let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+        Ok(Self { prog, _link: link })
+    }
+
+    /// (run time ns, run count) of the empty program.
+    pub fn stats(&self) -> Result<(u64, u64)> {
+        prog_run_stats(&self.prog)
+    }
+}

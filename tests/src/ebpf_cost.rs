@@ -26,7 +26,7 @@
 //! per-run figures are dominated by emulation (atomic instructions, clock
 //! reads) and the throughput runs vary by 2x, so they are not yet a verdict.
 
-use crate::bpf_floor::EmptyKprobe;
+use crate::bpf_floor::{EmptyFentry, EmptyKprobe};
 use crate::ebpf_checks::{metric, BpfStats, Check, METRICS_ADDR};
 use crate::live_agent::LiveAgent;
 use crate::netns::{Netns, Topology};
@@ -301,17 +301,31 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     let mut fentry_args = cfg.extra_agent_args.clone();
     fentry_args.extend(["--probes", "fentry"].map(String::from));
     let mut fentry_costs = Vec::new();
+    let mut fentry_floor_ns = 0.0;
     if fentry {
         let mut args = fentry_args.clone();
         args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
         let mut live =
             LiveAgent::start(&cfg.agent, &topo.srv, &args).context("agent with fentry")?;
+        let floor = EmptyFentry::attach("nf_synproxy_core", "synproxy_send_client_synack")?;
         let before = program_stats(&scrape()?, &FENTRY_PROGRAMS);
+        let floor_before = floor.stats()?;
         traffic.send(params.syns, params.syns / 4)?;
         traffic.settle()?;
         let lines = live.sample()?;
         let after = scrape_after_runs(&FENTRY_PROGRAMS, &before, "synack4", params.syns)?;
+        let floor_after = floor.stats()?;
+        drop(floor);
         live.stop(Some(libc::SIGTERM))?;
+        let runs = floor_after.1.saturating_sub(floor_before.1) as f64;
+        fentry_floor_ns = per_run(floor_after.0.saturating_sub(floor_before.0) as f64, runs);
+        if runs < f64::from(params.syns) || fentry_floor_ns <= 0.0 {
+            notes.push(format!(
+                "the empty fentry program ran {runs} times for {} SYNs",
+                params.syns
+            ));
+            pass = false;
+        }
         let seen = crate::live_agent::probe_type(&lines);
         if seen.as_deref() != Some("fentry") {
             notes.push(format!("the --probes fentry agent used {seen:?}"));
@@ -394,10 +408,25 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         .collect();
     cost_fields.push(format!("kprobe_extra_ns_per_syn={:.0}", median(extra)));
     let fentry_fields = if fentry {
-        let mut f: Vec<String> = fentry_costs
+        let mut f = vec![format!("fentry_floor_ns={fentry_floor_ns:.0}")];
+        f.extend(
+            fentry_costs
+                .iter()
+                .map(|(n, ns, _)| format!("fentry_{n}_ns={ns:.0}")),
+        );
+        let worst = fentry_costs
             .iter()
-            .map(|(n, ns, _)| format!("fentry_{n}_ns={ns:.0}"))
-            .collect();
+            .filter(|(_, _, runs)| *runs > 0.0)
+            .map(|c| c.1)
+            .fold(0.0, f64::max);
+        f.push(format!(
+            "fentry_cost_ratio={:.2}",
+            if fentry_floor_ns > 0.0 {
+                worst / fentry_floor_ns
+            } else {
+                0.0
+            }
+        ));
         f.push(format!("syn_rate_with_fentry={rate_fentry:.0}"));
         f.push(format!(
             "throughput_ratio_fentry={:.3}",

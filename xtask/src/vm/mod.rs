@@ -243,7 +243,8 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         initramfs_started.elapsed().as_secs_f64()
     );
 
-    let accelerator = if qemu::kvm_usable() {
+    let accelerator_is_kvm = qemu::kvm_usable();
+    let accelerator = if accelerator_is_kvm {
         "KVM"
     } else {
         "TCG (no usable KVM)"
@@ -283,67 +284,19 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             runs.push(skipped);
             continue;
         }
-        let plan = kernel::plan_modules(&image)?;
-        let modules_gz = initramfs::compress(&initramfs::build_module_archive(&image, &plan)?)?;
-        let initrd = vm_dir.join(format!("initrd-{}.img", image.release));
-        initramfs::write_initrd(&initrd, &common_gz, &modules_gz)?;
-        let console_log = vm_dir
-            .join("logs")
-            .join(format!("{}.console.log", image.release));
-        let limit = boot_budget.min(total_left);
-        println!(
-            "vm-test: booting {} ({}) with {accelerator}, limit {:.0}s: {} modules early, {} after the agent starts; console log {}",
-            image.release,
-            image.debian_version,
-            limit.as_secs_f64(),
-            plan.early.len(),
-            plan.late.len(),
-            console_log.display()
-        );
-        let outcome = qemu::boot(&BootSpec {
-            vmlinuz: &image.vmlinuz(),
-            initrd: &initrd,
-            console_log: &console_log,
-            timeout: limit,
-            cpus: args.cpus,
-            memory_mib: args.memory_mib,
-            echo_prefix: format!("[{}] ", image.series),
-            echo_all: args.verbose,
-            checks: &args.checks,
-        })?;
-        let mut kernel_run = KernelRun {
-            image,
-            outcome,
-            limit,
-        };
-        if let Some(line) = kernel_run.synthesized_result() {
-            println!("[{}] {line}", kernel_run.image.series);
-            kernel_run.outcome.results.push(line);
+        for boot in plan_boots(&args.checks, accelerator_is_kvm) {
+            let total_left = total_budget.saturating_sub(boots_started.elapsed());
+            let kernel_run = boot_image(
+                image.clone(),
+                &boot,
+                &args,
+                &vm_dir,
+                &common_gz,
+                boot_budget.min(total_left),
+                accelerator,
+            )?;
+            runs.push(kernel_run);
         }
-        let init_time = kernel_run
-            .outcome
-            .time_to_init
-            .map(|d| format!("{:.1}s", d.as_secs_f64()))
-            .unwrap_or_else(|| "never".into());
-        println!(
-            "vm-test: {} boot to init {init_time}, whole boot {:.1}s, {} RESULT lines, {}",
-            kernel_run.image.release,
-            kernel_run.outcome.total.as_secs_f64(),
-            kernel_run.outcome.results.len(),
-            kernel_run.problem().unwrap_or_else(|| "all passed".into())
-        );
-        println!("vm-test: timing {}", kernel_run.timing_line());
-        if kernel_run.outcome.end != BootEnd::Completed || kernel_run.outcome.results.is_empty() {
-            println!(
-                "vm-test: last {} console lines of {}:",
-                kernel_run.outcome.tail.len(),
-                kernel_run.image.release
-            );
-            for line in &kernel_run.outcome.tail {
-                println!("    {line}");
-            }
-        }
-        runs.push(kernel_run);
     }
 
     println!("vm-test: results");
@@ -389,6 +342,143 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         bail!("vm-test failed: {}", broken.join("; "));
     }
     Ok(())
+}
+
+/// One boot of a kernel: which checks run in it and how the guest keeps time.
+struct Boot {
+    checks: Vec<String>,
+    skip: Vec<String>,
+    icount: bool,
+    /// Shown after the series name ("" or " icount").
+    label: &'static str,
+}
+
+impl Boot {
+    fn file_suffix(&self) -> &'static str {
+        if self.icount {
+            ".icount"
+        } else {
+            ""
+        }
+    }
+}
+
+/// Checks that need the instruction-counted guest clock (qemu::ICOUNT).
+const ICOUNT_CHECKS: [&str; 1] = ["ebpf-cost"];
+
+/// Under TCG the eBPF cost check gets a boot of its own with `-icount`
+/// (its rates must not follow the host's load); under KVM one boot runs all.
+fn plan_boots(checks: &[String], kvm: bool) -> Vec<Boot> {
+    let counted = |c: &str| ICOUNT_CHECKS.contains(&c);
+    if kvm {
+        return vec![Boot {
+            checks: checks.to_vec(),
+            skip: Vec::new(),
+            icount: false,
+            label: "",
+        }];
+    }
+    let mut boots = Vec::new();
+    let rest: Vec<String> = checks.iter().filter(|c| !counted(c)).cloned().collect();
+    if checks.is_empty() || !rest.is_empty() {
+        boots.push(Boot {
+            checks: rest,
+            skip: ICOUNT_CHECKS.iter().map(|c| c.to_string()).collect(),
+            icount: false,
+            label: "",
+        });
+    }
+    let wanted: Vec<String> = ICOUNT_CHECKS
+        .iter()
+        .filter(|c| checks.is_empty() || checks.iter().any(|w| w == *c))
+        .map(|c| c.to_string())
+        .collect();
+    if !wanted.is_empty() {
+        boots.push(Boot {
+            checks: wanted,
+            skip: Vec::new(),
+            icount: true,
+            label: " icount",
+        });
+    }
+    boots
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_image(
+    image: KernelImage,
+    boot: &Boot,
+    args: &VmTestArgs,
+    vm_dir: &Path,
+    common_gz: &[u8],
+    limit: Duration,
+    accelerator: &str,
+) -> Result<KernelRun> {
+    let plan = kernel::plan_modules(&image)?;
+    let modules_gz = initramfs::compress(&initramfs::build_module_archive(&image, &plan)?)?;
+    let initrd = vm_dir.join(format!("initrd-{}.img", image.release));
+    initramfs::write_initrd(&initrd, common_gz, &modules_gz)?;
+    let console_log = vm_dir.join("logs").join(format!(
+        "{}{}.console.log",
+        image.release,
+        boot.file_suffix()
+    ));
+    println!(
+        "vm-test: booting {} ({}) with {accelerator}{}, limit {:.0}s: {} modules early, {} after the agent starts; console log {}",
+        image.release,
+        image.debian_version,
+        boot.label,
+        limit.as_secs_f64(),
+        plan.early.len(),
+        plan.late.len(),
+        console_log.display()
+    );
+    let outcome = qemu::boot(&BootSpec {
+        vmlinuz: &image.vmlinuz(),
+        initrd: &initrd,
+        console_log: &console_log,
+        timeout: limit,
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
+        echo_prefix: format!("[{}{}] ", image.series, boot.label),
+        echo_all: args.verbose,
+        checks: &boot.checks,
+        skip: &boot.skip,
+        icount: boot.icount,
+    })?;
+    let mut kernel_run = KernelRun {
+        image,
+        outcome,
+        limit,
+    };
+    if let Some(line) = kernel_run.synthesized_result() {
+        println!("[{}] {line}", kernel_run.image.series);
+        kernel_run.outcome.results.push(line);
+    }
+    let init_time = kernel_run
+        .outcome
+        .time_to_init
+        .map(|d| format!("{:.1}s", d.as_secs_f64()))
+        .unwrap_or_else(|| "never".into());
+    println!(
+        "vm-test: {} boot to init {init_time}, whole boot {:.1}s, {} RESULT lines, {}",
+        kernel_run.image.release,
+        kernel_run.outcome.total.as_secs_f64(),
+        kernel_run.outcome.results.len(),
+        kernel_run.problem().unwrap_or_else(|| "all passed".into())
+    );
+    println!("vm-test: timing {}", kernel_run.timing_line());
+    if kernel_run.outcome.end != BootEnd::Completed || kernel_run.outcome.results.is_empty() {
+        println!(
+            "vm-test: last {} console lines of {}:",
+            kernel_run.outcome.tail.len(),
+            kernel_run.image.release
+        );
+        for line in &kernel_run.outcome.tail {
+            println!("    {line}");
+        }
+    }
+    Ok(kernel_run)
 }
 
 #[cfg(test)]
@@ -454,5 +544,23 @@ mod tests {
             .synthesized_result()
             .unwrap()
             .contains(" check=boot status=FAIL reason=kernel-panic "));
+    }
+
+    #[test]
+    fn the_cost_check_gets_an_instruction_counted_boot_under_tcg() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = plan_boots(&[], false);
+        assert_eq!(all.len(), 2);
+        assert!(!all[0].icount && all[0].checks.is_empty() && all[0].skip == names(&["ebpf-cost"]));
+        assert!(all[1].icount && all[1].checks == names(&["ebpf-cost"]));
+        let only_cost = plan_boots(&names(&["ebpf-cost"]), false);
+        assert_eq!(only_cost.len(), 1);
+        assert!(only_cost[0].icount);
+        let no_cost = plan_boots(&names(&["sustained"]), false);
+        assert_eq!(no_cost.len(), 1);
+        assert!(!no_cost[0].icount && no_cost[0].checks == names(&["sustained"]));
+        let kvm = plan_boots(&[], true);
+        assert_eq!(kvm.len(), 1);
+        assert!(!kvm[0].icount && kvm[0].skip.is_empty());
     }
 }
