@@ -176,22 +176,6 @@ pub struct AckStash {
     pub _pad: [u8; 2],
 }
 
-/// Per-CPU stash set at `ipv4_synproxy_hook`/`ipv6_synproxy_hook` entry and read by
-/// `nf_ct_seqadj_init` (conn_reopened). The hook runs for every packet and
-/// conn_reopened is rare, so the entry only stores its arguments; they are
-/// dereferenced in `nf_ct_seqadj_init`, which the hook calls while they live.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HookStash {
-    /// The hook's `struct sk_buff *`.
-    pub skb: u64,
-    /// The hook's `const struct nf_hook_state *`.
-    pub state: u64,
-    pub family: u8,
-    pub armed: u8,
-    pub _pad: [u8; 6],
-}
-
 /// Slots of the `DIAG` array (memory-mapped, atomic adds): kernel-side
 /// anomalies, totals since load.
 pub mod diag {
@@ -204,25 +188,23 @@ pub mod diag {
     pub const RATE_LATE: u32 = 1;
     /// A `synproxy_recv_client_ack` return without its entry (entry probe missed).
     pub const ACK_RETURN_UNMATCHED: u32 = 2;
-    /// `nf_ct_seqadj_init(ct, ctinfo, 0)` in the original direction outside a
-    /// synproxy hook (not counted).
-    pub const SEQADJ_UNMATCHED: u32 = 3;
     /// A kernel read (`bpf_probe_read_kernel`) failed: the event's namespace
     /// is unknown and it was not counted.
-    pub const READ_FAILED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    pub const READ_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Names of the globals the agent sets at load time.
 pub mod globals {
     /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
     pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
-    /// `offsetof(struct nf_hook_state, net)`.
-    pub const HOOK_STATE_NET_OFFSET: &str = "HOOK_STATE_NET_OFFSET";
+    /// `offsetof(struct nf_conn, ct_net)`: the conntrack entry's namespace.
+    pub const CT_NET_OFFSET: &str = "CT_NET_OFFSET";
+    /// Offset of `ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.l3num` (the
+    /// entry's address family) in `struct nf_conn`.
+    pub const CT_L3NUM_OFFSET: &str = "CT_L3NUM_OFFSET";
     /// `offsetof(struct net, net_cookie)`, or `u32::MAX` to leave cookies 0.
     pub const NET_COOKIE_OFFSET: &str = "NET_COOKIE_OFFSET";
-    /// `offsetof(struct sk_buff, _nfct)`.
-    pub const SKB_NFCT_OFFSET: &str = "SKB_NFCT_OFFSET";
     /// Width of one peak-rate bucket in nanoseconds.
     pub const RATE_RES_NS: &str = "RATE_RES_NS";
 }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | kprobe `synproxy_send_client_synack[_ipv6]` | syn_received |
 //! | kprobe `synproxy_recv_client_ack[_ipv6]` (stash) + kretprobe | cookie_valid / cookie_invalid, and cookie_retrans when valid and `recv_seq == ntohl(th->seq) + 1` |
-//! | kprobe `ipv4_synproxy_hook` / `ipv6_synproxy_hook` (stash) + kprobe `nf_ct_seqadj_init` | conn_reopened (`off == 0`, original direction, the hook's own entry) |
+//! | kprobe `nf_ct_seqadj_init` | conn_reopened (`off == 0`, original direction: only the synproxy hooks' reopen path calls it so; namespace and family from the conntrack entry) |
 //!
 //! The same set as fentry/fexit programs (`spxf_*`, `--probes fentry`): the
 //! same functions and the same counting code; an fexit program sees the
@@ -29,18 +29,18 @@ use aya_ebpf::{
     Global,
 };
 use synproxy_common::{
-    diag, ns_table_home, AckStash, Counter, HookStash, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
+    diag, ns_table_home, AckStash, Counter, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
     NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
 };
 
 #[no_mangle]
 static NET_INUM_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
-static HOOK_STATE_NET_OFFSET: Global<u32> = Global::new(0);
+static CT_NET_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static CT_L3NUM_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static NET_COOKIE_OFFSET: Global<u32> = Global::new(u32::MAX);
-#[no_mangle]
-static SKB_NFCT_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
 static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
 
@@ -59,11 +59,10 @@ static RATE_TAGS: Array<u64> = Array::with_max_entries(RATE_RING, MMAPABLE);
 static DIAG: Array<u64> = Array::with_max_entries(diag::COUNT, MMAPABLE);
 #[map]
 static ACK_STASH: PerCpuArray<AckStash> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static HOOK_STASH: PerCpuArray<HookStash> = PerCpuArray::with_max_entries(1, 0);
 
 /// `IP_CT_IS_REPLY`: ctinfo values below it are the original direction.
 const IP_CT_IS_REPLY: u64 = 3;
+const AF_INET6: u16 = 10;
 
 /// Adds one to a u64 that other CPUs and the agent share.
 #[inline(always)]
@@ -301,49 +300,11 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Runs for every packet through the hook: stores the arguments only (no
-/// memory reads); `on_seqadj` reads through them in the rare reopen case.
-#[inline(always)]
-fn on_hook(skb: u64, state: u64, family: u8) {
-    if let Some(stash) = HOOK_STASH.get_ptr_mut(0) {
-        // SAFETY: this CPU's stash; the hook calls nf_ct_seqadj_init on this CPU
-        // before any other hook invocation can run here.
-        unsafe {
-            *stash = HookStash {
-                skb,
-                state,
-                family,
-                armed: 1,
-                _pad: [0; 6],
-            };
-        }
-    }
-}
-
-/// `ipv4_synproxy_hook(priv, skb, state)` entry: remember netns and conntrack entry.
-#[kprobe]
-pub fn spx_hook4(ctx: ProbeContext) -> u32 {
-    on_hook(
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(2).unwrap_or(0),
-        FAMILY_IPV4,
-    );
-    0
-}
-
-/// `ipv6_synproxy_hook(priv, skb, state)` entry.
-#[kprobe]
-pub fn spx_hook6(ctx: ProbeContext) -> u32 {
-    on_hook(
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(2).unwrap_or(0),
-        FAMILY_IPV6,
-    );
-    0
-}
-
-/// `nf_ct_seqadj_init(ct, ctinfo, off)`: the hook's reopen path calls it with
-/// off 0 in the original direction right before `conn_reopened++`.
+/// `nf_ct_seqadj_init(ct, ctinfo, off)`: the synproxy hooks' reopen path
+/// calls it with off 0 in the original direction right before
+/// `conn_reopened++`, and no other caller does. It runs about once per proxied
+/// connection, not per packet like the hook, so the namespace and family are
+/// read here, from the conntrack entry, rather than in a probe on the hook.
 #[inline(always)]
 fn on_seqadj(ct: u64, ctinfo: u64, off: u64) {
     let ctinfo = ctinfo & 0xffff_ffff;
@@ -351,26 +312,16 @@ fn on_seqadj(ct: u64, ctinfo: u64, off: u64) {
     if off != 0 || ctinfo >= IP_CT_IS_REPLY {
         return;
     }
-    let Some(stash) = HOOK_STASH.get_ptr_mut(0) else {
+    let net = read_at::<u64>(ct, CT_NET_OFFSET.load()).unwrap_or(0);
+    let Some(l3num) = read_at::<u16>(ct, CT_L3NUM_OFFSET.load()) else {
         return;
     };
-    // SAFETY: this CPU's stash (see on_hook).
-    let s = unsafe { *stash };
-    if s.armed == 0 {
-        diag_inc(diag::SEQADJ_UNMATCHED);
-        return;
-    }
-    // SAFETY: as above.
-    unsafe { (*stash).armed = 0 };
-    // Called from the hook whose entry filled the stash: its skb still holds
-    // this conntrack entry, and its state the namespace.
-    let nfct = read_at::<u64>(s.skb, SKB_NFCT_OFFSET.load()).unwrap_or(0);
-    if nfct & !7 != ct {
-        diag_inc(diag::SEQADJ_UNMATCHED);
-        return;
-    }
-    let net = read_at::<u64>(s.state, HOOK_STATE_NET_OFFSET.load()).unwrap_or(0);
-    count(netns_of(net), s.family, Counter::ConnReopened);
+    let family = if l3num == AF_INET6 {
+        FAMILY_IPV6
+    } else {
+        FAMILY_IPV4
+    };
+    count(netns_of(net), family, Counter::ConnReopened);
 }
 
 /// kprobe on `nf_ct_seqadj_init`.
@@ -413,18 +364,6 @@ pub fn spxf_ack4(ctx: FExitContext) -> i32 {
 pub fn spxf_ack6(ctx: FExitContext) -> i32 {
     let args = ack_args(ctx.arg(0), ctx.arg(2), ctx.arg(4));
     on_ack_result(args, FAMILY_IPV6, ctx.arg(5));
-    0
-}
-
-#[fentry(function = "ipv4_synproxy_hook")]
-pub fn spxf_hook4(ctx: FEntryContext) -> i32 {
-    on_hook(ctx.arg(1), ctx.arg(2), FAMILY_IPV4);
-    0
-}
-
-#[fentry(function = "ipv6_synproxy_hook")]
-pub fn spxf_hook6(ctx: FEntryContext) -> i32 {
-    on_hook(ctx.arg(1), ctx.arg(2), FAMILY_IPV6);
     0
 }
 

@@ -170,6 +170,5 @@ pub const DIAG_NAMES: [(u32, &str); synproxy_common::diag::COUNT as usize] = [
         synproxy_common::diag::ACK_RETURN_UNMATCHED,
         "unmatched_returns",
     ),
-    (synproxy_common::diag::SEQADJ_UNMATCHED, "unmatched_seqadj"),
     (synproxy_common::diag::READ_FAILED, "read_failures"),
 ];

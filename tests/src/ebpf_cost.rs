@@ -43,9 +43,9 @@ use synproxy_common::Counter;
 
 const PROBE_PORT: u16 = 8081;
 /// The agent's programs that run per packet or per event (names without `spx_`).
-const PROGRAMS: [&str; 5] = ["synack4", "hook4", "ack4", "ack_ret", "seqadj"];
+const PROGRAMS: [&str; 4] = ["synack4", "ack4", "ack_ret", "seqadj"];
 /// The same for `--probes fentry` (`ack4` is the fexit program there).
-const FENTRY_PROGRAMS: [&str; 4] = ["synack4", "hook4", "ack4", "seqadj"];
+const FENTRY_PROGRAMS: [&str; 3] = ["synack4", "ack4", "seqadj"];
 /// Throughput with probes must be at least this share of without.
 pub const THROUGHPUT_TARGET: f64 = 0.97;
 /// Our programs' run time per run, at most this many times the empty program's.

@@ -210,7 +210,7 @@ pub fn line_protocol(data: &[u8]) {
         program_recursion: vec![("syn", c)],
         map_bytes: d,
         probes: vec![("ack4_ret", ProbeStats { hits, missed })],
-        diag: [e, f, a, b, c],
+        diag: [e, f, a, b],
         timestamp_ns: input.timestamp_ns,
     };
     let mut out = Vec::new();

@@ -24,13 +24,12 @@ pub const PROBE_COUNT: usize = 9;
 /// (BPF object names are cut at 15 bytes).
 pub const PROGRAM_PREFIX: &str = "spx";
 /// Map names of synproxy-ebpf (and aya-log's ring buffer).
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 6] = [
     "NS_TABLE",
     "NS_STATS",
     "RATE_TAGS",
     "DIAG",
     "ACK_STASH",
-    "HOOK_STASH",
     "AYA_LOGS",
 ];
 /// tracefs group of the agent's kprobe events.
@@ -41,9 +40,9 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Item 5 of the eBPF issue: exit within 1 s of SIGTERM/SIGINT/stdin EOF.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(1);
-/// The same with fentry/fexit programs: the kernel tears their 7 trampolines
+/// The same with fentry/fexit programs: the kernel tears their 5 trampolines
 /// down one after the other, each unregistration waiting for RCU-tasks grace
-/// periods under ftrace's lock (0.7-1.3 s for all 7 on 6.1/6.12 under QEMU/TCG), whether
+/// periods under ftrace's lock (0.7-1.3 s for the 7 of an earlier program set on 6.1/6.12 under QEMU/TCG), whether
 /// the agent unloads them or its exit closes them.
 pub const FENTRY_EXIT_LIMIT: Duration = Duration::from_secs(2);
 /// How long a stopped agent may take to exit before the check gives up on it.

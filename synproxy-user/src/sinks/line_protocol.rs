@@ -478,7 +478,7 @@ mod tests {
                 "ack4_ret",
                 crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
             )],
-            diag: [0, 0, 1, 0, 0],
+            diag: [0, 0, 1, 0],
             probe_misses: 1,
             recursion_misses: 0,
             program_recursion: vec![("ack_ret", 0)],
@@ -488,7 +488,7 @@ mod tests {
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,unmatched_seqadj=0u,untracked_events=0u 5\n"
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,untracked_events=0u 5\n"
         );
     }
 

@@ -627,7 +627,7 @@ impl Exposition {
             }
             let mut anomalies = Family::new(
                 "synproxy_ebpf_anomalies",
-                "Kernel-side diagnostics since load, by kind: untracked_events (events of namespaces not counted per namespace; not a loss), rate_late_events (missing from peak rates only), unmatched_returns, unmatched_seqadj, read_failures.",
+                "Kernel-side diagnostics since load, by kind: untracked_events (events of namespaces not counted per namespace; not a loss), rate_late_events (missing from peak rates only), unmatched_returns, read_failures.",
                 MetricType::Counter,
             );
             for (slot, kind) in DIAG_NAMES {
@@ -846,7 +846,7 @@ mod tests {
                     ),
                     ("ack4_ret", ProbeStats { hits: 5, missed: 1 }),
                 ],
-                diag: [0, 1, 0, 0, 0],
+                diag: [0, 1, 0, 0],
                 timestamp_ns: 1,
             }),
             agent: AgentHealth {

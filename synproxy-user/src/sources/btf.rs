@@ -348,10 +348,10 @@ pub fn func_ids(
 pub struct KernelOffsets {
     /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`
     pub net_inum: u32,
-    /// `offsetof(struct nf_hook_state, net)`
-    pub hook_state_net: u32,
-    /// `offsetof(struct sk_buff, _nfct)`
-    pub skb_nfct: u32,
+    /// `offsetof(struct nf_conn, ct_net)` (a `possible_net_t`: the pointer alone)
+    pub ct_net: u32,
+    /// `ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple.src.l3num`: the entry's family
+    pub ct_l3num: u32,
     /// `offsetof(struct net, net_cookie)` (a u64 since 5.14; absent before 5.7).
     pub net_cookie: Option<u32>,
 }
@@ -360,8 +360,11 @@ impl KernelOffsets {
     pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
         Ok(Self {
             net_inum: btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?,
-            hook_state_net: btf.member_offset("nf_hook_state", "net")?,
-            skb_nfct: btf.member_offset("sk_buff", "_nfct")?,
+            ct_net: btf.member_offset("nf_conn", "ct_net")?,
+            ct_l3num: btf.member_offset("nf_conn", "tuplehash")?
+                + btf.member_offset("nf_conntrack_tuple_hash", "tuple")?
+                + btf.member_offset("nf_conntrack_tuple", "src")?
+                + btf.member_offset("nf_conntrack_man", "l3num")?,
             net_cookie: btf.member_offset("net", "net_cookie").ok(),
         })
     }
@@ -559,7 +562,10 @@ mod tests {
         }
         let btf = Btf::read(path).unwrap().unwrap();
         let offsets = KernelOffsets::from_btf(&btf).unwrap();
-        assert!(offsets.net_inum > 0 && offsets.skb_nfct > 0, "{offsets:?}");
+        assert!(
+            offsets.net_inum > 0 && offsets.ct_net > 0 && offsets.ct_l3num > 0,
+            "{offsets:?}"
+        );
     }
 
     /// A blob of `types` (kind, name offset, extra u32 words) and `strings`.

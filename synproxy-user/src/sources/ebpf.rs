@@ -70,7 +70,7 @@ const fn probe(
 
 /// The probe set (README, "How the events are counted"). Entry probes that stash state for a
 /// return probe come before it.
-pub const PROBES: [ProbeSpec; 9] = [
+pub const PROBES: [ProbeSpec; 7] = [
     probe(
         "spx_synack4",
         "synproxy_send_client_synack",
@@ -92,14 +92,12 @@ pub const PROBES: [ProbeSpec; 9] = [
         true,
         "ack6_ret",
     ),
-    probe("spx_hook4", "ipv4_synproxy_hook", false, "hook4"),
-    probe("spx_hook6", "ipv6_synproxy_hook", false, "hook6"),
     probe("spx_seqadj", "nf_ct_seqadj_init", false, "seqadj"),
 ];
 
 /// The programs that count events (names without `spx_`); the others only
 /// stash state for them: a skipped stash program loses nothing by itself, and
-/// what it can cost shows as `unmatched_returns`/`unmatched_seqadj`.
+/// what it can cost shows as `unmatched_returns`.
 const COUNTING_PROGRAMS: [&str; 4] = ["synack4", "synack6", "ack_ret", "seqadj"];
 
 /// Which kind of BPF program counts the events.
@@ -149,7 +147,7 @@ const fn fentry(
 
 /// The fentry/fexit set: the same functions as [`PROBES`]; an fexit program
 /// sees arguments and return value, so each cookie check has one program.
-pub const FENTRY_PROBES: [FentrySpec; 7] = [
+pub const FENTRY_PROBES: [FentrySpec; 5] = [
     fentry(
         "spxf_synack4",
         "synproxy_send_client_synack",
@@ -164,8 +162,6 @@ pub const FENTRY_PROBES: [FentrySpec; 7] = [
     ),
     fentry("spxf_ack4", "synproxy_recv_client_ack", true, "ack4"),
     fentry("spxf_ack6", "synproxy_recv_client_ack_ipv6", true, "ack6"),
-    fentry("spxf_hook4", "ipv4_synproxy_hook", false, "hook4"),
-    fentry("spxf_hook6", "ipv6_synproxy_hook", false, "hook6"),
     fentry("spxf_seqadj", "nf_ct_seqadj_init", false, "seqadj"),
 ];
 
@@ -589,12 +585,8 @@ impl EbpfSource {
             .max(1);
         let ebpf = EbpfLoader::new()
             .override_global(globals::NET_INUM_OFFSET, &offsets.net_inum, true)
-            .override_global(
-                globals::HOOK_STATE_NET_OFFSET,
-                &offsets.hook_state_net,
-                true,
-            )
-            .override_global(globals::SKB_NFCT_OFFSET, &offsets.skb_nfct, true)
+            .override_global(globals::CT_NET_OFFSET, &offsets.ct_net, true)
+            .override_global(globals::CT_L3NUM_OFFSET, &offsets.ct_l3num, true)
             .override_global(globals::NET_COOKIE_OFFSET, &cookie_offset, true)
             .override_global(globals::RATE_RES_NS, &rate_res_ns, true)
             .load(OBJECT)
@@ -1183,7 +1175,6 @@ impl EbpfSource {
         let d = |slot: u32| delta(round.diag[slot as usize], self.last_diag[slot as usize]);
         round.global_losses = delta(missed, self.last_missed)
             + delta(recursion_counting, self.last_recursion)
-            + d(diag::SEQADJ_UNMATCHED)
             + d(diag::ACK_RETURN_UNMATCHED)
             + d(diag::READ_FAILED);
         let rate_late = d(diag::RATE_LATE);
