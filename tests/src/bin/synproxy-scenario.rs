@@ -16,7 +16,7 @@ const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] 
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--probes kprobe|fentry] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
 [--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] \
-[--ebpf-cost [--cost-syn N] [--cost-runs N]]";
+[--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N]]";
 
 struct Args {
     cfg: Config,
@@ -144,6 +144,7 @@ fn parse_args() -> Result<Args> {
             "--sustained-ack" => sustained_params.acks = number(&flag, &value)?,
             "--sustained-secs" => sustained_params.secs = number(&flag, &value)?,
             "--cost-syn" => cost_params.syns = number(&flag, &value)?,
+            "--cost-throughput-syn" => cost_params.throughput_syns = number(&flag, &value)?,
             "--cost-runs" => cost_params.runs = number(&flag, &value)?,
             "--lifecycle-delays" => {
                 delays = Some(

@@ -449,6 +449,18 @@ if selected fentry-non-root; then
     end_check fentry-non-root
 fi
 
+# The lifecycle checks (SIGTERM at delays through start-up and the attach, kill -9 then
+# restart, two agents in two PID namespaces) with --probes fentry: programs loaded at the
+# attach, so a signal can land between loading and attaching them; lines tagged
+# probes=fentry.
+if selected fentry-lifecycle; then
+    begin_check fentry-lifecycle
+    SCENARIO_SED='/^RESULT /s/ check=\([a-z0-9-]*\) / check=\1 probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
+    run_scenario fentry-lifecycle 900 --agent "$AGENT" --ebpf require --probes fentry --lifecycle $TOOLS
+    SCENARIO_SED=
+    end_check fentry-lifecycle
+fi
+
 # The probe_type of the agent's last synproxy_ebpf_probes line.
 probe_type_now() {
     grep '^synproxy_ebpf_probes' /tmp/agent.out | tail -n 1 | sed -n 's/.*probe_type="\([a-z]*\)".*/\1/p'
