@@ -125,6 +125,15 @@ impl NsEntry {
     }
 }
 
+/// The key's first half where namespaces have cookies: the programs then read
+/// only `net->net_cookie` (one kernel read per event instead of two; a cookie
+/// is never reused, so it identifies the namespace alone) and both sides use
+/// this stand-in for the inode (never 0 or 1, which mean "no namespace").
+#[inline(always)]
+pub fn cookie_key(cookie: u64) -> u32 {
+    (cookie ^ (cookie >> 32)) as u32 | 2
+}
+
 /// The first `NS_TABLE` entry a lookup of (inum, cookie) inspects.
 #[inline(always)]
 pub fn ns_table_home(inum: u32, cookie: u64) -> u32 {

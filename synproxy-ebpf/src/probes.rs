@@ -29,7 +29,7 @@ use aya_ebpf::{
     Global,
 };
 use synproxy_common::{
-    diag, ns_table_home, AckStash, Counter, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
+    cookie_key, diag, ns_table_home, AckStash, Counter, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
     NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
 };
 
@@ -167,17 +167,23 @@ fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
-/// `net->ns.inum` and `net->net_cookie` (0 if they cannot be read).
+/// The namespace's key: `net->net_cookie` and [`cookie_key`] of it where the
+/// agent keys by cookie, else `net->ns.inum` and cookie 0 (inum 0 if it
+/// cannot be read).
 #[inline(always)]
 fn netns_of(net: u64) -> Netns {
-    let inum = read_at::<u32>(net, NET_INUM_OFFSET.load()).unwrap_or(0);
     let cookie_offset = NET_COOKIE_OFFSET.load();
-    let cookie = if cookie_offset == u32::MAX {
-        0
-    } else {
-        read_at::<u64>(net, cookie_offset).unwrap_or(0)
-    };
-    Netns { inum, cookie }
+    if cookie_offset == u32::MAX {
+        let inum = read_at::<u32>(net, NET_INUM_OFFSET.load()).unwrap_or(0);
+        return Netns { inum, cookie: 0 };
+    }
+    match read_at::<u64>(net, cookie_offset) {
+        Some(cookie) if cookie != 0 => Netns {
+            inum: cookie_key(cookie),
+            cookie,
+        },
+        _ => Netns { inum: 0, cookie: 0 },
+    }
 }
 
 #[inline(always)]

@@ -43,10 +43,14 @@ pub struct NamespaceId {
 }
 
 impl NamespaceId {
-    /// How the eBPF maps key this namespace: `net->ns.inum` and
-    /// `net->net_cookie` (0 where cookies are not read).
+    /// How the eBPF maps key this namespace: by its cookie where the kernel
+    /// has one (the programs then read only the cookie), else by
+    /// `net->ns.inum` with cookie 0.
     pub fn ebpf_key(&self) -> (u32, u64) {
-        (self.inode as u32, self.cookie.unwrap_or(0))
+        match self.cookie {
+            Some(cookie) if cookie != 0 => (synproxy_common::cookie_key(cookie), cookie),
+            _ => (self.inode as u32, 0),
+        }
     }
 }
 
