@@ -734,7 +734,10 @@ mod tests {
         assert!(s.contains("eBPF off:") && !s.contains("Namespaces"), "{s}");
         // Then the status line, then the namespaces (2 + header + borders).
         let s = screen(&m, &ui, 120, 20);
-        assert!(s.contains("SIGTERM, exiting") && s.contains("Namespaces"), "{s}");
+        assert!(
+            s.contains("SIGTERM, exiting") && s.contains("Namespaces"),
+            "{s}"
+        );
         assert!(!s.contains("Top sources"), "{s}");
         let s = screen(&m, &ui, 120, 24);
         assert!(s.contains("Top sources"), "{s}");
