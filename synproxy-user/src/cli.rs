@@ -10,8 +10,9 @@ use std::time::Duration;
     name = "synproxy-agent",
     version,
     args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
     about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy) or serves Prometheus metrics",
-    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x"
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x\n  synproxy-agent top --netns all   # the live view in the terminal (keys: see synproxy-agent top --help)"
 )]
 pub struct Cli {
     /// `top`: the live terminal view. Without a command: the agent.

@@ -1125,7 +1125,12 @@ fn top_view_shows(screen: &str, ns: &str) -> Option<f64> {
 /// After `marker` is on the screen: the view is gone from the main screen,
 /// which is back (alternate screen off, cursor shown, the typed command
 /// still there) with the terminal modes `stty -g` saw before.
-fn assert_terminal_restored(tmux: &synproxy_tests::tmux::Tmux, marker: &str, run: &str) {
+fn assert_terminal_restored(
+    tmux: &synproxy_tests::tmux::Tmux,
+    marker: &str,
+    run: &str,
+    status: u8,
+) {
     let screen = tmux
         .wait_for(
             &format!("`{marker}` after the stty check"),
@@ -1134,7 +1139,7 @@ fn assert_terminal_restored(tmux: &synproxy_tests::tmux::Tmux, marker: &str, run
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
-        screen.contains(&format!("{run} exited: 0")),
+        screen.contains(&format!("{run} exited: {status}")),
         "{run}: exit status:\n{screen}"
     );
     assert!(
@@ -1166,7 +1171,8 @@ fn assert_terminal_restored(tmux: &synproxy_tests::tmux::Tmux, marker: &str, run
 /// `synproxy-agent top --netns NS --no-ebpf --interval 1s` in a 120x40 tmux
 /// pane while SYNs flow at a known rate into NS's SYNPROXY: the screen shows
 /// the namespace, its syn_received rate, the eBPF-off line; `q`, Ctrl-C and
-/// SIGTERM (three runs) each end it with exit 0 and the terminal as it was.
+/// SIGTERM (three runs) each end it with exit 0 and the terminal as it was,
+/// and so does a panic (exit 1; debug builds, which have a switch for it).
 #[test]
 fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
     require_prerequisites!();
@@ -1198,6 +1204,9 @@ fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
             agent.display()
         )
     };
+    if std::env::var_os("SYNPROXY_AGENT_TOP_TEST_PANIC").is_some() {
+        panic!("SYNPROXY_AGENT_TOP_TEST_PANIC is set in the test's environment: unset it");
+    }
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         let sender = scope.spawn(|| pace_syns(&topo, &stop));
@@ -1221,13 +1230,13 @@ fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
                 started.elapsed().as_secs_f64()
             );
             tmux.keys("q").unwrap_or_else(|e| panic!("{e:#}"));
-            assert_terminal_restored(&tmux, "run1-checked", "run1");
+            assert_terminal_restored(&tmux, "run1-checked", "run1", 0);
             // Ctrl-C: a key in raw mode, not a signal.
             tmux.type_line(&command("run2"))
                 .unwrap_or_else(|e| panic!("{e:#}"));
             wait_view("run2");
             tmux.keys("C-c").unwrap_or_else(|e| panic!("{e:#}"));
-            assert_terminal_restored(&tmux, "run2-checked", "run2");
+            assert_terminal_restored(&tmux, "run2-checked", "run2", 0);
             // SIGTERM, to the agent (the pane's shell's child).
             tmux.type_line(&command("run3"))
                 .unwrap_or_else(|e| panic!("{e:#}"));
@@ -1246,7 +1255,22 @@ fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
             let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
             // SAFETY: kill(2) with a pid and a signal number; no memory involved.
             assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
-            assert_terminal_restored(&tmux, "run3-checked", "run3");
+            assert_terminal_restored(&tmux, "run3-checked", "run3", 0);
+            // A panic (debug builds have a switch for it): the hook restores
+            // the terminal before the message; the agent exits 1.
+            if cfg!(debug_assertions) {
+                tmux.type_line(&format!(
+                    "export SYNPROXY_AGENT_TOP_TEST_PANIC=1; {}; unset SYNPROXY_AGENT_TOP_TEST_PANIC",
+                    command("run4")
+                ))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+                assert_terminal_restored(&tmux, "run4-checked", "run4", 1);
+                let screen = tmux.screen().unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(
+                    screen.contains("panicking on purpose"),
+                    "run4: no panic message on the restored screen:\n{screen}"
+                );
+            }
         }));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let sent = sender.join();

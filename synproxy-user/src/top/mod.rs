@@ -216,6 +216,13 @@ fn ui_loop<B: ratatui::backend::Backend>(
         if !terminal::is_active() {
             return None;
         }
+        // Lets the tmux test check that a panic gives the terminal back.
+        #[cfg(debug_assertions)]
+        if live.rounds >= 2 && std::env::var_os("SYNPROXY_AGENT_TOP_TEST_PANIC").is_some() {
+            panic!(
+                "SYNPROXY_AGENT_TOP_TEST_PANIC is set: panicking on purpose (debug builds only)"
+            );
+        }
         let status = view::Status {
             last_log: log.last(),
         };
