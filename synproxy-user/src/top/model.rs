@@ -5,7 +5,7 @@
 
 use crate::fields::{Field, Values};
 use crate::sample::{EbpfSample, SeriesId, Snapshot};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use synproxy_common::{Counter, COUNTER_COUNT};
@@ -140,12 +140,12 @@ impl Model {
     /// series (a relabelled namespace keeps its history); those no longer
     /// in the snapshot at all are dropped.
     pub fn ingest(&mut self, snapshot: Arc<Snapshot>, at: Instant) {
-        let mut old: Vec<NamespaceView> = std::mem::take(&mut self.namespaces);
-        let mut take = |series: SeriesId| {
-            old.iter()
-                .position(|v| v.series == series)
-                .map(|i| old.swap_remove(i))
-        };
+        // By series: `--netns all` may bring thousands of namespaces.
+        let mut old: HashMap<SeriesId, NamespaceView> = std::mem::take(&mut self.namespaces)
+            .into_iter()
+            .map(|v| (v.series, v))
+            .collect();
+        let mut take = |series: SeriesId| old.remove(&series);
         let mut next = Vec::with_capacity(snapshot.namespaces.len() + snapshot.retained.len());
         for ns in &snapshot.namespaces {
             let totals = ns.sample.totals;
