@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct Tmux {
+    /// In `dir`, so that removing `dir` leaves nothing behind (tmux keeps a
+    /// dead server's socket file).
     socket: String,
-    /// Holds the server's config (status line off: the pane is the window).
+    /// Holds the socket and the server's config (status line off: the pane
+    /// is the window).
     dir: PathBuf,
 }
 
@@ -34,7 +37,7 @@ impl Tmux {
         let conf = conf.display().to_string();
         // -u: UTF-8 whatever the locale, so box drawing and bars read back as written.
         let out = Command::new("tmux")
-            .args(["-u", "-L", &tmux.socket, "-f", &conf])
+            .args(["-u", "-S", &tmux.socket, "-f", &conf])
             .args(["new-session", "-d", "-x", &w, "-y", &h, "-s", "top"])
             .args(["env", "PS1=$ ", "sh"])
             .env("LANG", "C.UTF-8")
@@ -50,7 +53,7 @@ impl Tmux {
 
     fn cmd(&self, args: &[&str]) -> Result<Output> {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket])
+            .args(["-S", &self.socket])
             .args(args)
             .output()
             .with_context(|| format!("cannot run tmux {}", args.join(" ")))?;
@@ -117,7 +120,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .args(["-S", &self.socket, "kill-server"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
