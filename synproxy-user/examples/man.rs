@@ -41,6 +41,25 @@ fn roff(text: &str) -> String {
 /// variable), both from the CLI definition.
 fn generated_sections(cmd: &clap::Command) -> String {
     let mut out = String::new();
+    // One page: each command's long help, its options left to `--help`
+    // (clap_mangen would point at a page per command).
+    let commands: Vec<&clap::Command> = cmd.get_subcommands().collect();
+    if !commands.is_empty() {
+        out.push_str(".SH COMMANDS\n");
+        for sub in commands {
+            let about = sub
+                .get_long_about()
+                .or(sub.get_about())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                ".TP\n.B synproxy\\-agent {}\n{}\nOptions: \\fBsynproxy\\-agent {} \\-\\-help\\fR.\n",
+                roff(sub.get_name()),
+                roff(&about.replace('\n', " ")),
+                roff(sub.get_name())
+            ));
+        }
+    }
     if let Some(after) = cmd.get_after_help() {
         let text = after.to_string();
         let examples: Vec<&str> = text

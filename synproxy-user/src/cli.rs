@@ -1,7 +1,7 @@
 //! Command line: the flag names are a contract with users and Telegraf configs.
 
 use crate::logging::LogFormat;
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,10 +9,16 @@ use std::time::Duration;
 #[command(
     name = "synproxy-agent",
     version,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
     about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy) or serves Prometheus metrics",
-    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x"
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x\n  synproxy-agent top --netns all   # the live view in the terminal (keys: see synproxy-agent top --help)"
 )]
 pub struct Cli {
+    /// `top`: the live terminal view. Without a command: the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print one sample and exit (non-zero exit if any namespace could not be read).
     #[arg(long, conflicts_with = "signal")]
     pub once: bool,
@@ -165,6 +171,68 @@ pub struct Cli {
     pub log_level: LogLevel,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Live full-screen view of the counters' rates, in the terminal.
+    ///
+    /// Per namespace the rate of each counter with its last 5 minutes, the eBPF IPv4/IPv6 split, peak rates
+    /// and reconcile status, and the top sources. Keys: Tab/Shift-Tab or
+    /// arrows pick the namespace, s sorts the namespaces, c picks the counter
+    /// of the top-sources table, space or p pauses, q quits.
+    Top(TopArgs),
+}
+
+/// `synproxy-agent top`. Reads no `SYNPROXY_AGENT_*` variable (an agent's
+/// settings in the environment must not change the view), only `HOST_PROC`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  synproxy-agent top\n  synproxy-agent top --netns all\n  synproxy-agent top --netns edge --no-ebpf --interval 500ms"
+)]
+pub struct TopArgs {
+    /// Refresh interval: 500ms, 1s, 2s...
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// The proc filesystem to read: DIR/net/stat/synproxy.
+    #[arg(long, value_name = "DIR", default_value = "/proc", env = "HOST_PROC")]
+    pub proc_root: PathBuf,
+
+    /// Show this network namespace (from `ip netns`; repeatable, or
+    /// comma-separated), or `all` for every namespace on the host.
+    #[arg(long = "netns", value_name = "NAME|all", value_delimiter = ',')]
+    pub netns: Vec<String>,
+
+    /// Where `ip netns` keeps named namespaces.
+    #[arg(long, value_name = "DIR", default_value = "/run/netns")]
+    pub netns_dir: PathBuf,
+
+    /// Read /proc only; do not load eBPF programs.
+    #[arg(long)]
+    pub no_ebpf: bool,
+
+    /// Which BPF programs count the events (see the agent's --probes).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "kprobe|fentry",
+        default_value = "kprobe"
+    )]
+    pub probes: crate::sources::ebpf::ProbeType,
+
+    /// Width of the buckets behind the eBPF peak rates, 10ms to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub rate_resolution: Duration,
+}
+
+impl TopArgs {
+    /// One-line errors naming the flag, as [`Cli::validate`].
+    pub fn validate(&self) -> Result<NetnsSelection, String> {
+        validate_rate_resolution(self.rate_resolution)?;
+        validate_proc_root(&self.proc_root)?;
+        netns_selection(&self.netns)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SignalMode {
     None,
@@ -213,54 +281,9 @@ impl Cli {
     /// Checks that need more than one flag or the filesystem; one-line errors
     /// naming the flag.
     pub fn validate(&self) -> Result<NetnsSelection, String> {
-        if !(MIN_RATE_RESOLUTION..=MAX_RATE_RESOLUTION).contains(&self.rate_resolution) {
-            return Err(format!(
-                "--rate-resolution {:?}: must be between 10ms and 1h (the peak-rate map is drained every 8 buckets)",
-                self.rate_resolution
-            ));
-        }
-        match std::fs::metadata(&self.proc_root) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "--proc-root {}: not a directory",
-                    self.proc_root.display()
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "--proc-root {}: {}",
-                    self.proc_root.display(),
-                    describe_io(&e)
-                ))
-            }
-        }
-        let selection = if self.netns.is_empty() {
-            NetnsSelection::Own
-        } else if self.netns.iter().any(|n| n == "all") {
-            if self.netns.len() > 1 {
-                return Err("--netns all cannot be combined with namespace names".into());
-            }
-            NetnsSelection::All
-        } else {
-            let mut names = Vec::new();
-            for name in &self.netns {
-                if name.is_empty()
-                    || name == "."
-                    || name == ".."
-                    || name.contains('/')
-                    || name.chars().any(char::is_control)
-                {
-                    return Err(format!(
-                        "--netns {name:?}: not a namespace name (expected a name from `ip netns list`, or all)"
-                    ));
-                }
-                if !names.contains(name) {
-                    names.push(name.clone());
-                }
-            }
-            NetnsSelection::Named(names)
-        };
+        validate_rate_resolution(self.rate_resolution)?;
+        validate_proc_root(&self.proc_root)?;
+        let selection = netns_selection(&self.netns)?;
         if selection != NetnsSelection::Own && self.tags.iter().any(|(k, _)| k == "netns") {
             return Err("--tag netns=...: the netns tag is set by --netns".into());
         }
@@ -338,6 +361,60 @@ impl Cli {
             )),
         }
     }
+}
+
+fn validate_rate_resolution(resolution: Duration) -> Result<(), String> {
+    if !(MIN_RATE_RESOLUTION..=MAX_RATE_RESOLUTION).contains(&resolution) {
+        return Err(format!(
+            "--rate-resolution {resolution:?}: must be between 10ms and 1h (the peak-rate map is drained every 8 buckets)"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_proc_root(proc_root: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(proc_root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "--proc-root {}: not a directory",
+            proc_root.display()
+        )),
+        Err(e) => Err(format!(
+            "--proc-root {}: {}",
+            proc_root.display(),
+            describe_io(&e)
+        )),
+    }
+}
+
+/// `--netns` values: none (the own namespace), names, or `all`.
+fn netns_selection(netns: &[String]) -> Result<NetnsSelection, String> {
+    if netns.is_empty() {
+        return Ok(NetnsSelection::Own);
+    }
+    if netns.iter().any(|n| n == "all") {
+        if netns.len() > 1 {
+            return Err("--netns all cannot be combined with namespace names".into());
+        }
+        return Ok(NetnsSelection::All);
+    }
+    let mut names = Vec::new();
+    for name in netns {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "--netns {name:?}: not a namespace name (expected a name from `ip netns list`, or all)"
+            ));
+        }
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    Ok(NetnsSelection::Named(names))
 }
 
 /// `IP:PORT`, with IPv6 addresses in brackets: `127.0.0.1:9816`, `[::]:9816`.

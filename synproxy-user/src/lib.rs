@@ -6,7 +6,8 @@
 //! per round) -> [`sinks`] (stdout line protocol, Prometheus). [`sampler`]
 //! runs one round of that flow and knows nothing of the sinks; [`runtime`]
 //! schedules rounds, hands each snapshot to the sinks, and owns signals and
-//! shutdown.
+//! shutdown. [`top`] is the live terminal view: one more consumer of the
+//! snapshots.
 
 pub mod cli;
 pub mod fields;
@@ -19,3 +20,4 @@ pub mod sampler;
 pub mod sinks;
 pub mod sources;
 pub mod start_up_pages;
+pub mod top;

@@ -2,7 +2,9 @@
 //! `E!`/`W!`/`I!`/`D!` prefixes, and JSON lines for log pipelines.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -44,6 +46,78 @@ impl Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// Records kept in memory instead of written to stderr: `top` owns the
+/// terminal, so it shows the latest record itself and prints the warnings
+/// and errors after it has restored the terminal.
+#[derive(Debug, Default)]
+pub struct LogRing {
+    records: Mutex<VecDeque<(Level, String, std::time::SystemTime)>>,
+}
+
+/// Records a [`LogRing`] keeps (the oldest go first).
+const RING_RECORDS: usize = 64;
+
+impl LogRing {
+    fn push(&self, level: Level, message: String) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() == RING_RECORDS {
+            records.pop_front();
+        }
+        records.push_back((level, message, std::time::SystemTime::now()));
+    }
+
+    /// The newest record as `LEVEL message`.
+    pub fn last(&self) -> Option<String> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .back()
+            .map(|(level, message, _)| format!("{level:<5} {message}"))
+    }
+
+    /// Warnings and errors kept, oldest first, as stderr would have had them.
+    pub fn problems(&self, format: LogFormat) -> Vec<String> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .iter()
+            .filter(|(level, _, _)| *level <= Level::Warn)
+            .map(|(level, message, at)| format_record(format, *level, message, *at))
+            .collect()
+    }
+}
+
+struct RingLogger {
+    ring: Arc<LogRing>,
+    level: LevelFilter,
+}
+
+impl Log for RingLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if self.enabled(record.metadata()) {
+            let message = record.args().to_string().replace(['\n', '\r'], " ");
+            self.ring.push(record.level(), message);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Logs into the returned ring instead of stderr.
+pub fn init_ring(level: LevelFilter) -> Arc<LogRing> {
+    let ring = Arc::new(LogRing::default());
+    let logger = Box::new(RingLogger {
+        ring: Arc::clone(&ring),
+        level,
+    });
+    if log::set_boxed_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+    ring
 }
 
 /// One log line, newline included. Messages are kept to one line.
@@ -156,6 +230,20 @@ mod tests {
             line,
             "{\"ts\":\"2026-11-28T13:44:53.007Z\",\"level\":\"error\",\"msg\":\"a \\\"b\\\"\\\\ c\\u0001\"}\n"
         );
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_and_reports_problems() {
+        let ring = LogRing::default();
+        assert_eq!(ring.last(), None);
+        for i in 0..100 {
+            ring.push(Level::Info, format!("info {i}"));
+        }
+        ring.push(Level::Warn, "eBPF disabled: x".into());
+        assert_eq!(ring.last().as_deref(), Some("WARN  eBPF disabled: x"));
+        let problems = ring.problems(LogFormat::Telegraf);
+        assert_eq!(problems, ["W! [synproxy-agent] eBPF disabled: x\n"]);
+        assert_eq!(ring.records.lock().unwrap().len(), RING_RECORDS);
     }
 
     #[test]

@@ -5,13 +5,14 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
-use synproxy_user::cli::{Cli, NetnsSelection};
+use synproxy_user::cli::{Cli, Command, NetnsSelection, SignalMode, TopArgs};
 use synproxy_user::logging;
 use synproxy_user::privileges;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
 use synproxy_user::sinks::{OutputConfig, Sinks};
-use synproxy_user::sources::ebpf::{EbpfSource, Stop};
+use synproxy_user::sources::ebpf::{EbpfSource, ProbeType, Stop};
+use synproxy_user::top;
 
 /// Exit code for a usage or configuration error (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
@@ -37,7 +38,10 @@ fn main() -> ExitCode {
     };
     runtime::block_shutdown_signals(false);
 
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Top(args)) = cli.command.take() {
+        return top_main(&rt, signals, args, cli.log_format);
+    }
     logging::init(cli.log_format, cli.log_level.filter());
     let selection = match cli.validate() {
         Ok(selection) => selection,
@@ -66,18 +70,97 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let exit = rt.block_on(start(cli, selection, signals, sinks));
+    let exit = rt.block_on(start(Run::from(&cli), selection, signals, sinks));
     // Work abandoned at a signal (nothing of it outlives the process) is not
     // waited for.
     rt.shutdown_background();
+    exit_code(&exit)
+}
+
+fn exit_code(exit: &Exit) -> ExitCode {
     match exit {
         Exit::Clean => ExitCode::SUCCESS,
         Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
     }
 }
 
+/// `synproxy-agent top`: the same start-up and rounds, with the terminal
+/// view as the only output. Logs go to memory while the view is up; the
+/// warnings and errors are printed once the terminal is restored.
+fn top_main(
+    rt: &tokio::runtime::Runtime,
+    signals: runtime::Signals,
+    args: TopArgs,
+    log_format: logging::LogFormat,
+) -> ExitCode {
+    let selection = match args.validate() {
+        Ok(selection) => selection,
+        Err(message) => {
+            eprintln!("synproxy-agent top: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(message) = top::terminal::check_tty() {
+        eprintln!("synproxy-agent top: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let log = logging::init_ring(log::LevelFilter::Info);
+    let mut sinks = Sinks::default();
+    match top::TopSink::start(args.interval, std::sync::Arc::clone(&log), sinks.notifier()) {
+        Ok(sink) => sinks.add(Box::new(sink)),
+        Err(message) => {
+            eprintln!("synproxy-agent top: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let run = Run {
+        once: false,
+        interval: args.interval,
+        signal: SignalMode::None,
+        proc_root: args.proc_root,
+        netns_dir: args.netns_dir,
+        no_ebpf: args.no_ebpf,
+        probes: args.probes,
+        rate_resolution: args.rate_resolution,
+    };
+    let exit = rt.block_on(start(run, selection, signals, sinks));
+    // Whatever ended the run, the terminal is the user's again (idempotent).
+    top::terminal::restore();
+    for line in log.problems(log_format) {
+        eprint!("{line}");
+    }
+    exit_code(&exit)
+}
+
+/// What the sampler and the schedule need, from the agent's flags or `top`'s.
+struct Run {
+    once: bool,
+    interval: std::time::Duration,
+    signal: SignalMode,
+    proc_root: std::path::PathBuf,
+    netns_dir: std::path::PathBuf,
+    no_ebpf: bool,
+    probes: ProbeType,
+    rate_resolution: std::time::Duration,
+}
+
+impl From<&Cli> for Run {
+    fn from(cli: &Cli) -> Self {
+        Self {
+            once: cli.once,
+            interval: cli.interval,
+            signal: cli.signal,
+            proc_root: cli.proc_root.clone(),
+            netns_dir: cli.netns_dir.clone(),
+            no_ebpf: cli.no_ebpf,
+            probes: cli.probes,
+            rate_resolution: cli.rate_resolution,
+        }
+    }
+}
+
 async fn start(
-    cli: Cli,
+    run: Run,
     selection: NetnsSelection,
     mut signals: runtime::Signals,
     sinks: Sinks,
@@ -85,11 +168,13 @@ async fn start(
     let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
-    let ebpf = if cli.no_ebpf {
+    let mut ebpf_off = None;
+    let ebpf = if run.no_ebpf {
+        ebpf_off = Some("--no-ebpf".to_string());
         None
     } else {
-        let (resolution, attach, flag) = (cli.rate_resolution, !cli.once, Arc::clone(&stop));
-        let probes = cli.probes;
+        let (resolution, attach, flag) = (run.rate_resolution, !run.once, Arc::clone(&stop));
+        let probes = run.probes;
         let opened = match runtime::blocking_or_signal(
             move || EbpfSource::open(resolution, attach, &flag, probes),
             &mut signals,
@@ -111,20 +196,23 @@ async fn start(
             Blocking::Died => None,
         };
         match opened {
-            Some(Ok(source)) if cli.once => {
+            Some(Ok(source)) if run.once => {
                 log::debug!(
                     "eBPF usable; --once reports /proc only (eBPF counts need an interval)"
                 );
                 drop(source);
+                ebpf_off = Some("--once (eBPF counts need an interval)".to_string());
                 None
             }
             Some(Ok(source)) => Some(source),
             Some(Err(reason)) => {
                 log::warn!("eBPF disabled: {reason}; reporting /proc only");
+                ebpf_off = Some(reason.to_string());
                 None
             }
             None => {
                 log::warn!("eBPF disabled: the loader stopped unexpectedly; reporting /proc only");
+                ebpf_off = Some("the loader stopped unexpectedly".to_string());
                 None
             }
         }
@@ -140,7 +228,7 @@ async fn start(
                 NetnsSelection::All => privileges::NetnsNeed::All,
             },
         },
-        if cli.once {
+        if run.once {
             log::Level::Debug
         } else {
             log::Level::Info
@@ -150,17 +238,18 @@ async fn start(
         runtime::raise_fd_limit();
     }
     let sampler = Sampler::new(SamplerConfig {
-        once: cli.once,
-        proc_root: cli.proc_root.clone(),
-        netns_dir: cli.netns_dir.clone(),
+        once: run.once,
+        proc_root: run.proc_root.clone(),
+        netns_dir: run.netns_dir.clone(),
         selection,
         ebpf,
+        ebpf_off,
         stop: Arc::clone(&stop),
     });
     let schedule = Schedule {
-        once: cli.once,
-        interval: cli.interval,
-        signal: cli.signal,
+        once: run.once,
+        interval: run.interval,
+        signal: run.signal,
     };
     runtime::run(sampler, sinks, schedule, signals, stop).await
 }

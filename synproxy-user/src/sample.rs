@@ -110,6 +110,9 @@ pub struct AgentHealth {
     pub ebpf_enabled: bool,
     /// Whether the probes are attached.
     pub ebpf_attached: bool,
+    /// Why eBPF is not in use, as logged at start-up (`--no-ebpf`, or why
+    /// loading failed); `None` while it is in use.
+    pub ebpf_off: Option<String>,
     /// Per BPF program run statistics; empty when not available (eBPF off, or
     /// `kernel.bpf_stats_enabled` is 0).
     pub programs: Vec<ProgramRuns>,
@@ -147,6 +150,28 @@ pub struct Snapshot {
     /// With eBPF: probe health (the `synproxy_ebpf_probes` line).
     pub probes: Option<ProbesSample>,
     pub agent: AgentHealth,
+    /// Per-source counts of this round (empty until per-source counting runs).
+    pub top_sources: Vec<TopSources>,
+}
+
+/// The top sources of one namespace, family and counter in one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopSources {
+    pub netns: Option<String>,
+    pub family: &'static str, // "ipv4" | "ipv6"
+    pub counter: synproxy_common::Counter,
+    /// Events of this counter in the interval, over all sources.
+    pub interval_events: u64,
+    /// Best first, at most --top N.
+    pub entries: Vec<TopSource>,
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopSource {
+    /// An address, or a prefix such as `203.0.113.0/24` when aggregated.
+    pub source: String,
+    pub events: u64,
+    /// events / interval_events, 0..=1
+    pub share: f64,
 }
 
 impl Snapshot {

@@ -33,6 +33,8 @@ pub struct SamplerConfig {
     pub selection: NetnsSelection,
     /// The eBPF source when eBPF is in use (adds the `synproxy_ebpf` lines).
     pub ebpf: Option<EbpfSource>,
+    /// Without it: why (reported in every snapshot's agent health).
+    pub ebpf_off: Option<String>,
     /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
     pub stop: Arc<Stop>,
 }
@@ -195,9 +197,11 @@ impl Sampler {
                 round_duration: Duration::ZERO,
                 ebpf_enabled: self.config.ebpf.is_some(),
                 ebpf_attached: false,
+                ebpf_off: self.config.ebpf_off.clone(),
                 programs: Vec::new(),
                 influx: None,
             },
+            top_sources: Vec::new(),
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.

@@ -25,5 +25,6 @@ pub mod rng;
 pub mod rules;
 pub mod scenario;
 pub mod sustained;
+pub mod tmux;
 pub mod tools;
 pub mod traffic;

@@ -1040,3 +1040,247 @@ fn influxdb_server_stores_kernel_totals_per_namespace() {
     drop(second);
     drop(first);
 }
+
+// ---- `synproxy-agent top` in a terminal, read as a person reads it ----
+
+/// `tmux` (Debian package `tmux`): `Err` on CI, `Ok(false)` (skip) elsewhere.
+fn tmux_prerequisites() -> Result<bool, String> {
+    if find_program(Path::new("tmux")).is_some() {
+        return Ok(true);
+    }
+    let msg =
+        "the top view test needs tmux in PATH (apt-get install tmux; cargo xtask test installs it)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        Err(format!("{msg} (CI=true, so this is a failure)"))
+    } else {
+        eprintln!("SKIPPED: {msg}");
+        Ok(false)
+    }
+}
+
+/// SYNs per second the top view test drives.
+const TOP_SYN_RATE: f64 = 200.0;
+
+/// Crafted SYNs into SYNPROXY at [`TOP_SYN_RATE`] on an absolute schedule
+/// (a late wake-up catches up, so every second of wall time carries the rate)
+/// until `stop`; returns how many were sent.
+fn pace_syns(topo: &Topology, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<u64> {
+    use synproxy_tests::packet::{TcpSegment, V6Checksum, SYN};
+    let mut tx =
+        synproxy_tests::traffic::RawSender::new(&topo.cli, topo.cli4.into(), V6Checksum::Correct)?;
+    let mut rng = synproxy_tests::rng::XorShift::from_time();
+    let period = std::time::Duration::from_secs_f64(1.0 / TOP_SYN_RATE);
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let due = started + period * u32::try_from(sent).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let seg = TcpSegment::to_protected(rng.port(), rng.next_u32(), 0, SYN);
+        tx.send(topo.srv4.into(), &seg)?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// A rate as the view prints it (`12.5`, `200`, `1.2k`, `3.4M`).
+fn parse_rate(text: &str) -> Option<f64> {
+    let (number, scale) = match text.chars().last()? {
+        'k' => (&text[..text.len() - 1], 1e3),
+        'M' => (&text[..text.len() - 1], 1e6),
+        _ => (text, 1.0),
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// The rate column of a counter's row in the counters panel.
+fn counter_rate(screen: &str, counter: &str) -> Option<f64> {
+    screen.lines().find_map(|line| {
+        let mut cells = line.trim_start_matches('│').split_whitespace();
+        (cells.next()? == counter).then_some(())?;
+        parse_rate(cells.next()?)
+    })
+}
+
+/// The view of `ns` once it shows a syn_received rate within 10% of the
+/// driven rate: the rate is events over the real time between two rounds,
+/// so what is left is the sender's pacing (one SYN either side of a round)
+/// and when each round reads /proc relative to when the view timed it
+/// (scheduling on a loaded 2-core machine: tens of ms in a 1 s window, a few
+/// per cent); 10% is twice that, while a view off by a round's length (a
+/// rate over 2 s, or per round instead of per second) is 50% or more off.
+fn top_view_shows(screen: &str, ns: &str) -> Option<f64> {
+    let syn = counter_rate(screen, "syn_received")?;
+    let ok = screen.contains("1 namespace | eBPF off")
+        && screen.contains(&format!("> {ns}"))
+        && screen.contains(&format!(" {ns}: rates from /proc over "))
+        && screen.contains("eBPF off: --no-ebpf")
+        && screen.contains("no per-source counts yet")
+        && counter_rate(screen, "cookie_valid") == Some(0.0)
+        && (syn - TOP_SYN_RATE).abs() <= TOP_SYN_RATE * 0.10;
+    ok.then_some(syn)
+}
+
+/// After `marker` is on the screen: the view is gone from the main screen,
+/// which is back (alternate screen off, cursor shown, the typed command
+/// still there) with the terminal modes `stty -g` saw before.
+fn assert_terminal_restored(
+    tmux: &synproxy_tests::tmux::Tmux,
+    marker: &str,
+    run: &str,
+    status: u8,
+) {
+    let screen = tmux
+        .wait_for(
+            &format!("`{marker}` after the stty check"),
+            std::time::Duration::from_secs(20),
+            |s| s.lines().any(|l| l.trim() == marker).then(|| s.to_string()),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        screen.contains(&format!("{run} exited: {status}")),
+        "{run}: exit status:\n{screen}"
+    );
+    assert!(
+        screen.contains(&format!("stty -g > {run}.before")),
+        "{run}: the shell's screen is not back:\n{screen}"
+    );
+    assert!(
+        !screen.contains("synproxy-agent top |"),
+        "{run}: the view is still on the screen:\n{screen}"
+    );
+    let mode = |f: &str| tmux.display(f).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        mode("#{alternate_on}"),
+        "0",
+        "{run}: still on the alternate screen"
+    );
+    assert_eq!(mode("#{cursor_flag}"), "1", "{run}: cursor left hidden");
+    let read = |name: String| {
+        std::fs::read_to_string(tmux.dir().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let (before, after) = (read(format!("{run}.before")), read(format!("{run}.after")));
+    assert!(!before.trim().is_empty(), "{run}: no stty output");
+    assert_eq!(
+        before, after,
+        "{run}: terminal modes changed (raw mode left on?)"
+    );
+}
+
+/// `synproxy-agent top --netns NS --no-ebpf --interval 1s` in a 120x40 tmux
+/// pane while SYNs flow at a known rate into NS's SYNPROXY: the screen shows
+/// the namespace, its syn_received rate, the eBPF-off line; `q`, Ctrl-C and
+/// SIGTERM (three runs) each end it with exit 0 and the terminal as it was,
+/// and so does a panic (exit 1; debug builds, which have a switch for it).
+#[test]
+fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
+    require_prerequisites!();
+    match tmux_prerequisites() {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(msg) => panic!("{msg}"),
+    }
+    let agent = agent_binary();
+    let tools = Tools::default();
+    let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));
+    let _rules = ServerRules::install(&tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The client kernel's RSTs to SYNPROXY's SYN/ACKs stay out of the picture.
+    let _rst = synproxy_tests::rules::install_client_rst_filter(
+        &tools,
+        &topo.cli,
+        Flavour::Xt,
+        Family::Ipv4,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let ns = topo.srv.name().to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let tmux = synproxy_tests::tmux::Tmux::start(120, 40).unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = tmux.dir().display().to_string();
+    let command = |run: &str| {
+        format!(
+            "cd {dir} && stty -g > {run}.before; {} top --netns {ns} --no-ebpf --interval 1s; echo \"{run} exited: $?\"; stty -g > {run}.after; echo {run}-checked",
+            agent.display()
+        )
+    };
+    if std::env::var_os("SYNPROXY_AGENT_TOP_TEST_PANIC").is_some() {
+        panic!("SYNPROXY_AGENT_TOP_TEST_PANIC is set in the test's environment: unset it");
+    }
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| pace_syns(&topo, &stop));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let wait_view = |run: &str| {
+                tmux.wait_for(
+                    &format!(
+                        "{run}: the view of netns {ns} with syn_received at {TOP_SYN_RATE}/s +-10% and the eBPF-off line"
+                    ),
+                    std::time::Duration::from_secs(60),
+                    |s| top_view_shows(s, &ns).map(|rate| (rate, s.to_string())),
+                )
+                .unwrap_or_else(|e| panic!("{e:#}"))
+            };
+            // q.
+            tmux.type_line(&command("run1"))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let (rate, screen) = wait_view("run1");
+            eprintln!(
+                "top view after {:.1} s, syn_received {rate}/s:\n{screen}",
+                started.elapsed().as_secs_f64()
+            );
+            tmux.keys("q").unwrap_or_else(|e| panic!("{e:#}"));
+            assert_terminal_restored(&tmux, "run1-checked", "run1", 0);
+            // Ctrl-C: a key in raw mode, not a signal.
+            tmux.type_line(&command("run2"))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            wait_view("run2");
+            tmux.keys("C-c").unwrap_or_else(|e| panic!("{e:#}"));
+            assert_terminal_restored(&tmux, "run2-checked", "run2", 0);
+            // SIGTERM, to the agent (the pane's shell's child).
+            tmux.type_line(&command("run3"))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            wait_view("run3");
+            let shell = tmux.shell_pid().unwrap_or_else(|e| panic!("{e:#}"));
+            let agents: Vec<u32> = synproxy_tests::tmux::children(shell)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "synproxy-agent")
+                })
+                .collect();
+            let [pid] = agents[..] else {
+                panic!("want one synproxy-agent under the pane's shell {shell}, found {agents:?}");
+            };
+            let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
+            // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
+            assert_terminal_restored(&tmux, "run3-checked", "run3", 0);
+            // A panic (debug builds have a switch for it): the hook restores
+            // the terminal before the message; the agent exits 1.
+            if cfg!(debug_assertions) {
+                tmux.type_line(&format!(
+                    "export SYNPROXY_AGENT_TOP_TEST_PANIC=1; {}; unset SYNPROXY_AGENT_TOP_TEST_PANIC",
+                    command("run4")
+                ))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+                assert_terminal_restored(&tmux, "run4-checked", "run4", 1);
+                let screen = tmux.screen().unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(
+                    screen.contains("panicking on purpose"),
+                    "run4: no panic message on the restored screen:\n{screen}"
+                );
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = sender.join();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        match sent {
+            Ok(Ok(n)) => eprintln!("sent {n} SYNs in {:.1} s", started.elapsed().as_secs_f64()),
+            Ok(Err(e)) => panic!("SYN sender: {e:#}"),
+            Err(_) => panic!("SYN sender panicked"),
+        }
+    });
+}

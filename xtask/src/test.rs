@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "man-db",
     "kmod",
+    // The live view's test reads `synproxy-agent top` from a tmux pane.
+    "tmux",
 ];
 
 /// Seconds each fuzz target runs in the suite's smoke run.

@@ -853,6 +853,7 @@ mod tests {
                 round_duration: Duration::from_micros(1500),
                 ebpf_enabled: probes,
                 ebpf_attached: probes,
+                ebpf_off: (!probes).then(|| "--no-ebpf".to_string()),
                 programs: if probes {
                     vec![ProgramRuns {
                         program: "ack4",
@@ -864,6 +865,7 @@ mod tests {
                 },
                 influx: None,
             },
+            top_sources: Vec::new(),
         })
     }
 
