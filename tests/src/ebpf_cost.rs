@@ -20,11 +20,12 @@
 //! without in the same run).
 //!
 //! The check passes when every figure was measured (each program ran for the
-//! traffic, the empty program ran for every SYN, every run was counted). The
-//! targets ([`COST_TARGET`], [`THROUGHPUT_TARGET`]) are reported as
-//! `targets=met|missed` with the figures: under QEMU/TCG on a loaded host the
-//! per-run figures are dominated by emulation (atomic instructions, clock
-//! reads) and the throughput runs vary by 2x, so they are not yet a verdict.
+//! traffic, the empty program ran for every SYN, every run was counted) and,
+//! with `enforce_throughput` (the VM suite's instruction-counted boot, whose
+//! rates do not follow the host's load), when the throughput target
+//! ([`THROUGHPUT_TARGET`]) is met. The per-run cost target ([`COST_TARGET`]) is
+//! reported only: an empty program's run time is little more than the
+//! statistics' own clock reads.
 
 use crate::bpf_floor::{EmptyFentry, EmptyKprobe};
 use crate::ebpf_checks::{metric, BpfStats, Check, METRICS_ADDR};
@@ -58,6 +59,10 @@ pub struct Params {
     pub throughput_syns: u32,
     /// Runs without and with probes each.
     pub runs: u32,
+    /// Fail the check when the throughput target is missed: only where the
+    /// guest's clock counts instructions (QEMU -icount), which makes the rates
+    /// independent of the host's load; elsewhere it is reported only.
+    pub enforce_throughput: bool,
 }
 
 impl Default for Params {
@@ -65,7 +70,8 @@ impl Default for Params {
         Self {
             syns: 10_000,
             throughput_syns: 30_000,
-            runs: 5,
+            runs: 7,
+            enforce_throughput: false,
         }
     }
 }
@@ -371,13 +377,13 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     } else {
         0.0
     };
-    let mut targets_met = true;
+    let mut cost_met = true;
     if synack <= 0.0 {
         notes.push("synack4 did not run for the SYNs (as /metrics showed within 60 s)".into());
         pass = false;
     }
     if cost_ratio > COST_TARGET {
-        targets_met = false;
+        cost_met = false;
         notes.push(format!(
             "per run: {} against the empty program's {floor_ns:.0} ns (target: at most {COST_TARGET}x)",
             costs
@@ -507,8 +513,19 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         notes.push("no throughput measured".into());
         pass = false;
     }
-    if throughput < THROUGHPUT_TARGET {
-        targets_met = false;
+    let fentry_throughput = median(fentry_ratios.clone());
+    let throughput_met =
+        throughput >= THROUGHPUT_TARGET && (!fentry || fentry_throughput >= THROUGHPUT_TARGET);
+    if !throughput_met && params.enforce_throughput {
+        notes.push(format!(
+            "throughput with probes below {THROUGHPUT_TARGET} of without (kprobe {throughput:.3}{})",
+            if fentry {
+                format!(", fentry {fentry_throughput:.3}")
+            } else {
+                String::new()
+            }
+        ));
+        pass = false;
     }
     notes.push(format!(
         "SYNs/s without probes {without:.0?}, with {with:.0?}: pair ratios {ratios:.3?}, median {throughput:.3} (target {THROUGHPUT_TARGET})"
@@ -543,10 +560,7 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
             }
         ));
         f.push(format!("syn_rate_with_fentry={rate_fentry:.0}"));
-        f.push(format!(
-            "throughput_ratio_fentry={:.3}",
-            median(fentry_ratios.clone())
-        ));
+        f.push(format!("throughput_ratio_fentry={fentry_throughput:.3}"));
         f.push(format!(
             "fentry_extra_ns_per_syn={:.0}",
             median(fentry_extra)
@@ -564,11 +578,12 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     };
     Ok(Check {
         line: format!(
-            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields} runs={} map_kib={} targets={} status={}",
+            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields} runs={} map_kib={} throughput_target={} cost_target={} status={}",
             cost_fields.join(" "),
             params.runs,
             map_bytes / 1024,
-            if targets_met { "met" } else { "missed" },
+            if throughput_met { "met" } else { "missed" },
+            if cost_met { "met" } else { "missed" },
             if pass { "PASS" } else { "FAIL" }
         ),
         pass,

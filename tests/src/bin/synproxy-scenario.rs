@@ -16,7 +16,7 @@ const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] 
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--probes kprobe|fentry] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
 [--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] \
-[--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N]]";
+[--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N] [--cost-enforce-throughput]]";
 
 struct Args {
     cfg: Config,
@@ -87,6 +87,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--ebpf-cost" {
             cost = Some(());
+            continue;
+        }
+        if flag == "--cost-enforce-throughput" {
+            cost_params.enforce_throughput = true;
             continue;
         }
         let value = it

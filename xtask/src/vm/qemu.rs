@@ -191,7 +191,14 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .arg(spec.vmlinuz)
         .arg("-initrd")
         .arg(spec.initrd)
-        .args(["-append", &command_line(spec.checks, spec.skip)])
+        .args([
+            "-append",
+            &format!(
+                "{}{}",
+                command_line(spec.checks, spec.skip),
+                if spec.icount { " vmtest_icount=1" } else { "" }
+            ),
+        ])
         .args(if spec.icount { &ICOUNT[..] } else { &[] })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
