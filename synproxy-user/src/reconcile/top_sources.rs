@@ -123,8 +123,11 @@ pub struct TopRanker {
     names: Vec<Option<String>>,
     group_ids: HashMap<(u32, Family, Counter), u32>,
     groups: Vec<Group>,
-    /// (group, masked address) -> events.
-    sums: HashMap<(u32, u128), u64>,
+    /// IPv4: group << 32 | masked address -> events (a compact key: most
+    /// floods are IPv4, and the map is the round's largest cost).
+    sums_v4: HashMap<u64, u64>,
+    /// IPv6: (group, masked address) -> events.
+    sums_v6: HashMap<(u32, u128), u64>,
     heaps: Vec<BinaryHeap<Ranked>>,
 }
 
@@ -140,7 +143,8 @@ impl TopRanker {
             names: Vec::new(),
             group_ids: HashMap::new(),
             groups: Vec::new(),
-            sums: HashMap::new(),
+            sums_v4: HashMap::new(),
+            sums_v6: HashMap::new(),
             heaps: Vec::new(),
         }
     }
@@ -193,7 +197,14 @@ impl TopRanker {
             let group = &mut self.groups[g as usize];
             group.sum = group.sum.saturating_add(c.events);
             let key = masked(&c.source, self.config.prefix_v4, self.config.prefix_v6);
-            let sum = self.sums.entry((g, key)).or_insert(0);
+            let sum = match family {
+                // IPv4 keys fit in 32 bits.
+                Family::Ipv4 => self
+                    .sums_v4
+                    .entry((u64::from(g) << 32) | key as u64)
+                    .or_insert(0),
+                Family::Ipv6 => self.sums_v6.entry((g, key)).or_insert(0),
+            };
             *sum = sum.saturating_add(c.events);
         }
         self.select();
@@ -206,7 +217,8 @@ impl TopRanker {
         self.names.push(None);
         self.group_ids.clear();
         self.groups.clear();
-        self.sums.clear();
+        self.sums_v4.clear();
+        self.sums_v6.clear();
         for heap in &mut self.heaps {
             heap.clear();
         }
@@ -248,7 +260,15 @@ impl TopRanker {
         if self.heaps.len() < self.groups.len() {
             self.heaps.resize_with(self.groups.len(), BinaryHeap::new);
         }
-        for (&(g, key), &events) in &self.sums {
+        let v4 = self
+            .sums_v4
+            .iter()
+            .map(|(&k, &events)| ((k >> 32) as u32, u128::from(k as u32), events));
+        let v6 = self
+            .sums_v6
+            .iter()
+            .map(|(&(g, key), &events)| (g, key, events));
+        for (g, key, events) in v4.chain(v6) {
             let Some(heap) = self.heaps.get_mut(g as usize) else {
                 continue;
             };
