@@ -708,6 +708,52 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn every_top_sources_line_parses_with_an_independent_parser(
+            static_tags in proptest::collection::vec(("[a-z]{1,3}(\\PC|[ ,=\\\\\n\r\t]){0,6}", "\\PC{0,6}|[ ,=\\\\\"\n\r\t]{0,4}"), 0..4),
+            netns in proptest::option::of("(\\PC|[ ,=\\\\\n\r\t\"]){0,10}"),
+            entries in proptest::collection::vec((proptest::num::u128::ANY, proptest::num::u64::ANY, 0.0f64..=1.0), 0..5),
+            unsigned in proptest::bool::ANY,
+        ) {
+            use proptest::prop_assert_eq;
+            let integers = if unsigned { IntegerType::Unsigned } else { IntegerType::Signed };
+            let e = LineEncoder::new(&static_tags, integers);
+            let mut list = top_list(netns.as_deref());
+            list.entries = entries
+                .iter()
+                .map(|(addr, events, share)| crate::sample::TopSource {
+                    source: format!("{}/64", std::net::Ipv6Addr::from(*addr)),
+                    events: *events,
+                    share: *share,
+                })
+                .collect();
+            let text = top_lines(&e, &list);
+            let lines: Vec<_> = parse_lines(&text).collect();
+            prop_assert_eq!(lines.len(), list.entries.len(), "{}", text);
+            for (i, line) in lines.into_iter().enumerate() {
+                let line = line.map_err(|err| {
+                    proptest::test_runner::TestCaseError::fail(format!("{err}: {text}"))
+                })?;
+                let entry = &list.entries[i];
+                prop_assert_eq!(line.series.measurement.as_str(), TOP_SOURCES_MEASUREMENT);
+                prop_assert_eq!(line.tag_value("source").map(|v| v.to_string()), Some(entry.source.clone()));
+                prop_assert_eq!(line.tag_value("rank").map(|v| v.to_string()), Some((i + 1).to_string()));
+                prop_assert_eq!(line.tag_value("counter").map(|v| v.to_string()), Some("cookie_invalid".to_string()));
+                if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
+                    let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
+                    prop_assert_eq!(got, Some(super::sanitized_tag(ns)), "{}", text);
+                }
+                let expected = match integers {
+                    IntegerType::Signed => FieldValue::I64(entry.events.min(i64::MAX as u64) as i64),
+                    IntegerType::Unsigned => FieldValue::U64(entry.events),
+                };
+                prop_assert_eq!(line.field_value("events"), Some(&expected), "{}", text);
+                prop_assert_eq!(line.field_value("share"), Some(&FieldValue::F64(entry.share)), "{}", text);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
         fn every_ebpf_line_parses_with_an_independent_parser(
             static_tags in proptest::collection::vec(("[a-z]{1,3}(\\PC|[ ,=\\\\\n\r\t]){0,6}", "\\PC{0,6}|[ ,=\\\\\"\n\r\t]{0,4}"), 0..4),
             netns in proptest::option::of("(\\PC|[ ,=\\\\\n\r\t\"]){0,10}"),
