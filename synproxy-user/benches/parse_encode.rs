@@ -1,9 +1,12 @@
 //! Per-interval hot path: parse /proc/net/stat/synproxy, update the wrap
 //! tracker, encode one line. Targets on the project machine: 2 rows <= 2 us,
 //! 4096 rows <= 300 us. `cargo xtask bench` also prints the agent's RSS.
+//! Also the top sources of one interval from 65,536 sources (the per-source
+//! map's default size), per address and summed into /24 prefixes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
+use synproxy_user::reconcile::top_sources::{SourceCount, TopConfig, TopRanker};
 use synproxy_user::reconcile::wrap_tracker::{CounterIdentity, WrapTracker};
 use synproxy_user::sample::Sample;
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
@@ -66,5 +69,36 @@ fn parse_track_encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_track_encode);
+/// 65,536 distinct sources with skewed counts: one round of a botnet flood.
+fn flood_sources() -> Vec<SourceCount<'static>> {
+    (0..65_536u32)
+        .map(|i| SourceCount {
+            netns: Some("edge"),
+            counter: synproxy_common::Counter::SynReceived,
+            source: std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a00_0000 | i.wrapping_mul(2_654_435_761) >> 8,
+            )),
+            events: u64::from(i % 1000) + 1,
+        })
+        .collect()
+}
+
+fn top_sources(c: &mut Criterion) {
+    let sources = flood_sources();
+    let mut group = c.benchmark_group("top-sources");
+    group.throughput(Throughput::Elements(sources.len() as u64));
+    for (name, prefix_v4) in [("65536/addresses", 32u8), ("65536/prefix24", 24)] {
+        let mut ranker = TopRanker::new(TopConfig {
+            n: 10,
+            prefix_v4,
+            prefix_v6: 128,
+        });
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(ranker.rank(black_box(&sources).iter().copied(), [])))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse_track_encode, top_sources);
 criterion_main!(benches);

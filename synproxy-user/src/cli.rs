@@ -1,6 +1,7 @@
 //! Command line: the flag names are a contract with users and Telegraf configs.
 
 use crate::logging::LogFormat;
+use crate::reconcile::top_sources::{TopConfig, DEFAULT_TOP, MAX_TOP};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,6 +89,22 @@ pub struct Cli {
     /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields), 10ms to 1h.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
     pub rate_resolution: Duration,
+
+    /// Top sources per namespace, address family and counter each interval
+    /// (the synproxy_top_sources lines, synproxy_top_source_events on /metrics),
+    /// 0 to 1000; 0 turns the feature off.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP, value_parser = parse_top, env = "SYNPROXY_AGENT_TOP")]
+    pub top: usize,
+
+    /// Sum IPv4 sources into prefixes of this length before ranking them
+    /// (24: 203.0.113.0/24), 0 to 32; 32 ranks each address.
+    #[arg(long, value_name = "BITS", default_value_t = 32, value_parser = parse_prefix_v4, env = "SYNPROXY_AGENT_TOP_PREFIX_V4")]
+    pub top_prefix_v4: u8,
+
+    /// Sum IPv6 sources into prefixes of this length before ranking them
+    /// (64: 2001:db8:1:2::/64), 0 to 128; 128 ranks each address.
+    #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6, env = "SYNPROXY_AGENT_TOP_PREFIX_V6")]
+    pub top_prefix_v6: u8,
 
     /// Do not add the `host` tag.
     #[arg(long, env = "SYNPROXY_AGENT_NO_HOST_TAG")]
@@ -222,9 +239,30 @@ pub struct TopArgs {
     /// Width of the buckets behind the eBPF peak rates, 10ms to 1h.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub rate_resolution: Duration,
+
+    /// Rows of the top sources table per address family, 0 to 1000; 0 turns
+    /// per-source counting off (see the agent's --top).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP, value_parser = parse_top)]
+    pub top: usize,
+
+    /// Sum IPv4 sources into prefixes of this length, 0 to 32 (see the agent's --top-prefix-v4).
+    #[arg(long, value_name = "BITS", default_value_t = 32, value_parser = parse_prefix_v4)]
+    pub top_prefix_v4: u8,
+
+    /// Sum IPv6 sources into prefixes of this length, 0 to 128 (see the agent's --top-prefix-v6).
+    #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6)]
+    pub top_prefix_v6: u8,
 }
 
 impl TopArgs {
+    pub fn top_config(&self) -> TopConfig {
+        TopConfig {
+            n: self.top,
+            prefix_v4: self.top_prefix_v4,
+            prefix_v6: self.top_prefix_v6,
+        }
+    }
+
     /// One-line errors naming the flag, as [`Cli::validate`].
     pub fn validate(&self) -> Result<NetnsSelection, String> {
         validate_rate_resolution(self.rate_resolution)?;
@@ -309,6 +347,15 @@ impl Cli {
 }
 
 impl Cli {
+    /// `--top`, `--top-prefix-v4` and `--top-prefix-v6`.
+    pub fn top_config(&self) -> TopConfig {
+        TopConfig {
+            n: self.top,
+            prefix_v4: self.top_prefix_v4,
+            prefix_v6: self.top_prefix_v6,
+        }
+    }
+
     /// Whether line protocol goes to stdout: always without a network
     /// output (the Telegraf drop-in), otherwise only with `--stdout`.
     pub fn stdout_enabled(&self) -> bool {
@@ -430,6 +477,35 @@ fn describe_io(e: &std::io::Error) -> String {
         std::io::ErrorKind::NotFound => "no such directory".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         _ => e.to_string(),
+    }
+}
+
+/// `--top N`: 0 (off) to [`MAX_TOP`], which bounds the series on /metrics.
+pub fn parse_top(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_TOP => Ok(n),
+        _ => Err(format!(
+            "expected a number of sources from 0 (off) to {MAX_TOP}"
+        )),
+    }
+}
+
+/// `--top-prefix-v4 BITS`: 0 to 32.
+pub fn parse_prefix_v4(text: &str) -> Result<u8, String> {
+    parse_prefix(text, 32)
+}
+
+/// `--top-prefix-v6 BITS`: 0 to 128.
+pub fn parse_prefix_v6(text: &str) -> Result<u8, String> {
+    parse_prefix(text, 128)
+}
+
+fn parse_prefix(text: &str, max: u8) -> Result<u8, String> {
+    match text.trim().trim_start_matches('/').parse::<u8>() {
+        Ok(bits) if bits <= max => Ok(bits),
+        _ => Err(format!(
+            "expected a prefix length from 0 to {max} ({max}: each address alone)"
+        )),
     }
 }
 
@@ -620,6 +696,107 @@ mod tests {
         assert!(cli(&["--stdout"]).unwrap().stdout_enabled());
         let both = cli(&["--stdout", "--prometheus-listen", "[::1]:9816"]).unwrap();
         assert!(both.stdout_enabled());
+    }
+
+    /// The first line of a clap error (the rest is the `--help` hint).
+    fn first_line(err: clap::Error) -> String {
+        err.to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn top_flags() {
+        let c = cli(&[]).unwrap();
+        assert_eq!(c.top_config(), TopConfig::default());
+        assert_eq!(
+            c.top_config(),
+            TopConfig {
+                n: 10,
+                prefix_v4: 32,
+                prefix_v6: 128
+            }
+        );
+        let c = cli(&[
+            "--top",
+            "0",
+            "--top-prefix-v4",
+            "24",
+            "--top-prefix-v6",
+            "/64",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.top_config(),
+            TopConfig {
+                n: 0,
+                prefix_v4: 24,
+                prefix_v6: 64
+            }
+        );
+        assert!(!c.top_config().enabled());
+        for (args, flag) in [
+            (&["--top", "1001"][..], "--top <N>"),
+            (&["--top=-1"], "--top <N>"),
+            (&["--top", "ten"], "--top <N>"),
+            (&["--top-prefix-v4", "33"], "--top-prefix-v4 <BITS>"),
+            (&["--top-prefix-v6", "129"], "--top-prefix-v6 <BITS>"),
+            (&["--top-prefix-v6", "x"], "--top-prefix-v6 <BITS>"),
+        ] {
+            let err = first_line(cli(args).expect_err("out of range"));
+            assert!(err.contains(&format!("for '{flag}'")), "{err}");
+            assert!(err.contains("expected"), "{err}");
+        }
+    }
+
+    #[test]
+    fn top_flags_have_agent_variables_and_top_reads_none() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for (id, var) in [
+            ("top", "SYNPROXY_AGENT_TOP"),
+            ("top_prefix_v4", "SYNPROXY_AGENT_TOP_PREFIX_V4"),
+            ("top_prefix_v6", "SYNPROXY_AGENT_TOP_PREFIX_V6"),
+        ] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id);
+            assert_eq!(
+                arg.and_then(|a| a.get_env()),
+                Some(std::ffi::OsStr::new(var)),
+                "{id}"
+            );
+            let sub = cmd.find_subcommand("top").expect("top command");
+            let arg = sub.get_arguments().find(|a| a.get_id() == id);
+            assert!(arg.is_some_and(|a| a.get_env().is_none()), "top {id}");
+        }
+    }
+
+    #[test]
+    fn top_command_takes_the_top_flags() {
+        let parsed = Cli::try_parse_from([
+            "synproxy-agent",
+            "top",
+            "--top",
+            "5",
+            "--top-prefix-v4",
+            "16",
+        ])
+        .unwrap();
+        let Some(Command::Top(args)) = parsed.command else {
+            panic!("not the top command");
+        };
+        assert_eq!(
+            args.top_config(),
+            TopConfig {
+                n: 5,
+                prefix_v4: 16,
+                prefix_v6: 128
+            }
+        );
+        let err = Cli::try_parse_from(["synproxy-agent", "top", "--top-prefix-v4", "40"])
+            .expect_err("out of range");
+        assert!(first_line(err).contains("--top-prefix-v4"));
     }
 
     #[test]

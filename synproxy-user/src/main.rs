@@ -8,6 +8,7 @@ use std::sync::Arc;
 use synproxy_user::cli::{Cli, Command, NetnsSelection, SignalMode, TopArgs};
 use synproxy_user::logging;
 use synproxy_user::privileges;
+use synproxy_user::reconcile::top_sources::TopConfig;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
 use synproxy_user::sinks::{OutputConfig, Sinks};
@@ -113,6 +114,7 @@ fn top_main(
             return ExitCode::FAILURE;
         }
     }
+    let top = args.top_config();
     let run = Run {
         once: false,
         interval: args.interval,
@@ -122,6 +124,7 @@ fn top_main(
         no_ebpf: args.no_ebpf,
         probes: args.probes,
         rate_resolution: args.rate_resolution,
+        top,
     };
     let exit = rt.block_on(start(run, selection, signals, sinks));
     // Whatever ended the run, the terminal is the user's again (idempotent).
@@ -142,6 +145,7 @@ struct Run {
     no_ebpf: bool,
     probes: ProbeType,
     rate_resolution: std::time::Duration,
+    top: TopConfig,
 }
 
 impl From<&Cli> for Run {
@@ -155,6 +159,7 @@ impl From<&Cli> for Run {
             no_ebpf: cli.no_ebpf,
             probes: cli.probes,
             rate_resolution: cli.rate_resolution,
+            top: cli.top_config(),
         }
     }
 }
@@ -245,6 +250,7 @@ async fn start(
         ebpf,
         ebpf_off,
         stop: Arc::clone(&stop),
+        top: run.top,
     });
     let schedule = Schedule {
         once: run.once,

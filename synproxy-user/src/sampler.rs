@@ -12,6 +12,7 @@ use crate::cli::NetnsSelection;
 use crate::privileges;
 use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::join::{self, NamespaceReading};
+use crate::reconcile::top_sources::TopConfig;
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{
     now_ns, AgentHealth, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId, Snapshot,
@@ -37,6 +38,10 @@ pub struct SamplerConfig {
     pub ebpf_off: Option<String>,
     /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
     pub stop: Arc<Stop>,
+    /// `--top`: how the per-source counts are ranked into
+    /// [`Snapshot::top_sources`] (by [`crate::reconcile::top_sources::TopRanker`]
+    /// once the kernel counts per source; until then the lists stay empty).
+    pub top: TopConfig,
 }
 
 /// What a series is keyed by.

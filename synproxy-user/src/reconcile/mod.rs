@@ -4,4 +4,5 @@
 
 pub mod ebpf;
 pub mod join;
+pub mod top_sources;
 pub mod wrap_tracker;

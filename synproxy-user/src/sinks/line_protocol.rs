@@ -8,7 +8,7 @@
 //! `_`; an empty tag value omits the tag.
 
 use crate::fields::Field;
-use crate::sample::{EbpfSample, ProbesSample, Sample, Snapshot, DIAG_NAMES};
+use crate::sample::{EbpfSample, ProbesSample, Sample, Snapshot, TopSources, DIAG_NAMES};
 use std::io::Write as _;
 use synproxy_common::Counter;
 
@@ -19,6 +19,8 @@ pub const EBPF_MEASUREMENT: &str = "synproxy_ebpf";
 /// Per agent: probe hits/misses and kernel-side diagnostics.
 pub const PROBES_MEASUREMENT: &str = "synproxy_ebpf_probes";
 pub const FAMILY_TAG: &str = "family";
+/// Per namespace, family, counter and rank: the interval's top sources.
+pub const TOP_SOURCES_MEASUREMENT: &str = "synproxy_top_sources";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IntegerType {
@@ -183,6 +185,36 @@ impl LineEncoder {
         }
         if let Some(probes) = &snapshot.probes {
             self.encode_probes(probes, out);
+        }
+        for list in &snapshot.top_sources {
+            self.encode_top_sources(list, snapshot.timestamp_ns, out);
+        }
+    }
+
+    /// One `synproxy_top_sources` line per entry, best first (none for an
+    /// empty list):
+    /// `synproxy_top_sources,counter=syn_received,family=ipv4,host=gw01,netns=blue,rank=1,source=203.0.113.7 events=500i,share=0.5 TS`
+    pub fn encode_top_sources(&self, list: &TopSources, timestamp_ns: u64, out: &mut Vec<u8>) {
+        let netns = list.netns.as_deref().map(escape_tag).unwrap_or_default();
+        let family = escape_tag(list.family);
+        for (i, entry) in list.entries.iter().enumerate() {
+            out.extend_from_slice(TOP_SOURCES_MEASUREMENT.as_bytes());
+            let rank = (i + 1).to_string();
+            let source = escape_tag(&entry.source);
+            self.write_tags(
+                out,
+                &[
+                    ("counter", list.counter.name()),
+                    (FAMILY_TAG, &family),
+                    (NETNS_TAG, &netns),
+                    ("rank", &rank),
+                    ("source", &source),
+                ],
+            );
+            let mut separator = b' ';
+            self.write_int(out, &mut separator, "events", entry.events);
+            Self::write_float(out, &mut separator, "share", entry.share);
+            let _ = writeln!(out, " {}", timestamp(timestamp_ns));
         }
     }
 
@@ -549,6 +581,175 @@ mod tests {
             text
         );
         Ok(())
+    }
+
+    fn top_list(netns: Option<&str>) -> TopSources {
+        TopSources {
+            netns: netns.map(str::to_owned),
+            family: "ipv6",
+            counter: Counter::CookieInvalid,
+            interval_events: 400,
+            entries: vec![
+                crate::sample::TopSource {
+                    source: "2001:db8::1".into(),
+                    events: 300,
+                    share: 0.75,
+                },
+                crate::sample::TopSource {
+                    source: "2001:db8:1::/48".into(),
+                    events: 100,
+                    share: 0.25,
+                },
+            ],
+        }
+    }
+
+    fn top_lines(e: &LineEncoder, list: &TopSources) -> String {
+        let mut out = Vec::new();
+        e.encode_top_sources(list, 1_549_550_634_000_000_000, &mut out);
+        match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => panic!("encoder wrote invalid UTF-8: {e}"),
+        }
+    }
+
+    #[test]
+    fn top_sources_lines() {
+        let e = LineEncoder::new(
+            &tags(&[("host", "gw01"), ("zone", "a")]),
+            IntegerType::Signed,
+        );
+        assert_eq!(
+            top_lines(&e, &top_list(Some("blue"))),
+            "synproxy_top_sources,counter=cookie_invalid,family=ipv6,host=gw01,netns=blue,rank=1,source=2001:db8::1,zone=a events=300i,share=0.75 1549550634000000000\n\
+             synproxy_top_sources,counter=cookie_invalid,family=ipv6,host=gw01,netns=blue,rank=2,source=2001:db8:1::/48,zone=a events=100i,share=0.25 1549550634000000000\n"
+        );
+        // The own namespace: no netns tag; --uint.
+        let e = LineEncoder::new(&[], IntegerType::Unsigned);
+        let mut list = top_list(None);
+        list.entries.truncate(1);
+        list.entries[0].share = 1.0;
+        assert_eq!(
+            top_lines(&e, &list),
+            "synproxy_top_sources,counter=cookie_invalid,family=ipv6,rank=1,source=2001:db8::1 events=300u,share=1 1549550634000000000\n"
+        );
+        // Nothing for an empty list.
+        list.entries.clear();
+        assert_eq!(top_lines(&e, &list), "");
+    }
+
+    #[test]
+    fn top_sources_escape_the_netns_and_parse_back() {
+        let e = LineEncoder::new(&tags(&[("host", "gw01")]), IntegerType::Signed);
+        let text = top_lines(&e, &top_list(Some("a b,c=d\n")));
+        let lines: Vec<_> = parse_lines(&text).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (i, line) in lines.into_iter().enumerate() {
+            let line = match line {
+                Ok(line) => line,
+                Err(err) => panic!("{err}: {text}"),
+            };
+            assert_eq!(line.series.measurement.as_str(), TOP_SOURCES_MEASUREMENT);
+            assert_eq!(
+                line.tag_value(NETNS_TAG).map(|v| v.to_string()),
+                Some("a b,c=d_".to_string())
+            );
+            assert_eq!(
+                line.tag_value("rank").map(|v| v.to_string()),
+                Some((i + 1).to_string())
+            );
+            assert_eq!(
+                line.field_value("events"),
+                Some(&FieldValue::I64([300, 100][i]))
+            );
+            assert_eq!(
+                line.field_value("share"),
+                Some(&FieldValue::F64([0.75, 0.25][i]))
+            );
+        }
+    }
+
+    #[test]
+    fn a_round_ends_with_its_top_sources() {
+        let e = LineEncoder::new(&[], IntegerType::Signed);
+        let round = Snapshot {
+            timestamp_ns: 7,
+            namespaces: vec![crate::sample::NamespaceSnapshot {
+                series: 1,
+                sample: sample(None),
+                ebpf: None,
+            }],
+            retained: Vec::new(),
+            failures: Vec::new(),
+            probes: None,
+            agent: crate::sample::AgentHealth {
+                round_duration: std::time::Duration::ZERO,
+                ebpf_enabled: false,
+                ebpf_attached: false,
+                ebpf_off: None,
+                programs: Vec::new(),
+                influx: None,
+            },
+            top_sources: vec![top_list(None)],
+        };
+        let mut out = Vec::new();
+        e.encode_round(&round, &mut out);
+        let text = String::from_utf8(out).unwrap_or_default();
+        let measurements: Vec<&str> = text
+            .lines()
+            .map(|l| l.split([',', ' ']).next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            measurements,
+            ["synproxy", TOP_SOURCES_MEASUREMENT, TOP_SOURCES_MEASUREMENT]
+        );
+        assert!(text.ends_with(" 7\n"), "{text}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_top_sources_line_parses_with_an_independent_parser(
+            static_tags in proptest::collection::vec(("[a-z]{1,3}(\\PC|[ ,=\\\\\n\r\t]){0,6}", "\\PC{0,6}|[ ,=\\\\\"\n\r\t]{0,4}"), 0..4),
+            netns in proptest::option::of("(\\PC|[ ,=\\\\\n\r\t\"]){0,10}"),
+            entries in proptest::collection::vec((proptest::num::u128::ANY, proptest::num::u64::ANY, 0.0f64..=1.0), 0..5),
+            unsigned in proptest::bool::ANY,
+        ) {
+            use proptest::prop_assert_eq;
+            let integers = if unsigned { IntegerType::Unsigned } else { IntegerType::Signed };
+            let e = LineEncoder::new(&static_tags, integers);
+            let mut list = top_list(netns.as_deref());
+            list.entries = entries
+                .iter()
+                .map(|(addr, events, share)| crate::sample::TopSource {
+                    source: format!("{}/64", std::net::Ipv6Addr::from(*addr)),
+                    events: *events,
+                    share: *share,
+                })
+                .collect();
+            let text = top_lines(&e, &list);
+            let lines: Vec<_> = parse_lines(&text).collect();
+            prop_assert_eq!(lines.len(), list.entries.len(), "{}", text);
+            for (i, line) in lines.into_iter().enumerate() {
+                let line = line.map_err(|err| {
+                    proptest::test_runner::TestCaseError::fail(format!("{err}: {text}"))
+                })?;
+                let entry = &list.entries[i];
+                prop_assert_eq!(line.series.measurement.as_str(), TOP_SOURCES_MEASUREMENT);
+                prop_assert_eq!(line.tag_value("source").map(|v| v.to_string()), Some(entry.source.clone()));
+                prop_assert_eq!(line.tag_value("rank").map(|v| v.to_string()), Some((i + 1).to_string()));
+                prop_assert_eq!(line.tag_value("counter").map(|v| v.to_string()), Some("cookie_invalid".to_string()));
+                if let Some(ns) = netns.as_deref().filter(|v| !v.is_empty()) {
+                    let got = line.tag_value(NETNS_TAG).map(|v| v.to_string());
+                    prop_assert_eq!(got, Some(super::sanitized_tag(ns)), "{}", text);
+                }
+                let expected = match integers {
+                    IntegerType::Signed => FieldValue::I64(entry.events.min(i64::MAX as u64) as i64),
+                    IntegerType::Unsigned => FieldValue::U64(entry.events),
+                };
+                prop_assert_eq!(line.field_value("events"), Some(&expected), "{}", text);
+                prop_assert_eq!(line.field_value("share"), Some(&FieldValue::F64(entry.share)), "{}", text);
+            }
+        }
     }
 
     proptest::proptest! {

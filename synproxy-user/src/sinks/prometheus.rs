@@ -594,6 +594,7 @@ impl Exposition {
             }
         }
         families.extend([events, peaks, status, reconcile_rounds]);
+        families.extend(top_source_families(snapshot));
 
         // eBPF, agent-wide.
         if let Some(probes) = &snapshot.probes {
@@ -735,6 +736,55 @@ impl Exposition {
     }
 }
 
+/// This round's top sources: at most `--top` series per namespace, family
+/// and counter, labelled by rank and source. Only the last round is shown, so
+/// a source that leaves the top N leaves the exposition at once: the
+/// cardinality is bounded by N, whatever the number of attacking sources.
+fn top_source_families(snapshot: &Snapshot) -> [Family; 2] {
+    let mut events = Family::new(
+        "synproxy_top_source_events",
+        "Events of the source (an address, or a prefix with --top-prefix-v4/-v6) in the last round, for the --top sources per namespace, address family and counter, by rank (1: the most events).",
+        MetricType::Gauge,
+    );
+    let mut share = Family::new(
+        "synproxy_top_source_share",
+        "The source's share of the counter's events in the namespace and address family in the last round (0 to 1), for the --top sources.",
+        MetricType::Gauge,
+    );
+    // One list per namespace label, family and counter (labels are unique).
+    let mut seen = HashSet::new();
+    for list in &snapshot.top_sources {
+        let label = netns_label(list.netns.as_deref());
+        if !seen.insert((label.clone(), list.family, list.counter)) {
+            continue;
+        }
+        let mut sources = HashSet::new();
+        for (i, entry) in list.entries.iter().enumerate() {
+            let source = sanitized_tag(&entry.source);
+            if !sources.insert(source.clone()) {
+                continue;
+            }
+            let labels = vec![
+                ("netns", label.clone()),
+                ("family", list.family.to_string()),
+                ("counter", list.counter.name().to_string()),
+                ("rank", (i + 1).to_string()),
+                ("source", source),
+            ];
+            events.count(labels.clone(), entry.events);
+            share.gauge(
+                labels,
+                if entry.share.is_finite() {
+                    entry.share.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
+    [events, share]
+}
+
 /// The InfluxDB writer's health (only with `--influx-url`).
 fn influx_families(influx: &InfluxHealth) -> [Family; 4] {
     let mut written = Family::new(
@@ -779,7 +829,7 @@ mod tests {
     use crate::fields::{Field, FIELD_COUNT};
     use crate::sample::{
         AgentHealth, EbpfSample, NamespaceSnapshot, ProbesSample, ProgramRuns, RetainedNamespace,
-        Sample,
+        Sample, TopSource, TopSources,
     };
     use crate::sources::kprobe_events::ProbeStats;
 
@@ -987,6 +1037,117 @@ mod tests {
         series.sort_unstable();
         series.dedup();
         assert_eq!(series.len(), n, "duplicate series in\n{text}");
+        promtool_check(&text);
+    }
+
+    fn top(netns: Option<&str>, sources: &[(&str, u64)]) -> TopSources {
+        let total: u64 = sources.iter().map(|(_, e)| e).sum();
+        TopSources {
+            netns: netns.map(str::to_string),
+            family: "ipv4",
+            counter: Counter::SynReceived,
+            interval_events: total,
+            entries: sources
+                .iter()
+                .map(|(source, events)| TopSource {
+                    source: (*source).to_string(),
+                    events: *events,
+                    share: *events as f64 / total as f64,
+                })
+                .collect(),
+        }
+    }
+
+    fn with_top(published: &mut Published, tops: Vec<TopSources>) {
+        let mut ns = namespace(1, Some("blue"), totals(30, 4));
+        ns.ebpf = Some(ebpf(Some("blue"), [20, 10], Status::Exact));
+        let mut round = (*snapshot(vec![ns], true)).clone();
+        round.top_sources = tops;
+        published.add(&Arc::new(round));
+    }
+
+    #[test]
+    fn top_sources_are_a_bounded_gauge_of_the_last_round() {
+        let mut published = Published::default();
+        let mut v6 = top(None, &[("2001:db8::/64", 5)]);
+        v6.family = "ipv6";
+        v6.counter = Counter::CookieInvalid;
+        with_top(
+            &mut published,
+            vec![
+                top(
+                    Some("blue"),
+                    &[("203.0.113.7", 30), ("198.51.100.0/24", 10)],
+                ),
+                v6,
+            ],
+        );
+        let text = render(&published, Format::Text).unwrap();
+        for line in [
+            "# TYPE synproxy_top_source_events gauge",
+            "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"203.0.113.7\"} 30",
+            "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"2\",source=\"198.51.100.0/24\"} 10",
+            "synproxy_top_source_events{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",rank=\"1\",source=\"2001:db8::/64\"} 5",
+            "# TYPE synproxy_top_source_share gauge",
+            "synproxy_top_source_share{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"203.0.113.7\"} 0.75",
+            "synproxy_top_source_share{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",rank=\"1\",source=\"2001:db8::/64\"} 1.0",
+        ] {
+            assert!(has(&text, line), "{line} missing in\n{text}");
+        }
+        promtool_check(&text);
+        let text = render(&published, Format::OpenMetrics).unwrap();
+        assert!(
+            has(&text, "# TYPE synproxy_top_source_events gauge"),
+            "{text}"
+        );
+
+        // The next round's top: 203.0.113.7 dropped out, its series is gone.
+        with_top(
+            &mut published,
+            vec![top(
+                Some("blue"),
+                &[("192.0.2.9", 40), ("198.51.100.0/24", 12)],
+            )],
+        );
+        let text = render(&published, Format::Text).unwrap();
+        assert!(!text.contains("203.0.113.7"), "{text}");
+        assert!(!text.contains("2001:db8::/64"), "{text}");
+        assert!(has(
+            &text,
+            "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"192.0.2.9\"} 40"
+        ));
+        assert_eq!(
+            samples(&text)
+                .iter()
+                .filter(|l| l.starts_with("synproxy_top_source_events"))
+                .count(),
+            2
+        );
+        promtool_check(&text);
+
+        // Per-source counting off, or nobody sent anything: no family at all.
+        with_top(&mut published, vec![top(Some("blue"), &[])]);
+        let text = render(&published, Format::Text).unwrap();
+        assert!(!text.contains("synproxy_top_source"), "{text}");
+        promtool_check(&text);
+    }
+
+    /// A malformed snapshot (a list twice, a source twice) never makes
+    /// duplicate series.
+    #[test]
+    fn top_sources_never_duplicate_a_series() {
+        let mut published = Published::default();
+        let list = top(Some("blue"), &[("192.0.2.1", 3), ("192.0.2.1", 2)]);
+        with_top(&mut published, vec![list.clone(), list]);
+        let text = render(&published, Format::Text).unwrap();
+        assert_eq!(
+            samples(&text)
+                .iter()
+                .filter(|l| l.starts_with("synproxy_top_source_events"))
+                .count(),
+            1,
+            "{text}"
+        );
         promtool_check(&text);
     }
 
