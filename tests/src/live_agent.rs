@@ -18,8 +18,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-/// Probes the agent attaches (sources/ebpf.rs PROBES).
-pub const PROBE_COUNT: usize = 9;
+/// Probes the agent attaches.
+pub const PROBE_COUNT: usize = synproxy_user::sources::ebpf::PROBES.len();
 /// Program names of synproxy-ebpf: `spx_` (kprobes) and `spxf_` (fentry/fexit)
 /// (BPF object names are cut at 15 bytes).
 pub const PROGRAM_PREFIX: &str = "spx";
