@@ -59,6 +59,32 @@ pub fn prog_run_stats(fd: &OwnedFd) -> Result<(u64, u64)> {
     Ok((get_u64(&info, 192), get_u64(&info, 200)))
 }
 
+/// Loads `r0 = 0; exit` as a program of `prog_type` named `name`;
+/// `attach_attrs` sets the attach fields of the load attributes.
+fn load_empty(
+    prog_type: u32,
+    name: &[u8],
+    attach_attrs: impl FnOnce(&mut [u8]),
+) -> Result<OwnedFd> {
+    // mov r0, 0 ; exit
+    let insns: [u8; 16] = [
+        0xb7, 0, 0, 0, 0, 0, 0, 0, //
+        0x95, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, prog_type);
+    put_u32(&mut attr, 4, 2);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    let len = name.len().min(15);
+    attr[48..48 + len].copy_from_slice(&name[..len]);
+    attach_attrs(&mut attr);
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 pub struct EmptyKprobe {
     prog: OwnedFd,
     perf: Option<OwnedFd>,
@@ -82,21 +108,8 @@ impl EmptyKprobe {
                 std::io::Error::last_os_error()
             );
         }
-        // mov r0, 0 ; exit
-        let insns: [u8; 16] = [
-            0xb7, 0, 0, 0, 0, 0, 0, 0, //
-            0x95, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_KPROBE);
-        put_u32(&mut attr, 4, 2);
-        put_u64(&mut attr, 8, insns.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..57].copy_from_slice(b"spx_floor");
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty kprobe program")?;
-        // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let prog = load_empty(BPF_PROG_TYPE_KPROBE, b"spx_floor", |_| {})
+            .context("loading the empty kprobe program")?;
         let tracefs = TRACEFS
             .iter()
             .map(PathBuf::from)
@@ -240,24 +253,12 @@ impl EmptyFentry {
             .copied()
             .flatten()
             .with_context(|| format!("no function {function} in the BTF of {module}"))?;
-        // mov r0, 0 ; exit
-        let insns: [u8; 16] = [
-            0xb7, 0, 0, 0, 0, 0, 0, 0, //
-            0x95, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_TRACING);
-        put_u32(&mut attr, 4, 2);
-        put_u64(&mut attr, 8, insns.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..58].copy_from_slice(b"spxf_floor");
-        put_u32(&mut attr, 68, BPF_TRACE_FENTRY);
-        put_u32(&mut attr, 108, id);
-        put_u32(&mut attr, 112, module_btf.fd.as_raw_fd() as u32);
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty fentry program")?;
-        // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let prog = load_empty(BPF_PROG_TYPE_TRACING, b"spxf_floor", |attr| {
+            put_u32(attr, 68, BPF_TRACE_FENTRY);
+            put_u32(attr, 108, id);
+            put_u32(attr, 112, module_btf.fd.as_raw_fd() as u32);
+        })
+        .context("loading the empty fentry program")?;
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 8, prog.as_raw_fd() as u32);
         let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)

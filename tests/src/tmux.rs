@@ -2,6 +2,7 @@
 //! server of its own (own socket, no user config), one pane of a fixed size
 //! running `sh`, `send-keys` to type and `capture-pane` to read the screen.
 
+use crate::tools::check_status;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -43,7 +44,7 @@ impl Tmux {
             .env("LANG", "C.UTF-8")
             .output()
             .context("cannot run tmux")?;
-        check(&out, "tmux new-session")?;
+        check_status(&out, "tmux new-session")?;
         let size = tmux.display("#{pane_width}x#{pane_height}")?;
         if size != format!("{width}x{height}") {
             bail!("tmux pane is {size}, wanted {width}x{height}");
@@ -57,7 +58,7 @@ impl Tmux {
             .args(args)
             .output()
             .with_context(|| format!("cannot run tmux {}", args.join(" ")))?;
-        check(&out, &format!("tmux {}", args.join(" ")))?;
+        check_status(&out, &format!("tmux {}", args.join(" ")))?;
         Ok(out)
     }
 
@@ -124,17 +125,6 @@ impl Drop for Tmux {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn check(out: &Output, what: &str) -> Result<()> {
-    if !out.status.success() {
-        bail!(
-            "`{what}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// The children of process `pid` (from every process's `stat`).

@@ -72,6 +72,11 @@ pub fn run_with_stdin(prog: &Path, args: &[&str], stdin: Option<&str>) -> Result
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for `{what}`"))?;
+    check_status(&out, &what)
+}
+
+/// An error naming `what` and its stderr unless the command succeeded.
+pub fn check_status(out: &std::process::Output, what: &str) -> Result<()> {
     if !out.status.success() {
         bail!(
             "`{what}` failed ({}): {}",
