@@ -248,7 +248,7 @@ async fn start(
         netns_dir: run.netns_dir.clone(),
         selection,
         ebpf,
-        ebpf_off,
+        ebpf_off: ebpf_off.map(Arc::from),
         stop: Arc::clone(&stop),
         top: run.top,
     });

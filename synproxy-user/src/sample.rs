@@ -112,7 +112,7 @@ pub struct AgentHealth {
     pub ebpf_attached: bool,
     /// Why eBPF is not in use, as logged at start-up (`--no-ebpf`, or why
     /// loading failed); `None` while it is in use.
-    pub ebpf_off: Option<String>,
+    pub ebpf_off: Option<std::sync::Arc<str>>,
     /// Per BPF program run statistics; empty when not available (eBPF off, or
     /// `kernel.bpf_stats_enabled` is 0).
     pub programs: Vec<ProgramRuns>,

@@ -35,7 +35,7 @@ pub struct SamplerConfig {
     /// The eBPF source when eBPF is in use (adds the `synproxy_ebpf` lines).
     pub ebpf: Option<EbpfSource>,
     /// Without it: why (reported in every snapshot's agent health).
-    pub ebpf_off: Option<String>,
+    pub ebpf_off: Option<std::sync::Arc<str>>,
     /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
     pub stop: Arc<Stop>,
     /// `--top`: how the per-source counts are ranked into

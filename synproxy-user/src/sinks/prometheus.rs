@@ -903,7 +903,7 @@ mod tests {
                 round_duration: Duration::from_micros(1500),
                 ebpf_enabled: probes,
                 ebpf_attached: probes,
-                ebpf_off: (!probes).then(|| "--no-ebpf".to_string()),
+                ebpf_off: (!probes).then(|| "--no-ebpf".into()),
                 programs: if probes {
                     vec![ProgramRuns {
                         program: "ack4",
