@@ -220,8 +220,9 @@ impl LineEncoder {
 
     /// One `synproxy_ebpf_probes` line: `attached`, `probe_type`, this round's `probe_misses`
     /// (all namespaces), `recursion_misses`, `map_bytes`, kernel-side
-    /// diagnostics, and per probe `<probe>_hits` / `<probe>_missed` since it
-    /// was attached.
+    /// diagnostics, per probe `<probe>_hits` / `<probe>_missed` since it
+    /// was attached, and with `--top` the per-source map's `source_map_*`
+    /// and `source_evictions`, `source_insert_failures`.
     pub fn encode_probes(&self, sample: &ProbesSample, out: &mut Vec<u8>) {
         out.extend_from_slice(PROBES_MEASUREMENT.as_bytes());
         self.write_tags(out, &[]);
@@ -240,6 +241,13 @@ impl LineEncoder {
         for (probe, stats) in &sample.probes {
             fields.push((format!("{probe}_hits"), stats.hits));
             fields.push((format!("{probe}_missed"), stats.missed));
+        }
+        if let Some(map) = &sample.sources {
+            fields.push(("source_map_entries".into(), map.entries));
+            fields.push(("source_map_capacity".into(), u64::from(map.capacity)));
+            fields.push(("source_map_bytes".into(), map.map_bytes));
+            fields.push(("source_evictions".into(), map.evictions));
+            fields.push(("source_insert_failures".into(), map.insert_failures));
         }
         fields.sort();
         let mut separator = b' ';
@@ -515,12 +523,30 @@ mod tests {
             recursion_misses: 0,
             program_recursion: vec![("ack_ret", 0)],
             map_bytes: 4096,
+            sources: None,
             timestamp_ns: 5,
         };
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,untracked_events=0u 5\n"
+        );
+        // With --top: the per-source map.
+        let probes = ProbesSample {
+            sources: Some(crate::sample::SourceMapStats {
+                entries: 3,
+                capacity: 65536,
+                evictions: 2,
+                insert_failures: 0,
+                map_bytes: 8192,
+            }),
+            ..probes
+        };
+        let mut out = Vec::new();
+        e.encode_probes(&probes, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,source_evictions=2u,source_insert_failures=0u,source_map_bytes=8192u,source_map_capacity=65536u,source_map_entries=3u,unmatched_returns=1u,untracked_events=0u 5\n"
         );
     }
 
