@@ -171,8 +171,10 @@ impl LineEncoder {
     }
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
-    /// lines, then the `synproxy_ebpf` lines, then the `synproxy_ebpf_probes`
-    /// line. A round in which no namespace could be read writes nothing.
+    /// lines, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
+    /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
+    /// as the end of an eBPF round). A round in which no namespace could be
+    /// read writes nothing.
     pub fn encode_round(&self, snapshot: &Snapshot, out: &mut Vec<u8>) {
         if snapshot.namespaces.is_empty() {
             return;
@@ -183,11 +185,11 @@ impl LineEncoder {
         for sample in snapshot.ebpf_samples() {
             self.encode_ebpf(sample, out);
         }
-        if let Some(probes) = &snapshot.probes {
-            self.encode_probes(probes, out);
-        }
         for list in &snapshot.top_sources {
             self.encode_top_sources(list, snapshot.timestamp_ns, out);
+        }
+        if let Some(probes) = &snapshot.probes {
+            self.encode_probes(probes, out);
         }
     }
 
@@ -696,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_ends_with_its_top_sources() {
+    fn top_sources_come_before_the_probes_line_that_ends_a_round() {
         let e = LineEncoder::new(&[], IntegerType::Signed);
         let round = Snapshot {
             timestamp_ns: 7,
@@ -707,7 +709,18 @@ mod tests {
             }],
             retained: Vec::new(),
             failures: Vec::new(),
-            probes: None,
+            probes: Some(ProbesSample {
+                attached: true,
+                probe_type: "kprobe",
+                probes: Vec::new(),
+                diag: [0; 4],
+                probe_misses: 0,
+                recursion_misses: 0,
+                program_recursion: Vec::new(),
+                map_bytes: 0,
+                sources: None,
+                timestamp_ns: 7,
+            }),
             agent: crate::sample::AgentHealth {
                 round_duration: std::time::Duration::ZERO,
                 ebpf_enabled: false,
@@ -727,7 +740,12 @@ mod tests {
             .collect();
         assert_eq!(
             measurements,
-            ["synproxy", TOP_SOURCES_MEASUREMENT, TOP_SOURCES_MEASUREMENT]
+            [
+                "synproxy",
+                TOP_SOURCES_MEASUREMENT,
+                TOP_SOURCES_MEASUREMENT,
+                PROBES_MEASUREMENT
+            ]
         );
         assert!(text.ends_with(" 7\n"), "{text}");
     }
