@@ -513,8 +513,9 @@ fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) ->
         .map(|(c, d)| (c.name(), before.get(c.name()) + d))
         .collect();
     let after = settle(&topo.srv, &targets)?;
-    // Two rounds: the second brings the first's top lines (they follow the
-    // probes line that ends a sample) and shows nothing new arrived.
+    // Two rounds after the traffic settled: the second must add nothing. (What
+    // the agent wrote after a sample's last line, and before it exited, is
+    // summed too: the sums do not depend on where a round's top lines fall.)
     run.sample(&mut live)?;
     run.sample(&mut live)?;
     let stopped = live.stop(None)?;
