@@ -820,7 +820,7 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
                     m.capacity
                 ));
             }
-            if m.capacity == 0 || m.entries > m.capacity {
+            if m.capacity != u64::from(FLOOD_MAP_ENTRIES) || m.entries > m.capacity {
                 pass = false;
                 notes.push(format!(
                     "source_map_entries={} source_map_capacity={}",
