@@ -19,6 +19,15 @@
 //! `<type>_extra_ns_per_syn` (the median over runs of 1/rate with - 1/rate
 //! without in the same run).
 //!
+//! Per-source counting (`--top`, on by default) adds a map update per event:
+//! the throughput target is for the counting probes (`--top 0`, configurations
+//! `syn_rate_with` and `syn_rate_with_fentry`), and a fourth configuration, the
+//! default kprobe agent with per-source counting, is reported beside it
+//! (`syn_rate_with_sources`, `throughput_ratio_sources`,
+//! `sources_extra_ns_per_syn`; one source sends all the traffic, so its entry
+//! is updated, never created). Its programs' run times in (a) are the default
+//! agent's, per-source counting included.
+//!
 //! The check passes when every figure was measured (each program ran for the
 //! traffic, the empty program ran for every SYN, every run was counted) and,
 //! with `enforce_throughput` (the VM suite's instruction-counted boot, whose
@@ -70,7 +79,7 @@ impl Default for Params {
         Self {
             syns: 10_000,
             throughput_syns: 30_000,
-            runs: 7,
+            runs: 5,
             enforce_throughput: false,
         }
     }
@@ -398,6 +407,11 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     let fentry = crate::live_agent::expected_probe_type() == "fentry";
     let mut fentry_args = cfg.extra_agent_args.clone();
     fentry_args.extend(["--probes", "fentry"].map(String::from));
+    // The throughput runs' probes without per-source counting.
+    let mut kprobe_counting_args = cfg.extra_agent_args.clone();
+    kprobe_counting_args.extend(["--top", "0"].map(String::from));
+    let mut fentry_counting_args = fentry_args.clone();
+    fentry_counting_args.extend(["--top", "0"].map(String::from));
     let mut fentry_costs = Vec::new();
     let mut fentry_floor_ns = 0.0;
     if fentry {
@@ -452,21 +466,25 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     let (mut ratios, mut fentry_ratios) = (Vec::new(), Vec::new());
     let (mut extra, mut fentry_extra) = (Vec::new(), Vec::new());
     let (mut agent_cpu, mut fentry_agent_cpu) = (Vec::new(), Vec::new());
-    let configs: &[u8] = if fentry { &[0, 1, 2] } else { &[0, 1] };
+    let (mut with_sources, mut sources_ratios, mut sources_extra) =
+        (Vec::new(), Vec::new(), Vec::new());
+    // 0: no agent; 1: kprobe --top 0; 2: fentry --top 0; 3: kprobe, default
+    // (per-source counting on).
+    let configs: &[u8] = if fentry { &[0, 1, 2, 3] } else { &[0, 1, 3] };
     for i in 0..params.runs as usize {
         for k in 0..configs.len() {
             match configs[(i + k) % configs.len()] {
                 0 => without.push(traffic.syn_rate(params.throughput_syns)?),
                 which => {
-                    let args = if which == 1 {
-                        &cfg.extra_agent_args
-                    } else {
-                        &fentry_args
+                    let args = match which {
+                        1 => &kprobe_counting_args,
+                        2 => &fentry_counting_args,
+                        _ => &cfg.extra_agent_args,
                     };
                     let live = LiveAgent::start(&cfg.agent, &topo.srv, args)
                         .context("agent for a throughput run")?;
                     wait_agent_idle(live.pid(), &mut notes)?;
-                    if which == 1 {
+                    if which != 2 {
                         wait_kprobes_optimized("synproxy_send_client_synack", &mut notes)?;
                         if i == 0 {
                             notes.push(format!(
@@ -479,15 +497,16 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
                     let rate = traffic.syn_rate(params.throughput_syns)?;
                     let agent_ns = cpu_ns(live.pid())?.saturating_sub(cpu_before) as f64
                         / f64::from(params.throughput_syns);
-                    if which == 1 {
-                        agent_cpu.push(agent_ns);
-                    } else {
-                        fentry_agent_cpu.push(agent_ns);
-                    }
-                    if which == 1 {
-                        with.push(rate);
-                    } else {
-                        with_fentry.push(rate);
+                    match which {
+                        1 => {
+                            agent_cpu.push(agent_ns);
+                            with.push(rate);
+                        }
+                        2 => {
+                            fentry_agent_cpu.push(agent_ns);
+                            with_fentry.push(rate);
+                        }
+                        _ => with_sources.push(rate),
                     }
                     live.stop(Some(libc::SIGTERM))?;
                 }
@@ -504,8 +523,21 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
                 fentry_ratios.push(w / wo);
                 fentry_extra.push(added(w));
             }
+            if let Some(&w) = with_sources.last().filter(|w| **w > 0.0) {
+                sources_ratios.push(w / wo);
+                sources_extra.push(added(w));
+            }
         }
     }
+    let rate_sources = median(with_sources.clone());
+    let sources_throughput = median(sources_ratios.clone());
+    if rate_sources <= 0.0 {
+        notes.push("no throughput measured with per-source counting".into());
+        pass = false;
+    }
+    notes.push(format!(
+        "SYNs/s with kprobes and per-source counting {with_sources:.0?}: pair ratios {sources_ratios:.3?}"
+    ));
     let (rate_without, rate_with) = (median(without.clone()), median(with.clone()));
     let rate_fentry = median(with_fentry.clone());
     let throughput = median(ratios.clone());
@@ -539,6 +571,10 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         "kprobe_agent_cpu_ns_per_syn={:.0}",
         median(agent_cpu)
     ));
+    let sources_fields = format!(
+        " syn_rate_with_sources={rate_sources:.0} throughput_ratio_sources={sources_throughput:.3} sources_extra_ns_per_syn={:.0}",
+        median(sources_extra)
+    );
     let fentry_fields = if fentry {
         let mut f = vec![format!("fentry_floor_ns={fentry_floor_ns:.0}")];
         f.extend(
@@ -578,7 +614,7 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     };
     Ok(Check {
         line: format!(
-            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields} runs={} map_kib={} throughput_target={} cost_target={} status={}",
+            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields}{sources_fields} runs={} map_kib={} throughput_target={} cost_target={} status={}",
             cost_fields.join(" "),
             params.runs,
             map_bytes / 1024,
