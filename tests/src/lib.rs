@@ -27,4 +27,5 @@ pub mod scenario;
 pub mod sustained;
 pub mod tmux;
 pub mod tools;
+pub mod top_view;
 pub mod traffic;
