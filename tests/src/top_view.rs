@@ -317,8 +317,10 @@ fn run(cfg: &Config, head: &str, notes: &mut Vec<String>) -> Result<Check> {
     let dir = tmux.dir().display().to_string();
     let probes = if cfg.fentry { " --probes fentry" } else { "" };
     let agent = cfg.agent.display();
+    // The markers are quoted in two pieces, so the typed command (which the
+    // pane may wrap anywhere) never shows them as they are printed.
     tmux.type_line(&format!(
-        "cd {dir} && stty -g > before; {agent} top --netns {ns} --interval 1s{probes}; echo \"top exited: $?\"; stty -g > after; echo top-done"
+        "cd {dir} && stty -g > before; {agent} top --netns {ns} --interval 1s{probes}; echo \"top \"\"exited: $?\"; stty -g > after; echo \"top-\"\"done\""
     ))?;
     let started = Instant::now();
     let ready = tmux.wait_for(
@@ -407,11 +409,8 @@ fn run(cfg: &Config, head: &str, notes: &mut Vec<String>) -> Result<Check> {
         && exit == "0"
         && restored
         && left.is_empty();
-    let driven = SOURCES
-        .iter()
-        .map(|(_, n)| n.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    // What the table must show, in its order.
+    let driven = compact(&expected);
     Ok(Check {
         line: format!(
             "{head} netns={ns} ebpf=on sources={} driven={driven} table={} bursts={bursts} view_secs={view_secs:.1} frame_syn_rate={} frame_secs={round_secs:.2} reconcile={reconcile} sent={sent} proc_syn={proc_syn} exit={exit} restored={} leftovers={} status={}",
