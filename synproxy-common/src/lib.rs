@@ -182,7 +182,67 @@ pub struct AckStash {
     pub family: u8,
     /// 1 while an entry is waiting for its return.
     pub armed: u8,
+    /// 1 when `source` holds the client's address (per-source counting on
+    /// and the packet's IP header read).
+    pub has_source: u8,
+    pub _pad: u8,
+    /// The client's address (IPv4: the first 4 bytes).
+    pub source: [u8; 16],
+}
+
+// Per-source counting (`--top`): an LRU hash of (namespace, counter, family,
+// address) -> events that only the programs write. The agent reads it with a
+// BPF map-element iterator (a read() of an iterator fd), never with map
+// lookup syscalls, which would make the kernel skip the kprobe programs on
+// that CPU meanwhile.
+
+/// Default entries of `SOURCES` (`--top-map-entries`): a botnet of 65,536
+/// sources per counter fits.
+pub const SOURCES_DEFAULT_ENTRIES: u32 = 65_536;
+
+/// Key of `SOURCES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// The namespace as `NS_TABLE` keys it: cookie (0 before 5.14) ...
+    pub cookie: u64,
+    /// ... and inode (or [`cookie_key`] of the cookie).
+    pub netns: u32,
+    /// [`Counter`] as u8: syn_received, cookie_invalid or cookie_valid.
+    pub counter: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
     pub _pad: [u8; 2],
+    /// The client's address (IPv4: the first 4 bytes, the rest 0).
+    pub addr: [u8; 16],
+}
+
+/// Value of `SOURCES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceValue {
+    /// Events since the entry was created (atomic adds).
+    pub events: u64,
+    /// `bpf_ktime_get_ns()` when the entry was created: an entry evicted and
+    /// created again has another, so the agent does not take its restart
+    /// from 0 for a drop.
+    pub born: u64,
+}
+
+/// One record the iterator program writes per `SOURCES` entry.
+pub const SOURCE_RECORD_LEN: usize =
+    core::mem::size_of::<SourceKey>() + core::mem::size_of::<SourceValue>();
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 32);
+const _: () = assert!(SOURCE_RECORD_LEN == 48);
+
+/// Slots of the `SOURCE_STATS` array (memory-mapped, atomic adds), since load.
+pub mod source_stats {
+    /// Entries the programs created in `SOURCES`; minus the entries present,
+    /// the entries the LRU evicted.
+    pub const INSERTS: u32 = 0;
+    /// Events not counted per source: the map refused a new entry.
+    pub const INSERT_FAILED: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Slots of the `DIAG` array (memory-mapped, atomic adds): kernel-side
@@ -216,4 +276,10 @@ pub mod globals {
     pub const NET_COOKIE_OFFSET: &str = "NET_COOKIE_OFFSET";
     /// Width of one peak-rate bucket in nanoseconds.
     pub const RATE_RES_NS: &str = "RATE_RES_NS";
+    /// 1 to count per source (`--top` N > 0), else 0.
+    pub const COUNT_SOURCES: &str = "COUNT_SOURCES";
+    /// `offsetof(struct sk_buff, head)`.
+    pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
+    /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`).
+    pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
 }

@@ -11,6 +11,10 @@
 //! arguments and the return value at once, so `synproxy_recv_client_ack[_ipv6]`
 //! needs no entry program and no stash there (one fexit program per function).
 //!
+//! With `--top` N > 0 (global `COUNT_SOURCES`), syn_received, cookie_invalid
+//! and cookie_valid are also counted per client address in `SOURCES`, an LRU
+//! hash; the agent reads it through the iterator program `spx_sources_iter`.
+//!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
 //! Counts go to the slot of the event's namespace in a memory-mapped array
 //! (atomic adds, no per-event output) that the agent reads without syscalls;
@@ -22,15 +26,17 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_seq_write},
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     Global,
 };
 use synproxy_common::{
-    cookie_key, diag, ns_table_home, AckStash, Counter, NsEntry, NsStats, FAMILY_IPV4, FAMILY_IPV6,
-    NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
+    cookie_key, diag, ns_table_home, source_stats, AckStash, Counter, NsEntry, NsStats, SourceKey,
+    SourceValue, FAMILY_IPV4, FAMILY_IPV6, NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES,
+    NS_TABLE_PROBES, RATE_RING, SOURCES_DEFAULT_ENTRIES, SOURCE_RECORD_LEN,
 };
 
 #[no_mangle]
@@ -43,6 +49,12 @@ static CT_L3NUM_OFFSET: Global<u32> = Global::new(0);
 static NET_COOKIE_OFFSET: Global<u32> = Global::new(u32::MAX);
 #[no_mangle]
 static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
+#[no_mangle]
+static COUNT_SOURCES: Global<u32> = Global::new(0);
+#[no_mangle]
+static SKB_HEAD_OFFSET: Global<u32> = Global::new(0);
+#[no_mangle]
+static SKB_NETWORK_HEADER_OFFSET: Global<u32> = Global::new(0);
 
 const MMAPABLE: u32 = BPF_F_MMAPABLE as u32;
 
@@ -59,6 +71,13 @@ static RATE_TAGS: Array<u64> = Array::with_max_entries(RATE_RING, MMAPABLE);
 static DIAG: Array<u64> = Array::with_max_entries(diag::COUNT, MMAPABLE);
 #[map]
 static ACK_STASH: PerCpuArray<AckStash> = PerCpuArray::with_max_entries(1, 0);
+/// Per (namespace, counter, family, client address): events. Sized by the
+/// agent (`--top-map-entries`; 1 entry with `--top 0`).
+#[map]
+static SOURCES: LruHashMap<SourceKey, SourceValue> =
+    LruHashMap::with_max_entries(SOURCES_DEFAULT_ENTRIES, 0);
+#[map]
+static SOURCE_STATS: Array<u64> = Array::with_max_entries(source_stats::COUNT, MMAPABLE);
 
 /// `IP_CT_IS_REPLY`: ctinfo values below it are the original direction.
 const IP_CT_IS_REPLY: u64 = 3;
@@ -122,11 +141,59 @@ fn slot_of(ns: Netns) -> Option<u32> {
 }
 
 #[inline(always)]
+fn source_stat_inc(slot: u32) {
+    if let Some(p) = SOURCE_STATS.get_ptr_mut(slot) {
+        add_u64(p);
+    }
+}
+
+/// One more event of `addr` in `SOURCES` (only for namespaces the agent
+/// tracks: the others have no name to report).
+#[inline(always)]
+fn count_source(ns: Netns, family: u8, counter: Counter, addr: &[u8; 16]) {
+    let key = SourceKey {
+        cookie: ns.cookie,
+        netns: ns.inum,
+        counter: counter as u8,
+        family,
+        _pad: [0; 2],
+        addr: *addr,
+    };
+    if let Some(v) = SOURCES.get_ptr_mut(&key) {
+        // SAFETY: a value of SOURCES; every writer adds atomically.
+        add_u64(unsafe { addr_of_mut!((*v).events) });
+        return;
+    }
+    let value = SourceValue {
+        events: 1,
+        // SAFETY: helper without arguments.
+        born: unsafe { bpf_ktime_get_ns() },
+    };
+    match SOURCES.insert(&key, &value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => source_stat_inc(source_stats::INSERTS),
+        // Another CPU created it meanwhile.
+        Err(_) => match SOURCES.get_ptr_mut(&key) {
+            // SAFETY: as above.
+            Some(v) => add_u64(unsafe { addr_of_mut!((*v).events) }),
+            None => source_stat_inc(source_stats::INSERT_FAILED),
+        },
+    }
+}
+
+#[inline(always)]
 fn count(ns: Netns, family: u8, counter: Counter) {
+    count_with_source(ns, family, counter, None);
+}
+
+#[inline(always)]
+fn count_with_source(ns: Netns, family: u8, counter: Counter, source: Option<&[u8; 16]>) {
     let Some(stats) = slot_of(ns).and_then(|slot| NS_STATS.get_ptr_mut(slot)) else {
         diag_inc(diag::UNTRACKED);
         return;
     };
+    if let Some(addr) = source {
+        count_source(ns, family, counter, addr);
+    }
     let f = usize::from(family == FAMILY_IPV6);
     let c = counter as usize;
     // SAFETY: `stats` is a value of NS_STATS; f < 2 and c < COUNTER_COUNT.
@@ -186,22 +253,53 @@ fn netns_of(net: u64) -> Netns {
     }
 }
 
+/// The client's address: the source of the packet in `skb` (its IP header
+/// at `skb->head + skb->network_header`), when per-source counting is on.
 #[inline(always)]
-fn on_synack(net: u64, family: u8) {
-    count(netns_of(net), family, Counter::SynReceived);
+fn source_of(skb: u64, family: u8) -> Option<[u8; 16]> {
+    if COUNT_SOURCES.load() == 0 {
+        return None;
+    }
+    let head = read_at::<u64>(skb, SKB_HEAD_OFFSET.load())?;
+    let network = read_at::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load())?;
+    let ip = head + u64::from(network);
+    let mut addr = [0u8; 16];
+    if family == FAMILY_IPV6 {
+        // ipv6hdr: saddr at 8.
+        addr = read_at::<[u8; 16]>(ip, 8)?;
+    } else {
+        // iphdr: saddr at 12.
+        let v4 = read_at::<[u8; 4]>(ip, 12)?;
+        addr[..4].copy_from_slice(&v4);
+    }
+    Some(addr)
+}
+
+#[inline(always)]
+fn on_synack(net: u64, skb: u64, family: u8) {
+    let source = source_of(skb, family);
+    count_with_source(netns_of(net), family, Counter::SynReceived, source.as_ref());
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack4(ctx: ProbeContext) -> u32 {
-    on_synack(ctx.arg(0).unwrap_or(0), FAMILY_IPV4);
+    on_synack(
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        FAMILY_IPV4,
+    );
     0
 }
 
 /// syn_received, IPv6: `synproxy_send_client_synack_ipv6(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack6(ctx: ProbeContext) -> u32 {
-    on_synack(ctx.arg(0).unwrap_or(0), FAMILY_IPV6);
+    on_synack(
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        FAMILY_IPV6,
+    );
     0
 }
 
@@ -212,25 +310,28 @@ struct AckArgs {
     recv_seq: u32,
     /// `ntohl(th->seq)`
     seq: u32,
+    source: Option<[u8; 16]>,
 }
 
 #[inline(always)]
-fn ack_args(net: u64, th: u64, recv_seq: u64) -> AckArgs {
+fn ack_args(net: u64, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
     // tcphdr: source(2) dest(2) seq(4): network byte order.
     let seq = read_at::<u32>(th, 4).map(u32::from_be).unwrap_or(0);
     AckArgs {
         netns: netns_of(net),
         recv_seq: recv_seq as u32,
         seq,
+        source: source_of(skb, family),
     }
 }
 
 #[inline(always)]
 fn on_ack_entry(ctx: &ProbeContext, family: u8) {
     let net: u64 = ctx.arg(0).unwrap_or(0);
+    let skb: u64 = ctx.arg(1).unwrap_or(0);
     let th: u64 = ctx.arg(2).unwrap_or(0);
     let recv_seq: u64 = ctx.arg(4).unwrap_or(0);
-    let args = ack_args(net, th, recv_seq);
+    let args = ack_args(net, skb, th, recv_seq, family);
     if let Some(stash) = ACK_STASH.get_ptr_mut(0) {
         // SAFETY: this CPU's stash; entry and return of one call run on this CPU
         // without another call in between (softirq, no nesting).
@@ -242,7 +343,9 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
                 seq: args.seq,
                 family,
                 armed: 1,
-                _pad: [0; 2],
+                has_source: u8::from(args.source.is_some()),
+                _pad: 0,
+                source: args.source.unwrap_or([0; 16]),
             };
         }
     }
@@ -254,13 +357,14 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
 fn on_ack_result(args: AckArgs, family: u8, ret: u64) {
     // A C `bool`: only the low 8 bits are defined.
     let valid = ret & 0xff != 0;
+    let source = args.source.as_ref();
     if valid {
-        count(args.netns, family, Counter::CookieValid);
+        count_with_source(args.netns, family, Counter::CookieValid, source);
         if args.recv_seq == args.seq.wrapping_add(1) {
             count(args.netns, family, Counter::CookieRetrans);
         }
     } else {
-        count(args.netns, family, Counter::CookieInvalid);
+        count_with_source(args.netns, family, Counter::CookieInvalid, source);
     }
 }
 
@@ -301,6 +405,7 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
         },
         recv_seq: s.recv_seq,
         seq: s.seq,
+        source: (s.has_source != 0).then_some(s.source),
     };
     on_ack_result(args, s.family, ret);
     0
@@ -348,27 +453,27 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "synproxy_send_client_synack")]
 pub fn spxf_synack4(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), FAMILY_IPV4);
+    on_synack(ctx.arg(0), ctx.arg(1), FAMILY_IPV4);
     0
 }
 
 #[fentry(function = "synproxy_send_client_synack_ipv6")]
 pub fn spxf_synack6(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), FAMILY_IPV6);
+    on_synack(ctx.arg(0), ctx.arg(1), FAMILY_IPV6);
     0
 }
 
 /// `synproxy_recv_client_ack(net, skb, th, opts, recv_seq)`, returns bool (slot 5).
 #[fexit(function = "synproxy_recv_client_ack")]
 pub fn spxf_ack4(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV4);
     on_ack_result(args, FAMILY_IPV4, ctx.arg(5));
     0
 }
 
 #[fexit(function = "synproxy_recv_client_ack_ipv6")]
 pub fn spxf_ack6(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(2), ctx.arg(4));
+    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV6);
     on_ack_result(args, FAMILY_IPV6, ctx.arg(5));
     0
 }
@@ -376,5 +481,58 @@ pub fn spxf_ack6(ctx: FExitContext) -> i32 {
 #[fentry(function = "nf_ct_seqadj_init")]
 pub fn spxf_seqadj(ctx: FEntryContext) -> i32 {
     on_seqadj(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+/// `struct bpf_iter_meta`: its first member is the `seq_file` to write to.
+#[repr(C)]
+pub struct IterMeta {
+    seq: *mut aya_ebpf::bindings::seq_file,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__bpf_map_elem`: `key` and `value` are NULL once past the
+/// last element.
+#[repr(C)]
+pub struct MapElemContext {
+    meta: *mut IterMeta,
+    map: *mut core::ffi::c_void,
+    key: *const u64,
+    value: *const u64,
+}
+
+/// Iterator over `SOURCES` (attached with the map by the agent): writes each
+/// entry as a [`SOURCE_RECORD_LEN`]-byte record, key then value.
+///
+/// # Safety
+/// Called by the kernel with a `bpf_iter__bpf_map_elem` context.
+#[no_mangle]
+#[link_section = "iter/bpf_map_elem"]
+pub unsafe extern "C" fn spx_sources_iter(ctx: *const MapElemContext) -> i32 {
+    // SAFETY: the verifier types these context loads (BTF of the iterator).
+    let (meta, key, value) = unsafe {
+        (
+            read_volatile(addr_of!((*ctx).meta)),
+            read_volatile(addr_of!((*ctx).key)),
+            read_volatile(addr_of!((*ctx).value)),
+        )
+    };
+    if key.is_null() || value.is_null() || meta.is_null() {
+        return 0;
+    }
+    let mut record = [0u64; SOURCE_RECORD_LEN / 8];
+    // SAFETY: key and value are the map's (32 and 16 bytes, checked by the
+    // kernel against the map at attach); meta->seq is the iterator's seq_file.
+    unsafe {
+        for (i, word) in record.iter_mut().take(4).enumerate() {
+            *word = read_volatile(key.add(i));
+        }
+        for (i, word) in record.iter_mut().skip(4).enumerate() {
+            *word = read_volatile(value.add(i));
+        }
+        let seq = read_volatile(addr_of!((*meta).seq));
+        bpf_seq_write(seq, record.as_ptr().cast(), SOURCE_RECORD_LEN as u32);
+    }
     0
 }

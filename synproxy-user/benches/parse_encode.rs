@@ -92,6 +92,7 @@ fn top_sources(c: &mut Criterion) {
             n: 10,
             prefix_v4,
             prefix_v6: 128,
+            ..TopConfig::default()
         });
         group.bench_function(name, |b| {
             b.iter(|| black_box(ranker.rank(black_box(&sources).iter().copied(), [])))

@@ -1,10 +1,13 @@
 //! Command line: the flag names are a contract with users and Telegraf configs.
 
 use crate::logging::LogFormat;
-use crate::reconcile::top_sources::{TopConfig, DEFAULT_TOP, MAX_TOP};
+use crate::reconcile::top_sources::{
+    TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+use synproxy_common::SOURCES_DEFAULT_ENTRIES;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +108,13 @@ pub struct Cli {
     /// (64: 2001:db8:1:2::/64), 0 to 128; 128 ranks each address.
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6, env = "SYNPROXY_AGENT_TOP_PREFIX_V6")]
     pub top_prefix_v6: u8,
+
+    /// Entries of the kernel's per-source map (an LRU hash of
+    /// namespace, counter, family and address), 1024 to 16777216: about 130
+    /// bytes of kernel memory each. When a flood has more sources, the least
+    /// recently seen are evicted (`source_evictions`).
+    #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
+    pub top_map_entries: u32,
 
     /// Do not add the `host` tag.
     #[arg(long, env = "SYNPROXY_AGENT_NO_HOST_TAG")]
@@ -252,6 +262,10 @@ pub struct TopArgs {
     /// Sum IPv6 sources into prefixes of this length, 0 to 128 (see the agent's --top-prefix-v6).
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6)]
     pub top_prefix_v6: u8,
+
+    /// Entries of the kernel's per-source map, 1024 to 16777216 (see the agent's --top-map-entries).
+    #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
+    pub top_map_entries: u32,
 }
 
 impl TopArgs {
@@ -260,6 +274,7 @@ impl TopArgs {
             n: self.top,
             prefix_v4: self.top_prefix_v4,
             prefix_v6: self.top_prefix_v6,
+            map_entries: self.top_map_entries,
         }
     }
 
@@ -353,6 +368,7 @@ impl Cli {
             n: self.top,
             prefix_v4: self.top_prefix_v4,
             prefix_v6: self.top_prefix_v6,
+            map_entries: self.top_map_entries,
         }
     }
 
@@ -486,6 +502,16 @@ pub fn parse_top(text: &str) -> Result<usize, String> {
         Ok(n) if n <= MAX_TOP => Ok(n),
         _ => Err(format!(
             "expected a number of sources from 0 (off) to {MAX_TOP}"
+        )),
+    }
+}
+
+/// `--top-map-entries N`: 1024 to 2^24.
+pub fn parse_top_map_entries(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (MIN_TOP_MAP_ENTRIES..=MAX_TOP_MAP_ENTRIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of map entries from {MIN_TOP_MAP_ENTRIES} to {MAX_TOP_MAP_ENTRIES}"
         )),
     }
 }
@@ -716,7 +742,8 @@ mod tests {
             TopConfig {
                 n: 10,
                 prefix_v4: 32,
-                prefix_v6: 128
+                prefix_v6: 128,
+                ..TopConfig::default()
             }
         );
         let c = cli(&[
@@ -733,7 +760,8 @@ mod tests {
             TopConfig {
                 n: 0,
                 prefix_v4: 24,
-                prefix_v6: 64
+                prefix_v6: 64,
+                ..TopConfig::default()
             }
         );
         assert!(!c.top_config().enabled());
@@ -791,7 +819,8 @@ mod tests {
             TopConfig {
                 n: 5,
                 prefix_v4: 16,
-                prefix_v6: 128
+                prefix_v6: 128,
+                ..TopConfig::default()
             }
         );
         let err = Cli::try_parse_from(["synproxy-agent", "top", "--top-prefix-v4", "40"])

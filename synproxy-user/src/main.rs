@@ -180,8 +180,9 @@ async fn start(
     } else {
         let (resolution, attach, flag) = (run.rate_resolution, !run.once, Arc::clone(&stop));
         let probes = run.probes;
+        let source_entries = run.top.enabled().then_some(run.top.map_entries);
         let opened = match runtime::blocking_or_signal(
-            move || EbpfSource::open(resolution, attach, &flag, probes),
+            move || EbpfSource::open(resolution, attach, &flag, probes, source_entries),
             &mut signals,
             &stop,
         )

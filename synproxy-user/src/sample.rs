@@ -58,7 +58,24 @@ pub struct ProbesSample {
     pub probes: Vec<(&'static str, crate::sources::kprobe_events::ProbeStats)>,
     /// Kernel-side diagnostics since load ([`synproxy_common::diag`]).
     pub diag: [u64; synproxy_common::diag::COUNT as usize],
+    /// The per-source map, with `--top` N > 0.
+    pub sources: Option<SourceMapStats>,
     pub timestamp_ns: u64,
+}
+
+/// The kernel's per-source map (`--top`): how full it is and what it lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceMapStats {
+    /// Entries in the map now.
+    pub entries: u64,
+    /// Its size (`--top-map-entries`).
+    pub capacity: u32,
+    /// Entries evicted since load (least recently seen sources).
+    pub evictions: u64,
+    /// Events not counted per source (no entry could be made), since load.
+    pub insert_failures: u64,
+    /// Kernel memory the map pins, bytes (part of `map_bytes`).
+    pub map_bytes: u64,
 }
 
 /// Which series a namespace's readings belong to, for the life of the agent:

@@ -12,12 +12,14 @@ use crate::cli::NetnsSelection;
 use crate::privileges;
 use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::join::{self, NamespaceReading};
-use crate::reconcile::top_sources::TopConfig;
+use crate::reconcile::top_sources::{Family, IntervalTotal, SourceCount, TopConfig, TopRanker};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{
-    now_ns, AgentHealth, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId, Snapshot,
+    now_ns, AgentHealth, EbpfSample, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId,
+    Snapshot, SourceMapStats, TopSources,
 };
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
+use crate::sources::ebpf_sources::SourcesRound;
 use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
 use crate::sources::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
@@ -39,8 +41,7 @@ pub struct SamplerConfig {
     /// Set on SIGTERM/SIGINT: long steps (attaching) stop early.
     pub stop: Arc<Stop>,
     /// `--top`: how the per-source counts are ranked into
-    /// [`Snapshot::top_sources`] (by [`crate::reconcile::top_sources::TopRanker`]
-    /// once the kernel counts per source; until then the lists stay empty).
+    /// [`Snapshot::top_sources`] (by [`TopRanker`]).
     pub top: TopConfig,
 }
 
@@ -117,6 +118,7 @@ pub struct Sampler {
     present_failing: HashSet<SeriesKey>,
     /// The last [`SeriesId`] handed out.
     last_series_id: SeriesId,
+    ranker: TopRanker,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -131,6 +133,7 @@ impl Sampler {
             .as_ref()
             .and_then(|_| netns::own_identity(&config.proc_root));
         let own_path = config.proc_root.join(STAT_FILE);
+        let config_top = config.top;
         Self {
             own_name: own_path.display().to_string(),
             own_file: KeptStat::new(own_path),
@@ -143,6 +146,7 @@ impl Sampler {
             last_round_failed: false,
             present_failing: HashSet::new(),
             last_series_id: 0,
+            ranker: TopRanker::new(config_top),
         }
     }
 
@@ -581,7 +585,8 @@ impl Sampler {
             })
             .collect();
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
-        let ebpf_round = ebpf.read_round(&keep);
+        let mut ebpf_round = ebpf.read_round(&keep);
+        let sources = ebpf_round.as_mut().and_then(|r| r.sources.take());
         let probe_type = ebpf.probe_type().as_str();
         let resolution = ebpf.rate_resolution();
         let mut out = Vec::with_capacity(reads.len());
@@ -629,9 +634,73 @@ impl Sampler {
                     .collect()
             })
             .unwrap_or_default();
-        round.probes = Some(join::probes(ebpf_round, probe_type, timestamp_ns));
+        let source_map = sources.as_ref().map(|s| SourceMapStats {
+            entries: s.entries,
+            capacity: s.capacity,
+            evictions: s.evictions,
+            insert_failures: s.insert_failures,
+            map_bytes: s.map_bytes,
+        });
+        if let Some(sources) = sources {
+            round.top_sources = rank_sources(&mut self.ranker, reads, &out, &sources);
+        }
+        round.probes = Some(join::probes(
+            ebpf_round,
+            probe_type,
+            timestamp_ns,
+            source_map,
+        ));
         out
     }
+}
+
+/// The counters counted per source.
+const SOURCE_COUNTERS: [synproxy_common::Counter; 3] = [
+    synproxy_common::Counter::SynReceived,
+    synproxy_common::Counter::CookieInvalid,
+    synproxy_common::Counter::CookieValid,
+];
+
+/// The interval's top sources of the namespaces read this round; shares are
+/// of the namespace's eBPF events of the interval (evicted sources' included).
+fn rank_sources(
+    ranker: &mut TopRanker,
+    reads: &[Read],
+    samples: &[Option<[EbpfSample; 2]>],
+    sources: &SourcesRound,
+) -> Vec<TopSources> {
+    let labels: HashMap<NsKey, Option<&str>> = reads
+        .iter()
+        .filter_map(|r| {
+            let label = (r.key != SeriesKey::Own).then_some(r.label.as_str());
+            r.ebpf_key.map(|k| (k, label))
+        })
+        .collect();
+    let mut totals = Vec::new();
+    for (read, pair) in reads.iter().zip(samples) {
+        let Some(pair) = pair else { continue };
+        let netns = (read.key != SeriesKey::Own).then_some(read.label.as_str());
+        for (family, sample) in [Family::Ipv4, Family::Ipv6].into_iter().zip(pair) {
+            for counter in SOURCE_COUNTERS {
+                totals.push(IntervalTotal {
+                    netns,
+                    family,
+                    counter,
+                    events: sample.events[counter.index()],
+                });
+            }
+        }
+    }
+    let counts = sources.events.iter().filter_map(|e| {
+        let netns = *labels.get(&e.ns)?;
+        Some(SourceCount {
+            netns,
+            counter: e.counter,
+            source: e.source,
+            events: e.events,
+        })
+    });
+    ranker.rank(counts, totals)
 }
 
 fn log_update(name: &str, update: Update) {

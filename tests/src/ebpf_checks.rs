@@ -248,6 +248,50 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         notes.push("no syn_received peak rate reported".into());
         pass = false;
     }
+    // Per-source counting (--top, on by default): every packet came from the
+    // client's address, so it is the one source, with every event.
+    let top = |counter: &str| -> Vec<(String, u64)> {
+        lines
+            .iter()
+            .filter(|l| {
+                l.measurement == "synproxy_top_sources"
+                    && l.tags.get("netns").map(String::as_str) == Some(srv)
+                    && l.tags.get("counter").map(String::as_str) == Some(counter)
+            })
+            .map(|l| {
+                (
+                    l.tags.get("source").cloned().unwrap_or_default(),
+                    l.counter("events").unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let top_syn = top(Counter::SynReceived.name());
+    let top_inv = top(Counter::CookieInvalid.name());
+    let client = src.to_string();
+    if top_syn != [(client.clone(), u64::from(syns))] || top_inv != [(client, u64::from(acks))] {
+        notes.push(format!(
+            "top sources: syn_received {top_syn:?}, cookie_invalid {top_inv:?}; expected only {src} with {syns} and {acks}"
+        ));
+        pass = false;
+    }
+    let source_map = lines
+        .iter()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .map(|l| {
+            (
+                l.counter("source_map_entries").unwrap_or(0),
+                l.counter("source_evictions").unwrap_or(u64::MAX),
+            )
+        })
+        .unwrap_or((0, u64::MAX));
+    if source_map.0 < 2 || source_map.1 != 0 {
+        notes.push(format!(
+            "synproxy_ebpf_probes: source_map_entries={} source_evictions={} (expected at least 2 and 0)",
+            source_map.0, source_map.1
+        ));
+        pass = false;
+    }
     // The same round on the Prometheus endpoint.
     let body = match scrape {
         Ok((200, _, body)) => body,
@@ -317,9 +361,12 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     }
     Ok(Check {
         line: format!(
-            "{head}{probe_fields} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} probe_misses={} recursion_misses={recursion} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} status={}",
+            "{head}{probe_fields} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} probe_misses={} recursion_misses={recursion} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} top_syn={} top_inv={} source_map_entries={} status={}",
             view.misses,
             view.statuses.join("/"),
+            top_syn.first().map_or(0, |t| t.1),
+            top_inv.first().map_or(0, |t| t.1),
+            source_map.0,
             if pass { "PASS" } else { "FAIL" }
         ),
         pass,

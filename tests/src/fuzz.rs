@@ -211,6 +211,16 @@ pub fn line_protocol(data: &[u8]) {
         map_bytes: d,
         probes: vec![("ack4_ret", ProbeStats { hits, missed })],
         diag: [e, f, a, b],
+        // Per-source map fields with the IPv6 half of the inputs.
+        sources: input
+            .family_ipv6
+            .then_some(synproxy_user::sample::SourceMapStats {
+                entries: a,
+                capacity: c as u32,
+                evictions: e,
+                insert_failures: f,
+                map_bytes: d,
+            }),
         timestamp_ns: input.timestamp_ns,
     };
     let mut out = Vec::new();
@@ -227,6 +237,16 @@ pub fn line_protocol(data: &[u8]) {
     assert_eq!(line.fields.get("ack4_ret_missed"), Some(&int(missed)));
     assert_eq!(line.fields.get("syn_recursion_misses"), Some(&int(c)));
     assert_eq!(line.fields.get("map_bytes"), Some(&int(d)));
+    let source_evictions = line.fields.get("source_evictions");
+    if input.family_ipv6 {
+        assert_eq!(source_evictions, Some(&int(e)));
+        assert_eq!(
+            line.fields.get("source_map_capacity"),
+            Some(&int(u64::from(c as u32)))
+        );
+    } else {
+        assert_eq!(source_evictions, None);
+    }
     assert_eq!(
         line.fields.get("probe_type"),
         Some(&FieldValue::Str(probe_type.to_string()))

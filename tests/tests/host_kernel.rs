@@ -1116,7 +1116,7 @@ fn top_view_shows(screen: &str, ns: &str) -> Option<f64> {
         && screen.contains(&format!("> {ns}"))
         && screen.contains(&format!(" {ns}: rates from /proc over "))
         && screen.contains("eBPF off: --no-ebpf")
-        && screen.contains("no per-source counts yet")
+        && screen.contains("no per-source counts: per-source counting needs eBPF")
         && counter_rate(screen, "cookie_valid") == Some(0.0)
         && (syn - TOP_SYN_RATE).abs() <= TOP_SYN_RATE * 0.10;
     ok.then_some(syn)

@@ -66,6 +66,7 @@ pub fn probes(
     round: Option<EbpfRound>,
     probe_type: &'static str,
     timestamp_ns: u64,
+    sources: Option<crate::sample::SourceMapStats>,
 ) -> ProbesSample {
     match round {
         Some(r) => ProbesSample {
@@ -77,6 +78,7 @@ pub fn probes(
             map_bytes: r.map_bytes,
             probes: r.probes,
             diag: r.diag,
+            sources,
             timestamp_ns,
         },
         None => ProbesSample {
@@ -88,6 +90,7 @@ pub fn probes(
             map_bytes: 0,
             probes: Vec::new(),
             diag: Default::default(),
+            sources: None,
             timestamp_ns,
         },
     }
@@ -149,7 +152,7 @@ mod tests {
             assert_eq!(s.peak_rates, [0.0; COUNTER_COUNT]);
             assert_eq!(s.timestamp_ns, 5);
         }
-        let p = probes(None, "kprobe", 5);
+        let p = probes(None, "kprobe", 5, None);
         assert!(!p.attached);
         assert_eq!((p.probe_misses, p.map_bytes), (0, 0));
     }
@@ -223,7 +226,7 @@ mod tests {
             map_bytes: 4096,
             ..Default::default()
         };
-        let p = probes(Some(round), "kprobe", 9);
+        let p = probes(Some(round), "kprobe", 9, None);
         assert!(p.attached);
         assert_eq!(p.probe_misses, 4);
         assert_eq!(p.recursion_misses, 3);

@@ -23,6 +23,9 @@ use synproxy_common::Counter;
 pub const DEFAULT_TOP: usize = 10;
 /// `--top` upper bound: N series per namespace, family and counter on /metrics.
 pub const MAX_TOP: usize = 1000;
+/// `--top-map-entries` bounds.
+pub const MIN_TOP_MAP_ENTRIES: u32 = 1024;
+pub const MAX_TOP_MAP_ENTRIES: u32 = 1 << 24;
 
 /// What to rank, from `--top`, `--top-prefix-v4` and `--top-prefix-v6`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub struct TopConfig {
     pub prefix_v4: u8,
     /// IPv6 sources likewise (128: each address alone).
     pub prefix_v6: u8,
+    /// Entries of the kernel's per-source map.
+    pub map_entries: u32,
 }
 
 impl Default for TopConfig {
@@ -41,6 +46,7 @@ impl Default for TopConfig {
             n: DEFAULT_TOP,
             prefix_v4: 32,
             prefix_v6: 128,
+            map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
         }
     }
 }
@@ -138,6 +144,7 @@ impl TopRanker {
                 n: config.n.min(MAX_TOP),
                 prefix_v4: config.prefix_v4.min(32),
                 prefix_v6: config.prefix_v6.min(128),
+                map_entries: config.map_entries,
             },
             ids: HashMap::new(),
             names: Vec::new(),
@@ -529,6 +536,7 @@ mod tests {
             n: 2,
             prefix_v4: 24,
             prefix_v6: 64,
+            ..TopConfig::default()
         });
         let counts = [
             // 200 spoofed sources of 203.0.113.0/24, one event each...
@@ -561,6 +569,7 @@ mod tests {
             n: 5,
             prefix_v4: 0,
             prefix_v6: 1,
+            ..TopConfig::default()
         });
         let top = r.rank(
             [
@@ -578,6 +587,7 @@ mod tests {
             n: 5,
             prefix_v4: 200,
             prefix_v6: 255,
+            ..TopConfig::default()
         });
         let top = r.rank([syn("1.2.3.4", 1), syn("::1", 1)], []);
         assert_eq!(entries(&top[0]), [("1.2.3.4", 1)]);

@@ -171,8 +171,10 @@ impl LineEncoder {
     }
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
-    /// lines, then the `synproxy_ebpf` lines, then the `synproxy_ebpf_probes`
-    /// line. A round in which no namespace could be read writes nothing.
+    /// lines, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
+    /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
+    /// as the end of an eBPF round). A round in which no namespace could be
+    /// read writes nothing.
     pub fn encode_round(&self, snapshot: &Snapshot, out: &mut Vec<u8>) {
         if snapshot.namespaces.is_empty() {
             return;
@@ -183,11 +185,11 @@ impl LineEncoder {
         for sample in snapshot.ebpf_samples() {
             self.encode_ebpf(sample, out);
         }
-        if let Some(probes) = &snapshot.probes {
-            self.encode_probes(probes, out);
-        }
         for list in &snapshot.top_sources {
             self.encode_top_sources(list, snapshot.timestamp_ns, out);
+        }
+        if let Some(probes) = &snapshot.probes {
+            self.encode_probes(probes, out);
         }
     }
 
@@ -220,8 +222,9 @@ impl LineEncoder {
 
     /// One `synproxy_ebpf_probes` line: `attached`, `probe_type`, this round's `probe_misses`
     /// (all namespaces), `recursion_misses`, `map_bytes`, kernel-side
-    /// diagnostics, and per probe `<probe>_hits` / `<probe>_missed` since it
-    /// was attached.
+    /// diagnostics, per probe `<probe>_hits` / `<probe>_missed` since it
+    /// was attached, and with `--top` the per-source map's `source_map_*`
+    /// and `source_evictions`, `source_insert_failures`.
     pub fn encode_probes(&self, sample: &ProbesSample, out: &mut Vec<u8>) {
         out.extend_from_slice(PROBES_MEASUREMENT.as_bytes());
         self.write_tags(out, &[]);
@@ -240,6 +243,13 @@ impl LineEncoder {
         for (probe, stats) in &sample.probes {
             fields.push((format!("{probe}_hits"), stats.hits));
             fields.push((format!("{probe}_missed"), stats.missed));
+        }
+        if let Some(map) = &sample.sources {
+            fields.push(("source_map_entries".into(), map.entries));
+            fields.push(("source_map_capacity".into(), u64::from(map.capacity)));
+            fields.push(("source_map_bytes".into(), map.map_bytes));
+            fields.push(("source_evictions".into(), map.evictions));
+            fields.push(("source_insert_failures".into(), map.insert_failures));
         }
         fields.sort();
         let mut separator = b' ';
@@ -515,12 +525,30 @@ mod tests {
             recursion_misses: 0,
             program_recursion: vec![("ack_ret", 0)],
             map_bytes: 4096,
+            sources: None,
             timestamp_ns: 5,
         };
         e.encode_probes(&probes, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,unmatched_returns=1u,untracked_events=0u 5\n"
+        );
+        // With --top: the per-source map.
+        let probes = ProbesSample {
+            sources: Some(crate::sample::SourceMapStats {
+                entries: 3,
+                capacity: 65536,
+                evictions: 2,
+                insert_failures: 0,
+                map_bytes: 8192,
+            }),
+            ..probes
+        };
+        let mut out = Vec::new();
+        e.encode_probes(&probes, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "synproxy_ebpf_probes ack4_ret_hits=7u,ack4_ret_missed=1u,ack_ret_recursion_misses=0u,attached=1u,map_bytes=4096u,probe_misses=1u,probe_type=\"kprobe\",rate_late_events=0u,read_failures=0u,recursion_misses=0u,source_evictions=2u,source_insert_failures=0u,source_map_bytes=8192u,source_map_capacity=65536u,source_map_entries=3u,unmatched_returns=1u,untracked_events=0u 5\n"
         );
     }
 
@@ -670,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_ends_with_its_top_sources() {
+    fn top_sources_come_before_the_probes_line_that_ends_a_round() {
         let e = LineEncoder::new(&[], IntegerType::Signed);
         let round = Snapshot {
             timestamp_ns: 7,
@@ -681,7 +709,18 @@ mod tests {
             }],
             retained: Vec::new(),
             failures: Vec::new(),
-            probes: None,
+            probes: Some(ProbesSample {
+                attached: true,
+                probe_type: "kprobe",
+                probes: Vec::new(),
+                diag: [0; 4],
+                probe_misses: 0,
+                recursion_misses: 0,
+                program_recursion: Vec::new(),
+                map_bytes: 0,
+                sources: None,
+                timestamp_ns: 7,
+            }),
             agent: crate::sample::AgentHealth {
                 round_duration: std::time::Duration::ZERO,
                 ebpf_enabled: false,
@@ -701,7 +740,12 @@ mod tests {
             .collect();
         assert_eq!(
             measurements,
-            ["synproxy", TOP_SOURCES_MEASUREMENT, TOP_SOURCES_MEASUREMENT]
+            [
+                "synproxy",
+                TOP_SOURCES_MEASUREMENT,
+                TOP_SOURCES_MEASUREMENT,
+                PROBES_MEASUREMENT
+            ]
         );
         assert!(text.ends_with(" 7\n"), "{text}");
     }

@@ -661,6 +661,40 @@ impl Exposition {
                 map_memory,
                 probe_type,
             ]);
+            if let Some(map) = &probes.sources {
+                let mut entries = Family::new(
+                    "synproxy_ebpf_source_map_entries",
+                    "Entries in the kernel's per-source map (--top).",
+                    MetricType::Gauge,
+                );
+                entries.count(Vec::new(), map.entries);
+                let mut capacity = Family::new(
+                    "synproxy_ebpf_source_map_capacity",
+                    "Size of the kernel's per-source map (--top-map-entries).",
+                    MetricType::Gauge,
+                );
+                capacity.count(Vec::new(), u64::from(map.capacity));
+                let mut evictions = Family::new(
+                    "synproxy_ebpf_source_evictions",
+                    "Sources the per-source map evicted (least recently seen) since load: more sources than --top-map-entries.",
+                    MetricType::Counter,
+                );
+                evictions.count(Vec::new(), map.evictions);
+                let mut failures = Family::new(
+                    "synproxy_ebpf_source_insert_failures",
+                    "Events not counted per source because the map made no entry for them, since load.",
+                    MetricType::Counter,
+                );
+                failures.count(Vec::new(), map.insert_failures);
+                let mut memory = Family::new(
+                    "synproxy_ebpf_source_map_memory",
+                    "Kernel memory the per-source map pins (memlock; part of synproxy_ebpf_map_memory_bytes).",
+                    MetricType::Gauge,
+                )
+                .unit(Unit::Bytes);
+                memory.count(Vec::new(), map.map_bytes);
+                families.extend([entries, capacity, evictions, failures, memory]);
+            }
         }
         let mut run_time = Family::new(
             "synproxy_ebpf_program_run_time",
@@ -897,6 +931,13 @@ mod tests {
                     ("ack4_ret", ProbeStats { hits: 5, missed: 1 }),
                 ],
                 diag: [0, 1, 0, 0],
+                sources: Some(crate::sample::SourceMapStats {
+                    entries: 40,
+                    capacity: 65536,
+                    evictions: 3,
+                    insert_failures: 0,
+                    map_bytes: 6_291_456,
+                }),
                 timestamp_ns: 1,
             }),
             agent: AgentHealth {
@@ -1022,6 +1063,11 @@ mod tests {
             "synproxy_ebpf_kprobe_missed_total{probe=\"ack4_ret\"} 1",
             "synproxy_ebpf_anomalies_total{kind=\"rate_late_events\"} 1",
             "synproxy_ebpf_map_memory_bytes 2797568",
+            "synproxy_ebpf_source_map_entries 40",
+            "synproxy_ebpf_source_map_capacity 65536",
+            "synproxy_ebpf_source_evictions_total 3",
+            "synproxy_ebpf_source_insert_failures_total 0",
+            "synproxy_ebpf_source_map_memory_bytes 6291456",
             "synproxy_ebpf_program_run_time_seconds_total{program=\"ack4\"} 2.5",
             "synproxy_ebpf_program_runs_total{program=\"ack4\"} 7",
             "synproxy_agent_ebpf_attached 1",

@@ -354,6 +354,10 @@ pub struct KernelOffsets {
     pub ct_l3num: u32,
     /// `offsetof(struct net, net_cookie)` (a u64 since 5.14; absent before 5.7).
     pub net_cookie: Option<u32>,
+    /// `offsetof(struct sk_buff, head)`
+    pub skb_head: u32,
+    /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`)
+    pub skb_network_header: u32,
 }
 
 impl KernelOffsets {
@@ -366,6 +370,8 @@ impl KernelOffsets {
                 + btf.member_offset("nf_conntrack_tuple", "src")?
                 + btf.member_offset("nf_conntrack_man", "l3num")?,
             net_cookie: btf.member_offset("net", "net_cookie").ok(),
+            skb_head: btf.member_offset("sk_buff", "head")?,
+            skb_network_header: btf.member_offset("sk_buff", "network_header")?,
         })
     }
 }

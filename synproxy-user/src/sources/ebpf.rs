@@ -19,13 +19,14 @@
 //! 5.11, a load the kernel refuses) the agent says why once and uses kprobes.
 
 use super::btf::{self, Btf, KernelOffsets, SplitBase, VMLINUX_BTF};
+use super::ebpf_sources::{self, SourceDeltas, SourcesRound};
 use super::kernel_btf;
 use super::kprobe_events::{self, ProbeStats, TraceFs};
 use super::ns_slots::{read_counts, NoSlot, NsSlots};
 pub use super::ns_slots::{FamilyCounts, NsKey};
 use super::shared_array::SharedArray;
 use aya::maps::Map;
-use aya::programs::{FEntry, FExit, KProbe};
+use aya::programs::{FEntry, FExit, Iter, KProbe};
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
@@ -36,8 +37,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use synproxy_common::{
-    diag, globals, NsEntry, NsStats, COUNTER_COUNT, NS_SLOTS, NS_STATS_RATES_U32, NS_STATS_U32S,
-    NS_TABLE_ENTRIES, RATE_RING,
+    diag, globals, source_stats, NsEntry, NsStats, COUNTER_COUNT, NS_SLOTS, NS_STATS_RATES_U32,
+    NS_STATS_U32S, NS_TABLE_ENTRIES, RATE_RING,
 };
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
@@ -319,6 +320,25 @@ pub struct EbpfRound {
     pub map_bytes: u64,
     /// The kind of programs that counted.
     pub probe_type: ProbeType,
+    /// Per-source counts of the interval, with `--top` N > 0.
+    pub sources: Option<SourcesRound>,
+}
+
+/// Per-source counting (`--top` N > 0): the iterator over `SOURCES` and
+/// what turns its reads into interval events.
+struct SourceCounting {
+    /// The iterator program's link with the map; each read makes an
+    /// iterator from it.
+    link: OwnedFd,
+    /// `SOURCE_STATS`: entries created, events refused.
+    stats: SharedArray,
+    deltas: SourceDeltas,
+    /// The iterator's output, kept between rounds.
+    records: Vec<u8>,
+    capacity: u32,
+    map_bytes: u64,
+    /// A failed read is said once, until one succeeds.
+    failing: bool,
 }
 
 struct Attachment {
@@ -440,6 +460,7 @@ pub struct EbpfSource {
     /// Peaks of the buckets drained since the previous round.
     peaks: HashMap<NsKey, FamilyCounts>,
     map_bytes: u64,
+    sources: Option<SourceCounting>,
 }
 
 /// Identity of a loaded module: the inode of /sys/module/NAME (a new one per load).
@@ -524,11 +545,14 @@ fn load_error(program: &str, e: aya::programs::ProgramError) -> Unavailable {
 impl EbpfSource {
     /// Checks the kernel, loads the programs (the verifier runs here) and tries
     /// to attach. Not being able to attach yet (module not loaded) is no error.
+    /// `source_entries`: with per-source counting (`--top` N > 0), the size
+    /// of its map.
     pub fn open(
         rate_resolution: Duration,
         attach: bool,
         stop: &Stop,
         probes: ProbeType,
+        source_entries: Option<u32>,
     ) -> Result<Self, Unavailable> {
         if OBJECT.is_empty() {
             return Err(Unavailable(
@@ -571,6 +595,13 @@ impl EbpfSource {
                 .map_err(|e| Unavailable(format!("kernel BTF lacks a needed type: {e}")))?,
             Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
         };
+        // The map-element iterator's target, for per-source counting.
+        let iter_btf_id = match source_entries {
+            Some(_) => btf::func_ids(&vmlinux, None, &[ebpf_sources::ITER_TARGET])
+                .ok()
+                .and_then(|ids| ids.first().copied().flatten()),
+            None => None,
+        };
         drop(vmlinux);
         debug!("kernel offsets from BTF: {offsets:?}");
         // Cookies join eBPF counts with namespaces only where the agent can ask
@@ -583,7 +614,18 @@ impl EbpfSource {
         let rate_res_ns = u64::try_from(rate_resolution.as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        let ebpf = EbpfLoader::new()
+        let count_sources = u32::from(source_entries.is_some());
+        // With `--top 0` the map is one entry: nothing writes it.
+        let source_map_entries = source_entries.unwrap_or(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("SOURCES", source_map_entries)
+            .override_global(globals::COUNT_SOURCES, &count_sources, true)
+            .override_global(globals::SKB_HEAD_OFFSET, &offsets.skb_head, true)
+            .override_global(
+                globals::SKB_NETWORK_HEADER_OFFSET,
+                &offsets.skb_network_header,
+                true,
+            )
             .override_global(globals::NET_INUM_OFFSET, &offsets.net_inum, true)
             .override_global(globals::CT_NET_OFFSET, &offsets.ct_net, true)
             .override_global(globals::CT_L3NUM_OFFSET, &offsets.ct_l3num, true)
@@ -607,6 +649,16 @@ impl EbpfSource {
             stats: map_shared(&ebpf, "NS_STATS", std::mem::size_of::<NsStats>(), NS_SLOTS)?,
             tags: map_shared(&ebpf, "RATE_TAGS", 8, RATE_RING)?,
             diag: map_shared(&ebpf, "DIAG", 8, diag::COUNT)?,
+        };
+        let sources = match source_entries {
+            Some(capacity) => match open_source_counting(&mut ebpf, iter_btf_id, capacity) {
+                Ok(counting) => Some(counting),
+                Err(reason) => {
+                    warn!("eBPF: per-source counting (--top) is off: {reason}");
+                    None
+                }
+            },
+            None => None,
         };
         let map_bytes = own_map_memlock();
         debug!("eBPF maps pin {} KiB of kernel memory", map_bytes / 1024);
@@ -632,6 +684,7 @@ impl EbpfSource {
             last_diag: [0; diag::COUNT as usize],
             peaks: HashMap::new(),
             map_bytes,
+            sources,
         };
         if active == ProbeType::Kprobe {
             source.load_kprobes(stop)?;
@@ -1185,7 +1238,38 @@ impl EbpfSource {
         self.last_recursion = recursion_counting;
         self.last_diag = round.diag;
 
+        round.sources = self.read_sources();
         self.prune(keep);
+        Some(round)
+    }
+
+    /// This interval's per-source events (None without per-source counting,
+    /// or when the read failed: said once).
+    fn read_sources(&mut self) -> Option<SourcesRound> {
+        let counting = self.sources.as_mut()?;
+        if let Err(e) = ebpf_sources::read_iter(counting.link.as_fd(), &mut counting.records) {
+            if !counting.failing {
+                warn!("eBPF: cannot read the per-source counts: {e}");
+                counting.failing = true;
+            }
+            return None;
+        }
+        counting.failing = false;
+        let stat = |slot: u32| {
+            counting
+                .stats
+                .u64s()
+                .get(slot as usize)
+                .map_or(0, |v| v.load(Ordering::Acquire))
+        };
+        let inserts = stat(source_stats::INSERTS);
+        let mut round = SourcesRound {
+            capacity: counting.capacity,
+            insert_failures: stat(source_stats::INSERT_FAILED),
+            map_bytes: counting.map_bytes,
+            ..Default::default()
+        };
+        counting.deltas.fold(&counting.records, inserts, &mut round);
         Some(round)
     }
 
@@ -1382,6 +1466,62 @@ fn map_shared(
             Unavailable(format!("cannot map {name} into memory: {e}"))
         }
     })
+}
+
+/// Loads the iterator over `SOURCES` and links it with the map.
+fn open_source_counting(
+    ebpf: &mut Ebpf,
+    iter_btf_id: Option<u32>,
+    capacity: u32,
+) -> Result<SourceCounting, String> {
+    let btf_id = iter_btf_id.ok_or_else(|| {
+        format!(
+            "the kernel has no BPF map iterator ({} not in its BTF; Linux 5.9+)",
+            ebpf_sources::ITER_TARGET
+        )
+    })?;
+    let stats = map_shared(ebpf, "SOURCE_STATS", 8, source_stats::COUNT).map_err(|e| e.0)?;
+    let map_fd = match ebpf.map("SOURCES") {
+        Some(Map::LruHashMap(data)) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("map SOURCES: {e}"))?,
+        _ => return Err("map SOURCES missing from the object".into()),
+    };
+    let program: &mut Iter = ebpf
+        .program_mut("spx_sources_iter")
+        .ok_or("program spx_sources_iter missing from the object")?
+        .try_into()
+        .map_err(|e| format!("spx_sources_iter: {e}"))?;
+    program
+        .load_with_btf_id(btf_id)
+        .map_err(|e| format!("loading spx_sources_iter: {e}"))?;
+    let prog_fd = program.fd().map_err(|e| format!("spx_sources_iter: {e}"))?;
+    let link = ebpf_sources::attach_map_iter(prog_fd.as_fd(), map_fd.as_fd())
+        .map_err(|e| format!("linking spx_sources_iter with SOURCES: {e}"))?;
+    let map_bytes = map_memlock(map_fd.as_fd());
+    Ok(SourceCounting {
+        link,
+        stats,
+        deltas: SourceDeltas::default(),
+        records: Vec::new(),
+        capacity,
+        map_bytes,
+        failing: false,
+    })
+}
+
+/// memlock of one BPF map (`/proc/self/fdinfo/FD`), bytes.
+fn map_memlock(fd: BorrowedFd<'_>) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

@@ -192,7 +192,7 @@ pub struct SourceRow {
 }
 
 /// The selected namespace's top sources of `counter`, both families merged;
-/// `None` when the round has no per-source counts at all.
+/// `None` when the round has no per-source counts at all (eBPF off, `--top 0`).
 pub fn source_rows(
     top: &[TopSources],
     netns: Option<&str>,
@@ -240,7 +240,9 @@ pub fn source_lines(model: &Model, ui: &UiState, view: &NamespaceView) -> Vec<St
         .map_or(&[][..], |s| s.top_sources.as_slice());
     let counter = ui.source_counter;
     match source_rows(top, view.netns.as_deref(), counter, ui.source_order) {
-        None => vec!["no per-source counts yet: per-source counting is off in this agent".into()],
+        None => {
+            vec!["no per-source counts: per-source counting needs eBPF and --top above 0".into()]
+        }
         Some(rows) if rows.is_empty() => vec![format!(
             "no sources of {} in this namespace this interval",
             counter.name()
@@ -545,7 +547,10 @@ mod tests {
         assert!(syn.contains("200"), "{syn}");
         assert!(syn.contains("1200"), "{syn}");
         assert!(s.contains("eBPF off: --no-ebpf"), "{s}");
-        assert!(s.contains("no per-source counts yet"), "{s}");
+        assert!(
+            s.contains("no per-source counts: per-source counting needs eBPF"),
+            "{s}"
+        );
         assert!(s.contains("q: quit"), "{s}");
         assert!(s.contains("INFO  SIGTERM, exiting"), "{s}");
     }

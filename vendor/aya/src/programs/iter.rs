@@ -72,6 +72,15 @@ impl Iter {
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER, data)
     }
 
+    /// Loads the program against the vmlinux function `bpf_iter_<type>` whose
+    /// BTF id the caller found (for callers with their own BTF reader, which
+    /// need not parse vmlinux BTF into a [`Btf`] for one id).
+    pub fn load_with_btf_id(&mut self, btf_id: u32) -> Result<(), ProgramError> {
+        let Self { data } = self;
+        data.attach_btf_id = Some(btf_id);
+        load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER, data)
+    }
+
     /// Attaches the program.
     ///
     /// The returned value can be used to detach, see [`Self::detach`].
