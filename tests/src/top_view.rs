@@ -79,7 +79,7 @@ pub struct Row {
 pub enum Table {
     /// The panel is not on the screen.
     Absent,
-    /// "no per-source counts yet": the round carries no per-source counts.
+    /// "no per-source counts: ...": the round carries no per-source counts.
     NoCounts(String),
     /// "no sources of COUNTER in this namespace this interval".
     Quiet,
@@ -107,7 +107,7 @@ pub fn table(screen: &str) -> Table {
         return Table::Absent;
     };
     let first = lines.first().copied().unwrap_or_default();
-    if first.starts_with("no per-source counts yet") {
+    if first.starts_with("no per-source counts") {
         return Table::NoCounts(first.to_string());
     }
     if first.starts_with("no sources of ") {
@@ -625,7 +625,8 @@ INFO  eBPF probes attached
     fn tells_the_empty_tables_apart() {
         let quiet = frame("│no sources of syn_received in this namespace this interval   │\n");
         assert_eq!(table(&quiet), Table::Quiet);
-        let off = frame("│no per-source counts yet: per-source counting is off in this agent │\n");
+        let off =
+            frame("│no per-source counts: per-source counting needs eBPF and --top above 0 │\n");
         assert!(matches!(table(&off), Table::NoCounts(_)));
         assert_eq!(table("synproxy-agent top | every 1s\n$ "), Table::Absent);
         let ebpf_off = quiet.replace("eBPF on", "eBPF off");
