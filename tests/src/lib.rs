@@ -27,5 +27,6 @@ pub mod scenario;
 pub mod sustained;
 pub mod tmux;
 pub mod tools;
+pub mod top_sources;
 pub mod top_view;
 pub mod traffic;

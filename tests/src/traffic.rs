@@ -192,7 +192,20 @@ impl RawSender {
     }
 
     pub fn send(&mut self, dst: IpAddr, seg: &TcpSegment) -> Result<()> {
-        let (bytes, addr) = match (self.src, dst) {
+        self.send_from(self.src, dst, seg)
+    }
+
+    /// Like [`RawSender::send`], with `src` as the packet's source address
+    /// instead of the one given to [`RawSender::new`] (the family must match
+    /// the socket's).
+    pub fn send_from(&mut self, src: IpAddr, dst: IpAddr, seg: &TcpSegment) -> Result<()> {
+        if src.is_ipv4() != self.src.is_ipv4() {
+            bail!(
+                "source {src} is not of the raw socket's family ({})",
+                self.src
+            );
+        }
+        let (bytes, addr) = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 self.ip_id = self.ip_id.wrapping_add(1);
                 (
@@ -204,7 +217,7 @@ impl RawSender {
                 packet::build_v6(s, d, seg, self.v6_checksum),
                 SockAddr::from(SocketAddr::new(dst, 0)),
             ),
-            _ => bail!("address family mismatch: {} -> {dst}", self.src),
+            _ => bail!("address family mismatch: {src} -> {dst}"),
         };
         let n = self
             .sock

@@ -9,7 +9,7 @@ use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
-    caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_view,
+    caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources, top_view,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -17,7 +17,7 @@ const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] 
 [--ip6tables PATH] [--nft PATH] [--server-netns NAME] [--agent-mode inside|netns|both] \
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--probes kprobe|fentry] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
-[--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] \
+[--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] [--top-sources] \
 [--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N] [--cost-enforce-throughput]] \
 [--top-view]";
 
@@ -36,6 +36,9 @@ struct Args {
     non_root: bool,
     /// Run the eBPF cost check instead of the matrix.
     cost: Option<ebpf_cost::Params>,
+    /// Run the top-sources checks (ground truth per selected rules and family,
+    /// then the spoofed flood) instead of the matrix.
+    top_sources: bool,
     /// Run the live view's check (`synproxy-agent top` in tmux) instead of the matrix.
     top_view: bool,
 }
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args> {
     let mut lifecycle = None;
     let mut delays = None;
     let mut non_root = false;
+    let mut top_sources = false;
     let mut cost = None;
     let mut cost_params = ebpf_cost::Params::default();
     let mut fentry = false;
@@ -89,6 +93,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--non-root" {
             non_root = true;
+            continue;
+        }
+        if flag == "--top-sources" {
+            top_sources = true;
             continue;
         }
         if flag == "--ebpf-cost" {
@@ -197,6 +205,7 @@ fn parse_args() -> Result<Args> {
         lifecycle: lifecycle.map(|()| delays),
         non_root,
         cost: cost.map(|()| cost_params),
+        top_sources,
         top_view,
     })
 }
@@ -258,6 +267,13 @@ fn main() {
     }
     if args.non_root {
         checks.push(Box::new(|| vec![non_root::non_root(cfg, kernel)]));
+    }
+    if args.top_sources {
+        let (rules, families) = (&args.rules, &args.families);
+        checks.push(Box::new(move || {
+            top_sources::ground_truth(cfg, kernel, rules, families)
+        }));
+        checks.push(Box::new(|| vec![top_sources::flood(cfg, kernel)]));
     }
     if let Some(params) = &args.cost {
         checks.push(Box::new(move || {

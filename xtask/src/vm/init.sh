@@ -389,6 +389,18 @@ if selected flood-shutdown; then
     end_check flood-shutdown
 fi
 
+# 5b. Top sources (issue 11): 60 sources with distinct known counts per rules flavour
+#     and family (xt/nft x IPv4/IPv6): the agent's synproxy_top_sources lines, summed
+#     over its rounds, must equal them exactly for syn_received, cookie_invalid and
+#     cookie_valid, and the eBPF totals, with no eviction; then 100,000 spoofed SYNs
+#     with 5 heavy sources into a 16,384-entry map: the heavy ones are ranks 1-5 with
+#     exactly their counts, and the map reports evictions.
+if selected top-sources; then
+    begin_check top-sources
+    run_scenario top-sources 900 --agent "$AGENT" --ebpf require --top-sources $TOOLS
+    end_check top-sources
+fi
+
 # 6. Sustained flood (issue 7): one server netns, xt and nft ports, IPv4 and IPv6,
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every

@@ -1,0 +1,1030 @@
+//! The `top-sources` check (issue 11): the agent's `synproxy_top_sources` lines
+//! against traffic whose per-source counts are known.
+//!
+//! - Ground truth, per rules flavour (xt, nft) and family (IPv4, IPv6): 60 extra
+//!   addresses on the client's veth (10.78.0.1-60/32, fd00:78::1-60/128; the
+//!   server netns routes them back through a default route). Source `i` (0..60)
+//!   causes `i + 1` syn_received events and `2i + 1` cookie_invalid events
+//!   (crafted SYNs and bare ACKs with random numbers); every sixth source
+//!   (`i = 6k + 5`) also opens `k + 1` real connections bound to it
+//!   (cookie_valid `k + 1`; their SYNs are part of its `i + 1` syn_received:
+//!   it sends `i + 1 - (k + 1)` crafted SYNs). Every count is distinct. The agent
+//!   runs with `--top 100`, so every source is listed in every round; summed over
+//!   the rounds, each (counter, source) must equal the ground truth exactly, the
+//!   sum over sources must equal the agent's eBPF total of the counter and family
+//!   (and /proc), and `source_evictions` must stay 0.
+//! - Spoofed flood (xt, IPv4): 100,000 SYNs from distinct random addresses of
+//!   100.64.0.0/10 with 5 heavy sources (600, 500, 400, 300, 200 SYNs, spread
+//!   evenly through it), the agent with `--top-map-entries 16384`: the heavy
+//!   sources must be ranks 1-5 of the summed syn_received events with exactly
+//!   their counts, the map must have evicted (`source_evictions > 0`), /proc
+//!   must have moved by every SYN sent and eBPF must equal /proc.
+
+use crate::ebpf_checks::Check;
+use crate::line_protocol::{parse_line, FieldValue, Line};
+use crate::live_agent::{self, Launch, LiveAgent};
+use crate::netns::{Netns, Topology};
+use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
+use crate::proc_counters::{self, Totals};
+use crate::rng::XorShift;
+use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::scenario::Config;
+use crate::tools;
+use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use anyhow::{bail, Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+use synproxy_common::Counter;
+
+/// The measurement of the per-source lines.
+pub const MEASUREMENT: &str = "synproxy_top_sources";
+/// The counters with per-source lists.
+pub const COUNTERS: [Counter; 3] = [
+    Counter::SynReceived,
+    Counter::CookieInvalid,
+    Counter::CookieValid,
+];
+/// Sources of the ground-truth runs.
+pub const SOURCES: u32 = 60;
+/// The flood's random sources (one SYN each).
+pub const FLOOD_SOURCES: u32 = 100_000;
+/// The flood's heavy sources' SYNs, rank 1 first.
+pub const HEAVY: [u32; 5] = [600, 500, 400, 300, 200];
+/// The flood agent's `--top-map-entries`: far fewer than the sources.
+pub const FLOOD_MAP_ENTRIES: u32 = 16_384;
+const PROBE_PORT: u16 = 8081;
+/// Generous: the guest runs under TCG.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one source is to cause in a ground-truth run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePlan {
+    pub crafted_syns: u32,
+    pub bad_acks: u32,
+    pub connections: u32,
+}
+
+impl SourcePlan {
+    /// syn_received, cookie_invalid, cookie_valid (the order of [`COUNTERS`]).
+    pub fn expected(&self) -> [u64; 3] {
+        [
+            u64::from(self.crafted_syns + self.connections),
+            u64::from(self.bad_acks),
+            u64::from(self.connections),
+        ]
+    }
+}
+
+/// Source `i`'s plan: `i + 1` syn_received, `2i + 1` cookie_invalid, and for
+/// `i = 6k + 5`, `k + 1` connections (cookie_valid), whose SYNs are part of
+/// the `i + 1`.
+pub fn plan(i: u32) -> SourcePlan {
+    let connections = if i % 6 == 5 { i / 6 + 1 } else { 0 };
+    SourcePlan {
+        crafted_syns: i + 1 - connections,
+        bad_acks: 2 * i + 1,
+        connections,
+    }
+}
+
+/// The `i`-th (0-based) extra client address of `family`.
+pub fn source_addr(family: Family, i: u32) -> IpAddr {
+    let n = i + 1;
+    match family {
+        Family::Ipv4 => Ipv4Addr::new(10, 78, 0, n as u8).into(),
+        Family::Ipv6 => Ipv6Addr::new(0xfd00, 0x78, 0, 0, 0, 0, 0, n as u16).into(),
+    }
+}
+
+/// The flood's `j`-th random source: `a * j + b` modulo 2^22 in 100.64.0.0/10
+/// (`a` odd, so distinct `j` give distinct addresses).
+pub fn flood_addr(a: u32, b: u32, j: u32) -> Ipv4Addr {
+    let off = (a | 1).wrapping_mul(j).wrapping_add(b) & ((1 << 22) - 1);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) | off)
+}
+
+/// The flood's heavy sources (outside 100.64.0.0/10), rank 1 first.
+pub fn heavy_addr(h: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, h as u8 + 1)
+}
+
+/// The flood's send order: `None` is the next random source, `Some(h)` a SYN
+/// of heavy source `h`. Heavy source `h`'s `k`-th SYN goes after
+/// `(k + 1/2) / HEAVY[h]` of the random ones: each heavy source is spread
+/// evenly over the whole flood.
+pub fn flood_schedule(randoms: u32, heavy: &[u32]) -> Vec<Option<usize>> {
+    let mut keyed: Vec<(u64, Option<usize>)> = (0..randoms)
+        .map(|j| (u64::from(j) * 2 * 1_000_000, None))
+        .collect();
+    for (h, &count) in heavy.iter().enumerate() {
+        for k in 0..count {
+            // (k + 1/2) * randoms / count, in units of 1/2,000,000 of a random slot,
+            // plus 1 + h so no key equals a random one's or another heavy one's.
+            let key = (2 * u64::from(k) + 1) * u64::from(randoms) * 1_000_000 / u64::from(count);
+            keyed.push((key + 1 + h as u64, Some(h)));
+        }
+    }
+    keyed.sort();
+    keyed.into_iter().map(|(_, what)| what).collect()
+}
+
+/// Per (counter, family): per source, the `events` summed over every
+/// `synproxy_top_sources` line of `netns` in `lines` (lines of any round).
+pub type Tally = BTreeMap<(String, String), BTreeMap<IpAddr, u64>>;
+
+pub fn tally(lines: &[Line], netns: &str) -> Result<Tally> {
+    let mut out: Tally = BTreeMap::new();
+    for line in lines.iter().filter(|l| {
+        l.measurement == MEASUREMENT && l.tags.get("netns").map(String::as_str) == Some(netns)
+    }) {
+        let tag = |name: &str| {
+            line.tags
+                .get(name)
+                .cloned()
+                .with_context(|| format!("no {name} tag in {line:?}"))
+        };
+        let (counter, family, source) = (tag("counter")?, tag("family")?, tag("source")?);
+        let addr: IpAddr = source
+            .parse()
+            .with_context(|| format!("source {source:?} is not an address"))?;
+        let want = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+        if family != want {
+            bail!("source {source} tagged family={family}");
+        }
+        let events = line.counter("events")?;
+        *out.entry((counter, family))
+            .or_default()
+            .entry(addr)
+            .or_default() += events;
+    }
+    Ok(out)
+}
+
+/// Per (counter, family): the `synproxy_ebpf` events of `netns` summed over
+/// the lines (one line per family and round).
+pub fn ebpf_sums(lines: &[Line], netns: &str) -> Result<BTreeMap<(String, String), u64>> {
+    let mut out = BTreeMap::new();
+    for line in lines.iter().filter(|l| {
+        l.measurement == "synproxy_ebpf" && l.tags.get("netns").map(String::as_str) == Some(netns)
+    }) {
+        let family = line
+            .tags
+            .get("family")
+            .cloned()
+            .with_context(|| format!("no family tag in {line:?}"))?;
+        for counter in COUNTERS {
+            *out.entry((counter.name().to_string(), family.clone()))
+                .or_default() += line.counter(counter.name())?;
+        }
+    }
+    Ok(out)
+}
+
+/// Sources ranked like the agent ranks them: most events first, equal counts
+/// by address, lowest first.
+pub fn ranking(sums: &BTreeMap<IpAddr, u64>) -> Vec<(IpAddr, u64)> {
+    let mut v: Vec<(IpAddr, u64)> = sums.iter().map(|(a, n)| (*a, *n)).collect();
+    v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    v
+}
+
+/// Differences between the expected and the reported per-source sums (a
+/// source expected with 0 must be absent), at most `limit` of them, plus how
+/// many there are in all.
+pub fn differences(
+    expected: &BTreeMap<IpAddr, u64>,
+    got: &BTreeMap<IpAddr, u64>,
+    limit: usize,
+) -> (Vec<String>, usize) {
+    let mut all = Vec::new();
+    for (addr, &want) in expected {
+        let have = got.get(addr).copied().unwrap_or(0);
+        if have != want {
+            all.push(format!("{addr}: {have} (expected {want})"));
+        }
+    }
+    for (addr, &have) in got {
+        if !expected.contains_key(addr) {
+            all.push(format!("{addr}: {have} (not a source)"));
+        }
+    }
+    let n = all.len();
+    all.truncate(limit);
+    (all, n)
+}
+
+/// The map fields of the last `synproxy_ebpf_probes` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapFields {
+    pub entries: u64,
+    pub capacity: u64,
+    pub evictions: u64,
+    pub bytes: u64,
+}
+
+pub fn map_fields(lines: &[Line]) -> Result<MapFields> {
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .context("no synproxy_ebpf_probes line")?;
+    Ok(MapFields {
+        entries: line.counter("source_map_entries")?,
+        capacity: line.counter("source_map_capacity")?,
+        evictions: line.counter("source_evictions")?,
+        bytes: line.counter("source_map_bytes")?,
+    })
+}
+
+/// `ip -n NETNS -batch -` with `commands`, one per line.
+fn ip_batch(cfg: &Config, netns: &Netns, commands: &[String]) -> Result<()> {
+    let text = commands.join("\n") + "\n";
+    tools::run_with_stdin(
+        &cfg.tools.ip,
+        &["-n", netns.name(), "-batch", "-"],
+        Some(&text),
+    )
+}
+
+/// Default routes of the server netns through the client end of the veth:
+/// answers to the extra (and spoofed) sources leave by it, and reverse path
+/// filtering accepts them.
+fn server_default_routes(cfg: &Config, topo: &Topology) -> Result<()> {
+    ip_batch(
+        cfg,
+        &topo.srv,
+        &[
+            format!("route add default via {} dev {}", topo.cli4, topo.srv_if),
+            format!("route add default via {} dev {}", topo.cli6, topo.srv_if),
+        ],
+    )
+    .context("default routes in the server netns")
+}
+
+/// Waits until each counter of `targets` reached its value in the server netns,
+/// then until /proc stops moving; the totals then. An error names the counters
+/// that did not get there.
+fn settle(srv: &Netns, targets: &[(&str, u64)]) -> Result<Totals> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut last = proc_counters::read(srv)?;
+    while targets.iter().any(|(n, v)| last.get(n) < *v) {
+        if Instant::now() > deadline {
+            let short: Vec<String> = targets
+                .iter()
+                .map(|(n, v)| format!("{n} {} of {v}", last.get(n)))
+                .collect();
+            bail!(
+                "timeout waiting for /proc/net/stat/synproxy to reach the driven counts ({SETTLE_TIMEOUT:?}): {}",
+                short.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        last = proc_counters::read(srv)?;
+    }
+    // Quiet: nothing more arrives (an overshoot shows as a difference).
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = proc_counters::read(srv)?;
+        if now == last || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// The first checksum mode whose crafted IPv6 SYN moves syn_received (see
+/// `scenario::Combo::v6_checksum_candidates`). Run before the agent starts,
+/// from the client's own address: not one of the counted sources.
+fn v6_checksum(topo: &Topology, rules: Flavour, family: Family) -> Result<V6Checksum> {
+    let candidates: &[V6Checksum] = match (rules, family) {
+        (Flavour::Nft, Family::Ipv6) => &[V6Checksum::NftIpv4Helper, V6Checksum::Correct],
+        _ => return Ok(V6Checksum::Correct),
+    };
+    let mut rng = XorShift::from_time();
+    for &mode in candidates {
+        let before = proc_counters::read(&topo.srv)?.get(Counter::SynReceived.name());
+        let mut tx = RawSender::new(&topo.cli, topo.cli6.into(), mode)?;
+        tx.send(
+            topo.srv6.into(),
+            &TcpSegment::to_protected(rng.port(), rng.next_u32(), 0, SYN),
+        )?;
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        while Instant::now() < deadline {
+            if proc_counters::read(&topo.srv)?.get(Counter::SynReceived.name()) > before {
+                settle(&topo.srv, &[(Counter::SynReceived.name(), before + 1)])?;
+                return Ok(mode);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    bail!("no crafted IPv6 SYN reached SYNPROXY with any of {candidates:?} checksums")
+}
+
+/// Non-blocking connects to `dst` from each `(source, count)`, `count` each;
+/// the sockets must stay open until the check ends (closing is traffic too).
+fn connect_from(netns: &Netns, plan: &[(IpAddr, u32)], dst: SocketAddr) -> Result<Vec<Socket>> {
+    let plan = plan.to_vec();
+    netns.run(move || {
+        let mut socks = Vec::new();
+        for (src, count) in plan {
+            for _ in 0..count {
+                let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+                s.bind(&SocketAddr::new(src, 0).into())
+                    .with_context(|| format!("bind {src}"))?;
+                s.set_nonblocking(true)?;
+                match s.connect(&dst.into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("connect {src} -> {dst}"));
+                    }
+                }
+                socks.push(s);
+            }
+        }
+        Ok(socks)
+    })
+}
+
+/// The agent's lines after its first round: every sample, then what it wrote
+/// before it exited.
+struct Run {
+    lines: Vec<Line>,
+    rounds: usize,
+}
+
+impl Run {
+    fn new() -> Self {
+        Run {
+            lines: Vec::new(),
+            rounds: 0,
+        }
+    }
+
+    fn sample(&mut self, live: &mut LiveAgent) -> Result<()> {
+        self.lines.extend(live.sample()?);
+        self.rounds += 1;
+        Ok(())
+    }
+
+    fn add_stdout(&mut self, stdout: &[String]) -> Result<()> {
+        for raw in stdout {
+            self.lines
+                .push(parse_line(raw).with_context(|| format!("agent line {raw:?}"))?);
+        }
+        Ok(())
+    }
+}
+
+/// The ground-truth check for every selected rules flavour and family.
+pub fn ground_truth(
+    cfg: &Config,
+    kernel: &str,
+    rules: &[Flavour],
+    families: &[Family],
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for &r in rules {
+        for &f in families {
+            let head = format!(
+                "RESULT kernel={kernel} check=top-sources rules={} family={} sources={SOURCES}",
+                r.name(),
+                f.name()
+            );
+            let started = Instant::now();
+            checks.push(match run_ground_truth(cfg, &head, r, f) {
+                Ok(mut check) => {
+                    check
+                        .notes
+                        .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
+                    check
+                }
+                Err(e) => failed(head, e),
+            });
+        }
+    }
+    checks
+}
+
+fn failed(head: String, e: anyhow::Error) -> Check {
+    Check {
+        line: format!("{head} status=FAIL"),
+        pass: false,
+        notes: vec![format!("error: {e:#}")],
+    }
+}
+
+fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) -> Result<Check> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let _srv_rules = ServerRules::install(tools, &topo.srv, rules, family, &topo.srv_if)
+        .context("SYNPROXY rules")?;
+    let _cli_rules =
+        rules::install_client_rst_filter(tools, &topo.cli, rules, family).context("RST filter")?;
+    let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    server_default_routes(cfg, &topo)?;
+    let sources: Vec<IpAddr> = (0..SOURCES).map(|i| source_addr(family, i)).collect();
+    let adds: Vec<String> = sources
+        .iter()
+        .map(|a| match a {
+            IpAddr::V4(a) => format!("addr add {a}/32 dev {}", topo.cli_if),
+            IpAddr::V6(a) => format!("addr add {a}/128 dev {} nodad", topo.cli_if),
+        })
+        .collect();
+    ip_batch(cfg, &topo.cli, &adds).context("source addresses on the client veth")?;
+    let dst: IpAddr = match family {
+        Family::Ipv4 => topo.srv4.into(),
+        Family::Ipv6 => topo.srv6.into(),
+    };
+    traffic::wait_reachable(
+        &topo.cli,
+        SocketAddr::new(dst, PROBE_PORT),
+        Duration::from_secs(30),
+    )?;
+    let checksum = v6_checksum(&topo, rules, family).context("probing crafted-packet checksums")?;
+    let mut args = cfg.extra_agent_args.clone();
+    args.extend(["--top", "100"].map(String::from));
+    let ebpf = cfg.ebpf.enabled();
+    let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
+        .context("the agent")?;
+    let mut run = Run::new();
+    let before = proc_counters::read(&topo.srv)?;
+
+    // Crafted SYNs, then a round, then bad ACKs, then a round, then the real
+    // connections: the sums must not depend on how traffic falls into rounds.
+    let mut tx = RawSender::new(&topo.cli, sources[0], checksum)?;
+    let mut rng = XorShift::from_time();
+    // Below the ephemeral range of the real connections: a crafted ACK must
+    // never match one of their conntrack entries.
+    let mut sport = 1024u16;
+    let mut next_port = || {
+        sport = if sport >= 30_000 { 1024 } else { sport + 1 };
+        sport
+    };
+    let plans: Vec<SourcePlan> = (0..SOURCES).map(plan).collect();
+    // Round-robin over the sources, so each one's packets spread over the burst.
+    let most_syns = plans.iter().map(|p| p.crafted_syns).max().unwrap_or(0);
+    for k in 0..most_syns {
+        for (src, p) in sources.iter().zip(&plans) {
+            if k < p.crafted_syns {
+                let seg = TcpSegment::to_protected(next_port(), rng.next_u32(), 0, SYN);
+                tx.send_from(*src, dst, &seg)?;
+            }
+        }
+    }
+    run.sample(&mut live)?;
+    let most_acks = plans.iter().map(|p| p.bad_acks).max().unwrap_or(0);
+    for k in 0..most_acks {
+        for (src, p) in sources.iter().zip(&plans) {
+            if k < p.bad_acks {
+                let seg =
+                    TcpSegment::to_protected(next_port(), rng.next_u32(), rng.next_u32(), ACK);
+                tx.send_from(*src, dst, &seg)?;
+            }
+        }
+    }
+    run.sample(&mut live)?;
+    let conn_plan: Vec<(IpAddr, u32)> = sources
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| p.connections > 0)
+        .map(|(a, p)| (*a, p.connections))
+        .collect();
+    let connections: u32 = conn_plan.iter().map(|(_, n)| n).sum();
+    let accepted = server.accepted();
+    let _held = connect_from(&topo.cli, &conn_plan, SocketAddr::new(dst, PROTECTED_PORT))?;
+    server
+        .wait_accepted(accepted + u64::from(connections), CONNECT_TIMEOUT)
+        .context("timeout waiting for the server to accept the connections")?;
+
+    let driven: [u64; 3] = plans.iter().fold([0; 3], |mut acc, p| {
+        for (a, e) in acc.iter_mut().zip(p.expected()) {
+            *a += e;
+        }
+        acc
+    });
+    let targets: Vec<(&str, u64)> = COUNTERS
+        .iter()
+        .zip(driven)
+        .map(|(c, d)| (c.name(), before.get(c.name()) + d))
+        .collect();
+    let after = settle(&topo.srv, &targets)?;
+    // Two rounds after the traffic settled: the second must add nothing. (What
+    // the agent wrote after a sample's last line, and before it exited, is
+    // summed too: the sums do not depend on where a round's top lines fall.)
+    run.sample(&mut live)?;
+    run.sample(&mut live)?;
+    let stopped = live.stop(None)?;
+    run.add_stdout(&stopped.stdout)?;
+    let srv = topo.srv.name();
+    let fam = family.name();
+    let other = match family {
+        Family::Ipv4 => "ipv6",
+        Family::Ipv6 => "ipv4",
+    };
+
+    let mut notes = Vec::new();
+    let mut pass = ebpf;
+    if !ebpf {
+        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
+    }
+    let tally = tally(&run.lines, srv)?;
+    let ebpf_sum = ebpf_sums(&run.lines, srv)?;
+    let mut fields = String::new();
+    let mut mismatches = 0;
+    for (ci, counter) in COUNTERS.iter().enumerate() {
+        let name = counter.name();
+        let short = match counter {
+            Counter::SynReceived => "syn",
+            Counter::CookieInvalid => "inv",
+            _ => "valid",
+        };
+        let expected: BTreeMap<IpAddr, u64> = sources
+            .iter()
+            .zip(&plans)
+            .map(|(a, p)| (*a, p.expected()[ci]))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let empty = BTreeMap::new();
+        let got = tally
+            .get(&(name.to_string(), fam.to_string()))
+            .unwrap_or(&empty);
+        let listed: u64 = got.values().sum();
+        let proc_delta = after.get(name) - before.get(name);
+        let ebpf_fam = ebpf_sum
+            .get(&(name.to_string(), fam.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let ebpf_other = ebpf_sum
+            .get(&(name.to_string(), other.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let (diffs, n) = differences(&expected, got, 5);
+        mismatches += n;
+        fields.push_str(&format!(
+            " {short}_driven={} {short}_proc={proc_delta} {short}_ebpf={ebpf_fam} {short}_top_sum={listed} {short}_sources={}/{}",
+            driven[ci],
+            got.len(),
+            expected.len()
+        ));
+        if n > 0 {
+            pass = false;
+            notes.push(format!("{name}: {n} sources differ: {}", diffs.join(", ")));
+        }
+        if proc_delta != driven[ci] {
+            pass = false;
+            notes.push(format!(
+                "{name}: /proc moved {proc_delta}, driven {}",
+                driven[ci]
+            ));
+        }
+        if ebpf_fam != proc_delta || ebpf_other != 0 {
+            pass = false;
+            notes.push(format!(
+                "{name}: eBPF {fam} {ebpf_fam} ({other} {ebpf_other}), /proc {proc_delta}"
+            ));
+        }
+        if listed != ebpf_fam {
+            pass = false;
+            notes.push(format!(
+                "{name}: the listed sources sum to {listed}, eBPF counted {ebpf_fam}"
+            ));
+        }
+        if let Some(list) = tally.get(&(name.to_string(), other.to_string())) {
+            pass = false;
+            notes.push(format!("{name}: {} {other} sources listed", list.len()));
+        }
+    }
+    let map = map_fields(&run.lines);
+    let evictions = match &map {
+        Ok(m) => {
+            if m.evictions != 0 {
+                pass = false;
+                notes.push(format!(
+                    "source_evictions={} with {SOURCES} sources",
+                    m.evictions
+                ));
+            }
+            m.evictions.to_string()
+        }
+        Err(e) => {
+            pass = false;
+            notes.push(format!("probes line: {e:#}"));
+            "?".into()
+        }
+    };
+    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
+        pass = false;
+    }
+    Ok(Check {
+        line: format!(
+            "{head} connections={connections}{fields} mismatches={mismatches} source_evictions={evictions} rounds={} status={}",
+            run.rounds,
+            if pass { "PASS" } else { "FAIL" }
+        ),
+        pass,
+        notes,
+    })
+}
+
+/// The agent's eBPF side over the run: attached, no probe misses, every
+/// `synproxy_ebpf` line of `srv` `exact`; then stdin EOF or SIGTERM ended it
+/// in time, leaving nothing in the kernel. Reasons go to `notes`.
+fn agent_health(
+    cfg: &Config,
+    run: &Run,
+    srv: &str,
+    stopped: live_agent::Stopped,
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    let mut ok = true;
+    let (missed, attached) = live_agent::probe_misses(&run.lines)?;
+    let probe_misses: u64 = run
+        .lines
+        .iter()
+        .filter(|l| l.measurement == "synproxy_ebpf_probes")
+        .map(|l| l.counter("probe_misses"))
+        .collect::<Result<Vec<u64>>>()?
+        .into_iter()
+        .sum();
+    let not_exact = run
+        .lines
+        .iter()
+        .filter(|l| {
+            l.measurement == "synproxy_ebpf"
+                && l.tags.get("netns").map(String::as_str) == Some(srv)
+                && !matches!(l.fields.get("reconcile"), Some(FieldValue::Str(s)) if s == "exact")
+        })
+        .count();
+    if missed != 0 || probe_misses != 0 || !attached || not_exact != 0 {
+        ok = false;
+        notes.push(format!(
+            "attached={attached} kprobe missed={missed} probe_misses={probe_misses} non-exact synproxy_ebpf lines={not_exact}"
+        ));
+    }
+    if !stopped.exit_ok || stopped.elapsed > cfg.exit_limit() {
+        ok = false;
+        notes.push(format!(
+            "stop: exit ok={} after {:?}; stderr: {}",
+            stopped.exit_ok,
+            stopped.elapsed,
+            stopped.stderr.join(" | ")
+        ));
+    }
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
+    if !left.is_empty() {
+        ok = false;
+        notes.push(format!("left in the kernel: {}", left.join("; ")));
+    }
+    Ok(ok)
+}
+
+/// The spoofed-flood check (xt, IPv4).
+pub fn flood(cfg: &Config, kernel: &str) -> Check {
+    let heavy: Vec<String> = HEAVY.iter().map(u32::to_string).collect();
+    let head = format!(
+        "RESULT kernel={kernel} check=top-sources mode=flood rules=xt family=ipv4 random_sources={FLOOD_SOURCES} heavy={} map_entries={FLOOD_MAP_ENTRIES}",
+        heavy.join("/")
+    );
+    let started = Instant::now();
+    match run_flood(cfg, &head) {
+        Ok(mut check) => {
+            check
+                .notes
+                .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
+            check
+        }
+        Err(e) => failed(head, e),
+    }
+}
+
+fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let _srv_rules =
+        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
+            .context("SYNPROXY rules")?;
+    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
+        .context("RST filter")?;
+    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    server_default_routes(cfg, &topo)?;
+    let dst: IpAddr = topo.srv4.into();
+    traffic::wait_reachable(
+        &topo.cli,
+        SocketAddr::new(dst, PROBE_PORT),
+        Duration::from_secs(30),
+    )?;
+    let mut args = cfg.extra_agent_args.clone();
+    args.extend([
+        "--top".to_string(),
+        "10".to_string(),
+        "--top-map-entries".to_string(),
+        FLOOD_MAP_ENTRIES.to_string(),
+    ]);
+    let ebpf = cfg.ebpf.enabled();
+    let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
+        .context("the agent")?;
+    let mut run = Run::new();
+    let before = proc_counters::read(&topo.srv)?;
+    let mut rng = XorShift::from_time();
+    let (a, b) = (rng.next_u32(), rng.next_u32());
+    let schedule = flood_schedule(FLOOD_SOURCES, &HEAVY);
+    let mut tx = RawSender::new(&topo.cli, topo.cli4.into(), V6Checksum::Correct)?;
+    let send_start = Instant::now();
+    let mut random = 0u32;
+    for (p, what) in schedule.iter().enumerate() {
+        let src = match what {
+            None => {
+                random += 1;
+                flood_addr(a, b, random - 1)
+            }
+            Some(h) => heavy_addr(*h),
+        };
+        let sport = 1024 + (p % 60_000) as u16;
+        let seg = TcpSegment::to_protected(sport, rng.next_u32(), 0, SYN);
+        tx.send_from(src.into(), dst, &seg)?;
+        // A few rounds during the flood: the heavy sources' events are summed
+        // over the rounds.
+        if p > 0 && p % 25_000 == 0 {
+            run.sample(&mut live)?;
+        }
+    }
+    let send_secs = send_start.elapsed().as_secs_f64();
+    let sent = schedule.len() as u64;
+    let name = Counter::SynReceived.name();
+    let after = settle(&topo.srv, &[(name, before.get(name) + sent)])?;
+    run.sample(&mut live)?;
+    run.sample(&mut live)?;
+    let stopped = live.stop(None)?;
+    run.add_stdout(&stopped.stdout)?;
+    let srv = topo.srv.name();
+
+    let mut notes = Vec::new();
+    let mut pass = ebpf;
+    if !ebpf {
+        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
+    }
+    let proc_delta = after.get(name) - before.get(name);
+    let ebpf_v4 = ebpf_sums(&run.lines, srv)?
+        .get(&(name.to_string(), "ipv4".to_string()))
+        .copied()
+        .unwrap_or(0);
+    if proc_delta != sent {
+        pass = false;
+        notes.push(format!(
+            "/proc syn_received moved {proc_delta}, {sent} SYNs sent"
+        ));
+    }
+    if ebpf_v4 != proc_delta {
+        pass = false;
+        notes.push(format!("eBPF syn_received {ebpf_v4}, /proc {proc_delta}"));
+    }
+    let tally = tally(&run.lines, srv)?;
+    let empty = BTreeMap::new();
+    let sums = tally
+        .get(&(name.to_string(), "ipv4".to_string()))
+        .unwrap_or(&empty);
+    let ranked = ranking(sums);
+    let expected: Vec<(IpAddr, u64)> = HEAVY
+        .iter()
+        .enumerate()
+        .map(|(h, n)| (heavy_addr(h).into(), u64::from(*n)))
+        .collect();
+    let top5: Vec<(IpAddr, u64)> = ranked.iter().take(HEAVY.len()).copied().collect();
+    let show = |v: &[(IpAddr, u64)]| {
+        v.iter()
+            .map(|(a, n)| format!("{a}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if top5 != expected {
+        pass = false;
+        notes.push(format!(
+            "ranks 1-5 of summed syn_received: {} (expected {})",
+            show(&top5),
+            show(&expected)
+        ));
+    }
+    let rank6 = ranked.get(HEAVY.len()).map_or(0, |(_, n)| *n);
+    let map = map_fields(&run.lines);
+    let map_text = match &map {
+        Ok(m) => {
+            if m.evictions == 0 {
+                pass = false;
+                notes.push(format!(
+                    "source_evictions=0 after {FLOOD_SOURCES} sources into a map of {} entries",
+                    m.capacity
+                ));
+            }
+            if m.capacity != u64::from(FLOOD_MAP_ENTRIES) || m.entries > m.capacity {
+                pass = false;
+                notes.push(format!(
+                    "source_map_entries={} source_map_capacity={}",
+                    m.entries, m.capacity
+                ));
+            }
+            format!(
+                "source_evictions={} source_map_entries={} source_map_capacity={} source_map_bytes={}",
+                m.evictions, m.entries, m.capacity, m.bytes
+            )
+        }
+        Err(e) => {
+            pass = false;
+            notes.push(format!("probes line: {e:#}"));
+            "source_evictions=?".to_string()
+        }
+    };
+    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
+        pass = false;
+    }
+    Ok(Check {
+        line: format!(
+            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} rounds={} send_time={send_secs:.1}s status={}",
+            show(&top5),
+            run.rounds,
+            if pass { "PASS" } else { "FAIL" }
+        ),
+        pass,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn lines(text: &str) -> Vec<Line> {
+        text.lines()
+            .map(|l| parse_line(l).expect("test line parses"))
+            .collect()
+    }
+
+    #[test]
+    fn every_count_of_the_plan_is_distinct_and_connections_are_inside_the_syns() {
+        let plans: Vec<SourcePlan> = (0..SOURCES).map(plan).collect();
+        for ci in 0..3 {
+            let nonzero: Vec<u64> = plans
+                .iter()
+                .map(|p| p.expected()[ci])
+                .filter(|n| *n > 0)
+                .collect();
+            let distinct: BTreeSet<u64> = nonzero.iter().copied().collect();
+            assert_eq!(distinct.len(), nonzero.len(), "counter {ci}");
+        }
+        for (i, p) in plans.iter().enumerate() {
+            assert_eq!(p.expected()[0], i as u64 + 1);
+            assert_eq!(p.expected()[1], 2 * i as u64 + 1);
+        }
+        let connecting: Vec<u32> = plans
+            .iter()
+            .map(|p| p.connections)
+            .filter(|c| *c > 0)
+            .collect();
+        assert_eq!(connecting, (1..=10).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn source_addresses_are_distinct_and_of_their_family() {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let all: BTreeSet<IpAddr> = (0..SOURCES).map(|i| source_addr(family, i)).collect();
+            assert_eq!(all.len(), SOURCES as usize);
+            assert!(all.iter().all(|a| a.is_ipv4() == (family == Family::Ipv4)));
+        }
+        assert_eq!(source_addr(Family::Ipv6, 4).to_string(), "fd00:78::5");
+    }
+
+    #[test]
+    fn flood_addresses_are_distinct_and_in_the_shared_space() {
+        let all: BTreeSet<Ipv4Addr> = (0..FLOOD_SOURCES)
+            .map(|j| flood_addr(0x1234_5678, 0xdead_beef, j))
+            .collect();
+        assert_eq!(all.len(), FLOOD_SOURCES as usize);
+        let net = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+        assert!(all.iter().all(|a| u32::from(*a) & 0xffc0_0000 == net));
+        assert!((0..HEAVY.len()).all(|h| !all.contains(&heavy_addr(h))));
+    }
+
+    #[test]
+    fn the_schedule_spreads_each_heavy_source_over_the_flood() {
+        let s = flood_schedule(1000, &[10, 4]);
+        assert_eq!(s.len(), 1014);
+        assert_eq!(s.iter().filter(|w| w.is_none()).count(), 1000);
+        for (h, count) in [(0usize, 10usize), (1, 4)] {
+            let at: Vec<usize> = s
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w == Some(h))
+                .map(|(p, _)| p)
+                .collect();
+            assert_eq!(at.len(), count);
+            // The first SYN within the first share, the last within the last.
+            assert!(at[0] < s.len() / count, "{at:?}");
+            assert!(at[count - 1] > s.len() - s.len() / count, "{at:?}");
+        }
+    }
+
+    #[test]
+    fn tally_sums_each_source_over_rounds_for_its_netns_only() {
+        let l = lines(
+            "synproxy_top_sources,counter=syn_received,family=ipv4,netns=srv,rank=1,source=10.78.0.2 events=5i,share=0.5 1\n\
+             synproxy_top_sources,counter=syn_received,family=ipv4,netns=srv,rank=2,source=10.78.0.1 events=3i,share=0.3 1\n\
+             synproxy_ebpf_probes attached=1i 1\n\
+             synproxy_top_sources,counter=syn_received,family=ipv4,netns=srv,rank=1,source=10.78.0.1 events=4i,share=1 2\n\
+             synproxy_top_sources,counter=syn_received,family=ipv4,netns=other,rank=1,source=10.78.0.1 events=100i,share=1 2\n\
+             synproxy_top_sources,counter=cookie_invalid,family=ipv6,netns=srv,rank=1,source=fd00:78::1 events=7u,share=1 2",
+        );
+        let t = tally(&l, "srv").expect("tally");
+        let syn = &t[&("syn_received".to_string(), "ipv4".to_string())];
+        assert_eq!(syn.len(), 2);
+        assert_eq!(syn[&"10.78.0.1".parse::<IpAddr>().expect("addr")], 7);
+        assert_eq!(syn[&"10.78.0.2".parse::<IpAddr>().expect("addr")], 5);
+        let inv = &t[&("cookie_invalid".to_string(), "ipv6".to_string())];
+        assert_eq!(inv[&"fd00:78::1".parse::<IpAddr>().expect("addr")], 7);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn tally_refuses_a_prefix_or_a_wrong_family() {
+        let prefix = lines("synproxy_top_sources,counter=syn_received,family=ipv4,netns=srv,rank=1,source=10.78.0.0/24 events=5i,share=1 1");
+        assert!(tally(&prefix, "srv").is_err());
+        let wrong = lines("synproxy_top_sources,counter=syn_received,family=ipv6,netns=srv,rank=1,source=10.78.0.1 events=5i,share=1 1");
+        assert!(tally(&wrong, "srv").is_err());
+    }
+
+    #[test]
+    fn ebpf_sums_per_counter_and_family() {
+        let l = lines(
+            "synproxy_ebpf,family=ipv4,netns=srv syn_received=3i,cookie_invalid=1i,cookie_valid=0i,reconcile=\"exact\" 1\n\
+             synproxy_ebpf,family=ipv6,netns=srv syn_received=2i,cookie_invalid=0i,cookie_valid=1i,reconcile=\"exact\" 1\n\
+             synproxy_ebpf,family=ipv4,netns=srv syn_received=4i,cookie_invalid=0i,cookie_valid=2i,reconcile=\"exact\" 2\n\
+             synproxy_ebpf,family=ipv4,netns=x syn_received=50i,cookie_invalid=0i,cookie_valid=0i,reconcile=\"exact\" 2",
+        );
+        let s = ebpf_sums(&l, "srv").expect("sums");
+        let get = |c: &str, f: &str| s[&(c.to_string(), f.to_string())];
+        assert_eq!(get("syn_received", "ipv4"), 7);
+        assert_eq!(get("syn_received", "ipv6"), 2);
+        assert_eq!(get("cookie_valid", "ipv4"), 2);
+        assert_eq!(get("cookie_invalid", "ipv4"), 1);
+    }
+
+    #[test]
+    fn ranking_is_by_events_then_by_address() {
+        let a = |s: &str| s.parse::<IpAddr>().expect("addr");
+        let sums: BTreeMap<IpAddr, u64> = [
+            (a("10.0.0.10"), 5),
+            (a("10.0.0.2"), 5),
+            (a("10.0.0.3"), 9),
+            (a("10.0.0.1"), 1),
+        ]
+        .into_iter()
+        .collect();
+        let r: Vec<IpAddr> = ranking(&sums).into_iter().map(|(a, _)| a).collect();
+        assert_eq!(
+            r,
+            vec![a("10.0.0.3"), a("10.0.0.2"), a("10.0.0.10"), a("10.0.0.1")]
+        );
+    }
+
+    #[test]
+    fn differences_find_wrong_missing_and_extra_sources() {
+        let a = |s: &str| s.parse::<IpAddr>().expect("addr");
+        let expected: BTreeMap<IpAddr, u64> =
+            [(a("10.0.0.1"), 1), (a("10.0.0.2"), 2), (a("10.0.0.3"), 3)]
+                .into_iter()
+                .collect();
+        assert_eq!(differences(&expected, &expected, 5), (vec![], 0));
+        let got: BTreeMap<IpAddr, u64> =
+            [(a("10.0.0.1"), 1), (a("10.0.0.2"), 3), (a("10.0.0.9"), 1)]
+                .into_iter()
+                .collect();
+        let (shown, n) = differences(&expected, &got, 2);
+        assert_eq!(n, 3);
+        assert_eq!(
+            shown,
+            vec!["10.0.0.2: 3 (expected 2)", "10.0.0.3: 0 (expected 3)"]
+        );
+    }
+
+    #[test]
+    fn map_fields_come_from_the_last_probes_line() {
+        let l = lines(
+            "synproxy_ebpf_probes attached=1i,source_map_entries=5i,source_map_capacity=16384i,source_evictions=0i,source_map_bytes=100i 1\n\
+             synproxy_ebpf_probes attached=1i,source_map_entries=16384i,source_map_capacity=16384i,source_evictions=83616i,source_map_bytes=2000i 2",
+        );
+        assert_eq!(
+            map_fields(&l).expect("fields"),
+            MapFields {
+                entries: 16384,
+                capacity: 16384,
+                evictions: 83616,
+                bytes: 2000
+            }
+        );
+        assert!(map_fields(&lines("synproxy_ebpf_probes attached=1i 1")).is_err());
+    }
+}
