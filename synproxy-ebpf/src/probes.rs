@@ -150,7 +150,7 @@ fn source_stat_inc(slot: u32) {
 /// One more event of `addr` in `SOURCES` (only for namespaces the agent
 /// tracks: the others have no name to report).
 #[inline(always)]
-fn count_source(ns: Netns, family: u8, counter: Counter, addr: &[u8; 16]) {
+fn count_source(ns: Netns, family: u8, counter: Counter, addr: &[u64; 2]) {
     let key = SourceKey {
         cookie: ns.cookie,
         netns: ns.inum,
@@ -186,7 +186,7 @@ fn count(ns: Netns, family: u8, counter: Counter) {
 }
 
 #[inline(always)]
-fn count_with_source(ns: Netns, family: u8, counter: Counter, source: Option<&[u8; 16]>) {
+fn count_with_source(ns: Netns, family: u8, counter: Counter, source: Option<&[u64; 2]>) {
     let Some(stats) = slot_of(ns).and_then(|slot| NS_STATS.get_ptr_mut(slot)) else {
         diag_inc(diag::UNTRACKED);
         return;
@@ -256,23 +256,20 @@ fn netns_of(net: u64) -> Netns {
 /// The client's address: the source of the packet in `skb` (its IP header
 /// at `skb->head + skb->network_header`), when per-source counting is on.
 #[inline(always)]
-fn source_of(skb: u64, family: u8) -> Option<[u8; 16]> {
+fn source_of(skb: u64, family: u8) -> Option<[u64; 2]> {
     if COUNT_SOURCES.load() == 0 {
         return None;
     }
     let head = read_at::<u64>(skb, SKB_HEAD_OFFSET.load())?;
     let network = read_at::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load())?;
     let ip = head + u64::from(network);
-    let mut addr = [0u8; 16];
     if family == FAMILY_IPV6 {
         // ipv6hdr: saddr at 8.
-        addr = read_at::<[u8; 16]>(ip, 8)?;
+        read_at::<[u64; 2]>(ip, 8)
     } else {
-        // iphdr: saddr at 12.
-        let v4 = read_at::<[u8; 4]>(ip, 12)?;
-        addr[..4].copy_from_slice(&v4);
+        // iphdr: saddr at 12; in memory order, so its bytes stay first.
+        read_at::<u32>(ip, 12).map(|v4| [u64::from(v4), 0])
     }
-    Some(addr)
 }
 
 #[inline(always)]
@@ -310,7 +307,7 @@ struct AckArgs {
     recv_seq: u32,
     /// `ntohl(th->seq)`
     seq: u32,
-    source: Option<[u8; 16]>,
+    source: Option<[u64; 2]>,
 }
 
 #[inline(always)]
@@ -345,7 +342,7 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
                 armed: 1,
                 has_source: u8::from(args.source.is_some()),
                 _pad: 0,
-                source: args.source.unwrap_or([0; 16]),
+                source: args.source.unwrap_or([0; 2]),
             };
         }
     }

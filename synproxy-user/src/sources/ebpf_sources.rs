@@ -63,7 +63,7 @@ pub fn parse_record(record: &[u8]) -> Option<(SourceKey, SourceValue)> {
         counter: *record.get(12)?,
         family: *record.get(13)?,
         _pad: [0; 2],
-        addr: record.get(16..32)?.try_into().ok()?,
+        addr: [u64_at(16)?, u64_at(24)?],
     };
     let value = SourceValue {
         events: u64_at(32)?,
@@ -75,16 +75,34 @@ pub fn parse_record(record: &[u8]) -> Option<(SourceKey, SourceValue)> {
 /// The address of a key, by its family; None for a family the programs do
 /// not write.
 pub fn source_addr(key: &SourceKey) -> Option<IpAddr> {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&key.addr[0].to_ne_bytes());
+    bytes[8..].copy_from_slice(&key.addr[1].to_ne_bytes());
     match key.family {
         FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
-            key.addr[0],
-            key.addr[1],
-            key.addr[2],
-            key.addr[3],
+            bytes[0], bytes[1], bytes[2], bytes[3],
         ))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(key.addr))),
+        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
         _ => None,
     }
+}
+
+/// [`SourceKey::addr`] of an address as the programs store it.
+pub fn key_addr(addr: IpAddr) -> [u64; 2] {
+    let bytes = match addr {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    [word(0), word(8)]
 }
 
 /// Events of an entry since the previous read: the growth of the same
@@ -192,15 +210,15 @@ mod tests {
         r.push(key.counter);
         r.push(key.family);
         r.extend_from_slice(&[0, 0]);
-        r.extend_from_slice(&key.addr);
+        r.extend_from_slice(&key.addr[0].to_ne_bytes());
+        r.extend_from_slice(&key.addr[1].to_ne_bytes());
         r.extend_from_slice(&value.events.to_ne_bytes());
         r.extend_from_slice(&value.born.to_ne_bytes());
         r
     }
 
     fn v4_key(last: u8, counter: Counter) -> SourceKey {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[203, 0, 113, last]);
+        let addr = key_addr(IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)));
         SourceKey {
             cookie: 7,
             netns: 9,
@@ -228,7 +246,7 @@ mod tests {
         );
         let mut v6 = key;
         v6.family = FAMILY_IPV6;
-        v6.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        v6.addr = key_addr("2001:db8::1".parse().unwrap());
         assert_eq!(source_addr(&v6), Some("2001:db8::1".parse().unwrap()));
         v6.family = 0;
         assert_eq!(source_addr(&v6), None);

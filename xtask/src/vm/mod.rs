@@ -405,6 +405,12 @@ fn plan_boots(checks: &[String], kvm: bool) -> Vec<Boot> {
     boots
 }
 
+/// A boot that panicked before init started: no check, agent or test code
+/// had run yet.
+fn panicked_before_init(end: &BootEnd, time_to_init: Option<Duration>) -> bool {
+    *end == BootEnd::Panicked && time_to_init.is_none()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn boot_image(
     image: KernelImage,
@@ -434,7 +440,7 @@ fn boot_image(
         plan.late.len(),
         console_log.display()
     );
-    let outcome = qemu::boot(&BootSpec {
+    let spec = BootSpec {
         vmlinuz: &image.vmlinuz(),
         initrd: &initrd,
         console_log: &console_log,
@@ -446,7 +452,22 @@ fn boot_image(
         checks: &boot.checks,
         skip: &boot.skip,
         icount: boot.icount,
-    })?;
+    };
+    let mut outcome = qemu::boot(&spec)?;
+    if panicked_before_init(&outcome.end, outcome.time_to_init) {
+        // Nothing of ours runs before init: a panic there is the kernel under
+        // emulation (seen: an int3 left by live code patching during the
+        // initcalls under TCG). One more boot, said aloud; its log is kept.
+        let first = console_log.with_extension("first-boot.log");
+        let _ = std::fs::rename(&console_log, &first);
+        println!(
+            "vm-test: {}{} panicked before init started (before any of the suite's code ran; console log {}): booting it once more",
+            image.release,
+            boot.label,
+            first.display()
+        );
+        outcome = qemu::boot(&spec)?;
+    }
     let mut kernel_run = KernelRun {
         image,
         outcome,
@@ -540,6 +561,12 @@ mod tests {
         let run = run_with(BootEnd::Completed, None);
         assert_eq!(run.synthesized_result(), None);
         assert_eq!(run.problem(), None);
+        assert!(panicked_before_init(&BootEnd::Panicked, None));
+        assert!(!panicked_before_init(
+            &BootEnd::Panicked,
+            Some(Duration::from_secs(4))
+        ));
+        assert!(!panicked_before_init(&BootEnd::TimedOut, None));
         let panicked = run_with(BootEnd::Panicked, None);
         assert!(panicked
             .synthesized_result()
