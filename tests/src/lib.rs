@@ -28,4 +28,5 @@ pub mod sustained;
 pub mod tmux;
 pub mod tools;
 pub mod top_sources;
+pub mod top_view;
 pub mod traffic;

@@ -12,24 +12,27 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct Tmux {
-    /// In `dir`, so that removing `dir` leaves nothing behind (tmux keeps a
-    /// dead server's socket file).
+    /// `dir/socket`: an absolute path, so the socket never lands in the
+    /// current directory, and removing `dir` leaves nothing behind (tmux
+    /// keeps a dead server's socket file).
     socket: String,
-    /// Holds the socket and the server's config (status line off: the pane
-    /// is the window).
+    /// A fresh directory under the temporary directory (`TMPDIR`, else
+    /// `/tmp`): holds the socket and the server's config (status line off:
+    /// the pane is the window).
     dir: PathBuf,
 }
 
 impl Tmux {
     /// A server with one `width` x `height` pane running `sh` with prompt `$ `.
     pub fn start(width: u16, height: u16) -> Result<Self> {
-        let socket = format!(
+        let name = format!(
             "spx-top-{}-{}",
             std::process::id(),
             crate::netns::next_seq()
         );
-        let dir = std::env::temp_dir().join(&socket);
+        let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let socket = dir.join("socket").display().to_string();
         let conf = dir.join("tmux.conf");
         std::fs::write(&conf, "set -g status off\nset -g history-limit 0\n")
             .with_context(|| format!("writing {}", conf.display()))?;

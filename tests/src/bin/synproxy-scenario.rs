@@ -9,7 +9,7 @@ use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
-    caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources,
+    caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources, top_view,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -18,7 +18,8 @@ const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] 
 [--extra-agent-arg ARG]... [--ebpf auto|require|off] [--probes kprobe|fentry] [--flood [--flood-syn N] [--flood-ack N]] \
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
 [--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] [--top-sources] \
-[--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N] [--cost-enforce-throughput]]";
+[--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N] [--cost-enforce-throughput]] \
+[--top-view]";
 
 struct Args {
     cfg: Config,
@@ -38,6 +39,8 @@ struct Args {
     /// Run the top-sources checks (ground truth per selected rules and family,
     /// then the spoofed flood) instead of the matrix.
     top_sources: bool,
+    /// Run the live view's check (`synproxy-agent top` in tmux) instead of the matrix.
+    top_view: bool,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Args> {
     let mut cost = None;
     let mut cost_params = ebpf_cost::Params::default();
     let mut fentry = false;
+    let mut top_view = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -97,6 +101,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--ebpf-cost" {
             cost = Some(());
+            continue;
+        }
+        if flag == "--top-view" {
+            top_view = true;
             continue;
         }
         if flag == "--cost-enforce-throughput" {
@@ -198,6 +206,7 @@ fn parse_args() -> Result<Args> {
         non_root,
         cost: cost.map(|()| cost_params),
         top_sources,
+        top_view,
     })
 }
 
@@ -270,6 +279,9 @@ fn main() {
         checks.push(Box::new(move || {
             vec![ebpf_cost::ebpf_cost(cfg, kernel, params)]
         }));
+    }
+    if args.top_view {
+        checks.push(Box::new(|| vec![top_view::top_view(cfg, kernel)]));
     }
     if !checks.is_empty() {
         for run in checks {

@@ -14,6 +14,11 @@ pub const HOST_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "iproute2",
+    // The live view's check runs `synproxy-agent top` in tmux in the guest: tmux, its
+    // terminfo entries (ncurses-base) and the C.UTF-8 locale tmux needs (libc-bin).
+    "tmux",
+    "ncurses-base",
+    "libc-bin",
     "xz-utils",
     "zstd",
     // Signs the private bullseye/bookworm/sid apt sources used for kernels.

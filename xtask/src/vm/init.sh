@@ -26,6 +26,11 @@ POLL_S=0.25
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# Pseudo-terminals (tmux's panes in the top-view check): /dev/ptmx opens a pty of the
+# devpts instance mounted at /dev/pts next to it.
+mkdir -p /dev/pts
+mount -t devpts -o mode=0620,ptmxmode=0666 devpts /dev/pts
+[ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns
 mount -t tmpfs tmpfs /tmp
@@ -611,6 +616,16 @@ fi
 kill "$AGENT_PID" 2>/dev/null
 $IPROUTE2 netns del srv
 end_check fentry-module
+fi
+
+# 11. The live view (issue 11): `synproxy-agent top --netns SRV --interval 1s` with eBPF
+#     in a 120x40 tmux pane while crafted SYNs from 5 sources (50, 40, 30, 20, 10 each)
+#     arrive in one burst: the top sources table must show those 5 in that order with
+#     exactly those counts; q must end it with exit 0 and the terminal as it was.
+if selected top-view; then
+    begin_check top-view
+    run_scenario top-view 900 --agent "$AGENT" --ebpf require --top-view $TOOLS
+    end_check top-view
 fi
 
 # 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on

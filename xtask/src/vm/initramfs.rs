@@ -1,6 +1,7 @@
-//! The guest's initramfs: busybox, iproute2, iptables (legacy and nft), nft with their
-//! shared libraries and xtables extensions, the project's static binaries, the init
-//! script, and per kernel the SYNPROXY module closure.
+//! The guest's initramfs: busybox, iproute2, iptables (legacy and nft), nft, tmux with
+//! their shared libraries and xtables extensions, the terminfo entries and the C.UTF-8
+//! locale tmux needs, the project's static binaries, the init script, and per kernel
+//! the SYNPROXY module closure.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -23,6 +24,26 @@ pub const GUEST_SBIN: &str = "/usr/sbin";
 pub const GUEST_AGENT: &str = "/bin/synproxy-agent";
 pub const GUEST_SCENARIO: &str = "/bin/synproxy-scenario";
 const GUEST_MODULE_DIR: &str = "/lib/vmtest-modules";
+
+/// Terminal descriptions copied into the guest (all from Debian's `ncurses-base`):
+/// the pane's `TERM` (tmux's `default-terminal`, `screen` in tmux 3.3, `tmux-256color`
+/// in later releases) and the common outer terminals, so tmux and a shell find theirs.
+const TERMINFO_ENTRIES: &[&str] = &[
+    "dumb",
+    "linux",
+    "screen",
+    "screen-256color",
+    "tmux",
+    "tmux-256color",
+    "vt100",
+    "xterm",
+    "xterm-256color",
+];
+/// Where the host keeps them (ncurses searches these, and /etc/terminfo, in the guest too).
+const TERMINFO_DIRS: &[&str] = &["/lib/terminfo", "/usr/share/terminfo"];
+/// tmux refuses to start without a UTF-8 locale (it tries `en_US.UTF-8`, then
+/// `C.UTF-8`); glibc's C.UTF-8 is this directory of `libc-bin`.
+const C_UTF8_LOCALE: &str = "/usr/lib/locale/C.utf8";
 
 /// Static builds of the project's binaries for the guest.
 #[derive(Debug, Clone)]
@@ -281,10 +302,57 @@ pub fn build_common_archive(binaries: &GuestBinaries) -> Result<Archive> {
         builder.add_elf(extension, None, 0o755)?;
     }
 
+    // tmux, for the live view's check (`synproxy-agent top` read from a tmux pane):
+    // the program, its terminfo entries and a UTF-8 locale.
+    builder.add_elf(&find_host_program("tmux")?, Some("/usr/bin/tmux"), 0o755)?;
+    for entry in TERMINFO_ENTRIES {
+        let host = terminfo_entry(entry)?;
+        let guest = guest_path_for(&host)?;
+        builder.add_host_file(&host, &guest, 0o644)?;
+    }
+    add_host_tree(&mut builder, Path::new(C_UTF8_LOCALE))?;
+
     builder.add_elf(&binaries.agent, Some(GUEST_AGENT), 0o755)?;
     builder.add_elf(&binaries.scenario, Some(GUEST_SCENARIO), 0o755)?;
     builder.add_collected_libraries()?;
     Ok(builder.archive)
+}
+
+/// The host file of terminfo entry `name` (`<dir>/<first letter>/<name>`).
+fn terminfo_entry(name: &str) -> Result<PathBuf> {
+    let first = name
+        .chars()
+        .next()
+        .ok_or_else(|| anyhow!("empty terminfo entry name"))?;
+    TERMINFO_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(first.to_string()).join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "terminfo entry {name} not found in {} (package ncurses-base)",
+                TERMINFO_DIRS.join(" or ")
+            )
+        })
+}
+
+/// Copies the regular files under host directory `dir` to the same guest paths.
+fn add_host_tree(builder: &mut ArchiveBuilder, dir: &Path) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {} (package libc-bin)", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            add_host_tree(builder, &path)?;
+        } else if path.is_file() {
+            let guest = guest_path_for(&path)?;
+            builder.add_host_file(&path, &guest, 0o644)?;
+        }
+    }
+    Ok(())
 }
 
 /// The per-kernel part: decompressed modules and the two load-order lists.
