@@ -110,7 +110,7 @@ pub struct Cli {
     pub top_prefix_v6: u8,
 
     /// Entries of the kernel's per-source map (an LRU hash of
-    /// namespace, counter, family and address), 1024 to 16777216: about 130
+    /// namespace, counter, family and address), 1024 to 16777216: about 112
     /// bytes of kernel memory each. When a flood has more sources, the least
     /// recently seen are evicted (`source_evictions`).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
