@@ -79,7 +79,7 @@ impl Default for Params {
         Self {
             syns: 10_000,
             throughput_syns: 30_000,
-            runs: 5,
+            runs: 7,
             enforce_throughput: false,
         }
     }
