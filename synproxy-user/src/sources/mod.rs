@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod ebpf_sources;
+pub mod host_file;
 pub mod kernel_btf;
 pub mod kprobe_events;
 pub mod netns;

@@ -553,7 +553,7 @@ fn open_in_namespaces(
 }
 
 fn open_one(target: &NetnsTarget, path: &Path) -> Result<Opened, NetnsError> {
-    let ns = File::open(&target.handle).map_err(|e| open_error(target, e))?;
+    let ns: File = super::host_file::open_ns(&target.handle).map_err(|e| open_error(target, e))?;
     let meta = ns.metadata().map_err(|e| open_error(target, e))?;
     let key = (meta.dev(), meta.ino());
     if target.expected.is_some_and(|expected| expected != key) {

@@ -14,17 +14,28 @@
 //! once). Files elsewhere than on procfs (a `--proc-root` tree of plain
 //! files) are opened anew each round, as before, since a plain file can be
 //! replaced under its name without the open one noticing.
+//!
+//! Whoever controls `--proc-root` controls what is found there: the file is
+//! opened without blocking and must be a regular file, not a symbolic link
+//! (see [`super::host_file`]), and at most [`STAT_CAP`] bytes are read. A
+//! wrong file is one error naming the path and what it is, logged once and
+//! retried each round like a missing one.
 
+use super::host_file::{self, HostFileError};
 use super::proc_stat::{self, ParseError, ProcStat};
 use crate::reconcile::wrap_tracker::CounterIdentity;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Relative to the proc root, as Telegraf reads it.
 pub const STAT_FILE: &str = "net/stat/synproxy";
+
+/// Most bytes read from a stat file: a row is 54 bytes per CPU, so the
+/// kernel's largest configuration (8,192 CPUs) writes about 450 KiB.
+pub const STAT_CAP: usize = 1 << 20;
 
 #[derive(Debug)]
 pub struct Reading {
@@ -44,17 +55,19 @@ pub enum ReadError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: {source}", path.display())]
     Parse { path: PathBuf, source: ParseError },
+    /// Not a file the agent reads (a FIFO, a device, a link, too large).
+    #[error("{}: {reason}", path.display())]
+    Refused {
+        path: PathBuf,
+        reason: HostFileError,
+    },
 }
 
 /// Reads and parses the stat file at `path` (opened and closed here); `buf`
 /// is reused between reads.
 pub fn read_stat_file(path: &Path, buf: &mut Vec<u8>) -> Result<Reading, ReadError> {
     let open = OpenStat::open(path)?;
-    buf.clear();
-    (&open.file)
-        .read_to_end(buf)
-        .map_err(|source| map_io(path, source))?;
-    open.parse(path, buf)
+    open.read(path, buf)
 }
 
 /// `statfs.f_type` of procfs.
@@ -78,34 +91,10 @@ fn is_stale(e: &io::Error) -> bool {
     )
 }
 
-/// Reads all of `file` from offset 0 into `buf` (cleared first), one `pread`
-/// per buffer's worth and one more that returns 0.
-pub fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    if buf.capacity() < 4096 {
-        buf.reserve(4096);
-    }
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let len = buf.len();
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        let read = file.read_at(&mut buf[len..], len as u64);
-        match read {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
-            }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
-        }
-    }
+/// Reads all of `file` from offset 0 into `buf` (cleared first), at most
+/// [`STAT_CAP`] bytes.
+fn pread_all(file: &File, buf: &mut Vec<u8>) -> Result<(), HostFileError> {
+    host_file::pread_capped(file, buf, STAT_CAP)
 }
 
 /// An opened stat file and the identity it had when opened.
@@ -121,15 +110,7 @@ impl OpenStat {
     /// Opens the stat file at `path` (in the calling thread's namespace, for
     /// a `thread-self` path: the open file stays bound to that namespace).
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let io_error = |source: io::Error| map_io(path, source);
-        let file = File::open(path).map_err(io_error)?;
-        let meta = file.metadata().map_err(io_error)?;
-        if meta.is_dir() {
-            return Err(ReadError::Io {
-                path: path.to_path_buf(),
-                source: io::Error::other("is a directory, expected the synproxy stat file"),
-            });
-        }
+        let (file, meta) = host_file::open_regular(path, false).map_err(|e| map_host(path, e))?;
         let keep = is_procfs(&file);
         Ok(Self {
             file,
@@ -148,7 +129,7 @@ impl OpenStat {
 
     /// Reads and parses the whole file from offset 0.
     pub fn read(&self, path: &Path, buf: &mut Vec<u8>) -> Result<Reading, ReadError> {
-        pread_all(&self.file, buf).map_err(|source| map_io(path, source))?;
+        pread_all(&self.file, buf).map_err(|e| map_host(path, e))?;
         self.parse(path, buf)
     }
 
@@ -162,6 +143,16 @@ impl OpenStat {
             stat,
             recreated: false,
         })
+    }
+}
+
+fn map_host(path: &Path, error: HostFileError) -> ReadError {
+    match error {
+        HostFileError::Io(source) => map_io(path, source),
+        reason => ReadError::Refused {
+            path: path.to_path_buf(),
+            reason,
+        },
     }
 }
 
@@ -198,8 +189,8 @@ pub fn read_kept(open: &OpenStat, path: &Path, buf: &mut Vec<u8>) -> KeptRead {
             Ok(reading) => KeptRead::Read(reading),
             Err(e) => KeptRead::Failed(e),
         },
-        Err(e) if is_stale(&e) => KeptRead::Stale,
-        Err(e) => KeptRead::Failed(map_io(path, e)),
+        Err(e) if e.io().is_some_and(is_stale) => KeptRead::Stale,
+        Err(e) => KeptRead::Failed(map_host(path, e)),
     }
 }
 
@@ -282,7 +273,7 @@ pub(crate) mod tests {
         let msg = read_stat_file(Path::new("/"), &mut Vec::new())
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("is a directory"), "{msg}");
+        assert_eq!(msg, "/: a directory, not a regular file: not read");
     }
 
     #[test]

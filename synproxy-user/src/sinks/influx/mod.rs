@@ -20,6 +20,7 @@ use super::line_protocol::LineEncoder;
 use super::{Ended, Sink};
 use crate::cli::Cli;
 use crate::sample::{AgentHealth, InfluxHealth, Snapshot};
+use crate::sources::host_file;
 use hyper::header::HeaderValue;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -210,13 +211,15 @@ fn credentials(
                     path.display()
                 ));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "--influx-token-file {}: {}",
-                    path.display(),
-                    describe_read_error(&e)
-                )
+            let bytes = host_file::read_regular(path, TOKEN_FILE_CAP).map_err(|e| {
+                let reason = match e.io() {
+                    Some(io) => describe_read_error(io),
+                    None => e.to_string(),
+                };
+                format!("--influx-token-file {}: {reason}", path.display())
             })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("--influx-token-file {}: not UTF-8 text", path.display()))?;
             let token = text.trim();
             if token.is_empty() {
                 return Err(format!(
@@ -246,6 +249,9 @@ fn credentials(
         (None, None, None) => Ok(Credentials::None),
     }
 }
+
+/// Most bytes read from `--influx-token-file` (tokens are under 100 bytes).
+const TOKEN_FILE_CAP: usize = 64 << 10;
 
 fn describe_read_error(e: &std::io::Error) -> String {
     match e.kind() {
