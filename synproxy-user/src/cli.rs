@@ -1,5 +1,6 @@
 //! Command line: the flag names are a contract with users and Telegraf configs.
 
+use crate::cli_bounds;
 use crate::logging::LogFormat;
 use crate::reconcile::top_sources::{
     TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
@@ -27,8 +28,8 @@ pub struct Cli {
     #[arg(long, conflicts_with = "signal")]
     pub once: bool,
 
-    /// Sampling interval in long-running mode: 500ms, 10s, 1m, 1h30m...
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "SYNPROXY_AGENT_INTERVAL")]
+    /// Sampling interval in long-running mode: 500ms, 10s, 1m, 1h30m...; 10ms to 24h.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = cli_bounds::parse_interval, env = "SYNPROXY_AGENT_INTERVAL")]
     pub interval: Duration,
 
     /// `stdin`: one sample per line read from stdin, exit on EOF (Telegraf execd signal = "STDIN").
@@ -90,7 +91,7 @@ pub struct Cli {
     pub probes: crate::sources::ebpf::ProbeType,
 
     /// Width of the buckets behind the eBPF peak rates (`*_peak_rate` fields), 10ms to 1h.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = cli_bounds::parse_rate_resolution, env = "SYNPROXY_AGENT_RATE_RESOLUTION")]
     pub rate_resolution: Duration,
 
     /// Top sources per namespace, address family and counter each interval
@@ -172,13 +173,13 @@ pub struct Cli {
     pub influx_token_file: Option<PathBuf>,
 
     /// Lines kept for InfluxDB while it cannot be written to; when full, the
-    /// oldest are dropped (and counted). The default holds over an hour at the
-    /// default interval for up to 270 lines per round.
+    /// oldest are dropped (and counted). 1 to 1000000. The default holds over
+    /// an hour at the default interval for up to 270 lines per round.
     #[arg(
         long,
         value_name = "LINES",
         default_value_t = DEFAULT_INFLUX_BUFFER_LINES,
-        value_parser = clap::value_parser!(u64).range(1..),
+        value_parser = cli_bounds::parse_influx_buffer_lines,
         env = "SYNPROXY_AGENT_INFLUX_BUFFER_LINES"
     )]
     pub influx_buffer_lines: u64,
@@ -216,8 +217,8 @@ pub enum Command {
     after_help = "Examples:\n  synproxy-agent top\n  synproxy-agent top --netns all\n  synproxy-agent top --netns edge --no-ebpf --interval 500ms"
 )]
 pub struct TopArgs {
-    /// Refresh interval: 500ms, 1s, 2s...
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// Refresh interval: 500ms, 1s, 2s...; 10ms to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = cli_bounds::parse_top_interval)]
     pub interval: Duration,
 
     /// The proc filesystem to read: DIR/net/stat/synproxy.
@@ -247,7 +248,7 @@ pub struct TopArgs {
     pub probes: crate::sources::ebpf::ProbeType,
 
     /// Width of the buckets behind the eBPF peak rates, 10ms to 1h.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = cli_bounds::parse_rate_resolution)]
     pub rate_resolution: Duration,
 
     /// Rows of the top sources table per address family, 0 to 1000; 0 turns
@@ -280,7 +281,6 @@ impl TopArgs {
 
     /// One-line errors naming the flag, as [`Cli::validate`].
     pub fn validate(&self) -> Result<NetnsSelection, String> {
-        validate_rate_resolution(self.rate_resolution)?;
         validate_proc_root(&self.proc_root)?;
         netns_selection(&self.netns)
     }
@@ -325,16 +325,10 @@ pub enum NetnsSelection {
 /// (about 90 namespaces with eBPF: 3 lines each, or 270 without).
 pub const DEFAULT_INFLUX_BUFFER_LINES: u64 = 100_000;
 
-/// Bounds of `--rate-resolution`: the agent drains the peak-rate map every 8
-/// buckets, so the finest resolution sets how often it wakes.
-pub const MIN_RATE_RESOLUTION: Duration = Duration::from_millis(10);
-pub const MAX_RATE_RESOLUTION: Duration = Duration::from_secs(3600);
-
 impl Cli {
     /// Checks that need more than one flag or the filesystem; one-line errors
     /// naming the flag.
     pub fn validate(&self) -> Result<NetnsSelection, String> {
-        validate_rate_resolution(self.rate_resolution)?;
         validate_proc_root(&self.proc_root)?;
         let selection = netns_selection(&self.netns)?;
         if selection != NetnsSelection::Own && self.tags.iter().any(|(k, _)| k == "netns") {
@@ -424,15 +418,6 @@ impl Cli {
             )),
         }
     }
-}
-
-fn validate_rate_resolution(resolution: Duration) -> Result<(), String> {
-    if !(MIN_RATE_RESOLUTION..=MAX_RATE_RESOLUTION).contains(&resolution) {
-        return Err(format!(
-            "--rate-resolution {resolution:?}: must be between 10ms and 1h (the peak-rate map is drained every 8 buckets)"
-        ));
-    }
-    Ok(())
 }
 
 fn validate_proc_root(proc_root: &std::path::Path) -> Result<(), String> {
@@ -537,6 +522,16 @@ fn parse_prefix(text: &str, max: u8) -> Result<u8, String> {
 
 /// `500ms`, `10s`, `1m`, `2h`, or a combination such as `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let total = parse_duration_any(text)?;
+    if total < Duration::from_millis(10) {
+        return Err(format!("{:?}: must be at least 10ms", text.trim()));
+    }
+    Ok(total)
+}
+
+/// [`parse_duration`] without its lower bound (the flags' ranges are in
+/// [`cli_bounds`]).
+pub fn parse_duration_any(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration (examples: 500ms, 10s, 1m)".into());
@@ -570,9 +565,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
         };
         total = total.saturating_add(part);
-    }
-    if total < Duration::from_millis(10) {
-        return Err(format!("{text:?}: must be at least 10ms"));
     }
     Ok(total)
 }
@@ -640,10 +632,9 @@ mod tests {
         assert!(ok.validate().is_ok());
         // Every duration flag takes 10ms at the finest.
         assert!(cli(&["--rate-resolution", "5ms"]).is_err());
-        let coarse = cli(&["--rate-resolution", "2h"]).expect("parses");
-        let err = coarse.validate().expect_err("2h is too coarse");
+        let err = first_line(cli(&["--rate-resolution", "2h"]).expect_err("2h is too coarse"));
         assert!(
-            err.starts_with("--rate-resolution 7200s: must be between"),
+            err.contains("for '--rate-resolution <DURATION>': \"2h\": must be between 10ms and 1h"),
             "{err}"
         );
     }

@@ -10,6 +10,7 @@
 //! snapshots.
 
 pub mod cli;
+pub mod cli_bounds;
 pub mod fields;
 pub mod logging;
 pub mod privileges;
@@ -20,4 +21,5 @@ pub mod sampler;
 pub mod sinks;
 pub mod sources;
 pub mod start_up_pages;
+pub mod stdin_requests;
 pub mod top;

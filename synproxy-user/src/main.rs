@@ -19,7 +19,7 @@ use synproxy_user::top;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    // Signals first: SIGTERM/SIGINT at any moment of start-up end the agent
+    // Signals first: SIGTERM/SIGINT/SIGQUIT at any moment of start-up end the agent
     // cleanly (exit 0, nothing left in the kernel), never by the default action.
     runtime::block_shutdown_signals(true);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -90,10 +90,12 @@ fn exit_code(exit: &Exit) -> ExitCode {
 /// warnings and errors are printed once the terminal is restored.
 fn top_main(
     rt: &tokio::runtime::Runtime,
-    signals: runtime::Signals,
+    mut signals: runtime::Signals,
     args: TopArgs,
     log_format: logging::LogFormat,
 ) -> ExitCode {
+    // The terminal hung up: the view has nothing left to draw on.
+    signals.end_on_hangup();
     let selection = match args.validate() {
         Ok(selection) => selection,
         Err(message) => {

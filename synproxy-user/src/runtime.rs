@@ -13,8 +13,9 @@ use crate::cli::SignalMode;
 use crate::sampler::Sampler;
 use crate::sinks::{Ended, Sinks};
 use crate::sources::ebpf::Stop;
+use crate::stdin_requests;
 use log::{info, warn};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -40,11 +41,18 @@ pub struct Schedule {
     pub signal: SignalMode,
 }
 
-/// SIGTERM and SIGINT, caught from the first moments of the process on, and
-/// SIGUSR1 (release the eBPF probes, see [`crate::sources::ebpf::EbpfSource::release`]).
+/// SIGTERM, SIGINT and SIGQUIT (each ends the run cleanly), SIGHUP (logged
+/// and ignored by the agent, which has no configuration file to re-read and
+/// no terminal to lose; it ends `top`, whose terminal hung up), caught from
+/// the first moments of the process on, and SIGUSR1 (release the eBPF
+/// probes, see [`crate::sources::ebpf::EbpfSource::release`]).
 pub struct Signals {
     term: Option<Signal>,
     int: Option<Signal>,
+    quit: Option<Signal>,
+    hup: Option<Signal>,
+    /// Whether SIGHUP ends the run (`top`) or is only logged (the agent).
+    hup_ends: bool,
     usr1: Option<Signal>,
 }
 
@@ -54,7 +62,10 @@ impl Signals {
     pub fn install() -> Self {
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
-        if let Err(e) = term.as_ref().and(int.as_ref()) {
+        let quit = signal(SignalKind::quit());
+        let hup = signal(SignalKind::hangup());
+        let installed = term.as_ref().and(int.as_ref()).and(quit.as_ref());
+        if let Err(e) = installed.and(hup.as_ref()) {
             warn!("cannot install signal handlers ({e}); relying on default signal handling");
         }
         let usr1 = signal(SignalKind::user_defined1());
@@ -64,8 +75,16 @@ impl Signals {
         Self {
             term: term.ok(),
             int: int.ok(),
+            quit: quit.ok(),
+            hup: hup.ok(),
+            hup_ends: false,
             usr1: usr1.ok(),
         }
+    }
+
+    /// SIGHUP ends the run like SIGTERM (`top`: its terminal is gone).
+    pub fn end_on_hangup(&mut self) {
+        self.hup_ends = true;
     }
 
     /// The SIGUSR1 stream, to wait on beside [`Signals::recv`].
@@ -73,7 +92,9 @@ impl Signals {
         self.usr1.take()
     }
 
-    /// Resolves with the name of the next SIGTERM/SIGINT.
+    /// Resolves with the name of the next signal that ends the run
+    /// (SIGTERM, SIGINT, SIGQUIT; SIGHUP for `top`). A SIGHUP the agent
+    /// ignores is logged here.
     pub async fn recv(&mut self) -> &'static str {
         async fn next(s: &mut Option<Signal>) {
             match s {
@@ -85,9 +106,18 @@ impl Signals {
                 None => std::future::pending::<()>().await,
             }
         }
-        tokio::select! {
-            _ = next(&mut self.term) => "SIGTERM",
-            _ = next(&mut self.int) => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = next(&mut self.term) => return "SIGTERM",
+                _ = next(&mut self.int) => return "SIGINT",
+                _ = next(&mut self.quit) => return "SIGQUIT",
+                _ = next(&mut self.hup) => {
+                    if self.hup_ends {
+                        return "SIGHUP";
+                    }
+                    info!("SIGHUP: ignored (nothing to re-read; SIGTERM, SIGINT or SIGQUIT end the agent)");
+                }
+            }
         }
     }
 }
@@ -104,9 +134,10 @@ async fn recv_usr1(usr1: &mut Option<Signal>) {
     }
 }
 
-/// Blocks SIGTERM/SIGINT for the calling thread (`block = true`) or unblocks
-/// them: main blocks them before the handlers exist, so a signal that early
-/// is held for the handlers instead of killing the agent.
+/// Blocks the signals [`Signals`] handles (SIGTERM, SIGINT, SIGQUIT, SIGHUP)
+/// for the calling thread (`block = true`) or unblocks them: main blocks them
+/// before the handlers exist, so a signal that early is held for the
+/// handlers instead of killing the agent.
 pub fn block_shutdown_signals(block: bool) {
     // SAFETY: sigset operations on a local, zero-initialised sigset_t; plain
     // syscall with valid pointers.
@@ -115,6 +146,8 @@ pub fn block_shutdown_signals(block: bool) {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGQUIT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let how = if block {
             libc::SIG_BLOCK
         } else {
@@ -200,8 +233,16 @@ pub async fn run(
 ) -> Exit {
     let mut ends = sinks.take_ends();
     let (control, control_rx) = std::sync::mpsc::channel::<Control>();
+    let pending = stdin_requests::Pending::default();
     if schedule.signal == SignalMode::Stdin && !schedule.once {
-        stdin_lines(control.clone());
+        let control = control.clone();
+        stdin_requests::spawn(pending.clone(), move |event| {
+            let message = match event {
+                stdin_requests::Event::Request => Control::Request,
+                stdin_requests::Event::Closed => Control::StdinClosed,
+            };
+            control.send(message).is_ok()
+        });
     }
     let (done_tx, mut done) = tokio::sync::oneshot::channel::<Exit>();
     let handle = tokio::runtime::Handle::current();
@@ -211,7 +252,13 @@ pub async fn run(
         .spawn(move || {
             // Sinks may use the runtime (channels, tasks) from this thread.
             let _runtime = handle.enter();
-            let exit = sampler_thread(sampler, &mut sinks, &schedule, &control_rx, &thread_stop);
+            let exit = sampler_thread(
+                sampler,
+                &mut sinks,
+                (&schedule, &pending),
+                &control_rx,
+                &thread_stop,
+            );
             let _ = done_tx.send(exit);
         });
     if let Err(e) = spawned {
@@ -260,11 +307,11 @@ pub async fn run(
 fn sampler_thread(
     sampler: Sampler,
     sinks: &mut Sinks,
-    schedule: &Schedule,
+    (schedule, pending): (&Schedule, &stdin_requests::Pending),
     control: &Receiver<Control>,
     stop: &Stop,
 ) -> Exit {
-    let (sampler, exit, deadline) = run_loop(sampler, sinks, schedule, control, stop);
+    let (sampler, exit, deadline) = run_loop(sampler, sinks, (schedule, pending), control, stop);
     let deadline = deadline.unwrap_or_else(|| Instant::now() + SHUTDOWN_BUDGET);
     if let Some(mut sampler) = sampler {
         sampler.shutdown();
@@ -300,15 +347,21 @@ fn exit_for(ended: Ended) -> Exit {
 
 /// The next tick after `now` on the grid `start + k * period` (missed ticks
 /// are skipped, not caught up).
+/// Never panics: a sum past what `Instant` holds gives `now + period`, or
+/// `now` (the CLI bounds the period, so neither happens in practice).
 fn next_tick(tick: Instant, period: Duration, now: Instant) -> Instant {
-    let next = tick + period;
+    let fallback = || now.checked_add(period).unwrap_or(now);
+    let Some(next) = tick.checked_add(period) else {
+        return fallback();
+    };
     if next > now || period.is_zero() {
         return next;
     }
     let behind = now.duration_since(next).as_nanos();
     let skipped = behind / period.as_nanos() + 1;
     let skipped = u32::try_from(skipped).unwrap_or(u32::MAX);
-    next + period.saturating_mul(skipped)
+    next.checked_add(period.saturating_mul(skipped))
+        .unwrap_or_else(fallback)
 }
 
 /// What ended a wait.
@@ -352,7 +405,7 @@ fn round(sampler: &mut Sampler, sinks: &mut Sinks) -> Result<(), Exit> {
 fn run_loop(
     mut sampler: Sampler,
     sinks: &mut Sinks,
-    schedule: &Schedule,
+    (schedule, pending): (&Schedule, &stdin_requests::Pending),
     control: &Receiver<Control>,
     stop: &Stop,
 ) -> (Option<Sampler>, Exit, Option<Instant>) {
@@ -395,7 +448,11 @@ fn run_loop(
                 }
                 false
             }
-            Woken::Control(Control::Request) => true,
+            Woken::Control(Control::Request) => {
+                // Lines read from here on ask for one more round.
+                pending.take();
+                true
+            }
             Woken::Control(Control::Release) => {
                 sampler.release_probes();
                 false
@@ -435,37 +492,6 @@ fn release_start_up_pages() {
     }
 }
 
-/// One message per line on stdin; [`Control::StdinClosed`] on EOF or a read
-/// error. A plain thread, because a blocked stdin read must not hold up
-/// shutdown.
-fn stdin_lines(control: Sender<Control>) {
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut line = String::new();
-            let stdin = std::io::stdin();
-            loop {
-                line.clear();
-                match stdin.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if control.send(Control::Request).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        warn!("stdin: {e}");
-                        break;
-                    }
-                }
-            }
-            let _ = control.send(Control::StdinClosed);
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the stdin reader: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +509,13 @@ mod tests {
             next_tick(start, p, start + Duration::from_millis(100)),
             start + Duration::from_millis(200)
         );
+    }
+
+    #[test]
+    fn ticks_never_overflow() {
+        let start = Instant::now();
+        assert_eq!(next_tick(start, Duration::MAX, start), start);
+        let day = Duration::from_secs(86_400);
+        assert_eq!(next_tick(start, day, start), start + day);
     }
 }
