@@ -215,6 +215,51 @@ fn devices_links_and_huge_files_are_refused_with_one_line() {
     }
 }
 
+/// A FIFO in place of a named namespace (`--netns-dir`) or of the
+/// `--influx-token-file`, and a token file over 64 KiB: one line naming the
+/// path and why, at once (no open waiting for a writer).
+#[test]
+fn fifos_as_namespace_and_token_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fifo, big) = (dir.path().join("evil"), dir.path().join("big"));
+    mknod(&fifo, libc::S_IFIFO | 0o600, 0).unwrap();
+    fs::write(&big, vec![b'a'; 65 * 1024]).unwrap();
+    let (fifo_s, big_s) = (fifo.to_str().unwrap(), big.to_str().unwrap());
+    let netns_dir = dir.path().to_str().unwrap();
+    let influx = ["--influx-url", "http://127.0.0.1:9", "--influx-db", "x"];
+    let cases: [(Vec<&str>, i32, String); 3] = [
+        (
+            vec!["--once", "--netns", "evil", "--netns-dir", netns_dir],
+            1,
+            format!("netns evil: {fifo_s}: a FIFO (named pipe), not a regular file: not read"),
+        ),
+        (
+            [&influx[..], &["--influx-token-file", fifo_s]].concat(),
+            2,
+            format!(
+                "--influx-token-file {fifo_s}: a FIFO (named pipe), not a regular file: not read"
+            ),
+        ),
+        (
+            [&influx[..], &["--influx-token-file", big_s]].concat(),
+            2,
+            format!("--influx-token-file {big_s}: larger than 64 KiB: not read"),
+        ),
+    ];
+    for (args, code, want) in cases {
+        let mut child = agent(&args).spawn().unwrap();
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let status = wait_within(&mut child, Duration::from_secs(10), &want);
+        assert_eq!(status.code(), Some(code), "{args:?}");
+        let lines: Vec<String> = stderr.iter().collect();
+        let naming = lines.iter().filter(|l| l.ends_with(&want)).count();
+        assert_eq!(
+            naming, 1,
+            "{args:?}: want one line ending {want:?}: {lines:#?}"
+        );
+    }
+}
+
 // ---- --signal stdin ----
 
 /// `yes | synproxy-agent --signal stdin` for 3 s: the agent's peak RSS stays
