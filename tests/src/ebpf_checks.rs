@@ -374,29 +374,44 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
     })
 }
 
-/// Starts the agent with eBPF and stops it by `how` (SIGTERM, SIGINT, stdin EOF).
+/// Starts the agent with eBPF and stops it by `how` (SIGTERM, SIGINT,
+/// SIGQUIT, stdin EOF; `sighup-sigterm`: a SIGHUP, which the agent ignores,
+/// then a round that must still come, then SIGTERM).
 pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
     let mut checks = Vec::new();
     for (how, signal) in [
         ("sigterm", Some(libc::SIGTERM)),
         ("sigint", Some(libc::SIGINT)),
+        ("sigquit", Some(libc::SIGQUIT)),
+        ("sighup-sigterm", Some(libc::SIGTERM)),
         ("stdin-eof", None),
     ] {
         let head = format!("RESULT kernel={kernel} check=shutdown stop={how}");
-        checks.push(match run_shutdown(cfg, &head, signal) {
-            Ok(check) => check,
-            Err(e) => Check::failed(head, e),
-        });
+        checks.push(
+            match run_shutdown(cfg, &head, signal, how == "sighup-sigterm") {
+                Ok(check) => check,
+                Err(e) => Check::failed(head, e),
+            },
+        );
     }
     checks
 }
 
-fn run_shutdown(cfg: &Config, head: &str, signal: Option<libc::c_int>) -> Result<Check> {
+fn run_shutdown(
+    cfg: &Config,
+    head: &str,
+    signal: Option<libc::c_int>,
+    hangup_first: bool,
+) -> Result<Check> {
     let topo = Topology::create(&cfg.tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)?;
     let attached = live.owned_events().len();
     // One round first, so the agent is in its steady state.
     let lines = live.sample()?;
+    if hangup_first {
+        live.signal(libc::SIGHUP)?;
+        live.sample().context("a round after SIGHUP")?;
+    }
     let (probe_fields, probe_type_ok) =
         cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
     // fentry programs have no kprobe events: their links die with the process.

@@ -123,8 +123,9 @@ pub fn open_regular(path: &Path, follow: bool) -> Result<(File, Metadata), HostF
 /// `pread`, at most `cap` bytes: one more is [`HostFileError::TooLarge`].
 /// The file's size is not trusted (procfs reports 0).
 pub fn pread_capped(file: &File, buf: &mut Vec<u8>, cap: usize) -> Result<(), HostFileError> {
+    // A reused buffer's size fits the file last time: one read, and one for EOF.
+    let mut chunk = buf.capacity().max(4096);
     buf.clear();
-    let mut chunk = 4096usize;
     loop {
         let len = buf.len();
         if len > cap {
