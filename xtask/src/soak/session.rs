@@ -24,6 +24,8 @@ const INFLUX_CYCLE: Duration = Duration::from_secs(30);
 const INFLUX_DOWN: Duration = Duration::from_secs(10);
 const SIGNAL_EVERY: Duration = Duration::from_secs(20);
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// The host's namespaces are counted this often (for their peak).
+const NAMESPACES_EVERY: Duration = Duration::from_secs(5);
 /// The agent's first `/metrics` answer, on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// SIGTERM must end the agent within this, or it is killed (and that fails the run).
@@ -173,10 +175,6 @@ pub fn run(agent_path: &Path, dir: &Path, prefix: &str, minutes: u64) -> Result<
         );
     }
     let mut log = LogCounter::default();
-    log.update(&log_path);
-    if log.warnings + log.errors > 0 {
-        println!("soak: warnings at start-up:\n{}", log.top_kinds(5));
-    }
     session.threads.push(scraper(&stop, &metrics_addr, &counts));
     session
         .threads
@@ -188,6 +186,9 @@ pub fn run(agent_path: &Path, dir: &Path, prefix: &str, minutes: u64) -> Result<
     let mut next_usr1 = t0 + Duration::from_secs(5);
     let mut next_hup = t0 + Duration::from_secs(15);
     let mut next_sample = t0 + WARM_UP;
+    // Other software may create namespaces too: the peak shows it.
+    let mut namespaces_peak = 0;
+    let mut next_count = t0;
     let end = t0 + Duration::from_secs(minutes * 60);
     let outcome = loop {
         if interrupted() {
@@ -212,9 +213,17 @@ pub fn run(agent_path: &Path, dir: &Path, prefix: &str, minutes: u64) -> Result<
             hup += 1;
             next_hup += SIGNAL_EVERY;
         }
+        if now >= next_count {
+            namespaces_peak = namespaces_peak.max(figures::count_namespaces());
+            next_count += NAMESPACES_EVERY;
+        }
         if now >= next_sample {
             log.update(&log_path);
             if let Some(sample) = take_sample(pid, now - t0, &log, &counts) {
+                if samples.is_empty() {
+                    println!("soak: the agent's eBPF: {}", ebpf_status(&log_path));
+                }
+                namespaces_peak = namespaces_peak.max(sample.namespaces);
                 println!("{}", figures::table_row(&sample));
                 samples.push(sample);
             }
@@ -283,7 +292,7 @@ pub fn run(agent_path: &Path, dir: &Path, prefix: &str, minutes: u64) -> Result<
         }
         None => false,
     };
-    let verdict = summary(&samples);
+    let verdict = summary(&samples, namespaces_peak);
     match outcome {
         End::Interrupted => bail!("interrupted"),
         _ if died => bail!("the agent died during the soak"),
@@ -336,7 +345,7 @@ fn take_sample(pid: u32, at: Duration, log: &LogCounter, c: &Counts) -> Option<S
 }
 
 /// Start (the first sample, after the warm-up) against end; `Err` if growing.
-fn summary(samples: &[Sample]) -> Result<()> {
+fn summary(samples: &[Sample], namespaces_peak: u64) -> Result<()> {
     let (Some(start), Some(end)) = (samples.first(), samples.last()) else {
         bail!("no samples taken");
     };
@@ -387,6 +396,15 @@ fn summary(samples: &[Sample]) -> Result<()> {
         println!(
             "  warnings per minute in the measured period: {:.1}",
             (end.warnings + end.errors - start.warnings - start.errors) as f64 / minutes
+        );
+    }
+    println!("  namespaces on host, peak: {namespaces_peak}");
+    // The soak itself keeps its pair and up to twice the churn bound alive.
+    if namespaces_peak > start.namespaces + churn::BOUND as u64 {
+        println!(
+            "  note: something else created namespaces during the run ({} at the start, {namespaces_peak} at the peak): \
+             the figures include the agent's work on them",
+            start.namespaces
         );
     }
     match figures::verdict(start, end) {
@@ -495,6 +513,21 @@ fn influx_measurements(influx: &Mutex<Influxd>) -> String {
         }
         Err(e) => format!("cannot query ({e:#})"),
     }
+}
+
+/// The agent's first log line about eBPF (loaded, or why not).
+fn ebpf_status(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("eBPF"))
+        .map(|l| {
+            l.split_once(' ')
+                .map_or(l, |(_, rest)| rest)
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "no log line about it".into())
 }
 
 fn print_tail(path: &Path, lines: usize) {
