@@ -200,8 +200,11 @@ impl Pair {
                     }
                     // One cut short by the end of the soak is no failure.
                     Err(_) if client_stop.is_set() => {}
-                    Err(_) => {
-                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        // The first few say why; the count says how often.
+                        if counts.failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("soak: SYNPROXY connection failed: {e:#}");
+                        }
                     }
                 }
                 client_stop.sleep(PAUSE);
@@ -215,12 +218,17 @@ impl Pair {
 /// SYNPROXY a server that speaks first was measured to take 1 s per
 /// connection) and the echo must come back.
 fn connect_once(server: &SocketAddr) -> Result<()> {
-    let mut stream = TcpStream::connect_timeout(server, TIMEOUT)?;
+    let mut stream = TcpStream::connect_timeout(server, TIMEOUT).context("connect")?;
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    stream.write_all(MESSAGE)?;
+    stream
+        .write_all(MESSAGE)
+        .with_context(|| format!("send from port {port}"))?;
     let mut answer = [0u8; MESSAGE.len()];
-    stream.read_exact(&mut answer)?;
+    stream
+        .read_exact(&mut answer)
+        .with_context(|| format!("echo to port {port}"))?;
     anyhow::ensure!(answer == *MESSAGE, "unexpected answer {answer:?}");
     Ok(())
 }
