@@ -274,6 +274,37 @@ mod tests {
     }
 
     #[test]
+    fn handles_signal_reads_the_ignored_and_caught_masks() {
+        let spawn = |script: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap()
+        };
+        let mut plain = spawn("exec sleep 30");
+        let mut ignoring = spawn("trap '' USR2; exec sleep 30");
+        // Until sh has exec'd sleep, its own handlers show: wait for sleep.
+        let is_sleep = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(is_sleep(plain.id()) && is_sleep(ignoring.id())) {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (p, i) = (
+            handles_signal(plain.id(), libc::SIGUSR2),
+            handles_signal(ignoring.id(), libc::SIGUSR2),
+        );
+        for child in [&mut plain, &mut ignoring] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(!p, "sleep has the default action for SIGUSR2");
+        assert!(i, "SIGUSR2 ignored after trap ''");
+    }
+
+    #[test]
     fn log_counter_counts_levels_and_groups_messages() {
         let dir = std::env::temp_dir().join(format!("xtask-soak-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -131,18 +131,14 @@ impl Pair {
             "-j",
             "DROP",
         ])?;
-        run_tool(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                s,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.netfilter.nf_conntrack_tcp_loose=0",
-            ],
-        )?;
+        // A reused client port must meet SYNPROXY, not an old TIME_WAIT
+        // conntrack entry (which would hand its ACK to the server).
+        for setting in [
+            "net.netfilter.nf_conntrack_tcp_loose=0",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ] {
+            run_tool("ip", &["netns", "exec", s, "sysctl", "-q", "-w", setting])?;
+        }
         Ok(pair)
     }
 
@@ -240,7 +236,12 @@ fn echo(mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut message = [0u8; MESSAGE.len()];
     stream.read_exact(&mut message)?;
-    stream.write_all(&message)
+    stream.write_all(&message)?;
+    // The client closes first, so its side keeps TIME_WAIT and does not
+    // reuse the port while the server's conntrack entry for it lives.
+    let mut rest = [0u8; 16];
+    while stream.read(&mut rest)? > 0 {}
+    Ok(())
 }
 
 /// Moves the calling thread (only) into namespace `name`.
