@@ -24,6 +24,10 @@ pub struct SoakArgs {
     /// Length of the run, the first minute being the warm-up (at least 2).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=24 * 60))]
     pub minutes: u64,
+    /// Soak this agent binary instead of building the release agent (for
+    /// example an installed package's /usr/bin/synproxy-agent).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: SoakArgs) -> Result<()> {
@@ -35,10 +39,20 @@ pub fn run(args: SoakArgs) -> Result<()> {
             bail!("cargo xtask soak needs `{tool}` in PATH (influxd: apt-get install influxdb)");
         }
     }
-    // The agent embeds its eBPF programs: nightly, rust-src and bpf-linker first.
-    crate::ebpf_toolchain::ensure()?;
-    cargo(&["build", "--release", "--package", "synproxy-user"])?;
-    let agent = workspace_root().join("target/release/synproxy-agent");
+    let agent = match args.agent {
+        Some(agent) => {
+            if !agent.is_file() {
+                bail!("--agent {}: no such file", agent.display());
+            }
+            agent
+        }
+        None => {
+            // The agent embeds its eBPF programs: nightly, rust-src and bpf-linker first.
+            crate::ebpf_toolchain::ensure()?;
+            cargo(&["build", "--release", "--package", "synproxy-user"])?;
+            workspace_root().join("target/release/synproxy-agent")
+        }
+    };
     catch_interrupts();
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("spx-soak-{pid}"));
