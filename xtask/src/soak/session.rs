@@ -374,7 +374,7 @@ fn summary(samples: &[Sample], namespaces_peak: u64) -> Result<()> {
             end.namespaces.to_string(),
         ),
         (
-            "/metrics samples",
+            "/metrics series",
             start.series.to_string(),
             end.series.to_string(),
         ),
