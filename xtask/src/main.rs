@@ -1,4 +1,4 @@
-//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test | package | man | fuzz`.
+//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test | package | man | fuzz | soak`.
 
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ mod ebpf_toolchain;
 mod fuzz;
 mod package;
 mod run;
+mod soak;
 mod test;
 mod vm;
 
@@ -41,6 +42,9 @@ enum Command {
     Man,
     /// Run the cargo-fuzz targets (libFuzzer, nightly) for --secs each.
     Fuzz(fuzz::FuzzArgs),
+    /// The release agent for --minutes under namespace churn, scrapes, InfluxDB
+    /// restarts and signals (root); its RSS, fds, threads and warnings, flat or growing.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Package(args) => package::run(args),
         Command::Man => package::man().map(|page| println!("{}", page.display())),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
