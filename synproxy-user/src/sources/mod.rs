@@ -8,6 +8,7 @@ pub mod ebpf_sources;
 pub mod kernel_btf;
 pub mod kprobe_events;
 pub mod netns;
+pub mod netns_label;
 pub mod ns_slots;
 pub mod proc_file;
 pub mod proc_stat;

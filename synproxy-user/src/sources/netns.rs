@@ -18,11 +18,13 @@
 // once per namespace and round, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use super::netns_label;
 use super::proc_file::{read_kept, KeptRead, KeptStat, OpenStat, ReadError, Reading, STAT_FILE};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -110,11 +112,12 @@ impl NetnsError {
 pub fn named_targets(names: &[String], netns_dir: &Path) -> Vec<NetnsTarget> {
     let mut targets: Vec<NetnsTarget> = Vec::with_capacity(names.len());
     for name in names {
-        if targets.iter().any(|t| &t.label == name) {
+        let label = netns_label::encode(name.as_bytes());
+        if targets.iter().any(|t| t.label == label) {
             continue;
         }
         targets.push(NetnsTarget {
-            label: name.clone(),
+            label,
             handle: netns_dir.join(name),
             transient: false,
             expected: None,
@@ -158,11 +161,12 @@ pub fn discover(proc_root: &Path, netns_dir: &Path) -> Discovery {
     let mut first_denied = None;
     let mut by_inode: BTreeMap<(u64, u64), NetnsTarget> = BTreeMap::new();
 
-    let mut names: Vec<(String, PathBuf)> = fs::read_dir(netns_dir)
+    // Every name, UTF-8 or not: the label rule is injective on bytes.
+    let mut names: Vec<(Vec<u8>, PathBuf)> = fs::read_dir(netns_dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .map(|e| (e.file_name().as_bytes().to_vec(), e.path()))
         .collect();
     names.sort();
     // Bound namespace files live on nsfs, like our own /proc/self/ns/net.
@@ -179,7 +183,7 @@ pub fn discover(proc_root: &Path, netns_dir: &Path) -> Discovery {
         }
         let key = (meta.dev(), meta.ino());
         by_inode.entry(key).or_insert(NetnsTarget {
-            label: name,
+            label: netns_label::encode(&name),
             handle: path,
             transient: false,
             expected: Some(key),
