@@ -30,3 +30,4 @@ pub mod tools;
 pub mod top_sources;
 pub mod top_view;
 pub mod traffic;
+pub mod user_netns;
