@@ -367,6 +367,9 @@ mod tests {
         let own_net = inode(Path::new("/proc/self/ns/net"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while inode(&nested.handle) == own_net && std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("unshare -rn exited with {status} (no user namespaces here?)");
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let got = owner(&nested, own);
