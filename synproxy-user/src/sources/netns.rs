@@ -72,15 +72,21 @@ pub struct NetnsTarget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("netns {label}: {}: no such network namespace (see `ip netns list`)", handle.display())]
+    #[error(
+        "netns {label}: {}: no such network namespace (see `ip netns list`)",
+        shown(handle)
+    )]
     NotFound { label: String, handle: PathBuf },
-    #[error("netns {label}: {}: {source}", handle.display())]
+    #[error("netns {label}: {}: {source}", shown(handle))]
     Open {
         label: String,
         handle: PathBuf,
         source: io::Error,
     },
-    #[error("netns {label}: {} now refers to another namespace than the one discovered", handle.display())]
+    #[error(
+        "netns {label}: {} now refers to another namespace than the one discovered",
+        shown(handle)
+    )]
     Replaced { label: String, handle: PathBuf },
     #[error("netns {label}: cannot enter it (setns: {source}); the agent needs CAP_SYS_ADMIN for --netns")]
     Enter { label: String, source: io::Error },
@@ -92,6 +98,13 @@ pub enum NetnsError {
     },
     #[error("netns reader thread failed: {0}")]
     Thread(String),
+}
+
+/// A namespace handle as error messages show it: its name part may hold
+/// any byte, so it is written by the label rule (no control character
+/// reaches a log or the live view's status line).
+fn shown(handle: &Path) -> String {
+    netns_label::encode(handle.as_os_str().as_bytes())
 }
 
 impl NetnsError {
@@ -623,6 +636,27 @@ mod tests {
         assert_eq!(
             err,
             "netns nope: /nonexistent-netns-dir/nope: no such network namespace (see `ip netns list`)"
+        );
+    }
+
+    #[test]
+    fn a_handle_with_control_characters_is_shown_escaped() {
+        let target = NetnsTarget {
+            label: netns_label::encode(b"x\x1b[2J"),
+            handle: PathBuf::from(std::ffi::OsStr::from_bytes(
+                b"/nonexistent-dir/x\x1b[2J\xff",
+            )),
+            transient: false,
+            expected: None,
+        };
+        let results = read_in_namespaces(&[target], Path::new("/proc"), &|_| ());
+        let err = match &results[..] {
+            [Err(e)] => e.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            err,
+            "netns x\\x1b[2J: /nonexistent-dir/x\\x1b[2J\\xff: no such network namespace (see `ip netns list`)"
         );
     }
 
