@@ -31,3 +31,4 @@ pub mod top_sources;
 pub mod top_view;
 pub mod traffic;
 pub mod user_netns;
+pub mod user_netns_check;
