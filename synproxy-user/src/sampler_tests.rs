@@ -86,3 +86,54 @@ fn failure_entries_go_with_their_namespace() {
     s.sample();
     assert_eq!(s.failing.keys().collect::<Vec<_>>(), ["gone-4"]);
 }
+
+/// A namespace that comes back after a round without it got a new (zeroed)
+/// eBPF slot: its reconcile starts from a new baseline instead of calling the
+/// restarted counts a miss.
+#[test]
+fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
+    use crate::reconcile::ebpf::{Bracket, Input};
+    use crate::reconcile::wrap_tracker::CounterIdentity;
+    use crate::sources::proc_stat::parse;
+    use synproxy_common::Counter;
+    let reading = || {
+        Reading {
+        identity: CounterIdentity {
+            file_dev: 1,
+            file_inode: 2,
+        },
+        stat: parse(b"entries syn_received cookie_invalid cookie_valid cookie_retrans conn_reopened\n0 a 0 0 0 0\n")
+            .expect("stat"),
+        recreated: false,
+    }
+    };
+    let mut s = sampler(std::path::Path::new("/nonexistent-netns-dir"), &[]);
+    let key = netns(4026532001, Some(7));
+    let read = s.track(key, "netns x", "x", reading());
+    let proc = ebpf_reconcile::proc_counts(&read.totals);
+    let counts = |syn: u64| {
+        let mut c = [[0u64; synproxy_common::COUNTER_COUNT]; 2];
+        c[0][Counter::SynReceived.index()] = syn;
+        c
+    };
+    let bracket = |syn| Bracket {
+        generation: 1,
+        before: counts(syn),
+        after: counts(syn),
+    };
+    let series = s.series.get_mut(&key).expect("series");
+    for _ in 0..2 {
+        series.reconciler.update(Input {
+            proc,
+            proc_reset: false,
+            ebpf: Some(bracket(10)),
+            global_losses: 0,
+        });
+    }
+    // The old slot's counts are learnt; a fresh slot's zeros are not them.
+    assert!(!series.reconciler.consistent(&proc, false, &bracket(0)));
+    series.missing_rounds = 1;
+    s.track(key, "netns x", "x", reading());
+    let series = s.series.get(&key).expect("series");
+    assert!(series.reconciler.consistent(&proc, false, &bracket(0)));
+}
