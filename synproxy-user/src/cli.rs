@@ -5,6 +5,9 @@ use crate::logging::LogFormat;
 use crate::reconcile::top_sources::{
     TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
 };
+use crate::sources::netns_policy::{
+    NetnsPolicy, DEFAULT_MAX_NAMESPACES, MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,6 +66,16 @@ pub struct Cli {
         env = "SYNPROXY_AGENT_NETNS_DIR"
     )]
     pub netns_dir: PathBuf,
+
+    /// `--netns all`: track at most N namespaces, 1 to 16384 (named ones first;
+    /// a warning says how many were left out).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NAMESPACES, value_parser = parse_netns_max, env = "SYNPROXY_AGENT_NETNS_MAX")]
+    pub netns_max: usize,
+
+    /// `--netns all`: also track namespaces owned by user namespaces nested in
+    /// the agent's (which any user can create with `unshare -rn`).
+    #[arg(long, env = "SYNPROXY_AGENT_NETNS_INCLUDE_USER_OWNED")]
+    pub netns_include_user_owned: bool,
 
     /// Read /proc only; do not load eBPF programs.
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
@@ -234,6 +247,14 @@ pub struct TopArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/netns")]
     pub netns_dir: PathBuf,
 
+    /// `--netns all`: show at most N namespaces, 1 to 16384 (see the agent's --netns-max).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NAMESPACES, value_parser = parse_netns_max)]
+    pub netns_max: usize,
+
+    /// `--netns all`: also namespaces owned by nested user namespaces.
+    #[arg(long)]
+    pub netns_include_user_owned: bool,
+
     /// Read /proc only; do not load eBPF programs.
     #[arg(long)]
     pub no_ebpf: bool,
@@ -282,7 +303,13 @@ impl TopArgs {
     /// One-line errors naming the flag, as [`Cli::validate`].
     pub fn validate(&self) -> Result<NetnsSelection, String> {
         validate_proc_root(&self.proc_root)?;
-        netns_selection(&self.netns)
+        netns_selection(
+            &self.netns,
+            NetnsPolicy {
+                max: self.netns_max,
+                include_user_owned: self.netns_include_user_owned,
+            },
+        )
     }
 }
 
@@ -317,7 +344,8 @@ pub enum NetnsSelection {
     /// The agent's own namespace, untagged (Telegraf's behaviour).
     Own,
     Named(Vec<String>),
-    All,
+    /// Every namespace, within these limits.
+    All(NetnsPolicy),
 }
 
 /// `--influx-buffer-lines` default: one hour at the default 10 s interval is
@@ -330,7 +358,13 @@ impl Cli {
     /// naming the flag.
     pub fn validate(&self) -> Result<NetnsSelection, String> {
         validate_proc_root(&self.proc_root)?;
-        let selection = netns_selection(&self.netns)?;
+        let selection = netns_selection(
+            &self.netns,
+            NetnsPolicy {
+                max: self.netns_max,
+                include_user_owned: self.netns_include_user_owned,
+            },
+        )?;
         if selection != NetnsSelection::Own && self.tags.iter().any(|(k, _)| k == "netns") {
             return Err("--tag netns=...: the netns tag is set by --netns".into());
         }
@@ -436,7 +470,7 @@ fn validate_proc_root(proc_root: &std::path::Path) -> Result<(), String> {
 }
 
 /// `--netns` values: none (the own namespace), names, or `all`.
-fn netns_selection(netns: &[String]) -> Result<NetnsSelection, String> {
+fn netns_selection(netns: &[String], policy: NetnsPolicy) -> Result<NetnsSelection, String> {
     if netns.is_empty() {
         return Ok(NetnsSelection::Own);
     }
@@ -444,7 +478,7 @@ fn netns_selection(netns: &[String]) -> Result<NetnsSelection, String> {
         if netns.len() > 1 {
             return Err("--netns all cannot be combined with namespace names".into());
         }
-        return Ok(NetnsSelection::All);
+        return Ok(NetnsSelection::All(policy));
     }
     let mut names = Vec::new();
     for name in netns {
@@ -487,6 +521,16 @@ pub fn parse_top(text: &str) -> Result<usize, String> {
         Ok(n) if n <= MAX_TOP => Ok(n),
         _ => Err(format!(
             "expected a number of sources from 0 (off) to {MAX_TOP}"
+        )),
+    }
+}
+
+/// `--netns-max N`: 1 to 16384.
+pub fn parse_netns_max(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (MIN_MAX_NAMESPACES..=MAX_MAX_NAMESPACES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of namespaces from {MIN_MAX_NAMESPACES} to {MAX_MAX_NAMESPACES}"
         )),
     }
 }
@@ -651,7 +695,36 @@ mod tests {
             Ok(NetnsSelection::Named(vec!["a".into(), "b".into()]))
         );
         let c = cli(&["--netns", "all"]).unwrap();
-        assert_eq!(c.validate(), Ok(NetnsSelection::All));
+        assert_eq!(
+            c.validate(),
+            Ok(NetnsSelection::All(NetnsPolicy {
+                max: 1024,
+                include_user_owned: false
+            }))
+        );
+        let c = cli(&[
+            "--netns",
+            "all",
+            "--netns-max",
+            "3",
+            "--netns-include-user-owned",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.validate(),
+            Ok(NetnsSelection::All(NetnsPolicy {
+                max: 3,
+                include_user_owned: true
+            }))
+        );
+        for bad in ["0", "16385", "-1", "x", ""] {
+            let err = cli(&[&format!("--netns-max={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--netns-max"), "{err}");
+            assert!(err.contains("from 1 to 16384"), "{err}");
+        }
+        assert!(cli(&["--netns-max", "16384"]).is_ok());
         assert!(cli(&["--netns", "all", "--netns", "a"])
             .unwrap()
             .validate()

@@ -99,7 +99,7 @@ impl Log for RingLogger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            let message = record.args().to_string().replace(['\n', '\r'], " ");
+            let message = escape_controls(&record.args().to_string());
             self.ring.push(record.level(), message);
         }
     }
@@ -120,14 +120,20 @@ pub fn init_ring(level: LevelFilter) -> Arc<LogRing> {
     ring
 }
 
-/// One log line, newline included. Messages are kept to one line.
+/// One log line, newline included. Messages are kept to one line and carry
+/// no control character (a namespace name or a path may hold an escape
+/// sequence meant for the terminal): text and telegraf write each as `\xHH`
+/// per byte, JSON as `\uXXXX`.
 pub fn format_record(
     format: LogFormat,
     level: Level,
     message: &str,
     at: std::time::SystemTime,
 ) -> String {
-    let message = message.replace(['\n', '\r'], " ");
+    let message = match format {
+        LogFormat::Json => message.to_string(),
+        LogFormat::Text | LogFormat::Telegraf => escape_controls(message),
+    };
     match format {
         LogFormat::Text => format!("{} {:<5} {message}\n", rfc3339(at), level),
         LogFormat::Telegraf => {
@@ -149,13 +155,30 @@ pub fn format_record(
     }
 }
 
+/// Control characters (C0, DEL, C1) as `\xHH` per UTF-8 byte; the rest as is.
+pub fn escape_controls(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            let mut bytes = [0u8; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            // DEL and the C1 controls too: JSON allows them raw, terminals do not.
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -228,8 +251,45 @@ mod tests {
         let line = format_record(LogFormat::Json, Level::Error, "a \"b\"\\\nc\u{1}", at());
         assert_eq!(
             line,
-            "{\"ts\":\"2026-11-28T13:44:53.007Z\",\"level\":\"error\",\"msg\":\"a \\\"b\\\"\\\\ c\\u0001\"}\n"
+            "{\"ts\":\"2026-11-28T13:44:53.007Z\",\"level\":\"error\",\"msg\":\"a \\\"b\\\"\\\\\\u000ac\\u0001\"}\n"
         );
+        let line = format_record(LogFormat::Json, Level::Warn, "x\u{1b}[2J\u{7f}\u{9b}", at());
+        assert!(
+            line.ends_with("\"msg\":\"x\\u001b[2J\\u007f\\u009b\"}\n"),
+            "{line}"
+        );
+    }
+
+    /// No format lets a control character through: a message with an
+    /// escape sequence (a namespace name, a path) cannot reach the terminal.
+    #[test]
+    fn no_control_character_in_any_format() {
+        let message = "netns a\u{1b}]0;owned\u{7}b\r\nc\td\u{7f}\u{9b}31m\u{0}";
+        for format in [LogFormat::Text, LogFormat::Telegraf, LogFormat::Json] {
+            let line = format_record(format, Level::Warn, message, at());
+            let body = line.strip_suffix('\n').unwrap_or(&line);
+            assert!(!body.chars().any(char::is_control), "{format:?}: {line:?}");
+        }
+        assert_eq!(
+            format_record(
+                LogFormat::Telegraf,
+                Level::Info,
+                "a\u{1b}[31m\nb\u{9b}",
+                at()
+            ),
+            "I! [synproxy-agent] a\\x1b[31m\\x0ab\\xc2\\x9b\n"
+        );
+        let logger = RingLogger {
+            ring: Arc::new(LogRing::default()),
+            level: LevelFilter::Info,
+        };
+        logger.log(
+            &Record::builder()
+                .level(Level::Warn)
+                .args(format_args!("x\u{1b}[2Jy"))
+                .build(),
+        );
+        assert_eq!(logger.ring.last().as_deref(), Some("WARN  x\\x1b[2Jy"));
     }
 
     #[test]

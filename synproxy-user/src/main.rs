@@ -233,7 +233,7 @@ async fn start(
             netns: match &selection {
                 NetnsSelection::Own => privileges::NetnsNeed::Own,
                 NetnsSelection::Named(_) => privileges::NetnsNeed::Named,
-                NetnsSelection::All => privileges::NetnsNeed::All,
+                NetnsSelection::All(_) => privileges::NetnsNeed::All,
             },
         },
         if run.once {

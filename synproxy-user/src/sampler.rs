@@ -21,6 +21,7 @@ use crate::sample::{
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
 use crate::sources::ebpf_sources::SourcesRound;
 use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
+use crate::sources::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
 use crate::sources::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
@@ -119,6 +120,10 @@ pub struct Sampler {
     /// The last [`SeriesId`] handed out.
     last_series_id: SeriesId,
     ranker: TopRanker,
+    /// `--netns all`: which of the namespaces found are tracked.
+    selector: Option<Selector>,
+    /// At most this many series of namespaces not found are kept.
+    max_retained: usize,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -134,7 +139,16 @@ impl Sampler {
             .and_then(|_| netns::own_identity(&config.proc_root));
         let own_path = config.proc_root.join(STAT_FILE);
         let config_top = config.top;
+        let selector = match &config.selection {
+            NetnsSelection::All(policy) => Some(Selector::new(*policy, &config.proc_root)),
+            _ => None,
+        };
+        let max_retained = selector
+            .as_ref()
+            .map_or(DEFAULT_MAX_NAMESPACES, |s| s.policy().max);
         Self {
+            selector,
+            max_retained,
             own_name: own_path.display().to_string(),
             own_file: KeptStat::new(own_path),
             reader: NetnsReader::new(),
@@ -224,10 +238,14 @@ impl Sampler {
                 let targets = netns::named_targets(&names, &self.config.netns_dir);
                 self.read_namespaces(&targets, &mut round)
             }
-            NetnsSelection::All => {
+            NetnsSelection::All(_) => {
                 let found = netns::discover(&self.config.proc_root, &self.config.netns_dir);
                 self.report_denied(&found, &mut round);
-                self.read_namespaces(&found.targets, &mut round)
+                let targets = match self.selector.as_mut() {
+                    Some(selector) => selector.select(found.targets),
+                    None => found.targets,
+                };
+                self.read_namespaces(&targets, &mut round)
             }
         };
         if let Some(generation) = generation {
@@ -328,6 +346,11 @@ impl Sampler {
             reader.read(targets, &self.config.proc_root, &around)
         };
         self.reader = reader;
+        // Failures of namespaces no longer selected go with them (their
+        // recovery cannot be seen), so the map stays bounded under churn.
+        let labels: HashSet<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+        self.failing
+            .retain(|label, _| label.starts_with('\0') || labels.contains(label.as_str()));
         let mut reads = Vec::with_capacity(targets.len());
         for (target, result) in targets.iter().zip(results) {
             match result {
@@ -428,6 +451,11 @@ impl Sampler {
         }
         let came_back = series.missing_rounds > 0;
         series.missing_rounds = 0;
+        if came_back && key != SeriesKey::Own {
+            // Its eBPF slot was released when it was not found: the counts
+            // start again from zero, so the reconcile learns a new baseline.
+            series.reconciler = Reconciler::new();
+        }
         if series.label != label {
             info!("netns {}: now labelled {label}", series.label);
             series.label = label.to_string();
@@ -560,6 +588,7 @@ impl Sampler {
             }
             series.missing_rounds <= VANISHED_ROUNDS_KEPT
         });
+        forget_excess_missing(&mut self.series, self.max_retained);
     }
 
     /// Reads this round's eBPF maps and joins them with each namespace's
@@ -575,15 +604,7 @@ impl Sampler {
         let Some(ebpf) = self.config.ebpf.as_mut() else {
             return Vec::new();
         };
-        // eBPF keys of every namespace the agent still tracks (pruning the rest).
-        let mut keep: HashSet<NsKey> = self
-            .series
-            .keys()
-            .filter_map(|k| match k {
-                SeriesKey::Netns(id) => Some(id.ebpf_key()),
-                SeriesKey::Own => None,
-            })
-            .collect();
+        let mut keep = present_ebpf_keys(&self.series);
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
         let mut ebpf_round = ebpf.read_round(&keep);
         let sources = ebpf_round.as_mut().and_then(|r| r.sources.take());
@@ -651,6 +672,36 @@ impl Sampler {
             source_map,
         ));
         out
+    }
+}
+
+/// eBPF keys of the namespaces found this round: a slot is released as soon
+/// as its namespace is not found (a namespace that comes back gets a new one,
+/// and its reconcile a new baseline).
+fn present_ebpf_keys(series: &HashMap<SeriesKey, Series>) -> HashSet<NsKey> {
+    series
+        .iter()
+        .filter(|(_, s)| s.missing_rounds == 0)
+        .filter_map(|(k, _)| match k {
+            SeriesKey::Netns(id) => Some(id.ebpf_key()),
+            SeriesKey::Own => None,
+        })
+        .collect()
+}
+
+/// Under churn, only the `max` most recently seen of the series not found
+/// are kept.
+fn forget_excess_missing(series: &mut HashMap<SeriesKey, Series>, max: usize) {
+    let mut missing: Vec<(u32, SeriesKey)> = series
+        .iter()
+        .filter(|(_, s)| s.missing_rounds > 0)
+        .map(|(k, s)| (s.missing_rounds, *k))
+        .collect();
+    if missing.len() > max {
+        missing.sort_unstable_by_key(|&(rounds, _)| std::cmp::Reverse(rounds));
+        for (_, key) in &missing[..missing.len() - max] {
+            series.remove(key);
+        }
     }
 }
 
@@ -726,3 +777,7 @@ fn log_update(name: &str, update: Update) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+#[path = "sampler_tests.rs"]
+mod tests;

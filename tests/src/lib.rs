@@ -30,3 +30,5 @@ pub mod tools;
 pub mod top_sources;
 pub mod top_view;
 pub mod traffic;
+pub mod user_netns;
+pub mod user_netns_check;

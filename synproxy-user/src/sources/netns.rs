@@ -18,11 +18,13 @@
 // once per namespace and round, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use super::netns_label;
 use super::proc_file::{read_kept, KeptRead, KeptStat, OpenStat, ReadError, Reading, STAT_FILE};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -70,15 +72,21 @@ pub struct NetnsTarget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("netns {label}: {}: no such network namespace (see `ip netns list`)", handle.display())]
+    #[error(
+        "netns {label}: {}: no such network namespace (see `ip netns list`)",
+        shown(handle)
+    )]
     NotFound { label: String, handle: PathBuf },
-    #[error("netns {label}: {}: {source}", handle.display())]
+    #[error("netns {label}: {}: {source}", shown(handle))]
     Open {
         label: String,
         handle: PathBuf,
         source: io::Error,
     },
-    #[error("netns {label}: {} now refers to another namespace than the one discovered", handle.display())]
+    #[error(
+        "netns {label}: {} now refers to another namespace than the one discovered",
+        shown(handle)
+    )]
     Replaced { label: String, handle: PathBuf },
     #[error("netns {label}: cannot enter it (setns: {source}); the agent needs CAP_SYS_ADMIN for --netns")]
     Enter { label: String, source: io::Error },
@@ -90,6 +98,13 @@ pub enum NetnsError {
     },
     #[error("netns reader thread failed: {0}")]
     Thread(String),
+}
+
+/// A namespace handle as error messages show it: its name part may hold
+/// any byte, so it is written by the label rule (no control character
+/// reaches a log or the live view's status line).
+fn shown(handle: &Path) -> String {
+    netns_label::encode(handle.as_os_str().as_bytes())
 }
 
 impl NetnsError {
@@ -110,11 +125,12 @@ impl NetnsError {
 pub fn named_targets(names: &[String], netns_dir: &Path) -> Vec<NetnsTarget> {
     let mut targets: Vec<NetnsTarget> = Vec::with_capacity(names.len());
     for name in names {
-        if targets.iter().any(|t| &t.label == name) {
+        let label = netns_label::encode(name.as_bytes());
+        if targets.iter().any(|t| t.label == label) {
             continue;
         }
         targets.push(NetnsTarget {
-            label: name.clone(),
+            label,
             handle: netns_dir.join(name),
             transient: false,
             expected: None,
@@ -158,11 +174,12 @@ pub fn discover(proc_root: &Path, netns_dir: &Path) -> Discovery {
     let mut first_denied = None;
     let mut by_inode: BTreeMap<(u64, u64), NetnsTarget> = BTreeMap::new();
 
-    let mut names: Vec<(String, PathBuf)> = fs::read_dir(netns_dir)
+    // Every name, UTF-8 or not: the label rule is injective on bytes.
+    let mut names: Vec<(Vec<u8>, PathBuf)> = fs::read_dir(netns_dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .map(|e| (e.file_name().as_bytes().to_vec(), e.path()))
         .collect();
     names.sort();
     // Bound namespace files live on nsfs, like our own /proc/self/ns/net.
@@ -179,7 +196,7 @@ pub fn discover(proc_root: &Path, netns_dir: &Path) -> Discovery {
         }
         let key = (meta.dev(), meta.ino());
         by_inode.entry(key).or_insert(NetnsTarget {
-            label: name,
+            label: netns_label::encode(&name),
             handle: path,
             transient: false,
             expected: Some(key),
@@ -619,6 +636,27 @@ mod tests {
         assert_eq!(
             err,
             "netns nope: /nonexistent-netns-dir/nope: no such network namespace (see `ip netns list`)"
+        );
+    }
+
+    #[test]
+    fn a_handle_with_control_characters_is_shown_escaped() {
+        let target = NetnsTarget {
+            label: netns_label::encode(b"x\x1b[2J"),
+            handle: PathBuf::from(std::ffi::OsStr::from_bytes(
+                b"/nonexistent-dir/x\x1b[2J\xff",
+            )),
+            transient: false,
+            expected: None,
+        };
+        let results = read_in_namespaces(&[target], Path::new("/proc"), &|_| ());
+        let err = match &results[..] {
+            [Err(e)] => e.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            err,
+            "netns x\\x1b[2J: /nonexistent-dir/x\\x1b[2J\\xff: no such network namespace (see `ip netns list`)"
         );
     }
 

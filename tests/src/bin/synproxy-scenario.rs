@@ -10,6 +10,7 @@ use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
     caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources, top_view,
+    user_netns_check,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -19,7 +20,7 @@ const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] 
 [--sustained [--sustained-syn N] [--sustained-ack N] [--sustained-secs S]] \
 [--lifecycle [--lifecycle-delays MS,MS,...]] [--non-root] [--top-sources] \
 [--ebpf-cost [--cost-syn N] [--cost-throughput-syn N] [--cost-runs N] [--cost-enforce-throughput]] \
-[--top-view]";
+[--top-view] [--user-netns [--user-netns-count N]]";
 
 struct Args {
     cfg: Config,
@@ -41,6 +42,8 @@ struct Args {
     top_sources: bool,
     /// Run the live view's check (`synproxy-agent top` in tmux) instead of the matrix.
     top_view: bool,
+    /// Run the unprivileged-namespaces check with this many namespaces.
+    user_netns: Option<usize>,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -73,6 +76,8 @@ fn parse_args() -> Result<Args> {
     let mut cost_params = ebpf_cost::Params::default();
     let mut fentry = false;
     let mut top_view = false;
+    let mut user_netns = false;
+    let mut user_netns_count = user_netns_check::DEFAULT_COUNT;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -105,6 +110,10 @@ fn parse_args() -> Result<Args> {
         }
         if flag == "--top-view" {
             top_view = true;
+            continue;
+        }
+        if flag == "--user-netns" {
+            user_netns = true;
             continue;
         }
         if flag == "--cost-enforce-throughput" {
@@ -162,6 +171,7 @@ fn parse_args() -> Result<Args> {
                     .parse()
                     .with_context(|| format!("--flood-ack {value:?} is not a number"))?
             }
+            "--user-netns-count" => user_netns_count = number(&flag, &value)?,
             "--sustained-syn" => sustained_params.syns = number(&flag, &value)?,
             "--sustained-ack" => sustained_params.acks = number(&flag, &value)?,
             "--sustained-secs" => sustained_params.secs = number(&flag, &value)?,
@@ -207,6 +217,7 @@ fn parse_args() -> Result<Args> {
         cost: cost.map(|()| cost_params),
         top_sources,
         top_view,
+        user_netns: user_netns.then_some(user_netns_count),
     })
 }
 
@@ -282,6 +293,11 @@ fn main() {
     }
     if args.top_view {
         checks.push(Box::new(|| vec![top_view::top_view(cfg, kernel)]));
+    }
+    if let Some(count) = args.user_netns {
+        checks.push(Box::new(move || {
+            vec![user_netns_check::user_netns(cfg, kernel, count)]
+        }));
     }
     if !checks.is_empty() {
         for run in checks {

@@ -628,6 +628,17 @@ if selected top-view; then
     end_check top-view
 fi
 
+# 12. An unprivileged user's namespaces: 1,000 made by uid 65534 (a user namespace,
+#     then one sleeping process per network namespace) before a named server namespace
+#     with SYNPROXY rules; the agent (--netns all --netns-include-user-owned
+#     --netns-max 256) counts the named one exactly with eBPF, reports at most 256
+#     namespaces and warns once about the rest.
+if selected user-netns; then
+    begin_check user-netns
+    run_scenario user-netns 900 --agent "$AGENT" --ebpf require --user-netns $TOOLS
+    end_check user-netns
+fi
+
 # 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on
 #    the same function (BPF stats), SYNs/s through SYNPROXY without and with the
 #    probes (alternating runs), and the kernel memory of the maps.

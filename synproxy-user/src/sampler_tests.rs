@@ -1,0 +1,139 @@
+//! The sampler's bookkeeping under namespace churn: eBPF slots, retained
+//! series and failure entries stay bounded.
+
+use super::*;
+use crate::sources::ebpf::Stop;
+
+fn netns(inode: u64, cookie: Option<u64>) -> SeriesKey {
+    SeriesKey::Netns(NamespaceId {
+        dev: 4,
+        inode,
+        cookie,
+    })
+}
+
+fn series(id: SeriesId, missing_rounds: u32) -> Series {
+    let mut s = Series::new(id, &format!("ns-{id}"));
+    s.missing_rounds = missing_rounds;
+    s
+}
+
+#[test]
+fn a_namespace_not_found_keeps_no_ebpf_slot() {
+    let mut all = HashMap::new();
+    all.insert(SeriesKey::Own, series(1, 0));
+    all.insert(netns(4026532001, Some(11)), series(2, 0));
+    all.insert(netns(4026532002, Some(12)), series(3, 1));
+    all.insert(netns(4026532003, None), series(4, 0));
+    all.insert(netns(4026532004, None), series(5, 360));
+    let keep = present_ebpf_keys(&all);
+    let want: HashSet<NsKey> = [(synproxy_common::cookie_key(11), 11), (4026532003u32, 0)].into();
+    assert_eq!(keep, want);
+}
+
+#[test]
+fn retained_series_are_bounded_longest_gone_first() {
+    let mut all = HashMap::new();
+    for i in 0..2 {
+        all.insert(netns(100 + i, Some(i)), series(i, 0));
+    }
+    for i in 1..=5u64 {
+        all.insert(netns(200 + i, Some(10 + i)), series(10 + i, i as u32));
+    }
+    forget_excess_missing(&mut all, 2);
+    let mut left: Vec<SeriesId> = all.values().map(|s| s.id).collect();
+    left.sort_unstable();
+    assert_eq!(left, [0, 1, 11, 12]);
+    forget_excess_missing(&mut all, 2);
+    assert_eq!(all.len(), 4);
+}
+
+fn sampler(netns_dir: &std::path::Path, names: &[&str]) -> Sampler {
+    Sampler::new(SamplerConfig {
+        once: false,
+        proc_root: "/proc".into(),
+        netns_dir: netns_dir.into(),
+        selection: NetnsSelection::Named(names.iter().map(|n| n.to_string()).collect()),
+        ebpf: None,
+        ebpf_off: None,
+        stop: Arc::new(Stop::default()),
+        top: TopConfig {
+            n: 0,
+            prefix_v4: 32,
+            prefix_v6: 128,
+            map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+        },
+    })
+}
+
+/// A namespace that failed and is no longer selected leaves no entry
+/// behind (under churn they would pile up); one still selected keeps its
+/// entry, so its failure is logged once.
+#[test]
+fn failure_entries_go_with_their_namespace() {
+    let dir = std::path::Path::new("/nonexistent-netns-dir");
+    let mut s = sampler(dir, &["gone-1", "gone-2"]);
+    let round = s.sample();
+    assert_eq!(round.failures.len(), 2);
+    assert_eq!(s.failing.len(), 2);
+    s.config.selection = NetnsSelection::Named(vec!["gone-2".into(), "gone-3".into()]);
+    let round = s.sample();
+    assert_eq!(round.failures.len(), 2);
+    let mut labels: Vec<&str> = s.failing.keys().map(String::as_str).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["gone-2", "gone-3"]);
+    s.config.selection = NetnsSelection::Named(vec!["gone-4".into()]);
+    s.sample();
+    assert_eq!(s.failing.keys().collect::<Vec<_>>(), ["gone-4"]);
+}
+
+/// A namespace that comes back after a round without it got a new (zeroed)
+/// eBPF slot: its reconcile starts from a new baseline instead of calling the
+/// restarted counts a miss.
+#[test]
+fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
+    use crate::reconcile::ebpf::{Bracket, Input};
+    use crate::reconcile::wrap_tracker::CounterIdentity;
+    use crate::sources::proc_stat::parse;
+    use synproxy_common::Counter;
+    let reading = || {
+        Reading {
+        identity: CounterIdentity {
+            file_dev: 1,
+            file_inode: 2,
+        },
+        stat: parse(b"entries syn_received cookie_invalid cookie_valid cookie_retrans conn_reopened\n0 a 0 0 0 0\n")
+            .expect("stat"),
+        recreated: false,
+    }
+    };
+    let mut s = sampler(std::path::Path::new("/nonexistent-netns-dir"), &[]);
+    let key = netns(4026532001, Some(7));
+    let read = s.track(key, "netns x", "x", reading());
+    let proc = ebpf_reconcile::proc_counts(&read.totals);
+    let counts = |syn: u64| {
+        let mut c = [[0u64; synproxy_common::COUNTER_COUNT]; 2];
+        c[0][Counter::SynReceived.index()] = syn;
+        c
+    };
+    let bracket = |syn| Bracket {
+        generation: 1,
+        before: counts(syn),
+        after: counts(syn),
+    };
+    let series = s.series.get_mut(&key).expect("series");
+    for _ in 0..2 {
+        series.reconciler.update(Input {
+            proc,
+            proc_reset: false,
+            ebpf: Some(bracket(10)),
+            global_losses: 0,
+        });
+    }
+    // The old slot's counts are learnt; a fresh slot's zeros are not them.
+    assert!(!series.reconciler.consistent(&proc, false, &bracket(0)));
+    series.missing_rounds = 1;
+    s.track(key, "netns x", "x", reading());
+    let series = s.series.get(&key).expect("series");
+    assert!(series.reconciler.consistent(&proc, false, &bracket(0)));
+}
