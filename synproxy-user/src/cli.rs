@@ -188,6 +188,12 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_STDOUT")]
     pub stdout: bool,
 
+    /// Go on (with a warning) when the capability drop after start-up fails.
+    /// Without it such a failure stops the agent (exit 1): it never runs with
+    /// more capabilities than its features need.
+    #[arg(long, env = "SYNPROXY_AGENT_ALLOW_FAILED_CAPABILITY_DROP")]
+    pub allow_failed_capability_drop: bool,
+
     /// Least severe log level written.
     #[arg(
         long,
@@ -266,6 +272,10 @@ pub struct TopArgs {
     /// Entries of the kernel's per-source map, 1024 to 16777216 (see the agent's --top-map-entries).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
     pub top_map_entries: u32,
+
+    /// Go on when the capability drop after start-up fails (see the agent's flag).
+    #[arg(long)]
+    pub allow_failed_capability_drop: bool,
 }
 
 impl TopArgs {

@@ -16,6 +16,7 @@
 mod buffer;
 mod writer;
 
+use super::gate::Gate;
 use super::line_protocol::LineEncoder;
 use super::{Ended, Sink};
 use crate::cli::Cli;
@@ -351,8 +352,9 @@ pub struct InfluxSink {
 }
 
 impl InfluxSink {
-    /// Starts the writer thread. The error is one line.
-    pub fn start(config: InfluxConfig, encoder: LineEncoder) -> Result<Self, String> {
+    /// Starts the writer thread, which sends nothing until `gate` is open.
+    /// The error is one line.
+    pub fn start(config: InfluxConfig, encoder: LineEncoder, gate: Gate) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(writer::CONNECT_TIMEOUT));
@@ -380,6 +382,7 @@ impl InfluxSink {
                 target: config.target.clone(),
             },
             Arc::clone(&shared),
+            gate,
         );
         let handle = std::thread::Builder::new()
             .name("influx".into())
