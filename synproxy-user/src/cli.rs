@@ -110,9 +110,11 @@ pub struct Cli {
     pub top_prefix_v6: u8,
 
     /// Entries of the kernel's per-source map (an LRU hash of
-    /// namespace, counter, family and address), 1024 to 16777216: about 112
-    /// bytes of kernel memory each. When a flood has more sources, the least
-    /// recently seen are evicted (`source_evictions`).
+    /// namespace, counter, family and address), 1024 to 1048576: about 112
+    /// bytes of kernel memory each, and in the agent up to about 210 bytes
+    /// each while a round reads a full map (at most 210 MiB at 1048576). When
+    /// a flood has more sources, the least recently seen are evicted
+    /// (`source_evictions`).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
     pub top_map_entries: u32,
 
@@ -269,7 +271,7 @@ pub struct TopArgs {
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6)]
     pub top_prefix_v6: u8,
 
-    /// Entries of the kernel's per-source map, 1024 to 16777216 (see the agent's --top-map-entries).
+    /// Entries of the kernel's per-source map, 1024 to 1048576 (see the agent's --top-map-entries).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
     pub top_map_entries: u32,
 
@@ -516,7 +518,7 @@ pub fn parse_top(text: &str) -> Result<usize, String> {
     }
 }
 
-/// `--top-map-entries N`: 1024 to 2^24.
+/// `--top-map-entries N`: 1024 to 2^20.
 pub fn parse_top_map_entries(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(n) if (MIN_TOP_MAP_ENTRIES..=MAX_TOP_MAP_ENTRIES).contains(&n) => Ok(n),
