@@ -14,6 +14,8 @@
 //! `INFLUX_USERNAME` and `INFLUX_PASSWORD` (basic authentication, 1.x).
 
 mod buffer;
+#[cfg(test)]
+mod gate_tests;
 mod writer;
 
 use super::gate::Gate;
