@@ -124,9 +124,11 @@ pub struct Cli {
     pub top_prefix_v6: u8,
 
     /// Entries of the kernel's per-source map (an LRU hash of
-    /// namespace, counter, family and address), 1024 to 16777216: about 112
-    /// bytes of kernel memory each. When a flood has more sources, the least
-    /// recently seen are evicted (`source_evictions`).
+    /// namespace, counter, family and address), 1024 to 1048576: about 112
+    /// bytes of kernel memory each, and in the agent up to about 210 bytes
+    /// each while a round reads a full map (at most 210 MiB at 1048576). When
+    /// a flood has more sources, the least recently seen are evicted
+    /// (`source_evictions`).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
     pub top_map_entries: u32,
 
@@ -201,6 +203,12 @@ pub struct Cli {
     /// (without one, stdout is the output and this changes nothing).
     #[arg(long, env = "SYNPROXY_AGENT_STDOUT")]
     pub stdout: bool,
+
+    /// Go on (with a warning) when the capability drop after start-up fails.
+    /// Without it such a failure stops the agent (exit 1): it never runs with
+    /// more capabilities than its features need.
+    #[arg(long, env = "SYNPROXY_AGENT_ALLOW_FAILED_CAPABILITY_DROP")]
+    pub allow_failed_capability_drop: bool,
 
     /// Least severe log level written.
     #[arg(
@@ -285,9 +293,13 @@ pub struct TopArgs {
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6)]
     pub top_prefix_v6: u8,
 
-    /// Entries of the kernel's per-source map, 1024 to 16777216 (see the agent's --top-map-entries).
+    /// Entries of the kernel's per-source map, 1024 to 1048576 (see the agent's --top-map-entries).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
     pub top_map_entries: u32,
+
+    /// Go on when the capability drop after start-up fails (see the agent's flag).
+    #[arg(long)]
+    pub allow_failed_capability_drop: bool,
 }
 
 impl TopArgs {
@@ -535,7 +547,7 @@ pub fn parse_netns_max(text: &str) -> Result<usize, String> {
     }
 }
 
-/// `--top-map-entries N`: 1024 to 2^24.
+/// `--top-map-entries N`: 1024 to 2^20.
 pub fn parse_top_map_entries(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(n) if (MIN_TOP_MAP_ENTRIES..=MAX_TOP_MAP_ENTRIES).contains(&n) => Ok(n),

@@ -11,7 +11,7 @@ use synproxy_user::privileges;
 use synproxy_user::reconcile::top_sources::TopConfig;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
-use synproxy_user::sinks::{OutputConfig, Sinks};
+use synproxy_user::sinks::{gate, OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, ProbeType, Stop};
 use synproxy_user::top;
 
@@ -60,9 +60,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // The network outputs read and send nothing until the capability drop.
+    let (opener, gate) = gate::gate();
     let sinks = {
         let _guard = rt.enter();
-        Sinks::from_config(outputs)
+        Sinks::from_config(outputs, &gate)
     };
     let sinks = match sinks {
         Ok(sinks) => sinks,
@@ -71,17 +73,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let exit = rt.block_on(start(Run::from(&cli), selection, signals, sinks));
+    let exit = rt.block_on(start(Run::from(&cli), selection, signals, sinks, opener));
     // Work abandoned at a signal (nothing of it outlives the process) is not
     // waited for.
     rt.shutdown_background();
     exit_code(&exit)
 }
 
-fn exit_code(exit: &Exit) -> ExitCode {
-    match exit {
-        Exit::Clean => ExitCode::SUCCESS,
-        Exit::SampleFailed | Exit::OutputFailed => ExitCode::FAILURE,
+/// How a run ended: the runtime's verdict, or refused at start-up.
+enum Ended {
+    Run(Exit),
+    /// The capability drop failed (logged); nothing was sampled.
+    DropFailed,
+}
+
+fn exit_code(ended: &Ended) -> ExitCode {
+    match ended {
+        Ended::Run(Exit::Clean) => ExitCode::SUCCESS,
+        Ended::Run(Exit::SampleFailed | Exit::OutputFailed) | Ended::DropFailed => {
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -127,8 +138,11 @@ fn top_main(
         probes: args.probes,
         rate_resolution: args.rate_resolution,
         top,
+        allow_failed_drop: args.allow_failed_capability_drop,
     };
-    let exit = rt.block_on(start(run, selection, signals, sinks));
+    // No network output in `top`: nothing waits at the gate.
+    let (opener, _) = gate::gate();
+    let exit = rt.block_on(start(run, selection, signals, sinks, opener));
     // Whatever ended the run, the terminal is the user's again (idempotent).
     top::terminal::restore();
     for line in log.problems(log_format) {
@@ -148,6 +162,8 @@ struct Run {
     probes: ProbeType,
     rate_resolution: std::time::Duration,
     top: TopConfig,
+    /// `--allow-failed-capability-drop`.
+    allow_failed_drop: bool,
 }
 
 impl From<&Cli> for Run {
@@ -162,6 +178,7 @@ impl From<&Cli> for Run {
             probes: cli.probes,
             rate_resolution: cli.rate_resolution,
             top: cli.top_config(),
+            allow_failed_drop: cli.allow_failed_capability_drop,
         }
     }
 }
@@ -171,7 +188,8 @@ async fn start(
     selection: NetnsSelection,
     mut signals: runtime::Signals,
     sinks: Sinks,
-) -> Exit {
+    opener: gate::GateOpener,
+) -> Ended {
     let stop = Arc::new(Stop::default());
     // eBPF: load, verify and attach; anything that prevents it is one warning,
     // then /proc only. --once has no interval to count in: it only checks.
@@ -195,11 +213,11 @@ async fn start(
                 log::info!("{signal} during start-up, exiting");
                 // Dropping the source detaches whatever was attached.
                 drop(opened);
-                return Exit::Clean;
+                return Ended::Run(Exit::Clean);
             }
             Blocking::Abandoned(signal) => {
                 log::info!("{signal} during start-up, exiting");
-                return Exit::Clean;
+                return Ended::Run(Exit::Clean);
             }
             Blocking::Died => None,
         };
@@ -226,8 +244,9 @@ async fn start(
         }
     };
 
-    // Start-up is over: keep only the capabilities the features still need.
-    privileges::restrict_and_log(
+    // Start-up is over: keep only the capabilities the features still need,
+    // or stop (dropping the source detaches the probes).
+    let dropped = privileges::restrict_and_log(
         privileges::Features {
             ebpf: ebpf.as_ref().map(EbpfSource::capability_need),
             netns: match &selection {
@@ -241,7 +260,14 @@ async fn start(
         } else {
             log::Level::Info
         },
+        run.allow_failed_drop,
     );
+    if dropped.is_err() {
+        drop(ebpf);
+        return Ended::DropFailed;
+    }
+    opener.open();
+    log::debug!("capabilities dropped: network outputs may read requests and send");
     if !matches!(selection, NetnsSelection::Own) {
         runtime::raise_fd_limit();
     }
@@ -260,5 +286,5 @@ async fn start(
         interval: run.interval,
         signal: run.signal,
     };
-    runtime::run(sampler, sinks, schedule, signals, stop).await
+    Ended::Run(runtime::run(sampler, sinks, schedule, signals, stop).await)
 }

@@ -383,13 +383,26 @@ fn gettid() -> libc::pid_t {
     unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
-fn thread_ids() -> Vec<libc::pid_t> {
-    std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
+/// The threads of this process. Without a readable `/proc/self/task` (no
+/// procfs mounted, as in some containers) the other threads cannot be found,
+/// so the drop cannot be made on all of them: an error, not an empty list.
+fn thread_ids() -> Result<Vec<libc::pid_t>, String> {
+    let dir = "/proc/self/task";
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list threads in {dir}: {e}"))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list threads in {dir}: {e}"))?;
+        if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
+            ids.push(tid);
+        }
+    }
+    if !ids.contains(&gettid()) {
+        return Err(format!(
+            "{dir} does not list the calling thread (not this process's procfs)"
+        ));
+    }
+    Ok(ids)
 }
 
 /// How long other threads get to run the handler (they only need to be
@@ -432,7 +445,7 @@ pub fn restrict(features: Features) -> Result<Outcome, String> {
     // A thread that had not applied the drop may start another one before it
     // gets the signal: repeat until a pass finds no new thread.
     for _ in 0..100 {
-        let new: Vec<libc::pid_t> = thread_ids()
+        let new: Vec<libc::pid_t> = thread_ids()?
             .into_iter()
             .filter(|t| !done.contains(t))
             .collect();
@@ -478,7 +491,7 @@ pub fn restrict(features: Features) -> Result<Outcome, String> {
 /// threads there are.
 fn verify(kept: CapSet) -> Result<usize, String> {
     let mut n = 0;
-    for tid in thread_ids() {
+    for tid in thread_ids()? {
         let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
             continue; // exited
         };
@@ -535,9 +548,14 @@ impl ThreadStatus {
 
 /// [`restrict`] with the result logged: one line at `level` with the sets
 /// kept (info for a long-running agent; `--once` stays quiet), a warning
-/// naming what the features need but the agent was not given, an error if the
-/// drop failed (the agent goes on: losing metrics would not make it safer).
-pub fn restrict_and_log(features: Features, level: log::Level) {
+/// naming what the features need but the agent was not given. A drop that
+/// failed is one error line and `Err` (the agent stops: it cannot promise
+/// least privilege), or with `allow_failure` one warning and `Ok`.
+pub fn restrict_and_log(
+    features: Features,
+    level: log::Level,
+    allow_failure: bool,
+) -> Result<(), DropFailed> {
     match restrict(features) {
         Ok(outcome) => {
             if !outcome.missing.is_empty() {
@@ -560,10 +578,38 @@ pub fn restrict_and_log(features: Features, level: log::Level) {
                 outcome.threads
             );
             debug!("capability mask kept: {:#x}", outcome.kept.0);
+            Ok(())
         }
-        Err(e) => log::error!("cannot drop capabilities: {e}"),
+        Err(e) if allow_failure => {
+            warn!("cannot drop capabilities: {e}; going on without least privilege ({ALLOW_FLAG})");
+            Ok(())
+        }
+        Err(e) => {
+            let failed = DropFailed(e);
+            log::error!("{failed}");
+            Err(failed)
+        }
     }
 }
+
+/// The flag that lets the agent go on when the drop fails.
+pub const ALLOW_FLAG: &str = "--allow-failed-capability-drop";
+
+/// The capability drop failed; the agent stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropFailed(pub String);
+
+impl std::fmt::Display for DropFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot drop capabilities: {}; stopping (least privilege cannot be ensured; {ALLOW_FLAG} goes on anyway)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for DropFailed {}
 
 fn what_needs(missing: CapSet) -> String {
     let mut parts = Vec::new();

@@ -92,6 +92,14 @@ pub fn run(args: TestArgs) -> Result<()> {
             "parse_encode",
             "--",
             "--test",
+        ])?;
+        // Prints the per-source memory figures and fails above the README's.
+        cargo(&[
+            "bench",
+            "--package",
+            "synproxy-user",
+            "--bench",
+            "top_sources_memory",
         ])
     });
     // After `cargo test`: the man page's example reuses its dev build.

@@ -25,7 +25,10 @@ pub const DEFAULT_TOP: usize = 10;
 pub const MAX_TOP: usize = 1000;
 /// `--top-map-entries` bounds.
 pub const MIN_TOP_MAP_ENTRIES: u32 = 1024;
-pub const MAX_TOP_MAP_ENTRIES: u32 = 1 << 24;
+/// The maximum bounds user-space memory too: a full map costs up to 210
+/// bytes per entry in the agent while a round reads it (README, per-source
+/// map; `benches/top_sources_memory.rs`), 210 MiB at 1,048,576 entries.
+pub const MAX_TOP_MAP_ENTRIES: u32 = 1 << 20;
 
 /// What to rank, from `--top`, `--top-prefix-v4` and `--top-prefix-v6`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,8 +135,10 @@ pub struct TopRanker {
     /// IPv4: group << 32 | masked address -> events (a compact key: most
     /// floods are IPv4, and the map is the round's largest cost).
     sums_v4: HashMap<u64, u64>,
-    /// IPv6: (group, masked address) -> events.
-    sums_v6: HashMap<(u32, u128), u64>,
+    /// IPv6: (group, masked address's high and low halves) -> events
+    /// (halves: a u128 in the key would align the entry to 16, 48 bytes
+    /// instead of 32).
+    sums_v6: HashMap<(u32, u64, u64), u64>,
     heaps: Vec<BinaryHeap<Ranked>>,
 }
 
@@ -210,7 +215,10 @@ impl TopRanker {
                     .sums_v4
                     .entry((u64::from(g) << 32) | key as u64)
                     .or_insert(0),
-                Family::Ipv6 => self.sums_v6.entry((g, key)).or_insert(0),
+                Family::Ipv6 => self
+                    .sums_v6
+                    .entry((g, (key >> 64) as u64, key as u64))
+                    .or_insert(0),
             };
             *sum = sum.saturating_add(c.events);
         }
@@ -274,7 +282,7 @@ impl TopRanker {
         let v6 = self
             .sums_v6
             .iter()
-            .map(|(&(g, key), &events)| (g, key, events));
+            .map(|(&(g, hi, lo), &events)| (g, u128::from(hi) << 64 | u128::from(lo), events));
         for (g, key, events) in v4.chain(v6) {
             let Some(heap) = self.heaps.get_mut(g as usize) else {
                 continue;
@@ -380,6 +388,17 @@ fn source_text(family: Family, key: u128, prefix_v4: u8, prefix_v6: u8) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The map's maximum is what bounds the agent's memory (README).
+    #[test]
+    fn map_entries_are_bounded_where_memory_is_measured() {
+        use crate::cli::parse_top_map_entries;
+        assert_eq!(parse_top_map_entries("1048576"), Ok(1 << 20));
+        assert_eq!(parse_top_map_entries("1024"), Ok(1024));
+        for bad in ["1048577", "16777216", "1023"] {
+            assert!(parse_top_map_entries(bad).is_err(), "{bad}");
+        }
+    }
 
     fn ip(text: &str) -> IpAddr {
         match text.parse() {

@@ -13,7 +13,10 @@
 //! - [`influx`]: the same lines as stdout, written to an InfluxDB server
 //!   (1.x `/write` or 2.x `/api/v2/write`) by its own thread, with a bounded
 //!   buffer and retries.
+//!
+//! The network outputs wait at a [`gate::Gate`] until the capability drop.
 
+pub mod gate;
 pub mod influx;
 pub mod line_protocol;
 pub mod prometheus;
@@ -171,18 +174,19 @@ impl Default for Sinks {
 impl Sinks {
     /// Starts every configured output. Must run inside the tokio runtime
     /// (network outputs spawn their tasks on it). The error is one line.
-    pub fn from_config(config: OutputConfig) -> Result<Self, String> {
+    /// The network outputs read and send nothing until `gate` opens.
+    pub fn from_config(config: OutputConfig, gate: &gate::Gate) -> Result<Self, String> {
         let mut sinks = Sinks::default();
         if let Some(encoder) = config.stdout {
             let sink = stdout::StdoutSink::new(encoder, sinks.notifier());
             sinks.add(Box::new(sink));
         }
         if let Some(listener) = config.prometheus {
-            let sink = prometheus::PrometheusSink::start(listener)?;
+            let sink = prometheus::PrometheusSink::start(listener, gate.clone())?;
             sinks.add(Box::new(sink));
         }
         if let Some((influx, encoder)) = config.influx {
-            let sink = influx::InfluxSink::start(influx, encoder)?;
+            let sink = influx::InfluxSink::start(influx, encoder, gate.clone())?;
             sinks.add(Box::new(sink));
         }
         Ok(sinks)

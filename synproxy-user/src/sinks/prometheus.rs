@@ -15,6 +15,7 @@
 //! once); then they leave. A retained namespace whose label a present one has
 //! taken is left out (labels are unique in each exposition).
 
+use super::gate::Gate;
 use super::line_protocol::sanitized_tag;
 use super::{Ended, Sink};
 use crate::cli::parse_listen_addr;
@@ -166,13 +167,14 @@ pub struct PrometheusSink {
 }
 
 impl PrometheusSink {
-    /// Starts serving on `listener` (on the current tokio runtime).
-    pub fn start(listener: Listener) -> Result<Self, String> {
+    /// Starts serving on `listener` (on the current tokio runtime); requests
+    /// are read once `gate` is open.
+    pub fn start(listener: Listener, gate: Gate) -> Result<Self, String> {
         let addr = listener.addr;
         let socket = tokio::net::TcpListener::from_std(listener.socket)
             .map_err(|e| format!("--prometheus-listen {addr}: {e}"))?;
         let (tx, rx) = watch::channel(Arc::new(Published::default()));
-        tokio::spawn(serve(socket, rx));
+        tokio::spawn(serve(socket, rx, gate));
         info!("Prometheus metrics on http://{addr}/metrics");
         Ok(Self {
             published: Published::default(),
@@ -193,7 +195,11 @@ impl Sink for PrometheusSink {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, state: watch::Receiver<Arc<Published>>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: watch::Receiver<Arc<Published>>,
+    gate: Gate,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut failing = false;
     loop {
@@ -217,7 +223,12 @@ async fn serve(listener: tokio::net::TcpListener, state: watch::Receiver<Arc<Pub
             }
         };
         let state = state.clone();
+        let mut gate = gate.clone();
         tokio::spawn(async move {
+            // Accepted, but not read before the capability drop.
+            if !gate.opened().await {
+                return;
+            }
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let published = Arc::clone(&state.borrow());
                 async move { Ok::<_, Infallible>(respond(&request, &published)) }

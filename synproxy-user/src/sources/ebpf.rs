@@ -333,7 +333,7 @@ struct SourceCounting {
     /// `SOURCE_STATS`: entries created, events refused.
     stats: SharedArray,
     deltas: SourceDeltas,
-    /// The iterator's output, kept between rounds.
+    /// The buffer the iterator's output streams through, kept between rounds.
     records: Vec<u8>,
     capacity: u32,
     map_bytes: u64,
@@ -1247,7 +1247,12 @@ impl EbpfSource {
     /// or when the read failed: said once).
     fn read_sources(&mut self) -> Option<SourcesRound> {
         let counting = self.sources.as_mut()?;
-        if let Err(e) = ebpf_sources::read_iter(counting.link.as_fd(), &mut counting.records) {
+        counting.deltas.begin();
+        let deltas = &mut counting.deltas;
+        let read = ebpf_sources::read_iter(counting.link.as_fd(), &mut counting.records, |r| {
+            deltas.add(r)
+        });
+        if let Err(e) = read {
             if !counting.failing {
                 warn!("eBPF: cannot read the per-source counts: {e}");
                 counting.failing = true;
@@ -1269,7 +1274,7 @@ impl EbpfSource {
             map_bytes: counting.map_bytes,
             ..Default::default()
         };
-        counting.deltas.fold(&counting.records, inserts, &mut round);
+        counting.deltas.finish(inserts, &mut round);
         Some(round)
     }
 
@@ -1504,7 +1509,7 @@ fn open_source_counting(
     Ok(SourceCounting {
         link,
         stats,
-        deltas: SourceDeltas::default(),
+        deltas: SourceDeltas::new(capacity),
         records: Vec::new(),
         capacity,
         map_bytes,

@@ -12,7 +12,6 @@
 //! Evicted entries are counted as entries created minus entries present.
 
 use super::ns_slots::NsKey;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use synproxy_common::{
@@ -115,32 +114,107 @@ pub fn interval_events(previous: Option<&SourceValue>, now: &SourceValue) -> u64
     }
 }
 
-/// Turns successive reads of the map into interval events; keeps its maps
-/// between rounds (cleared, not freed).
+/// Turns successive reads of the map into interval events.
+///
+/// Memory is what bounds `--top-map-entries`: a spoofed flood fills the map,
+/// and every entry is read every round. So the iterator's output is streamed
+/// through a fixed buffer ([`read_iter`]), and the entries are kept as two
+/// sorted vectors of 48-byte records (this round's and the previous one's,
+/// matched by a merge), grown to at most the map's size, instead of hash maps
+/// (twice that, and more while they grow). Worst case in user space, with the
+/// round's events and the ranking: see the README's per-source map section
+/// (measured by `benches/top_sources_memory.rs`).
 #[derive(Debug, Default)]
 pub struct SourceDeltas {
-    previous: HashMap<SourceKey, SourceValue>,
-    current: HashMap<SourceKey, SourceValue>,
+    previous: Vec<Entry>,
+    current: Vec<Entry>,
+    /// The map's size: the vectors never grow past it (0: no limit).
+    capacity: usize,
     /// Largest eviction count reported (entries created and entries present
     /// are read at slightly different moments: never report fewer).
     evictions: u64,
 }
 
+/// One map entry as kept between rounds.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: SourceKey,
+    value: SourceValue,
+}
+
+impl Entry {
+    fn order(&self) -> (u64, u32, u8, u8, [u64; 2]) {
+        let k = &self.key;
+        (k.cookie, k.netns, k.counter, k.family, k.addr)
+    }
+}
+
 impl SourceDeltas {
-    /// Folds one read (records of [`SOURCE_RECORD_LEN`] bytes) into
-    /// interval events; `inserts` is the programs' count of created entries.
-    pub fn fold(&mut self, records: &[u8], inserts: u64, out: &mut SourcesRound) {
+    /// For a map of `capacity` entries.
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            capacity: capacity as usize,
+            ..Self::default()
+        }
+    }
+
+    /// Records kept from one pass: the map's size, and a quarter more for
+    /// entries a pass meets twice or that a flood inserts into buckets the
+    /// iterator has not reached yet while it evicts others it has passed.
+    fn limit(&self) -> usize {
+        if self.capacity == 0 {
+            usize::MAX
+        } else {
+            self.capacity + self.capacity / 4
+        }
+    }
+
+    /// Starts a read.
+    pub fn begin(&mut self) {
         self.current.clear();
-        for record in records.chunks_exact(SOURCE_RECORD_LEN) {
-            let Some((key, value)) = parse_record(record) else {
-                continue;
+    }
+
+    /// One record of the read (of [`SOURCE_RECORD_LEN`] bytes; others are
+    /// ignored).
+    pub fn add(&mut self, record: &[u8]) {
+        let Some((key, value)) = parse_record(record) else {
+            return;
+        };
+        let len = self.current.len();
+        let limit = self.limit();
+        if len >= limit {
+            // Counted in a later round (as an entry new since the last read).
+            return;
+        }
+        if len == self.current.capacity() && self.capacity > 0 {
+            // Doubling up to the map's size, then in small steps.
+            let want = if len < self.capacity {
+                (len * 2).clamp(1024, self.capacity)
+            } else {
+                len + (self.capacity / 16).max(1)
             };
-            let events = interval_events(self.previous.get(&key), &value);
-            self.current.insert(key, value);
+            self.current.reserve_exact(want.min(limit) - len);
+        }
+        self.current.push(Entry { key, value });
+    }
+
+    /// Ends a read: interval events into `out`; `inserts` is the programs'
+    /// count of created entries.
+    pub fn finish(&mut self, inserts: u64, out: &mut SourcesRound) {
+        self.current.sort_unstable_by_key(Entry::order);
+        // A key seen twice in one pass (the map changed under the iterator)
+        // counts once.
+        self.current.dedup_by_key(|e| e.order());
+        // Counted first, so that the events take exactly their room (a
+        // growing vector needs up to 1.5 times it while it moves).
+        let active = self.merged().filter(|(_, events)| *events > 0).count();
+        out.events.reserve_exact(active);
+        for (entry, events) in self.merged() {
             if events == 0 {
                 continue;
             }
-            let (Some(counter), Some(source)) = (Counter::from_u8(key.counter), source_addr(&key))
+            let key = &entry.key;
+            let (Some(counter), Some(source)) = (Counter::from_u8(key.counter), source_addr(key))
             else {
                 continue;
             };
@@ -155,6 +229,38 @@ impl SourceDeltas {
         out.entries = self.previous.len() as u64;
         self.evictions = self.evictions.max(inserts.saturating_sub(out.entries));
         out.evictions = self.evictions;
+    }
+
+    /// Each entry of this read with its events since the previous read
+    /// (both vectors sorted: a merge).
+    fn merged(&self) -> impl Iterator<Item = (&Entry, u64)> + '_ {
+        let mut p = 0;
+        self.current.iter().map(move |entry| {
+            let order = entry.order();
+            while self.previous.get(p).is_some_and(|e| e.order() < order) {
+                p += 1;
+            }
+            let previous = self
+                .previous
+                .get(p)
+                .filter(|e| e.order() == order)
+                .map(|e| &e.value);
+            (entry, interval_events(previous, &entry.value))
+        })
+    }
+
+    /// One whole read at once (records of [`SOURCE_RECORD_LEN`] bytes).
+    pub fn fold(&mut self, records: &[u8], inserts: u64, out: &mut SourcesRound) {
+        self.begin();
+        for record in records.chunks_exact(SOURCE_RECORD_LEN) {
+            self.add(record);
+        }
+        self.finish(inserts, out);
+    }
+
+    /// Bytes the kept entries take now (both vectors' capacity).
+    pub fn heap_bytes(&self) -> usize {
+        (self.previous.capacity() + self.current.capacity()) * std::mem::size_of::<Entry>()
     }
 }
 
@@ -188,14 +294,52 @@ pub fn attach_map_iter(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> std::io::Re
     bpf(BPF_LINK_CREATE, &mut attr)
 }
 
-/// Reads one full pass of the iterator behind `link` into `buf` (cleared first).
-pub fn read_iter(link: BorrowedFd<'_>, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// The iterator's output is read this many bytes at a time (whole records).
+pub const READ_CHUNK: usize = SOURCE_RECORD_LEN * 1365;
+
+/// Reads one full pass of the iterator behind `link` through `buf` (a fixed
+/// [`READ_CHUNK`] bytes, kept between rounds) and hands each record to
+/// `each`. A record cut by a read is completed by the next one.
+pub fn read_iter(
+    link: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
     let mut attr = [0u8; 64];
     attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
     let iter = bpf(BPF_ITER_CREATE, &mut attr)?;
     let mut file = std::fs::File::from(iter);
-    buf.clear();
-    std::io::Read::read_to_end(&mut file, buf)?;
+    stream_records(&mut file, buf, &mut each)
+}
+
+/// [`read_iter`] on any reader.
+pub fn stream_records(
+    reader: &mut impl std::io::Read,
+    buf: &mut Vec<u8>,
+    each: &mut impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    buf.resize(READ_CHUNK, 0);
+    let mut filled = 0;
+    loop {
+        let n = match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+        let whole = filled - filled % SOURCE_RECORD_LEN;
+        for record in buf[..whole].chunks_exact(SOURCE_RECORD_LEN) {
+            each(record);
+        }
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
+    }
+    if filled != 0 {
+        return Err(std::io::Error::other(format!(
+            "the iterator ended within a record ({filled} of {SOURCE_RECORD_LEN} bytes)"
+        )));
+    }
     Ok(())
 }
 
@@ -302,5 +446,81 @@ mod tests {
         let mut round = SourcesRound::default();
         deltas.fold(&bytes, 1, &mut round);
         assert_eq!(round.evictions, 2);
+    }
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_stream_through_a_fixed_buffer_whatever_the_read_sizes() {
+        let mut bytes = Vec::new();
+        for i in 0..3000u32 {
+            let key = v4_key((i % 250) as u8, Counter::SynReceived);
+            let key = SourceKey { netns: i, ..key };
+            bytes.extend(record(
+                &key,
+                &SourceValue {
+                    events: u64::from(i) + 1,
+                    born: 1,
+                },
+            ));
+        }
+        for step in [1, 47, 48, 4096, 1 << 20] {
+            let mut buf = Vec::new();
+            let mut seen = Vec::new();
+            let mut reader = Trickle { data: &bytes, step };
+            stream_records(&mut reader, &mut buf, &mut |r: &[u8]| {
+                seen.push(parse_record(r))
+            })
+            .expect("reads");
+            assert_eq!(seen.len(), 3000, "step {step}");
+            assert!(seen.iter().all(Option::is_some));
+            assert_eq!(buf.len(), READ_CHUNK, "the buffer stays at its size");
+        }
+        let mut reader = Trickle {
+            data: &bytes[..100],
+            step: 100,
+        };
+        let cut = stream_records(&mut reader, &mut Vec::new(), &mut |_: &[u8]| {});
+        assert!(cut.is_err(), "a cut record is an error");
+    }
+
+    #[test]
+    fn kept_entries_never_outgrow_the_map() {
+        let mut deltas = SourceDeltas::new(5000);
+        let mut bytes = Vec::new();
+        for i in 0..5000u32 {
+            let key = SourceKey {
+                netns: i,
+                ..v4_key(1, Counter::SynReceived)
+            };
+            bytes.extend(record(&key, &SourceValue { events: 1, born: 1 }));
+        }
+        // The same key twice in one pass counts once.
+        let first = bytes[..SOURCE_RECORD_LEN].to_vec();
+        bytes.extend(first);
+        for round in 0..3 {
+            let mut out = SourcesRound::default();
+            deltas.fold(&bytes, 5000, &mut out);
+            assert_eq!(out.entries, 5000);
+            assert_eq!(out.events.len(), if round == 0 { 5000 } else { 0 });
+            assert!(
+                deltas.heap_bytes() <= 2 * (5000 + 5000 / 16) * 48,
+                "{}",
+                deltas.heap_bytes()
+            );
+        }
     }
 }

@@ -14,8 +14,11 @@
 //! `INFLUX_USERNAME` and `INFLUX_PASSWORD` (basic authentication, 1.x).
 
 mod buffer;
+#[cfg(test)]
+mod gate_tests;
 mod writer;
 
+use super::gate::Gate;
 use super::line_protocol::LineEncoder;
 use super::{Ended, Sink};
 use crate::cli::Cli;
@@ -357,8 +360,9 @@ pub struct InfluxSink {
 }
 
 impl InfluxSink {
-    /// Starts the writer thread. The error is one line.
-    pub fn start(config: InfluxConfig, encoder: LineEncoder) -> Result<Self, String> {
+    /// Starts the writer thread, which sends nothing until `gate` is open.
+    /// The error is one line.
+    pub fn start(config: InfluxConfig, encoder: LineEncoder, gate: Gate) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(writer::CONNECT_TIMEOUT));
@@ -386,6 +390,7 @@ impl InfluxSink {
                 target: config.target.clone(),
             },
             Arc::clone(&shared),
+            gate,
         );
         let handle = std::thread::Builder::new()
             .name("influx".into())

@@ -11,6 +11,7 @@
 //! halves the batch size first, while a batch has more than one round.
 
 use super::buffer::{Batch, LineBuffer};
+use crate::sinks::gate::Gate;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{
@@ -322,10 +323,12 @@ pub struct Writer {
     /// The refusal last logged; each distinct one is logged once until a
     /// write succeeds.
     last_rejection: Option<(u16, String)>,
+    /// Nothing is sent before the capability drop.
+    gate: Gate,
 }
 
 impl Writer {
-    pub fn new(endpoint: Endpoint, shared: Arc<Shared>) -> Self {
+    pub fn new(endpoint: Endpoint, shared: Arc<Shared>, gate: Gate) -> Self {
         Self {
             endpoint,
             shared,
@@ -334,12 +337,16 @@ impl Writer {
             failing: None,
             failed_attempts: 0,
             last_rejection: None,
+            gate,
         }
     }
 
     /// Writes batches until shutdown, then until the buffer is empty or the
     /// shutdown deadline has passed.
     pub async fn run(mut self) {
+        if !self.gate.opened().await {
+            return;
+        }
         let mut retry_at: Option<Instant> = None;
         let mut closing_seen = false;
         loop {
