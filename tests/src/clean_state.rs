@@ -39,8 +39,7 @@ pub struct State {
     pub named: BTreeSet<String>,
     /// `net:[inode]` -> who holds it.
     pub netns: BTreeMap<String, Vec<String>>,
-    /// Module -> (reference count, state).
-    pub modules: BTreeMap<String, (i64, String)>,
+    pub modules: BTreeMap<String, Module>,
     pub kprobe_events: BTreeSet<String>,
     pub bpf: BTreeMap<(Kind, u32), String>,
 }
@@ -130,14 +129,37 @@ fn named_netns() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// `/proc/modules`: name size refcnt deps state address.
-fn modules() -> BTreeMap<String, (i64, String)> {
+/// A loaded module as `/proc/modules` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub refcnt: i64,
+    /// Modules using this one: each holds one of its references.
+    pub used_by: usize,
+    /// Live, Loading or Unloading.
+    pub state: String,
+}
+
+impl Module {
+    /// References besides those of the modules using it: what rules,
+    /// programs and open objects hold. The baseline compares these, so
+    /// loading a module that uses another does not move it.
+    pub fn other_refs(&self) -> i64 {
+        self.refcnt - self.used_by as i64
+    }
+}
+
+/// `/proc/modules`: name size refcnt users state address (users: `a,b,` or `-`).
+fn modules() -> BTreeMap<String, Module> {
     let text = std::fs::read_to_string("/proc/modules").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let refcnt = f.get(2)?.parse().ok()?;
-            Some((f[0].to_string(), (refcnt, f.get(4)?.to_string())))
+            let module = Module {
+                refcnt: f.get(2)?.parse().ok()?,
+                used_by: f.get(3)?.split(',').filter(|u| !u.is_empty() && *u != "-").count(),
+                state: f.get(4)?.to_string(),
+            };
+            Some((f[0].to_string(), module))
         })
         .collect()
 }
@@ -183,6 +205,7 @@ pub struct Leftover {
 pub struct Baseline {
     named: BTreeSet<String>,
     netns: BTreeSet<String>,
+    /// Module -> references besides its users' ([`Module::other_refs`]).
     modules: BTreeMap<String, i64>,
     kprobe_events: BTreeSet<String>,
     bpf: BTreeSet<(Kind, u32)>,
@@ -196,7 +219,7 @@ impl Baseline {
             modules: state
                 .modules
                 .iter()
-                .map(|(m, (refcnt, _))| (m.clone(), *refcnt))
+                .map(|(name, m)| (name.clone(), m.other_refs()))
                 .collect(),
             kprobe_events: state.kprobe_events.clone(),
             bpf: state.bpf.keys().copied().collect(),
@@ -256,10 +279,10 @@ impl Baseline {
     /// since it was written, with nothing using them yet).
     pub fn add_new_modules(&mut self, state: &State) -> Vec<String> {
         let mut added = Vec::new();
-        for (m, (refcnt, _)) in &state.modules {
-            if !self.modules.contains_key(m) {
-                self.modules.insert(m.clone(), *refcnt);
-                added.push(format!("{m}={refcnt}"));
+        for (name, m) in &state.modules {
+            if !self.modules.contains_key(name) {
+                self.modules.insert(name.clone(), m.other_refs());
+                added.push(format!("{name}={}", m.other_refs()));
             }
         }
         added
@@ -283,15 +306,21 @@ impl Baseline {
                 );
             }
         }
-        for (m, base) in &self.modules {
-            match state.modules.get(m) {
+        for (name, base) in &self.modules {
+            match state.modules.get(name) {
                 None => push(
-                    format!("module:{m}:unloaded"),
-                    format!("module {m} is not loaded (baseline refcnt {base})"),
+                    format!("module:{name}:unloaded"),
+                    format!("module {name} is not loaded (it was at the baseline)"),
                 ),
-                Some((refcnt, st)) if refcnt != base || st != "Live" => push(
-                    format!("module:{m}:{refcnt}/{base}"),
-                    format!("module {m} refcnt {refcnt} (baseline {base}), state {st}"),
+                Some(m) if m.other_refs() != *base || m.state != "Live" => push(
+                    format!("module:{name}:{}/{base}", m.other_refs()),
+                    format!(
+                        "module {name}: {} references besides its {} using modules (baseline {base}; refcnt {}), state {}",
+                        m.other_refs(),
+                        m.used_by,
+                        m.refcnt,
+                        m.state
+                    ),
                 ),
                 Some(_) => {}
             }
@@ -497,11 +526,19 @@ pub fn helper_main(kernel: &str, args: &[String]) -> Result<i32> {
 mod tests {
     use super::*;
 
+    fn module(refcnt: i64, used_by: usize) -> Module {
+        Module {
+            refcnt,
+            used_by,
+            state: "Live".into(),
+        }
+    }
+
     fn state() -> State {
         let mut s = State::default();
         s.netns.insert("net:[1]".into(), vec!["pid 1 (init): its netns".into()]);
-        s.modules.insert("nf_synproxy_core".into(), (3, "Live".into()));
-        s.modules.insert("ipt_SYNPROXY".into(), (0, "Live".into()));
+        s.modules.insert("nf_synproxy_core".into(), module(3, 3));
+        s.modules.insert("ipt_SYNPROXY".into(), module(0, 0));
         s.bpf.insert((Kind::Btf, 1), "vmlinux".into());
         s
     }
@@ -523,8 +560,9 @@ mod tests {
             "net:[2]".into(),
             vec!["mount /run/netns/srv-12-0 in mnt:[9] of pid 7 (x)".into()],
         );
-        s.modules.insert("ipt_SYNPROXY".into(), (1, "Live".into()));
-        s.modules.insert("nf_synproxy_core".into(), (4, "Live".into()));
+        s.modules.insert("ipt_SYNPROXY".into(), module(1, 0));
+        // Held by a program beside its three users.
+        s.modules.insert("nf_synproxy_core".into(), module(4, 3));
         s.kprobe_events.insert("p:synproxy_agent/e1 f".into());
         s.bpf.insert((Kind::Prog, 40), "spxf_synack4".into());
         let keys: Vec<String> = b
@@ -539,7 +577,7 @@ mod tests {
                 "netns:srv-12-0",
                 "netns:net:[2]",
                 "module:ipt_SYNPROXY:1/0",
-                "module:nf_synproxy_core:4/3",
+                "module:nf_synproxy_core:1/0",
                 "kprobe:p:synproxy_agent/e1",
                 "bpf-program:40:spxf_synack4",
             ]
@@ -555,9 +593,12 @@ mod tests {
     fn modules_loaded_later_join_the_baseline_with_their_first_count() {
         let mut b = Baseline::from_state(&state());
         let mut s = state();
-        s.modules.insert("nft_synproxy".into(), (0, "Live".into()));
+        s.modules.insert("nft_synproxy".into(), module(0, 0));
+        // A new user of nf_synproxy_core: one more reference, not a leftover.
+        s.modules.insert("nf_synproxy_core".into(), module(4, 4));
         assert_eq!(b.add_new_modules(&s), ["nft_synproxy=0"]);
-        s.modules.insert("nft_synproxy".into(), (2, "Live".into()));
+        assert!(b.leftovers(&s).iter().all(|l| l.key.starts_with("process:")));
+        s.modules.insert("nft_synproxy".into(), module(2, 0));
         assert!(b.add_new_modules(&s).is_empty());
         assert!(b
             .leftovers(&s)
