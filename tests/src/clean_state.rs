@@ -85,15 +85,16 @@ fn held_netns() -> BTreeMap<String, Vec<String>> {
             }
         }
         for ns in own {
-            held.entry(ns).or_default().push(format!("{who}: its netns"));
+            held.entry(ns)
+                .or_default()
+                .push(format!("{who}: its netns"));
         }
         if let Ok(fds) = std::fs::read_dir(format!("{proc_dir}/fd")) {
             for fd in fds.flatten() {
                 if let Some(target) = read_link(&fd.path()).filter(|t| t.starts_with("net:[")) {
-                    held.entry(target).or_default().push(format!(
-                        "{who}: fd {}",
-                        fd.file_name().to_string_lossy()
-                    ));
+                    held.entry(target)
+                        .or_default()
+                        .push(format!("{who}: fd {}", fd.file_name().to_string_lossy()));
                 }
             }
         }
@@ -103,7 +104,8 @@ fn held_netns() -> BTreeMap<String, Vec<String>> {
         if !mount_namespaces.insert(mnt.clone()) {
             continue;
         }
-        let mountinfo = std::fs::read_to_string(format!("{proc_dir}/mountinfo")).unwrap_or_default();
+        let mountinfo =
+            std::fs::read_to_string(format!("{proc_dir}/mountinfo")).unwrap_or_default();
         for line in mountinfo.lines() {
             // ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - FSTYPE SOURCE OPTIONS
             let fields: Vec<&str> = line.split(' ').collect();
@@ -156,7 +158,11 @@ fn modules() -> BTreeMap<String, Module> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let module = Module {
                 refcnt: f.get(2)?.parse().ok()?,
-                used_by: f.get(3)?.split(',').filter(|u| !u.is_empty() && *u != "-").count(),
+                used_by: f
+                    .get(3)?
+                    .split(',')
+                    .filter(|u| !u.is_empty() && *u != "-")
+                    .count(),
                 state: f.get(4)?.to_string(),
             };
             Some((f[0].to_string(), module))
@@ -178,8 +184,8 @@ impl State {
     pub fn now() -> Result<State> {
         let mut bpf = BTreeMap::new();
         for kind in Kind::ALL {
-            let listed = bpf_objects::list(kind)
-                .with_context(|| format!("listing BPF {}s", kind.name()))?;
+            let listed =
+                bpf_objects::list(kind).with_context(|| format!("listing BPF {}s", kind.name()))?;
             bpf.extend(listed.into_iter().map(|(id, what)| ((kind, id), what)));
         }
         Ok(State {
@@ -390,13 +396,16 @@ fn stray_processes() -> Vec<(u32, String)> {
 pub fn record(file: &Path) -> Result<String> {
     let state = State::now()?;
     if file.exists() {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let mut baseline = Baseline::parse(&text)?;
         let added = baseline.add_new_modules(&state);
         std::fs::write(file, baseline.to_text())
             .with_context(|| format!("writing {}", file.display()))?;
-        return Ok(format!("modules added to the baseline: {}", added.join(" ")));
+        return Ok(format!(
+            "modules added to the baseline: {}",
+            added.join(" ")
+        ));
     }
     let baseline = Baseline::from_state(&state);
     std::fs::write(file, baseline.to_text())
@@ -442,7 +451,12 @@ pub fn settle(file: &Path, within: Duration) -> Result<Settled> {
 
 /// The lines for check `name`: a `#` note when clean, else a failing RESULT
 /// line and one `#` line per leftover. True when clean.
-pub fn report(kernel: &str, name: &str, settled: &Settled, within: Duration) -> (bool, Vec<String>) {
+pub fn report(
+    kernel: &str,
+    name: &str,
+    settled: &Settled,
+    within: Duration,
+) -> (bool, Vec<String>) {
     let secs = settled.elapsed.as_secs_f64();
     if settled.left.is_empty() {
         let mut line = format!("# clean-state before {name}: ok after {secs:.1}s");
@@ -536,7 +550,8 @@ mod tests {
 
     fn state() -> State {
         let mut s = State::default();
-        s.netns.insert("net:[1]".into(), vec!["pid 1 (init): its netns".into()]);
+        s.netns
+            .insert("net:[1]".into(), vec!["pid 1 (init): its netns".into()]);
         s.modules.insert("nf_synproxy_core".into(), module(3, 3));
         s.modules.insert("ipt_SYNPROXY".into(), module(0, 0));
         s.bpf.insert((Kind::Btf, 1), "vmlinux".into());
@@ -548,7 +563,10 @@ mod tests {
         let s = state();
         let b = Baseline::from_state(&s);
         assert_eq!(Baseline::parse(&b.to_text()).unwrap(), b);
-        assert!(b.leftovers(&s).iter().all(|l| l.key.starts_with("process:")));
+        assert!(b
+            .leftovers(&s)
+            .iter()
+            .all(|l| l.key.starts_with("process:")));
     }
 
     #[test]
@@ -597,7 +615,10 @@ mod tests {
         // A new user of nf_synproxy_core: one more reference, not a leftover.
         s.modules.insert("nf_synproxy_core".into(), module(4, 4));
         assert_eq!(b.add_new_modules(&s), ["nft_synproxy=0"]);
-        assert!(b.leftovers(&s).iter().all(|l| l.key.starts_with("process:")));
+        assert!(b
+            .leftovers(&s)
+            .iter()
+            .all(|l| l.key.starts_with("process:")));
         s.modules.insert("nft_synproxy".into(), module(2, 0));
         assert!(b.add_new_modules(&s).is_empty());
         assert!(b

@@ -9,7 +9,8 @@ use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
-    caps, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources, top_view,
+    caps, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources,
+    top_view,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
