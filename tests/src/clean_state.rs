@@ -509,12 +509,27 @@ pub fn gate(kernel: &str, name: &str) -> bool {
     }
 }
 
-/// `--clean-state record FILE` / `--clean-state check FILE NAME [SECS]`;
+/// `--clean-state record FILE` / `check FILE NAME [SECS]` / `show FILE NAME`;
 /// returns the exit code.
 pub fn helper_main(kernel: &str, args: &[String]) -> Result<i32> {
     match args {
         [mode, file] if mode == "record" => {
             println!("# clean-state {}", record(Path::new(file))?);
+            Ok(0)
+        }
+        [mode, file, name] if mode == "show" => {
+            // What differs from the baseline now, as `#` lines, without a verdict
+            // (a check's own diagnostics while it holds state on purpose).
+            let baseline = Baseline::parse(
+                &std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
+            )?;
+            let left = baseline.leftovers(&State::now()?);
+            if left.is_empty() {
+                println!("# {name}: kernel state as at the baseline");
+            }
+            for l in left {
+                println!("# {name}: differs from the baseline: {}", l.detail);
+            }
             Ok(0)
         }
         [mode, file, name, rest @ ..] if mode == "check" && rest.len() <= 1 => {
@@ -532,7 +547,9 @@ pub fn helper_main(kernel: &str, args: &[String]) -> Result<i32> {
             }
             Ok(if clean { 0 } else { 1 })
         }
-        _ => bail!("usage: {HELPER_FLAG} record FILE | {HELPER_FLAG} check FILE NAME [SECS]"),
+        _ => bail!(
+            "usage: {HELPER_FLAG} record FILE | {HELPER_FLAG} check FILE NAME [SECS] | {HELPER_FLAG} show FILE NAME"
+        ),
     }
 }
 

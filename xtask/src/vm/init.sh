@@ -576,6 +576,8 @@ if [ "$fm_expected" = fentry ]; then
     fm_refcnt_held=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     case "$fm_held_failed" in *nf_synproxy_core*) fm_held=yes ;; *) fm_held=no ;; esac
     sed 's/^/fentry-module rmmod while held: /' /tmp/rmmod.err
+    # Only nf_synproxy_core may stay: anything else names what holds it.
+    [ "$fm_held_failed" = nf_synproxy_core ] || "$SCENARIO" --clean-state show "$BASELINE" "fentry-module while held" 2>&1
     if agent_running; then fm_alive=yes; else fm_alive=no; fi
     [ "$fm_held" = yes ] && [ "$fm_in_use" = yes ] && [ "$fm_alive" = yes ] || fm_status=FAIL
     [ "${fm_refcnt_held:-0}" != none ] && [ "${fm_refcnt_held:-0}" -gt 0 ] || fm_status=FAIL
@@ -583,7 +585,8 @@ if [ "$fm_expected" = fentry ]; then
     kill -USR1 "$AGENT_PID"
     wait_for "the agent to release its probes on SIGUSR1" 60 agent_err_count_above 'eBPF probes released' 0 || fm_status=FAIL
     # The kernel drops a freed program's module reference a moment later.
-    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld || fm_status=FAIL
+    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld \
+        || { fm_status=FAIL; "$SCENARIO" --clean-state show "$BASELINE" "fentry-module after SIGUSR1" 2>&1; }
     fm_refcnt_released=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     reload_missing_before=$(count_in_agent_err "$MISSING")
     rmmod_late
