@@ -152,7 +152,10 @@ impl Module {
 
 /// `/proc/modules`: name size refcnt users state address (users: `a,b,` or `-`).
 fn modules() -> BTreeMap<String, Module> {
-    let text = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    parse_modules(&std::fs::read_to_string("/proc/modules").unwrap_or_default())
+}
+
+fn parse_modules(text: &str) -> BTreeMap<String, Module> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -642,6 +645,47 @@ mod tests {
             .leftovers(&s)
             .iter()
             .any(|l| l.key == "module:nft_synproxy:2/0"));
+    }
+
+    #[test]
+    fn proc_modules_users_are_not_counted_as_other_references() {
+        let m = parse_modules(
+            "nf_synproxy_core 28672 5 ipt_SYNPROXY,ip6t_SYNPROXY,nft_synproxy, Live 0x0000000000000000\n\
+             ipt_SYNPROXY 12288 1 - Live 0x0000000000000000\n\
+             veth 40960 0 - Unloading 0x0000000000000000\n",
+        );
+        assert_eq!(m["nf_synproxy_core"].other_refs(), 2);
+        assert_eq!(m["ipt_SYNPROXY"].other_refs(), 1);
+        assert_eq!(m["veth"].state, "Unloading");
+    }
+
+    /// A network namespace only a thread holds is found, with its holder.
+    #[test]
+    fn a_namespace_held_only_by_a_thread_is_found() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: plain syscall; only this thread's netns changes.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            let ns = (rc == 0).then(|| read_link(Path::new("/proc/thread-self/ns/net")));
+            let _ = tx.send(ns.flatten());
+            let _ = done_rx.recv();
+        });
+        let ns = rx
+            .recv()
+            .unwrap()
+            .expect("unshare(CLONE_NEWNET) (the tests run as root)");
+        let held = held_netns();
+        let _ = done_tx.send(());
+        thread.join().unwrap();
+        let holders = held.get(&ns).expect("the thread's namespace listed");
+        let me = format!("pid {} (", std::process::id());
+        assert!(
+            holders
+                .iter()
+                .any(|h| h.starts_with(&me) && h.ends_with("its netns")),
+            "{holders:?}"
+        );
     }
 
     #[test]
