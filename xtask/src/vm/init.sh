@@ -383,6 +383,38 @@ $IPROUTE2 netns del srv
 end_check module-reload
 fi
 
+# 2c. clean-state: the precondition itself. A namespace with an xt SYNPROXY rule, its
+#     /run/netns name removed and held only by a process, must fail the precondition
+#     naming that namespace with its holder and ipt_SYNPROXY's extra reference; once
+#     the holder is gone the kernel tears the namespace down and the precondition holds.
+if selected clean-state && begin_check clean-state; then
+    cs_status=PASS
+    $IPROUTE2 netns add cs-leak
+    $IPROUTE2 netns exec cs-leak $IPTABLES -w -A INPUT -p tcp --dport 9 -j SYNPROXY --mss 1460 \
+        || cs_status=FAIL
+    $IPROUTE2 netns exec cs-leak sleep 600 &
+    cs_holder=$!
+    # The holder is in the namespace once its ns link differs from ours.
+    cs_holder_inside() { [ "$(readlink /proc/$cs_holder/ns/net)" != "$(readlink /proc/self/ns/net)" ]; }
+    wait_for "the holder to enter cs-leak" 30 cs_holder_inside || cs_status=FAIL
+    $IPROUTE2 netns del cs-leak
+    "$SCENARIO" --clean-state check "$BASELINE" clean-state-probe 2 >/tmp/cs-held.out 2>&1
+    cs_held_exit=$?
+    sed 's/^/clean-state probe while held: /' /tmp/cs-held.out
+    grep -q "^RESULT .*check=clean-state-probe precondition=clean-state .*module:ipt_SYNPROXY:1/0.*status=FAIL" \
+        /tmp/cs-held.out && cs_found_module=yes || cs_found_module=no
+    grep -q "network namespace net:\[[0-9]*\] held by pid $cs_holder (sleep): its netns" /tmp/cs-held.out \
+        && cs_found_netns=yes || cs_found_netns=no
+    kill "$cs_holder"; wait "$cs_holder" 2>/dev/null
+    "$SCENARIO" --clean-state check "$BASELINE" clean-state-probe "$CLEAN_STATE_S" >/tmp/cs-released.out 2>&1
+    cs_released_exit=$?
+    sed 's/^/clean-state probe after release: /' /tmp/cs-released.out
+    [ "$cs_held_exit" = 1 ] && [ "$cs_found_module" = yes ] && [ "$cs_found_netns" = yes ] \
+        && [ "$cs_released_exit" = 0 ] || cs_status=FAIL
+    echo "RESULT kernel=$KERNEL check=clean-state held_exit=$cs_held_exit found_module=$cs_found_module found_netns=$cs_found_netns released_exit=$cs_released_exit status=$cs_status"
+    end_check clean-state
+fi
+
 # 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns, one
 #    check per rules/family. Every combination also runs the agent with eBPF across the
 #    traffic: ebpf= must equal proc=.
