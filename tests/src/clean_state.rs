@@ -324,7 +324,7 @@ impl Baseline {
                 Some(m) if m.other_refs() != *base || m.state != "Live" => push(
                     format!("module:{name}:{}/{base}", m.other_refs()),
                     format!(
-                        "module {name}: {} references besides its {} using modules (baseline {base}; refcnt {}), state {}",
+                        "module {name}: other references {} (baseline {base}), besides {} from modules using it; refcnt {}, state {}",
                         m.other_refs(),
                         m.used_by,
                         m.refcnt,
