@@ -7,7 +7,9 @@
 
 pub mod agent;
 pub mod bpf_floor;
+pub mod bpf_objects;
 pub mod caps;
+pub mod clean_state;
 pub mod ebpf_checks;
 pub mod ebpf_cost;
 pub mod fuzz;

@@ -9,8 +9,8 @@ use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
-    caps, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources, top_view,
-    user_netns_check,
+    caps, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources,
+    top_view, user_netns_check,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -240,6 +240,19 @@ fn main() {
             }
         }
     }
+    if raw.first().is_some_and(|a| a == clean_state::HELPER_FLAG) {
+        let rest: Vec<String> = raw[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        match clean_state::helper_main(&tools::kernel_release(), &rest) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("synproxy-scenario {}: {e:#}", clean_state::HELPER_FLAG);
+                std::process::exit(2);
+            }
+        }
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -253,54 +266,83 @@ fn main() {
     // out of time keeps the lines of the checks that finished.
     let cfg = &args.cfg;
     let kernel = kernel.as_str();
-    let mut checks: Vec<Box<dyn Fn() -> Vec<ebpf_checks::Check> + '_>> = Vec::new();
+    type Run<'a> = Box<dyn Fn() -> Vec<ebpf_checks::Check> + 'a>;
+    let mut checks: Vec<(&str, Run)> = Vec::new();
     if let Some((syns, acks)) = args.flood {
-        checks.push(Box::new(move || {
-            vec![ebpf_checks::flood(cfg, kernel, syns, acks)]
-        }));
-        checks.push(Box::new(|| ebpf_checks::shutdown(cfg, kernel)));
+        checks.push((
+            "flood",
+            Box::new(move || vec![ebpf_checks::flood(cfg, kernel, syns, acks)]),
+        ));
+        checks.push(("shutdown", Box::new(|| ebpf_checks::shutdown(cfg, kernel))));
     }
     if let Some(params) = &args.sustained {
-        checks.push(Box::new(move || {
-            vec![sustained::sustained(cfg, kernel, params)]
-        }));
+        checks.push((
+            "sustained",
+            Box::new(move || vec![sustained::sustained(cfg, kernel, params)]),
+        ));
     }
     if let Some(delays) = &args.lifecycle {
-        checks.push(Box::new(move || {
-            vec![lifecycle::sigterm_during_startup(
-                cfg,
-                kernel,
-                delays.as_deref(),
-            )]
-        }));
-        checks.push(Box::new(|| vec![lifecycle::kill9_restart(cfg, kernel)]));
-        checks.push(Box::new(|| vec![lifecycle::two_agents(cfg, kernel)]));
+        checks.push((
+            "sigterm-during-startup",
+            Box::new(move || {
+                vec![lifecycle::sigterm_during_startup(
+                    cfg,
+                    kernel,
+                    delays.as_deref(),
+                )]
+            }),
+        ));
+        checks.push((
+            "kill9-restart",
+            Box::new(|| vec![lifecycle::kill9_restart(cfg, kernel)]),
+        ));
+        checks.push((
+            "two-agents",
+            Box::new(|| vec![lifecycle::two_agents(cfg, kernel)]),
+        ));
     }
     if args.non_root {
-        checks.push(Box::new(|| vec![non_root::non_root(cfg, kernel)]));
+        checks.push((
+            "non-root",
+            Box::new(|| vec![non_root::non_root(cfg, kernel)]),
+        ));
     }
     if args.top_sources {
         let (rules, families) = (&args.rules, &args.families);
-        checks.push(Box::new(move || {
-            top_sources::ground_truth(cfg, kernel, rules, families)
-        }));
-        checks.push(Box::new(|| vec![top_sources::flood(cfg, kernel)]));
+        checks.push((
+            "top-sources",
+            Box::new(move || top_sources::ground_truth(cfg, kernel, rules, families)),
+        ));
+        checks.push((
+            "top-sources-flood",
+            Box::new(|| vec![top_sources::flood(cfg, kernel)]),
+        ));
     }
     if let Some(params) = &args.cost {
-        checks.push(Box::new(move || {
-            vec![ebpf_cost::ebpf_cost(cfg, kernel, params)]
-        }));
+        checks.push((
+            "ebpf-cost",
+            Box::new(move || vec![ebpf_cost::ebpf_cost(cfg, kernel, params)]),
+        ));
     }
     if args.top_view {
-        checks.push(Box::new(|| vec![top_view::top_view(cfg, kernel)]));
+        checks.push((
+            "top-view",
+            Box::new(|| vec![top_view::top_view(cfg, kernel)]),
+        ));
     }
     if let Some(count) = args.user_netns {
-        checks.push(Box::new(move || {
-            vec![user_netns_check::user_netns(cfg, kernel, count)]
-        }));
+        checks.push((
+            "user-netns",
+            Box::new(move || vec![user_netns_check::user_netns(cfg, kernel, count)]),
+        ));
     }
     if !checks.is_empty() {
-        for run in checks {
+        for (name, run) in checks {
+            // In the VM suite: only from the kernel state before the first check.
+            if !clean_state::gate(kernel, name) {
+                failed += 1;
+                continue;
+            }
             for check in run() {
                 println!("{}", check.line);
                 for note in &check.notes {
@@ -324,6 +366,16 @@ fn main() {
         );
     }
     for combo in combos {
+        let name = format!(
+            "matrix-{}-{}-{}",
+            combo.rules.name(),
+            combo.family.name(),
+            combo.counter.name()
+        );
+        if !clean_state::gate(kernel, &name) {
+            failed += 1;
+            continue;
+        }
         let outcome = scenario::run_combo(&args.cfg, combo);
         println!("{}", outcome.result_line(kernel));
         for note in &outcome.notes {

@@ -6,9 +6,13 @@
 # busybox runs its own `ip` applet before PATH, so iproute2 is always called by full path.
 #
 # Adding a check:
-#     begin_check my-check
-#     run_scenario my-check 900 --agent "$AGENT" ... $TOOLS    # or shell code
-#     end_check my-check
+#     if selected my-check && begin_check my-check; then
+#         run_scenario my-check 900 --agent "$AGENT" ... $TOOLS    # or shell code
+#         end_check my-check
+#     fi
+# begin_check waits until the kernel is back at its state before the first check and
+# is false (the check failed, naming the leftovers) if it does not get there; a check
+# must leave nothing behind (namespaces, rules, processes, kprobe events, BPF objects).
 # Never sleep a guessed time: wait for the condition with `wait_for DESC TIMEOUT_S CMD...`
 # (polls CMD until it succeeds; prints "# timeout waiting for DESC" and fails after
 # TIMEOUT_S). Deadlines are generous: QEMU/TCG on a slow, busy machine is slow.
@@ -59,12 +63,33 @@ cs_to_secs() {
 }
 
 CHECKS_RUN=0
-# begin_check NAME: marks the start of a check on the console.
-begin_check() {
+# mark_check_begin NAME: marks the start of a check on the console.
+mark_check_begin() {
     CHECK_NAME=$1
     CHECK_STARTED_CS=$(now_cs)
     CHECKS_RUN=$((CHECKS_RUN + 1))
     echo "CHECK-BEGIN name=$1 kernel=$KERNEL uptime=$(cs_to_secs "$CHECK_STARTED_CS")"
+}
+
+# Every check starts from the kernel state recorded before the first one (named and
+# process-held network namespaces, module reference counts, kprobe events, BPF
+# objects, no stray process): `synproxy-scenario --clean-state check` polls until the
+# kernel is back there (namespaces are torn down by a kernel worker, in the
+# background) and fails the check with a RESULT line naming each leftover if it is
+# not within CLEAN_STATE_S. The baseline is written once the early modules are
+# loaded, and every later module load adds the new modules' reference counts.
+# synproxy-scenario waits the same way before each of its own checks (SPX_CLEAN_STATE).
+BASELINE=/run/vmtest-baseline
+CLEAN_STATE_S=30
+
+# begin_check NAME: marks the start of check NAME, then waits for the clean state;
+# false (the check ended, with a FAIL line) if the kernel does not get back to it.
+begin_check() {
+    mark_check_begin "$1"
+    [ -e "$BASELINE" ] || return 0
+    "$SCENARIO" --clean-state check "$BASELINE" "$1" "$CLEAN_STATE_S" 2>&1 && return 0
+    end_check "$1"
+    return 1
 }
 
 # end_check NAME: marks its end with its duration in seconds.
@@ -136,6 +161,9 @@ load_modules() { # $1: list file
             sed 's/^/insmod: /' /tmp/insmod.err
         fi
     done < "$1"
+    # The first call writes the clean-state baseline, later ones add new modules.
+    "$SCENARIO" --clean-state record "$BASELINE" 2>&1
+    export SPX_CLEAN_STATE="$BASELINE"
 }
 
 field() { # $1: line protocol line, $2: field name -> integer value
@@ -165,7 +193,8 @@ agent_totals() {
 # Drives cookie_valid in srv (xt, IPv4) through the scenario, its lines prefixed with
 # "$1 scenario: "; sets SCEN_STATUS and SCEN_DRIVEN.
 drive_cookie_valid_in_srv() {
-    timeout 300 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+    # Inside a check whose agent and srv are there on purpose: no clean-state wait.
+    SPX_CLEAN_STATE= timeout 300 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
         --agent "$AGENT" $TOOLS >/tmp/scenario-in-srv.out 2>&1
     SCEN_STATUS=$?
     sed "s/^/$1 scenario: /" /tmp/scenario-in-srv.out
@@ -228,10 +257,9 @@ load_modules /etc/vmtest/modules-early
 end_check modules-early
 
 # 2. module-late: the agent starts while /proc/net/stat/synproxy does not exist yet.
-if ! selected module-late; then
+if ! selected module-late || ! begin_check module-late; then
     load_modules /etc/vmtest/modules-late
 else
-begin_check module-late
 $IPROUTE2 netns add srv
 $IPROUTE2 -n srv link set lo up
 # The agent runs in the root netns and reads srv through --netns (via /run/netns/srv).
@@ -300,7 +328,8 @@ end_check module-late
 #     (a new proc entry): the agent must log the reset and continue its totals from the
 #     new baseline (old total + new counters, never a drop), detach and re-attach its
 #     probes, and count the new events exactly (eBPF == /proc since the reload).
-begin_check module-reload
+# It goes on from module-late's state (its agent, its srv): no clean-state wait.
+mark_check_begin module-reload
 set -- $(agent_totals)
 reload_before_val=$3
 reload_attach_before=$(count_in_agent_err "$ATTACHED")
@@ -354,13 +383,45 @@ $IPROUTE2 netns del srv
 end_check module-reload
 fi
 
+# 2c. clean-state: the precondition itself. A namespace with an xt SYNPROXY rule, its
+#     /run/netns name removed and held only by a process, must fail the precondition
+#     naming that namespace with its holder and ipt_SYNPROXY's extra reference; once
+#     the holder is gone the kernel tears the namespace down and the precondition holds.
+if selected clean-state && begin_check clean-state; then
+    cs_status=PASS
+    $IPROUTE2 netns add cs-leak
+    $IPROUTE2 netns exec cs-leak $IPTABLES -w -A INPUT -p tcp --dport 9 -j SYNPROXY --mss 1460 \
+        || cs_status=FAIL
+    $IPROUTE2 netns exec cs-leak sleep 600 &
+    cs_holder=$!
+    # The holder is in the namespace once its ns link differs from ours.
+    cs_holder_inside() { [ "$(readlink /proc/$cs_holder/ns/net)" != "$(readlink /proc/self/ns/net)" ]; }
+    wait_for "the holder to enter cs-leak" 30 cs_holder_inside || cs_status=FAIL
+    $IPROUTE2 netns del cs-leak
+    "$SCENARIO" --clean-state check "$BASELINE" clean-state-probe 2 >/tmp/cs-held.out 2>&1
+    cs_held_exit=$?
+    sed 's/^/clean-state probe while held: /' /tmp/cs-held.out
+    grep -q "^RESULT .*check=clean-state-probe precondition=clean-state .*module:ipt_SYNPROXY:1/0.*status=FAIL" \
+        /tmp/cs-held.out && cs_found_module=yes || cs_found_module=no
+    grep -q "network namespace net:\[[0-9]*\] held by pid $cs_holder (sleep): its netns" /tmp/cs-held.out \
+        && cs_found_netns=yes || cs_found_netns=no
+    kill "$cs_holder"; wait "$cs_holder" 2>/dev/null
+    "$SCENARIO" --clean-state check "$BASELINE" clean-state-probe "$CLEAN_STATE_S" >/tmp/cs-released.out 2>&1
+    cs_released_exit=$?
+    sed 's/^/clean-state probe after release: /' /tmp/cs-released.out
+    [ "$cs_held_exit" = 1 ] && [ "$cs_found_module" = yes ] && [ "$cs_found_netns" = yes ] \
+        && [ "$cs_released_exit" = 0 ] || cs_status=FAIL
+    echo "RESULT kernel=$KERNEL check=clean-state held_exit=$cs_held_exit found_module=$cs_found_module found_netns=$cs_found_netns released_exit=$cs_released_exit status=$cs_status"
+    end_check clean-state
+fi
+
 # 3. The full matrix: (xt|nft) x (ipv4|ipv6) x every counter, each in fresh netns, one
 #    check per rules/family. Every combination also runs the agent with eBPF across the
 #    traffic: ebpf= must equal proc=.
 for rules in xt nft; do
     for family in ipv4 ipv6; do
         selected "matrix-$rules-$family" || continue
-        begin_check "matrix-$rules-$family"
+        begin_check "matrix-$rules-$family" || continue
         run_scenario "matrix-$rules-$family" 900 --agent "$AGENT" --ebpf require \
             --rules "$rules" --family "$family" $TOOLS
         end_check "matrix-$rules-$family"
@@ -372,7 +433,7 @@ done
 SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMARY iptables=nft /'
 for family in ipv4 ipv6; do
     selected "iptables-nft-$family" || continue
-    begin_check "iptables-nft-$family"
+    begin_check "iptables-nft-$family" || continue
     run_scenario "iptables-nft-$family" 900 --agent "$AGENT" --ebpf require --rules xt \
         --family "$family" --ip $IPROUTE2 --iptables /usr/sbin/iptables-nft \
         --ip6tables /usr/sbin/ip6tables-nft --nft $NFT
@@ -383,8 +444,7 @@ SCENARIO_SED=
 # 5. eBPF under a flood (20,000 SYNs + 5,000 bad ACKs: eBPF == /proc, no probe misses),
 #    and shutdown: SIGTERM, SIGINT, stdin EOF each stop the agent within 1 s and leave
 #    no kprobe event, BPF program or map behind.
-if selected flood-shutdown; then
-    begin_check flood-shutdown
+if selected flood-shutdown && begin_check flood-shutdown; then
     run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
     end_check flood-shutdown
 fi
@@ -395,8 +455,7 @@ fi
 #     cookie_valid, and the eBPF totals, with no eviction; then 100,000 spoofed SYNs
 #     with 5 heavy sources into a 16,384-entry map: the heavy ones are ranks 1-5 with
 #     exactly their counts, and the map reports evictions.
-if selected top-sources; then
-    begin_check top-sources
+if selected top-sources && begin_check top-sources; then
     run_scenario top-sources 900 --agent "$AGENT" --ebpf require --top-sources $TOOLS
     end_check top-sources
 fi
@@ -405,8 +464,7 @@ fi
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
 #    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
-if selected sustained; then
-    begin_check sustained
+if selected sustained && begin_check sustained; then
     run_scenario sustained 900 --agent "$AGENT" --ebpf require --sustained $TOOLS
     end_check sustained
 fi
@@ -414,8 +472,7 @@ fi
 # 7. Lifecycle (issue 7): SIGTERM at delays covering start-up and attach (exit 0,
 #    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
 #    agents at once, each PID 1 of its own PID namespace (both exact).
-if selected lifecycle; then
-    begin_check lifecycle
+if selected lifecycle && begin_check lifecycle; then
     run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
     end_check lifecycle
 fi
@@ -425,8 +482,7 @@ fi
 #    CAP_SYS_ADMIN (ambient): attaches, keeps exactly those (every thread,
 #    bounding set, no_new_privs), eBPF == /proc after a burst, totals == a root
 #    agent's, and SIGTERM leaves nothing behind.
-if selected non-root; then
-    begin_check non-root
+if selected non-root && begin_check non-root; then
     run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
     end_check non-root
 fi
@@ -447,21 +503,18 @@ fentry_repeat() { # $1: check name; true if it runs
     fi
     return 0
 }
-if selected fentry-flood; then
-    begin_check fentry-flood
+if selected fentry-flood && begin_check fentry-flood; then
     run_scenario fentry-flood 900 --agent "$AGENT" --ebpf require --probes fentry --flood $TOOLS
     end_check fentry-flood
 fi
-if fentry_repeat fentry-sustained; then
-    begin_check fentry-sustained
+if fentry_repeat fentry-sustained && begin_check fentry-sustained; then
     run_scenario fentry-sustained 900 --agent "$AGENT" --ebpf require --probes fentry --sustained $TOOLS
     end_check fentry-sustained
 fi
 
 # The xt IPv4 matrix (every counter, conn_reopened and cookie_retrans included) with the
 # agents on --probes fentry; its lines are tagged probes=fentry.
-if fentry_repeat fentry-matrix-xt-ipv4; then
-    begin_check fentry-matrix-xt-ipv4
+if fentry_repeat fentry-matrix-xt-ipv4 && begin_check fentry-matrix-xt-ipv4; then
     SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
     run_scenario fentry-matrix-xt-ipv4 900 --agent "$AGENT" --ebpf require --probes fentry \
         --rules xt --family ipv4 $TOOLS
@@ -471,8 +524,7 @@ fi
 
 # The non-root check with --probes fentry: the capability table's fentry row (CAP_BPF,
 # CAP_PERFMON, CAP_SYS_ADMIN: no tracefs, the module BTF lookup) where fentry is used.
-if fentry_repeat fentry-non-root; then
-    begin_check fentry-non-root
+if fentry_repeat fentry-non-root && begin_check fentry-non-root; then
     run_scenario fentry-non-root 900 --agent "$AGENT" --ebpf require --probes fentry --non-root $TOOLS
     end_check fentry-non-root
 fi
@@ -481,8 +533,7 @@ fi
 # restart, two agents in two PID namespaces) with --probes fentry: programs loaded at the
 # attach, so a signal can land between loading and attaching them; lines tagged
 # probes=fentry.
-if fentry_repeat fentry-lifecycle; then
-    begin_check fentry-lifecycle
+if fentry_repeat fentry-lifecycle && begin_check fentry-lifecycle; then
     SCENARIO_SED='/^RESULT /s/ check=\([a-z0-9-]*\) / check=\1 probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
     run_scenario fentry-lifecycle 900 --agent "$AGENT" --ebpf require --probes fentry --lifecycle $TOOLS
     SCENARIO_SED=
@@ -524,8 +575,7 @@ late_unloaded() { rmmod_late; [ ! -e /sys/module/nf_synproxy_core ]; }
 #     agent must load its programs again against the new module BTF (another BTF object
 #     id in its attach log) and count the new events exactly. On a kernel without module
 #     BTF (5.10) the agent must warn once and use kprobes, which do not hold the module.
-if selected fentry-module; then
-begin_check fentry-module
+if selected fentry-module && begin_check fentry-module; then
 $IPROUTE2 netns add srv
 $IPROUTE2 -n srv link set lo up
 MISSING='file not found.*nf_synproxy_core'
@@ -558,6 +608,8 @@ if [ "$fm_expected" = fentry ]; then
     fm_refcnt_held=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     case "$fm_held_failed" in *nf_synproxy_core*) fm_held=yes ;; *) fm_held=no ;; esac
     sed 's/^/fentry-module rmmod while held: /' /tmp/rmmod.err
+    # Only nf_synproxy_core may stay: anything else names what holds it.
+    [ "$fm_held_failed" = nf_synproxy_core ] || "$SCENARIO" --clean-state show "$BASELINE" "fentry-module while held" 2>&1
     if agent_running; then fm_alive=yes; else fm_alive=no; fi
     [ "$fm_held" = yes ] && [ "$fm_in_use" = yes ] && [ "$fm_alive" = yes ] || fm_status=FAIL
     [ "${fm_refcnt_held:-0}" != none ] && [ "${fm_refcnt_held:-0}" -gt 0 ] || fm_status=FAIL
@@ -565,7 +617,8 @@ if [ "$fm_expected" = fentry ]; then
     kill -USR1 "$AGENT_PID"
     wait_for "the agent to release its probes on SIGUSR1" 60 agent_err_count_above 'eBPF probes released' 0 || fm_status=FAIL
     # The kernel drops a freed program's module reference a moment later.
-    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld || fm_status=FAIL
+    wait_for "nf_synproxy_core's refcnt to drop to 0 after SIGUSR1" 60 synproxy_core_unheld \
+        || { fm_status=FAIL; "$SCENARIO" --clean-state show "$BASELINE" "fentry-module after SIGUSR1" 2>&1; }
     fm_refcnt_released=$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/null || echo none)
     reload_missing_before=$(count_in_agent_err "$MISSING")
     rmmod_late
@@ -622,8 +675,7 @@ fi
 #     in a 120x40 tmux pane while crafted SYNs from 5 sources (50, 40, 30, 20, 10 each)
 #     arrive in one burst: the top sources table must show those 5 in that order with
 #     exactly those counts; q must end it with exit 0 and the terminal as it was.
-if selected top-view; then
-    begin_check top-view
+if selected top-view && begin_check top-view; then
     run_scenario top-view 900 --agent "$AGENT" --ebpf require --top-view $TOOLS
     end_check top-view
 fi
@@ -633,8 +685,7 @@ fi
 #     with SYNPROXY rules; the agent (--netns all --netns-include-user-owned
 #     --netns-max 256) counts the named one exactly with eBPF, reports at most 256
 #     namespaces and warns once about the rest.
-if selected user-netns; then
-    begin_check user-netns
+if selected user-netns && begin_check user-netns; then
     run_scenario user-netns 900 --agent "$AGENT" --ebpf require --user-netns $TOOLS
     end_check user-netns
 fi
@@ -642,8 +693,7 @@ fi
 # 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on
 #    the same function (BPF stats), SYNs/s through SYNPROXY without and with the
 #    probes (alternating runs), and the kernel memory of the maps.
-if selected ebpf-cost; then
-    begin_check ebpf-cost
+if selected ebpf-cost && begin_check ebpf-cost; then
     # Rates from an instruction-counted clock (vmtest_icount, see qemu.rs) do not
     # follow the host's load, so there the throughput target is a verdict.
     ENFORCE=

@@ -59,7 +59,7 @@ pub struct VmTestArgs {
     #[arg(long)]
     pub verbose: bool,
     /// Run only this check group in the guest (repeatable; default: all). Names as in
-    /// the timing line: module-late (with module-reload), matrix-xt-ipv4, ...,
+    /// the timing line: module-late (with module-reload), clean-state, matrix-xt-ipv4, ...,
     /// iptables-nft-ipv4, iptables-nft-ipv6, flood-shutdown, top-sources, sustained, lifecycle,
     /// non-root, ebpf-cost, fentry-flood, fentry-sustained, fentry-matrix-xt-ipv4, fentry-non-root, fentry-lifecycle, fentry-module,
     /// top-view.
