@@ -13,6 +13,7 @@ pub mod clean_state;
 pub mod ebpf_checks;
 pub mod ebpf_cost;
 pub mod fuzz;
+pub mod harness;
 pub mod influxdb;
 pub mod lifecycle;
 pub mod line_protocol;

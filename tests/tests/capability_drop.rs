@@ -13,66 +13,27 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use synproxy_tests::caps;
-use synproxy_tests::tools::find_program;
+use synproxy_tests::harness::{agent_binary, Needs};
+use synproxy_tests::require;
+
+/// Root and `programs`: a skip elsewhere, a failure on CI.
+fn needs(programs: &'static [&'static str]) -> Result<bool, String> {
+    Needs {
+        what: "capability drop tests",
+        root: true,
+        programs,
+        synproxy: false,
+    }
+    .check()
+}
 
 /// Generous: the machine may be twice as slow and busy.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 const DROP_FAILED: &str = "cannot drop capabilities: cannot list threads in /proc/self/task";
-
-/// Missing prerequisites: `Err` (fail) on CI, `Ok(false)` (skip) elsewhere.
-fn prerequisites(programs: &[&str]) -> Result<bool, String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid() has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for prog in programs {
-        if find_program(Path::new(prog)).is_none() {
-            missing.push(format!("`{prog}` in PATH"));
-        }
-    }
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    let msg = format!("capability drop tests need: {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
-
-macro_rules! require {
-    ($($prog:expr),*) => {
-        match prerequisites(&[$($prog),*]) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(msg) => panic!("{msg}"),
-        }
-    };
-}
-
-/// target/<profile>/synproxy-agent, next to this test's deps/ directory.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let agent = profile_dir.join("synproxy-agent");
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
-}
 
 /// A `--proc-root` with a SYNPROXY stat file (the real /proc is hidden),
 /// removed on drop.
@@ -145,7 +106,7 @@ fn output_with_timeout(mut cmd: Command, what: &str) -> Output {
 /// never answered.
 #[test]
 fn a_failed_capability_drop_stops_the_agent() {
-    require!("unshare");
+    require!(needs(&["unshare"]));
     let fake = FakeProc::new();
     let args = [
         "--interval",
@@ -178,7 +139,7 @@ fn a_failed_capability_drop_stops_the_agent() {
 /// and the agent samples as usual.
 #[test]
 fn with_the_flag_a_failed_drop_is_a_warning() {
-    require!("unshare");
+    require!(needs(&["unshare"]));
     let fake = FakeProc::new();
     let args = ["--once", "--no-ebpf", "--allow-failed-capability-drop"];
     let what = format!("the agent without procfs {}", args.join(" "));
@@ -301,7 +262,7 @@ fn try_request_during_start_up() -> Try {
 /// is a start-up error), but a request sent then is answered only after it.
 #[test]
 fn a_request_during_start_up_is_answered_after_the_capability_drop() {
-    require!();
+    require!(needs(&[]));
     // The window between the bind and the drop is tens of milliseconds on
     // this machine (eBPF loading); a try that misses it is repeated.
     for _ in 0..20 {

@@ -5,66 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use synproxy_common::{Counter, STAT_COLUMNS};
+use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::netns::Topology;
+use synproxy_tests::require;
 use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
 use synproxy_tests::scenario::ipv4_only;
 use synproxy_tests::tools::{find_program, Tools};
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{agent, proc_counters};
 
-/// Missing prerequisites: `Err` (fail) on CI, `Ok(false)` (skip) elsewhere.
-fn prerequisites() -> Result<bool, String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid() has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for prog in ["ip", "iptables", "ip6tables", "nft"] {
-        if find_program(Path::new(prog)).is_none() {
-            missing.push(format!("`{prog}` in PATH"));
-        }
-    }
-    if !Path::new("/proc/net/stat/synproxy").exists() {
-        missing.push("/proc/net/stat/synproxy (SYNPROXY support in the kernel)".to_string());
-    }
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    let msg = format!("host kernel tests need: {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
-
-macro_rules! require_prerequisites {
-    () => {
-        match prerequisites() {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(msg) => panic!("{msg}"),
-        }
-    };
-}
-
-/// target/<profile>/synproxy-agent, next to this test's deps/ directory.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let agent = profile_dir.join("synproxy-agent");
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
-}
+const NEEDS: Needs = Needs {
+    what: "host kernel tests",
+    root: true,
+    programs: &["ip", "iptables", "ip6tables", "nft"],
+    synproxy: true,
+};
 
 fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
     let agent = agent_binary();
@@ -112,32 +67,32 @@ fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
 
 #[test]
 fn xt_ipv4_all_counters() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     run_scenario("xt", "ipv4", &[]);
 }
 
 #[test]
 fn xt_ipv6_all_counters() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     run_scenario("xt", "ipv6", &[]);
 }
 
 #[test]
 fn nft_ipv4_all_counters() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     run_scenario("nft", "ipv4", &[]);
 }
 
 #[test]
 fn nft_ipv6_all_counters() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     run_scenario("nft", "ipv6", &[]);
 }
 
 /// The driver's --server-netns mode: an existing netns is used and left in place.
 #[test]
 fn existing_server_netns_is_reused_and_kept() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let name = format!("spx-test-{}-keep", std::process::id());
     let tools = Tools::default();
     let ns =
@@ -165,7 +120,7 @@ fn existing_server_netns_is_reused_and_kept() {
 /// root netns, equals the kernel's totals after real traffic.
 #[test]
 fn agent_inside_and_netns_flag_agree_with_proc() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let agent_path = agent_binary();
     let tools = Tools::default();
     let connections = Connections::open(&tools, None, Flavour::Xt, 3);
@@ -203,7 +158,7 @@ fn agent_inside_and_netns_flag_agree_with_proc() {
 /// initial namespace is labelled `init`.
 #[test]
 fn netns_all_reports_every_namespace_separately() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let agent_path = agent_binary();
     let tools = Tools::default();
     let topologies: Vec<(Connections, u64)> = [3u64, 1]
@@ -447,7 +402,7 @@ fn nsfs_inode(path: &Path) -> u64 {
 /// doubled, and under the label it has at the time.
 #[test]
 fn netns_identity_survives_losing_its_name_and_being_undiscoverable() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let tools = Tools::default();
     let name = format!("spx-id-{}-rename", std::process::id());
     let ns =
@@ -528,7 +483,7 @@ fn netns_identity_survives_losing_its_name_and_being_undiscoverable() {
 /// own kernel's, with `--netns NAME` and with `--netns all`.
 #[test]
 fn netns_reusing_a_name_is_a_new_namespace() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let tools = Tools::default();
     let name = format!("spx-id-{}-reuse", std::process::id());
     let ns =
@@ -568,7 +523,7 @@ fn netns_reusing_a_name_is_a_new_namespace() {
 /// becomes `ns-<inode>`), and without traffic no total moves.
 #[test]
 fn netns_named_init_does_not_collide_with_the_initial_namespace() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let tools = Tools::default();
     let initial = format!("ns-{}", nsfs_inode(Path::new("/proc/self/ns/net")));
     if Path::new("/run/netns/init").exists() {
@@ -605,7 +560,7 @@ fn netns_named_init_does_not_collide_with_the_initial_namespace() {
 /// totals equal to /proc and /proc equal to what was driven.
 #[test]
 fn sustained_flood_proc_only() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let agent = agent_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
         .arg("--agent")
@@ -772,7 +727,7 @@ fn prometheus_matches(
 /// stdout stays quiet.
 #[test]
 fn prometheus_server_scrapes_kernel_totals_per_namespace() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     match prometheus_prerequisites() {
         Ok(true) => {}
         Ok(false) => return,
@@ -924,7 +879,7 @@ fn influx_matches(
 /// stdout stays quiet, and /metrics shows the writer's health.
 #[test]
 fn influxdb_server_stores_kernel_totals_per_namespace() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     match synproxy_tests::influxdb::prerequisites() {
         Ok(true) => {}
         Ok(false) => return,
@@ -1175,7 +1130,7 @@ fn assert_terminal_restored(
 /// and so does a panic (exit 1; debug builds, which have a switch for it).
 #[test]
 fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     match tmux_prerequisites() {
         Ok(true) => {}
         Ok(false) => return,

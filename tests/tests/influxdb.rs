@@ -11,18 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use synproxy_tests::harness::agent_binary;
 use synproxy_tests::influxdb::{self, gunzip, InfluxServer, Reply, ScriptedEndpoint};
 use synproxy_tests::line_protocol::{parse_line, Line};
-
-macro_rules! require {
-    ($check:expr) => {
-        match $check {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(msg) => panic!("{msg}"),
-        }
-    };
-}
+use synproxy_tests::require;
 
 /// Root and the kernel's SYNPROXY counters, for `--netns all`.
 fn root_prerequisites() -> Result<bool, String> {
@@ -38,23 +30,6 @@ fn root_prerequisites() -> Result<bool, String> {
         eprintln!("SKIPPED: {msg}");
         Ok(false)
     }
-}
-
-/// target/<profile>/synproxy-agent, next to this test's deps/ directory.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let agent = profile_dir.join("synproxy-agent");
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
 }
 
 /// A proc root whose net/stat/synproxy the test writes (two CPUs).

@@ -11,64 +11,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use synproxy_common::STAT_COLUMNS;
+use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{parse_line, Line};
+use synproxy_tests::require;
 use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
-use synproxy_tests::tools::{find_program, Tools};
+use synproxy_tests::tools::Tools;
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::user_netns::UserNamespaces;
 use synproxy_tests::{netns::Topology, proc_counters};
 use synproxy_user::sources::netns_label;
 
-fn prerequisites() -> Result<bool, String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid() has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for prog in ["ip", "iptables", "unshare"] {
-        if find_program(Path::new(prog)).is_none() {
-            missing.push(format!("`{prog}` in PATH"));
-        }
-    }
-    if !Path::new("/proc/net/stat/synproxy").exists() {
-        missing.push("/proc/net/stat/synproxy (SYNPROXY support in the kernel)".to_string());
-    }
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    let msg = format!("hostile namespace tests need: {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
-
-macro_rules! require_prerequisites {
-    () => {
-        match prerequisites() {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(msg) => panic!("{msg}"),
-        }
-    };
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let agent = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("synproxy-agent"))
-        .unwrap_or_default();
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
-}
+const NEEDS: Needs = Needs {
+    what: "hostile namespace tests",
+    root: true,
+    programs: &["ip", "iptables", "unshare"],
+    synproxy: true,
+};
 
 fn run_ip(args: &[&str]) {
     let status = Command::new("ip")
@@ -272,7 +230,7 @@ fn assert_no_control_characters(log: &[u8], what: &str) {
 /// (in each format) shows them escaped.
 #[test]
 fn hostile_names_get_distinct_labels_and_never_reach_the_terminal_raw() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let names: [&[u8]; 7] = [
         b"a\x1b",
         b"a\n",
@@ -388,7 +346,7 @@ const USER_NAMESPACES: usize = 3000;
 /// with the kernel's totals in every round either way.
 #[test]
 fn thousands_of_unprivileged_namespaces_do_not_crowd_out_named_ones() {
-    require_prerequisites!();
+    require!(NEEDS.check());
     let tools = Tools::default();
     let traffic = traffic(&tools, 3);
     let started = std::time::Instant::now();

@@ -21,68 +21,30 @@ use synproxy_tests::caps::{
     self, mask, CAP_BPF, CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON,
     CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 };
+use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{self, Line};
 use synproxy_tests::netns::Topology;
+use synproxy_tests::require;
 use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
-use synproxy_tests::tools::{find_program, Tools};
+use synproxy_tests::tools::Tools;
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{proc_counters, prometheus};
+
+/// Root and `programs`: a skip elsewhere, a failure on CI.
+fn needs(programs: &'static [&'static str]) -> Result<bool, String> {
+    Needs {
+        what: "privilege tests",
+        root: true,
+        programs,
+        synproxy: false,
+    }
+    .check()
+}
 
 /// Generous: the machine may be twice as slow and busy.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the agent logs once it dropped what it does not need.
 const DROPPED_LOG: &str = "capabilities after start-up";
-
-/// Missing prerequisites: `Err` (fail) on CI, `Ok(false)` (skip) elsewhere.
-fn prerequisites(programs: &[&str]) -> Result<bool, String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid() has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for prog in programs {
-        if find_program(Path::new(prog)).is_none() {
-            missing.push(format!("`{prog}` in PATH"));
-        }
-    }
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    let msg = format!("privilege tests need: {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
-
-macro_rules! require {
-    ($($prog:expr),*) => {
-        match prerequisites(&[$($prog),*]) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(msg) => panic!("{msg}"),
-        }
-    };
-}
-
-/// target/<profile>/synproxy-agent, next to this test's deps/ directory.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let agent = profile_dir.join("synproxy-agent");
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
-}
 
 /// A copy of the agent that uid 65534 can run (the build tree may not be
 /// readable to it), removed on drop.
@@ -227,7 +189,7 @@ impl Connections {
 /// namespace with the same totals as root, equal to the kernel's.
 #[test]
 fn non_root_netns_all_reports_the_same_totals_as_root() {
-    require!("setpriv", "ip", "iptables", "ip6tables", "nft");
+    require!(needs(&["setpriv", "ip", "iptables", "ip6tables", "nft"]));
     assert!(
         Path::new("/proc/net/stat/synproxy").exists(),
         "/proc/net/stat/synproxy missing: the kernel has no SYNPROXY"
@@ -293,7 +255,7 @@ fn non_root_netns_all_reports_the_same_totals_as_root() {
 /// `--once` exits 1), never skipped silently.
 #[test]
 fn netns_all_without_cap_sys_ptrace_is_reported_as_a_failure() {
-    require!("setpriv");
+    require!(needs(&["setpriv"]));
     let copy = NobodyCopy::new();
     let args = ["--once", "--no-ebpf", "--netns", "all"];
     let who = As::Nobody {
@@ -414,7 +376,7 @@ fn free_low_port(not: Option<u16>) -> u16 {
 /// setpriv gave as uid 65534 (which cannot: no CAP_SETPCAP).
 #[test]
 fn capability_sets_after_start_up_match_the_table() {
-    require!("setpriv", "ip");
+    require!(needs(&["setpriv", "ip"]));
     let tools = Tools::default();
     let copy = NobodyCopy::new();
     let named = synproxy_tests::netns::Netns::create(

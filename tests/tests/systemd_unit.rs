@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use synproxy_tests::harness::agent_binary;
 use synproxy_tests::tools::find_program;
 
 const UNIT: &str = "synproxy-agent.service";
@@ -27,22 +28,6 @@ fn have_systemd_analyze() -> bool {
     }
     eprintln!("SKIPPED: {msg}");
     false
-}
-
-/// target/<profile>/synproxy-agent: `verify` checks that ExecStart exists.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let agent = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("synproxy-agent"))
-        .unwrap_or_default();
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
 }
 
 fn read(name: &str) -> String {

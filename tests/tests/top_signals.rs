@@ -4,24 +4,8 @@
 //! before, and a typed command echoes. Reads a proc root of its own (no
 //! kernel SYNPROXY needed); needs `tmux`.
 
-use std::path::{Path, PathBuf};
+use synproxy_tests::harness::agent_binary;
 use synproxy_tests::tmux::{children, Tmux};
-
-/// target/<profile>/synproxy-agent, next to this test's deps/ directory.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let agent = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("synproxy-agent"))
-        .unwrap_or_default();
-    assert!(
-        agent.is_file(),
-        "agent binary {} is missing: run `cargo build -p synproxy-user` first",
-        agent.display()
-    );
-    agent
-}
 
 /// `tmux` in PATH: required on CI, a skip with a message elsewhere.
 fn tmux_available() -> bool {
