@@ -289,18 +289,32 @@ pub async fn run(
     stop.request();
     // The sampler thread finishes the sinks by the deadline; a round in
     // progress (and nothing that must be undone) is not waited for longer.
-    let waited = if must_wait {
-        Ok(done.await)
+    let grace = if must_wait {
+        deadline + DETACH_BACKSTOP
     } else {
-        let grace = deadline + Duration::from_millis(50);
-        tokio::time::timeout_at(grace.into(), done).await
+        deadline + Duration::from_millis(50)
     };
-    match waited {
+    match tokio::time::timeout_at(grace.into(), done).await {
         Ok(Ok(exit)) => exit,
         Ok(Err(_)) => Exit::OutputFailed,
+        Err(_) if must_wait => {
+            // Only a read that never returns (a hostile file system under
+            // --proc-root) keeps the sampler from detaching for this long.
+            // Exiting closes every probe's descriptor; the kprobe events it
+            // defined are removed at the next start.
+            log::error!(
+                "the sampler did not stop within {:.1}s (stuck in a read?); exiting without detaching the probes",
+                (SHUTDOWN_BUDGET + DETACH_BACKSTOP).as_secs_f64()
+            );
+            Exit::OutputFailed
+        }
         Err(_) => Exit::Clean,
     }
 }
+
+/// How long past the budget a shutdown waits for the probes to be detached
+/// (fentry trampolines are torn down one at a time; slow under emulation).
+const DETACH_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// The sampler thread: the schedule, each round, the sinks, and at the end
 /// detaching the probes and letting the sinks finish.
