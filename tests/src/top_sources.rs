@@ -336,6 +336,9 @@ fn connect_from(netns: &Netns, plan: &[(IpAddr, u32)], dst: SocketAddr) -> Resul
                 s.bind(&SocketAddr::new(src, 0).into())
                     .with_context(|| format!("bind {src}"))?;
                 s.set_nonblocking(true)?;
+                // Closed at the end with a RST, not a FIN: no orphaned socket
+                // outlives the check (see `TcpServer`).
+                s.set_linger(Some(Duration::ZERO))?;
                 match s.connect(&dst.into()) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -82,6 +82,14 @@ impl TcpServer {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
+            // A stopped server aborts what it holds (RST): closed with a FIN,
+            // a connection would linger as an orphaned socket retransmitting
+            // its FIN after the check deleted the namespaces, and keep the
+            // namespace, its rules and their module references alive for a
+            // minute or more (5.10 does), into the next check.
+            for conn in held {
+                let _ = conn.set_linger(Some(Duration::ZERO));
+            }
         });
         Ok(TcpServer {
             stop,
