@@ -1,4 +1,4 @@
-//! Lifecycle checks (issue 7, item 4):
+//! Lifecycle checks:
 //! - `sigterm-during-startup`: SIGTERM after a series of delays covering the
 //!   agent's start-up (0 ms up to past the attach); each must exit 0 and leave no
 //!   kprobe event, BPF program or map.

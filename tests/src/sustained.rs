@@ -1,4 +1,4 @@
-//! The sustained-flood check (issue 7, item 2): one server netns protects two
+//! The sustained-flood check: one server netns protects two
 //! ports, one by xt rules and one by native nft rules, each for IPv4 and IPv6;
 //! at least 20 other namespaces exist (idle ones, and a few with SYNPROXY rules
 //! and a trickle of traffic); an agent samples every 200 ms with `--netns all`

@@ -1,4 +1,4 @@
-//! The `top-sources` check (issue 11): the agent's `synproxy_top_sources` lines
+//! The `top-sources` check: the agent's `synproxy_top_sources` lines
 //! against traffic whose per-source counts are known.
 //!
 //! - Ground truth, per rules flavour (xt, nft) and family (IPv4, IPv6): 60 extra

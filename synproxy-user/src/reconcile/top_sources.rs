@@ -1,4 +1,4 @@
-//! Top sources of one interval (issue 11): from per-source event counts to the
+//! Top sources of one interval: from per-source event counts to the
 //! [`TopSources`] lists of the snapshot, the top N per namespace, family and
 //! counter by events in the interval. Pure: the kernel-side reader feeds it.
 //!

@@ -27,7 +27,7 @@ const INTERVAL: Duration = Duration::from_millis(100);
 /// Prefix of the namespaces the bench creates (`ip netns add`).
 const NETNS_PREFIX: &str = "spxbench-";
 
-/// Targets from issue 10.
+/// The performance targets the comparison is judged against.
 const TARGET_VS_BARE: f64 = 1.0;
 const TARGET_VS_COLLECTD: f64 = 0.5;
 const TARGET_1000_NETNS_CPU: Duration = Duration::from_millis(20);

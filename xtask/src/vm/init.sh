@@ -449,7 +449,7 @@ if selected flood-shutdown && begin_check flood-shutdown; then
     end_check flood-shutdown
 fi
 
-# 5b. Top sources (issue 11): 60 sources with distinct known counts per rules flavour
+# 5b. Top sources: 60 sources with distinct known counts per rules flavour
 #     and family (xt/nft x IPv4/IPv6): the agent's synproxy_top_sources lines, summed
 #     over its rounds, must equal them exactly for syn_received, cookie_invalid and
 #     cookie_valid, and the eBPF totals, with no eviction; then 100,000 spoofed SYNs
@@ -460,7 +460,7 @@ if selected top-sources && begin_check top-sources; then
     end_check top-sources
 fi
 
-# 6. Sustained flood (issue 7): one server netns, xt and nft ports, IPv4 and IPv6,
+# 6. Sustained flood: one server netns, xt and nft ports, IPv4 and IPv6,
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
 #    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
@@ -469,7 +469,7 @@ if selected sustained && begin_check sustained; then
     end_check sustained
 fi
 
-# 7. Lifecycle (issue 7): SIGTERM at delays covering start-up and attach (exit 0,
+# 7. Lifecycle: SIGTERM at delays covering start-up and attach (exit 0,
 #    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
 #    agents at once, each PID 1 of its own PID namespace (both exact).
 if selected lifecycle && begin_check lifecycle; then
@@ -477,7 +477,7 @@ if selected lifecycle && begin_check lifecycle; then
     end_check lifecycle
 fi
 
-# 8. Least privilege (issue 9): the agent with eBPF and --netns as uid 65534 with
+# 8. Least privilege: the agent with eBPF and --netns as uid 65534 with
 #    only the capability table's CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE,
 #    CAP_SYS_ADMIN (ambient): attaches, keeps exactly those (every thread,
 #    bounding set, no_new_privs), eBPF == /proc after a burst, totals == a root
@@ -487,7 +487,7 @@ if selected non-root && begin_check non-root; then
     end_check non-root
 fi
 
-# 9. fentry/fexit (issue 10): the flood (with shutdown) and sustained checks again with
+# 9. fentry/fexit: the flood (with shutdown) and sustained checks again with
 #    --probes fentry. Their RESULT lines add probes=fentry, the probe type the agent used
 #    (probe_type=) and the one this kernel must give (expected_probe_type=: fentry where
 #    nf_synproxy_core has module BTF; kprobe on 5.10, the documented fallback, whose
@@ -568,7 +568,7 @@ synproxy_core_unheld() { [ "$(cat /sys/module/nf_synproxy_core/refcnt 2>/dev/nul
 # Unloads the late modules; true once nf_synproxy_core is gone.
 late_unloaded() { rmmod_late; [ ! -e /sys/module/nf_synproxy_core ]; }
 
-# 10. fentry and module reloads (issue 10). A loaded fentry program on a module function
+# 10. fentry and module reloads. A loaded fentry program on a module function
 #     holds the module (Linux 6.4+; 5.12-6.3 while attached). With the agent running with
 #     --probes fentry: unloading nf_synproxy_core must fail "in use" while the agent keeps
 #     counting; SIGUSR1 releases it; the module is unloaded and loaded again, and the
@@ -671,7 +671,7 @@ $IPROUTE2 netns del srv
 end_check fentry-module
 fi
 
-# 11. The live view (issue 11): `synproxy-agent top --netns SRV --interval 1s` with eBPF
+# 11. The live view: `synproxy-agent top --netns SRV --interval 1s` with eBPF
 #     in a 120x40 tmux pane while crafted SYNs from 5 sources (50, 40, 30, 20, 10 each)
 #     arrive in one burst: the top sources table must show those 5 in that order with
 #     exactly those counts; q must end it with exit 0 and the terminal as it was.
@@ -690,7 +690,7 @@ if selected user-netns && begin_check user-netns; then
     end_check user-netns
 fi
 
-# 9. eBPF cost (issue 10): per-program run time beside an empty kprobe program on
+# 9. eBPF cost: per-program run time beside an empty kprobe program on
 #    the same function (BPF stats), SYNs/s through SYNPROXY without and with the
 #    probes (alternating runs), and the kernel memory of the maps.
 if selected ebpf-cost && begin_check ebpf-cost; then
