@@ -348,9 +348,11 @@ impl Sampler {
         self.reader = reader;
         // Failures of namespaces no longer selected go with them (their
         // recovery cannot be seen), so the map stays bounded under churn.
-        let labels: HashSet<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-        self.failing
-            .retain(|label, _| label.starts_with('\0') || labels.contains(label.as_str()));
+        if !self.failing.is_empty() {
+            let labels: HashSet<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+            self.failing
+                .retain(|label, _| label.starts_with('\0') || labels.contains(label.as_str()));
+        }
         let mut reads = Vec::with_capacity(targets.len());
         for (target, result) in targets.iter().zip(results) {
             match result {
