@@ -63,11 +63,13 @@ impl Drop for FakeProc {
     }
 }
 
-/// The agent in a private mount namespace whose /proc is an empty tmpfs.
+/// The agent in a private mount namespace whose /proc is an empty tmpfs, and
+/// in a network namespace of its own: a port it binds can never be the one
+/// another test of this file found free and is about to connect to.
 fn without_procfs(fake: &FakeProc, args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /proc && exec \"$@\"")
+    c.args(["--mount", "--net", "--propagation", "private", "sh", "-c"])
+        .arg("ip link set lo up && mount -t tmpfs none /proc && exec \"$@\"")
         .arg("sh")
         .arg(agent_binary())
         .arg("--proc-root")
@@ -106,7 +108,7 @@ fn output_with_timeout(mut cmd: Command, what: &str) -> Output {
 /// never answered.
 #[test]
 fn a_failed_capability_drop_stops_the_agent() {
-    require!(needs(&["unshare"]));
+    require!(needs(&["unshare", "ip"]));
     let fake = FakeProc::new();
     let args = [
         "--interval",
@@ -139,7 +141,7 @@ fn a_failed_capability_drop_stops_the_agent() {
 /// and the agent samples as usual.
 #[test]
 fn with_the_flag_a_failed_drop_is_a_warning() {
-    require!(needs(&["unshare"]));
+    require!(needs(&["unshare", "ip"]));
     let fake = FakeProc::new();
     let args = ["--once", "--no-ebpf", "--allow-failed-capability-drop"];
     let what = format!("the agent without procfs {}", args.join(" "));
@@ -222,6 +224,9 @@ fn try_request_during_start_up() -> Try {
             .next()
             .is_some_and(|r| r.trim_start().starts_with('T'))
     }) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the agent exited ({status}) after {listen} answered a connect");
+        }
         assert!(Instant::now() < deadline, "the agent did not stop");
         std::thread::sleep(Duration::from_millis(1));
     }

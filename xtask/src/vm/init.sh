@@ -218,6 +218,13 @@ ebpf_exact_of_last_two() {
 
 # Conditions polled with wait_for.
 agent_running() { kill -0 "$AGENT_PID" 2>/dev/null; }
+# Every thread of the agent is stopped (state T in its stat line).
+agent_stopped() {
+    local stat
+    for stat in /proc/"$AGENT_PID"/task/*/stat; do
+        case "$(sed 's/.*) //' "$stat" 2>/dev/null)" in T*) ;; *) return 1 ;; esac
+    done
+}
 count_in_agent_err() { grep -c "$1" /tmp/agent.err; }
 agent_err_count_above() { [ "$(count_in_agent_err "$1")" -gt "$2" ]; }
 # At least $2 centiseconds passed since $1 (a now_cs value).
@@ -279,7 +286,13 @@ stderr_lines_before=$(wc -l < /tmp/agent.err)
 if agent_running; then alive_while_missing=yes; else alive_while_missing=no; fi
 if [ -e /proc/net/stat/synproxy ]; then file_absent_before=no; else file_absent_before=yes; fi
 
+# The clean-state baseline of the new modules is recorded right after they load. An
+# agent attaching its probes then holds a module reference for a moment, and a baseline
+# taken in that moment would never be met again: the agent is stopped meanwhile.
+kill -STOP "$AGENT_PID"
+wait_for "every agent thread to stop" 60 agent_stopped
 load_modules /etc/vmtest/modules-late
+kill -CONT "$AGENT_PID"
 # Traffic only once the probes are attached and one exact round followed, so eBPF
 # sees every event.
 if wait_for "the agent to attach its probes after the module loaded" 120 \

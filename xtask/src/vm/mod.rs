@@ -314,6 +314,23 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     for kernel_run in &runs {
         println!("  {}", kernel_run.timing_line());
     }
+    // Repeated last, where a truncated CI log still shows them.
+    let failures: Vec<&String> = runs
+        .iter()
+        .flat_map(|r| r.outcome.results.iter())
+        .filter(|r| !r.contains("status=PASS"))
+        .collect();
+    if !failures.is_empty() {
+        const SHOWN: usize = 4;
+        println!(
+            "vm-test: failed results ({} of {})",
+            failures.len().min(SHOWN),
+            failures.len()
+        );
+        for line in failures.iter().take(SHOWN) {
+            println!("  {}", shorten(line, 600));
+        }
+    }
     let broken: Vec<String> = runs
         .iter()
         .filter_map(|r| {
@@ -645,4 +662,16 @@ mod tests {
         assert_eq!(kvm.len(), 1);
         assert!(!kvm[0].icount && kvm[0].skip.is_empty());
     }
+}
+
+/// `line` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn shorten(line: &str, max: usize) -> String {
+    if line.len() <= max {
+        return line.to_string();
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [...]", &line[..end])
 }
