@@ -558,6 +558,18 @@ fn boot_image(
     Ok(kernel_run)
 }
 
+/// `line` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn shorten(line: &str, max: usize) -> String {
+    if line.len() <= max {
+        return line.to_string();
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [...]", &line[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,16 +674,4 @@ mod tests {
         assert_eq!(kvm.len(), 1);
         assert!(!kvm[0].icount && kvm[0].skip.is_empty());
     }
-}
-
-/// `line` cut to at most `max` bytes (at a character boundary), marked when cut.
-fn shorten(line: &str, max: usize) -> String {
-    if line.len() <= max {
-        return line.to_string();
-    }
-    let mut end = max;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} [...]", &line[..end])
 }
