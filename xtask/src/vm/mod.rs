@@ -494,6 +494,7 @@ fn boot_image(
         checks: &boot.checks,
         skip: &boot.skip,
         icount: boot.icount,
+        single_thread_tcg: kernel::find_series(image.series).is_ok_and(|s| s.single_thread_tcg),
     };
     let mut outcome = qemu::boot(&spec)?;
     let mut in_checks = 0;

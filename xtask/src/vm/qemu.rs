@@ -165,10 +165,18 @@ pub struct BootSpec<'a> {
     pub skip: &'a [String],
     /// Guest time from instruction counts ([`ICOUNT`]; TCG only).
     pub icount: bool,
+    /// TCG with one host thread for all vCPUs (see `KernelSeries`).
+    pub single_thread_tcg: bool,
 }
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
-    let accel = if kvm_usable() { "kvm" } else { "tcg" };
+    let accel = if kvm_usable() {
+        "kvm"
+    } else if spec.single_thread_tcg {
+        "tcg,thread=single"
+    } else {
+        "tcg"
+    };
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
