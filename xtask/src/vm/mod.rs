@@ -34,7 +34,7 @@ const DEFAULT_TOTAL_TIMEOUT_SECS: u64 = 60 * 60;
 /// A boot is not started with less than this left of the total budget.
 const MIN_BOOT_BUDGET_SECS: u64 = 60;
 const DEFAULT_GUEST_CPUS: u32 = 2;
-const DEFAULT_GUEST_MEMORY_MIB: u32 = 512;
+const DEFAULT_GUEST_MEMORY_MIB: u32 = 2048;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
