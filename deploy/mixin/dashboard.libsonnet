@@ -217,7 +217,16 @@
       'Whether Prometheus scrapes the agent (SynproxyAgentAbsent).',
       'none',
       [['up{%s}' % agentSel, '{{instance}}']],
-    ) { w: 6 },
+    ) {
+      w: 6,
+      fieldConfig+: { defaults+: {
+        thresholds: { mode: 'absolute', steps: [{ color: 'red', value: null }, { color: 'green', value: 1 }] },
+        mappings: [{ type: 'value', options: {
+          '0': { text: 'down', color: 'red' },
+          '1': { text: 'up', color: 'green' },
+        } }],
+      } },
+    },
     stat(
       'Seconds since the last round',
       'Age of the last completed sampling round (SynproxyAgentNotSampling above %s s).' % c.notSamplingSecs,

@@ -26,7 +26,7 @@ fn read(rel: &str) -> String {
 fn committed_files_are_what_the_mixin_generates() {
     require!(Needs {
         what: "the mixin test (apt-get install jsonnet; cargo xtask test installs it)",
-        programs: &["jsonnet"],
+        programs: &["jsonnet", "jsonnetfmt"],
         ..Needs::default()
     }
     .check());
@@ -82,6 +82,28 @@ fn committed_files_are_what_the_mixin_generates() {
     assert!(
         stale.is_empty(),
         "{stale:?} differ from what deploy/mixin generates: run `jsonnet -S -m . deploy/mixin/generate.jsonnet` at the repository root and commit the result"
+    );
+
+    // The mixin's sources are formatted as jsonnetfmt (same package) writes them.
+    let sources: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/mixin"))
+        .unwrap_or_else(|e| panic!("deploy/mixin: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "jsonnet" || x == "libsonnet")
+        })
+        .collect();
+    assert!(sources.len() >= 4, "{sources:?}");
+    let out = Command::new("jsonnetfmt")
+        .arg("--test")
+        .args(&sources)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run jsonnetfmt: {e}"));
+    assert!(
+        out.status.success(),
+        "not formatted (run `jsonnetfmt -i deploy/mixin/*sonnet`): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
