@@ -794,12 +794,43 @@ fn prometheus_server_scrapes_kernel_totals_per_namespace() {
             assert!(body.ends_with("# EOF\n"), "{body}");
         }
     }
+    dashboard_panels_show_series(&server, &agent.addr, &[first_label, second_label]);
     drop(server);
     let (code, stdout) = agent.stop();
     assert_eq!(code, Some(0));
     assert!(stdout.is_empty(), "stdout without --stdout: {stdout}");
     drop(second);
     drop(first);
+}
+
+/// Every panel and variable query of deploy/grafana's dashboard, with the
+/// variables set to this agent and the two namespaces with traffic, returns
+/// series with the labels its legend names (no empty panel). The eBPF panels
+/// (this agent runs with `--no-ebpf`; the host kernel has no kprobes) only
+/// parse and run (Prometheus answers them with an empty result).
+fn dashboard_panels_show_series(
+    server: &synproxy_tests::prometheus::PrometheusServer,
+    agent: &str,
+    namespaces: &[String],
+) {
+    use synproxy_tests::dashboard;
+    let board = dashboard::load().unwrap_or_else(|e| panic!("{e:#}"));
+    let netns = namespaces.join("|");
+    let vars = [
+        ("job", synproxy_tests::prometheus::JOB),
+        ("instance", agent),
+        ("netns", netns.as_str()),
+    ];
+    let expect = dashboard::Expect {
+        vars: &vars,
+        namespaces,
+    };
+    let report = wait_until(
+        "every dashboard query to return its series",
+        std::time::Duration::from_secs(60),
+        || dashboard::check_queries(server, &board, &expect),
+    );
+    eprintln!("dashboard queries:\n{}", report.join("\n"));
 }
 
 fn promtool_check_metrics(text: &str) {

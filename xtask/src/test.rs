@@ -29,6 +29,8 @@ const TEST_PACKAGES: &[&str] = &[
     "kmod",
     // The live view's test reads `synproxy-agent top` from a tmux pane.
     "tmux",
+    // The mixin test regenerates the dashboard and alerting rules.
+    "jsonnet",
 ];
 
 /// Seconds each fuzz target runs in the suite's smoke run.
@@ -58,7 +60,17 @@ pub fn run(args: TestArgs) -> Result<()> {
     };
 
     step("install test packages", &mut || {
-        Apt::default().ensure_installed(TEST_PACKAGES)
+        let mut apt = Apt::default();
+        apt.ensure_installed(TEST_PACKAGES)?;
+        // The dashboard's schema test installs Grafana's schema package with
+        // npm. Debian's npm brings nodejs; a Node.js installed otherwise (its
+        // own npm) is kept, as Debian's npm would conflict with it.
+        let has_npm = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("npm").is_file()));
+        if !has_npm {
+            apt.ensure_installed(&["npm"])?;
+        }
+        Ok(())
     });
     // Every build of the agent compiles its eBPF programs.
     step(
