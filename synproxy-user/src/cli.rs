@@ -148,14 +148,11 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_UINT")]
     pub uint: bool,
 
-    /// Shape of the log lines on stderr; `telegraf` prefixes them with E!/W!/I!/D!.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "SYNPROXY_AGENT_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    /// Shape of the log lines on stderr; `telegraf` prefixes them with E!/W!/I!/D!,
+    /// `journald` with syslog priorities (<3> error to <7> debug) and no timestamp.
+    /// Default: journald when stderr is the systemd journal (JOURNAL_STREAM), else text.
+    #[arg(long, value_enum, env = "SYNPROXY_AGENT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:10816
     /// or [::]:10816). Line protocol on stdout then stops unless --stdout is given.

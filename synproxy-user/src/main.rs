@@ -40,10 +40,11 @@ fn main() -> ExitCode {
     runtime::block_shutdown_signals(false);
 
     let mut cli = Cli::parse();
+    let log_format = logging::resolve(cli.log_format);
     if let Some(Command::Top(args)) = cli.command.take() {
-        return top_main(&rt, signals, args, cli.log_format);
+        return top_main(&rt, signals, args, log_format);
     }
-    logging::init(cli.log_format, cli.log_level.filter());
+    logging::init(log_format, cli.log_level.filter());
     let selection = match cli.validate() {
         Ok(selection) => selection,
         Err(message) => {
