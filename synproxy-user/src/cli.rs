@@ -156,6 +156,7 @@ pub struct Cli {
 
     /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:10816
     /// or [::]:10816). Line protocol on stdout then stops unless --stdout is given.
+    /// Empty: no endpoint.
     #[arg(long, value_name = "ADDR", env = "SYNPROXY_AGENT_PROMETHEUS_LISTEN")]
     pub prometheus_listen: Option<String>,
 
