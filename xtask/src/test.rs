@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[&str] = &[
     "influxdb",
     "systemd",
     "util-linux",
+    // `setcap`: the Telegraf test gives the agent file capabilities.
+    "libcap2-bin",
     "man-db",
     "lintian",
     "kmod",
