@@ -12,11 +12,17 @@ const EXTRA: &str = r#".SH FILES
 \fI/proc/net/stat/synproxy\fR
 the kernel's SYNPROXY counters (per network namespace; \fB\-\-proc\-root\fR or \fBHOST_PROC\fR moves it)
 .TP
+\fI/etc/default/synproxy\-agent\fR
+the unit's settings (\fBEnvironmentFile=\fR): every variable of ENVIRONMENT, commented, with its default; \fBARGS\fR for flags without one (\fB\-\-tag\fR); kept on upgrade, removed on purge
+.TP
 \fI/usr/lib/systemd/system/synproxy\-agent.service\fR
-the hardened systemd unit (not enabled on install): \fBsystemctl enable \-\-now synproxy\-agent\fR
+the hardened systemd unit (not enabled on install): \fBsystemctl enable \-\-now synproxy\-agent\fR; Prometheus on 127.0.0.1:10816, logs with syslog priorities (\fB\-\-log\-format journald\fR)
 .TP
 \fI/usr/share/doc/synproxy\-agent/examples/netns\-all.conf\fR
 drop\-in for \fB\-\-netns all\fR; install it as \fI/etc/systemd/system/synproxy\-agent.service.d/netns\-all.conf\fR
+.TP
+\fI/usr/share/doc/synproxy\-agent/examples/remote\-scrape.conf\fR
+drop\-in for a scrape from another host: listen address and \fBIPAddressAllow=\fR together
 .TP
 \fI/usr/share/synproxy\-agent/prometheus/synproxy\-alerts.yml\fR
 Prometheus alerting rules for the agent's metrics
@@ -24,6 +30,15 @@ Prometheus alerting rules for the agent's metrics
 0 on success and on SIGTERM/SIGINT; 1 when \fB\-\-once\fR could not read a namespace; 2 for a bad flag or an unusable \fB\-\-proc\-root\fR or \fB\-\-prometheus\-listen\fR.
 .SH SEE ALSO
 \fBsystemd.exec\fR(5), \fBtelegraf\fR(1), \fBprometheus\fR(1)
+"#;
+
+/// Variables the agent reads that belong to no flag.
+const OTHER_ENV: &str = r#".TP
+.B INFLUX_TOKEN
+the InfluxDB token (or \fBINFLUX_USERNAME\fR and \fBINFLUX_PASSWORD\fR, 1.x)
+.TP
+.B JOURNAL_STREAM
+set by systemd: when it names stderr, the default \fB\-\-log\-format\fR is journald
 "#;
 
 /// Escapes text for roff: backslashes, and hyphens as `\-` (real minus signs,
@@ -95,6 +110,7 @@ fn generated_sections(cmd: &clap::Command) -> String {
                 roff(&flag)
             ));
         }
+        out.push_str(OTHER_ENV);
     }
     out
 }

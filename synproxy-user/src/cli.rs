@@ -20,7 +20,7 @@ use synproxy_common::SOURCES_DEFAULT_ENTRIES;
     args_conflicts_with_subcommands = true,
     disable_help_subcommand = true,
     about = "Measures netfilter SYNPROXY and writes InfluxDB line protocol (a drop-in for Telegraf's inputs.synproxy) or serves Prometheus metrics",
-    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:9816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x\n  synproxy-agent top --netns all   # the live view in the terminal (keys: see synproxy-agent top --help)"
+    after_help = "Examples:\n  synproxy-agent --once\n  synproxy-agent --interval 10s --netns all\n  synproxy-agent --signal stdin --log-format telegraf   # Telegraf [[inputs.execd]]\n  synproxy-agent --netns all --prometheus-listen 127.0.0.1:10816   # Prometheus /metrics\n  synproxy-agent --netns all --influx-url http://127.0.0.1:8086 --influx-db telegraf   # InfluxDB 1.x\n  INFLUX_TOKEN=... synproxy-agent --influx-url https://influx:8086 --influx-org ops --influx-bucket net   # InfluxDB 2.x\n  synproxy-agent top --netns all   # the live view in the terminal (keys: see synproxy-agent top --help)"
 )]
 pub struct Cli {
     /// `top`: the live terminal view. Without a command: the agent.
@@ -148,17 +148,15 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_UINT")]
     pub uint: bool,
 
-    /// Shape of the log lines on stderr; `telegraf` prefixes them with E!/W!/I!/D!.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "SYNPROXY_AGENT_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    /// Shape of the log lines on stderr; `telegraf` prefixes them with E!/W!/I!/D!,
+    /// `journald` with syslog priorities (<3> error to <7> debug) and no timestamp.
+    /// Default: journald when stderr is the systemd journal (JOURNAL_STREAM), else text.
+    #[arg(long, value_enum, env = "SYNPROXY_AGENT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
-    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:9816
-    /// or [::]:9816). Line protocol on stdout then stops unless --stdout is given.
+    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:10816
+    /// or [::]:10816). Line protocol on stdout then stops unless --stdout is given.
+    /// Empty: no endpoint.
     #[arg(long, value_name = "ADDR", env = "SYNPROXY_AGENT_PROMETHEUS_LISTEN")]
     pub prometheus_listen: Option<String>,
 
@@ -511,10 +509,10 @@ fn netns_selection(netns: &[String], policy: NetnsPolicy) -> Result<NetnsSelecti
     Ok(NetnsSelection::Named(names))
 }
 
-/// `IP:PORT`, with IPv6 addresses in brackets: `127.0.0.1:9816`, `[::]:9816`.
+/// `IP:PORT`, with IPv6 addresses in brackets: `127.0.0.1:10816`, `[::]:10816`.
 pub fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     text.parse::<std::net::SocketAddr>().map_err(|_| {
-        "not an address to listen on (expected IP:PORT, for example 127.0.0.1:9816 or [::]:9816)"
+        "not an address to listen on (expected IP:PORT, for example 127.0.0.1:10816 or [::]:10816)"
             .to_string()
     })
 }
@@ -766,16 +764,16 @@ mod tests {
 
     #[test]
     fn prometheus_listen_addresses() {
-        for ok in ["127.0.0.1:9816", "[::]:9816", "[::1]:0", "0.0.0.0:80"] {
+        for ok in ["127.0.0.1:10816", "[::]:10816", "[::1]:0", "0.0.0.0:80"] {
             assert!(parse_listen_addr(ok).is_ok(), "{ok}");
             let c = cli(&["--prometheus-listen", ok]).unwrap();
             assert!(c.validate().is_ok(), "{ok}");
             assert!(!c.stdout_enabled());
         }
         for bad in [
-            "9816",
-            "localhost:9816",
-            "::1:9816",
+            "10816",
+            "localhost:10816",
+            "::1:10816",
             "127.0.0.1",
             "1.2.3.4:99999",
             "",
@@ -789,14 +787,14 @@ mod tests {
                 "{err}"
             );
         }
-        let err = cli(&["--once", "--prometheus-listen", "127.0.0.1:9816"])
+        let err = cli(&["--once", "--prometheus-listen", "127.0.0.1:10816"])
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(err.starts_with("--prometheus-listen 127.0.0.1:9816: not with --once"));
+        assert!(err.starts_with("--prometheus-listen 127.0.0.1:10816: not with --once"));
         assert!(cli(&[]).unwrap().stdout_enabled());
         assert!(cli(&["--stdout"]).unwrap().stdout_enabled());
-        let both = cli(&["--stdout", "--prometheus-listen", "[::1]:9816"]).unwrap();
+        let both = cli(&["--stdout", "--prometheus-listen", "[::1]:10816"]).unwrap();
         assert!(both.stdout_enabled());
     }
 

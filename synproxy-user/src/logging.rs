@@ -1,5 +1,6 @@
-//! stderr logging in three shapes: plain text for people, Telegraf execd's
-//! `E!`/`W!`/`I!`/`D!` prefixes, and JSON lines for log pipelines.
+//! stderr logging in four shapes: plain text for people, Telegraf execd's
+//! `E!`/`W!`/`I!`/`D!` prefixes, JSON lines for log pipelines, and syslog
+//! priority prefixes (`<3>`...`<7>`) for the systemd journal.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::collections::VecDeque;
@@ -11,6 +12,41 @@ pub enum LogFormat {
     Text,
     Telegraf,
     Json,
+    /// `<N>message`: the journal reads the priority from the prefix and
+    /// stamps the time itself.
+    Journald,
+}
+
+/// The format for `--log-format` (or its variable) when given, else
+/// `journald` when stderr is the journal, else `text`.
+pub fn resolve(explicit: Option<LogFormat>) -> LogFormat {
+    explicit.unwrap_or_else(|| {
+        if stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()) {
+            LogFormat::Journald
+        } else {
+            LogFormat::Text
+        }
+    })
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for the stream it connects to
+/// stdout/stderr; the variable is inherited, so stderr is the journal only
+/// while its own device and inode still match (sd_journal_stream_fd(3)).
+fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 struct StderrLogger {
@@ -132,7 +168,7 @@ pub fn format_record(
 ) -> String {
     let message = match format {
         LogFormat::Json => message.to_string(),
-        LogFormat::Text | LogFormat::Telegraf => escape_controls(message),
+        LogFormat::Text | LogFormat::Telegraf | LogFormat::Journald => escape_controls(message),
     };
     match format {
         LogFormat::Text => format!("{} {:<5} {message}\n", rfc3339(at), level),
@@ -145,6 +181,16 @@ pub fn format_record(
                 Level::Trace => "T!",
             };
             format!("{prefix} [synproxy-agent] {message}\n")
+        }
+        // syslog(3) priorities: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG.
+        LogFormat::Journald => {
+            let priority = match level {
+                Level::Error => 3,
+                Level::Warn => 4,
+                Level::Info => 6,
+                Level::Debug | Level::Trace => 7,
+            };
+            format!("<{priority}>{message}\n")
         }
         LogFormat::Json => format!(
             "{{\"ts\":\"{}\",\"level\":\"{}\",\"msg\":\"{}\"}}\n",
@@ -247,6 +293,27 @@ mod tests {
     }
 
     #[test]
+    fn journald_priorities_and_no_timestamp() {
+        for (level, line) in [
+            (Level::Error, "<3>x\n"),
+            (Level::Warn, "<4>x\n"),
+            (Level::Info, "<6>x\n"),
+            (Level::Debug, "<7>x\n"),
+            (Level::Trace, "<7>x\n"),
+        ] {
+            assert_eq!(format_record(LogFormat::Journald, level, "x", at()), line);
+        }
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        for value in [None, Some(""), Some("1"), Some("a:b"), Some("0:0")] {
+            assert!(!stderr_is_journal(value), "{value:?}");
+        }
+        assert_eq!(resolve(Some(LogFormat::Json)), LogFormat::Json);
+    }
+
+    #[test]
     fn json_is_escaped_and_single_line() {
         let line = format_record(LogFormat::Json, Level::Error, "a \"b\"\\\nc\u{1}", at());
         assert_eq!(
@@ -265,7 +332,12 @@ mod tests {
     #[test]
     fn no_control_character_in_any_format() {
         let message = "netns a\u{1b}]0;owned\u{7}b\r\nc\td\u{7f}\u{9b}31m\u{0}";
-        for format in [LogFormat::Text, LogFormat::Telegraf, LogFormat::Json] {
+        for format in [
+            LogFormat::Text,
+            LogFormat::Telegraf,
+            LogFormat::Json,
+            LogFormat::Journald,
+        ] {
             let line = format_record(format, Level::Warn, message, at());
             let body = line.strip_suffix('\n').unwrap_or(&line);
             assert!(!body.chars().any(char::is_control), "{format:?}: {line:?}");

@@ -40,10 +40,13 @@ fn main() -> ExitCode {
     runtime::block_shutdown_signals(false);
 
     let mut cli = Cli::parse();
+    // Empty: no endpoint (how /etc/default/synproxy-agent turns off the unit's).
+    cli.prometheus_listen = cli.prometheus_listen.take().filter(|a| !a.is_empty());
+    let log_format = logging::resolve(cli.log_format);
     if let Some(Command::Top(args)) = cli.command.take() {
-        return top_main(&rt, signals, args, cli.log_format);
+        return top_main(&rt, signals, args, log_format);
     }
-    logging::init(cli.log_format, cli.log_level.filter());
+    logging::init(log_format, cli.log_level.filter());
     let selection = match cli.validate() {
         Ok(selection) => selection,
         Err(message) => {

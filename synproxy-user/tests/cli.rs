@@ -785,8 +785,8 @@ fn prometheus_listen_errors_are_one_line_naming_the_flag() {
             "--prometheus-listen \"127.0.0.1:70000\": not an address".to_string(),
         ),
         (
-            "192.0.2.1:9816".to_string(),
-            "--prometheus-listen 192.0.2.1:9816: address not available".to_string(),
+            "192.0.2.1:10816".to_string(),
+            "--prometheus-listen 192.0.2.1:10816: address not available".to_string(),
         ),
     ];
     let proc = ProcTree::new();

@@ -72,7 +72,8 @@ pub fn setpriv_list(caps: &[u32]) -> String {
     list
 }
 
-fn cap_by_name(name: &str) -> Result<u32> {
+/// `CAP_SYS_ADMIN`, `cap_sys_admin` or `sys_admin`: its number (the names above).
+pub fn cap_by_name(name: &str) -> Result<u32> {
     let name = name.trim().to_ascii_lowercase();
     let name = name.strip_prefix("cap_").unwrap_or(&name);
     NAMES

@@ -20,7 +20,7 @@ use synproxy_common::Counter;
 
 const PROBE_PORT: u16 = 8081;
 /// Where the flood check's agent serves /metrics.
-pub const METRICS_ADDR: &str = "127.0.0.1:9816";
+pub const METRICS_ADDR: &str = "127.0.0.1:10816";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Turns on the kernel's per-program run time accounting; restores it on drop.

@@ -292,7 +292,7 @@ fn hostile_names_get_distinct_labels_and_never_reach_the_terminal_raw() {
         }
     }
     // A path given on the command line reaches the log escaped too.
-    for format in ["text", "telegraf", "json"] {
+    for format in ["text", "telegraf", "json", "journald"] {
         let out = Command::new(agent_binary())
             .args(["--once", "--no-ebpf", "--log-format", format, "--proc-root"])
             .arg(OsStr::from_bytes(b"/nonexistent/\x1b[2J\x9b\n"))

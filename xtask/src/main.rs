@@ -10,6 +10,7 @@ mod cargo_tools;
 mod ebpf_toolchain;
 mod fuzz;
 mod package;
+mod package_upgrade;
 mod run;
 mod soak;
 mod test;

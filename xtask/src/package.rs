@@ -1,19 +1,23 @@
 //! `cargo xtask package`: the Debian package, built with cargo-deb from
 //! `[package.metadata.deb]` in synproxy-user/Cargo.toml; `cargo xtask man`: the
 //! man page alone. `cargo xtask package --check` (a step of `cargo xtask test`)
-//! installs the package with `dpkg -i`, runs the installed agent, reads its man
-//! page, and removes and purges it, checking that nothing is left behind.
+//! runs lintian on the package, installs it with `dpkg -i`, runs the installed
+//! agent, reads its man page, edits `/etc/default/synproxy-agent` and upgrades
+//! to a newer package (`package_upgrade`), and removes and purges it, checking
+//! that nothing is left behind. The unit is never started.
 //!
 //! Generated at package time, into `target/release/package/` (cargo-deb reads
 //! `target/release/...` assets from the real target directory):
 //! - `synproxy-agent.1.gz`: the man page, from the CLI definition (clap_mangen,
 //!   `synproxy-user/examples/man.rs`), gzipped with no timestamp;
-//! - `synproxy-agent.service` and `netns-all.conf`: `deploy/systemd/` with the
-//!   binary at `/usr/bin/synproxy-agent` (the repository's copies name
-//!   `/usr/local/bin`, where a manual install puts it).
+//! - `synproxy-agent.service`: `deploy/systemd/`'s with the binary at
+//!   `/usr/bin/synproxy-agent` (the repository's copy names `/usr/local/bin`,
+//!   where a manual install puts it);
+//! - `changelog`: `deploy/debian/changelog` (see `package_upgrade`).
 
 use crate::cargo::{cargo, workspace_root};
 use crate::cargo_tools::CARGO_DEB;
+use crate::package_upgrade;
 use crate::vm::host::{describe, run_captured, Apt};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -22,11 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub const DEB_NAME: &str = "synproxy-agent";
-const INSTALLED_BINARY: &str = "/usr/bin/synproxy-agent";
+pub const INSTALLED_BINARY: &str = "/usr/bin/synproxy-agent";
 /// Where deploy/systemd's unit and drop-in expect a manual install.
 const MANUAL_BINARY: &str = "/usr/local/bin/synproxy-agent";
-const UNIT_PATH: &str = "/usr/lib/systemd/system/synproxy-agent.service";
-const MAN_PATH: &str = "/usr/share/man/man1/synproxy-agent.1.gz";
+pub const UNIT_PATH: &str = "/usr/lib/systemd/system/synproxy-agent.service";
+pub const MAN_PATH: &str = "/usr/share/man/man1/synproxy-agent.1.gz";
 
 #[derive(Debug, clap::Args)]
 pub struct PackageArgs {
@@ -67,7 +71,7 @@ fn target_dir() -> Result<PathBuf> {
     Ok(default)
 }
 
-fn package_dir() -> Result<PathBuf> {
+pub fn package_dir() -> Result<PathBuf> {
     let dir = target_dir()?.join("release/package");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -105,28 +109,21 @@ pub fn man() -> Result<PathBuf> {
     Ok(page)
 }
 
-/// deploy/systemd's unit and drop-in, pointing at the packaged binary.
+/// deploy/systemd's unit, pointing at the packaged binary (its drop-ins
+/// name no path: they are packaged as they are).
 fn units() -> Result<()> {
-    let dir = package_dir()?;
-    let source = workspace_root().join("deploy/systemd");
-    for (from, to) in [
-        ("synproxy-agent.service", "synproxy-agent.service"),
-        ("netns-all.conf", "netns-all.conf"),
-    ] {
-        let path = source.join(from);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if !text.contains(&format!("ExecStart={MANUAL_BINARY}")) {
-            bail!(
-                "{}: no `ExecStart={MANUAL_BINARY}` to point at {INSTALLED_BINARY}",
-                path.display()
-            );
-        }
-        let text = text.replace(MANUAL_BINARY, INSTALLED_BINARY);
-        let out = dir.join(to);
-        std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    let path = workspace_root().join("deploy/systemd/synproxy-agent.service");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if !text.contains(&format!("ExecStart={MANUAL_BINARY}")) {
+        bail!(
+            "{}: no `ExecStart={MANUAL_BINARY}` to point at {INSTALLED_BINARY}",
+            path.display()
+        );
     }
-    Ok(())
+    let out = package_dir()?.join("synproxy-agent.service");
+    std::fs::write(&out, text.replace(MANUAL_BINARY, INSTALLED_BINARY))
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 /// Builds the .deb (release build with the eBPF programs); returns its path.
@@ -135,6 +132,7 @@ pub fn build() -> Result<PathBuf> {
     CARGO_DEB.ensure()?;
     man()?;
     units()?;
+    package_upgrade::changelog(None)?;
     let mut command = Command::new("cargo");
     command
         .args(["deb", "--package", "synproxy-user", "--locked"])
@@ -240,7 +238,17 @@ pub fn check(deb: &Path) -> Result<()> {
     if !crate::cargo::is_root() {
         bail!("the package check installs with dpkg: run it as root");
     }
-    Apt::default().ensure_installed(&["man-db"])?;
+    Apt::default().ensure_installed(&["man-db", "lintian"])?;
+    package_upgrade::lintian(deb)?;
+    // cargo-deb deletes the other packages in target/debian when it builds
+    // the newer one: the checked package is copied aside first.
+    let copy = package_dir()?.join("checked.deb");
+    std::fs::copy(deb, &copy).with_context(|| format!("copying {}", deb.display()))?;
+    let newer = package_upgrade::build_newer();
+    let restored =
+        std::fs::copy(&copy, deb).with_context(|| format!("restoring {}", deb.display()));
+    let newer = newer?;
+    restored?;
     if !package_status().is_empty() && package_status() != "un" {
         println!(
             "xtask: package check: {DEB_NAME} is installed ({}): purging it first",
@@ -263,17 +271,32 @@ pub fn check(deb: &Path) -> Result<()> {
     dpkg(&[&format!("--path-include={MAN_PATH}"), "--install", &deb_arg])?;
     let installed = check_installed(&contents);
     let listed = dpkg(&["-L", DEB_NAME]);
+    let upgraded = installed
+        .as_ref()
+        .map_err(|_| anyhow::anyhow!("not tried: the install failed"))
+        .and_then(|()| {
+            package_upgrade::upgrade(&newer, Path::new("/proc/net/stat/synproxy").exists())
+        });
     println!("xtask: dpkg -r {DEB_NAME}");
     let removed = dpkg(&["--remove", DEB_NAME]);
+    // A conffile stays until purge.
+    let default_kept = exists(Path::new(package_upgrade::DEFAULT_FILE));
     let after_remove = snapshot();
     println!("xtask: dpkg -P {DEB_NAME}");
     let purged = dpkg(&["--purge", DEB_NAME]);
     installed?;
+    upgraded.context("upgrade to a newer package")?;
     removed?;
     purged?;
     let listed = listed?;
 
     let mut problems = Vec::new();
+    if !default_kept {
+        problems.push(format!(
+            "{} removed by dpkg -r (a conffile stays until purge)",
+            package_upgrade::DEFAULT_FILE
+        ));
+    }
     // `dpkg -L` after install lists the .deb's contents.
     let listed: BTreeSet<PathBuf> = listed
         .lines()
@@ -347,11 +370,17 @@ fn check_installed(contents: &[(PathBuf, bool)]) -> Result<()> {
             );
         }
     }
-    for required in [INSTALLED_BINARY, UNIT_PATH, MAN_PATH] {
+    for required in [
+        INSTALLED_BINARY,
+        UNIT_PATH,
+        MAN_PATH,
+        package_upgrade::DEFAULT_FILE,
+    ] {
         if !contents.iter().any(|(p, _)| p == Path::new(required)) {
             bail!("the package has no {required}");
         }
     }
+    package_upgrade::check_default_file()?;
     let unit =
         std::fs::read_to_string(UNIT_PATH).with_context(|| format!("reading {UNIT_PATH}"))?;
     if !unit.contains(&format!("ExecStart={INSTALLED_BINARY} ")) || unit.contains(MANUAL_BINARY) {

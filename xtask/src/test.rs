@@ -16,7 +16,8 @@ use std::time::Instant;
 /// own server on a free loopback port (never the packaged service's 8086).
 /// `systemd` `systemd-analyze` for the unit checks; `util-linux` `setpriv`
 /// for running the agent as an unprivileged user with chosen capabilities;
-/// `man-db` `man` for the package's man page, `kmod` `modprobe`.
+/// `man-db` `man` for the package's man page, `lintian` for the package,
+/// `kmod` `modprobe`.
 const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
@@ -25,7 +26,10 @@ const TEST_PACKAGES: &[&str] = &[
     "influxdb",
     "systemd",
     "util-linux",
+    // `setcap`: the Telegraf test gives the agent file capabilities.
+    "libcap2-bin",
     "man-db",
+    "lintian",
     "kmod",
     // The live view's test reads `synproxy-agent top` from a tmux pane.
     "tmux",
