@@ -1,7 +1,10 @@
 //! The `--prometheus-listen` socket.
 
+use super::reload::Watched;
 use crate::cli::parse_listen_addr;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
 /// The `--prometheus-listen` socket, bound at start-up so that a bad address
 /// or a port in use is a start-up error.
@@ -9,6 +12,7 @@ use std::net::SocketAddr;
 pub struct Listener {
     socket: std::net::TcpListener,
     addr: SocketAddr,
+    web: Option<Arc<Watched>>,
 }
 
 impl Listener {
@@ -22,7 +26,22 @@ impl Listener {
             .set_nonblocking(true)
             .map_err(|e| format!("--prometheus-listen {text}: {e}"))?;
         let addr = socket.local_addr().unwrap_or(addr);
-        Ok(Self { socket, addr })
+        Ok(Self {
+            socket,
+            addr,
+            web: None,
+        })
+    }
+
+    /// Serves with TLS and authentication from `--web-config-file PATH`,
+    /// read now: an invalid file is a start-up error (one line naming the key).
+    pub fn with_web_config(mut self, path: &Path) -> Result<Self, String> {
+        self.web = Some(Arc::new(Watched::load(path)?));
+        Ok(self)
+    }
+
+    pub(super) fn web_config(&self) -> Option<Arc<Watched>> {
+        self.web.clone()
     }
 
     /// The socket on the current tokio runtime.

@@ -15,15 +15,21 @@
 //! once); then they leave. A retained namespace whose label a present one has
 //! taken is left out (labels are unique in each exposition).
 
+mod auth;
 mod exposition;
 mod listener;
 mod page;
+mod reload;
 mod routes;
 mod server;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]
 mod tests;
+mod tls;
+mod web_config;
+#[cfg(test)]
+mod web_config_tests;
 
 pub use exposition::{netns_label, render, Format};
 pub use listener::Listener;
@@ -121,10 +127,16 @@ impl PrometheusSink {
     /// are read once `gate` is open.
     pub fn start(listener: Listener, gate: Gate) -> Result<Self, String> {
         let addr = listener.local_addr();
+        let web = listener.web_config();
+        let scheme = match &web {
+            Some(web) if web.tls() => "https",
+            _ => "http",
+        };
         let socket = listener.into_tokio()?;
         let (tx, rx) = watch::channel(Arc::new(Page::new(Arc::new(Published::default()))));
-        tokio::spawn(server::serve(socket, rx, gate, server::Limits::default()));
-        info!("Prometheus metrics on http://{addr}/metrics");
+        let limits = server::Limits::default();
+        tokio::spawn(server::serve(socket, rx, gate, limits, web));
+        info!("Prometheus metrics on {scheme}://{addr}/metrics");
         Ok(Self {
             published: Published::default(),
             tx,

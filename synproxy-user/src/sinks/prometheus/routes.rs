@@ -4,7 +4,7 @@ use super::exposition::Format;
 use super::page::Page;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 
 pub(super) fn respond<B>(request: &Request<B>, page: &Page) -> Response<Full<Bytes>> {
@@ -58,6 +58,16 @@ pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// 401 for a request without valid `basic_auth_users` credentials.
+pub(super) fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"synproxy-agent\""),
     );
     response
 }

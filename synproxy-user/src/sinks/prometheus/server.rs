@@ -9,8 +9,10 @@
 //! [`Limits::grace`] at most); the response to its [`Limits::requests`]th
 //! request carries `Connection: close`.
 
+use super::auth::Users;
 use super::page::Page;
-use super::routes::respond;
+use super::reload::Watched;
+use super::routes::{respond, unauthorized};
 use crate::sinks::gate::Gate;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
@@ -25,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// The connection limits (documented in the README's Prometheus section).
 #[derive(Clone, Copy, Debug)]
@@ -171,7 +173,10 @@ pub(super) async fn serve(
     pages: watch::Receiver<Arc<Page>>,
     gate: Gate,
     limits: Limits,
+    web: Option<Arc<Watched>>,
 ) {
+    // bcrypt comparisons at once (each takes tens of milliseconds of CPU).
+    let bcrypt_slots = Arc::new(Semaphore::new(2));
     let table = Arc::new(Table {
         start: Instant::now(),
         open: Mutex::new((0, HashMap::new())),
@@ -198,27 +203,38 @@ pub(super) async fn serve(
         let pages = pages.clone();
         let gate = gate.clone();
         let table = Arc::clone(&table);
+        let web = web.clone();
+        let bcrypt_slots = Arc::clone(&bcrypt_slots);
         tokio::spawn(async move {
             let io = Tracked {
                 inner: stream,
                 conn: Arc::clone(&conn),
                 table: Arc::clone(&table),
             };
-            connection(io, &conn, &table, pages, gate, limits).await;
+            let served = Served {
+                pages,
+                limits,
+                web,
+                bcrypt_slots,
+            };
+            connection(io, &conn, &table, served, gate).await;
             table.remove(id);
         });
     }
 }
 
-/// Serves one connection within `limits`; returns when it is closed.
-async fn connection<S>(
-    io: Tracked<S>,
-    conn: &Conn,
-    table: &Table,
+/// What every connection serves, and with which limits.
+struct Served {
     pages: watch::Receiver<Arc<Page>>,
-    mut gate: Gate,
     limits: Limits,
-) where
+    web: Option<Arc<Watched>>,
+    bcrypt_slots: Arc<Semaphore>,
+}
+
+/// Serves one connection (TLS first when configured); returns when it is
+/// closed.
+async fn connection<S>(io: Tracked<S>, conn: &Conn, table: &Table, served: Served, mut gate: Gate)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Accepted, but not read before the capability drop.
@@ -226,12 +242,62 @@ async fn connection<S>(
         opened = gate.opened() => if !opened { return },
         _ = conn.evict.notified() => return,
     }
-    let served = Arc::new(AtomicU32::new(0));
+    // The configuration as of this connection (re-read if it changed).
+    let tls = served
+        .web
+        .as_ref()
+        .and_then(|web| web.current().tls.clone());
+    let Some(tls) = tls else {
+        return http(io, conn, table, served).await;
+    };
+    let idle = served.limits.idle;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::select! {
+        handshake = tokio::time::timeout(idle, acceptor.accept(io)) => match handshake {
+            Ok(Ok(stream)) => http(stream, conn, table, served).await,
+            Ok(Err(e)) => debug!("metrics connection: TLS handshake: {e}"),
+            Err(_) => debug!("metrics connection: TLS handshake not done in {idle:?}"),
+        },
+        _ = conn.evict.notified() => {}
+    }
+}
+
+/// Whether `request` may be answered (basic authentication, when configured).
+async fn authorized(
+    request: &Request<Incoming>,
+    web: Option<&Watched>,
+    slots: &Arc<Semaphore>,
+) -> bool {
+    let Some(web) = web else {
+        return true;
+    };
+    let users: Arc<Users> = Arc::clone(&web.current().users);
+    users.allows(request.headers(), slots).await
+}
+
+/// Serves HTTP/1.1 on `io` within the limits; returns when it is closed.
+async fn http<I>(io: I, conn: &Conn, table: &Table, served: Served)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Served {
+        pages,
+        limits,
+        web,
+        bcrypt_slots,
+    } = served;
+    let count = Arc::new(AtomicU32::new(0));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let page = Arc::clone(&pages.borrow());
-        let n = served.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let n = count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let web = web.clone();
+        let slots = Arc::clone(&bcrypt_slots);
         async move {
-            let mut response = respond(&request, &page);
+            let mut response = if authorized(&request, web.as_deref(), &slots).await {
+                respond(&request, &page)
+            } else {
+                unauthorized()
+            };
             if n >= limits.requests {
                 response
                     .headers_mut()

@@ -19,7 +19,7 @@ async fn server(limits: Limits) -> std::net::SocketAddr {
     let (tx, rx) = watch::channel(Arc::new(Page::new(Arc::new(Published::default()))));
     // The sender stays alive with the server task.
     tokio::spawn(async move {
-        serve(listener, rx, Gate::open(), limits).await;
+        serve(listener, rx, Gate::open(), limits, None).await;
         drop(tx);
     });
     addr
