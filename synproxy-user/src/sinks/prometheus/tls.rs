@@ -69,10 +69,33 @@ fn file_error(
     }
 }
 
+/// The largest certificate, key or CA file read (a CA bundle is a few
+/// hundred KiB; `/dev/zero` must not fill the memory).
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// Reads `path`, at most [`MAX_PEM_BYTES`].
+fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, WebConfigError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| file_error(key, path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_error(key, path, e))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(file_error(
+            key,
+            path,
+            format!("larger than {MAX_PEM_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads the files of `settings` and builds the server configuration.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, WebConfigError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_file)
-        .and_then(|iter| iter.collect::<Result<_, _>>())
+    let pem = read_pem("tls_server_config.cert_file", &settings.cert_file)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| file_error("tls_server_config.cert_file", &settings.cert_file, e))?;
     if certs.is_empty() {
         return Err(file_error(
@@ -81,7 +104,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, WebCon
             "no PEM certificate in it",
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&settings.key_file)
+    let pem = read_pem("tls_server_config.key_file", &settings.key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| file_error("tls_server_config.key_file", &settings.key_file, e))?;
     let mut provider = ring::default_provider();
     if !settings.cipher_suites.is_empty() {
@@ -142,8 +166,9 @@ fn client_verifier(
             };
             let key = "tls_server_config.client_ca_file";
             let mut roots = RootCertStore::empty();
-            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<_, _>>())
+            let pem = read_pem(key, path)?;
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
                 .map_err(|e| file_error(key, path, e))?;
             let (added, _) = roots.add_parsable_certificates(cas);
             if added == 0 {

@@ -1,7 +1,8 @@
 //! The web configuration format: what is accepted, and the one-line error
 //! naming the key for what is not.
 
-use super::web_config::{ClientAuth, TlsVersion, WebConfig};
+use super::tls::server_config;
+use super::web_config::{ClientAuth, TlsSettings, TlsVersion, WebConfig};
 use std::path::Path;
 
 const HASH: &str = "$2y$10$JkSnyRmOF2I7stXtJPDdLussQCQNgeJ2V4n9YmJvhbp53oMjleLJG";
@@ -157,4 +158,50 @@ fn the_client_auth_types_of_the_toolkit() {
         .unwrap();
         assert_eq!(config.tls.unwrap().client_auth, auth, "{name}");
     }
+}
+
+#[test]
+fn unreadable_or_endless_certificate_files_are_one_line_errors() {
+    let settings = |cert: &str, key: &str| TlsSettings {
+        cert_file: cert.into(),
+        key_file: key.into(),
+        client_ca_file: None,
+        client_auth: ClientAuth::NoClientCert,
+        min_version: TlsVersion::Tls12,
+        max_version: TlsVersion::Tls13,
+        cipher_suites: Vec::new(),
+    };
+    for (cert, key, named) in [
+        ("/dev/zero", "/dev/null", "tls_server_config.cert_file"),
+        (
+            "/nonexistent.crt",
+            "/dev/null",
+            "tls_server_config.cert_file",
+        ),
+        ("/dev/null", "/dev/null", "tls_server_config.cert_file"),
+    ] {
+        let e = server_config(&settings(cert, key)).unwrap_err().to_string();
+        assert!(e.starts_with(named) && e.contains(cert), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn the_flag_needs_the_endpoint() {
+    use clap::Parser;
+    let cli =
+        crate::cli::Cli::try_parse_from(["synproxy-agent", "--web-config-file", "/w.yml"]).unwrap();
+    assert_eq!(
+        cli.validate().unwrap_err(),
+        "--web-config-file /w.yml: needs --prometheus-listen"
+    );
+    let cli = crate::cli::Cli::try_parse_from([
+        "synproxy-agent",
+        "--web-config-file",
+        "/w.yml",
+        "--prometheus-listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    assert!(cli.validate().is_ok());
 }
