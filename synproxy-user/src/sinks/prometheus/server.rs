@@ -62,6 +62,8 @@ impl Default for Limits {
 /// One open connection, as the table sees it.
 #[derive(Debug)]
 struct Conn {
+    /// When it was accepted (its age counts from there).
+    opened: Instant,
     /// Milliseconds since the server's start at the last byte moved.
     last: AtomicU64,
     evict: Notify,
@@ -83,6 +85,7 @@ impl Table {
     /// when `max` are open.
     fn admit(&self, max: usize) -> (u64, Arc<Conn>) {
         let conn = Arc::new(Conn {
+            opened: Instant::now(),
             last: AtomicU64::new(self.now_ms()),
             evict: Notify::new(),
         });
@@ -311,7 +314,7 @@ where
         .header_read_timeout(limits.header_read)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(http);
-    let started = Instant::now();
+    let started = conn.opened;
     let mut closing: Option<Instant> = None;
     loop {
         let idle_at = table.last(conn) + limits.idle;
