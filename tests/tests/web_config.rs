@@ -433,10 +433,10 @@ fn the_file_is_re_read_and_a_bad_version_keeps_the_old_one() {
 
     // An invalid version: one warning, the previous configuration stays.
     pki.write("web.yml", "basic_auth_users:\n  prometheus: not-a-hash\n");
-    for _ in 0..5 {
-        assert_eq!(curl(&url, &["-u", "prometheus:new-s3cret"]), 200);
-    }
+    // Requests go on with the old configuration while the agent waits for
+    // the file to settle, then reads it, warns, and keeps the old one.
     let warnings = wait_until("the reload warning", Duration::from_secs(30), || {
+        assert_eq!(curl(&url, &["-u", "prometheus:new-s3cret"]), 200);
         let log = agent.log();
         let lines: Vec<String> = log
             .lines()
@@ -449,6 +449,15 @@ fn the_file_is_re_read_and_a_bad_version_keeps_the_old_one() {
             Ok(lines)
         }
     });
+    for _ in 0..5 {
+        assert_eq!(curl(&url, &["-u", "prometheus:new-s3cret"]), 200);
+    }
+    let warnings: Vec<String> = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("keeping the previous configuration"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("WARN") && warnings[0].contains("basic_auth_users"),

@@ -2,7 +2,10 @@
 //! changes (checked with `stat` when a connection is accepted and before a
 //! request is authenticated, as the exporter-toolkit re-reads per request).
 //! A file that became invalid leaves the previous configuration in force,
-//! with one warning until it changes again.
+//! with one warning until it changes again. A change is loaded once the
+//! files have not changed for [`SETTLE`]: an editor that truncates and then
+//! writes must not get its empty intermediate file (no users: open access)
+//! loaded.
 
 use super::auth::Users;
 use super::tls::server_config;
@@ -12,6 +15,10 @@ use rustls::ServerConfig;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the files must be unchanged before a change is loaded.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// What a connection and its requests are served with.
 #[derive(Debug)]
@@ -39,6 +46,27 @@ struct State {
 pub struct Watched {
     path: PathBuf,
     state: Mutex<State>,
+}
+
+/// Whether a file of `stamp` was modified or changed less than [`SETTLE`] ago.
+fn settling(stamp: &Stamp) -> bool {
+    let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
+        return false;
+    };
+    stamp
+        .iter()
+        .flatten()
+        .any(|&(_, _, _, mtime, mtime_ns, ctime, ctime_ns)| {
+            [(mtime, mtime_ns), (ctime, ctime_ns)]
+                .iter()
+                .any(|&(s, ns)| {
+                    let (Ok(s), Ok(ns)) = (u64::try_from(s), u32::try_from(ns)) else {
+                        return false;
+                    };
+                    let at = Duration::new(s, ns.min(999_999_999));
+                    now.abs_diff(at) < SETTLE
+                })
+        })
 }
 
 fn stamp(files: &[PathBuf]) -> Stamp {
@@ -109,7 +137,7 @@ impl Watched {
     pub fn current(&self) -> Arc<Active> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = stamp(&state.files);
-        if now == state.stamp || state.failed.as_ref() == Some(&now) {
+        if now == state.stamp || state.failed.as_ref() == Some(&now) || settling(&now) {
             return Arc::clone(&state.active);
         }
         match load(&self.path) {
@@ -136,5 +164,46 @@ impl Watched {
             }
         }
         Arc::clone(&state.active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users_file(dir: &Path, users: &[&str]) -> PathBuf {
+        let hash = "$2y$10$JkSnyRmOF2I7stXtJPDdLussQCQNgeJ2V4n9YmJvhbp53oMjleLJG";
+        let mut text = String::from("basic_auth_users:\n");
+        for user in users {
+            text.push_str(&format!("  {user}: '{hash}'\n"));
+        }
+        let path = dir.join("web.yml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_change_is_loaded_once_settled_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_file(dir.path(), &["a"]);
+        let watched = Watched::load(&path).unwrap();
+        assert_eq!(watched.current().users.len(), 1);
+
+        // Just written (an editor may still be writing): not loaded yet.
+        users_file(dir.path(), &["a", "b"]);
+        assert_eq!(watched.current().users.len(), 1);
+        std::thread::sleep(SETTLE + Duration::from_millis(100));
+        assert_eq!(watched.current().users.len(), 2);
+
+        // Invalid: the previous configuration stays.
+        std::fs::write(&path, "basic_auth_users:\n  a: nohash\n").unwrap();
+        std::thread::sleep(SETTLE + Duration::from_millis(100));
+        assert_eq!(watched.current().users.len(), 2);
+        assert!(watched.state.lock().unwrap().failed.is_some());
+        // Fixed: loaded.
+        users_file(dir.path(), &["c"]);
+        std::thread::sleep(SETTLE + Duration::from_millis(100));
+        assert_eq!(watched.current().users.len(), 1);
+        assert!(watched.state.lock().unwrap().failed.is_none());
     }
 }
