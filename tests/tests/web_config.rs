@@ -435,7 +435,7 @@ fn the_file_is_re_read_and_a_bad_version_keeps_the_old_one() {
     pki.write("web.yml", "basic_auth_users:\n  prometheus: not-a-hash\n");
     // Requests go on with the old configuration while the agent waits for
     // the file to settle, then reads it, warns, and keeps the old one.
-    let warnings = wait_until("the reload warning", Duration::from_secs(30), || {
+    wait_until("the reload warning", Duration::from_secs(30), || {
         assert_eq!(curl(&url, &["-u", "prometheus:new-s3cret"]), 200);
         let log = agent.log();
         let lines: Vec<String> = log
