@@ -76,6 +76,11 @@ const MAX_PEM_BYTES: u64 = 4 << 20;
 /// Reads `path`, at most [`MAX_PEM_BYTES`].
 fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, WebConfigError> {
     use std::io::Read;
+    // A FIFO would block the open, a device never end.
+    let meta = std::fs::metadata(path).map_err(|e| file_error(key, path, e))?;
+    if !meta.is_file() {
+        return Err(file_error(key, path, "not a regular file"));
+    }
     let file = std::fs::File::open(path).map_err(|e| file_error(key, path, e))?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1)

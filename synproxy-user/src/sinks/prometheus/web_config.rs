@@ -148,6 +148,11 @@ impl WebConfig {
     /// Reads and checks `path`.
     pub fn read(path: &Path) -> Result<Self, WebConfigError> {
         use std::io::Read;
+        // A FIFO would block the open, a device never end.
+        let meta = std::fs::metadata(path).map_err(|e| WebConfigError::Read(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(WebConfigError::Read("not a regular file".into()));
+        }
         let file = std::fs::File::open(path).map_err(|e| WebConfigError::Read(e.to_string()))?;
         let mut text = String::new();
         file.take(MAX_FILE_BYTES + 1)

@@ -184,6 +184,10 @@ fn unreadable_or_endless_certificate_files_are_one_line_errors() {
         assert!(e.starts_with(named) && e.contains(cert), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
+    let e = WebConfig::read(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a regular file"), "{e}");
 }
 
 #[test]
