@@ -160,6 +160,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", env = "SYNPROXY_AGENT_PROMETHEUS_LISTEN")]
     pub prometheus_listen: Option<String>,
 
+    /// TLS and basic authentication of the metrics endpoint: a Prometheus
+    /// exporter-toolkit web configuration file (tls_server_config,
+    /// basic_auth_users with bcrypt hashes), as node_exporter's
+    /// --web.config.file. Re-read when it changes. Needs --prometheus-listen.
+    #[arg(long, value_name = "FILE", env = "SYNPROXY_AGENT_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Write the line protocol to InfluxDB at this base URL (http:// or https://,
     /// e.g. http://127.0.0.1:8086), with --influx-db (1.x API) or --influx-bucket
     /// and --influx-org (2.x API). Credentials: INFLUX_TOKEN, or INFLUX_USERNAME
@@ -386,6 +393,12 @@ impl Cli {
             }
             parse_listen_addr(listen)
                 .map_err(|e| format!("--prometheus-listen {listen:?}: {e}"))?;
+        }
+        if let (Some(file), None) = (&self.web_config_file, &self.prometheus_listen) {
+            return Err(format!(
+                "--web-config-file {}: needs --prometheus-listen",
+                file.display()
+            ));
         }
         self.validate_influx_flags()?;
         if let Some(host) = &self.hostname {

@@ -971,3 +971,63 @@ fn unreachable_influx_url_keeps_sampling_and_exits_zero() {
     );
     assert!(log.contains("not written"), "{log}");
 }
+
+/// The agent's stderr until `until` appears in a line (or 20 s pass), after
+/// SIGTERM and exit.
+fn stderr_until(mut child: Child, until: &str) -> String {
+    let rx = line_reader_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains(until);
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    lines.extend(rx.try_iter());
+    lines.join("\n")
+}
+
+#[test]
+fn a_token_to_a_remote_plain_http_influxdb_is_warned_about_once() {
+    let proc = ProcTree::new();
+    proc.write_bytes(&fs::read(fixture("normal_8cpu")).unwrap());
+    let root = proc.root().to_str().unwrap();
+    let start = |url: &str| {
+        agent(&[
+            "--proc-root",
+            root,
+            "--interval",
+            "100ms",
+            "--influx-url",
+            url,
+            "--influx-db",
+            "telegraf",
+        ])
+        .env("INFLUX_TOKEN", "t0ken")
+        .spawn()
+        .unwrap()
+    };
+    // TEST-NET-1: nothing answers; the warning is about the start-up config.
+    let log = stderr_until(start("http://192.0.2.1:8086"), "writing line protocol");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("plain text")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("192.0.2.1"),
+        "{log}"
+    );
+    assert!(!log.contains("t0ken"), "the token is logged: {log}");
+    // Loopback: nothing to warn about.
+    let log = stderr_until(start("http://127.0.0.1:9"), "writing line protocol");
+    assert!(!log.contains("plain text"), "{log}");
+}

@@ -20,6 +20,7 @@ pub mod influxdb;
 pub mod lifecycle;
 pub mod line_protocol;
 pub mod live_agent;
+pub mod metrics_agent;
 pub mod netns;
 pub mod non_root;
 pub mod packet;

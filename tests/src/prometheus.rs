@@ -71,6 +71,18 @@ impl PrometheusServer {
     /// Starts `prometheus` scraping `targets` (`host:port`) every second as
     /// job [`JOB`], and waits until it is ready.
     pub fn start(targets: &[String]) -> Result<Self> {
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let scrape_configs = format!(
+            "  - job_name: '{JOB}'\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        Self::start_with(&scrape_configs)
+    }
+
+    /// Starts `prometheus` with these `scrape_configs` entries (YAML list
+    /// items indented by two spaces), every job scraped every second, and
+    /// waits until it is ready.
+    pub fn start_with(scrape_configs: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "spx-prometheus-{}-{}",
             std::process::id(),
@@ -79,10 +91,8 @@ impl PrometheusServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data"))
             .with_context(|| format!("creating {}", dir.display()))?;
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: '{JOB}'\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}"
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;
         // A free loopback port (bound and released: the server takes it next).
@@ -142,6 +152,26 @@ impl PrometheusServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last scrape error of each active target, by job (`""` when the
+    /// last scrape worked), from `GET /api/v1/targets`.
+    pub fn last_errors(&self) -> Result<BTreeMap<String, String>> {
+        let (status, _, body) = http_get(&self.addr, "/api/v1/targets", None)?;
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("targets: not JSON ({status}): {body}"))?;
+        let Some(targets) = json["data"]["activeTargets"].as_array() else {
+            bail!("targets: no activeTargets: {body}");
+        };
+        Ok(targets
+            .iter()
+            .map(|t| {
+                (
+                    t["labels"]["job"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
     }
 
     /// An instant query through `GET /api/v1/query`.

@@ -23,6 +23,11 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "prometheus",
+    // The endpoint's web configuration tests: certificates, bcrypt hashes,
+    // HTTPS requests.
+    "openssl",
+    "apache2-utils",
+    "curl",
     "influxdb",
     "systemd",
     "util-linux",

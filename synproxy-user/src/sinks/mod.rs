@@ -79,7 +79,13 @@ impl OutputConfig {
     /// the flag).
     pub fn from_cli(cli: &Cli) -> Result<Self, String> {
         let prometheus = match &cli.prometheus_listen {
-            Some(addr) => Some(prometheus::Listener::bind(addr)?),
+            Some(addr) => {
+                let listener = prometheus::Listener::bind(addr)?;
+                Some(match &cli.web_config_file {
+                    Some(path) => listener.with_web_config(path)?,
+                    None => listener,
+                })
+            }
             None => None,
         };
         // Credentials come from the environment (or a file), never argv.

@@ -16,6 +16,7 @@
 mod buffer;
 #[cfg(test)]
 mod gate_tests;
+mod plaintext;
 mod writer;
 
 use super::gate::Gate;
@@ -113,6 +114,14 @@ impl InfluxConfig {
         let (write_uri, https) = write_uri(url, &api)?;
         let credentials = credentials(cli, &api, &env)?;
         let authorization = authorization_header(&credentials)?;
+        let secret = match &credentials {
+            Credentials::None => None,
+            Credentials::Token(_) => Some("token"),
+            Credentials::Basic { .. } => Some("password"),
+        };
+        if let Some(warning) = plaintext::warning(&write_uri, https, secret) {
+            warn!("{warning}");
+        }
         let tls = tls_config(https).map_err(|e| format!("--influx-url {url}: {e}"))?;
         let target = match &api {
             Api::V1 { db } => format!("{url} (database {db})"),
