@@ -48,6 +48,7 @@ pub fn build() -> Result<PathBuf> {
     let dir = workspace.join(IMAGE_DIR);
     let context = dir.join("context");
     std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
+    ensure_static(&binaries.agent)?;
     let binary = context.join("synproxy-agent");
     std::fs::copy(&binaries.agent, &binary).with_context(|| {
         format!(
@@ -97,5 +98,54 @@ fn agent_version(binary: &Path) -> Result<String> {
             "unexpected `{} --version` output: {stdout:?}",
             binary.display()
         ),
+    }
+}
+
+/// An image `FROM scratch` has no dynamic loader: the binary must not ask for
+/// one (no `PT_INTERP` program header in the 64-bit little-endian ELF).
+fn ensure_static(binary: &Path) -> Result<()> {
+    let elf = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let field = |at: usize, len: usize| -> Result<u64> {
+        let bytes = elf
+            .get(at..at + len)
+            .with_context(|| format!("{} is truncated", binary.display()))?;
+        Ok(bytes
+            .iter()
+            .rev()
+            .fold(0u64, |value, byte| value << 8 | u64::from(*byte)))
+    };
+    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        bail!(
+            "{} is not a 64-bit little-endian ELF file",
+            binary.display()
+        );
+    }
+    let (phoff, phentsize, phnum) = (field(0x20, 8)?, field(0x36, 2)?, field(0x38, 2)?);
+    for index in 0..phnum {
+        let at = usize::try_from(phoff + index * phentsize)?;
+        const PT_INTERP: u64 = 3;
+        if field(at, 4)? == PT_INTERP {
+            bail!(
+                "{} is dynamically linked (it names a program interpreter): the image has no libc",
+                binary.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_and_non_elf_binaries_are_refused() {
+        // This test program is linked dynamically (cargo's default).
+        let exe = std::env::current_exe().expect("current_exe");
+        let error = ensure_static(&exe).expect_err("a dynamic binary passed");
+        assert!(error.to_string().contains("dynamically linked"), "{error}");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let error = ensure_static(&manifest).expect_err("a text file passed");
+        assert!(error.to_string().contains("not a 64-bit"), "{error}");
     }
 }
