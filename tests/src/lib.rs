@@ -10,6 +10,7 @@ pub mod bpf_floor;
 pub mod bpf_objects;
 pub mod caps;
 pub mod clean_state;
+pub mod container;
 pub mod dashboard;
 pub mod ebpf_checks;
 pub mod ebpf_cost;

@@ -1,4 +1,4 @@
-//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test | package | man | fuzz | soak`.
+//! Developer and CI entry points: `cargo xtask run | test | bench | vm-test | package | image | man | fuzz | soak`.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ mod cargo;
 mod cargo_tools;
 mod ebpf_toolchain;
 mod fuzz;
+mod image;
 mod package;
 mod package_upgrade;
 mod run;
@@ -39,6 +40,9 @@ enum Command {
     /// Build the Debian package with cargo-deb (target/debian/*.deb); --check installs,
     /// runs and removes it.
     Package(package::PackageArgs),
+    /// Build the container image (FROM scratch, the static agent) with podman:
+    /// target/container/synproxy-agent.oci.tar.
+    Image(image::ImageArgs),
     /// Generate the man page from the CLI (target/release/package/synproxy-agent.1).
     Man,
     /// Run the cargo-fuzz targets (libFuzzer, nightly) for --secs each.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm::run(args),
         Command::SetupEbpf => ebpf_toolchain::ensure(),
         Command::Package(args) => package::run(args),
+        Command::Image(args) => image::run(args),
         Command::Man => package::man().map(|page| println!("{}", page.display())),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Soak(args) => soak::run(args),

@@ -40,6 +40,12 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     // The mixin test regenerates the dashboard and alerting rules.
     "jsonnet",
+    // The container image is built with podman and run by the container test,
+    // with runc (crun cannot start containers on hosts with hybrid cgroups).
+    "podman",
+    "runc",
+    // The DaemonSet's schema validator is installed with pip into a venv.
+    "python3-venv",
 ];
 
 /// Seconds each fuzz target runs in the suite's smoke run.
@@ -98,6 +104,10 @@ pub fn run(args: TestArgs) -> Result<()> {
             "-D",
             "warnings",
         ])
+    });
+    // Before the tests: the container test runs this image.
+    step("container image (cargo xtask image)", &mut || {
+        crate::image::build().map(|_| ())
     });
     // Build first so the real-kernel tests find the agent binary.
     step("cargo test (unit, CLI and host-kernel tests)", &mut || {

@@ -64,7 +64,7 @@ pub fn build_guest_binaries(workspace: &Path) -> Result<GuestBinaries> {
             .trim()
             .to_string();
     }
-    println!("vm-test: building static synproxy-agent and synproxy-scenario (target/vm-static)");
+    println!("building static synproxy-agent and synproxy-scenario (target/vm-static)");
     run_inherited(
         Command::new(cargo)
             .current_dir(workspace)

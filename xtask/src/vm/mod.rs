@@ -7,6 +7,8 @@ mod kernel;
 mod newc;
 mod qemu;
 
+pub use initramfs::build_guest_binaries;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
