@@ -5,6 +5,7 @@
 
 use crate::tools::find_program;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// target/<profile>/synproxy-agent, next to the running test's deps/ directory.
 pub fn agent_binary() -> PathBuf {
@@ -66,6 +67,25 @@ pub fn skip_or_fail(msg: &str) -> Result<bool, String> {
     } else {
         eprintln!("SKIPPED: {msg}");
         Ok(false)
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, failing with its last
+/// error after `timeout`; `what` names the condition.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(e) if Instant::now() > deadline => {
+                panic!("timeout waiting for {what} ({timeout:?}): {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use synproxy_tests::harness::agent_binary;
+use synproxy_tests::harness::{agent_binary, wait_until};
 use synproxy_tests::influxdb::{self, gunzip, InfluxServer, Reply, ScriptedEndpoint};
 use synproxy_tests::line_protocol::{parse_line, Line};
 use synproxy_tests::require;
@@ -155,21 +155,6 @@ impl Drop for RunningAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` every 200 ms until it returns `Ok`, failing with its last
-/// error after `timeout`; `what` names the condition.
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(e) if Instant::now() > deadline => {
-                panic!("timeout waiting for {what} ({timeout:?}): {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
     }
 }
 

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-use synproxy_tests::harness::Needs;
+use std::time::Duration;
+use synproxy_tests::harness::{wait_until, Needs};
 use synproxy_tests::metrics_agent::{MetricsAgent, Started};
 use synproxy_tests::prometheus::PrometheusServer;
 use synproxy_tests::require;
@@ -169,20 +169,6 @@ fn curl(url: &str, args: &[&str]) -> u16 {
         .trim()
         .parse()
         .unwrap_or(0)
-}
-
-/// Polls `check` every 200 ms until it is `Ok`, failing after `timeout`.
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(e) if Instant::now() > deadline => {
-                panic!("timeout waiting for {what} ({timeout:?}): {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 #[test]
