@@ -10,17 +10,15 @@
 //! rows are checked in the VM suite (check `non-root`); here the eBPF mode is
 //! checked for what the agent ended up using.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 use synproxy_common::STAT_COLUMNS;
 use synproxy_tests::caps::{
     self, mask, CAP_BPF, CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON,
     CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 };
+use synproxy_tests::child::{pump, AgentCopy};
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{self, Line};
 use synproxy_tests::netns::Topology;
@@ -46,38 +44,6 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the agent logs once it dropped what it does not need.
 const DROPPED_LOG: &str = "capabilities after start-up";
 
-/// A copy of the agent that uid 65534 can run (the build tree may not be
-/// readable to it), removed on drop.
-struct NobodyCopy {
-    dir: PathBuf,
-    agent: PathBuf,
-}
-
-impl NobodyCopy {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "synproxy-caps-{}-{}",
-            std::process::id(),
-            synproxy_tests::netns::next_seq()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let agent = dir.join("synproxy-agent");
-        std::fs::copy(agent_binary(), &agent)
-            .unwrap_or_else(|e| panic!("copying the agent to {}: {e}", agent.display()));
-        for (path, mode) in [(&dir, 0o755), (&agent, 0o755)] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        }
-        Self { dir, agent }
-    }
-}
-
-impl Drop for NobodyCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Who starts the agent.
 #[derive(Clone, Debug)]
 enum As {
@@ -89,7 +55,7 @@ enum As {
     },
 }
 
-fn command(who: &As, copy: &NobodyCopy, args: &[&str]) -> Command {
+fn command(who: &As, copy: &AgentCopy, args: &[&str]) -> Command {
     match who {
         As::Root => {
             let mut c = Command::new(agent_binary());
@@ -195,7 +161,7 @@ fn non_root_netns_all_reports_the_same_totals_as_root() {
         "/proc/net/stat/synproxy missing: the kernel has no SYNPROXY"
     );
     let tools = Tools::default();
-    let copy = NobodyCopy::new();
+    let copy = AgentCopy::new("synproxy-caps");
     let topologies = [
         (Connections::open(&tools, Flavour::Xt, 3), 3u64),
         (Connections::open(&tools, Flavour::Nft, 2), 2),
@@ -256,7 +222,7 @@ fn non_root_netns_all_reports_the_same_totals_as_root() {
 #[test]
 fn netns_all_without_cap_sys_ptrace_is_reported_as_a_failure() {
     require!(needs(&["setpriv"]));
-    let copy = NobodyCopy::new();
+    let copy = AgentCopy::new("synproxy-caps");
     let args = ["--once", "--no-ebpf", "--netns", "all"];
     let who = As::Nobody {
         ambient: vec![CAP_SYS_ADMIN],
@@ -277,18 +243,6 @@ fn netns_all_without_cap_sys_ptrace_is_reported_as_a_failure() {
     line_for(&lines, "init", &what);
 }
 
-fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// A long-running agent, after start-up and one round.
 struct Running {
     child: Child,
@@ -297,7 +251,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(who: &As, copy: &NobodyCopy, args: &[&str]) -> Self {
+    fn start(who: &As, copy: &AgentCopy, args: &[&str]) -> Self {
         let mut all = vec!["--interval", "1s"];
         all.extend_from_slice(args);
         let what = format!("the agent ({who:?}) {}", all.join(" "));
@@ -378,7 +332,7 @@ fn free_low_port(not: Option<u16>) -> u16 {
 fn capability_sets_after_start_up_match_the_table() {
     require!(needs(&["setpriv", "ip"]));
     let tools = Tools::default();
-    let copy = NobodyCopy::new();
+    let copy = AgentCopy::new("synproxy-caps");
     let named = synproxy_tests::netns::Netns::create(
         &tools,
         &format!(

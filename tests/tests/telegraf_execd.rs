@@ -15,15 +15,15 @@
 //! suite's `non-root` check runs eBPF as uid 65534 with the `--netns NAME`
 //! row (the `--netns all` row adds CAP_SYS_PTRACE, used for discovery here).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use synproxy_common::STAT_COLUMNS;
 use synproxy_tests::caps::{self, mask};
-use synproxy_tests::harness::{agent_binary, Needs};
+use synproxy_tests::child::{pump, AgentCopy};
+use synproxy_tests::harness::Needs;
 use synproxy_tests::line_protocol::{self, Line};
 use synproxy_tests::netns::Topology;
 use synproxy_tests::proc_counters;
@@ -111,48 +111,6 @@ fn shipped_execd_command_and_dropin_match_the_capability_table() {
         readme_row("eBPF `--netns all`"),
         "telegraf.service.d.conf vs the README's eBPF --netns all row"
     );
-}
-
-/// A copy of the agent uid 65534 can run, removed on drop.
-struct Copy {
-    dir: PathBuf,
-    agent: PathBuf,
-}
-
-impl Copy {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "synproxy-execd-{}-{}",
-            std::process::id(),
-            synproxy_tests::netns::next_seq()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let agent = dir.join("synproxy-agent");
-        std::fs::copy(agent_binary(), &agent).unwrap_or_else(|e| panic!("copy: {e}"));
-        for path in [&dir, &agent] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        }
-        Self { dir, agent }
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// The agent under execd: requests on stdin, lines on stdout.
@@ -288,7 +246,7 @@ fn execd_as_nobody(grant: Grant) {
     let granted = dropin_caps();
     let list = caps::setpriv_list(&granted);
     let (_, args) = execd_command();
-    let copy = Copy::new();
+    let copy = AgentCopy::new("synproxy-execd");
     let mut command = Command::new("setpriv");
     command.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
     match grant {

@@ -1,0 +1,56 @@
+//! Child processes the host tests start: their output read line by line on a
+//! thread of its own (a test polls a channel and never blocks on a pipe), and
+//! a copy of the agent that an unprivileged user can run.
+
+use crate::harness::agent_binary;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver};
+
+/// The lines of `r` (a child's stdout or stderr) on a channel, until EOF, a
+/// read error or the receiver is dropped.
+pub fn pump<R: Read + Send + 'static>(r: R) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A copy of the agent that uid 65534 can run (the build tree may not be
+/// readable to it), in a directory of its own, removed on drop.
+pub struct AgentCopy {
+    dir: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl AgentCopy {
+    /// `prefix` names the directory in the temporary directory.
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            crate::netns::next_seq()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let agent = dir.join("synproxy-agent");
+        std::fs::copy(agent_binary(), &agent)
+            .unwrap_or_else(|e| panic!("copying the agent to {}: {e}", agent.display()));
+        for path in [&dir, &agent] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        }
+        Self { dir, agent }
+    }
+}
+
+impl Drop for AgentCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
