@@ -1,12 +1,15 @@
 //! Child processes the host tests start: their output read line by line on a
-//! thread of its own (a test polls a channel and never blocks on a pipe), and
-//! a copy of the agent that an unprivileged user can run.
+//! thread of its own (a test polls a channel and never blocks on a pipe), a
+//! stop that lets them exit cleanly first, and a copy of the agent that an
+//! unprivileged user can run.
 
 use crate::harness::agent_binary;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::process::Child;
 use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
 
 /// The lines of `r` (a child's stdout or stderr) on a channel, until EOF, a
 /// read error or the receiver is dropped.
@@ -20,6 +23,18 @@ pub fn pump<R: Read + Send + 'static>(r: R) -> Receiver<String> {
         }
     });
     rx
+}
+
+/// SIGTERM, up to 10 s to exit, then SIGKILL; reaped either way.
+pub fn stop(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A copy of the agent that uid 65534 can run (the build tree may not be

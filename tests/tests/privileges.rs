@@ -18,7 +18,7 @@ use synproxy_tests::caps::{
     self, mask, CAP_BPF, CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON,
     CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 };
-use synproxy_tests::child::{pump, AgentCopy};
+use synproxy_tests::child::{pump, stop, AgentCopy};
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{self, Line};
 use synproxy_tests::netns::Topology;
@@ -304,14 +304,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // SAFETY: kill() on our own, not yet reaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
