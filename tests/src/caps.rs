@@ -83,6 +83,22 @@ pub fn cap_by_name(name: &str) -> Result<u32> {
         .with_context(|| format!("unknown capability {name:?}"))
 }
 
+/// The capability names (`CAP_SYS_ADMIN`, ...) of the README table's row
+/// for `feature` (its first cell); a row of `none` is empty.
+pub fn readme_row(feature: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("README.md: {e}"));
+    let row = readme
+        .lines()
+        .find(|l| l.split('|').nth(1).map(str::trim) == Some(feature))
+        .unwrap_or_else(|| panic!("no README capability row for {feature}"));
+    let caps = row.split('|').nth(2).unwrap_or_default().replace('`', "");
+    caps.split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty() && c != "none")
+        .collect()
+}
+
 /// The capability lines of one thread's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadCaps {

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
+use synproxy_tests::caps;
 use synproxy_tests::container::{
     document, image_archive, image_dir, run_ok, strings, validator_venv, workspace, yaml_documents,
     Podman,
@@ -54,22 +55,9 @@ fn agent_container(daemonset: &Value) -> &Value {
 /// The README's capability table row `features`, as the names the container
 /// runtime takes (`CAP_SYS_ADMIN` -> `SYS_ADMIN`).
 fn readme_row(features: &str) -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(workspace().join("README.md"))
-        .unwrap_or_else(|e| panic!("README.md: {e}"));
-    let start = format!("| {features} |");
-    let row = readme
-        .lines()
-        .find(|l| l.starts_with(&start))
-        .unwrap_or_else(|| panic!("no capability table row {start}"));
-    let kept = row.split('|').nth(2).unwrap_or_default();
-    kept.split(',')
-        .map(|c| {
-            c.trim()
-                .trim_matches('`')
-                .trim_start_matches("CAP_")
-                .to_string()
-        })
-        .filter(|c| !c.is_empty())
+    caps::readme_row(features)
+        .into_iter()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
         .collect()
 }
 

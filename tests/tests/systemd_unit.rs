@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use synproxy_tests::caps::readme_row;
 use synproxy_tests::harness::agent_binary;
 use synproxy_tests::tools::find_program;
 
@@ -85,22 +86,6 @@ fn setting_caps(text: &str, key: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .flat_map(|v| v.split_whitespace().map(str::to_string))
-        .collect()
-}
-
-/// The README table row's capabilities.
-fn readme_row(feature: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap_or_else(|e| panic!("README.md: {e}"));
-    let row = readme
-        .lines()
-        .find(|l| l.split('|').nth(1).map(str::trim) == Some(feature))
-        .unwrap_or_else(|| panic!("no README capability row for {feature}"));
-    let caps = row.split('|').nth(2).unwrap_or_default().replace('`', "");
-    caps.split(',')
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty() && c != "none")
         .collect()
 }
 

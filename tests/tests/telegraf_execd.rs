@@ -72,18 +72,8 @@ fn dropin_caps() -> Vec<u32> {
 
 /// The README capability table's row for `feature`, as a mask.
 fn readme_row(feature: &str) -> u64 {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap_or_else(|e| panic!("README.md: {e}"));
-    let row = readme
-        .lines()
-        .find(|l| l.split('|').nth(1).map(str::trim) == Some(feature))
-        .unwrap_or_else(|| panic!("no README capability row for {feature}"));
-    let cells = row.split('|').nth(2).unwrap_or_default().replace('`', "");
-    let caps: Vec<u32> = cells
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && *c != "none")
+    let caps: Vec<u32> = caps::readme_row(feature)
+        .iter()
         .map(|c| caps::cap_by_name(c).unwrap_or_else(|e| panic!("{e:#}")))
         .collect();
     mask(&caps)
