@@ -11,6 +11,7 @@ pub mod bpf_objects;
 pub mod caps;
 pub mod child;
 pub mod clean_state;
+pub mod connections;
 pub mod container;
 pub mod dashboard;
 pub mod ebpf_checks;

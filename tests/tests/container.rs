@@ -10,23 +10,22 @@
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
 use synproxy_tests::caps;
+use synproxy_tests::connections::Connections;
 use synproxy_tests::container::{
     document, image_archive, image_dir, run_ok, strings, validator_venv, workspace, yaml_documents,
     Podman,
 };
 use synproxy_tests::harness::{skip_or_fail, Needs};
-use synproxy_tests::netns::Topology;
 use synproxy_tests::packet::{TcpSegment, ACK};
 use synproxy_tests::prometheus::http_get;
 use synproxy_tests::require;
-use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
+use synproxy_tests::rules::Flavour;
 use synproxy_tests::tools::Tools;
-use synproxy_tests::traffic::{self, RawSender, ServerMode, TcpServer};
+use synproxy_tests::traffic::RawSender;
 use synproxy_tests::{packet::V6Checksum, proc_counters};
 
 const MANIFEST_NEEDS: Needs = Needs {
@@ -182,29 +181,13 @@ fn daemonset_validates_and_grants_the_capability_table_row() {
 
 /// Real connections (and bare ACKs) through SYNPROXY in a fresh namespace pair.
 struct Traffic {
-    _conns: Vec<std::net::TcpStream>,
-    _server: TcpServer,
-    _rules: ServerRules,
-    topo: Topology,
+    connections: Connections,
 }
 
 impl Traffic {
     fn drive(tools: &Tools, flavour: Flavour, connections: u64, bad_acks: u32) -> Self {
-        let topo = Topology::create(tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-        let rules = ServerRules::install(tools, &topo.srv, flavour, Family::Ipv4, &topo.srv_if)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let dst = SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-        let conns = (0..connections)
-            .map(|_| {
-                traffic::connect(&topo.cli, dst, Duration::from_secs(10))
-                    .unwrap_or_else(|e| panic!("{e:#}"))
-            })
-            .collect();
-        server
-            .wait_accepted(connections, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let connections = Connections::open(tools, None, flavour, connections);
+        let topo = &connections.topo;
         // Bare ACKs without a connection: each a failed cookie check.
         let mut tx = RawSender::new(&topo.cli, topo.cli4.into(), V6Checksum::Correct)
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -213,12 +196,7 @@ impl Traffic {
             tx.send(topo.srv4.into(), &seg)
                 .unwrap_or_else(|e| panic!("{e:#}"));
         }
-        Self {
-            _conns: conns,
-            _server: server,
-            _rules: rules,
-            topo,
-        }
+        Self { connections }
     }
 }
 
@@ -226,10 +204,11 @@ impl Traffic {
 /// kernel's (read again each time), or fails after `deadline` with the last
 /// difference.
 fn wait_equal(addr: &str, traffic: &Traffic, deadline: Duration) {
-    let netns = traffic.topo.srv.name();
+    let netns = traffic.connections.topo.srv.name();
     let started = Instant::now();
     loop {
-        let kernel = proc_counters::read(&traffic.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
+        let kernel =
+            proc_counters::read(&traffic.connections.topo.srv).unwrap_or_else(|e| panic!("{e:#}"));
         let exposition = http_get(addr, "/metrics", None).map(|(_, _, body)| body);
         let mut diff = Vec::new();
         match &exposition {

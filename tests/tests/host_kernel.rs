@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use synproxy_common::{Counter, STAT_COLUMNS};
+use synproxy_tests::connections::Connections;
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::netns::Topology;
 use synproxy_tests::require;
-use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
+use synproxy_tests::rules::{Family, Flavour, ServerRules};
 use synproxy_tests::scenario::ipv4_only;
 use synproxy_tests::tools::{find_program, Tools};
-use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{agent, proc_counters};
 
 const NEEDS: Needs = Needs {
@@ -323,43 +323,6 @@ fn assert_reports(
             Some(kernel.get(name)),
             "{when}: netns={label} {name} (kernel {kernel:?})"
         );
-    }
-}
-
-/// Real connections through SYNPROXY, held open while this lives.
-struct Connections {
-    // Connections and server go before the rules and the namespaces.
-    _conns: Vec<std::net::TcpStream>,
-    _server: TcpServer,
-    _rules: ServerRules,
-    topo: Topology,
-}
-
-impl Connections {
-    /// `connections` accepted connections into a fresh server namespace, or
-    /// into the existing namespace `srv`.
-    fn open(tools: &Tools, srv: Option<&str>, flavour: Flavour, connections: u64) -> Self {
-        let topo = Topology::create(tools, srv).unwrap_or_else(|e| panic!("{e:#}"));
-        let rules = ServerRules::install(tools, &topo.srv, flavour, Family::Ipv4, &topo.srv_if)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-        let conns = (0..connections)
-            .map(|_| {
-                traffic::connect(&topo.cli, dst, std::time::Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("{e:#}"))
-            })
-            .collect();
-        server
-            .wait_accepted(connections, std::time::Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Self {
-            _conns: conns,
-            _server: server,
-            _rules: rules,
-            topo,
-        }
     }
 }
 

@@ -19,13 +19,12 @@ use synproxy_tests::caps::{
     CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 };
 use synproxy_tests::child::{pump, stop, AgentCopy};
+use synproxy_tests::connections::Connections;
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{self, Line};
-use synproxy_tests::netns::Topology;
 use synproxy_tests::require;
-use synproxy_tests::rules::{Family, Flavour, ServerRules, PROTECTED_PORT};
+use synproxy_tests::rules::Flavour;
 use synproxy_tests::tools::Tools;
-use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::{proc_counters, prometheus};
 
 /// Root and `programs`: a skip elsewhere, a failure on CI.
@@ -116,40 +115,6 @@ fn line_for<'a>(lines: &'a [Line], label: &str, what: &str) -> &'a Line {
     matching[0]
 }
 
-/// Real connections through SYNPROXY into a fresh server namespace.
-struct Connections {
-    _conns: Vec<std::net::TcpStream>,
-    _server: TcpServer,
-    _rules: ServerRules,
-    topo: Topology,
-}
-
-impl Connections {
-    fn open(tools: &Tools, flavour: Flavour, connections: u64) -> Self {
-        let topo = Topology::create(tools, None).unwrap_or_else(|e| panic!("{e:#}"));
-        let rules = ServerRules::install(tools, &topo.srv, flavour, Family::Ipv4, &topo.srv_if)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let dst = std::net::SocketAddr::new(topo.srv4.into(), PROTECTED_PORT);
-        let conns = (0..connections)
-            .map(|_| {
-                traffic::connect(&topo.cli, dst, Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("{e:#}"))
-            })
-            .collect();
-        server
-            .wait_accepted(connections, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Self {
-            _conns: conns,
-            _server: server,
-            _rules: rules,
-            topo,
-        }
-    }
-}
-
 /// uid 65534 with exactly the table's `--netns all --no-ebpf` capabilities
 /// (CAP_SYS_ADMIN, CAP_SYS_PTRACE as ambient capabilities) reports every
 /// namespace with the same totals as root, equal to the kernel's.
@@ -163,8 +128,8 @@ fn non_root_netns_all_reports_the_same_totals_as_root() {
     let tools = Tools::default();
     let copy = AgentCopy::new("synproxy-caps");
     let topologies = [
-        (Connections::open(&tools, Flavour::Xt, 3), 3u64),
-        (Connections::open(&tools, Flavour::Nft, 2), 2),
+        (Connections::open(&tools, None, Flavour::Xt, 3), 3u64),
+        (Connections::open(&tools, None, Flavour::Nft, 2), 2),
     ];
     let args = ["--once", "--no-ebpf", "--netns", "all"];
     let nobody = As::Nobody {
