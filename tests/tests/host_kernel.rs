@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use synproxy_common::{Counter, STAT_COLUMNS};
 use synproxy_tests::connections::Connections;
-use synproxy_tests::harness::{agent_binary, Needs};
+use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::netns::Topology;
 use synproxy_tests::require;
 use synproxy_tests::rules::{Family, Flavour, ServerRules};
@@ -632,25 +632,6 @@ impl MetricsAgent {
             let _ = out.read_to_string(&mut stdout);
         }
         (status.code(), stdout)
-    }
-}
-
-/// Polls `check` every 200 ms until it returns `Ok`, failing with its last
-/// error after `timeout`; `what` names the condition.
-fn wait_until<T>(
-    what: &str,
-    timeout: std::time::Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(e) if std::time::Instant::now() > deadline => {
-                panic!("timeout waiting for {what} ({timeout:?}): {e}")
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
-        }
     }
 }
 
