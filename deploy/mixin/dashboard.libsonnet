@@ -205,7 +205,7 @@
     row('Top sources (needs eBPF)'),
     table(
       'Top sources of the last round',
-      'The sources with the most events in the last sampling round (the agent keeps its --top N per namespace, family and counter).',
+      'The sources with the most events in the last sampling round (the agent keeps its --top N per namespace, family and counter). Needs the agent started with --prometheus-top-sources prefix|address (the default, off, exports no per-source series); with prefix each source is a /24 or /64.',
       [[
         'topk(20, sum by (instance, netns, family, counter, source) (synproxy_top_source_events{%s}))' % nsSel,
         '{{source}}',

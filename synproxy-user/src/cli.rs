@@ -167,6 +167,20 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "SYNPROXY_AGENT_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
 
+    /// Per-source series on /metrics (synproxy_top_source_events and _share):
+    /// off: none; prefix: one per /24 (IPv4) or /64 (IPv6) of the --top
+    /// sources, events summed; address: one per source. Each new source or
+    /// prefix is a new Prometheus series, and a spoofed flood makes new ones
+    /// every round. Line protocol and `top` always have every source.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "off|prefix|address",
+        default_value = "off",
+        env = "SYNPROXY_AGENT_PROMETHEUS_TOP_SOURCES"
+    )]
+    pub prometheus_top_sources: crate::sinks::prometheus::TopSeries,
+
     /// Write the line protocol to InfluxDB at this base URL (http:// or https://,
     /// e.g. http://127.0.0.1:8086), with --influx-db (1.x API) or --influx-bucket
     /// and --influx-org (2.x API). Credentials: INFLUX_TOKEN, or INFLUX_USERNAME

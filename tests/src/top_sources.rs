@@ -30,6 +30,7 @@ use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
 use crate::tools;
+use crate::top_series_scrape::{self, Scraper};
 use crate::traffic::{self, RawSender, ServerMode, TcpServer};
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -371,6 +372,14 @@ impl Run {
     fn sample(&mut self, live: &mut LiveAgent) -> Result<()> {
         self.lines.extend(live.sample()?);
         self.rounds += 1;
+        Ok(())
+    }
+
+    /// [`Run::sample`], then a scrape of that round's `/metrics`.
+    fn sample_scraped(&mut self, live: &mut LiveAgent, scraper: &Scraper) -> Result<()> {
+        let stamp = scraper.stamp();
+        self.sample(live)?;
+        scraper.after_round(stamp);
         Ok(())
     }
 
@@ -728,9 +737,11 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
         "--top-map-entries".to_string(),
         FLOOD_MAP_ENTRIES.to_string(),
     ]);
+    args.extend(top_series_scrape::AGENT_ARGS.map(String::from));
     let ebpf = cfg.ebpf.enabled();
     let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
         .context("the agent")?;
+    let scraper = Scraper::start();
     let mut run = Run::new();
     let before = proc_counters::read(&topo.srv)?;
     let mut rng = XorShift::from_time();
@@ -753,15 +764,16 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
         // A few rounds during the flood: the heavy sources' events are summed
         // over the rounds.
         if p > 0 && p % 25_000 == 0 {
-            run.sample(&mut live)?;
+            run.sample_scraped(&mut live, &scraper)?;
         }
     }
     let send_secs = send_start.elapsed().as_secs_f64();
     let sent = schedule.len() as u64;
     let name = Counter::SynReceived.name();
     let after = settle(&topo.srv, &[(name, before.get(name) + sent)])?;
-    run.sample(&mut live)?;
-    run.sample(&mut live)?;
+    run.sample_scraped(&mut live, &scraper)?;
+    run.sample_scraped(&mut live, &scraper)?;
+    let seen = scraper.finish();
     let stopped = live.stop(None)?;
     run.add_stdout(&stopped.stdout)?;
     let srv = topo.srv.name();
@@ -841,13 +853,17 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
             "source_evictions=?".to_string()
         }
     };
+    // The exposed rounds: the one the agent made at start, and each sampled.
+    let series_text = top_series_scrape::judge(&seen, &run.lines, run.rounds + 1, ebpf, &mut notes);
+    pass &= series_text.1;
     if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
         pass = false;
     }
     Ok(Check {
         line: format!(
-            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} rounds={} send_time={send_secs:.1}s status={}",
+            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} {} rounds={} send_time={send_secs:.1}s status={}",
             show(&top5),
+            series_text.0,
             run.rounds,
             if pass { "PASS" } else { "FAIL" }
         ),

@@ -80,7 +80,8 @@ impl OutputConfig {
     pub fn from_cli(cli: &Cli) -> Result<Self, String> {
         let prometheus = match &cli.prometheus_listen {
             Some(addr) => {
-                let listener = prometheus::Listener::bind(addr)?;
+                let listener =
+                    prometheus::Listener::bind(addr)?.with_top_series(cli.prometheus_top_sources);
                 Some(match &cli.web_config_file {
                     Some(path) => listener.with_web_config(path)?,
                     None => listener,

@@ -1,10 +1,11 @@
 //! The exposition: families and samples from one [`Published`], encoded by
 //! `prometheus-client` as the text format 0.0.4 or OpenMetrics 1.0.0.
 
+use super::top_series::top_source_families;
 use super::{Published, OPENMETRICS_CONTENT_TYPE, OWN_NETNS_LABEL, STATUSES};
 use crate::reconcile::join::FAMILIES;
 use crate::sample::SeriesId;
-use crate::sample::{InfluxHealth, Snapshot, DIAG_NAMES};
+use crate::sample::{InfluxHealth, DIAG_NAMES};
 use crate::sinks::line_protocol::sanitized_tag;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -324,7 +325,7 @@ impl Exposition {
             }
         }
         families.extend([events, peaks, status, reconcile_rounds]);
-        families.extend(top_source_families(snapshot));
+        families.extend(top_source_families(snapshot, published.top_series));
 
         // eBPF, agent-wide.
         if let Some(probes) = &snapshot.probes {
@@ -498,55 +499,6 @@ impl Exposition {
         }
         families
     }
-}
-
-/// This round's top sources: at most `--top` series per namespace, family
-/// and counter, labelled by rank and source. Only the last round is shown, so
-/// a source that leaves the top N leaves the exposition at once: the
-/// cardinality is bounded by N, whatever the number of attacking sources.
-pub(super) fn top_source_families(snapshot: &Snapshot) -> [Family; 2] {
-    let mut events = Family::new(
-        "synproxy_top_source_events",
-        "Events of the source (an address, or a prefix with --top-prefix-v4/-v6) in the last round, for the --top sources per namespace, address family and counter, by rank (1: the most events).",
-        MetricType::Gauge,
-    );
-    let mut share = Family::new(
-        "synproxy_top_source_share",
-        "The source's share of the counter's events in the namespace and address family in the last round (0 to 1), for the --top sources.",
-        MetricType::Gauge,
-    );
-    // One list per namespace label, family and counter (labels are unique).
-    let mut seen = HashSet::new();
-    for list in &snapshot.top_sources {
-        let label = netns_label(list.netns.as_deref());
-        if !seen.insert((label.clone(), list.family, list.counter)) {
-            continue;
-        }
-        let mut sources = HashSet::new();
-        for (i, entry) in list.entries.iter().enumerate() {
-            let source = sanitized_tag(&entry.source);
-            if !sources.insert(source.clone()) {
-                continue;
-            }
-            let labels = vec![
-                ("netns", label.clone()),
-                ("family", list.family.to_string()),
-                ("counter", list.counter.name().to_string()),
-                ("rank", (i + 1).to_string()),
-                ("source", source),
-            ];
-            events.count(labels.clone(), entry.events);
-            share.gauge(
-                labels,
-                if entry.share.is_finite() {
-                    entry.share.clamp(0.0, 1.0)
-                } else {
-                    0.0
-                },
-            );
-        }
-    }
-    [events, share]
 }
 
 /// The InfluxDB writer's health (only with `--influx-url`).

@@ -1,6 +1,7 @@
 //! The `--prometheus-listen` socket.
 
 use super::reload::Watched;
+use super::top_series::TopSeries;
 use crate::cli::parse_listen_addr;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +14,7 @@ pub struct Listener {
     socket: std::net::TcpListener,
     addr: SocketAddr,
     web: Option<Arc<Watched>>,
+    top_series: TopSeries,
 }
 
 impl Listener {
@@ -30,6 +32,7 @@ impl Listener {
             socket,
             addr,
             web: None,
+            top_series: TopSeries::Off,
         })
     }
 
@@ -38,6 +41,16 @@ impl Listener {
     pub fn with_web_config(mut self, path: &Path) -> Result<Self, String> {
         self.web = Some(Arc::new(Watched::load(path)?));
         Ok(self)
+    }
+
+    /// Shows per-source series as `mode` says (`--prometheus-top-sources`).
+    pub fn with_top_series(mut self, mode: TopSeries) -> Self {
+        self.top_series = mode;
+        self
+    }
+
+    pub(super) fn top_series(&self) -> TopSeries {
+        self.top_series
     }
 
     pub(super) fn web_config(&self) -> Option<Arc<Watched>> {

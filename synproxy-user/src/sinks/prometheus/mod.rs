@@ -27,6 +27,9 @@ mod server_tests;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod top_series;
+#[cfg(test)]
+mod top_series_tests;
 mod web_config;
 #[cfg(test)]
 mod web_config_tests;
@@ -34,6 +37,7 @@ mod web_config_tests;
 pub use exposition::{netns_label, render, Format};
 pub use listener::Listener;
 pub use page::Page;
+pub use top_series::TopSeries;
 
 use super::gate::Gate;
 use super::{Ended, Sink};
@@ -81,6 +85,8 @@ pub struct Published {
     pub probe_misses: u64,
     /// Rounds sampled since start.
     pub rounds: u64,
+    /// Which per-source series to show (`--prometheus-top-sources`).
+    pub top_series: TopSeries,
 }
 
 impl Published {
@@ -132,15 +138,17 @@ impl PrometheusSink {
             Some(web) if web.tls() => "https",
             _ => "http",
         };
+        let top_series = listener.top_series();
         let socket = listener.into_tokio()?;
-        let (tx, rx) = watch::channel(Arc::new(Page::new(Arc::new(Published::default()))));
+        let published = Published {
+            top_series,
+            ..Published::default()
+        };
+        let (tx, rx) = watch::channel(Arc::new(Page::new(Arc::new(published.clone()))));
         let limits = server::Limits::default();
         tokio::spawn(server::serve(socket, rx, gate, limits, web));
         info!("Prometheus metrics on {scheme}://{addr}/metrics");
-        Ok(Self {
-            published: Published::default(),
-            tx,
-        })
+        Ok(Self { published, tx })
     }
 }
 

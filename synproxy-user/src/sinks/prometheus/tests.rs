@@ -107,11 +107,11 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
 }
 
 /// The sample lines of `text` (no comments), without the `# EOF`.
-fn samples(text: &str) -> Vec<&str> {
+pub(super) fn samples(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.starts_with('#')).collect()
 }
 
-fn has(text: &str, line: &str) -> bool {
+pub(super) fn has(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
@@ -232,7 +232,7 @@ fn ebpf_series_from_a_synthetic_snapshot() {
     promtool_check(&text);
 }
 
-fn top(netns: Option<&str>, sources: &[(&str, u64)]) -> TopSources {
+pub(super) fn top(netns: Option<&str>, sources: &[(&str, u64)]) -> TopSources {
     let total: u64 = sources.iter().map(|(_, e)| e).sum();
     TopSources {
         netns: netns.map(str::to_string),
@@ -250,7 +250,7 @@ fn top(netns: Option<&str>, sources: &[(&str, u64)]) -> TopSources {
     }
 }
 
-fn with_top(published: &mut Published, tops: Vec<TopSources>) {
+pub(super) fn with_top(published: &mut Published, tops: Vec<TopSources>) {
     let mut ns = namespace(1, Some("blue"), totals(30, 4));
     ns.ebpf = Some(ebpf(Some("blue"), [20, 10], Status::Exact));
     let mut round = (*snapshot(vec![ns], true)).clone();
@@ -260,7 +260,10 @@ fn with_top(published: &mut Published, tops: Vec<TopSources>) {
 
 #[test]
 fn top_sources_are_a_bounded_gauge_of_the_last_round() {
-    let mut published = Published::default();
+    let mut published = Published {
+        top_series: TopSeries::Address,
+        ..Published::default()
+    };
     let mut v6 = top(None, &[("2001:db8::/64", 5)]);
     v6.family = "ipv6";
     v6.counter = Counter::CookieInvalid;
@@ -277,12 +280,12 @@ fn top_sources_are_a_bounded_gauge_of_the_last_round() {
     let text = render(&published, Format::Text).unwrap();
     for line in [
         "# TYPE synproxy_top_source_events gauge",
-        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"203.0.113.7\"} 30",
-        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"2\",source=\"198.51.100.0/24\"} 10",
-        "synproxy_top_source_events{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",rank=\"1\",source=\"2001:db8::/64\"} 5",
+        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",source=\"203.0.113.7\"} 30",
+        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",source=\"198.51.100.0/24\"} 10",
+        "synproxy_top_source_events{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",source=\"2001:db8::/64\"} 5",
         "# TYPE synproxy_top_source_share gauge",
-        "synproxy_top_source_share{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"203.0.113.7\"} 0.75",
-        "synproxy_top_source_share{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",rank=\"1\",source=\"2001:db8::/64\"} 1.0",
+        "synproxy_top_source_share{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",source=\"203.0.113.7\"} 0.75",
+        "synproxy_top_source_share{netns=\"self\",family=\"ipv6\",counter=\"cookie_invalid\",source=\"2001:db8::/64\"} 1.0",
     ] {
         assert!(has(&text, line), "{line} missing in\n{text}");
     }
@@ -306,7 +309,7 @@ fn top_sources_are_a_bounded_gauge_of_the_last_round() {
     assert!(!text.contains("2001:db8::/64"), "{text}");
     assert!(has(
         &text,
-        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",rank=\"1\",source=\"192.0.2.9\"} 40"
+        "synproxy_top_source_events{netns=\"blue\",family=\"ipv4\",counter=\"syn_received\",source=\"192.0.2.9\"} 40"
     ));
     assert_eq!(
         samples(&text)
@@ -328,7 +331,10 @@ fn top_sources_are_a_bounded_gauge_of_the_last_round() {
 /// duplicate series.
 #[test]
 fn top_sources_never_duplicate_a_series() {
-    let mut published = Published::default();
+    let mut published = Published {
+        top_series: TopSeries::Address,
+        ..Published::default()
+    };
     let list = top(Some("blue"), &[("192.0.2.1", 3), ("192.0.2.1", 2)]);
     with_top(&mut published, vec![list.clone(), list]);
     let text = render(&published, Format::Text).unwrap();
@@ -555,7 +561,7 @@ fn a_page_is_rendered_once_per_format() {
 
 /// `promtool check metrics` finds nothing (skipped without promtool,
 /// unless CI=true).
-fn promtool_check(text: &str) {
+pub(super) fn promtool_check(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("promtool")
