@@ -36,6 +36,7 @@ pub mod scenario;
 pub mod sustained;
 pub mod tmux;
 pub mod tools;
+pub mod top_series_prometheus;
 pub mod top_series_scrape;
 pub mod top_sources;
 pub mod top_view;

@@ -30,6 +30,7 @@ use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
 use crate::tools;
+use crate::top_series_prometheus::{self, RealPrometheus};
 use crate::top_series_scrape::{self, Scraper};
 use crate::traffic::{self, RawSender, ServerMode, TcpServer};
 use anyhow::{bail, Context, Result};
@@ -739,6 +740,7 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
     ]);
     args.extend(top_series_scrape::AGENT_ARGS.map(String::from));
     let ebpf = cfg.ebpf.enabled();
+    let real_prometheus = top_series_prometheus::wanted().then(RealPrometheus::start);
     let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
         .context("the agent")?;
     let scraper = Scraper::start();
@@ -774,6 +776,7 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
     run.sample_scraped(&mut live, &scraper)?;
     run.sample_scraped(&mut live, &scraper)?;
     let seen = scraper.finish();
+    let prometheus_figures = real_prometheus.map(|p| p.and_then(RealPrometheus::finish));
     let stopped = live.stop(None)?;
     run.add_stdout(&stopped.stdout)?;
     let srv = topo.srv.name();
@@ -856,12 +859,21 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
     // The exposed rounds: the one the agent made at start, and each sampled.
     let series_text = top_series_scrape::judge(&seen, &run.lines, run.rounds + 1, ebpf, &mut notes);
     pass &= series_text.1;
+    let prometheus_text = match &prometheus_figures {
+        Some(figures) => {
+            let (text, ok) =
+                top_series_prometheus::judge(figures, run.rounds + 1, ebpf, &mut notes);
+            pass &= ok;
+            text
+        }
+        None => "prometheus=not-in-this-boot".to_string(),
+    };
     if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
         pass = false;
     }
     Ok(Check {
         line: format!(
-            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} {} rounds={} send_time={send_secs:.1}s status={}",
+            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} {} {prometheus_text} rounds={} send_time={send_secs:.1}s status={}",
             show(&top5),
             series_text.0,
             run.rounds,

@@ -23,6 +23,7 @@ pub const GUEST_IPROUTE2: &str = "/usr/sbin/ip";
 pub const GUEST_SBIN: &str = "/usr/sbin";
 pub const GUEST_AGENT: &str = "/bin/synproxy-agent";
 pub const GUEST_SCENARIO: &str = "/bin/synproxy-scenario";
+pub const GUEST_PROMETHEUS: &str = "/usr/bin/prometheus";
 const GUEST_MODULE_DIR: &str = "/lib/vmtest-modules";
 
 /// Terminal descriptions copied into the guest (all from Debian's `ncurses-base`):
@@ -382,12 +383,37 @@ pub fn compress(archive: &Archive) -> Result<Vec<u8>> {
     encoder.finish().context("finishing gzip stream")
 }
 
-/// Writes the initrd for one kernel: the common archive followed by the module archive
-/// (the kernel unpacks concatenated cpio.gz members in order).
-pub fn write_initrd(path: &Path, common_gz: &[u8], modules_gz: &[u8]) -> Result<()> {
+/// Debian's `prometheus` (and its libraries) for the boot that scrapes the
+/// agent with it, as uncompressed newc bytes: the kernel copies them without
+/// inflating 50 MB under TCG. Its `GUEST_PROMETHEUS` path is what the guest's
+/// check runs.
+pub fn build_prometheus_archive() -> Result<Vec<u8>> {
+    let mut builder = ArchiveBuilder {
+        archive: Archive::new(),
+        libraries: BTreeSet::new(),
+    };
+    let host = find_host_program("prometheus").context("apt-get install prometheus")?;
+    builder.add_elf(&host, Some(GUEST_PROMETHEUS), 0o755)?;
+    builder.add_collected_libraries()?;
+    let mut bytes = Vec::new();
+    builder.archive.write_to(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes the initrd for one boot: an optional uncompressed archive first (the
+/// kernel finds an uncompressed member only at a 4-byte aligned offset, which
+/// the start is), then the common archive and the module archive (the kernel
+/// unpacks concatenated cpio members in order).
+pub fn write_initrd(
+    path: &Path,
+    uncompressed: Option<&[u8]>,
+    common_gz: &[u8],
+    modules_gz: &[u8],
+) -> Result<()> {
     let mut file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(common_gz)
+    file.write_all(uncompressed.unwrap_or_default())
+        .and_then(|_| file.write_all(common_gz))
         .and_then(|_| file.write_all(modules_gz))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

@@ -52,6 +52,11 @@ pub struct KernelSeries {
     /// "Oops: int3" in 3 of 4 boots at worst. One thread costs about a fifth
     /// more time for that kernel; the others never hit the race.
     pub single_thread_tcg: bool,
+    /// The boot that runs the top-sources check also carries Debian's
+    /// `prometheus`, which scrapes the agent during the spoofed flood (one
+    /// series is enough: the series Prometheus creates do not depend on the
+    /// kernel, and the 50 MB binary costs each boot that carries it time).
+    pub real_prometheus: bool,
 }
 
 pub const SERIES: &[KernelSeries] = &[
@@ -62,6 +67,7 @@ pub const SERIES: &[KernelSeries] = &[
         try_system_sources: false,
         fallback_source: BULLSEYE,
         single_thread_tcg: false,
+        real_prometheus: false,
     },
     KernelSeries {
         name: "6.1",
@@ -70,6 +76,7 @@ pub const SERIES: &[KernelSeries] = &[
         try_system_sources: true,
         fallback_source: BOOKWORM,
         single_thread_tcg: false,
+        real_prometheus: false,
     },
     KernelSeries {
         name: "6.12",
@@ -78,6 +85,7 @@ pub const SERIES: &[KernelSeries] = &[
         try_system_sources: true,
         fallback_source: BOOKWORM,
         single_thread_tcg: false,
+        real_prometheus: true,
     },
     KernelSeries {
         name: "sid",
@@ -86,6 +94,7 @@ pub const SERIES: &[KernelSeries] = &[
         try_system_sources: false,
         fallback_source: SID,
         single_thread_tcg: true,
+        real_prometheus: false,
     },
 ];
 

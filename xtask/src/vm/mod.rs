@@ -267,6 +267,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         }
     }
     let boots_started = Instant::now();
+    let mut prometheus_archive: Option<Vec<u8>> = None;
     for image in images {
         let total_left = total_budget.saturating_sub(boots_started.elapsed());
         if total_left < Duration::from_secs(MIN_BOOT_BUDGET_SECS) {
@@ -287,7 +288,19 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             runs.push(skipped);
             continue;
         }
-        for boot in plan_boots(&args.checks, accelerator_is_kvm) {
+        for mut boot in plan_boots(&args.checks, accelerator_is_kvm) {
+            boot.real_prometheus = kernel::find_series(image.series)
+                .is_ok_and(|s| s.real_prometheus)
+                && boot.runs_prometheus_check();
+            if boot.real_prometheus && prometheus_archive.is_none() {
+                let bytes = initramfs::build_prometheus_archive()?;
+                println!(
+                    "vm-test: {} boot carries prometheus ({:.1} MiB, uncompressed)",
+                    image.series,
+                    bytes.len() as f64 / 1048576.0
+                );
+                prometheus_archive = Some(bytes);
+            }
             let total_left = total_budget.saturating_sub(boots_started.elapsed());
             let kernel_run = boot_image(
                 image.clone(),
@@ -295,6 +308,9 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                 &args,
                 &vm_dir,
                 &common_gz,
+                prometheus_archive
+                    .as_deref()
+                    .filter(|_| boot.real_prometheus),
                 boot_budget.min(total_left),
                 accelerator,
             )?;
@@ -371,6 +387,8 @@ struct Boot {
     icount: bool,
     /// Shown after the series name ("" or " icount").
     label: &'static str,
+    /// Its initrd carries Debian's `prometheus` (see `KernelSeries`).
+    real_prometheus: bool,
 }
 
 impl Boot {
@@ -381,7 +399,18 @@ impl Boot {
             ""
         }
     }
+
+    /// The check that scrapes with a real Prometheus runs in this boot.
+    fn runs_prometheus_check(&self) -> bool {
+        !self.icount
+            && !self.skip.iter().any(|c| c == PROMETHEUS_CHECK)
+            && (self.checks.is_empty() || self.checks.iter().any(|c| c == PROMETHEUS_CHECK))
+    }
 }
+
+/// The check whose flood a real Prometheus scrapes (in the series whose
+/// `real_prometheus` is set).
+const PROMETHEUS_CHECK: &str = "top-sources";
 
 /// Checks that need the instruction-counted guest clock (qemu::ICOUNT).
 const ICOUNT_CHECKS: [&str; 1] = ["ebpf-cost"];
@@ -396,6 +425,7 @@ fn plan_boots(checks: &[String], kvm: bool) -> Vec<Boot> {
             skip: Vec::new(),
             icount: false,
             label: "",
+            real_prometheus: false,
         }];
     }
     let mut boots = Vec::new();
@@ -406,6 +436,7 @@ fn plan_boots(checks: &[String], kvm: bool) -> Vec<Boot> {
             skip: ICOUNT_CHECKS.iter().map(|c| c.to_string()).collect(),
             icount: false,
             label: "",
+            real_prometheus: false,
         });
     }
     let wanted: Vec<String> = ICOUNT_CHECKS
@@ -419,6 +450,7 @@ fn plan_boots(checks: &[String], kvm: bool) -> Vec<Boot> {
             skip: Vec::new(),
             icount: true,
             label: " icount",
+            real_prometheus: false,
         });
     }
     boots
@@ -462,13 +494,22 @@ fn boot_image(
     args: &VmTestArgs,
     vm_dir: &Path,
     common_gz: &[u8],
+    prometheus: Option<&[u8]>,
     limit: Duration,
     accelerator: &str,
 ) -> Result<KernelRun> {
     let plan = kernel::plan_modules(&image)?;
     let modules_gz = initramfs::compress(&initramfs::build_module_archive(&image, &plan)?)?;
-    let initrd = vm_dir.join(format!("initrd-{}.img", image.release));
-    initramfs::write_initrd(&initrd, common_gz, &modules_gz)?;
+    let initrd = vm_dir.join(format!(
+        "initrd-{}{}.img",
+        image.release,
+        if prometheus.is_some() {
+            ".prometheus"
+        } else {
+            ""
+        }
+    ));
+    initramfs::write_initrd(&initrd, prometheus, common_gz, &modules_gz)?;
     let console_log = vm_dir.join("logs").join(format!(
         "{}{}.console.log",
         image.release,
@@ -497,6 +538,7 @@ fn boot_image(
         skip: &boot.skip,
         icount: boot.icount,
         single_thread_tcg: kernel::find_series(image.series).is_ok_and(|s| s.single_thread_tcg),
+        real_prometheus: prometheus.is_some(),
     };
     let mut outcome = qemu::boot(&spec)?;
     let mut in_checks = 0;
@@ -676,5 +718,21 @@ mod tests {
         let kvm = plan_boots(&[], true);
         assert_eq!(kvm.len(), 1);
         assert!(!kvm[0].icount && kvm[0].skip.is_empty());
+    }
+
+    #[test]
+    fn only_the_boot_that_runs_the_top_sources_check_carries_prometheus() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = plan_boots(&[], false);
+        assert!(all[0].runs_prometheus_check() && !all[1].runs_prometheus_check());
+        assert!(plan_boots(&names(&["top-sources"]), false)[0].runs_prometheus_check());
+        assert!(!plan_boots(&names(&["sustained"]), false)[0].runs_prometheus_check());
+        assert!(plan_boots(&[], true)[0].runs_prometheus_check());
+        let carrying: Vec<&str> = kernel::SERIES
+            .iter()
+            .filter(|s| s.real_prometheus)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(carrying, ["6.12"]);
     }
 }

@@ -167,6 +167,8 @@ pub struct BootSpec<'a> {
     pub icount: bool,
     /// TCG with one host thread for all vCPUs (see `KernelSeries`).
     pub single_thread_tcg: bool,
+    /// The initrd carries `prometheus` (`vmtest_prometheus=1` tells the guest).
+    pub real_prometheus: bool,
 }
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
@@ -202,9 +204,14 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .args([
             "-append",
             &format!(
-                "{}{}",
+                "{}{}{}",
                 command_line(spec.checks, spec.skip),
-                if spec.icount { " vmtest_icount=1" } else { "" }
+                if spec.icount { " vmtest_icount=1" } else { "" },
+                if spec.real_prometheus {
+                    " vmtest_prometheus=1"
+                } else {
+                    ""
+                }
             ),
         ])
         .args(if spec.icount { &ICOUNT[..] } else { &[] })
