@@ -43,7 +43,7 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, St
 }
 
 /// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

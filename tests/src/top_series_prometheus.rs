@@ -16,10 +16,13 @@ pub fn wanted() -> bool {
     std::env::var("vmtest_prometheus").is_ok_and(|v| v == "1")
 }
 
-/// The per-source series, over everything the server holds.
-const TOP_SERIES: &str = r#"count(count_over_time({__name__=~"synproxy_top_source_.+"}[1h]))"#;
-/// Per-source series whose source is not a /24 or /64, or that have a rank.
-const BAD_SERIES: &str = r#"count(count_over_time({__name__=~"synproxy_top_source_.+",source!~".*/(24|64)"}[1h])) or count(count_over_time({__name__=~"synproxy_top_source_.+",rank!=""}[1h]))"#;
+/// The per-source series.
+const TOP_SERIES: &str = r#"{__name__=~"synproxy_top_source_.+"}"#;
+/// Per-source series whose source is not a /24 or /64, and those with a rank.
+const BAD_SERIES: [&str; 2] = [
+    r#"{__name__=~"synproxy_top_source_.+",source!~".*/(24|64)"}"#,
+    r#"{__name__=~"synproxy_top_source_.+",rank!=""}"#,
+];
 
 /// What the server saw, read after the flood.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -59,6 +62,22 @@ impl RealPrometheus {
             .map_or(0, |s| s.value.max(0.0) as u64))
     }
 
+    /// How many series the server holds that match `selector`, whenever
+    /// they had samples (`GET /api/v1/series`).
+    fn series(&self, selector: &str) -> Result<u64> {
+        let path = format!(
+            "/api/v1/series?match[]={}&start=0",
+            crate::prometheus::encode(selector)
+        );
+        let (status, _, body) = http_get(self.server.addr(), &path, None)?;
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("series {selector}: not JSON ({status}): {body}"))?;
+        match json["data"].as_array() {
+            Some(list) if json["status"] == "success" => Ok(list.len() as u64),
+            _ => bail!("series {selector}: {body}"),
+        }
+    }
+
     fn scrapes(&self) -> Result<u64> {
         self.scalar(&format!("sum(count_over_time(up{{job=\"{JOB}\"}}[1h]))"))
     }
@@ -84,9 +103,9 @@ impl RealPrometheus {
         }
         Ok(Figures {
             created: created_total(&body)?,
-            job_series: self.scalar(&format!("count(count_over_time({{job=\"{JOB}\"}}[1h]))"))?,
-            top_series: self.scalar(TOP_SERIES)?,
-            bad_series: self.scalar(BAD_SERIES)?,
+            job_series: self.series(&format!("{{job=\"{JOB}\"}}"))?,
+            top_series: self.series(TOP_SERIES)?,
+            bad_series: self.series(BAD_SERIES[0])? + self.series(BAD_SERIES[1])?,
             scrapes: self.scrapes()?,
             scrapes_up: self.scalar(&format!("sum(sum_over_time(up{{job=\"{JOB}\"}}[1h]))"))?,
         })
