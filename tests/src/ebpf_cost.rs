@@ -38,6 +38,7 @@
 
 use crate::bpf_floor::{EmptyFentry, EmptyKprobe};
 use crate::ebpf_checks::{metric, BpfStats, Check, METRICS_ADDR};
+use crate::ebpf_cost_judge::{judge, Measured, ProbeCosts, ProgramCost};
 use crate::live_agent::LiveAgent;
 use crate::netns::{Netns, Topology};
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -249,15 +250,6 @@ fn wait_kprobes_optimized(function: &str, notes: &mut Vec<String>) -> Result<()>
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Our programs' stats from /metrics once `program` shows at least `runs`
 /// more runs than in `before`. The round printed on stdout reaches /metrics
 /// through the Prometheus sink, which may store it a moment after the line was
@@ -308,6 +300,44 @@ fn scrape() -> Result<String> {
 }
 
 fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
+    let mut notes = Vec::new();
+    let measured = measure(cfg, params, &mut notes)?;
+    Ok(judge(head, &measured, params, notes))
+}
+
+/// (ns per run, runs) of each program between two /metrics readings.
+fn per_run(after: &[ProgramCost], before: &[ProgramCost]) -> Vec<ProgramCost> {
+    after
+        .iter()
+        .zip(before)
+        .map(
+            |((name, ns_after, runs_after), (_, ns_before, runs_before))| {
+                let runs = runs_after - runs_before;
+                (*name, ns_per(ns_after - ns_before, runs), runs)
+            },
+        )
+        .collect()
+}
+
+fn ns_per(ns: f64, runs: f64) -> f64 {
+    if runs > 0.0 {
+        ns / runs
+    } else {
+        0.0
+    }
+}
+
+/// The empty program's figures between two of its readings.
+fn floor_costs(after: (u64, u64), before: (u64, u64), programs: Vec<ProgramCost>) -> ProbeCosts {
+    let floor_runs = after.1.saturating_sub(before.1) as f64;
+    ProbeCosts {
+        floor_ns: ns_per(after.0.saturating_sub(before.0) as f64, floor_runs),
+        floor_runs,
+        programs,
+    }
+}
+
+fn measure(cfg: &Config, params: &Params, notes: &mut Vec<String>) -> Result<Measured> {
     let tools = &cfg.tools;
     let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let _srv_rules =
@@ -329,8 +359,7 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         rng: XorShift::from_time(),
     };
     let stats = BpfStats::enable()?;
-    let mut notes = Vec::new();
-    let mut pass = true;
+    let mut m = Measured::default();
 
     // (a) Per-program cost beside the empty program, same events.
     let mut args = cfg.extra_agent_args.clone();
@@ -346,62 +375,17 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     let floor_after = floor.stats()?;
     drop(floor);
     live.stop(Some(libc::SIGTERM))?;
-    let map_bytes = lines
+    m.map_bytes = lines
         .iter()
         .find(|l| l.measurement == "synproxy_ebpf_probes")
         .map(|l| l.counter("map_bytes"))
         .transpose()?
         .unwrap_or(0);
-    let per_run = |ns: f64, runs: f64| if runs > 0.0 { ns / runs } else { 0.0 };
-    let floor_runs = floor_after.1.saturating_sub(floor_before.1) as f64;
-    let floor_ns = per_run(
-        floor_after.0.saturating_sub(floor_before.0) as f64,
-        floor_runs,
+    m.kprobe = floor_costs(
+        floor_after,
+        floor_before,
+        per_run(&ours_after, &ours_before),
     );
-    let mut costs = Vec::new();
-    for ((name, ns_after, runs_after), (_, ns_before, runs_before)) in
-        ours_after.iter().zip(&ours_before)
-    {
-        let runs = runs_after - runs_before;
-        costs.push((*name, per_run(ns_after - ns_before, runs), runs));
-    }
-    if floor_runs < f64::from(params.syns) || floor_ns <= 0.0 {
-        notes.push(format!(
-            "the empty program ran {floor_runs} times for {} SYNs",
-            params.syns
-        ));
-        pass = false;
-    }
-    let synack = costs
-        .iter()
-        .find(|(n, _, _)| *n == "synack4")
-        .map_or(0.0, |c| c.1);
-    let worst = costs
-        .iter()
-        .filter(|(_, _, runs)| *runs > 0.0)
-        .map(|c| c.1)
-        .fold(0.0, f64::max);
-    let cost_ratio = if floor_ns > 0.0 {
-        worst / floor_ns
-    } else {
-        0.0
-    };
-    let mut cost_met = true;
-    if synack <= 0.0 {
-        notes.push("synack4 did not run for the SYNs (as /metrics showed within 60 s)".into());
-        pass = false;
-    }
-    if cost_ratio > COST_TARGET {
-        cost_met = false;
-        notes.push(format!(
-            "per run: {} against the empty program's {floor_ns:.0} ns (target: at most {COST_TARGET}x)",
-            costs
-                .iter()
-                .map(|(n, ns, runs)| format!("{n}={ns:.0}ns/{runs:.0} runs"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
 
     // (a) for fentry: the same traffic through the fentry/fexit programs.
     let fentry = crate::live_agent::expected_probe_type() == "fentry";
@@ -412,8 +396,6 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
     kprobe_counting_args.extend(["--top", "0"].map(String::from));
     let mut fentry_counting_args = fentry_args.clone();
     fentry_counting_args.extend(["--top", "0"].map(String::from));
-    let mut fentry_costs = Vec::new();
-    let mut fentry_floor_ns = 0.0;
     if fentry {
         let mut args = fentry_args.clone();
         args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
@@ -429,52 +411,24 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
         let floor_after = floor.stats()?;
         drop(floor);
         live.stop(Some(libc::SIGTERM))?;
-        let runs = floor_after.1.saturating_sub(floor_before.1) as f64;
-        fentry_floor_ns = per_run(floor_after.0.saturating_sub(floor_before.0) as f64, runs);
-        if runs < f64::from(params.syns) || fentry_floor_ns <= 0.0 {
-            notes.push(format!(
-                "the empty fentry program ran {runs} times for {} SYNs",
-                params.syns
-            ));
-            pass = false;
-        }
-        let seen = crate::live_agent::probe_type(&lines);
-        if seen.as_deref() != Some("fentry") {
-            notes.push(format!("the --probes fentry agent used {seen:?}"));
-            pass = false;
-        }
-        for ((name, ns_after, runs_after), (_, ns_before, runs_before)) in after.iter().zip(&before)
-        {
-            let runs = runs_after - runs_before;
-            fentry_costs.push((*name, per_run(ns_after - ns_before, runs), runs));
-        }
-        if fentry_costs
-            .iter()
-            .any(|(n, ns, _)| *n == "synack4" && *ns <= 0.0)
-        {
-            notes.push("fentry synack4 did not run for the SYNs".into());
-            pass = false;
-        }
+        m.fentry = Some((
+            floor_costs(floor_after, floor_before, per_run(&after, &before)),
+            crate::live_agent::probe_type(&lines),
+        ));
     }
 
     // (b) Throughput without and with the probes (each type), alternating.
     drop(stats);
     // Each run measures every configuration once, in rotating order; the
-    // ratios are taken per run (a slow stretch of the host weighs on both
-    // sides) and their median reported.
-    let (mut without, mut with, mut with_fentry) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ratios, mut fentry_ratios) = (Vec::new(), Vec::new());
-    let (mut extra, mut fentry_extra) = (Vec::new(), Vec::new());
-    let (mut agent_cpu, mut fentry_agent_cpu) = (Vec::new(), Vec::new());
-    let (mut with_sources, mut sources_ratios, mut sources_extra) =
-        (Vec::new(), Vec::new(), Vec::new());
+    // judge takes the ratios per run (a slow stretch of the host weighs on
+    // both sides) and reports their median.
     // 0: no agent; 1: kprobe --top 0; 2: fentry --top 0; 3: kprobe, default
     // (per-source counting on).
     let configs: &[u8] = if fentry { &[0, 1, 2, 3] } else { &[0, 1, 3] };
     for i in 0..params.runs as usize {
         for k in 0..configs.len() {
             match configs[(i + k) % configs.len()] {
-                0 => without.push(traffic.syn_rate(params.throughput_syns)?),
+                0 => m.without.push(traffic.syn_rate(params.throughput_syns)?),
                 which => {
                     let args = match which {
                         1 => &kprobe_counting_args,
@@ -483,9 +437,9 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
                     };
                     let live = LiveAgent::start(&cfg.agent, &topo.srv, args)
                         .context("agent for a throughput run")?;
-                    wait_agent_idle(live.pid(), &mut notes)?;
+                    wait_agent_idle(live.pid(), notes)?;
                     if which != 2 {
-                        wait_kprobes_optimized("synproxy_send_client_synack", &mut notes)?;
+                        wait_kprobes_optimized("synproxy_send_client_synack", notes)?;
                         if i == 0 {
                             notes.push(format!(
                                 "kprobes on synproxy_send_client_synack: {:?}",
@@ -499,130 +453,19 @@ fn run(cfg: &Config, head: &str, params: &Params) -> Result<Check> {
                         / f64::from(params.throughput_syns);
                     match which {
                         1 => {
-                            agent_cpu.push(agent_ns);
-                            with.push(rate);
+                            m.agent_cpu.push(agent_ns);
+                            m.with.push(rate);
                         }
                         2 => {
-                            fentry_agent_cpu.push(agent_ns);
-                            with_fentry.push(rate);
+                            m.fentry_agent_cpu.push(agent_ns);
+                            m.with_fentry.push(rate);
                         }
-                        _ => with_sources.push(rate),
+                        _ => m.with_sources.push(rate),
                     }
                     live.stop(Some(libc::SIGTERM))?;
                 }
             }
         }
-        if let Some(&wo) = without.last().filter(|wo| **wo > 0.0) {
-            // Time the probes add per SYN: 1/rate with - 1/rate without.
-            let added = |rate: f64| (1e9 / rate - 1e9 / wo).max(0.0);
-            if let Some(&w) = with.last().filter(|w| **w > 0.0) {
-                ratios.push(w / wo);
-                extra.push(added(w));
-            }
-            if let Some(&w) = with_fentry.last().filter(|w| **w > 0.0) {
-                fentry_ratios.push(w / wo);
-                fentry_extra.push(added(w));
-            }
-            if let Some(&w) = with_sources.last().filter(|w| **w > 0.0) {
-                sources_ratios.push(w / wo);
-                sources_extra.push(added(w));
-            }
-        }
     }
-    let rate_sources = median(with_sources.clone());
-    let sources_throughput = median(sources_ratios.clone());
-    if rate_sources <= 0.0 {
-        notes.push("no throughput measured with per-source counting".into());
-        pass = false;
-    }
-    notes.push(format!(
-        "SYNs/s with kprobes and per-source counting {with_sources:.0?}: pair ratios {sources_ratios:.3?}"
-    ));
-    let (rate_without, rate_with) = (median(without.clone()), median(with.clone()));
-    let rate_fentry = median(with_fentry.clone());
-    let throughput = median(ratios.clone());
-    if rate_without <= 0.0 || rate_with <= 0.0 {
-        notes.push("no throughput measured".into());
-        pass = false;
-    }
-    let fentry_throughput = median(fentry_ratios.clone());
-    let throughput_met =
-        throughput >= THROUGHPUT_TARGET && (!fentry || fentry_throughput >= THROUGHPUT_TARGET);
-    if !throughput_met && params.enforce_throughput {
-        notes.push(format!(
-            "throughput with probes below {THROUGHPUT_TARGET} of without (kprobe {throughput:.3}{})",
-            if fentry {
-                format!(", fentry {fentry_throughput:.3}")
-            } else {
-                String::new()
-            }
-        ));
-        pass = false;
-    }
-    notes.push(format!(
-        "SYNs/s without probes {without:.0?}, with {with:.0?}: pair ratios {ratios:.3?}, median {throughput:.3} (target {THROUGHPUT_TARGET})"
-    ));
-    let mut cost_fields: Vec<String> = costs
-        .iter()
-        .map(|(n, ns, _)| format!("{n}_ns={ns:.0}"))
-        .collect();
-    cost_fields.push(format!("kprobe_extra_ns_per_syn={:.0}", median(extra)));
-    cost_fields.push(format!(
-        "kprobe_agent_cpu_ns_per_syn={:.0}",
-        median(agent_cpu)
-    ));
-    let sources_fields = format!(
-        " syn_rate_with_sources={rate_sources:.0} throughput_ratio_sources={sources_throughput:.3} sources_extra_ns_per_syn={:.0}",
-        median(sources_extra)
-    );
-    let fentry_fields = if fentry {
-        let mut f = vec![format!("fentry_floor_ns={fentry_floor_ns:.0}")];
-        f.extend(
-            fentry_costs
-                .iter()
-                .map(|(n, ns, _)| format!("fentry_{n}_ns={ns:.0}")),
-        );
-        let worst = fentry_costs
-            .iter()
-            .filter(|(_, _, runs)| *runs > 0.0)
-            .map(|c| c.1)
-            .fold(0.0, f64::max);
-        f.push(format!(
-            "fentry_cost_ratio={:.2}",
-            if fentry_floor_ns > 0.0 {
-                worst / fentry_floor_ns
-            } else {
-                0.0
-            }
-        ));
-        f.push(format!("syn_rate_with_fentry={rate_fentry:.0}"));
-        f.push(format!("throughput_ratio_fentry={fentry_throughput:.3}"));
-        f.push(format!(
-            "fentry_extra_ns_per_syn={:.0}",
-            median(fentry_extra)
-        ));
-        f.push(format!(
-            "fentry_agent_cpu_ns_per_syn={:.0}",
-            median(fentry_agent_cpu)
-        ));
-        notes.push(format!(
-            "SYNs/s with fentry probes {with_fentry:.0?}: pair ratios {fentry_ratios:.3?}"
-        ));
-        format!(" fentry=yes {}", f.join(" "))
-    } else {
-        " fentry=unavailable".to_string()
-    };
-    Ok(Check {
-        line: format!(
-            "{head} floor_ns={floor_ns:.0} {} cost_ratio={cost_ratio:.2} syn_rate_without={rate_without:.0} syn_rate_with={rate_with:.0} throughput_ratio={throughput:.3}{fentry_fields}{sources_fields} runs={} map_kib={} throughput_target={} cost_target={} status={}",
-            cost_fields.join(" "),
-            params.runs,
-            map_bytes / 1024,
-            if throughput_met { "met" } else { "missed" },
-            if cost_met { "met" } else { "missed" },
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    Ok(m)
 }

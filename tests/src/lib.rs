@@ -16,6 +16,7 @@ pub mod container;
 pub mod dashboard;
 pub mod ebpf_checks;
 pub mod ebpf_cost;
+pub mod ebpf_cost_judge;
 pub mod fuzz;
 pub mod grafana_schema;
 pub mod harness;
