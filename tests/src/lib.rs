@@ -35,6 +35,7 @@ pub mod rng;
 pub mod rules;
 pub mod scenario;
 pub mod sustained;
+pub mod sustained_judge;
 pub mod tmux;
 pub mod tools;
 pub mod top_series_prometheus;

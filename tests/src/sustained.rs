@@ -9,7 +9,6 @@
 //! the run must equal the /proc delta, which must equal what was driven.
 
 use crate::ebpf_checks::Check;
-use crate::line_protocol::{FieldValue, Line};
 use crate::live_agent::{self, Launch, LiveAgent, ATTACH_TIMEOUT};
 use crate::netns::{Netns, Topology};
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -17,13 +16,13 @@ use crate::proc_counters::{self, Totals};
 use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, RuleSet, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
+use crate::sustained_judge::{judge, Counts, Recorded};
 use crate::traffic::{self, RawSender};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use synproxy_common::{Counter, COUNTER_COUNT};
+use synproxy_common::Counter;
 
 /// The port protected by xt rules is [`PROTECTED_PORT`]; this one by nft rules.
 pub const NFT_PORT: u16 = 8082;
@@ -118,23 +117,8 @@ pub fn sustained(cfg: &Config, kernel: &str, params: &Params) -> Check {
     }
 }
 
-/// Counters in [`Counter::ALL`] order.
-type Counts = [u64; COUNTER_COUNT];
-
 fn totals_counts(t: &Totals) -> Counts {
     Counter::ALL.map(|c| t.get(c.name()))
-}
-
-fn delta(after: &Counts, before: &Counts) -> Counts {
-    let mut d = [0; COUNTER_COUNT];
-    for i in 0..COUNTER_COUNT {
-        d[i] = after[i].saturating_sub(before[i]);
-    }
-    d
-}
-
-fn fmt_counts(c: &Counts) -> String {
-    c.iter().map(u64::to_string).collect::<Vec<_>>().join("/")
 }
 
 /// A trickle namespace pair: rules on the server side, RST filter on the client.
@@ -248,77 +232,6 @@ fn round_ends(lines: &[String], ebpf: bool, label: &str) -> usize {
             .filter(|l| l.starts_with("synproxy,") && (l.contains(&tag) || l.contains(&tag_mid)))
             .count()
     }
-}
-
-/// The server namespace in one round.
-#[derive(Debug)]
-struct SrvRound {
-    index: usize,
-    timestamp: i64,
-    totals: Counts,
-    /// eBPF events of the round (both families), None without eBPF lines.
-    ebpf: Option<Counts>,
-    ebpf_v4: Counts,
-    ebpf_v6: Counts,
-    status: String,
-}
-
-fn srv_round(index: usize, round: &[Line], label: &str) -> Result<Option<SrvRound>> {
-    let of_srv = |l: &&Line| l.tags.get("netns").map(String::as_str) == Some(label);
-    let Some(proc_line) = round
-        .iter()
-        .filter(of_srv)
-        .find(|l| l.measurement == "synproxy")
-    else {
-        return Ok(None);
-    };
-    let mut totals = [0; COUNTER_COUNT];
-    for c in Counter::ALL {
-        totals[c.index()] = proc_line.counter(c.name())?;
-    }
-    let ebpf_lines: Vec<&Line> = round
-        .iter()
-        .filter(of_srv)
-        .filter(|l| l.measurement == "synproxy_ebpf")
-        .collect();
-    let mut r = SrvRound {
-        index,
-        timestamp: proc_line.timestamp.unwrap_or(0),
-        totals,
-        ebpf: None,
-        ebpf_v4: [0; COUNTER_COUNT],
-        ebpf_v6: [0; COUNTER_COUNT],
-        status: String::new(),
-    };
-    if ebpf_lines.is_empty() {
-        return Ok(Some(r));
-    }
-    let mut sum = [0; COUNTER_COUNT];
-    let mut statuses = Vec::new();
-    for line in &ebpf_lines {
-        let family = line.tags.get("family").map(String::as_str);
-        for c in Counter::ALL {
-            let v = line.counter(c.name())?;
-            sum[c.index()] += v;
-            match family {
-                Some("ipv4") => r.ebpf_v4[c.index()] += v,
-                Some("ipv6") => r.ebpf_v6[c.index()] += v,
-                _ => {}
-            }
-        }
-        match line.fields.get("reconcile") {
-            Some(FieldValue::Str(s)) => statuses.push(s.clone()),
-            other => bail!("reconcile field {other:?} in {line:?}"),
-        }
-    }
-    statuses.dedup();
-    r.status = if ebpf_lines.len() != 2 {
-        format!("lines:{}", ebpf_lines.len())
-    } else {
-        statuses.join("+")
-    };
-    r.ebpf = Some(sum);
-    Ok(Some(r))
 }
 
 struct Driven {
@@ -534,285 +447,29 @@ fn run(cfg: &Config, head: &str, p: &Params) -> Result<Check> {
     lines.extend(stopped.stdout.iter().cloned());
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
 
-    // Judge the rounds.
-    let mut rounds = live_agent::split_rounds(&lines, ebpf)?;
-    let mixed_ts = live_agent::mixed_timestamps(&rounds);
-    if ebpf
-        && rounds
-            .last()
-            .is_some_and(|r| !r.iter().any(|l| l.measurement == "synproxy_ebpf_probes"))
-    {
-        rounds.pop(); // cut short by SIGTERM
-    }
-    let namespaces = rounds
-        .iter()
-        .rev()
-        .find(|r| !r.is_empty())
-        .map(|r| r.iter().filter(|l| l.measurement == "synproxy").count())
-        .unwrap_or(0);
-    let mut srv_rounds = Vec::new();
-    let mut absent = 0usize;
-    let mut seen_ebpf = false;
-    for (i, round) in rounds.iter().enumerate() {
-        match srv_round(i, round, &label)? {
-            Some(r) => {
-                if ebpf && r.ebpf.is_none() && seen_ebpf {
-                    absent += 1;
-                }
-                seen_ebpf |= r.ebpf.is_some();
-                srv_rounds.push(r);
-            }
-            None if seen_ebpf || !ebpf => absent += 1,
-            None => {}
-        }
-    }
-    let mut probe_misses = 0u64;
-    // Program runs the kernel skipped since load (all programs, all namespaces).
-    let mut recursion_misses = 0u64;
-    let mut map_bytes = 0u64;
-    // Which fields of the probes line carry the misses, for the report.
-    let mut miss_detail: Vec<String> = Vec::new();
-    let mut last_fields: BTreeMap<String, u64> = BTreeMap::new();
-    for round in &rounds {
-        if let Some(line) = round
-            .iter()
-            .find(|l| l.measurement == "synproxy_ebpf_probes")
-        {
-            let misses = line.counter("probe_misses")?;
-            probe_misses += misses;
-            map_bytes = line.counter("map_bytes")?;
-            recursion_misses = line.counter("recursion_misses")?;
-            let fields: BTreeMap<String, u64> = line
-                .fields
-                .keys()
-                .filter(|k| k.ends_with("_missed") || !k.ends_with("_hits"))
-                .filter_map(|k| Some((k.clone(), line.counter(k).ok()?)))
-                .collect();
-            let moved: Vec<(&String, &u64)> = fields
-                .iter()
-                .filter(|(k, v)| {
-                    k.as_str() != "probe_misses"
-                        && k.as_str() != "map_bytes"
-                        && **v != last_fields.get(*k).copied().unwrap_or(0)
-                })
-                .collect();
-            if misses > 0 && miss_detail.len() < 5 {
-                let moved: Vec<String> = moved.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                miss_detail.push(format!(
-                    "probes line with probe_misses={misses}: changed since the previous round: {}",
-                    moved.join(",")
-                ));
-            }
-            last_fields = fields;
-        }
-    }
-
-    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
-    let mut busy = 0usize;
-    let mut ebpf_sum = [0u64; COUNTER_COUNT];
-    let (mut ebpf_v4, mut ebpf_v6) = ([0u64; COUNTER_COUNT], [0u64; COUNTER_COUNT]);
-    let mut non_exact = Vec::new();
-    let mut prev: Option<&SrvRound> = None;
-    let first_ts = srv_rounds.first().map_or(0, |r| r.timestamp);
-    for r in &srv_rounds {
-        let moved = prev.is_some_and(|p| p.totals != r.totals);
-        let proc_step = prev.map_or([0; COUNTER_COUNT], |p| delta(&r.totals, &p.totals));
-        prev = Some(r);
-        let Some(events) = r.ebpf else {
-            if moved {
-                busy += 1;
-                *by_status.entry("no-ebpf".into()).or_default() += 1;
-            }
-            continue;
-        };
-        for i in 0..COUNTER_COUNT {
-            ebpf_sum[i] += events[i];
-            ebpf_v4[i] += r.ebpf_v4[i];
-            ebpf_v6[i] += r.ebpf_v6[i];
-        }
-        if moved || events.iter().any(|&v| v != 0) {
-            busy += 1;
-            *by_status.entry(r.status.clone()).or_default() += 1;
-            if r.status != "exact" && non_exact.len() < 8 {
-                non_exact.push(format!(
-                    "round {} at +{:.2}s: reconcile={} proc step {} ebpf {}",
-                    r.index,
-                    (r.timestamp - first_ts) as f64 / 1e9,
-                    r.status,
-                    fmt_counts(&proc_step),
-                    fmt_counts(&events)
-                ));
-            }
-        }
-    }
-    let count = |s: &str| by_status.get(s).copied().unwrap_or(0);
-    let known = ["exact", "lagging", "missed", "proc-only"];
-    let other: usize = by_status
-        .iter()
-        .filter(|(k, _)| !known.contains(&k.as_str()))
-        .map(|(_, v)| v)
-        .sum();
-
-    let proc_delta = delta(&totals_counts(&after), &totals_counts(&before));
-    let syn_i = Counter::SynReceived.index();
-    let inv_i = Counter::CookieInvalid.index();
-    let mut want = [0u64; COUNTER_COUNT];
-    want[syn_i] = driven.syn.iter().sum();
-    want[inv_i] = driven.ack.iter().sum();
-    // Per family: xt and nft streams of one family share its eBPF lines.
-    let want_v4 = (driven.syn[0] + driven.syn[2], driven.ack[0] + driven.ack[2]);
-    let want_v6 = (driven.syn[1] + driven.syn[3], driven.ack[1] + driven.ack[3]);
-    let agent_last = srv_rounds.last().map(|r| r.totals);
-
-    let mut notes = Vec::new();
-    let mut pass = true;
-    let seen_type = rounds
-        .iter()
-        .rev()
-        .find_map(|r| crate::live_agent::probe_type(r));
-    let (probe_fields, probe_type_ok) = cfg.probe_type_fields(seen_type.as_deref());
-    if ebpf && !probe_type_ok {
-        pass = false;
-        notes.push(format!("probe type:{probe_fields}"));
-    }
-    if proc_delta != want {
-        pass = false;
-        notes.push(format!(
-            "/proc delta {} != driven {} (counters {}): packets lost before SYNPROXY?",
-            fmt_counts(&proc_delta),
-            fmt_counts(&want),
-            Counter::ALL.map(|c| c.name()).join("/")
-        ));
-    }
-    if driven.send_secs < 5.0 {
-        pass = false;
-        notes.push(format!(
-            "traffic ran {:.2}s, the check needs at least 5 s",
-            driven.send_secs
-        ));
-    }
-    if agent_last != Some(totals_counts(&after)) {
-        pass = false;
-        notes.push(format!(
-            "the agent's last srv totals {} != /proc {}",
-            agent_last.map_or("none".into(), |t| fmt_counts(&t)),
-            fmt_counts(&totals_counts(&after))
-        ));
-    }
-    if absent > 0 {
-        pass = false;
-        notes.push(format!(
-            "{absent} rounds without the srv namespace's lines ({label})"
-        ));
-    }
-    if srv_rounds.is_empty() || busy == 0 {
-        pass = false;
-        notes.push("no busy round for the server namespace".into());
-    }
-    if ebpf {
-        if count("exact") != busy {
-            pass = false;
-            notes.push(format!(
-                "{} of {busy} busy rounds not exact: {by_status:?}",
-                busy - count("exact")
-            ));
-            notes.extend(non_exact);
-        }
-        if probe_misses != 0 {
-            pass = false;
-            notes.push(format!(
-                "probe misses: {probe_misses} on the probes lines (recursion misses since load: {recursion_misses})"
-            ));
-            notes.append(&mut miss_detail);
-        }
-        if ebpf_sum != proc_delta {
-            pass = false;
-            notes.push(format!(
-                "eBPF sum over the run {} != /proc delta {}",
-                fmt_counts(&ebpf_sum),
-                fmt_counts(&proc_delta)
-            ));
-        }
-        let got_v4 = (ebpf_v4[syn_i], ebpf_v4[inv_i]);
-        let got_v6 = (ebpf_v6[syn_i], ebpf_v6[inv_i]);
-        if got_v4 != want_v4 || got_v6 != want_v6 {
-            pass = false;
-            notes.push(format!(
-                "eBPF per family syn/inv ipv4 {got_v4:?} ipv6 {got_v6:?}, driven ipv4 {want_v4:?} ipv6 {want_v6:?}"
-            ));
-        }
-    }
-    if !stopped.exit_ok {
-        pass = false;
-        notes.push(format!(
-            "SIGTERM: exit {} after {:?}",
-            stopped.exit_code, stopped.elapsed
-        ));
-    } else if stopped.elapsed > live_agent::EXIT_LIMIT {
-        // Reported, not judged here: the shutdown checks own the 1 s limit.
-        notes.push(format!(
-            "SIGTERM: exit 0 but after {} ms (over {:?})",
-            stopped.elapsed.as_millis(),
-            live_agent::EXIT_LIMIT
-        ));
-    }
-    if !left.is_empty() {
-        pass = false;
-        notes.push(format!("left in the kernel: {}", left.join("; ")));
-    }
-    let span = match (srv_rounds.first(), srv_rounds.last()) {
-        (Some(a), Some(b)) if srv_rounds.len() > 1 => {
-            (b.timestamp - a.timestamp) as f64 / 1e6 / (srv_rounds.len() - 1) as f64
-        }
-        _ => 0.0,
-    };
-    notes.push(format!(
-        "timing: setup {setup_secs:.1}s, agent start to 2 rounds {start_secs:.1}s (attach {attach_ms} ms), traffic {:.1}s, settle {settle_secs:.1}s, mean round interval {span:.0} ms, trickle SYNs {}; streams xt4/xt6/nft4/nft6 syn {:?} ack {:?}, nft IPv6 checksum {v6_nft:?}",
-        driven.send_secs,
-        trickle_sent.load(Ordering::Relaxed),
-        driven.syn,
-        driven.ack
-    ));
-    if mixed_ts > 0 {
-        notes.push(format!(
-            "{mixed_ts} of {} rounds carry more than one timestamp (the contract: one per round)",
-            rounds.len()
-        ));
-    }
-    if !pass {
-        let tail: Vec<String> = stopped.stderr.iter().rev().take(5).rev().cloned().collect();
-        notes.push(format!("agent stderr (last lines): {}", tail.join(" | ")));
-    }
-    let other_i: Vec<usize> = (0..COUNTER_COUNT)
-        .filter(|&i| i != syn_i && i != inv_i)
-        .collect();
-    let sum_other = |c: &Counts| other_i.iter().map(|&i| c[i]).sum::<u64>();
-    drop((srv_rules, cli_rules, idle, trickles));
-    Ok(Check {
-        line: format!(
-            "{head}{probe_fields} namespaces={namespaces} others={others} ebpf={} syn_driven={} ack_driven={} send_secs={:.2} rounds={} busy_rounds={busy} exact={} lagging={} missed={} proc_only={} other_status={other} absent_rounds={absent} probe_misses={probe_misses} recursion_misses={recursion_misses} map_kib={} ebpf_syn={} proc_syn={} ebpf_inv={} proc_inv={} ebpf_other={} proc_other={} exit={} exit_ms={} leftovers={} status={}",
-            if ebpf { "on" } else { "off" },
-            want[syn_i],
-            want[inv_i],
+    let recorded = Recorded {
+        lines,
+        ebpf,
+        label,
+        before: totals_counts(&before),
+        after: totals_counts(&after),
+        syn: driven.syn,
+        ack: driven.ack,
+        send_secs: driven.send_secs,
+        exit_ok: stopped.exit_ok,
+        exit_code: stopped.exit_code,
+        exit_elapsed: stopped.elapsed,
+        stderr: stopped.stderr.clone(),
+        left,
+        others,
+        timing: format!(
+            "setup {setup_secs:.1}s, agent start to 2 rounds {start_secs:.1}s (attach {attach_ms} ms), traffic {:.1}s, settle {settle_secs:.1}s, trickle SYNs {}; streams xt4/xt6/nft4/nft6 syn {:?} ack {:?}, nft IPv6 checksum {v6_nft:?}",
             driven.send_secs,
-            srv_rounds.len(),
-            count("exact"),
-            count("lagging"),
-            count("missed"),
-            count("proc-only"),
-            map_bytes / 1024,
-            ebpf_sum[syn_i],
-            proc_delta[syn_i],
-            ebpf_sum[inv_i],
-            proc_delta[inv_i],
-            sum_other(&ebpf_sum),
-            sum_other(&proc_delta),
-            stopped.exit_code,
-            stopped.elapsed.as_millis(),
-            left.len(),
-            if pass { "PASS" } else { "FAIL" }
+            trickle_sent.load(Ordering::Relaxed),
+            driven.syn,
+            driven.ack
         ),
-        pass,
-        notes,
-    })
+    };
+    drop((srv_rules, cli_rules, idle, trickles));
+    judge(head, &recorded, &|seen| cfg.probe_type_fields(seen))
 }
