@@ -41,6 +41,8 @@ pub mod tools;
 pub mod top_series_prometheus;
 pub mod top_series_scrape;
 pub mod top_sources;
+pub mod top_sources_flood;
+pub mod top_sources_ground_truth;
 pub mod top_view;
 pub mod traffic;
 pub mod user_netns;

@@ -22,23 +22,25 @@
 
 use crate::ebpf_checks::Check;
 use crate::line_protocol::{parse_line, FieldValue, Line};
-use crate::live_agent::{self, Launch, LiveAgent};
+use crate::live_agent::{self, LiveAgent};
 use crate::netns::{Netns, Topology};
-use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
+use crate::packet::{TcpSegment, V6Checksum, SYN};
 use crate::proc_counters::{self, Totals};
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::rules::{Family, Flavour};
 use crate::scenario::Config;
 use crate::tools;
-use crate::top_series_prometheus::{self, RealPrometheus};
-use crate::top_series_scrape::{self, Scraper};
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::top_series_scrape::Scraper;
+use crate::traffic::RawSender;
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
+
+pub use crate::top_sources_flood::flood;
+pub use crate::top_sources_ground_truth::ground_truth;
 
 /// The measurement of the per-source lines.
 pub const MEASUREMENT: &str = "synproxy_top_sources";
@@ -56,11 +58,11 @@ pub const FLOOD_SOURCES: u32 = 100_000;
 pub const HEAVY: [u32; 5] = [600, 500, 400, 300, 200];
 /// The flood agent's `--top-map-entries`: far fewer than the sources.
 pub const FLOOD_MAP_ENTRIES: u32 = 16_384;
-const PROBE_PORT: u16 = 8081;
+pub(crate) const PROBE_PORT: u16 = 8081;
 /// Generous: the guest runs under TCG.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one source is to cause in a ground-truth run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +245,7 @@ pub fn map_fields(lines: &[Line]) -> Result<MapFields> {
 }
 
 /// `ip -n NETNS -batch -` with `commands`, one per line.
-fn ip_batch(cfg: &Config, netns: &Netns, commands: &[String]) -> Result<()> {
+pub(crate) fn ip_batch(cfg: &Config, netns: &Netns, commands: &[String]) -> Result<()> {
     let text = commands.join("\n") + "\n";
     tools::run_with_stdin(
         &cfg.tools.ip,
@@ -255,7 +257,7 @@ fn ip_batch(cfg: &Config, netns: &Netns, commands: &[String]) -> Result<()> {
 /// Default routes of the server netns through the client end of the veth:
 /// answers to the extra (and spoofed) sources leave by it, and reverse path
 /// filtering accepts them.
-fn server_default_routes(cfg: &Config, topo: &Topology) -> Result<()> {
+pub(crate) fn server_default_routes(cfg: &Config, topo: &Topology) -> Result<()> {
     ip_batch(
         cfg,
         &topo.srv,
@@ -270,7 +272,7 @@ fn server_default_routes(cfg: &Config, topo: &Topology) -> Result<()> {
 /// Waits until each counter of `targets` reached its value in the server netns,
 /// then until /proc stops moving; the totals then. An error names the counters
 /// that did not get there.
-fn settle(srv: &Netns, targets: &[(&str, u64)]) -> Result<Totals> {
+pub(crate) fn settle(srv: &Netns, targets: &[(&str, u64)]) -> Result<Totals> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     let mut last = proc_counters::read(srv)?;
     while targets.iter().any(|(n, v)| last.get(n) < *v) {
@@ -301,7 +303,7 @@ fn settle(srv: &Netns, targets: &[(&str, u64)]) -> Result<Totals> {
 /// The first checksum mode whose crafted IPv6 SYN moves syn_received (see
 /// `scenario::Combo::v6_checksum_candidates`). Run before the agent starts,
 /// from the client's own address: not one of the counted sources.
-fn v6_checksum(topo: &Topology, rules: Flavour, family: Family) -> Result<V6Checksum> {
+pub(crate) fn v6_checksum(topo: &Topology, rules: Flavour, family: Family) -> Result<V6Checksum> {
     let candidates: &[V6Checksum] = match (rules, family) {
         (Flavour::Nft, Family::Ipv6) => &[V6Checksum::NftIpv4Helper, V6Checksum::Correct],
         _ => return Ok(V6Checksum::Correct),
@@ -328,7 +330,11 @@ fn v6_checksum(topo: &Topology, rules: Flavour, family: Family) -> Result<V6Chec
 
 /// Non-blocking connects to `dst` from each `(source, count)`, `count` each;
 /// the sockets must stay open until the check ends (closing is traffic too).
-fn connect_from(netns: &Netns, plan: &[(IpAddr, u32)], dst: SocketAddr) -> Result<Vec<Socket>> {
+pub(crate) fn connect_from(
+    netns: &Netns,
+    plan: &[(IpAddr, u32)],
+    dst: SocketAddr,
+) -> Result<Vec<Socket>> {
     let plan = plan.to_vec();
     netns.run(move || {
         let mut socks = Vec::new();
@@ -357,34 +363,34 @@ fn connect_from(netns: &Netns, plan: &[(IpAddr, u32)], dst: SocketAddr) -> Resul
 
 /// The agent's lines after its first round: every sample, then what it wrote
 /// before it exited.
-struct Run {
-    lines: Vec<Line>,
-    rounds: usize,
+pub(crate) struct Run {
+    pub(crate) lines: Vec<Line>,
+    pub(crate) rounds: usize,
 }
 
 impl Run {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Run {
             lines: Vec::new(),
             rounds: 0,
         }
     }
 
-    fn sample(&mut self, live: &mut LiveAgent) -> Result<()> {
+    pub(crate) fn sample(&mut self, live: &mut LiveAgent) -> Result<()> {
         self.lines.extend(live.sample()?);
         self.rounds += 1;
         Ok(())
     }
 
     /// [`Run::sample`], then a scrape of that round's `/metrics`.
-    fn sample_scraped(&mut self, live: &mut LiveAgent, scraper: &Scraper) -> Result<()> {
+    pub(crate) fn sample_scraped(&mut self, live: &mut LiveAgent, scraper: &Scraper) -> Result<()> {
         let stamp = scraper.stamp();
         self.sample(live)?;
         scraper.after_round(stamp);
         Ok(())
     }
 
-    fn add_stdout(&mut self, stdout: &[String]) -> Result<()> {
+    pub(crate) fn add_stdout(&mut self, stdout: &[String]) -> Result<()> {
         for raw in stdout {
             self.lines
                 .push(parse_line(raw).with_context(|| format!("agent line {raw:?}"))?);
@@ -393,37 +399,7 @@ impl Run {
     }
 }
 
-/// The ground-truth check for every selected rules flavour and family.
-pub fn ground_truth(
-    cfg: &Config,
-    kernel: &str,
-    rules: &[Flavour],
-    families: &[Family],
-) -> Vec<Check> {
-    let mut checks = Vec::new();
-    for &r in rules {
-        for &f in families {
-            let head = format!(
-                "RESULT kernel={kernel} check=top-sources rules={} family={} sources={SOURCES}",
-                r.name(),
-                f.name()
-            );
-            let started = Instant::now();
-            checks.push(match run_ground_truth(cfg, &head, r, f) {
-                Ok(mut check) => {
-                    check
-                        .notes
-                        .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
-                    check
-                }
-                Err(e) => failed(head, e),
-            });
-        }
-    }
-    checks
-}
-
-fn failed(head: String, e: anyhow::Error) -> Check {
+pub(crate) fn failed(head: String, e: anyhow::Error) -> Check {
     Check {
         line: format!("{head} status=FAIL"),
         pass: false,
@@ -431,223 +407,10 @@ fn failed(head: String, e: anyhow::Error) -> Check {
     }
 }
 
-fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) -> Result<Check> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules = ServerRules::install(tools, &topo.srv, rules, family, &topo.srv_if)
-        .context("SYNPROXY rules")?;
-    let _cli_rules =
-        rules::install_client_rst_filter(tools, &topo.cli, rules, family).context("RST filter")?;
-    let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
-    server_default_routes(cfg, &topo)?;
-    let sources: Vec<IpAddr> = (0..SOURCES).map(|i| source_addr(family, i)).collect();
-    let adds: Vec<String> = sources
-        .iter()
-        .map(|a| match a {
-            IpAddr::V4(a) => format!("addr add {a}/32 dev {}", topo.cli_if),
-            IpAddr::V6(a) => format!("addr add {a}/128 dev {} nodad", topo.cli_if),
-        })
-        .collect();
-    ip_batch(cfg, &topo.cli, &adds).context("source addresses on the client veth")?;
-    let dst: IpAddr = match family {
-        Family::Ipv4 => topo.srv4.into(),
-        Family::Ipv6 => topo.srv6.into(),
-    };
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(30),
-    )?;
-    let checksum = v6_checksum(&topo, rules, family).context("probing crafted-packet checksums")?;
-    let mut args = cfg.extra_agent_args.clone();
-    args.extend(["--top", "100"].map(String::from));
-    let ebpf = cfg.ebpf.enabled();
-    let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
-        .context("the agent")?;
-    let mut run = Run::new();
-    let before = proc_counters::read(&topo.srv)?;
-
-    // Crafted SYNs, then a round, then bad ACKs, then a round, then the real
-    // connections: the sums must not depend on how traffic falls into rounds.
-    let mut tx = RawSender::new(&topo.cli, sources[0], checksum)?;
-    let mut rng = XorShift::from_time();
-    // Below the ephemeral range of the real connections: a crafted ACK must
-    // never match one of their conntrack entries.
-    let mut sport = 1024u16;
-    let mut next_port = || {
-        sport = if sport >= 30_000 { 1024 } else { sport + 1 };
-        sport
-    };
-    let plans: Vec<SourcePlan> = (0..SOURCES).map(plan).collect();
-    // Round-robin over the sources, so each one's packets spread over the burst.
-    let most_syns = plans.iter().map(|p| p.crafted_syns).max().unwrap_or(0);
-    for k in 0..most_syns {
-        for (src, p) in sources.iter().zip(&plans) {
-            if k < p.crafted_syns {
-                let seg = TcpSegment::to_protected(next_port(), rng.next_u32(), 0, SYN);
-                tx.send_from(*src, dst, &seg)?;
-            }
-        }
-    }
-    run.sample(&mut live)?;
-    let most_acks = plans.iter().map(|p| p.bad_acks).max().unwrap_or(0);
-    for k in 0..most_acks {
-        for (src, p) in sources.iter().zip(&plans) {
-            if k < p.bad_acks {
-                let seg =
-                    TcpSegment::to_protected(next_port(), rng.next_u32(), rng.next_u32(), ACK);
-                tx.send_from(*src, dst, &seg)?;
-            }
-        }
-    }
-    run.sample(&mut live)?;
-    let conn_plan: Vec<(IpAddr, u32)> = sources
-        .iter()
-        .zip(&plans)
-        .filter(|(_, p)| p.connections > 0)
-        .map(|(a, p)| (*a, p.connections))
-        .collect();
-    let connections: u32 = conn_plan.iter().map(|(_, n)| n).sum();
-    let accepted = server.accepted();
-    let _held = connect_from(&topo.cli, &conn_plan, SocketAddr::new(dst, PROTECTED_PORT))?;
-    server
-        .wait_accepted(accepted + u64::from(connections), CONNECT_TIMEOUT)
-        .context("timeout waiting for the server to accept the connections")?;
-
-    let driven: [u64; 3] = plans.iter().fold([0; 3], |mut acc, p| {
-        for (a, e) in acc.iter_mut().zip(p.expected()) {
-            *a += e;
-        }
-        acc
-    });
-    let targets: Vec<(&str, u64)> = COUNTERS
-        .iter()
-        .zip(driven)
-        .map(|(c, d)| (c.name(), before.get(c.name()) + d))
-        .collect();
-    let after = settle(&topo.srv, &targets)?;
-    // Two rounds after the traffic settled: the second must add nothing. (What
-    // the agent wrote after a sample's last line, and before it exited, is
-    // summed too: the sums do not depend on where a round's top lines fall.)
-    run.sample(&mut live)?;
-    run.sample(&mut live)?;
-    let stopped = live.stop(None)?;
-    run.add_stdout(&stopped.stdout)?;
-    let srv = topo.srv.name();
-    let fam = family.name();
-    let other = match family {
-        Family::Ipv4 => "ipv6",
-        Family::Ipv6 => "ipv4",
-    };
-
-    let mut notes = Vec::new();
-    let mut pass = ebpf;
-    if !ebpf {
-        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
-    }
-    let tally = tally(&run.lines, srv)?;
-    let ebpf_sum = ebpf_sums(&run.lines, srv)?;
-    let mut fields = String::new();
-    let mut mismatches = 0;
-    for (ci, counter) in COUNTERS.iter().enumerate() {
-        let name = counter.name();
-        let short = match counter {
-            Counter::SynReceived => "syn",
-            Counter::CookieInvalid => "inv",
-            _ => "valid",
-        };
-        let expected: BTreeMap<IpAddr, u64> = sources
-            .iter()
-            .zip(&plans)
-            .map(|(a, p)| (*a, p.expected()[ci]))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let empty = BTreeMap::new();
-        let got = tally
-            .get(&(name.to_string(), fam.to_string()))
-            .unwrap_or(&empty);
-        let listed: u64 = got.values().sum();
-        let proc_delta = after.get(name) - before.get(name);
-        let ebpf_fam = ebpf_sum
-            .get(&(name.to_string(), fam.to_string()))
-            .copied()
-            .unwrap_or(0);
-        let ebpf_other = ebpf_sum
-            .get(&(name.to_string(), other.to_string()))
-            .copied()
-            .unwrap_or(0);
-        let (diffs, n) = differences(&expected, got, 5);
-        mismatches += n;
-        fields.push_str(&format!(
-            " {short}_driven={} {short}_proc={proc_delta} {short}_ebpf={ebpf_fam} {short}_top_sum={listed} {short}_sources={}/{}",
-            driven[ci],
-            got.len(),
-            expected.len()
-        ));
-        if n > 0 {
-            pass = false;
-            notes.push(format!("{name}: {n} sources differ: {}", diffs.join(", ")));
-        }
-        if proc_delta != driven[ci] {
-            pass = false;
-            notes.push(format!(
-                "{name}: /proc moved {proc_delta}, driven {}",
-                driven[ci]
-            ));
-        }
-        if ebpf_fam != proc_delta || ebpf_other != 0 {
-            pass = false;
-            notes.push(format!(
-                "{name}: eBPF {fam} {ebpf_fam} ({other} {ebpf_other}), /proc {proc_delta}"
-            ));
-        }
-        if listed != ebpf_fam {
-            pass = false;
-            notes.push(format!(
-                "{name}: the listed sources sum to {listed}, eBPF counted {ebpf_fam}"
-            ));
-        }
-        if let Some(list) = tally.get(&(name.to_string(), other.to_string())) {
-            pass = false;
-            notes.push(format!("{name}: {} {other} sources listed", list.len()));
-        }
-    }
-    let map = map_fields(&run.lines);
-    let evictions = match &map {
-        Ok(m) => {
-            if m.evictions != 0 {
-                pass = false;
-                notes.push(format!(
-                    "source_evictions={} with {SOURCES} sources",
-                    m.evictions
-                ));
-            }
-            m.evictions.to_string()
-        }
-        Err(e) => {
-            pass = false;
-            notes.push(format!("probes line: {e:#}"));
-            "?".into()
-        }
-    };
-    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
-        pass = false;
-    }
-    Ok(Check {
-        line: format!(
-            "{head} connections={connections}{fields} mismatches={mismatches} source_evictions={evictions} rounds={} status={}",
-            run.rounds,
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
-}
-
 /// The agent's eBPF side over the run: attached, no probe misses, every
 /// `synproxy_ebpf` line of `srv` `exact`; then stdin EOF or SIGTERM ended it
 /// in time, leaving nothing in the kernel. Reasons go to `notes`.
-fn agent_health(
+pub(crate) fn agent_health(
     cfg: &Config,
     run: &Run,
     srv: &str,
@@ -694,194 +457,6 @@ fn agent_health(
         notes.push(format!("left in the kernel: {}", left.join("; ")));
     }
     Ok(ok)
-}
-
-/// The spoofed-flood check (xt, IPv4).
-pub fn flood(cfg: &Config, kernel: &str) -> Check {
-    let heavy: Vec<String> = HEAVY.iter().map(u32::to_string).collect();
-    let head = format!(
-        "RESULT kernel={kernel} check=top-sources mode=flood rules=xt family=ipv4 random_sources={FLOOD_SOURCES} heavy={} map_entries={FLOOD_MAP_ENTRIES}",
-        heavy.join("/")
-    );
-    let started = Instant::now();
-    match run_flood(cfg, &head) {
-        Ok(mut check) => {
-            check
-                .notes
-                .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
-            check
-        }
-        Err(e) => failed(head, e),
-    }
-}
-
-fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
-    server_default_routes(cfg, &topo)?;
-    let dst: IpAddr = topo.srv4.into();
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(30),
-    )?;
-    let mut args = cfg.extra_agent_args.clone();
-    args.extend([
-        "--top".to_string(),
-        "10".to_string(),
-        "--top-map-entries".to_string(),
-        FLOOD_MAP_ENTRIES.to_string(),
-    ]);
-    args.extend(top_series_scrape::AGENT_ARGS.map(String::from));
-    let ebpf = cfg.ebpf.enabled();
-    let real_prometheus = top_series_prometheus::wanted().then(RealPrometheus::start);
-    let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
-        .context("the agent")?;
-    let scraper = Scraper::start();
-    let mut run = Run::new();
-    let before = proc_counters::read(&topo.srv)?;
-    let mut rng = XorShift::from_time();
-    let (a, b) = (rng.next_u32(), rng.next_u32());
-    let schedule = flood_schedule(FLOOD_SOURCES, &HEAVY);
-    let mut tx = RawSender::new(&topo.cli, topo.cli4.into(), V6Checksum::Correct)?;
-    let send_start = Instant::now();
-    let mut random = 0u32;
-    for (p, what) in schedule.iter().enumerate() {
-        let src = match what {
-            None => {
-                random += 1;
-                flood_addr(a, b, random - 1)
-            }
-            Some(h) => heavy_addr(*h),
-        };
-        let sport = 1024 + (p % 60_000) as u16;
-        let seg = TcpSegment::to_protected(sport, rng.next_u32(), 0, SYN);
-        tx.send_from(src.into(), dst, &seg)?;
-        // A few rounds during the flood: the heavy sources' events are summed
-        // over the rounds.
-        if p > 0 && p % 25_000 == 0 {
-            run.sample_scraped(&mut live, &scraper)?;
-        }
-    }
-    let send_secs = send_start.elapsed().as_secs_f64();
-    let sent = schedule.len() as u64;
-    let name = Counter::SynReceived.name();
-    let after = settle(&topo.srv, &[(name, before.get(name) + sent)])?;
-    run.sample_scraped(&mut live, &scraper)?;
-    run.sample_scraped(&mut live, &scraper)?;
-    let seen = scraper.finish();
-    let prometheus_figures = real_prometheus.map(|p| p.and_then(RealPrometheus::finish));
-    let stopped = live.stop(None)?;
-    run.add_stdout(&stopped.stdout)?;
-    let srv = topo.srv.name();
-
-    let mut notes = Vec::new();
-    let mut pass = ebpf;
-    if !ebpf {
-        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
-    }
-    let proc_delta = after.get(name) - before.get(name);
-    let ebpf_v4 = ebpf_sums(&run.lines, srv)?
-        .get(&(name.to_string(), "ipv4".to_string()))
-        .copied()
-        .unwrap_or(0);
-    if proc_delta != sent {
-        pass = false;
-        notes.push(format!(
-            "/proc syn_received moved {proc_delta}, {sent} SYNs sent"
-        ));
-    }
-    if ebpf_v4 != proc_delta {
-        pass = false;
-        notes.push(format!("eBPF syn_received {ebpf_v4}, /proc {proc_delta}"));
-    }
-    let tally = tally(&run.lines, srv)?;
-    let empty = BTreeMap::new();
-    let sums = tally
-        .get(&(name.to_string(), "ipv4".to_string()))
-        .unwrap_or(&empty);
-    let ranked = ranking(sums);
-    let expected: Vec<(IpAddr, u64)> = HEAVY
-        .iter()
-        .enumerate()
-        .map(|(h, n)| (heavy_addr(h).into(), u64::from(*n)))
-        .collect();
-    let top5: Vec<(IpAddr, u64)> = ranked.iter().take(HEAVY.len()).copied().collect();
-    let show = |v: &[(IpAddr, u64)]| {
-        v.iter()
-            .map(|(a, n)| format!("{a}={n}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if top5 != expected {
-        pass = false;
-        notes.push(format!(
-            "ranks 1-5 of summed syn_received: {} (expected {})",
-            show(&top5),
-            show(&expected)
-        ));
-    }
-    let rank6 = ranked.get(HEAVY.len()).map_or(0, |(_, n)| *n);
-    let map = map_fields(&run.lines);
-    let map_text = match &map {
-        Ok(m) => {
-            if m.evictions == 0 {
-                pass = false;
-                notes.push(format!(
-                    "source_evictions=0 after {FLOOD_SOURCES} sources into a map of {} entries",
-                    m.capacity
-                ));
-            }
-            if m.capacity != u64::from(FLOOD_MAP_ENTRIES) || m.entries > m.capacity {
-                pass = false;
-                notes.push(format!(
-                    "source_map_entries={} source_map_capacity={}",
-                    m.entries, m.capacity
-                ));
-            }
-            format!(
-                "source_evictions={} source_map_entries={} source_map_capacity={} source_map_bytes={}",
-                m.evictions, m.entries, m.capacity, m.bytes
-            )
-        }
-        Err(e) => {
-            pass = false;
-            notes.push(format!("probes line: {e:#}"));
-            "source_evictions=?".to_string()
-        }
-    };
-    // The exposed rounds: the one the agent made at start, and each sampled.
-    let series_text = top_series_scrape::judge(&seen, &run.lines, run.rounds + 1, ebpf, &mut notes);
-    pass &= series_text.1;
-    let prometheus_text = match &prometheus_figures {
-        Some(figures) => {
-            let (text, ok) =
-                top_series_prometheus::judge(figures, run.rounds + 1, ebpf, &mut notes);
-            pass &= ok;
-            text
-        }
-        None => "prometheus=not-in-this-boot".to_string(),
-    };
-    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
-        pass = false;
-    }
-    Ok(Check {
-        line: format!(
-            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} {} {prometheus_text} rounds={} send_time={send_secs:.1}s status={}",
-            show(&top5),
-            series_text.0,
-            run.rounds,
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
 }
 
 #[cfg(test)]

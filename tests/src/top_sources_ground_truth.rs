@@ -1,0 +1,263 @@
+//! The `top-sources` ground truth, per rules flavour (xt, nft) and family
+//! (IPv4, IPv6): 60 sources whose every count is known and distinct (see
+//! `top_sources` for the plan); summed over the rounds, each (counter,
+//! source) must equal the plan exactly.
+
+use crate::ebpf_checks::Check;
+use crate::live_agent::{Launch, LiveAgent};
+use crate::netns::Topology;
+use crate::packet::{TcpSegment, ACK, SYN};
+use crate::proc_counters;
+use crate::rng::XorShift;
+use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
+use crate::scenario::Config;
+use crate::top_sources::*;
+use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use synproxy_common::Counter;
+
+/// The ground-truth check for every selected rules flavour and family.
+pub fn ground_truth(
+    cfg: &Config,
+    kernel: &str,
+    rules: &[Flavour],
+    families: &[Family],
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for &r in rules {
+        for &f in families {
+            let head = format!(
+                "RESULT kernel={kernel} check=top-sources rules={} family={} sources={SOURCES}",
+                r.name(),
+                f.name()
+            );
+            let started = Instant::now();
+            checks.push(match run_ground_truth(cfg, &head, r, f) {
+                Ok(mut check) => {
+                    check
+                        .notes
+                        .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
+                    check
+                }
+                Err(e) => failed(head, e),
+            });
+        }
+    }
+    checks
+}
+
+fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) -> Result<Check> {
+    let tools = &cfg.tools;
+    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+    let _srv_rules = ServerRules::install(tools, &topo.srv, rules, family, &topo.srv_if)
+        .context("SYNPROXY rules")?;
+    let _cli_rules =
+        rules::install_client_rst_filter(tools, &topo.cli, rules, family).context("RST filter")?;
+    let server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    server_default_routes(cfg, &topo)?;
+    let sources: Vec<IpAddr> = (0..SOURCES).map(|i| source_addr(family, i)).collect();
+    let adds: Vec<String> = sources
+        .iter()
+        .map(|a| match a {
+            IpAddr::V4(a) => format!("addr add {a}/32 dev {}", topo.cli_if),
+            IpAddr::V6(a) => format!("addr add {a}/128 dev {} nodad", topo.cli_if),
+        })
+        .collect();
+    ip_batch(cfg, &topo.cli, &adds).context("source addresses on the client veth")?;
+    let dst: IpAddr = match family {
+        Family::Ipv4 => topo.srv4.into(),
+        Family::Ipv6 => topo.srv6.into(),
+    };
+    traffic::wait_reachable(
+        &topo.cli,
+        SocketAddr::new(dst, PROBE_PORT),
+        Duration::from_secs(30),
+    )?;
+    let checksum = v6_checksum(&topo, rules, family).context("probing crafted-packet checksums")?;
+    let mut args = cfg.extra_agent_args.clone();
+    args.extend(["--top", "100"].map(String::from));
+    let ebpf = cfg.ebpf.enabled();
+    let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
+        .context("the agent")?;
+    let mut run = Run::new();
+    let before = proc_counters::read(&topo.srv)?;
+
+    // Crafted SYNs, then a round, then bad ACKs, then a round, then the real
+    // connections: the sums must not depend on how traffic falls into rounds.
+    let mut tx = RawSender::new(&topo.cli, sources[0], checksum)?;
+    let mut rng = XorShift::from_time();
+    // Below the ephemeral range of the real connections: a crafted ACK must
+    // never match one of their conntrack entries.
+    let mut sport = 1024u16;
+    let mut next_port = || {
+        sport = if sport >= 30_000 { 1024 } else { sport + 1 };
+        sport
+    };
+    let plans: Vec<SourcePlan> = (0..SOURCES).map(plan).collect();
+    // Round-robin over the sources, so each one's packets spread over the burst.
+    let most_syns = plans.iter().map(|p| p.crafted_syns).max().unwrap_or(0);
+    for k in 0..most_syns {
+        for (src, p) in sources.iter().zip(&plans) {
+            if k < p.crafted_syns {
+                let seg = TcpSegment::to_protected(next_port(), rng.next_u32(), 0, SYN);
+                tx.send_from(*src, dst, &seg)?;
+            }
+        }
+    }
+    run.sample(&mut live)?;
+    let most_acks = plans.iter().map(|p| p.bad_acks).max().unwrap_or(0);
+    for k in 0..most_acks {
+        for (src, p) in sources.iter().zip(&plans) {
+            if k < p.bad_acks {
+                let seg =
+                    TcpSegment::to_protected(next_port(), rng.next_u32(), rng.next_u32(), ACK);
+                tx.send_from(*src, dst, &seg)?;
+            }
+        }
+    }
+    run.sample(&mut live)?;
+    let conn_plan: Vec<(IpAddr, u32)> = sources
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| p.connections > 0)
+        .map(|(a, p)| (*a, p.connections))
+        .collect();
+    let connections: u32 = conn_plan.iter().map(|(_, n)| n).sum();
+    let accepted = server.accepted();
+    let _held = connect_from(&topo.cli, &conn_plan, SocketAddr::new(dst, PROTECTED_PORT))?;
+    server
+        .wait_accepted(accepted + u64::from(connections), CONNECT_TIMEOUT)
+        .context("timeout waiting for the server to accept the connections")?;
+
+    let driven: [u64; 3] = plans.iter().fold([0; 3], |mut acc, p| {
+        for (a, e) in acc.iter_mut().zip(p.expected()) {
+            *a += e;
+        }
+        acc
+    });
+    let targets: Vec<(&str, u64)> = COUNTERS
+        .iter()
+        .zip(driven)
+        .map(|(c, d)| (c.name(), before.get(c.name()) + d))
+        .collect();
+    let after = settle(&topo.srv, &targets)?;
+    // Two rounds after the traffic settled: the second must add nothing. (What
+    // the agent wrote after a sample's last line, and before it exited, is
+    // summed too: the sums do not depend on where a round's top lines fall.)
+    run.sample(&mut live)?;
+    run.sample(&mut live)?;
+    let stopped = live.stop(None)?;
+    run.add_stdout(&stopped.stdout)?;
+    let srv = topo.srv.name();
+    let fam = family.name();
+    let other = match family {
+        Family::Ipv4 => "ipv6",
+        Family::Ipv6 => "ipv4",
+    };
+
+    let mut notes = Vec::new();
+    let mut pass = ebpf;
+    if !ebpf {
+        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
+    }
+    let tally = tally(&run.lines, srv)?;
+    let ebpf_sum = ebpf_sums(&run.lines, srv)?;
+    let mut fields = String::new();
+    let mut mismatches = 0;
+    for (ci, counter) in COUNTERS.iter().enumerate() {
+        let name = counter.name();
+        let short = match counter {
+            Counter::SynReceived => "syn",
+            Counter::CookieInvalid => "inv",
+            _ => "valid",
+        };
+        let expected: BTreeMap<IpAddr, u64> = sources
+            .iter()
+            .zip(&plans)
+            .map(|(a, p)| (*a, p.expected()[ci]))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let empty = BTreeMap::new();
+        let got = tally
+            .get(&(name.to_string(), fam.to_string()))
+            .unwrap_or(&empty);
+        let listed: u64 = got.values().sum();
+        let proc_delta = after.get(name) - before.get(name);
+        let ebpf_fam = ebpf_sum
+            .get(&(name.to_string(), fam.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let ebpf_other = ebpf_sum
+            .get(&(name.to_string(), other.to_string()))
+            .copied()
+            .unwrap_or(0);
+        let (diffs, n) = differences(&expected, got, 5);
+        mismatches += n;
+        fields.push_str(&format!(
+            " {short}_driven={} {short}_proc={proc_delta} {short}_ebpf={ebpf_fam} {short}_top_sum={listed} {short}_sources={}/{}",
+            driven[ci],
+            got.len(),
+            expected.len()
+        ));
+        if n > 0 {
+            pass = false;
+            notes.push(format!("{name}: {n} sources differ: {}", diffs.join(", ")));
+        }
+        if proc_delta != driven[ci] {
+            pass = false;
+            notes.push(format!(
+                "{name}: /proc moved {proc_delta}, driven {}",
+                driven[ci]
+            ));
+        }
+        if ebpf_fam != proc_delta || ebpf_other != 0 {
+            pass = false;
+            notes.push(format!(
+                "{name}: eBPF {fam} {ebpf_fam} ({other} {ebpf_other}), /proc {proc_delta}"
+            ));
+        }
+        if listed != ebpf_fam {
+            pass = false;
+            notes.push(format!(
+                "{name}: the listed sources sum to {listed}, eBPF counted {ebpf_fam}"
+            ));
+        }
+        if let Some(list) = tally.get(&(name.to_string(), other.to_string())) {
+            pass = false;
+            notes.push(format!("{name}: {} {other} sources listed", list.len()));
+        }
+    }
+    let map = map_fields(&run.lines);
+    let evictions = match &map {
+        Ok(m) => {
+            if m.evictions != 0 {
+                pass = false;
+                notes.push(format!(
+                    "source_evictions={} with {SOURCES} sources",
+                    m.evictions
+                ));
+            }
+            m.evictions.to_string()
+        }
+        Err(e) => {
+            pass = false;
+            notes.push(format!("probes line: {e:#}"));
+            "?".into()
+        }
+    };
+    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
+        pass = false;
+    }
+    Ok(Check {
+        line: format!(
+            "{head} connections={connections}{fields} mismatches={mismatches} source_evictions={evictions} rounds={} status={}",
+            run.rounds,
+            if pass { "PASS" } else { "FAIL" }
+        ),
+        pass,
+        notes,
+    })
+}
