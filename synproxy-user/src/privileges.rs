@@ -734,7 +734,10 @@ mod tests {
             .skip(2)
             .take_while(|l| l.starts_with('|'))
             .collect();
-        assert!(rows.len() >= 9, "capability table not found in docs/operations.md");
+        assert!(
+            rows.len() >= 9,
+            "capability table not found in docs/operations.md"
+        );
         let expected: [(&str, CapSet); 9] = [
             ("`--no-ebpf`", CapSet::EMPTY),
             (

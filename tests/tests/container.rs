@@ -104,7 +104,10 @@ fn daemonset_validates_and_grants_the_capability_table_row() {
         "the table's row changed: {want:?}"
     );
     let granted: BTreeSet<String> = strings(security, "/capabilities/add").into_iter().collect();
-    assert_eq!(granted, want, "capabilities granted vs the documented table");
+    assert_eq!(
+        granted, want,
+        "capabilities granted vs the documented table"
+    );
     assert_eq!(security["runAsUser"], 0);
     assert_eq!(security["readOnlyRootFilesystem"], true);
     assert_eq!(security["allowPrivilegeEscalation"], false);
