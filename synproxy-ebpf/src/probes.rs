@@ -1,4 +1,4 @@
-//! The probe set (README, "How the events are counted"):
+//! The probe set (docs/ebpf.md, "How the events are counted"):
 //!
 //! | probe | counts |
 //! |---|---|

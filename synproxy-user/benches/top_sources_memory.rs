@@ -10,7 +10,7 @@
 //! the ranking), with the process's peak RSS.
 //!
 //! `cargo bench -p synproxy-user --bench top_sources_memory [-- ENTRIES]`;
-//! fails when a full map needs more than the README's figures.
+//! fails when a full map needs more than the documented figures (docs/ebpf.md).
 //! (allocation sizes do not depend on the build profile: `cargo test
 //! --bench top_sources_memory` gives the same figures, slower).
 
@@ -195,12 +195,12 @@ fn main() {
             peak as f64 / f64::from(n),
             peak_rss_kib() / 1024
         );
-        // The README's figures (allocation sizes are deterministic): a
+        // The documented figures (docs/ebpf.md) (allocation sizes are deterministic): a
         // change that needs more fails here.
         let per_entry = peak as f64 / f64::from(n);
         assert!(
             n < MAX_TOP_MAP_ENTRIES || per_entry < f64::from(bound) + 1.0,
-            "{family}: {per_entry:.1} bytes per entry, the README says at most {bound}"
+            "{family}: {per_entry:.1} bytes per entry, docs/ebpf.md says at most {bound}"
         );
     }
 }

@@ -2,7 +2,7 @@
 //! attached or found unusable), the agent keeps in its effective, permitted
 //! and bounding sets only the capabilities its features still need, clears
 //! the inheritable and ambient sets, and sets `no_new_privs`. The table is
-//! [`required`] (and the README's "Capabilities" section, checked against it
+//! [`required`] (and the "Capabilities" section of docs/operations.md, checked against it
 //! by a unit test).
 //!
 //! Capabilities belong to each thread, not to the process: `capset(2)`
@@ -203,7 +203,7 @@ impl Host {
     }
 }
 
-/// The capabilities the agent keeps after start-up (the README's table).
+/// The capabilities the agent keeps after start-up (the table in docs/operations.md).
 pub fn required(features: Features, host: Host) -> CapSet {
     let mut caps = Vec::new();
     if let Some(need) = features.ebpf {
@@ -563,7 +563,7 @@ pub fn restrict_and_log(
                     "capabilities: the agent was started without {} ({}); {}",
                     outcome.missing.names(),
                     what_needs(outcome.missing),
-                    "see the README's capability table"
+                    "see the capability table in docs/operations.md"
                 );
             }
             log::log!(
@@ -723,17 +723,21 @@ mod tests {
         assert!(s.no_new_privs);
     }
 
-    /// The README's table lists, per row, the capabilities [`required`] gives.
+    /// The table of docs/operations.md lists, per row, the capabilities
+    /// [`required`] gives.
     #[test]
-    fn readme_table_matches() {
-        let readme = include_str!("../../README.md");
+    fn documented_table_matches() {
+        let readme = include_str!("../../docs/operations.md");
         let rows: Vec<&str> = readme
             .lines()
             .skip_while(|l| !l.starts_with("| features (after start-up)"))
             .skip(2)
             .take_while(|l| l.starts_with('|'))
             .collect();
-        assert!(rows.len() >= 9, "capability table not found in README.md");
+        assert!(
+            rows.len() >= 9,
+            "capability table not found in docs/operations.md"
+        );
         let expected: [(&str, CapSet); 9] = [
             ("`--no-ebpf`", CapSet::EMPTY),
             (
@@ -764,14 +768,14 @@ mod tests {
             let row = rows
                 .iter()
                 .find(|r| r.split('|').nth(1).map(str::trim) == Some(feature))
-                .unwrap_or_else(|| panic!("no README row for {feature}"));
+                .unwrap_or_else(|| panic!("no docs/operations.md row for {feature}"));
             let listed = row.split('|').nth(2).map(str::trim).unwrap_or_default();
             let listed = if listed == "none" {
                 CapSet::EMPTY
             } else {
                 CapSet::parse(&listed.replace('`', "")).expect("capability names")
             };
-            assert_eq!(listed, caps, "README row {row}");
+            assert_eq!(listed, caps, "docs/operations.md row {row}");
         }
     }
 }

@@ -83,15 +83,16 @@ pub fn cap_by_name(name: &str) -> Result<u32> {
         .with_context(|| format!("unknown capability {name:?}"))
 }
 
-/// The capability names (`CAP_SYS_ADMIN`, ...) of the README table's row
-/// for `feature` (its first cell); a row of `none` is empty.
+/// The capability names (`CAP_SYS_ADMIN`, ...) of the documented table's row
+/// (docs/operations.md) for `feature` (its first cell); a row of `none` is empty.
 pub fn readme_row(feature: &str) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("README.md: {e}"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let readme =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("docs/operations.md: {e}"));
     let row = readme
         .lines()
         .find(|l| l.split('|').nth(1).map(str::trim) == Some(feature))
-        .unwrap_or_else(|| panic!("no README capability row for {feature}"));
+        .unwrap_or_else(|| panic!("no capability row for {feature} in docs/operations.md"));
     let caps = row.split('|').nth(2).unwrap_or_default().replace('`', "");
     caps.split(',')
         .map(|c| c.trim().to_string())
@@ -173,7 +174,7 @@ pub fn process_caps(pid: u32) -> Result<Vec<(String, ThreadCaps)>> {
     Ok(out)
 }
 
-/// What the README's table says a thread of the agent keeps after start-up:
+/// What the capability table (docs/operations.md) says a thread of the agent keeps after start-up:
 /// effective = permitted = `kept`, inheritable and ambient empty,
 /// no_new_privs, bounding `bounding`. Returns a description of every thread
 /// that differs.

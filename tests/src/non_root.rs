@@ -1,5 +1,5 @@
 //! The `non-root` check (VM suite): the agent with eBPF and `--netns NAME`,
-//! run as uid/gid 65534 with exactly the README table's capabilities for
+//! run as uid/gid 65534 with exactly the capability table's (docs/operations.md) capabilities for
 //! that ("eBPF `--netns NAME`": CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE,
 //! CAP_SYS_ADMIN) as ambient capabilities (synproxy-scenario's own
 //! `--caps-exec` helper: the guest has no setpriv). Its probes must attach,
@@ -27,7 +27,7 @@ use synproxy_common::{Counter, STAT_COLUMNS};
 const PROBE_PORT: u16 = 8081;
 const SYNS: u32 = 2_000;
 const ACKS: u32 = 500;
-/// The README table's row "eBPF `--netns NAME`".
+/// The capability table's row "eBPF `--netns NAME`".
 const CAPS: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_DAC_OVERRIDE, CAP_SYS_ADMIN];
 /// The rows "eBPF `--probes fentry`" and "`--no-ebpf --netns NAME`" together:
 /// no tracefs (no CAP_DAC_OVERRIDE), CAP_SYS_ADMIN for the module BTF.

@@ -51,7 +51,7 @@ fn agent_container(daemonset: &Value) -> &Value {
     &daemonset["spec"]["template"]["spec"]["containers"][0]
 }
 
-/// The README's capability table row `features`, as the names the container
+/// The capability table's (docs/operations.md) row `features`, as the names the container
 /// runtime takes (`CAP_SYS_ADMIN` -> `SYS_ADMIN`).
 fn readme_row(features: &str) -> BTreeSet<String> {
     caps::readme_row(features)
@@ -104,7 +104,10 @@ fn daemonset_validates_and_grants_the_capability_table_row() {
         "the table's row changed: {want:?}"
     );
     let granted: BTreeSet<String> = strings(security, "/capabilities/add").into_iter().collect();
-    assert_eq!(granted, want, "capabilities granted vs the README's table");
+    assert_eq!(
+        granted, want,
+        "capabilities granted vs the documented table"
+    );
     assert_eq!(security["runAsUser"], 0);
     assert_eq!(security["readOnlyRootFilesystem"], true);
     assert_eq!(security["allowPrivilegeEscalation"], false);

@@ -1,5 +1,5 @@
 //! Least privilege on the host: the agent's capability sets after start-up, in
-//! each mode, against the README's table (`/proc/PID/task/*/status`), and the
+//! each mode, against the capability table of docs/operations.md (`/proc/PID/task/*/status`), and the
 //! agent as an unprivileged user (uid 65534 through `setpriv`, with only the
 //! table's capabilities as ambient capabilities) reporting the same totals as
 //! root with `--netns all`. Need root and setpriv (util-linux); the totals test

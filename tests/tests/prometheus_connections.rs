@@ -10,7 +10,7 @@ use synproxy_tests::harness::Needs;
 use synproxy_tests::metrics_agent::MetricsAgent;
 use synproxy_tests::require;
 
-/// Open connections the agent keeps (the README's number).
+/// Open connections the agent keeps (the documented number, docs/outputs.md).
 const CONNECTION_LIMIT: usize = 64;
 /// Growth of the agent's resident memory allowed over the whole test.
 const RSS_GROWTH_KIB: u64 = 16 * 1024;

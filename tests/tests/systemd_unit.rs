@@ -1,5 +1,5 @@
 //! The systemd unit in deploy/systemd: `systemd-analyze verify` must accept it
-//! (and with its `--netns all` and remote-scrape drop-ins), its capabilities must be the README
+//! (and with its `--netns all` and remote-scrape drop-ins), its capabilities must be the documented
 //! table's rows, and `systemd-analyze security --offline=true` must rate the
 //! unit 2.0 or lower ("OK" or better). Needs `systemd-analyze` (Debian package
 //! `systemd`): skipped with a message when missing, unless CI=true.

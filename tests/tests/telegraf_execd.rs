@@ -10,7 +10,7 @@
 //!
 //! The host kernel may have no kprobes: then eBPF is unusable here, the agent
 //! says so and keeps the `--netns all` row; the drop-in's capabilities are
-//! still checked against the README's eBPF row and the agent's own check at
+//! still checked against the capability table's eBPF row and the agent's own check at
 //! start (it names every capability its features need and lack). The VM
 //! suite's `non-root` check runs eBPF as uid 65534 with the `--netns NAME`
 //! row (the `--netns all` row adds CAP_SYS_PTRACE, used for discovery here).
@@ -70,7 +70,7 @@ fn dropin_caps() -> Vec<u32> {
         .collect()
 }
 
-/// The README capability table's row for `feature`, as a mask.
+/// The capability table's (docs/operations.md) row for `feature`, as a mask.
 fn readme_row(feature: &str) -> u64 {
     let caps: Vec<u32> = caps::readme_row(feature)
         .iter()
@@ -80,7 +80,7 @@ fn readme_row(feature: &str) -> u64 {
 }
 
 /// The shipped files agree: the packaged path, `--netns all` with eBPF
-/// (no `--no-ebpf`), Telegraf's stdin signal, and the README row for that.
+/// (no `--no-ebpf`), Telegraf's stdin signal, and the capability table's row for that.
 #[test]
 fn shipped_execd_command_and_dropin_match_the_capability_table() {
     let (program, args) = execd_command();
@@ -99,7 +99,7 @@ fn shipped_execd_command_and_dropin_match_the_capability_table() {
     assert_eq!(
         mask(&dropin_caps()),
         readme_row("eBPF `--netns all`"),
-        "telegraf.service.d.conf vs the README's eBPF --netns all row"
+        "telegraf.service.d.conf vs the capability table's eBPF --netns all row"
     );
 }
 

@@ -124,7 +124,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             "--",
             "--test",
         ])?;
-        // Prints the per-source memory figures and fails above the README's.
+        // Prints the per-source memory figures and fails above docs/ebpf.md's.
         cargo(&[
             "bench",
             "--package",

@@ -26,7 +26,7 @@ pub const MAX_TOP: usize = 1000;
 /// `--top-map-entries` bounds.
 pub const MIN_TOP_MAP_ENTRIES: u32 = 1024;
 /// The maximum bounds user-space memory too: a full map costs up to 210
-/// bytes per entry in the agent while a round reads it (README, per-source
+/// bytes per entry in the agent while a round reads it (docs/ebpf.md, per-source
 /// map; `benches/top_sources_memory.rs`), 210 MiB at 1,048,576 entries.
 pub const MAX_TOP_MAP_ENTRIES: u32 = 1 << 20;
 
@@ -389,7 +389,7 @@ fn source_text(family: Family, key: u128, prefix_v4: u8, prefix_v6: u8) -> Strin
 mod tests {
     use super::*;
 
-    /// The map's maximum is what bounds the agent's memory (README).
+    /// The map's maximum is what bounds the agent's memory (docs/ebpf.md).
     #[test]
     fn map_entries_are_bounded_where_memory_is_measured() {
         use crate::cli::parse_top_map_entries;

@@ -69,7 +69,7 @@ const fn probe(
     }
 }
 
-/// The probe set (README, "How the events are counted"). Entry probes that stash state for a
+/// The probe set (docs/ebpf.md, "How the events are counted"). Entry probes that stash state for a
 /// return probe come before it.
 pub const PROBES: [ProbeSpec; 7] = [
     probe(

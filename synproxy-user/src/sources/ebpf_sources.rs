@@ -122,7 +122,7 @@ pub fn interval_events(previous: Option<&SourceValue>, now: &SourceValue) -> u64
 /// sorted vectors of 48-byte records (this round's and the previous one's,
 /// matched by a merge), grown to at most the map's size, instead of hash maps
 /// (twice that, and more while they grow). Worst case in user space, with the
-/// round's events and the ranking: see the README's per-source map section
+/// round's events and the ranking: see docs/ebpf.md, "How sources are counted"
 /// (measured by `benches/top_sources_memory.rs`).
 #[derive(Debug, Default)]
 pub struct SourceDeltas {

@@ -222,7 +222,7 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The machine, as the README's table describes it.
+/// The machine, as the table in docs/performance.md describes it.
 struct Machine {
     cpus: usize,
     model: String,

@@ -34,7 +34,7 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// `PREFIXcli` and `PREFIXsrv` with the SYNPROXY rules of the README on
+    /// `PREFIXcli` and `PREFIXsrv` with SYNPROXY rules on
     /// the server's side.
     pub fn create(prefix: &str) -> Result<Self> {
         let pair = Self {

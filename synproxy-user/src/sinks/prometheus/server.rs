@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, Semaphore};
 
-/// The connection limits (documented in the README's Prometheus section).
+/// The connection limits (documented in docs/prometheus.md).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Connections open at once.
