@@ -1,6 +1,8 @@
 //! The sampler's bookkeeping under namespace churn: eBPF slots, retained
 //! series and failure entries stay bounded.
 
+use super::ebpf_round::present_ebpf_keys;
+use super::read::forget_excess_missing;
 use super::*;
 use crate::sources::ebpf::Stop;
 
