@@ -111,7 +111,7 @@ const SOURCE_COUNTERS: [synproxy_common::Counter; 3] = [
 
 /// The interval's top sources of the namespaces read this round; shares are
 /// of the namespace's eBPF events of the interval (evicted sources' included).
-fn rank_sources(
+pub(super) fn rank_sources(
     ranker: &mut TopRanker,
     reads: &[Read],
     samples: &[Option<[EbpfSample; 2]>],
