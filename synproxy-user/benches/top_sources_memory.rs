@@ -13,6 +13,8 @@
 //! fails when a full map needs more than the documented figures (docs/ebpf.md).
 //! (allocation sizes do not depend on the build profile: `cargo test
 //! --bench top_sources_memory` gives the same figures, slower).
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! The sampler's bookkeeping under namespace churn: eBPF slots, retained
 //! series and failure entries stay bounded.
 
+use super::ebpf_round::{present_ebpf_keys, rank_sources};
+use super::read::forget_excess_missing;
 use super::*;
 use crate::sources::ebpf::Stop;
 
@@ -136,4 +138,91 @@ fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
     s.track(key, "netns x", "x", reading());
     let series = s.series.get(&key).expect("series");
     assert!(series.reconciler.consistent(&proc, false, &bracket(0)));
+}
+
+fn read(key: SeriesKey, label: &str, ebpf_key: NsKey) -> Read {
+    Read {
+        key,
+        label: label.into(),
+        target: None,
+        ebpf_key: Some(ebpf_key),
+        before: None,
+        after: None,
+        totals: [0; crate::fields::FIELD_COUNT],
+        reset: false,
+    }
+}
+
+fn ebpf_pair(syn_v4: u64) -> [EbpfSample; 2] {
+    std::array::from_fn(|f| {
+        let mut events = [0; synproxy_common::COUNTER_COUNT];
+        if f == 0 {
+            events[synproxy_common::Counter::SynReceived.index()] = syn_v4;
+        }
+        EbpfSample {
+            netns: None,
+            family: ["ipv4", "ipv6"][f],
+            events,
+            peak_rates: [0.0; synproxy_common::COUNTER_COUNT],
+            status: ebpf_reconcile::Status::Exact,
+            timestamp_ns: 1,
+        }
+    })
+}
+
+/// Per-source counts go to the namespace their eBPF key belongs to (the own
+/// namespace without a label), shares are of that namespace's interval
+/// events, and counts of a namespace not read this round are left out.
+#[test]
+fn top_sources_take_their_namespace_and_its_events() {
+    use crate::sources::ebpf_sources::SourceEvents;
+    use synproxy_common::Counter;
+    let blue_key: NsKey = (2, 0);
+    let reads = [
+        read(SeriesKey::Own, "own", (1, 0)),
+        read(netns(4026532001, Some(11)), "blue", blue_key),
+    ];
+    let samples = [Some(ebpf_pair(10)), Some(ebpf_pair(100))];
+    let event = |ns: NsKey, source: &str, events: u64| SourceEvents {
+        ns,
+        counter: Counter::SynReceived,
+        source: source.parse().unwrap(),
+        events,
+    };
+    let sources = SourcesRound {
+        events: vec![
+            event(blue_key, "203.0.113.7", 60),
+            event((1, 0), "198.51.100.1", 5),
+            event((9, 0), "203.0.113.9", 99),
+        ],
+        ..SourcesRound::default()
+    };
+    let mut ranker = TopRanker::new(TopConfig {
+        n: 5,
+        prefix_v4: 32,
+        prefix_v6: 128,
+        map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+    });
+    let lists = rank_sources(&mut ranker, &reads, &samples, &sources);
+    let entries = |netns: Option<&str>| -> Vec<(String, u64, f64)> {
+        lists
+            .iter()
+            .filter(|l| {
+                l.netns.as_deref() == netns
+                    && l.family == "ipv4"
+                    && l.counter == Counter::SynReceived
+            })
+            .flat_map(|l| l.entries.iter())
+            .map(|e| (e.source.clone(), e.events, e.share))
+            .collect()
+    };
+    assert_eq!(entries(Some("blue")), [("203.0.113.7".into(), 60, 0.6)]);
+    assert_eq!(entries(None), [("198.51.100.1".into(), 5, 0.5)]);
+    assert!(
+        lists
+            .iter()
+            .flat_map(|l| &l.entries)
+            .all(|e| e.source != "203.0.113.9"),
+        "{lists:?}"
+    );
 }

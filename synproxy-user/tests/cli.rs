@@ -2,6 +2,8 @@
 //! output shape, errors, long-running behaviour (log once, recover, resets,
 //! wraps), execd stdin mode, signals and a closed stdout. Real-kernel tests
 //! live in the workspace's tests/ crate.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,6 +2,8 @@
 //! hand it: a proc root whose stat file is a FIFO, a device, a link or huge;
 //! stdin written faster than the agent samples, or with endless lines;
 //! flag values out of range; SIGHUP and SIGQUIT.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,8 @@
 //! priority prefixes per level and no timestamp with `--log-format journald`,
 //! and that format chosen by itself when stderr is the stream systemd named in
 //! `JOURNAL_STREAM`.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

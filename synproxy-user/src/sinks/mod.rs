@@ -17,6 +17,8 @@
 //! The network outputs wait at a [`gate::Gate`] until the capability drop.
 
 pub mod gate;
+#[cfg(test)]
+mod golden_tests;
 pub mod influx;
 pub mod line_protocol;
 pub mod prometheus;

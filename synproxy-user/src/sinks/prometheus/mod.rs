@@ -25,7 +25,7 @@ mod server;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 mod tls;
 mod top_series;
 #[cfg(test)]

@@ -561,7 +561,7 @@ fn a_page_is_rendered_once_per_format() {
 
 /// `promtool check metrics` finds nothing (skipped without promtool,
 /// unless CI=true).
-pub(super) fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("promtool")

@@ -1,0 +1,259 @@
+//! Golden files: one fixed [`Snapshot`] rendered by every output, compared
+//! byte for byte with the files in `synproxy-user/tests/golden/`. A change
+//! to any output shows up here as a diff to review. After an intended change:
+//! `UPDATE_GOLDEN=1 cargo test -p synproxy-user golden` rewrites the files.
+
+use super::line_protocol::{IntegerType, LineEncoder};
+use super::prometheus::tests::promtool_check;
+use super::prometheus::{render, Format, Published, TopSeries};
+use crate::fields::{Field, Values, FIELD_COUNT};
+use crate::reconcile::ebpf::Status;
+use crate::sample::{
+    AgentHealth, EbpfSample, InfluxHealth, NamespaceSnapshot, ProbesSample, ProgramRuns,
+    RetainedNamespace, Sample, SeriesId, Snapshot, SourceMapStats, TopSource, TopSources,
+};
+use crate::sources::kprobe_events::ProbeStats;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use synproxy_common::{Counter, COUNTER_COUNT};
+
+/// The round's time: 2026-11-28 10:20:50.765150438 UTC.
+const TS: u64 = 1_795_873_250_765_150_438;
+
+/// The label of the namespace file named `odd ns,x=1"\` + 0xff + `\n`: its
+/// space, comma, equals sign and quote kept, the backslash, the byte that
+/// is not UTF-8 and the newline written `\xHH` (as `netns_label::encode`
+/// writes them), so both outputs have their escaping to do.
+const ODD_LABEL: &str = r#"odd ns,x=1"\x5c\xff\x0a"#;
+
+/// `/proc` totals: `base` + 1, 2, 3... per field, so each field differs.
+fn totals(base: u64) -> Values<u64> {
+    let mut t = [0; FIELD_COUNT];
+    for (i, field) in Field::ALL.into_iter().enumerate() {
+        t[field.index()] = base + i as u64 + 1;
+    }
+    t
+}
+
+fn ebpf(netns: Option<&str>, base: u64, status: Status) -> [EbpfSample; 2] {
+    std::array::from_fn(|f| {
+        let events: [u64; COUNTER_COUNT] =
+            std::array::from_fn(|c| base * (f as u64 + 1) + c as u64);
+        EbpfSample {
+            netns: netns.map(str::to_string),
+            family: ["ipv4", "ipv6"][f],
+            events,
+            // Peaks with a fraction, and one that is not finite (shown as 0).
+            peak_rates: std::array::from_fn(|c| match (f, c) {
+                (1, 4) => f64::NAN,
+                _ => events[c] as f64 * 12.5,
+            }),
+            status,
+            timestamp_ns: TS,
+        }
+    })
+}
+
+fn namespace(
+    series: SeriesId,
+    netns: Option<&str>,
+    base: u64,
+    status: Status,
+) -> NamespaceSnapshot {
+    NamespaceSnapshot {
+        series,
+        sample: Sample {
+            netns: netns.map(str::to_string),
+            totals: totals(base),
+            timestamp_ns: TS,
+        },
+        ebpf: Some(ebpf(netns, base / 10, status)),
+    }
+}
+
+fn top(
+    netns: Option<&str>,
+    family: &'static str,
+    counter: Counter,
+    list: &[(&str, u64)],
+) -> TopSources {
+    let interval_events = list.iter().map(|(_, n)| n).sum::<u64>() + 5;
+    TopSources {
+        netns: netns.map(str::to_string),
+        family,
+        counter,
+        interval_events,
+        entries: list
+            .iter()
+            .map(|(source, events)| TopSource {
+                source: (*source).to_string(),
+                events: *events,
+                share: *events as f64 / interval_events as f64,
+            })
+            .collect(),
+    }
+}
+
+/// Three namespaces read (the agent's own, `blue`, the odd name), one
+/// retained, one that failed; eBPF with kprobes, per-source counting, the
+/// InfluxDB writer's health.
+fn golden_snapshot() -> Snapshot {
+    Snapshot {
+        timestamp_ns: TS,
+        namespaces: vec![
+            namespace(1, None, 1000, Status::Exact),
+            namespace(2, Some("blue"), 2000, Status::Lagging),
+            namespace(3, Some(ODD_LABEL), 300, Status::ProcOnly),
+        ],
+        retained: vec![RetainedNamespace {
+            series: 4,
+            netns: Some("gone".into()),
+            totals: totals(40),
+            missing_rounds: 2,
+        }],
+        failures: vec!["red: permission denied".into()],
+        probes: Some(ProbesSample {
+            attached: true,
+            probe_type: "kprobe",
+            probe_misses: 3,
+            recursion_misses: 2,
+            program_recursion: vec![("ack4", 2), ("synack4", 0)],
+            map_bytes: 2_797_568,
+            probes: vec![
+                (
+                    "synack4",
+                    ProbeStats {
+                        hits: 420,
+                        missed: 0,
+                    },
+                ),
+                (
+                    "ack4_ret",
+                    ProbeStats {
+                        hits: 77,
+                        missed: 3,
+                    },
+                ),
+            ],
+            diag: [1, 0, 4, 0],
+            sources: Some(SourceMapStats {
+                entries: 40,
+                capacity: 65536,
+                evictions: 7,
+                insert_failures: 1,
+                map_bytes: 6_291_456,
+            }),
+            timestamp_ns: TS,
+        }),
+        agent: AgentHealth {
+            round_duration: Duration::from_micros(1500),
+            ebpf_enabled: true,
+            ebpf_attached: true,
+            ebpf_off: None,
+            programs: vec![
+                ProgramRuns {
+                    program: "ack4",
+                    run_time_ns: 2_500_000_000,
+                    run_count: 7,
+                },
+                ProgramRuns {
+                    program: "synack4",
+                    run_time_ns: 125_000,
+                    run_count: 420,
+                },
+            ],
+            influx: Some(InfluxHealth {
+                written_lines: 1200,
+                buffered_lines: 14,
+                dropped_lines: 2,
+                rejected_lines: 1,
+            }),
+        },
+        top_sources: vec![
+            top(
+                Some("blue"),
+                "ipv4",
+                Counter::SynReceived,
+                &[("203.0.113.7", 300), ("198.51.100.0/24", 120)],
+            ),
+            top(
+                Some(ODD_LABEL),
+                "ipv6",
+                Counter::CookieInvalid,
+                &[("2001:db8::1", 9), ("2001:db8:1::/64", 4)],
+            ),
+        ],
+    }
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// `actual` equals the golden file `name`, or (with `UPDATE_GOLDEN=1`)
+/// becomes it.
+fn assert_golden(name: &str, actual: &str) {
+    let path = golden_path(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (UPDATE_GOLDEN=1 cargo test -p synproxy-user golden writes it)",
+            path.display()
+        )
+    });
+    if expected == actual {
+        return;
+    }
+    let mut exp = expected.split_inclusive('\n');
+    let mut act = actual.split_inclusive('\n');
+    let mut line = 1;
+    loop {
+        match (exp.next(), act.next()) {
+            (Some(e), Some(a)) if e == a => line += 1,
+            (e, a) => panic!(
+                "{} differs at line {line}:\n  golden: {:?}\n  now:    {:?}\n\
+                 If the change is intended: UPDATE_GOLDEN=1 cargo test -p synproxy-user golden",
+                path.display(),
+                e.unwrap_or("(end of file)"),
+                a.unwrap_or("(end of output)"),
+            ),
+        }
+    }
+}
+
+fn published() -> Published {
+    let mut published = Published {
+        top_series: TopSeries::Address,
+        ..Published::default()
+    };
+    published.add(&Arc::new(golden_snapshot()));
+    published
+}
+
+#[test]
+fn golden_prometheus_text() {
+    let text = render(&published(), Format::Text).unwrap();
+    assert_golden("metrics.txt", &text);
+    promtool_check(&text);
+}
+
+#[test]
+fn golden_openmetrics() {
+    let text = render(&published(), Format::OpenMetrics).unwrap();
+    assert_golden("metrics.openmetrics.txt", &text);
+}
+
+#[test]
+fn golden_line_protocol() {
+    let encoder = LineEncoder::new(&[("host".into(), "gw01".into())], IntegerType::Signed);
+    let mut out = Vec::new();
+    encoder.encode_round(&golden_snapshot(), &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert_golden("line-protocol.txt", &text);
+}
