@@ -5,7 +5,7 @@ use crate::logging::LogFormat;
 use crate::reconcile::top_sources::{
     TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
 };
-use crate::sources::netns_policy::{
+use crate::sources::proc::netns_policy::{
     NetnsPolicy, DEFAULT_MAX_NAMESPACES, MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -20,9 +20,9 @@ use crate::sample::{
 };
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
 use crate::sources::ebpf_sources::SourcesRound;
-use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
-use crate::sources::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
-use crate::sources::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
+use crate::sources::proc::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
+use crate::sources::proc::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
+use crate::sources::proc::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

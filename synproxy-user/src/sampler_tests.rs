@@ -94,7 +94,7 @@ fn failure_entries_go_with_their_namespace() {
 fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
     use crate::reconcile::ebpf::{Bracket, Input};
     use crate::reconcile::wrap_tracker::CounterIdentity;
-    use crate::sources::proc_stat::parse;
+    use crate::sources::proc::proc_stat::parse;
     use synproxy_common::Counter;
     let reading = || {
         Reading {

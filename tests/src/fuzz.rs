@@ -19,7 +19,7 @@ use synproxy_user::sinks::line_protocol::{
 };
 use synproxy_user::sources::btf::{Btf, KernelOffsets};
 use synproxy_user::sources::kprobe_events::ProbeStats;
-use synproxy_user::sources::proc_stat;
+use synproxy_user::sources::proc::proc_stat;
 
 /// A target's body: panics when a property fails.
 pub type Target = fn(&[u8]);

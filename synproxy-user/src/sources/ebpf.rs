@@ -606,7 +606,10 @@ impl EbpfSource {
         debug!("kernel offsets from BTF: {offsets:?}");
         // Cookies join eBPF counts with namespaces only where the agent can ask
         // a namespace for its cookie too (SO_NETNS_COOKIE, 5.14+).
-        let cookie_offset = match (offsets.net_cookie, super::netns::current_netns_cookie()) {
+        let cookie_offset = match (
+            offsets.net_cookie,
+            super::proc::netns::current_netns_cookie(),
+        ) {
             (Some(offset), Some(_)) => offset,
             _ => u32::MAX,
         };

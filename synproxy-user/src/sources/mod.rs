@@ -5,13 +5,8 @@
 pub mod btf;
 pub mod ebpf;
 pub mod ebpf_sources;
-pub mod host_file;
 pub mod kernel_btf;
 pub mod kprobe_events;
-pub mod netns;
-pub mod netns_label;
-pub mod netns_policy;
 pub mod ns_slots;
-pub mod proc_file;
-pub mod proc_stat;
+pub mod proc;
 pub mod shared_array;
