@@ -23,7 +23,9 @@ use synproxy_common::{Counter, SourceKey, FAMILY_IPV4, FAMILY_IPV6, SOURCE_RECOR
 use synproxy_user::reconcile::top_sources::{
     SourceCount, TopConfig, TopRanker, MAX_TOP_MAP_ENTRIES,
 };
-use synproxy_user::sources::ebpf_sources::{key_addr, stream_records, SourceDeltas, SourcesRound};
+use synproxy_user::sources::ebpf::ebpf_sources::{
+    key_addr, stream_records, SourceDeltas, SourcesRound,
+};
 
 struct Counting;
 

@@ -55,7 +55,10 @@ pub struct ProbesSample {
     /// Kernel memory the maps pin, bytes.
     pub map_bytes: u64,
     /// Probe short name -> hits and misses since it was attached.
-    pub probes: Vec<(&'static str, crate::sources::kprobe_events::ProbeStats)>,
+    pub probes: Vec<(
+        &'static str,
+        crate::sources::ebpf::kprobe_events::ProbeStats,
+    )>,
     /// Kernel-side diagnostics since load ([`synproxy_common::diag`]).
     pub diag: [u64; synproxy_common::diag::COUNT as usize],
     /// The per-source map, with `--top` N > 0.

@@ -18,8 +18,8 @@ use crate::sample::{
     now_ns, AgentHealth, EbpfSample, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId,
     Snapshot, SourceMapStats, TopSources,
 };
+use crate::sources::ebpf::ebpf_sources::SourcesRound;
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
-use crate::sources::ebpf_sources::SourcesRound;
 use crate::sources::proc::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
 use crate::sources::proc::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
 use crate::sources::proc::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};

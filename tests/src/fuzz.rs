@@ -17,8 +17,8 @@ use synproxy_user::sinks::line_protocol::{
     sanitized_tag, IntegerType, LineEncoder, EBPF_MEASUREMENT, FAMILY_TAG, MEASUREMENT, NETNS_TAG,
     PROBES_MEASUREMENT,
 };
-use synproxy_user::sources::btf::{Btf, KernelOffsets};
-use synproxy_user::sources::kprobe_events::ProbeStats;
+use synproxy_user::sources::ebpf::btf::{Btf, KernelOffsets};
+use synproxy_user::sources::ebpf::kprobe_events::ProbeStats;
 use synproxy_user::sources::proc::proc_stat;
 
 /// A target's body: panics when a property fails.

@@ -518,7 +518,7 @@ mod tests {
             probe_type: "kprobe",
             probes: vec![(
                 "ack4_ret",
-                crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
+                crate::sources::ebpf::kprobe_events::ProbeStats { hits: 7, missed: 1 },
             )],
             diag: [0, 0, 1, 0],
             probe_misses: 1,
