@@ -2,9 +2,7 @@
 
 use crate::cli_bounds;
 use crate::logging::LogFormat;
-use crate::reconcile::top_sources::{
-    TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
-};
+use crate::ranking::{TopConfig, DEFAULT_TOP, MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES};
 use crate::sources::proc::netns_policy::{
     NetnsPolicy, DEFAULT_MAX_NAMESPACES, MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES,
 };

@@ -35,7 +35,7 @@ pub struct EbpfSample {
     pub events: [u64; synproxy_common::COUNTER_COUNT],
     /// Peak rate per counter (events per second over one rate bucket).
     pub peak_rates: [f64; synproxy_common::COUNTER_COUNT],
-    pub status: crate::reconcile::ebpf::Status,
+    pub status: crate::reconcile::ebpf_vs_proc::Status,
     pub timestamp_ns: u64,
 }
 

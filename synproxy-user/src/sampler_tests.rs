@@ -92,7 +92,7 @@ fn failure_entries_go_with_their_namespace() {
 /// restarted counts a miss.
 #[test]
 fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
-    use crate::reconcile::ebpf::{Bracket, Input};
+    use crate::reconcile::ebpf_vs_proc::{Bracket, Input};
     use crate::reconcile::wrap_tracker::CounterIdentity;
     use crate::sources::proc::proc_stat::parse;
     use synproxy_common::Counter;

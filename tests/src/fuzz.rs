@@ -11,7 +11,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use std::collections::BTreeMap;
 use synproxy_common::{Counter, COUNTER_COUNT};
 use synproxy_user::fields::{Field, FIELD_COUNT};
-use synproxy_user::reconcile::ebpf::Status;
+use synproxy_user::reconcile::ebpf_vs_proc::Status;
 use synproxy_user::sample::{EbpfSample, ProbesSample, Sample};
 use synproxy_user::sinks::line_protocol::{
     sanitized_tag, IntegerType, LineEncoder, EBPF_MEASUREMENT, FAMILY_TAG, MEASUREMENT, NETNS_TAG,

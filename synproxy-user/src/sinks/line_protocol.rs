@@ -493,7 +493,7 @@ mod tests {
             family: "ipv4",
             events: [20000, 5000, 0, 0, 0],
             peak_rates: [31000.0, 12500.5, 0.0, 0.0, 0.0],
-            status: crate::reconcile::ebpf::Status::Exact,
+            status: crate::reconcile::ebpf_vs_proc::Status::Exact,
             timestamp_ns: 1_549_550_634_000_000_000,
         }
     }

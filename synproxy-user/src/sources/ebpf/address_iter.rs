@@ -1,7 +1,7 @@
 //! The per-address counting's kernel side (`--top` N > 0): loading the
 //! iterator over `SOURCES`, linking it with the map, and reading it each round.
 
-use super::ebpf_sources::{self, SourceDeltas, SourcesRound};
+use super::address_counts::{self, SourceDeltas, SourcesRound};
 use super::loader::{map_memlock, map_shared};
 use super::shared_array::SharedArray;
 use super::EbpfSource;
@@ -37,7 +37,7 @@ impl EbpfSource {
         let counting = self.sources.as_mut()?;
         counting.deltas.begin();
         let deltas = &mut counting.deltas;
-        let read = ebpf_sources::read_iter(counting.link.as_fd(), &mut counting.records, |r| {
+        let read = address_counts::read_iter(counting.link.as_fd(), &mut counting.records, |r| {
             deltas.add(r)
         });
         if let Err(e) = read {
@@ -76,7 +76,7 @@ pub(super) fn open_source_counting(
     let btf_id = iter_btf_id.ok_or_else(|| {
         format!(
             "the kernel has no BPF map iterator ({} not in its BTF; Linux 5.9+)",
-            ebpf_sources::ITER_TARGET
+            address_counts::ITER_TARGET
         )
     })?;
     let stats = map_shared(ebpf, "SOURCE_STATS", 8, source_stats::COUNT).map_err(|e| e.0)?;
@@ -97,7 +97,7 @@ pub(super) fn open_source_counting(
         .load_with_btf_id(btf_id)
         .map_err(|e| format!("loading spx_sources_iter: {e}"))?;
     let prog_fd = program.fd().map_err(|e| format!("spx_sources_iter: {e}"))?;
-    let link = ebpf_sources::attach_map_iter(prog_fd.as_fd(), map_fd.as_fd())
+    let link = address_counts::attach_map_iter(prog_fd.as_fd(), map_fd.as_fd())
         .map_err(|e| format!("linking spx_sources_iter with SOURCES: {e}"))?;
     let map_bytes = map_memlock(map_fd.as_fd());
     Ok(SourceCounting {

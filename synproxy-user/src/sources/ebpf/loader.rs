@@ -2,9 +2,9 @@
 //! programs' globals from BTF offsets, mapping the shared maps, and loading
 //! the kprobe programs (the verifier runs here).
 
+use super::address_counts;
 use super::address_iter::open_source_counting;
 use super::btf::{self, Btf, KernelOffsets, VMLINUX_BTF};
-use super::ebpf_sources;
 use super::fentry_attach::fentry_precheck;
 use super::kprobe_events::{self, TraceFs};
 use super::ns_slots::NsSlots;
@@ -129,7 +129,7 @@ impl EbpfSource {
         };
         // The map-element iterator's target, for per-source counting.
         let iter_btf_id = match source_entries {
-            Some(_) => btf::func_ids(&vmlinux, None, &[ebpf_sources::ITER_TARGET])
+            Some(_) => btf::func_ids(&vmlinux, None, &[address_counts::ITER_TARGET])
                 .ok()
                 .and_then(|ids| ids.first().copied().flatten()),
             None => None,

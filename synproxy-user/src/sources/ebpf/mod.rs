@@ -24,8 +24,8 @@
 //! reads), [`prog_info`] (`bpf_prog_info`), [`address_iter`] (the per-address
 //! iterator); the kernel-facing helpers are the public modules below.
 
+pub mod address_counts;
 pub mod btf;
-pub mod ebpf_sources;
 pub mod kernel_btf;
 pub mod kprobe_events;
 pub mod ns_slots;
@@ -45,9 +45,9 @@ pub use probes::{FentrySpec, ProbeSpec, ProbeType, FENTRY_PROBES, KPROBE_PMU, PR
 pub use reattach::RELEASE_HOLD;
 pub use round::CountsView;
 
+use address_counts::SourcesRound;
 use address_iter::SourceCounting;
 use aya::Ebpf;
-use ebpf_sources::SourcesRound;
 use fentry_attach::FentryTargets;
 use kprobe_events::{ProbeStats, TraceFs};
 use ns_slots::NsSlots;
