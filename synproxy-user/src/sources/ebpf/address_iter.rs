@@ -79,7 +79,8 @@ pub(super) fn open_source_counting(
             address_counts::ITER_TARGET
         )
     })?;
-    let stats = map_shared(ebpf, "SOURCE_STATS", 8, source_stats::COUNT).map_err(|e| e.0)?;
+    let stats =
+        map_shared(ebpf, "SOURCE_STATS", 8, source_stats::COUNT).map_err(|e| e.to_string())?;
     let map_fd = match ebpf.map("SOURCES") {
         Some(Map::LruHashMap(data)) => data
             .fd()

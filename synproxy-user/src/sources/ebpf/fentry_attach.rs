@@ -3,14 +3,11 @@
 //! unloading them so that nothing holds the modules.
 
 use super::btf::{self, SplitBase, VMLINUX_BTF};
+use super::error::{first_errno, is_permission, load_error, EbpfError, CAPS};
 use super::kernel_btf;
 use super::kprobe_attach::symbol_exists;
-use super::loader::load_error;
 use super::probes::MODULES;
-use super::{
-    first_errno, is_permission, AttachError, Attachment, EbpfSource, ProbeType, Stop, Unavailable,
-    CAPS, FENTRY_PROBES,
-};
+use super::{AttachError, Attachment, EbpfSource, ProbeType, Stop, FENTRY_PROBES};
 use aya::programs::{FEntry, FExit};
 use log::warn;
 use std::os::fd::OwnedFd;
@@ -51,10 +48,10 @@ pub(super) struct FentryTargets {
 
 /// Whether fentry can be used here, as far as can be told before the
 /// modules load: Err is the reason to use kprobes instead.
-pub(super) fn fentry_precheck(vmlinux: &[u8]) -> Result<FentryTargets, String> {
+pub(super) fn fentry_precheck(vmlinux: &[u8]) -> Result<FentryTargets, EbpfError> {
     let names = FENTRY_PROBES.map(|p| p.function);
-    let ids = btf::func_ids(vmlinux, None, &names).map_err(|e| format!("{VMLINUX_BTF}: {e}"))?;
-    let vmlinux_types = btf::type_count(vmlinux).map_err(|e| format!("{VMLINUX_BTF}: {e}"))?;
+    let ids = btf::func_ids(vmlinux, None, &names).map_err(EbpfError::BtfInvalid)?;
+    let vmlinux_types = btf::type_count(vmlinux).map_err(EbpfError::BtfInvalid)?;
     let mut builtin = [None; FENTRY_PROBES.len()];
     builtin.copy_from_slice(&ids);
     let targets = FentryTargets {
@@ -67,9 +64,7 @@ pub(super) fn fentry_precheck(vmlinux: &[u8]) -> Result<FentryTargets, String> {
     // Some functions are in modules: that needs module BTF and 5.11.
     if let Some((major, minor)) = kernel_version() {
         if (major, minor) < (5, 11) {
-            return Err(format!(
-                "fentry on module functions needs Linux 5.11 or later (this is {major}.{minor})"
-            ));
+            return Err(EbpfError::FentryNeedsNewerKernel { major, minor });
         }
     }
     if let Some(reason) = no_module_btf() {
@@ -79,7 +74,7 @@ pub(super) fn fentry_precheck(vmlinux: &[u8]) -> Result<FentryTargets, String> {
 }
 
 /// A reason if loaded modules show that the kernel has no module BTF.
-fn no_module_btf() -> Option<String> {
+fn no_module_btf() -> Option<EbpfError> {
     let loaded: Vec<String> = std::fs::read_to_string("/proc/modules")
         .ok()?
         .lines()
@@ -87,9 +82,7 @@ fn no_module_btf() -> Option<String> {
         .collect();
     for m in MODULES {
         if loaded.iter().any(|l| l == m) && !Path::new("/sys/kernel/btf").join(m).exists() {
-            return Some(format!(
-                "no BTF for module {m} (/sys/kernel/btf/{m} missing: the kernel was built without CONFIG_DEBUG_INFO_BTF_MODULES)"
-            ));
+            return Some(EbpfError::NoBtfForModule(m));
         }
     }
     if !loaded.is_empty()
@@ -97,7 +90,7 @@ fn no_module_btf() -> Option<String> {
             .iter()
             .any(|m| Path::new("/sys/kernel/btf").join(m).exists())
     {
-        return Some("no module BTF in /sys/kernel/btf (the kernel was built without CONFIG_DEBUG_INFO_BTF_MODULES)".into());
+        return Some(EbpfError::NoModuleBtf);
     }
     None
 }
@@ -143,18 +136,18 @@ impl EbpfSource {
                         .and_then(|()| p.attach().map(drop))
                 };
                 if let Err(e) = loaded {
-                    let Unavailable(reason) = if is_permission(&e) {
+                    let reason = if is_permission(&e) {
                         // Also as root where a kernel does not allow fentry.
-                        Unavailable(format!(
+                        format!(
                             "the kernel refused {} ({}; loading needs CAP_BPF and CAP_PERFMON)",
                             spec.program,
                             first_errno(&e).map_or_else(
                                 || e.to_string(),
                                 |n| std::io::Error::from_raw_os_error(n).to_string()
                             )
-                        ))
+                        )
                     } else {
-                        load_error(spec.program, e)
+                        load_error(spec.program, e).to_string()
                     };
                     return Err(AttachError::FentryUnusable(format!(
                         "{} on {}: {reason}",

@@ -1,8 +1,9 @@
 //! Attaching the kprobe programs: one tracefs kprobe event per probe, each
 //! with its program; removing them again in parallel.
 
+use super::error::CAPS;
 use super::kprobe_events::{self, TraceFs};
-use super::{AttachError, Attachment, EbpfSource, ProbeType, Stop, CAPS, PROBES};
+use super::{AttachError, Attachment, EbpfSource, ProbeType, Stop, PROBES};
 use aya::programs::KProbe;
 use log::{info, warn};
 use std::os::fd::{AsFd, OwnedFd};

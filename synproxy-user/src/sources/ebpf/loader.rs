@@ -5,13 +5,12 @@
 use super::address_counts;
 use super::address_iter::open_source_counting;
 use super::btf::{self, Btf, KernelOffsets, VMLINUX_BTF};
+use super::error::{is_permission, load_error, EbpfError};
 use super::fentry_attach::fentry_precheck;
 use super::kprobe_events::{self, TraceFs};
 use super::ns_slots::NsSlots;
 use super::shared_array::SharedArray;
-use super::{
-    is_permission, EbpfSource, ProbeType, Shared, Stop, Unavailable, CAPS, KPROBE_PMU, PROBES,
-};
+use super::{EbpfSource, ProbeType, Shared, Stop, KPROBE_PMU, PROBES};
 use aya::maps::Map;
 use aya::programs::KProbe;
 use aya::{Ebpf, EbpfLoader};
@@ -42,36 +41,11 @@ fn raise_memlock() {
 }
 
 /// The tracefs to create kprobe events in, if the kernel has kprobes.
-fn kprobe_support(tracefs: Option<&TraceFs>) -> Result<&TraceFs, Unavailable> {
+fn kprobe_support(tracefs: Option<&TraceFs>) -> Result<&TraceFs, EbpfError> {
     if !Path::new(KPROBE_PMU).exists() && tracefs.is_none() {
-        return Err(Unavailable(format!(
-            "kprobes not supported by this kernel ({KPROBE_PMU} missing)"
-        )));
+        return Err(EbpfError::NoKprobes);
     }
-    tracefs.ok_or_else(|| {
-        Unavailable(
-            "tracefs is not mounted (no kprobe_events in /sys/kernel/tracing or /sys/kernel/debug/tracing; mount -t tracefs nodev /sys/kernel/tracing)".into(),
-        )
-    })
-}
-
-/// Why the kernel refused to load a program: capabilities, or the
-/// verifier's last line.
-pub(super) fn load_error(program: &str, e: aya::programs::ProgramError) -> Unavailable {
-    if is_permission(&e) {
-        return Unavailable(format!("{CAPS}: {e}"));
-    }
-    let detail = match &e {
-        aya::programs::ProgramError::LoadError { verifier_log, .. } => verifier_log
-            .to_string()
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default()
-            .to_string(),
-        other => other.to_string(),
-    };
-    Unavailable(format!("the kernel verifier rejected {program}: {detail}"))
+    tracefs.ok_or(EbpfError::NoTracefs)
 }
 
 impl EbpfSource {
@@ -85,23 +59,19 @@ impl EbpfSource {
         stop: &Stop,
         probes: ProbeType,
         source_entries: Option<u32>,
-    ) -> Result<Self, Unavailable> {
+    ) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
-            return Err(Unavailable(
-                "this synproxy-agent was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
-            ));
+            return Err(EbpfError::NotBuilt);
         }
         let vmlinux = match std::fs::read(VMLINUX_BTF) {
             Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Unavailable(format!(
-                    "no kernel BTF ({VMLINUX_BTF} missing; the kernel needs CONFIG_DEBUG_INFO_BTF)"
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EbpfError::NoBtf),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(EbpfError::MissingCapabilities(format!(
+                    "cannot read {VMLINUX_BTF}"
                 )))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Unavailable(format!("{CAPS}: cannot read {VMLINUX_BTF}")))
-            }
-            Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
+            Err(e) => return Err(EbpfError::BtfUnreadable(e)),
         };
         let fentry_targets = match probes {
             ProbeType::Kprobe => None,
@@ -123,9 +93,8 @@ impl EbpfSource {
             kprobe_support(tracefs.as_ref())?;
         }
         let offsets = match Btf::parse(&vmlinux) {
-            Ok(btf) => KernelOffsets::from_btf(&btf)
-                .map_err(|e| Unavailable(format!("kernel BTF lacks a needed type: {e}")))?,
-            Err(e) => return Err(Unavailable(format!("{VMLINUX_BTF}: {e}"))),
+            Ok(btf) => KernelOffsets::from_btf(&btf).map_err(EbpfError::BtfLacksType)?,
+            Err(e) => return Err(EbpfError::BtfInvalid(e)),
         };
         // The map-element iterator's target, for per-source counting.
         let iter_btf_id = match source_entries {
@@ -169,9 +138,9 @@ impl EbpfSource {
             .load(OBJECT)
             .map_err(|e| {
                 if is_permission(&e) {
-                    Unavailable(format!("{CAPS}: {e}"))
+                    EbpfError::MissingCapabilities(e.to_string())
                 } else {
-                    Unavailable(format!("cannot load the eBPF object: {e}"))
+                    EbpfError::ObjectLoad(e.to_string())
                 }
             })?;
         let shared = Shared {
@@ -231,14 +200,14 @@ impl EbpfSource {
         }
         source.opening = false;
         match source.unusable.take() {
-            Some(reason) => Err(Unavailable(reason)),
+            Some(reason) => Err(reason),
             None => Ok(source),
         }
     }
 
     /// Loads the kprobe programs (the verifier runs here) and removes kprobe
     /// events that agents no longer running left behind.
-    pub(super) fn load_kprobes(&mut self, stop: &Stop) -> Result<(), Unavailable> {
+    pub(super) fn load_kprobes(&mut self, stop: &Stop) -> Result<(), EbpfError> {
         if self.kprobes_loaded {
             return Ok(());
         }
@@ -249,16 +218,17 @@ impl EbpfSource {
                 continue;
             }
             if stop.requested() {
-                return Err(Unavailable("stopped during start-up".into()));
+                return Err(EbpfError::Stopped);
             }
             let program: &mut KProbe = self
                 .ebpf
                 .program_mut(spec.program)
-                .ok_or_else(|| {
-                    Unavailable(format!("program {} missing from the object", spec.program))
-                })?
+                .ok_or(EbpfError::ProgramMissing(spec.program))?
                 .try_into()
-                .map_err(|e| Unavailable(format!("program {}: {e}", spec.program)))?;
+                .map_err(|e: aya::programs::ProgramError| EbpfError::WrongProgram {
+                    program: spec.program,
+                    detail: e.to_string(),
+                })?;
             if let Err(e) = program.load() {
                 return Err(load_error(spec.program, e));
             }
@@ -297,20 +267,23 @@ fn own_map_memlock() -> u64 {
 /// Maps an mmapable array map of the object.
 pub(super) fn map_shared(
     ebpf: &Ebpf,
-    name: &str,
+    name: &'static str,
     value_size: usize,
     max_entries: u32,
-) -> Result<SharedArray, Unavailable> {
+) -> Result<SharedArray, EbpfError> {
     let data = match ebpf.map(name) {
         Some(Map::Array(data)) => data,
-        Some(_) => return Err(Unavailable(format!("map {name} is not an array"))),
-        None => return Err(Unavailable(format!("map {name} missing from the object"))),
+        Some(_) => return Err(EbpfError::MapNotArray(name)),
+        None => return Err(EbpfError::MapMissing(name)),
     };
     SharedArray::map(data.fd().as_fd(), value_size, max_entries as usize).map_err(|e| {
         if is_permission(&e) {
-            Unavailable(format!("{CAPS}: mmap of map {name}: {e}"))
+            EbpfError::MissingCapabilities(format!("mmap of map {name}: {e}"))
         } else {
-            Unavailable(format!("cannot map {name} into memory: {e}"))
+            EbpfError::MapMemory {
+                name,
+                detail: e.to_string(),
+            }
         }
     })
 }

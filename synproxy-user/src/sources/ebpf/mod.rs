@@ -7,7 +7,7 @@
 //! map syscall: while a CPU is inside one, the kernel skips the programs there.
 //!
 //! Anything that makes eBPF unusable (no kprobes, no BTF, no capabilities, a
-//! verifier rejection) is an [`Unavailable`] with one sentence naming the reason;
+//! verifier rejection) is an [`EbpfError`] with one sentence naming the reason;
 //! the agent then reports /proc only.
 //!
 //! Two probe types count the same events into the same maps ([`ProbeType`]):
@@ -32,6 +32,7 @@ pub mod ns_slots;
 pub mod shared_array;
 
 mod address_iter;
+mod error;
 mod fentry_attach;
 mod kprobe_attach;
 mod loader;
@@ -40,6 +41,7 @@ mod prog_info;
 mod reattach;
 mod round;
 
+pub use error::EbpfError;
 pub use ns_slots::{FamilyCounts, NsKey};
 pub use probes::{FentrySpec, ProbeSpec, ProbeType, FENTRY_PROBES, KPROBE_PMU, PROBES};
 pub use reattach::RELEASE_HOLD;
@@ -84,16 +86,6 @@ impl Stop {
     /// Called before creating kprobe events: false once a stop was requested.
     fn allow_events(&self) -> bool {
         self.0.fetch_or(EVENTS_MAY_EXIST, Ordering::SeqCst) & STOP_REQUESTED == 0
-    }
-}
-
-/// Why eBPF cannot be used; the agent then reports /proc only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unavailable(pub String);
-
-impl std::fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -170,7 +162,7 @@ pub struct EbpfSource {
     released: Option<Released>,
     /// fentry fell back to kprobes, which cannot be used either: eBPF is
     /// unusable (at start-up: [`EbpfSource::open`] fails with this).
-    unusable: Option<String>,
+    unusable: Option<EbpfError>,
     /// Inside [`EbpfSource::open`]: an unusable eBPF is its error, not a warning.
     opening: bool,
     /// Probe misses of the current attachment at the previous round.
@@ -182,25 +174,6 @@ pub struct EbpfSource {
     map_bytes: u64,
     sources: Option<SourceCounting>,
 }
-
-fn first_errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(code) = io.raw_os_error() {
-                return Some(code);
-            }
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn is_permission(err: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(first_errno(err), Some(libc::EPERM) | Some(libc::EACCES))
-}
-
-const CAPS: &str = "missing capabilities (loading eBPF needs root, or CAP_BPF + CAP_PERFMON, and CAP_DAC_OVERRIDE for tracefs)";
 
 impl EbpfSource {
     /// The probe type in use.

@@ -4,7 +4,7 @@
 
 use super::kprobe_attach::remove_events;
 use super::probes::MODULES;
-use super::{AttachError, EbpfSource, ProbeType, Stop, Unavailable, FENTRY_PROBES};
+use super::{AttachError, EbpfSource, ProbeType, Stop, FENTRY_PROBES};
 use log::{info, warn};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -89,13 +89,13 @@ impl EbpfSource {
             self.active = ProbeType::Kprobe;
             attached = match self.load_kprobes(stop) {
                 Ok(()) => self.attach(&modules, stop),
-                Err(Unavailable(reason)) => {
+                Err(reason) => {
                     if self.opening {
                         // open() reports it as the reason eBPF is disabled.
                         self.unusable = Some(reason);
                         return false;
                     }
-                    Err(AttachError::Other(reason))
+                    Err(AttachError::Other(reason.to_string()))
                 }
             };
         }
