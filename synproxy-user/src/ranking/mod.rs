@@ -1,6 +1,7 @@
-//! Ranking client addresses: the top sources of one interval: from per-source event counts to the
-//! [`TopSources`] lists of the snapshot, the top N per namespace, family and
-//! counter by events in the interval. Pure: the kernel-side reader feeds it.
+//! Ranking client addresses: from the interval's per-address event counts to
+//! the [`TopSources`](crate::sample::TopSources) lists of the snapshot, the
+//! top N per namespace, family and counter by events in the interval. Pure:
+//! the kernel-side reader feeds it.
 //!
 //! - Sources are optionally summed into their prefix first (`--top-prefix-v4`,
 //!   `--top-prefix-v6`), for spoofed floods where no single address stands out.

@@ -18,11 +18,11 @@
 //! only re-attached. Where fentry cannot be used (no module BTF, Linux before
 //! 5.11, a load the kernel refuses) the agent says why once and uses kprobes.
 //!
-//! Where each part lives: [`probes`] (the probe catalogue), [`loader`]
-//! (checks and loading), [`kprobe_attach`] and [`fentry_attach`],
-//! [`reattach`] (module reloads, backoff, SIGUSR1), [`round`] (each round's
-//! reads), [`prog_info`] (`bpf_prog_info`), [`address_iter`] (the per-address
-//! iterator); the kernel-facing helpers are the public modules below.
+//! Where each part lives: `probes` (the probe catalogue), `loader` (checks
+//! and loading), `kprobe_attach` and `fentry_attach`, `reattach` (module
+//! reloads, backoff, SIGUSR1), `round` (each round's reads), `prog_info`
+//! (`bpf_prog_info`), `address_iter` (the per-address iterator), `error`
+//! ([`EbpfError`]); the kernel-facing helpers are the public modules below.
 
 pub mod address_counts;
 pub mod btf;
