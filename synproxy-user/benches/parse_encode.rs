@@ -6,11 +6,11 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use synproxy_user::reconcile::top_sources::{SourceCount, TopConfig, TopRanker};
+use synproxy_user::ranking::{SourceCount, TopConfig, TopRanker};
 use synproxy_user::reconcile::wrap_tracker::{CounterIdentity, WrapTracker};
 use synproxy_user::sample::Sample;
 use synproxy_user::sinks::line_protocol::{IntegerType, LineEncoder};
-use synproxy_user::sources::proc_stat;
+use synproxy_user::sources::proc::proc_stat;
 
 /// A file as the kernel prints it for `cpus` possible CPUs.
 fn kernel_file(cpus: usize) -> Vec<u8> {

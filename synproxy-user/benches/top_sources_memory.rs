@@ -22,10 +22,10 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use synproxy_common::{Counter, SourceKey, FAMILY_IPV4, FAMILY_IPV6, SOURCE_RECORD_LEN};
-use synproxy_user::reconcile::top_sources::{
-    SourceCount, TopConfig, TopRanker, MAX_TOP_MAP_ENTRIES,
+use synproxy_user::ranking::{SourceCount, TopConfig, TopRanker, MAX_TOP_MAP_ENTRIES};
+use synproxy_user::sources::ebpf::address_counts::{
+    key_addr, stream_records, SourceDeltas, SourcesRound,
 };
-use synproxy_user::sources::ebpf_sources::{key_addr, stream_records, SourceDeltas, SourcesRound};
 
 struct Counting;
 

@@ -3,7 +3,8 @@
 //!
 //! Data flow, one direction: [`sources`] (read the kernel) -> [`reconcile`]
 //! (u64 totals, resets, the eBPF join) -> [`sample`] (one [`sample::Snapshot`]
-//! per round) -> [`sinks`] (stdout line protocol, Prometheus). [`sampler`]
+//! per round) -> [`sinks`] (stdout line protocol, Prometheus); [`ranking`]
+//! turns the per-address counts into each round's top sources. [`sampler`]
 //! runs one round of that flow and knows nothing of the sinks; [`runtime`]
 //! schedules rounds, hands each snapshot to the sinks, and owns signals and
 //! shutdown. [`top`] is the live terminal view: one more consumer of the
@@ -14,6 +15,7 @@ pub mod cli_bounds;
 pub mod fields;
 pub mod logging;
 pub mod privileges;
+pub mod ranking;
 pub mod reconcile;
 pub mod runtime;
 pub mod sample;

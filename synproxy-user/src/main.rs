@@ -8,7 +8,7 @@ use std::sync::Arc;
 use synproxy_user::cli::{Cli, Command, NetnsSelection, SignalMode, TopArgs};
 use synproxy_user::logging;
 use synproxy_user::privileges;
-use synproxy_user::reconcile::top_sources::TopConfig;
+use synproxy_user::ranking::TopConfig;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
 use synproxy_user::sampler::{Sampler, SamplerConfig};
 use synproxy_user::sinks::{gate, OutputConfig, Sinks};

@@ -158,7 +158,7 @@ pub fn block_shutdown_signals(block: bool) {
 }
 
 /// Raises the soft limit on open files to the hard limit: `--netns all` keeps
-/// one stat file open per namespace (see [`crate::sources::netns`]).
+/// one stat file open per namespace (see [`crate::sources::proc::netns`]).
 pub fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

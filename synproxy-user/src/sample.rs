@@ -35,7 +35,7 @@ pub struct EbpfSample {
     pub events: [u64; synproxy_common::COUNTER_COUNT],
     /// Peak rate per counter (events per second over one rate bucket).
     pub peak_rates: [f64; synproxy_common::COUNTER_COUNT],
-    pub status: crate::reconcile::ebpf::Status,
+    pub status: crate::reconcile::ebpf_vs_proc::Status,
     pub timestamp_ns: u64,
 }
 
@@ -55,7 +55,10 @@ pub struct ProbesSample {
     /// Kernel memory the maps pin, bytes.
     pub map_bytes: u64,
     /// Probe short name -> hits and misses since it was attached.
-    pub probes: Vec<(&'static str, crate::sources::kprobe_events::ProbeStats)>,
+    pub probes: Vec<(
+        &'static str,
+        crate::sources::ebpf::kprobe_events::ProbeStats,
+    )>,
     /// Kernel-side diagnostics since load ([`synproxy_common::diag`]).
     pub diag: [u64; synproxy_common::diag::COUNT as usize],
     /// The per-source map, with `--top` N > 0.

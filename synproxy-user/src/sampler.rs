@@ -10,19 +10,19 @@
 
 use crate::cli::NetnsSelection;
 use crate::privileges;
-use crate::reconcile::ebpf::{self as ebpf_reconcile, Bracket, Reconciler};
+use crate::ranking::{Family, IntervalTotal, SourceCount, TopConfig, TopRanker};
+use crate::reconcile::ebpf_vs_proc::{self as ebpf_reconcile, Bracket, Reconciler};
 use crate::reconcile::join::{self, NamespaceReading};
-use crate::reconcile::top_sources::{Family, IntervalTotal, SourceCount, TopConfig, TopRanker};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{
     now_ns, AgentHealth, EbpfSample, NamespaceSnapshot, RetainedNamespace, Sample, SeriesId,
     Snapshot, SourceMapStats, TopSources,
 };
+use crate::sources::ebpf::address_counts::SourcesRound;
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
-use crate::sources::ebpf_sources::SourcesRound;
-use crate::sources::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
-use crate::sources::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
-use crate::sources::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
+use crate::sources::proc::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
+use crate::sources::proc::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
+use crate::sources::proc::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

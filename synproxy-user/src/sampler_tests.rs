@@ -94,9 +94,9 @@ fn failure_entries_go_with_their_namespace() {
 /// restarted counts a miss.
 #[test]
 fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
-    use crate::reconcile::ebpf::{Bracket, Input};
+    use crate::reconcile::ebpf_vs_proc::{Bracket, Input};
     use crate::reconcile::wrap_tracker::CounterIdentity;
-    use crate::sources::proc_stat::parse;
+    use crate::sources::proc::proc_stat::parse;
     use synproxy_common::Counter;
     let reading = || {
         Reading {
@@ -175,7 +175,7 @@ fn ebpf_pair(syn_v4: u64) -> [EbpfSample; 2] {
 /// events, and counts of a namespace not read this round are left out.
 #[test]
 fn top_sources_take_their_namespace_and_its_events() {
-    use crate::sources::ebpf_sources::SourceEvents;
+    use crate::sources::ebpf::address_counts::SourceEvents;
     use synproxy_common::Counter;
     let blue_key: NsKey = (2, 0);
     let reads = [

@@ -235,7 +235,7 @@ pub struct EmptyFentry {
 
 impl EmptyFentry {
     pub fn attach(module: &str, function: &str) -> Result<Self> {
-        use synproxy_user::sources::{btf, kernel_btf};
+        use synproxy_user::sources::ebpf::{btf, kernel_btf};
         let vmlinux =
             std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
         let base = btf::SplitBase {

@@ -11,15 +11,15 @@ use arbitrary::{Arbitrary, Unstructured};
 use std::collections::BTreeMap;
 use synproxy_common::{Counter, COUNTER_COUNT};
 use synproxy_user::fields::{Field, FIELD_COUNT};
-use synproxy_user::reconcile::ebpf::Status;
+use synproxy_user::reconcile::ebpf_vs_proc::Status;
 use synproxy_user::sample::{EbpfSample, ProbesSample, Sample};
 use synproxy_user::sinks::line_protocol::{
     sanitized_tag, IntegerType, LineEncoder, EBPF_MEASUREMENT, FAMILY_TAG, MEASUREMENT, NETNS_TAG,
     PROBES_MEASUREMENT,
 };
-use synproxy_user::sources::btf::{Btf, KernelOffsets};
-use synproxy_user::sources::kprobe_events::ProbeStats;
-use synproxy_user::sources::proc_stat;
+use synproxy_user::sources::ebpf::btf::{Btf, KernelOffsets};
+use synproxy_user::sources::ebpf::kprobe_events::ProbeStats;
+use synproxy_user::sources::proc::proc_stat;
 
 /// A target's body: panics when a property fails.
 pub type Target = fn(&[u8]);

@@ -19,7 +19,7 @@ use synproxy_tests::tools::Tools;
 use synproxy_tests::traffic::{self, ServerMode, TcpServer};
 use synproxy_tests::user_netns::UserNamespaces;
 use synproxy_tests::{netns::Topology, proc_counters};
-use synproxy_user::sources::netns_label;
+use synproxy_user::sources::proc::netns_label;
 
 const NEEDS: Needs = Needs {
     what: "hostile namespace tests",

@@ -2,8 +2,8 @@
 
 use crate::cli_bounds;
 use crate::logging::LogFormat;
-use crate::reconcile::top_sources::{TopConfig, DEFAULT_TOP};
-use crate::sources::netns_policy::{NetnsPolicy, DEFAULT_MAX_NAMESPACES};
+use crate::ranking::{TopConfig, DEFAULT_TOP};
+use crate::sources::proc::netns_policy::{NetnsPolicy, DEFAULT_MAX_NAMESPACES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;

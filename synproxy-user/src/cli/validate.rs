@@ -2,8 +2,8 @@
 //! filesystem.
 
 use super::{parse_listen_addr, Cli, NetnsSelection};
-use crate::reconcile::top_sources::TopConfig;
-use crate::sources::netns_policy::NetnsPolicy;
+use crate::ranking::TopConfig;
+use crate::sources::proc::netns_policy::NetnsPolicy;
 
 impl Cli {
     /// Checks that need more than one flag or the filesystem; one-line errors

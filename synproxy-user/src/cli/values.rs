@@ -1,7 +1,7 @@
 //! Value parsers of single flags (clap's `value_parser`s): one-line errors.
 
-use crate::reconcile::top_sources::{MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES};
-use crate::sources::netns_policy::{MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES};
+use crate::ranking::{MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES};
+use crate::sources::proc::netns_policy::{MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES};
 use std::time::Duration;
 
 /// `IP:PORT`, with IPv6 addresses in brackets: `127.0.0.1:10816`, `[::]:10816`.

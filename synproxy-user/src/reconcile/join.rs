@@ -4,7 +4,7 @@
 //! into the probes sample. Pure: values in, samples out (the sampler does the
 //! reads).
 
-use super::ebpf::{proc_counts, Bracket, Input, Reconciler};
+use super::ebpf_vs_proc::{proc_counts, Bracket, Input, Reconciler};
 use crate::fields::Values;
 use crate::sample::{EbpfSample, ProbesSample};
 use crate::sources::ebpf::{EbpfRound, NsKey};
@@ -100,7 +100,7 @@ pub fn probes(
 mod tests {
     use super::*;
     use crate::fields::{Field, FIELD_COUNT};
-    use crate::reconcile::ebpf::Status;
+    use crate::reconcile::ebpf_vs_proc::Status;
     use synproxy_common::{Counter, COUNTER_COUNT};
 
     const KEY: NsKey = (4_026_532_290, 77);

@@ -2,7 +2,6 @@
 //! series, agreement between the eBPF counts and /proc, and the join of the
 //! two into per-namespace, per-family samples. Pure throughout.
 
-pub mod ebpf;
+pub mod ebpf_vs_proc;
 pub mod join;
-pub mod top_sources;
 pub mod wrap_tracker;

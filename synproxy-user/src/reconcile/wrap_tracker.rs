@@ -16,7 +16,7 @@
 //! drop or a jump.
 
 use crate::fields::{Values, FIELD_COUNT};
-use crate::sources::proc_stat::ProcStat;
+use crate::sources::proc::proc_stat::ProcStat;
 
 /// What identifies one instance of the kernel's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

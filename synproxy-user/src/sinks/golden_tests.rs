@@ -7,12 +7,12 @@ use super::line_protocol::{IntegerType, LineEncoder};
 use super::prometheus::tests::promtool_check;
 use super::prometheus::{render, Format, Published, TopSeries};
 use crate::fields::{Field, Values, FIELD_COUNT};
-use crate::reconcile::ebpf::Status;
+use crate::reconcile::ebpf_vs_proc::Status;
 use crate::sample::{
     AgentHealth, EbpfSample, InfluxHealth, NamespaceSnapshot, ProbesSample, ProgramRuns,
     RetainedNamespace, Sample, SeriesId, Snapshot, SourceMapStats, TopSource, TopSources,
 };
-use crate::sources::kprobe_events::ProbeStats;
+use crate::sources::ebpf::kprobe_events::ProbeStats;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

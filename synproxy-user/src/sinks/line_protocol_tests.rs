@@ -170,7 +170,7 @@ fn ebpf_sample(netns: Option<&str>) -> EbpfSample {
         family: "ipv4",
         events: [20000, 5000, 0, 0, 0],
         peak_rates: [31000.0, 12500.5, 0.0, 0.0, 0.0],
-        status: crate::reconcile::ebpf::Status::Exact,
+        status: crate::reconcile::ebpf_vs_proc::Status::Exact,
         timestamp_ns: 1_549_550_634_000_000_000,
     }
 }
@@ -195,7 +195,7 @@ fn probes_line_shape() {
         probe_type: "kprobe",
         probes: vec![(
             "ack4_ret",
-            crate::sources::kprobe_events::ProbeStats { hits: 7, missed: 1 },
+            crate::sources::ebpf::kprobe_events::ProbeStats { hits: 7, missed: 1 },
         )],
         diag: [0, 0, 1, 0],
         probe_misses: 1,

@@ -1,17 +1,6 @@
 //! Where readings come from: the kernel's `/proc/net/stat/synproxy`, in the
-//! agent's own network namespace or in others, and the eBPF probes on the
-//! SYNPROXY paths (per event, per namespace and family).
+//! agent's own network namespace or in others ([`proc`]), and the eBPF probes
+//! on the SYNPROXY paths, per event, per namespace and family ([`ebpf`]).
 
-pub mod btf;
 pub mod ebpf;
-pub mod ebpf_sources;
-pub mod host_file;
-pub mod kernel_btf;
-pub mod kprobe_events;
-pub mod netns;
-pub mod netns_label;
-pub mod netns_policy;
-pub mod ns_slots;
-pub mod proc_file;
-pub mod proc_stat;
-pub mod shared_array;
+pub mod proc;

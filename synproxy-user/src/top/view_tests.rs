@@ -3,7 +3,7 @@
 use super::super::model::tests::{snapshot, totals};
 use super::super::ui::Action;
 use super::*;
-use crate::reconcile::ebpf::Status as Reconcile;
+use crate::reconcile::ebpf_vs_proc::Status as Reconcile;
 use crate::sample::TopSource;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;

@@ -24,7 +24,7 @@ use super::line_protocol::LineEncoder;
 use super::{Ended, Sink};
 use crate::cli::Cli;
 use crate::sample::{AgentHealth, InfluxHealth, Snapshot};
-use crate::sources::host_file;
+use crate::sources::proc::host_file;
 use hyper::header::HeaderValue;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -41,7 +41,7 @@ pub use top_series::TopSeries;
 
 use super::gate::Gate;
 use super::{Ended, Sink};
-use crate::reconcile::ebpf::Status;
+use crate::reconcile::ebpf_vs_proc::Status;
 use crate::sample::{SeriesId, Snapshot};
 use log::info;
 use std::collections::{HashMap, HashSet};

@@ -11,7 +11,7 @@ use crate::sample::{
     AgentHealth, EbpfSample, NamespaceSnapshot, ProbesSample, ProgramRuns, RetainedNamespace,
     Sample, TopSource, TopSources,
 };
-use crate::sources::kprobe_events::ProbeStats;
+use crate::sources::ebpf::kprobe_events::ProbeStats;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Per-source counts (`--top`): the kernel-side `SOURCES` LRU hash, read
+//! Per-address counts (`--top`): the kernel-side `SOURCES` LRU hash, read
 //! once per round through a BPF map-element iterator (`spx_sources_iter`):
 //! one `read()` of an iterator fd walks the map in the kernel. A map lookup
 //! syscall per entry would be slower, and while a CPU is inside one the
