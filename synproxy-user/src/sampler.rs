@@ -11,7 +11,7 @@
 use crate::cli::NetnsSelection;
 use crate::privileges;
 use crate::ranking::{Family, IntervalTotal, SourceCount, TopConfig, TopRanker};
-use crate::reconcile::ebpf_vs_proc::{self as ebpf_reconcile, Bracket, Reconciler};
+use crate::reconcile::ebpf_vs_proc::{self, Bracket, Reconciler};
 use crate::reconcile::join::{self, NamespaceReading};
 use crate::reconcile::wrap_tracker::{ResetReason, Update, WrapTracker};
 use crate::sample::{

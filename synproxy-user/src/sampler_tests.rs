@@ -112,7 +112,7 @@ fn a_namespace_that_comes_back_reconciles_from_a_new_baseline() {
     let mut s = sampler(std::path::Path::new("/nonexistent-netns-dir"), &[]);
     let key = netns(4026532001, Some(7));
     let read = s.track(key, "netns x", "x", reading());
-    let proc = ebpf_reconcile::proc_counts(&read.totals);
+    let proc = ebpf_vs_proc::proc_counts(&read.totals);
     let counts = |syn: u64| {
         let mut c = [[0u64; synproxy_common::COUNTER_COUNT]; 2];
         c[0][Counter::SynReceived.index()] = syn;
@@ -164,7 +164,7 @@ fn ebpf_pair(syn_v4: u64) -> [EbpfSample; 2] {
             family: ["ipv4", "ipv6"][f],
             events,
             peak_rates: [0.0; synproxy_common::COUNTER_COUNT],
-            status: ebpf_reconcile::Status::Exact,
+            status: ebpf_vs_proc::Status::Exact,
             timestamp_ns: 1,
         }
     })

@@ -225,7 +225,7 @@ impl Sampler {
         };
         self.series.get(&read.key).is_none_or(|series| {
             series.reconciler.consistent(
-                &ebpf_reconcile::proc_counts(&read.totals),
+                &ebpf_vs_proc::proc_counts(&read.totals),
                 read.reset,
                 &Bracket {
                     generation,
