@@ -25,7 +25,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-use synproxy_tests::harness::{agent_binary, wait_until, Needs};
+use synproxy_tests::container::{image_archive, image_dir, Podman};
+use synproxy_tests::harness::{agent_binary, skip_or_fail, wait_until, Needs};
 use synproxy_tests::prometheus::{http_get, PrometheusServer};
 use synproxy_tests::require;
 
@@ -339,7 +340,8 @@ fn start_agent(ns: &Namespace, svc: &Service, groups: &[u32], listen: &str, log:
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(log);
-    c.spawn().unwrap_or_else(|e| panic!("starting the agent: {e}"))
+    c.spawn()
+        .unwrap_or_else(|e| panic!("starting the agent: {e}"))
 }
 
 fn free_port() -> u16 {
@@ -349,23 +351,63 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-#[test]
-fn the_install_walkthrough_works_as_written() {
-    require!(needs().check());
-    let readme = read(&repo().join("README.md"));
-    let blocks = readme_blocks(&readme);
-    let block = |name: &str| -> &str {
-        blocks
-            .get(name)
-            .unwrap_or_else(|| panic!("README: no block marked {MARK}{name} -->"))
-    };
-    let dir = std::env::temp_dir().join(format!("spx-readme-install-{}", std::process::id()));
+/// The README's marked blocks, and a namespace with the package installed
+/// and `gw01` in its /etc/hosts.
+fn setup(name: &str) -> (BTreeMap<String, String>, Namespace) {
+    let blocks = readme_blocks(&read(&repo().join("README.md")));
+    let dir = std::env::temp_dir().join(format!("spx-readme-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let ns = Namespace::new(&dir);
     ns.install_package();
     let hosts = ns.path("/etc/hosts");
     let hosts_text = read(&hosts) + "127.0.0.1 gw01\n";
     std::fs::write(&hosts, hosts_text).unwrap_or_else(|e| panic!("{}: {e}", hosts.display()));
+    (blocks, ns)
+}
+
+fn block<'a>(blocks: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    blocks
+        .get(name)
+        .unwrap_or_else(|| panic!("README: no block marked {MARK}{name} -->"))
+}
+
+/// A4's curl lines against the agent on `port`: the build info with the
+/// password, 401 without.
+fn check_scrape(ns: &Namespace, blocks: &BTreeMap<String, String>, port: u16) {
+    let check = block(blocks, "check").replace(PORT, &format!(":{port}"));
+    let out = ns.bash(&check, "/");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("synproxy_agent_build_info")),
+        "A4: {stdout}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"401"),
+        "A4 without the password: {stdout}"
+    );
+}
+
+fn wait_for_port(addr: &str, exited: &mut dyn FnMut() -> Option<String>) {
+    wait_until("the agent's endpoint", Duration::from_secs(60), || {
+        if let Some(why) = exited() {
+            panic!("the agent exited: {why}");
+        }
+        std::net::TcpStream::connect(addr)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+#[test]
+fn the_package_walkthrough_works_as_written() {
+    require!(needs().check());
+    let (blocks, ns) = setup("deb");
+    let block = |name: &str| block(&blocks, name);
+    let dir = ns.dir.clone();
 
     // A2: certificate, password, web.yml, group, promtool.
     let out = ns.bash(block("tls"), "/");
@@ -424,37 +466,33 @@ fn the_install_walkthrough_works_as_written() {
     // Without the group the dynamic user cannot read the key: the drop-in's
     // group is what makes the walkthrough work.
     let mut refused = start_agent(&ns, &svc, &[], &listen, &dir.join("refused.log"));
-    let status = wait_until("the agent without the group exits", Duration::from_secs(30), || {
-        refused
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "still running".to_string())
-    });
+    let status = wait_until(
+        "the agent without the group exits",
+        Duration::from_secs(30),
+        || {
+            refused
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        },
+    );
     let log = read(&dir.join("refused.log"));
     assert_eq!(status.code(), Some(2), "without the group: {log}");
-    assert!(log.contains("--web-config-file"), "without the group: {log}");
+    assert!(
+        log.contains("--web-config-file"),
+        "without the group: {log}"
+    );
     println!("without the group (exit 2): {}", log.trim());
 
     let log_path = dir.join("agent.log");
     let mut agent = start_agent(&ns, &svc, &[tls_gid], &listen, &log_path);
-    wait_until("the agent's endpoint", Duration::from_secs(30), || {
-        if let Ok(Some(status)) = agent.try_wait() {
-            panic!("the agent exited ({status}): {}", read(&log_path));
-        }
-        std::net::TcpStream::connect(&listen)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    wait_for_port(&listen, &mut || {
+        let status = agent.try_wait().ok()??;
+        Some(format!("{status}: {}", read(&log_path)))
     });
 
     // A4: with the password the build info, without it 401.
-    let out = ns.bash(&with_port(block("check")), "/");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(
-        lines.iter().any(|l| l.starts_with("synproxy_agent_build_info")),
-        "A4: {stdout}"
-    );
-    assert_eq!(lines.last(), Some(&"401"), "A4 without the password: {stdout}");
+    check_scrape(&ns, &blocks, port);
 
     // A5: the Prometheus server's files, from a directory with copies of the
     // agent host's, and the scrape job.
@@ -475,8 +513,8 @@ fn the_install_walkthrough_works_as_written() {
         .unwrap_or_else(|| panic!("A5: the YAML does not start with scrape_configs: {yml}"));
     let enter = ns.enter();
     let enter: Vec<&str> = enter.iter().map(String::as_str).collect();
-    let server = PrometheusServer::start_under(&with_port(jobs), &enter)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let server =
+        PrometheusServer::start_under(&with_port(jobs), &enter).unwrap_or_else(|e| panic!("{e:#}"));
     wait_until(
         "up{job=\"synproxy-agent\"} == 1",
         Duration::from_secs(60),
@@ -490,8 +528,8 @@ fn the_install_walkthrough_works_as_written() {
             }
         },
     );
-    let (_, _, rules) = http_get(server.addr(), "/api/v1/rules", None)
-        .unwrap_or_else(|e| panic!("rules: {e:#}"));
+    let (_, _, rules) =
+        http_get(server.addr(), "/api/v1/rules", None).unwrap_or_else(|e| panic!("rules: {e:#}"));
     assert!(
         rules.contains("SynproxyAgentAbsent"),
         "A5's alerting rules are not loaded: {rules}"
@@ -499,6 +537,7 @@ fn the_install_walkthrough_works_as_written() {
 
     // A6: the dashboard the README names is in the package, and is the mixin's.
     let dashboard = "/usr/share/synproxy-agent/grafana/synproxy-agent.json";
+    let readme = read(&repo().join("README.md"));
     assert!(readme.contains(dashboard), "README names no {dashboard}");
     assert_eq!(
         read(&ns.path(dashboard)),
@@ -508,4 +547,72 @@ fn the_install_walkthrough_works_as_written() {
 
     drop(server);
     synproxy_tests::child::stop(&mut agent);
+}
+
+/// B: A2's files, the image loaded and run by the README's podman lines (in
+/// podman storage of the test's own, the image `cargo xtask image` built),
+/// then A4 against the container.
+#[test]
+fn the_container_walkthrough_works_as_written() {
+    require!(needs().check());
+    require!(Needs {
+        what: "the README container walkthrough test",
+        root: true,
+        synproxy: false,
+        programs: &["podman", "runc"],
+    }
+    .check());
+    let archive = image_archive();
+    if !archive.is_file() {
+        require!(skip_or_fail(&format!(
+            "the README container walkthrough test needs the image {}: run `cargo xtask image` (cargo xtask test does)",
+            archive.display()
+        )));
+    }
+    let (blocks, ns) = setup("image");
+    ns.bash(block(&blocks, "tls"), "/");
+    // The README mounts /run/netns (which `ip netns add` creates).
+    std::fs::create_dir_all("/run/netns").unwrap_or_else(|e| panic!("/run/netns: {e}"));
+    let podman = Podman::new(image_dir().join(format!("readme-{}", std::process::id())))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let storage: Vec<String> = podman
+        .command()
+        .get_args()
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let port = free_port();
+    // Installing packages and building the image are the suite's own steps.
+    let steps: Vec<&str> = block(&blocks, "container")
+        .lines()
+        .filter(|l| !l.starts_with("sudo apt-get install") && !l.starts_with("cargo xtask image"))
+        .collect();
+    let script = format!(
+        "podman() {{ command podman {} \"$@\"; }}\n{}\n",
+        storage.join(" "),
+        steps.join("\n").replace(PORT, &format!(":{port}"))
+    );
+    let out = ns.bash(&script, &repo().to_string_lossy());
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let logs = || {
+        let out = podman.command().args(["logs", "synproxy-agent"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    wait_for_port(&format!("127.0.0.1:{port}"), &mut || {
+        let state = podman
+            .command()
+            .args([
+                "inspect",
+                "--format",
+                "{{.State.Running}}",
+                "synproxy-agent",
+            ])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&state.stdout).trim() == "false")
+            .then(|| format!("container {id}: {}", logs()))
+    });
+    check_scrape(&ns, &blocks, port);
+    // Its configuration is the mounted web.yml, read-only.
+    assert!(!logs().contains("ERROR"), "{}", logs());
 }
