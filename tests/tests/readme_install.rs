@@ -463,7 +463,7 @@ fn the_package_walkthrough_works_as_written() {
     let listen = format!("127.0.0.1:{port}");
     let with_port = |text: &str| text.replace(PORT, &format!(":{port}"));
 
-    // Without the group the dynamic user cannot read the key: the drop-in's
+    // Without the group the dynamic user cannot read web.yml: the drop-in's
     // group is what makes the walkthrough work.
     let mut refused = start_agent(&ns, &svc, &[], &listen, &dir.join("refused.log"));
     let status = wait_until(
