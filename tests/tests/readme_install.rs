@@ -522,9 +522,11 @@ fn the_package_walkthrough_works_as_written() {
             let up = server
                 .query("up{job=\"synproxy-agent\"}")
                 .map_err(|e| e.to_string())?;
-            match up.first().map(|s| s.value) {
-                Some(v) if v == 1.0 => Ok(()),
-                v => Err(format!("up = {v:?}; {:?}", server.last_errors())),
+            let v = up.first().map(|s| s.value);
+            if v == Some(1.0) {
+                Ok(())
+            } else {
+                Err(format!("up = {v:?}; {:?}", server.last_errors()))
             }
         },
     );
