@@ -83,6 +83,12 @@ impl PrometheusServer {
     /// items indented by two spaces), every job scraped every second, and
     /// waits until it is ready.
     pub fn start_with(scrape_configs: &str) -> Result<Self> {
+        Self::start_under(scrape_configs, &[])
+    }
+
+    /// [`Self::start_with`], `prometheus` run through `wrapper` (a program and
+    /// its arguments, e.g. `nsenter` into a mount namespace).
+    pub fn start_under(scrape_configs: &str, wrapper: &[&str]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "spx-prometheus-{}-{}",
             std::process::id(),
@@ -101,7 +107,15 @@ impl PrometheusServer {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new("prometheus")
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("prometheus");
+                c
+            }
+            None => Command::new("prometheus"),
+        };
+        let child = command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()

@@ -1,5 +1,5 @@
 //! The systemd unit in deploy/systemd: `systemd-analyze verify` must accept it
-//! (and with its `--netns all` and remote-scrape drop-ins), its capabilities must be the documented
+//! (and with its `--netns all`, remote-scrape and web-config drop-ins), its capabilities must be the documented
 //! table's rows, and `systemd-analyze security --offline=true` must rate the
 //! unit 2.0 or lower ("OK" or better). Needs `systemd-analyze` (Debian package
 //! `systemd`): skipped with a message when missing, unless CI=true.
@@ -117,6 +117,7 @@ fn unit_verifies_and_its_exposure_is_ok() {
         (UNIT, vec![UNIT]),
         ("with netns-all.conf", vec![UNIT, "netns-all.conf"]),
         ("with remote-scrape.conf", vec![UNIT, "remote-scrape.conf"]),
+        ("with web-config.conf", vec![UNIT, "web-config.conf"]),
     ] {
         let (dir, path) = write_unit(&parts);
         // The man page of Documentation= is installed by the package only (its

@@ -30,6 +30,14 @@ pub const INSTALLED_BINARY: &str = "/usr/bin/synproxy-agent";
 /// Where deploy/systemd's unit and drop-in expect a manual install.
 const MANUAL_BINARY: &str = "/usr/local/bin/synproxy-agent";
 pub const UNIT_PATH: &str = "/usr/lib/systemd/system/synproxy-agent.service";
+/// Named by the README's install walkthrough: the dashboard to import and the
+/// drop-in that gives the unit's dynamic user the web configuration's group.
+const WALKTHROUGH_FILES: &[&str] = &[
+    "/usr/share/synproxy-agent/grafana/synproxy-agent.json",
+    "/usr/share/doc/synproxy-agent/examples/web-config.conf",
+    "/usr/share/doc/synproxy-agent/examples/remote-scrape.conf",
+    "/usr/share/synproxy-agent/prometheus/synproxy-alerts.yml",
+];
 pub const MAN_PATH: &str = "/usr/share/man/man1/synproxy-agent.1.gz";
 
 #[derive(Debug, clap::Args)]
@@ -370,12 +378,13 @@ fn check_installed(contents: &[(PathBuf, bool)]) -> Result<()> {
             );
         }
     }
-    for required in [
+    let required = [
         INSTALLED_BINARY,
         UNIT_PATH,
         MAN_PATH,
         package_upgrade::DEFAULT_FILE,
-    ] {
+    ];
+    for required in required.iter().chain(WALKTHROUGH_FILES) {
         if !contents.iter().any(|(p, _)| p == Path::new(required)) {
             bail!("the package has no {required}");
         }
