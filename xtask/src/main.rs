@@ -15,6 +15,7 @@ mod package_upgrade;
 mod run;
 mod soak;
 mod test;
+mod timing;
 mod vm;
 
 /// Project tasks: `cargo xtask <command>`.
