@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bpf_floor;
 pub mod bpf_objects;
 pub mod caps;
+pub mod check;
 pub mod child;
 pub mod clean_state;
 pub mod connections;

@@ -9,8 +9,8 @@ use synproxy_tests::rules::{Family, Flavour};
 use synproxy_tests::scenario::{self, AgentMode, Config, EbpfMode};
 use synproxy_tests::tools::{self, Tools};
 use synproxy_tests::{
-    caps, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained, top_sources,
-    top_view, user_netns_check,
+    caps, check, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained,
+    top_sources, top_view, user_netns_check,
 };
 
 const USAGE: &str = "usage: synproxy-scenario --agent PATH [--rules xt|nft|all] \
@@ -266,7 +266,7 @@ fn main() {
     // out of time keeps the lines of the checks that finished.
     let cfg = &args.cfg;
     let kernel = kernel.as_str();
-    type Run<'a> = Box<dyn Fn() -> Vec<ebpf_checks::Check> + 'a>;
+    type Run<'a> = Box<dyn Fn() -> Vec<check::Check> + 'a>;
     let mut checks: Vec<(&str, Run)> = Vec::new();
     if let Some((syns, acks)) = args.flood {
         checks.push((
@@ -344,9 +344,8 @@ fn main() {
                 continue;
             }
             for check in run() {
-                println!("{}", check.line);
-                for note in &check.notes {
-                    println!("# {note}");
+                for line in check.report() {
+                    println!("{line}");
                 }
                 if check.pass {
                     passed += 1;
