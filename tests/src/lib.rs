@@ -10,6 +10,7 @@ pub mod bpf_floor;
 pub mod bpf_objects;
 pub mod caps;
 pub mod check;
+pub mod check_names;
 pub mod child;
 pub mod clean_state;
 pub mod connections;

@@ -62,10 +62,8 @@ pub struct VmTestArgs {
     #[arg(long)]
     pub verbose: bool,
     /// Run only this check group in the guest (repeatable; default: all). Names as in
-    /// the timing line: module-late (with module-reload), clean-state, matrix-xt-ipv4, ...,
-    /// iptables-nft-ipv4, iptables-nft-ipv6, flood-shutdown, top-sources, sustained, lifecycle,
-    /// non-root, ebpf-cost, fentry-flood, fentry-sustained, fentry-matrix-xt-ipv4, fentry-non-root, fentry-lifecycle, fentry-module,
-    /// top-view.
+    /// the timing line (`synproxy-scenario --list` prints them all): module-late (with
+    /// module-reload), clean-state, matrix-xt-ipv4, ..., flood-shutdown, top-sources, ...
     #[arg(long = "check", value_name = "NAME")]
     pub checks: Vec<String>,
 }
@@ -230,6 +228,9 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 }
 
 fn run_timed(args: VmTestArgs, timings: &mut Vec<BootTiming>) -> Result<()> {
+    for name in &args.checks {
+        crate::check_names::validate(name).map_err(anyhow::Error::msg)?;
+    }
     let started = Instant::now();
     let workspace = workspace_root();
     let vm_dir = workspace.join("target/vm");
@@ -761,6 +762,65 @@ mod tests {
         let kvm = plan_boots(&[], true);
         assert_eq!(kvm.len(), 1);
         assert!(!kvm[0].icount && kvm[0].skip.is_empty());
+    }
+
+    /// The names init.sh selects its checks by are exactly the shared list.
+    #[test]
+    fn init_selects_exactly_the_known_checks() {
+        let script = include_str!("init.sh");
+        let code = script.lines().filter(|l| !l.trim_start().starts_with('#'));
+        let mut selected: Vec<String> = Vec::new();
+        for line in code {
+            for call in ["selected ", "fentry_repeat "] {
+                for (_, rest) in line
+                    .match_indices(call)
+                    .map(|(i, _)| line.split_at(i + call.len()))
+                {
+                    let word = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"');
+                    let literal = !word.is_empty()
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                    if literal {
+                        selected.push(word.to_string());
+                    }
+                }
+            }
+        }
+        // The two loops select by pattern.
+        assert!(script.contains(r#"selected "matrix-$rules-$family""#));
+        assert!(script.contains(r#"selected "iptables-nft-$family""#));
+        for rules in ["xt", "nft"] {
+            for family in ["ipv4", "ipv6"] {
+                selected.push(format!("matrix-{rules}-{family}"));
+            }
+        }
+        selected.extend(["iptables-nft-ipv4".into(), "iptables-nft-ipv6".into()]);
+        selected.sort();
+        selected.dedup();
+        let mut known: Vec<String> = crate::check_names::CHECKS
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(selected, known);
+    }
+
+    #[test]
+    fn an_unknown_check_is_refused_before_anything_is_built() {
+        let args = VmTestArgs {
+            checks: vec!["sustained".into(), "flod-shutdown".into()],
+            ..VmTestArgs::default()
+        };
+        let e = run(args).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown check \"flod-shutdown\"; known checks: module-late, "),
+            "{e}"
+        );
     }
 
     #[test]
