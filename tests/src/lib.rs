@@ -35,6 +35,7 @@ pub mod prometheus;
 pub mod rng;
 pub mod rules;
 pub mod scenario;
+pub mod scenario_cli;
 pub mod sustained;
 pub mod tmux;
 pub mod tools;

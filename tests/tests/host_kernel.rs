@@ -24,6 +24,7 @@ const NEEDS: Needs = Needs {
 fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
     let agent = agent_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
+        .arg("matrix")
         .arg("--agent")
         .arg(&agent)
         .args(["--rules", rules, "--family", family])
@@ -518,7 +519,7 @@ fn netns_named_init_does_not_collide_with_the_initial_namespace() {
     drop(ns);
 }
 
-/// `--sustained` on the host kernel (no kprobes: /proc only): the rules on two
+/// `sustained` on the host kernel (no kprobes: /proc only): the rules on two
 /// ports, 20+ namespaces, the paced sender and the round parsing, with the agent's
 /// totals equal to /proc and /proc equal to what was driven.
 #[test]
@@ -528,13 +529,7 @@ fn sustained_flood_proc_only() {
     let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
         .arg("--agent")
         .arg(&agent)
-        .args([
-            "--sustained",
-            "--sustained-syn",
-            "20000",
-            "--sustained-ack",
-            "6000",
-        ])
+        .args(["sustained", "--syn", "20000", "--ack", "6000"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run synproxy-scenario: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
