@@ -5,6 +5,7 @@
 //! and the shutdown check (SIGTERM, SIGINT and stdin EOF each stop the agent
 //! within 1 s, and no kprobe, BPF program or map of it remains).
 
+use crate::check::{Check, ResultLine};
 use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -107,23 +108,6 @@ pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
-/// One RESULT line and its explanations.
-pub struct Check {
-    pub line: String,
-    pub pass: bool,
-    pub notes: Vec<String>,
-}
-
-impl Check {
-    fn failed(line: String, e: anyhow::Error) -> Check {
-        Check {
-            line: format!("{line} status=FAIL"),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        }
-    }
-}
-
 fn float_field(line: &crate::line_protocol::Line, name: &str) -> f64 {
     match line.fields.get(name) {
         Some(crate::line_protocol::FieldValue::Float(v)) => *v,
@@ -134,11 +118,13 @@ fn float_field(line: &crate::line_protocol::Line, name: &str) -> f64 {
 
 /// `syns` pure SYNs, then `acks` bare ACKs with random numbers, xt rules, IPv4.
 pub fn flood(cfg: &Config, kernel: &str, syns: u32, acks: u32) -> Check {
-    let head = format!("RESULT kernel={kernel} check=flood rules=xt family=ipv4 syn_driven={syns} ack_driven={acks}");
-    match run_flood(cfg, &head, syns, acks) {
-        Ok(check) => check,
-        Err(e) => Check::failed(head, e),
-    }
+    let head = ResultLine::new(kernel, "flood")
+        .field("rules", "xt")
+        .field("family", "ipv4")
+        .field("syn_driven", syns)
+        .field("ack_driven", acks);
+    let head = head.head();
+    Check::or_failed(head, run_flood(cfg, head, syns, acks))
 }
 
 fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
@@ -386,13 +372,12 @@ pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
         ("sighup-sigterm", Some(libc::SIGTERM)),
         ("stdin-eof", None),
     ] {
-        let head = format!("RESULT kernel={kernel} check=shutdown stop={how}");
-        checks.push(
-            match run_shutdown(cfg, &head, signal, how == "sighup-sigterm") {
-                Ok(check) => check,
-                Err(e) => Check::failed(head, e),
-            },
-        );
+        let head = ResultLine::new(kernel, "shutdown").field("stop", how);
+        let head = head.head();
+        checks.push(Check::or_failed(
+            head,
+            run_shutdown(cfg, head, signal, how == "sighup-sigterm"),
+        ));
     }
     checks
 }

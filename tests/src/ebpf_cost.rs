@@ -37,7 +37,8 @@
 //! statistics' own clock reads.
 
 use crate::bpf_floor::{EmptyFentry, EmptyKprobe};
-use crate::ebpf_checks::{metric, BpfStats, Check, METRICS_ADDR};
+use crate::check::Check;
+use crate::ebpf_checks::{metric, BpfStats, METRICS_ADDR};
 use crate::ebpf_cost_judge::{judge, Measured, ProbeCosts, ProgramCost};
 use crate::live_agent::LiveAgent;
 use crate::netns::{Netns, Topology};
@@ -93,14 +94,7 @@ pub fn ebpf_cost(cfg: &Config, kernel: &str, params: &Params) -> Check {
             .unwrap_or_else(|_| "unknown".into());
     let head =
         format!("RESULT kernel={kernel} check=ebpf-cost probes=kprobe clocksource={clocksource}");
-    match run(cfg, &head, params) {
-        Ok(check) => check,
-        Err(e) => Check {
-            line: format!("{head} status=FAIL"),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        },
-    }
+    Check::or_failed(&head, run(cfg, &head, params))
 }
 
 struct Traffic<'a> {

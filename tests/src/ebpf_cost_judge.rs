@@ -2,7 +2,7 @@
 //! (see `ebpf_cost` for what is measured and why); pure, so its pass and
 //! fail cases are unit-tested on the host with recorded figures.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::ebpf_cost::{Params, COST_TARGET, THROUGHPUT_TARGET};
 
 /// One program's figures: name (without `spx_`), run time per run (ns), runs.

@@ -445,17 +445,10 @@ pub fn gunzip(body: &[u8]) -> Result<String> {
     Ok(text)
 }
 
-/// `influxd` in PATH: `Err` (fail) on CI, `Ok(false)` (skip, with a
-/// message) elsewhere.
-pub fn prerequisites() -> Result<bool, String> {
-    if crate::tools::find_program(std::path::Path::new("influxd")).is_some() {
-        return Ok(true);
-    }
-    let msg = "InfluxDB tests need influxd in PATH (apt-get install influxdb; cargo xtask test installs it)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
+/// `influxd` in PATH (Debian's `influxdb`).
+pub const NEEDS: crate::harness::Needs = crate::harness::Needs {
+    what: "InfluxDB tests (apt-get install influxdb; cargo xtask test installs it)",
+    root: false,
+    programs: &["influxd"],
+    synproxy: false,
+};

@@ -11,7 +11,7 @@
 //! Without eBPF (a kernel without kprobes) the agents run with `--no-ebpf` and
 //! the checks cover what is left: exit status, /proc totals, PID namespaces.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::line_protocol::Line;
 use crate::live_agent::{self, Launch, LiveAgent, Stopped, ATTACH_TIMEOUT};
 use crate::netns::Topology;
@@ -71,14 +71,7 @@ fn measure_startup(cfg: &Config, args: &[String], ebpf: bool) -> Result<(Duratio
 /// SIGTERM after each of `delays` (None: derived from a measured start-up).
 pub fn sigterm_during_startup(cfg: &Config, kernel: &str, delays: Option<&[u64]>) -> Check {
     let head = format!("RESULT kernel={kernel} check=sigterm-during-startup");
-    match run_sigterm_during_startup(cfg, &head, delays) {
-        Ok(c) => c,
-        Err(e) => Check {
-            line: format!("{head} status=FAIL"),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        },
-    }
+    Check::or_failed(&head, run_sigterm_during_startup(cfg, &head, delays))
 }
 
 fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) -> Result<Check> {
@@ -335,17 +328,9 @@ fn helper() -> Result<Launch> {
     })
 }
 
-fn failed(head: &str, e: anyhow::Error) -> Check {
-    Check {
-        line: format!("{head} status=FAIL"),
-        pass: false,
-        notes: vec![format!("error: {e:#}")],
-    }
-}
-
 pub fn kill9_restart(cfg: &Config, kernel: &str) -> Check {
     let head = format!("RESULT kernel={kernel} check=kill9-restart");
-    run_kill9_restart(cfg, &head).unwrap_or_else(|e| failed(&head, e))
+    Check::or_failed(&head, run_kill9_restart(cfg, &head))
 }
 
 fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
@@ -491,7 +476,7 @@ fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
 
 pub fn two_agents(cfg: &Config, kernel: &str) -> Check {
     let head = format!("RESULT kernel={kernel} check=two-agents");
-    run_two_agents(cfg, &head).unwrap_or_else(|e| failed(&head, e))
+    Check::or_failed(&head, run_two_agents(cfg, &head))
 }
 
 fn run_two_agents(cfg: &Config, head: &str) -> Result<Check> {

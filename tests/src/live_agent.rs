@@ -8,11 +8,12 @@
 //! agent's tracefs group that appeared while it started), so the checks do not
 //! depend on how the agent names its events.
 
+use crate::child::pump;
 use crate::line_protocol::{self, FieldValue, Line};
 use crate::netns::Netns;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -210,19 +211,6 @@ pub struct Stopped {
     pub stderr: Vec<String>,
     /// Stdout lines not taken before the agent exited.
     pub stdout: Vec<String>,
-}
-
-fn pump<R: std::io::Read + Send + 'static>(r: R) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

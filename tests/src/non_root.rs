@@ -10,7 +10,7 @@
 //! (removing its kprobe events after the drop needs CAP_DAC_OVERRIDE).
 
 use crate::caps::{self, CAP_BPF, CAP_DAC_OVERRIDE, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE};
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::{self, Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -66,14 +66,7 @@ pub fn non_root(cfg: &Config, kernel: &str) -> Check {
         caps::names(caps::mask(&given))
     );
 
-    match run(cfg, &head, &given) {
-        Ok(check) => check,
-        Err(e) => Check {
-            line: format!("{head} status=FAIL"),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        },
-    }
+    Check::or_failed(&head, run(cfg, &head, &given))
 }
 
 /// Polls until /proc of `topo.srv` stops moving (60 s at most).

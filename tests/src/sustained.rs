@@ -8,7 +8,7 @@
 //! zero) must be `exact`, probe misses must be 0, and the eBPF events summed over
 //! the run must equal the /proc delta, which must equal what was driven.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::{self, Launch, LiveAgent, ATTACH_TIMEOUT};
 use crate::netns::{Netns, Topology};
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -104,17 +104,11 @@ impl Stream {
 
 pub fn sustained(cfg: &Config, kernel: &str, params: &Params) -> Check {
     let head = format!("RESULT kernel={kernel} check=sustained");
-    match run(cfg, &head, params) {
-        Ok(check) => check,
-        Err(e) => Check {
-            line: format!(
-                "{head} syn_driven={} ack_driven={} status=FAIL",
-                params.syns, params.acks
-            ),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        },
-    }
+    let driven = format!(
+        "{head} syn_driven={} ack_driven={}",
+        params.syns, params.acks
+    );
+    run(cfg, &head, params).unwrap_or_else(|e| Check::failed(&driven, &e))
 }
 
 fn totals_counts(t: &Totals) -> Counts {

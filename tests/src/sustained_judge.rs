@@ -3,7 +3,7 @@
 //! agent stopped); pure, so its pass and fail cases are unit-tested on the
 //! host. See `sustained` for what the run does.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::line_protocol::{FieldValue, Line};
 use crate::live_agent;
 use anyhow::{bail, Result};

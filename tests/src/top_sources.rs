@@ -20,7 +20,7 @@
 //!   their counts, the map must have evicted (`source_evictions > 0`), /proc
 //!   must have moved by every SYN sent and eBPF must equal /proc.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::line_protocol::{parse_line, FieldValue, Line};
 use crate::live_agent::{self, LiveAgent};
 use crate::netns::{Netns, Topology};

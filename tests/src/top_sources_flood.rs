@@ -7,7 +7,7 @@
 //! scraped through the flood (`top_series_scrape`, and on the boot that
 //! carries it a real Prometheus, `top_series_prometheus`).
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::{Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, SYN};

@@ -3,7 +3,7 @@
 //! `top_sources` for the plan); summed over the rounds, each (counter,
 //! source) must equal the plan exactly.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::{Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, ACK, SYN};

@@ -22,7 +22,7 @@
 //! cursor shown, `stty -g` as before) and none of the agent's kprobe events,
 //! BPF programs or maps left in the kernel.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::KernelState;
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, SYN};

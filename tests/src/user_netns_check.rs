@@ -6,7 +6,7 @@
 //! the agent must report at most 256 namespaces and warn once that the rest
 //! were left out, and exit cleanly leaving nothing in the kernel.
 
-use crate::ebpf_checks::Check;
+use crate::check::Check;
 use crate::live_agent::{self, Launch, LiveAgent, ATTACH_TIMEOUT};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -37,14 +37,7 @@ pub fn user_netns(cfg: &Config, kernel: &str, count: usize) -> Check {
     let head = format!(
         "RESULT kernel={kernel} check=user-netns user_namespaces={count} syn_driven={SYNS} ack_driven={ACKS}"
     );
-    match run(cfg, &head, count) {
-        Ok(check) => check,
-        Err(e) => Check {
-            line: format!("{head} status=FAIL"),
-            pass: false,
-            notes: vec![format!("error: {e:#}")],
-        },
-    }
+    Check::or_failed(&head, run(cfg, &head, count))
 }
 
 fn run(cfg: &Config, head: &str, count: usize) -> Result<Check> {

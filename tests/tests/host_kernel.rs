@@ -11,7 +11,7 @@ use synproxy_tests::netns::Topology;
 use synproxy_tests::require;
 use synproxy_tests::rules::{Family, Flavour, ServerRules};
 use synproxy_tests::scenario::ipv4_only;
-use synproxy_tests::tools::{find_program, Tools};
+use synproxy_tests::tools::Tools;
 use synproxy_tests::{agent, proc_counters};
 
 const NEEDS: Needs = Needs {
@@ -24,6 +24,7 @@ const NEEDS: Needs = Needs {
 fn run_scenario(rules: &str, family: &str, extra: &[&str]) {
     let agent = agent_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
+        .arg("matrix")
         .arg("--agent")
         .arg(&agent)
         .args(["--rules", rules, "--family", family])
@@ -518,7 +519,7 @@ fn netns_named_init_does_not_collide_with_the_initial_namespace() {
     drop(ns);
 }
 
-/// `--sustained` on the host kernel (no kprobes: /proc only): the rules on two
+/// `sustained` on the host kernel (no kprobes: /proc only): the rules on two
 /// ports, 20+ namespaces, the paced sender and the round parsing, with the agent's
 /// totals equal to /proc and /proc equal to what was driven.
 #[test]
@@ -528,13 +529,7 @@ fn sustained_flood_proc_only() {
     let out = Command::new(env!("CARGO_BIN_EXE_synproxy-scenario"))
         .arg("--agent")
         .arg(&agent)
-        .args([
-            "--sustained",
-            "--sustained-syn",
-            "20000",
-            "--sustained-ack",
-            "6000",
-        ])
+        .args(["sustained", "--syn", "20000", "--ack", "6000"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run synproxy-scenario: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -553,27 +548,13 @@ fn sustained_flood_proc_only() {
 
 // ---- Prometheus: a real server scraping the agent during real traffic ----
 
-/// `prometheus` and `promtool` (Debian package `prometheus`): `Err` on CI,
-/// `Ok(false)` (skip) elsewhere.
-fn prometheus_prerequisites() -> Result<bool, String> {
-    let missing: Vec<&str> = ["prometheus", "promtool"]
-        .into_iter()
-        .filter(|p| find_program(Path::new(p)).is_none())
-        .collect();
-    if missing.is_empty() {
-        return Ok(true);
-    }
-    let msg = format!(
-        "Prometheus tests need {} in PATH (apt-get install prometheus; cargo xtask test installs it)",
-        missing.join(" and ")
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
+/// `prometheus` and `promtool` (Debian package `prometheus`).
+const PROMETHEUS_NEEDS: Needs = Needs {
+    what: "Prometheus tests (apt-get install prometheus; cargo xtask test installs it)",
+    root: false,
+    programs: &["prometheus", "promtool"],
+    synproxy: false,
+};
 
 /// The agent serving /metrics, with its stderr drained on a thread.
 struct MetricsAgent {
@@ -672,11 +653,7 @@ fn prometheus_matches(
 #[test]
 fn prometheus_server_scrapes_kernel_totals_per_namespace() {
     require!(NEEDS.check());
-    match prometheus_prerequisites() {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(msg) => panic!("{msg}"),
-    }
+    require!(PROMETHEUS_NEEDS.check());
     let tools = Tools::default();
     let agent = MetricsAgent::start(&["--netns", "all", "--interval", "500ms", "--no-ebpf"]);
     let server =
@@ -855,11 +832,7 @@ fn influx_matches(
 #[test]
 fn influxdb_server_stores_kernel_totals_per_namespace() {
     require!(NEEDS.check());
-    match synproxy_tests::influxdb::prerequisites() {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(msg) => panic!("{msg}"),
-    }
+    require!(synproxy_tests::influxdb::NEEDS.check());
     let tools = Tools::default();
     let server =
         synproxy_tests::influxdb::InfluxServer::start().unwrap_or_else(|e| panic!("{e:#}"));
@@ -973,20 +946,13 @@ fn influxdb_server_stores_kernel_totals_per_namespace() {
 
 // ---- `synproxy-agent top` in a terminal, read as a person reads it ----
 
-/// `tmux` (Debian package `tmux`): `Err` on CI, `Ok(false)` (skip) elsewhere.
-fn tmux_prerequisites() -> Result<bool, String> {
-    if find_program(Path::new("tmux")).is_some() {
-        return Ok(true);
-    }
-    let msg =
-        "the top view test needs tmux in PATH (apt-get install tmux; cargo xtask test installs it)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
+/// `tmux` (Debian package `tmux`).
+const TMUX_NEEDS: Needs = Needs {
+    what: "the top view test (apt-get install tmux; cargo xtask test installs it)",
+    root: false,
+    programs: &["tmux"],
+    synproxy: false,
+};
 
 /// SYNs per second the top view test drives.
 const TOP_SYN_RATE: f64 = 200.0;
@@ -1106,11 +1072,7 @@ fn assert_terminal_restored(
 #[test]
 fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
     require!(NEEDS.check());
-    match tmux_prerequisites() {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(msg) => panic!("{msg}"),
-    }
+    require!(TMUX_NEEDS.check());
     let agent = agent_binary();
     let tools = Tools::default();
     let topo = Topology::create(&tools, None).unwrap_or_else(|e| panic!("{e:#}"));

@@ -7,30 +7,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use synproxy_tests::harness::{agent_binary, wait_until};
+use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::influxdb::{self, gunzip, InfluxServer, Reply, ScriptedEndpoint};
 use synproxy_tests::line_protocol::{parse_line, Line};
 use synproxy_tests::require;
 
 /// Root and the kernel's SYNPROXY counters, for `--netns all`.
-fn root_prerequisites() -> Result<bool, String> {
-    // SAFETY: geteuid() has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root && Path::new("/proc/net/stat/synproxy").exists() {
-        return Ok(true);
-    }
-    let msg = "this InfluxDB test needs root and /proc/net/stat/synproxy (--netns all)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        Err(format!("{msg} (CI=true, so this is a failure)"))
-    } else {
-        eprintln!("SKIPPED: {msg}");
-        Ok(false)
-    }
-}
+const ROOT_NEEDS: Needs = Needs {
+    what: "this InfluxDB test (--netns all)",
+    root: true,
+    programs: &[],
+    synproxy: true,
+};
 
 /// A proc root whose net/stat/synproxy the test writes (two CPUs).
 struct ProcFixture(PathBuf);
@@ -209,8 +201,8 @@ fn stored_points(server: &InfluxServer, db: &str) -> Result<BTreeMap<(String, i6
 /// every round of the outage.
 #[test]
 fn influxdb_outage_loses_no_round_and_writes_none_twice() {
-    require!(influxdb::prerequisites());
-    require!(root_prerequisites());
+    require!(influxdb::NEEDS.check());
+    require!(ROOT_NEEDS.check());
     let mut server = InfluxServer::start().unwrap_or_else(|e| panic!("{e:#}"));
     server
         .execute("CREATE DATABASE outage")
@@ -332,7 +324,7 @@ fn influxdb_outage_loses_no_round_and_writes_none_twice() {
 /// retry, keeps sampling, and writes again once the database exists.
 #[test]
 fn influxdb_wrong_database_is_logged_once_and_not_retried() {
-    require!(influxdb::prerequisites());
+    require!(influxdb::NEEDS.check());
     let server = InfluxServer::start().unwrap_or_else(|e| panic!("{e:#}"));
     let proc = ProcFixture::new([3, 4]);
     let url = server.url();

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cargo;
+// The VM suite's check names, shared with synproxy-scenario's --list.
 mod cargo_tools;
+#[path = "../../tests/src/check_names.rs"]
+mod check_names;
 mod ebpf_toolchain;
 mod fuzz;
 mod image;
@@ -15,6 +18,7 @@ mod package_upgrade;
 mod run;
 mod soak;
 mod test;
+mod timing;
 mod vm;
 
 /// Project tasks: `cargo xtask <command>`.

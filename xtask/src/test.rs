@@ -5,6 +5,7 @@
 //! VM suite.
 
 use crate::cargo::{cargo, is_root};
+use crate::timing::{self, BootTiming, StepTime};
 use crate::vm;
 use crate::vm::host::Apt;
 use anyhow::{bail, Result};
@@ -62,6 +63,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask test needs root (network namespaces, SYNPROXY rules, apt-get): run it with sudo");
     }
+    let started = Instant::now();
+    let mut boots: Vec<BootTiming> = Vec::new();
     let mut steps: Vec<(&str, Result<()>, f64)> = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
         println!("==> xtask test: {name}");
@@ -163,17 +166,32 @@ pub fn run(args: TestArgs) -> Result<()> {
     );
     if !args.no_vm {
         step("VM suite (cargo xtask vm-test)", &mut || {
-            vm::run_default_matrix()
+            vm::run_default_matrix(&mut boots)
         });
     }
 
     println!();
-    let mut failed = 0;
-    for (name, result, secs) in &steps {
-        let verdict = if result.is_ok() { "ok" } else { "FAILED" };
-        println!("  {verdict:<6} {name} ({secs:.0}s)");
-        failed += usize::from(result.is_err());
-    }
+    let times: Vec<StepTime> = steps
+        .iter()
+        .map(|(name, result, secs)| StepTime {
+            name,
+            ok: result.is_ok(),
+            secs: *secs,
+        })
+        .collect();
+    print!(
+        "{}",
+        timing::table(
+            &times,
+            &boots,
+            started.elapsed().as_secs_f64(),
+            timing::BUDGET_SECS
+        )
+    );
+    let failed = steps
+        .iter()
+        .filter(|(_, result, _)| result.is_err())
+        .count();
     println!("xtask: {} passed, {} failed", steps.len() - failed, failed);
     if failed > 0 {
         bail!("{failed} step(s) failed");

@@ -194,7 +194,7 @@ agent_totals() {
 # "$1 scenario: "; sets SCEN_STATUS and SCEN_DRIVEN.
 drive_cookie_valid_in_srv() {
     # Inside a check whose agent and srv are there on purpose: no clean-state wait.
-    SPX_CLEAN_STATE= timeout 300 "$SCENARIO" --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
+    SPX_CLEAN_STATE= timeout 300 "$SCENARIO" matrix --server-netns srv --rules xt --family ipv4 --counter cookie_valid \
         --agent "$AGENT" $TOOLS >/tmp/scenario-in-srv.out 2>&1
     SCEN_STATUS=$?
     sed "s/^/$1 scenario: /" /tmp/scenario-in-srv.out
@@ -435,7 +435,7 @@ for rules in xt nft; do
     for family in ipv4 ipv6; do
         selected "matrix-$rules-$family" || continue
         begin_check "matrix-$rules-$family" || continue
-        run_scenario "matrix-$rules-$family" 900 --agent "$AGENT" --ebpf require \
+        run_scenario "matrix-$rules-$family" 900 matrix --agent "$AGENT" --ebpf require \
             --rules "$rules" --family "$family" $TOOLS
         end_check "matrix-$rules-$family"
     done
@@ -447,7 +447,7 @@ SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt iptables=nft /; s/^SUMMARY /SUMMA
 for family in ipv4 ipv6; do
     selected "iptables-nft-$family" || continue
     begin_check "iptables-nft-$family" || continue
-    run_scenario "iptables-nft-$family" 900 --agent "$AGENT" --ebpf require --rules xt \
+    run_scenario "iptables-nft-$family" 900 matrix --agent "$AGENT" --ebpf require --rules xt \
         --family "$family" --ip $IPROUTE2 --iptables /usr/sbin/iptables-nft \
         --ip6tables /usr/sbin/ip6tables-nft --nft $NFT
     end_check "iptables-nft-$family"
@@ -458,7 +458,7 @@ SCENARIO_SED=
 #    and shutdown: SIGTERM, SIGINT, stdin EOF each stop the agent within 1 s and leave
 #    no kprobe event, BPF program or map behind.
 if selected flood-shutdown && begin_check flood-shutdown; then
-    run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require --flood $TOOLS
+    run_scenario flood-shutdown 900 --agent "$AGENT" --ebpf require flood $TOOLS
     end_check flood-shutdown
 fi
 
@@ -469,7 +469,7 @@ fi
 #     with 5 heavy sources into a 16,384-entry map: the heavy ones are ranks 1-5 with
 #     exactly their counts, and the map reports evictions.
 if selected top-sources && begin_check top-sources; then
-    run_scenario top-sources 900 --agent "$AGENT" --ebpf require --top-sources $TOOLS
+    run_scenario top-sources 900 --agent "$AGENT" --ebpf require top-sources $TOOLS
     end_check top-sources
 fi
 
@@ -478,7 +478,7 @@ fi
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
 #    busy round must be reconcile="exact", 0 probe misses, eBPF sum == /proc delta.
 if selected sustained && begin_check sustained; then
-    run_scenario sustained 900 --agent "$AGENT" --ebpf require --sustained $TOOLS
+    run_scenario sustained 900 --agent "$AGENT" --ebpf require sustained $TOOLS
     end_check sustained
 fi
 
@@ -486,7 +486,7 @@ fi
 #    nothing left), kill -9 then restart as PID 1 of a PID namespace, and two
 #    agents at once, each PID 1 of its own PID namespace (both exact).
 if selected lifecycle && begin_check lifecycle; then
-    run_scenario lifecycle 900 --agent "$AGENT" --ebpf require --lifecycle $TOOLS
+    run_scenario lifecycle 900 --agent "$AGENT" --ebpf require lifecycle $TOOLS
     end_check lifecycle
 fi
 
@@ -496,7 +496,7 @@ fi
 #    bounding set, no_new_privs), eBPF == /proc after a burst, totals == a root
 #    agent's, and SIGTERM leaves nothing behind.
 if selected non-root && begin_check non-root; then
-    run_scenario non-root 900 --agent "$AGENT" --ebpf require --non-root $TOOLS
+    run_scenario non-root 900 --agent "$AGENT" --ebpf require non-root $TOOLS
     end_check non-root
 fi
 
@@ -517,11 +517,11 @@ fentry_repeat() { # $1: check name; true if it runs
     return 0
 }
 if selected fentry-flood && begin_check fentry-flood; then
-    run_scenario fentry-flood 900 --agent "$AGENT" --ebpf require --probes fentry --flood $TOOLS
+    run_scenario fentry-flood 900 --agent "$AGENT" --ebpf require --probes fentry flood $TOOLS
     end_check fentry-flood
 fi
 if fentry_repeat fentry-sustained && begin_check fentry-sustained; then
-    run_scenario fentry-sustained 900 --agent "$AGENT" --ebpf require --probes fentry --sustained $TOOLS
+    run_scenario fentry-sustained 900 --agent "$AGENT" --ebpf require --probes fentry sustained $TOOLS
     end_check fentry-sustained
 fi
 
@@ -529,7 +529,7 @@ fi
 # agents on --probes fentry; its lines are tagged probes=fentry.
 if fentry_repeat fentry-matrix-xt-ipv4 && begin_check fentry-matrix-xt-ipv4; then
     SCENARIO_SED='/^RESULT /s/ rules=xt / rules=xt probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
-    run_scenario fentry-matrix-xt-ipv4 900 --agent "$AGENT" --ebpf require --probes fentry \
+    run_scenario fentry-matrix-xt-ipv4 900 matrix --agent "$AGENT" --ebpf require --probes fentry \
         --rules xt --family ipv4 $TOOLS
     SCENARIO_SED=
     end_check fentry-matrix-xt-ipv4
@@ -538,7 +538,7 @@ fi
 # The non-root check with --probes fentry: the capability table's fentry row (CAP_BPF,
 # CAP_PERFMON, CAP_SYS_ADMIN: no tracefs, the module BTF lookup) where fentry is used.
 if fentry_repeat fentry-non-root && begin_check fentry-non-root; then
-    run_scenario fentry-non-root 900 --agent "$AGENT" --ebpf require --probes fentry --non-root $TOOLS
+    run_scenario fentry-non-root 900 --agent "$AGENT" --ebpf require --probes fentry non-root $TOOLS
     end_check fentry-non-root
 fi
 
@@ -548,7 +548,7 @@ fi
 # probes=fentry.
 if fentry_repeat fentry-lifecycle && begin_check fentry-lifecycle; then
     SCENARIO_SED='/^RESULT /s/ check=\([a-z0-9-]*\) / check=\1 probes=fentry /; s/^SUMMARY /SUMMARY probes=fentry /'
-    run_scenario fentry-lifecycle 900 --agent "$AGENT" --ebpf require --probes fentry --lifecycle $TOOLS
+    run_scenario fentry-lifecycle 900 --agent "$AGENT" --ebpf require --probes fentry lifecycle $TOOLS
     SCENARIO_SED=
     end_check fentry-lifecycle
 fi
@@ -689,7 +689,7 @@ fi
 #     arrive in one burst: the top sources table must show those 5 in that order with
 #     exactly those counts; q must end it with exit 0 and the terminal as it was.
 if selected top-view && begin_check top-view; then
-    run_scenario top-view 900 --agent "$AGENT" --ebpf require --top-view $TOOLS
+    run_scenario top-view 900 --agent "$AGENT" --ebpf require top-view $TOOLS
     end_check top-view
 fi
 
@@ -701,8 +701,8 @@ fi
 if selected user-netns && begin_check user-netns; then
     # 3,000 namespaces on the kernel of Debian stable, 1,000 on the others (time).
     case "$KERNEL" in 6.12.*) un_count=3000 ;; *) un_count=1000 ;; esac
-    run_scenario user-netns 900 --agent "$AGENT" --ebpf require --user-netns \
-        --user-netns-count "$un_count" $TOOLS
+    run_scenario user-netns 900 --agent "$AGENT" --ebpf require user-netns \
+        --namespaces "$un_count" $TOOLS
     end_check user-netns
 fi
 
@@ -713,8 +713,8 @@ if selected ebpf-cost && begin_check ebpf-cost; then
     # Rates from an instruction-counted clock (vmtest_icount, see qemu.rs) do not
     # follow the host's load, so there the throughput target is a verdict.
     ENFORCE=
-    [ "$vmtest_icount" = 1 ] && ENFORCE=--cost-enforce-throughput
-    run_scenario ebpf-cost 900 --agent "$AGENT" --ebpf require --ebpf-cost $ENFORCE $TOOLS
+    [ "$vmtest_icount" = 1 ] && ENFORCE=--enforce-throughput
+    run_scenario ebpf-cost 900 --agent "$AGENT" --ebpf require ebpf-cost $ENFORCE $TOOLS
     end_check ebpf-cost
 fi
 

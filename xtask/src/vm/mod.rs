@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::timing::{BootTiming, CheckTime};
 use host::{Apt, HOST_PACKAGES};
 use kernel::KernelImage;
 use qemu::{BootEnd, BootOutcome, BootSpec};
@@ -61,10 +62,8 @@ pub struct VmTestArgs {
     #[arg(long)]
     pub verbose: bool,
     /// Run only this check group in the guest (repeatable; default: all). Names as in
-    /// the timing line: module-late (with module-reload), clean-state, matrix-xt-ipv4, ...,
-    /// iptables-nft-ipv4, iptables-nft-ipv6, flood-shutdown, top-sources, sustained, lifecycle,
-    /// non-root, ebpf-cost, fentry-flood, fentry-sustained, fentry-matrix-xt-ipv4, fentry-non-root, fentry-lifecycle, fentry-module,
-    /// top-view.
+    /// the timing line (`synproxy-scenario --list` prints them all): module-late (with
+    /// module-reload), clean-state, matrix-xt-ipv4, ..., flood-shutdown, top-sources, ...
     #[arg(long = "check", value_name = "NAME")]
     pub checks: Vec<String>,
 }
@@ -83,9 +82,10 @@ impl Default for VmTestArgs {
     }
 }
 
-/// Installs the host packages and runs the default kernel matrix; for `cargo xtask test`.
-pub fn run_default_matrix() -> Result<()> {
-    run(VmTestArgs::default())
+/// Installs the host packages and runs the default kernel matrix; for `cargo xtask test`,
+/// which gets each boot's times in `timings` (also when the suite fails).
+pub fn run_default_matrix(timings: &mut Vec<BootTiming>) -> Result<()> {
+    run_timed(VmTestArgs::default(), timings)
 }
 
 fn workspace_root() -> PathBuf {
@@ -96,6 +96,8 @@ fn workspace_root() -> PathBuf {
 
 struct KernelRun {
     image: KernelImage,
+    /// Shown after the series name ("" or " icount", see [`Boot`]).
+    label: &'static str,
     outcome: BootOutcome,
     /// The boot's time limit.
     limit: Duration,
@@ -169,29 +171,66 @@ impl KernelRun {
         ))
     }
 
+    /// Its times, for the table `cargo xtask test` prints.
+    fn boot_timing(&self) -> BootTiming {
+        let not_booted = match &self.outcome.end {
+            BootEnd::NotStarted(why) => Some(why.clone()),
+            _ => None,
+        };
+        let mut checks: Vec<CheckTime> = self
+            .outcome
+            .checks
+            .iter()
+            .map(|check| CheckTime {
+                name: check.name.clone(),
+                secs: check.guest_secs.unwrap_or(check.host_secs),
+                unfinished: false,
+            })
+            .collect();
+        if let Some(open) = &self.outcome.open_check {
+            checks.push(CheckTime {
+                name: open.name.clone(),
+                secs: open.host_secs,
+                unfinished: true,
+            });
+        }
+        BootTiming {
+            kernel: format!("{} {}{}", self.image.series, self.image.release, self.label),
+            not_booted,
+            boot_to_init: self.outcome.time_to_init.map(|d| d.as_secs_f64()),
+            checks,
+            total: self.outcome.total.as_secs_f64(),
+        }
+    }
+
     /// `series release: boot-to-init=4.1s module-late=12.3s ... total=160.2s`
     fn timing_line(&self) -> String {
-        let mut parts = vec![format!("{} {}:", self.image.series, self.image.release)];
-        if let BootEnd::NotStarted(_) = self.outcome.end {
+        let timing = self.boot_timing();
+        let mut parts = vec![format!("{}:", timing.kernel)];
+        if timing.not_booted.is_some() {
             parts.push("not booted".to_string());
             return parts.join(" ");
         }
-        if let Some(init) = self.outcome.time_to_init {
-            parts.push(format!("boot-to-init={:.1}s", init.as_secs_f64()));
+        if let Some(init) = timing.boot_to_init {
+            parts.push(format!("boot-to-init={init:.1}s"));
         }
-        for check in &self.outcome.checks {
-            let secs = check.guest_secs.unwrap_or(check.host_secs);
-            parts.push(format!("{}={secs:.1}s", check.name));
+        for check in &timing.checks {
+            let mark = if check.unfinished { "(unfinished)" } else { "" };
+            parts.push(format!("{}={:.1}s{mark}", check.name, check.secs));
         }
-        if let Some(open) = &self.outcome.open_check {
-            parts.push(format!("{}={:.1}s(unfinished)", open.name, open.host_secs));
-        }
-        parts.push(format!("total={:.1}s", self.outcome.total.as_secs_f64()));
+        parts.push(format!("total={:.1}s", timing.total));
         parts.join(" ")
     }
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
+    run_timed(args, &mut Vec::new())
+}
+
+fn run_timed(args: VmTestArgs, timings: &mut Vec<BootTiming>) -> Result<()> {
+    for name in &args.checks {
+        crate::check_names::validate(name).map_err(anyhow::Error::msg)?;
+    }
     let started = Instant::now();
     let workspace = workspace_root();
     let vm_dir = workspace.join("target/vm");
@@ -221,6 +260,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                 let why = format!("not booted: fetching the kernel failed: {error:#}");
                 println!("vm-test: {} {why}", series.name);
                 runs.push(KernelRun {
+                    label: "",
                     image: KernelImage {
                         series: series.name,
                         release: format!("unresolved-{}", series.name),
@@ -279,6 +319,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             println!("vm-test: {} ({}) {why}", image.series, image.release);
             let mut skipped = KernelRun {
                 image,
+                label: "",
                 outcome: BootOutcome::not_started(why),
                 limit: Duration::ZERO,
             };
@@ -328,6 +369,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         failed += kernel_run.failed_results();
         passed += kernel_run.outcome.results.len() - kernel_run.failed_results();
     }
+    timings.extend(runs.iter().map(KernelRun::boot_timing));
     println!("vm-test: seconds per kernel and check");
     for kernel_run in &runs {
         println!("  {}", kernel_run.timing_line());
@@ -570,6 +612,7 @@ fn boot_image(
     }
     let mut kernel_run = KernelRun {
         image,
+        label: boot.label,
         outcome,
         limit,
     };
@@ -627,6 +670,7 @@ mod tests {
             host_secs: secs + 0.2,
         };
         KernelRun {
+            label: "",
             image: KernelImage {
                 series: "6.12",
                 release: "6.12.1+deb12-cloud-amd64".into(),
@@ -718,6 +762,65 @@ mod tests {
         let kvm = plan_boots(&[], true);
         assert_eq!(kvm.len(), 1);
         assert!(!kvm[0].icount && kvm[0].skip.is_empty());
+    }
+
+    /// The names init.sh selects its checks by are exactly the shared list.
+    #[test]
+    fn init_selects_exactly_the_known_checks() {
+        let script = include_str!("init.sh");
+        let code = script.lines().filter(|l| !l.trim_start().starts_with('#'));
+        let mut selected: Vec<String> = Vec::new();
+        for line in code {
+            for call in ["selected ", "fentry_repeat "] {
+                for (_, rest) in line
+                    .match_indices(call)
+                    .map(|(i, _)| line.split_at(i + call.len()))
+                {
+                    let word = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"');
+                    let literal = !word.is_empty()
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                    if literal {
+                        selected.push(word.to_string());
+                    }
+                }
+            }
+        }
+        // The two loops select by pattern.
+        assert!(script.contains(r#"selected "matrix-$rules-$family""#));
+        assert!(script.contains(r#"selected "iptables-nft-$family""#));
+        for rules in ["xt", "nft"] {
+            for family in ["ipv4", "ipv6"] {
+                selected.push(format!("matrix-{rules}-{family}"));
+            }
+        }
+        selected.extend(["iptables-nft-ipv4".into(), "iptables-nft-ipv6".into()]);
+        selected.sort();
+        selected.dedup();
+        let mut known: Vec<String> = crate::check_names::CHECKS
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(selected, known);
+    }
+
+    #[test]
+    fn an_unknown_check_is_refused_before_anything_is_built() {
+        let args = VmTestArgs {
+            checks: vec!["sustained".into(), "flod-shutdown".into()],
+            ..VmTestArgs::default()
+        };
+        let e = run(args).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown check \"flod-shutdown\"; known checks: module-late, "),
+            "{e}"
+        );
     }
 
     #[test]

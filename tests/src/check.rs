@@ -1,0 +1,131 @@
+//! One check's outcome as the VM suite reads it: a `RESULT kernel=K check=NAME
+//! field=value ... status=PASS|FAIL` line, and `# ` notes that explain it.
+
+use std::fmt::Display;
+
+/// One RESULT line and its explanations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub line: String,
+    pub pass: bool,
+    pub notes: Vec<String>,
+}
+
+impl Check {
+    /// The check could not measure: its head with `status=FAIL`, the error as a note.
+    pub fn failed(head: &str, e: &anyhow::Error) -> Check {
+        Check {
+            line: format!("{head} status=FAIL"),
+            pass: false,
+            notes: vec![format!("error: {e:#}")],
+        }
+    }
+
+    /// The check's outcome, or [`Check::failed`] when it could not measure.
+    pub fn or_failed(head: &str, result: anyhow::Result<Check>) -> Check {
+        result.unwrap_or_else(|e| Check::failed(head, &e))
+    }
+
+    /// The lines printed for it: the RESULT line, then each note after `# `.
+    pub fn report(&self) -> Vec<String> {
+        let notes = self.notes.iter().map(|note| format!("# {note}"));
+        std::iter::once(self.line.clone()).chain(notes).collect()
+    }
+}
+
+/// Builds a RESULT line: `RESULT kernel=K check=NAME`, then fields in order,
+/// then the verdict.
+#[derive(Debug, Clone)]
+pub struct ResultLine {
+    text: String,
+}
+
+impl ResultLine {
+    pub fn new(kernel: &str, check: &str) -> Self {
+        Self {
+            text: format!("RESULT kernel={kernel} check={check}"),
+        }
+    }
+
+    /// Adds ` key=value`.
+    pub fn field(mut self, key: &str, value: impl Display) -> Self {
+        self.text.push_str(&format!(" {key}={value}"));
+        self
+    }
+
+    /// The line so far, without a verdict (what [`Check::failed`] completes).
+    pub fn head(&self) -> &str {
+        &self.text
+    }
+
+    /// The finished line: the fields, then `status=PASS` or `status=FAIL`.
+    pub fn status(&self, pass: bool) -> String {
+        format!("{} status={}", self.text, status(pass))
+    }
+}
+
+/// `PASS` or `FAIL`.
+pub fn status(pass: bool) -> &'static str {
+    if pass {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_result_lines_in_field_order() {
+        let line = ResultLine::new("6.12.1", "flood")
+            .field("rules", "xt")
+            .field("syn_driven", 20_000);
+        assert_eq!(
+            line.head(),
+            "RESULT kernel=6.12.1 check=flood rules=xt syn_driven=20000"
+        );
+        assert_eq!(
+            line.status(true),
+            "RESULT kernel=6.12.1 check=flood rules=xt syn_driven=20000 status=PASS"
+        );
+        assert_eq!(
+            line.status(false),
+            "RESULT kernel=6.12.1 check=flood rules=xt syn_driven=20000 status=FAIL"
+        );
+    }
+
+    #[test]
+    fn an_error_is_a_failing_line_with_the_error_as_a_note() {
+        let head = ResultLine::new("k", "sustained").field("secs", 30);
+        let e = anyhow::anyhow!("no route").context("netns setup");
+        let check = Check::or_failed(head.head(), Err(e));
+        assert_eq!(
+            check,
+            Check {
+                line: "RESULT kernel=k check=sustained secs=30 status=FAIL".into(),
+                pass: false,
+                notes: vec!["error: netns setup: no route".into()],
+            }
+        );
+        assert_eq!(
+            check.report(),
+            [
+                "RESULT kernel=k check=sustained secs=30 status=FAIL",
+                "# error: netns setup: no route"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_measured_outcome_is_kept_as_it_is() {
+        let measured = Check {
+            line: "RESULT kernel=k check=top-view status=PASS".into(),
+            pass: true,
+            notes: Vec::new(),
+        };
+        assert_eq!(Check::or_failed("unused", Ok(measured.clone())), measured);
+        assert_eq!(measured.report(), std::slice::from_ref(&measured.line));
+    }
+}
