@@ -10,16 +10,15 @@ use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::traffic::{RawSender, ServerMode};
 use anyhow::{Context, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
 
-const PROBE_PORT: u16 = 8081;
 /// Where the flood check's agent serves /metrics.
 pub const METRICS_ADDR: &str = "127.0.0.1:10816";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -128,20 +127,9 @@ pub fn flood(cfg: &Config, kernel: &str, syns: u32, acks: u32) -> Check {
 }
 
 fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
+    let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(5),
-    )?;
     let _stats = BpfStats::enable()?;
     let mut args = cfg.extra_agent_args.clone();
     args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));

@@ -41,19 +41,18 @@ use crate::check::Check;
 use crate::ebpf_checks::{metric, BpfStats, METRICS_ADDR};
 use crate::ebpf_cost_judge::{judge, Measured, ProbeCosts, ProgramCost};
 use crate::live_agent::LiveAgent;
-use crate::netns::{Netns, Topology};
+use crate::netns::Netns;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::traffic::{RawSender, ServerMode};
 use anyhow::{bail, Context, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
 
-const PROBE_PORT: u16 = 8081;
 /// The agent's programs that run per packet or per event (names without `spx_`).
 const PROGRAMS: [&str; 4] = ["synack4", "ack4", "ack_ret", "seqadj"];
 /// The same for `--probes fentry` (`ack4` is the fexit program there).
@@ -332,20 +331,9 @@ fn floor_costs(after: (u64, u64), before: (u64, u64), programs: Vec<ProgramCost>
 }
 
 fn measure(cfg: &Config, params: &Params, notes: &mut Vec<String>) -> Result<Measured> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
+    let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(5),
-    )?;
     let mut traffic = Traffic {
         srv: &topo.srv,
         tx: RawSender::new(&topo.cli, src, V6Checksum::Correct)?,

@@ -33,6 +33,7 @@ pub mod packet;
 pub mod pidns;
 pub mod proc_counters;
 pub mod prometheus;
+pub mod protected_server;
 pub mod rng;
 pub mod rules;
 pub mod scenario;

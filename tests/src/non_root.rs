@@ -15,16 +15,15 @@ use crate::live_agent::{self, Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::traffic::{RawSender, ServerMode};
 use anyhow::{bail, Context, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use synproxy_common::{Counter, STAT_COLUMNS};
 
-const PROBE_PORT: u16 = 8081;
 const SYNS: u32 = 2_000;
 const ACKS: u32 = 500;
 /// The capability table's row "eBPF `--netns NAME`".
@@ -90,20 +89,9 @@ fn settled(topo: &Topology) -> Result<proc_counters::Totals> {
 }
 
 fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
+    let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(5),
-    )?;
     let helper = std::env::current_exe().context("path of synproxy-scenario")?;
     let launch = Launch::Caps {
         helper,
@@ -152,7 +140,7 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
             &seg(1024 + i as u16, rng.next_u32(), rng.next_u32(), ACK),
         )?;
     }
-    let last = settled(&topo)?;
+    let last = settled(topo)?;
     let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
     let proc_inv =
         last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());

@@ -58,7 +58,7 @@ pub const FLOOD_SOURCES: u32 = 100_000;
 pub const HEAVY: [u32; 5] = [600, 500, 400, 300, 200];
 /// The flood agent's `--top-map-entries`: far fewer than the sources.
 pub const FLOOD_MAP_ENTRIES: u32 = 16_384;
-pub(crate) const PROBE_PORT: u16 = 8081;
+pub(crate) use crate::protected_server::PROBE_PORT;
 /// Generous: the guest runs under TCG.
 pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -9,23 +9,22 @@
 
 use crate::check::Check;
 use crate::live_agent::{Launch, LiveAgent};
-use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, SYN};
 use crate::proc_counters;
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
 use crate::top_series_prometheus::{self, RealPrometheus};
 use crate::top_series_scrape::{self, Scraper};
 use crate::top_sources::{
     agent_health, ebpf_sums, failed, flood_addr, flood_schedule, heavy_addr, map_fields, ranking,
-    server_default_routes, settle, tally, Run, FLOOD_MAP_ENTRIES, FLOOD_SOURCES, HEAVY, PROBE_PORT,
+    server_default_routes, settle, tally, Run, FLOOD_MAP_ENTRIES, FLOOD_SOURCES, HEAVY,
 };
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::traffic::{RawSender, ServerMode};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::time::Instant;
 use synproxy_common::Counter;
 
 /// The spoofed-flood check (xt, IPv4).
@@ -48,21 +47,10 @@ pub fn flood(cfg: &Config, kernel: &str) -> Check {
 }
 
 fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
-    let tools = &cfg.tools;
-    let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
-    server_default_routes(cfg, &topo)?;
+    let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
+    let topo = &setup.topo;
     let dst: IpAddr = topo.srv4.into();
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(30),
-    )?;
+    server_default_routes(cfg, topo)?;
     let mut args = cfg.extra_agent_args.clone();
     args.extend([
         "--top".to_string(),
