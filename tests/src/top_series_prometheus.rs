@@ -78,6 +78,48 @@ impl RealPrometheus {
         }
     }
 
+    /// Waits until a scrape of the agent answered: Prometheus applies new
+    /// targets a few seconds after it is ready, and a flood sent before that
+    /// would reach it only as the rounds after the flood.
+    pub fn scraping(self) -> Result<Self> {
+        let up = format!("sum(sum_over_time(up{{job=\"{JOB}\"}}[1h]))");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.scalar(&up)? < 1 {
+            if Instant::now() > deadline {
+                bail!(
+                    "prometheus scraped the agent in 90 s {} times, none answered; its log:\n{}",
+                    self.scrapes()?,
+                    self.server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(self)
+    }
+
+    /// Waits for two more scrapes, so the round exposed now (the flood's
+    /// last, with its top sources) is scraped however short the flood was.
+    pub fn scraped_now(self) -> Result<Self> {
+        self.more_scrapes(2)?;
+        Ok(self)
+    }
+
+    fn more_scrapes(&self, wanted: u64) -> Result<()> {
+        let before = self.scrapes()?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.scrapes()? < before + wanted {
+            if Instant::now() > deadline {
+                bail!(
+                    "prometheus made {} scrapes in 90 s (wanted {wanted}); its log:\n{}",
+                    self.scrapes()? - before,
+                    self.server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
     fn scrapes(&self) -> Result<u64> {
         self.scalar(&format!("sum(count_over_time(up{{job=\"{JOB}\"}}[1h]))"))
     }
@@ -85,18 +127,7 @@ impl RealPrometheus {
     /// Waits for two more scrapes (so the agent's last round is in the
     /// head), then reads the figures.
     pub fn finish(self) -> Result<Figures> {
-        let before = self.scrapes()?;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.scrapes()? < before + 2 {
-            if Instant::now() > deadline {
-                bail!(
-                    "prometheus made {} scrapes in 90 s after the flood (wanted 2); its log:\n{}",
-                    self.scrapes()? - before,
-                    self.server.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.more_scrapes(2)?;
         let (status, _, body) = http_get(self.server.addr(), "/metrics", None)?;
         if status != 200 {
             bail!("prometheus' own /metrics answered {status}");

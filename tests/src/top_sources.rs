@@ -399,12 +399,16 @@ impl Run {
     }
 }
 
-pub(crate) fn failed(head: String, e: anyhow::Error) -> Check {
-    Check {
-        line: format!("{head} status=FAIL"),
-        pass: false,
-        notes: vec![format!("error: {e:#}")],
-    }
+/// `run`'s check with how long it took in its notes, or [`Check::failed`].
+pub(crate) fn timed(head: &str, run: impl FnOnce(&str) -> Result<Check>) -> Check {
+    let started = Instant::now();
+    let result = run(head).map(|mut check| {
+        check
+            .notes
+            .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
+        check
+    });
+    Check::or_failed(head, result)
 }
 
 /// The agent's eBPF side over the run: attached, no probe misses, every

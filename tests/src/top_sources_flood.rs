@@ -17,8 +17,8 @@ use crate::scenario::Config;
 use crate::top_series_prometheus::{self, RealPrometheus};
 use crate::top_series_scrape::{self, Scraper};
 use crate::top_sources::{
-    agent_health, ebpf_sums, failed, flood_addr, flood_schedule, heavy_addr, map_fields, ranking,
-    server_default_routes, settle, tally, Run, FLOOD_MAP_ENTRIES, FLOOD_SOURCES, HEAVY,
+    agent_health, ebpf_sums, flood_addr, flood_schedule, heavy_addr, map_fields, ranking,
+    server_default_routes, settle, tally, timed, Run, FLOOD_MAP_ENTRIES, FLOOD_SOURCES, HEAVY,
 };
 use crate::traffic::{RawSender, ServerMode};
 use anyhow::{Context, Result};
@@ -34,16 +34,7 @@ pub fn flood(cfg: &Config, kernel: &str) -> Check {
         "RESULT kernel={kernel} check=top-sources mode=flood rules=xt family=ipv4 random_sources={FLOOD_SOURCES} heavy={} map_entries={FLOOD_MAP_ENTRIES}",
         heavy.join("/")
     );
-    let started = Instant::now();
-    match run_flood(cfg, &head) {
-        Ok(mut check) => {
-            check
-                .notes
-                .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
-            check
-        }
-        Err(e) => failed(head, e),
-    }
+    timed(&head, |head| run_flood(cfg, head))
 }
 
 fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
@@ -63,6 +54,7 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
     let real_prometheus = top_series_prometheus::wanted().then(RealPrometheus::start);
     let mut live = LiveAgent::start_with(&cfg.agent, &topo.srv, &args, &Launch::Direct, ebpf)
         .context("the agent")?;
+    let real_prometheus = real_prometheus.map(|p| p.and_then(RealPrometheus::scraping));
     let scraper = Scraper::start();
     let mut run = Run::new();
     let before = proc_counters::read(&topo.srv)?;
@@ -90,6 +82,7 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
         }
     }
     let send_secs = send_start.elapsed().as_secs_f64();
+    let real_prometheus = real_prometheus.map(|p| p.and_then(RealPrometheus::scraped_now));
     let sent = schedule.len() as u64;
     let name = Counter::SynReceived.name();
     let after = settle(&topo.srv, &[(name, before.get(name) + sent)])?;

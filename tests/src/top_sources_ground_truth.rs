@@ -16,7 +16,7 @@ use crate::traffic::{self, RawSender, ServerMode, TcpServer};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use synproxy_common::Counter;
 
 /// The ground-truth check for every selected rules flavour and family.
@@ -34,16 +34,7 @@ pub fn ground_truth(
                 r.name(),
                 f.name()
             );
-            let started = Instant::now();
-            checks.push(match run_ground_truth(cfg, &head, r, f) {
-                Ok(mut check) => {
-                    check
-                        .notes
-                        .push(format!("took {:.1}s", started.elapsed().as_secs_f64()));
-                    check
-                }
-                Err(e) => failed(head, e),
-            });
+            checks.push(timed(&head, |head| run_ground_truth(cfg, head, r, f)));
         }
     }
     checks
