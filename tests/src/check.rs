@@ -73,6 +73,20 @@ pub fn status(pass: bool) -> &'static str {
     }
 }
 
+/// `yes` or `no`: a flag as RESULT lines write it.
+pub fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The value, or `none` when nothing was measured.
+pub fn or_none<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -512,6 +512,21 @@ pub fn gate(kernel: &str, name: &str) -> bool {
     }
 }
 
+/// What differs from the baseline in `file` now, as `#` lines, without a
+/// verdict (a check's own diagnostics while it holds state on purpose).
+pub fn show(file: &Path, name: &str) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let left = Baseline::parse(&text)?.leftovers(&State::now()?);
+    if left.is_empty() {
+        return Ok(vec![format!("# {name}: kernel state as at the baseline")]);
+    }
+    Ok(left
+        .into_iter()
+        .map(|l| format!("# {name}: differs from the baseline: {}", l.detail))
+        .collect())
+}
+
 /// `--clean-state record FILE` / `check FILE NAME [SECS]` / `show FILE NAME`;
 /// returns the exit code.
 pub fn helper_main(kernel: &str, args: &[String]) -> Result<i32> {
@@ -521,17 +536,8 @@ pub fn helper_main(kernel: &str, args: &[String]) -> Result<i32> {
             Ok(0)
         }
         [mode, file, name] if mode == "show" => {
-            // What differs from the baseline now, as `#` lines, without a verdict
-            // (a check's own diagnostics while it holds state on purpose).
-            let baseline = Baseline::parse(
-                &std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
-            )?;
-            let left = baseline.leftovers(&State::now()?);
-            if left.is_empty() {
-                println!("# {name}: kernel state as at the baseline");
-            }
-            for l in left {
-                println!("# {name}: differs from the baseline: {}", l.detail);
+            for line in show(Path::new(file), name)? {
+                println!("{line}");
             }
             Ok(0)
         }

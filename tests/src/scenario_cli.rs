@@ -119,6 +119,14 @@ pub enum Mode {
         #[arg(long)]
         enforce_throughput: bool,
     },
+    /// The agent started before nf_synproxy_core is loaded, then the modules
+    /// reloaded under it (module-late, then module-reload; VM guest only).
+    ModuleLate,
+    /// The clean-state precondition fails while a namespace is held and holds after.
+    CleanState,
+    /// --probes fentry holds the module, SIGUSR1 releases it, a reload brings new BTF
+    /// (VM guest only).
+    FentryModule,
     /// `synproxy-agent top` in tmux, read as a person reads it.
     TopView,
     /// Namespaces an unprivileged user made, before a named server namespace.
@@ -329,7 +337,14 @@ mod tests {
             "non-root",
         ]);
         assert_eq!(s.cfg.extra_agent_args, ["--netns-max", "4"]);
-        for group in ["top-sources", "top-view", "non-root"] {
+        for group in [
+            "top-sources",
+            "top-view",
+            "non-root",
+            "module-late",
+            "clean-state",
+            "fentry-module",
+        ] {
             parsed(&["--agent", "a", group]);
         }
     }

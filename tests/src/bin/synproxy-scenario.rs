@@ -7,8 +7,8 @@ use synproxy_tests::scenario;
 use synproxy_tests::scenario_cli::{self, Cli, Mode};
 use synproxy_tests::tools;
 use synproxy_tests::{
-    caps, check, clean_state, ebpf_checks, ebpf_cost, lifecycle, non_root, pidns, sustained,
-    top_sources, top_view, user_netns_check,
+    caps, check, clean_state, clean_state_check, ebpf_checks, ebpf_cost, fentry_module, lifecycle,
+    module_late, non_root, pidns, sustained, top_sources, top_view, user_netns_check,
 };
 
 fn main() {
@@ -69,6 +69,8 @@ fn main() {
     // out of time keeps the lines of the checks that finished.
     let cfg = &args.cfg;
     let kernel = kernel.as_str();
+    // module-late's agent and namespace, for module-reload.
+    let handover = module_late::Handover::default();
     type Run<'a> = Box<dyn Fn() -> Vec<check::Check> + 'a>;
     let mut checks: Vec<(&str, Run)> = Vec::new();
     let sustained_params;
@@ -150,6 +152,29 @@ fn main() {
                 Box::new(move || vec![ebpf_cost::ebpf_cost(cfg, kernel, params)]),
             ));
         }
+        Mode::ModuleLate => {
+            let handover = &handover;
+            checks.push((
+                "module-late",
+                Box::new(move || vec![module_late::module_late(cfg, kernel, handover)]),
+            ));
+            checks.push((
+                module_late::RELOAD,
+                Box::new(move || module_late::module_reload(cfg, kernel, handover)),
+            ));
+        }
+        Mode::CleanState => {
+            checks.push((
+                "clean-state",
+                Box::new(|| vec![clean_state_check::clean_state(cfg, kernel)]),
+            ));
+        }
+        Mode::FentryModule => {
+            checks.push((
+                "fentry-module",
+                Box::new(|| vec![fentry_module::fentry_module(cfg, kernel)]),
+            ));
+        }
         Mode::TopView => {
             checks.push((
                 "top-view",
@@ -165,8 +190,9 @@ fn main() {
     }
     if !checks.is_empty() {
         for (name, run) in checks {
-            // In the VM suite: only from the kernel state before the first check.
-            if !clean_state::gate(kernel, name) {
+            // In the VM suite: only from the kernel state before the first check
+            // (module-reload goes on from module-late's agent and namespace).
+            if name != module_late::RELOAD && !clean_state::gate(kernel, name) {
                 failed += 1;
                 continue;
             }
