@@ -99,11 +99,18 @@ impl ModuleList {
     }
 
     /// `insmod` of each file in order, then the new modules added to the
-    /// clean-state baseline (when `SPX_CLEAN_STATE` names one). The lines to
-    /// print: a failing `RESULT ... check=module-load module=NAME` line with
-    /// insmod's error under it per module that did not load, and the
-    /// baseline's note.
-    pub fn load(&self, kernel: &str) -> Result<Vec<String>> {
+    /// clean-state baseline (when `SPX_CLEAN_STATE` names one). Prints, as the
+    /// guest's init does for its loads, a failing `RESULT ... check=module-load
+    /// module=NAME` line with insmod's error under it per module that did not
+    /// load, and the baseline's note.
+    pub fn load(&self, kernel: &str) -> Result<()> {
+        for line in self.load_lines(kernel)? {
+            println!("{line}");
+        }
+        Ok(())
+    }
+
+    fn load_lines(&self, kernel: &str) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         for file in &self.files {
             let out = Command::new("insmod")
