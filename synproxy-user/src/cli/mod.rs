@@ -319,12 +319,8 @@ pub struct TopArgs {
 
 impl TopArgs {
     pub fn top_config(&self) -> TopConfig {
-        TopConfig {
-            n: self.top,
-            prefix_v4: self.top_prefix_v4,
-            prefix_v6: self.top_prefix_v6,
-            map_entries: self.top_map_entries,
-        }
+        let (v4, v6) = (self.top_prefix_v4, self.top_prefix_v6);
+        TopConfig::new(self.top, v4, v6, self.top_map_entries)
     }
 
     /// One-line errors naming the flag, as [`Cli::validate`].
