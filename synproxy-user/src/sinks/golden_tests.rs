@@ -184,6 +184,7 @@ fn golden_snapshot() -> Snapshot {
                 &[("2001:db8::1", 9), ("2001:db8:1::/64", 4)],
             ),
         ],
+        stack: Vec::new(),
     }
 }
 
