@@ -28,7 +28,8 @@ pub struct StackField {
     /// The column name in the header line.
     pub name: &'static str,
     pub kind: Kind,
-    /// Snake-case name for `/metrics` (after the group's prefix).
+    /// The family on `/metrics` (`synproxy_tcpext_...`, `synproxy_tcp_...`;
+    /// counters are rendered with `_total`).
     pub metric: &'static str,
     pub help: &'static str,
 }
@@ -60,20 +61,20 @@ const fn counter(
 /// move when SYNs flood a listener (the kernel's own SYN cookies, the SYN
 /// and accept queues, handshake retransmissions and timeouts).
 pub const NETSTAT_FIELDS: [StackField; 14] = [
-    counter("TcpExt", "SyncookiesSent", "syncookies_sent", "SYN cookies sent by the TCP stack (a listener's SYN queue overflowed with tcp_syncookies on)."),
-    counter("TcpExt", "SyncookiesRecv", "syncookies_recv", "ACKs with a valid TCP stack SYN cookie."),
-    counter("TcpExt", "SyncookiesFailed", "syncookies_failed", "ACKs with an invalid TCP stack SYN cookie."),
-    counter("TcpExt", "EmbryonicRsts", "embryonic_rsts", "Resets received for connections in SYN_RECV."),
-    counter("TcpExt", "ListenOverflows", "listen_overflows", "Handshakes completed while the listener's accept queue was full."),
-    counter("TcpExt", "ListenDrops", "listen_drops", "SYNs and ACKs dropped at a listener (accept queue full and other reasons)."),
-    counter("TcpExt", "TCPReqQFullDoCookies", "req_q_full_do_cookies", "SYN queue full: SYN cookie sent instead."),
-    counter("TcpExt", "TCPReqQFullDrop", "req_q_full_drop", "SYN queue full: SYN dropped (no SYN cookies)."),
-    counter("TcpExt", "TCPBacklogDrop", "backlog_drop", "Segments dropped because the socket backlog was full."),
-    counter("TcpExt", "TCPTimeouts", "timeouts", "Retransmission timeouts (SYN/ACKs of half-open connections included)."),
-    counter("TcpExt", "TCPSynRetrans", "syn_retrans", "SYN and SYN/ACK retransmissions."),
-    counter("TcpExt", "TSEcrRejected", "ts_ecr_rejected", "ACKs whose timestamp echo reply was rejected during a handshake."),
-    counter("TcpExt", "TCPChallengeACK", "challenge_ack", "Challenge ACKs sent."),
-    counter("TcpExt", "TCPSYNChallenge", "syn_challenge", "Challenge ACKs sent in answer to a SYN."),
+    counter("TcpExt", "SyncookiesSent", "synproxy_tcpext_syncookies_sent", "SYN cookies sent by the TCP stack (a listener's SYN queue overflowed with tcp_syncookies on)."),
+    counter("TcpExt", "SyncookiesRecv", "synproxy_tcpext_syncookies_recv", "ACKs with a valid TCP stack SYN cookie."),
+    counter("TcpExt", "SyncookiesFailed", "synproxy_tcpext_syncookies_failed", "ACKs with an invalid TCP stack SYN cookie."),
+    counter("TcpExt", "EmbryonicRsts", "synproxy_tcpext_embryonic_rsts", "Resets received for connections in SYN_RECV."),
+    counter("TcpExt", "ListenOverflows", "synproxy_tcpext_listen_overflows", "Handshakes completed while the listener's accept queue was full."),
+    counter("TcpExt", "ListenDrops", "synproxy_tcpext_listen_drops", "SYNs and ACKs dropped at a listener (accept queue full and other reasons)."),
+    counter("TcpExt", "TCPReqQFullDoCookies", "synproxy_tcpext_req_q_full_do_cookies", "SYN queue full: SYN cookie sent instead."),
+    counter("TcpExt", "TCPReqQFullDrop", "synproxy_tcpext_req_q_full_drop", "SYN queue full: SYN dropped (no SYN cookies)."),
+    counter("TcpExt", "TCPBacklogDrop", "synproxy_tcpext_backlog_drop", "Segments dropped because the socket backlog was full."),
+    counter("TcpExt", "TCPTimeouts", "synproxy_tcpext_timeouts", "Retransmission timeouts (SYN/ACKs of half-open connections included)."),
+    counter("TcpExt", "TCPSynRetrans", "synproxy_tcpext_syn_retrans", "SYN and SYN/ACK retransmissions."),
+    counter("TcpExt", "TSEcrRejected", "synproxy_tcpext_ts_ecr_rejected", "ACKs whose timestamp echo reply was rejected during a handshake."),
+    counter("TcpExt", "TCPChallengeACK", "synproxy_tcpext_challenge_ack", "Challenge ACKs sent."),
+    counter("TcpExt", "TCPSYNChallenge", "synproxy_tcpext_syn_challenge", "Challenge ACKs sent in answer to a SYN."),
 ];
 
 /// The `Tcp` fields of `/proc/net/snmp` the agent reports (RFC 4022's MIB
@@ -107,10 +108,15 @@ pub const SNMP_FIELDS: [StackField; 11] = [
         group: "Tcp",
         name: "CurrEstab",
         kind: Kind::Gauge,
-        metric: "curr_estab",
+        metric: "synproxy_tcp_curr_estab",
         help: "Connections in ESTABLISHED or CLOSE_WAIT now.",
     },
-    counter("Tcp", "InSegs", "in_segs", "Segments received."),
+    counter(
+        "Tcp",
+        "InSegs",
+        "synproxy_tcp_in_segs",
+        "Segments received.",
+    ),
     counter(
         "Tcp",
         "OutSegs",
@@ -123,8 +129,18 @@ pub const SNMP_FIELDS: [StackField; 11] = [
         "retrans_segs",
         "Segments retransmitted.",
     ),
-    counter("Tcp", "InErrs", "in_errs", "Segments received in error."),
-    counter("Tcp", "OutRsts", "out_rsts", "Segments sent with RST."),
+    counter(
+        "Tcp",
+        "InErrs",
+        "synproxy_tcp_in_errs",
+        "Segments received in error.",
+    ),
+    counter(
+        "Tcp",
+        "OutRsts",
+        "synproxy_tcp_out_rsts",
+        "Segments sent with RST.",
+    ),
     counter(
         "Tcp",
         "InCsumErrors",
