@@ -346,6 +346,11 @@ fn stack_counters_equal_the_kernels_and_each_source_turns_off() {
     for field in SNMP {
         let key = format!("snmp.{field}");
         assert_eq!(agent_values.get(&key), before.get(&key), "{key}");
+        if field == "TcpCurrEstab" {
+            // nstat leaves out this gauge (with the MIB's constants).
+            assert_eq!(nstat.get(field), None);
+            continue;
+        }
         assert_eq!(
             agent_values.get(&key),
             nstat.get(field),
