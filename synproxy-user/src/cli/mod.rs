@@ -77,6 +77,18 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
     pub no_ebpf: bool,
 
+    /// Do not read the TCP stack's counters (/proc/net/netstat TcpExt and
+    /// /proc/net/snmp Tcp: the nstat lines, synproxy_tcpext_* and
+    /// synproxy_tcp_* on /metrics).
+    #[arg(long, env = "SYNPROXY_AGENT_NO_NSTAT")]
+    pub no_nstat: bool,
+
+    /// Do not read conntrack's statistics (/proc/net/stat/nf_conntrack,
+    /// nf_conntrack_count and nf_conntrack_max: the conntrack lines,
+    /// synproxy_conntrack_* on /metrics).
+    #[arg(long, env = "SYNPROXY_AGENT_NO_CONNTRACK")]
+    pub no_conntrack: bool,
+
     /// Which BPF programs count the events. kprobe: kprobes/kretprobes through
     /// tracefs (any kernel with kprobes). fentry: fentry/fexit programs,
     /// cheaper per event; on SYNPROXY built as modules (distribution kernels)
