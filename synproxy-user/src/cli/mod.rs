@@ -385,7 +385,8 @@ pub enum NetnsSelection {
 
 /// `--influx-buffer-lines` default: one hour at the default 10 s interval is
 /// 360 rounds, so 100,000 lines hold an hour of rounds of up to 277 lines
-/// (about 90 namespaces with eBPF: 3 lines each, or 270 without).
+/// (about 39 namespaces with eBPF and the stack sources: 7 lines each, or 55
+/// without eBPF: 5 each).
 pub const DEFAULT_INFLUX_BUFFER_LINES: u64 = 100_000;
 
 mod validate;
