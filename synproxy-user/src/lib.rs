@@ -10,6 +10,7 @@
 //! shutdown. [`top`] is the live terminal view: one more consumer of the
 //! snapshots.
 
+pub mod analysis;
 pub mod cli;
 pub mod cli_bounds;
 pub mod fields;

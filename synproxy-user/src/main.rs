@@ -10,7 +10,7 @@ use synproxy_user::logging;
 use synproxy_user::privileges;
 use synproxy_user::ranking::TopConfig;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
-use synproxy_user::sampler::{Sampler, SamplerConfig};
+use synproxy_user::sampler::{Sampler, SamplerConfig, StackSources};
 use synproxy_user::sinks::{gate, OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, ProbeType, Stop};
 use synproxy_user::top;
@@ -142,6 +142,8 @@ fn top_main(
         rate_resolution: args.rate_resolution,
         top,
         allow_failed_drop: args.allow_failed_capability_drop,
+        // The view shows SYNPROXY only: nothing else to read.
+        stack: StackSources::default(),
     };
     // No network output in `top`: nothing waits at the gate.
     let (opener, _) = gate::gate();
@@ -167,6 +169,8 @@ struct Run {
     top: TopConfig,
     /// `--allow-failed-capability-drop`.
     allow_failed_drop: bool,
+    /// `--no-nstat`, `--no-conntrack` (off in `top`).
+    stack: StackSources,
 }
 
 impl From<&Cli> for Run {
@@ -182,6 +186,10 @@ impl From<&Cli> for Run {
             rate_resolution: cli.rate_resolution,
             top: cli.top_config(),
             allow_failed_drop: cli.allow_failed_capability_drop,
+            stack: StackSources {
+                nstat: !cli.no_nstat,
+                conntrack: !cli.no_conntrack,
+            },
         }
     }
 }
@@ -283,6 +291,7 @@ async fn start(
         ebpf_off: ebpf_off.map(Arc::from),
         stop: Arc::clone(&stop),
         top: run.top,
+        stack: run.stack,
     });
     let schedule = Schedule {
         once: run.once,

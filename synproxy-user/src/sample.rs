@@ -3,6 +3,7 @@
 //! [`EbpfSample`]s (the eBPF view), probe health and agent health.
 
 use crate::fields::Values;
+use crate::sources::proc::tcp_counters::StackField;
 
 /// Totals for one network namespace at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +173,36 @@ pub struct Snapshot {
     pub agent: AgentHealth,
     /// Per-source counts of this round (empty until per-source counting runs).
     pub top_sources: Vec<TopSources>,
+    /// The TCP stack's and conntrack's counters per namespace (the `nstat`
+    /// and `conntrack` lines), in namespace order; empty with both sources off.
+    pub stack: Vec<StackSample>,
+}
+
+/// The TCP stack's and conntrack's counters of one namespace in one round.
+/// Counters are monotonic u64 totals (wraps and resets absorbed), gauges as
+/// read. A part is `None` when its source is off or could not be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackSample {
+    /// Same as the namespace's [`Sample::netns`].
+    pub netns: Option<String>,
+    /// `TcpExt` of `/proc/net/netstat`: the reported fields this kernel has.
+    pub netstat: Option<Vec<(&'static StackField, u64)>>,
+    /// `Tcp` of `/proc/net/snmp`: the reported fields this kernel has.
+    pub snmp: Option<Vec<(&'static StackField, u64)>>,
+    pub conntrack: Option<ConntrackSample>,
+}
+
+/// conntrack's table size and limit, and its statistics summed over CPUs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConntrackSample {
+    /// `nf_conntrack_count`.
+    pub count: Option<u64>,
+    /// `nf_conntrack_max`.
+    pub max: Option<u64>,
+    /// `/proc/net/stat/nf_conntrack`: (column, value) for the columns the
+    /// header names, in [`crate::sources::proc::conntrack_stat::COLUMNS`]
+    /// order; `entries` is the table size as read, the others totals.
+    pub stats: Option<Vec<(&'static str, u64)>>,
 }
 
 /// The top sources of one namespace, family and counter in one round.

@@ -20,7 +20,9 @@ use crate::sample::{
 };
 use crate::sources::ebpf::address_counts::SourcesRound;
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
-use crate::sources::proc::netns::{self, NamespaceId, NetnsError, NetnsReader, NetnsTarget};
+use crate::sources::proc::netns::{
+    self, NamespaceId, NetnsError, NetnsReader, NetnsTarget, StackFile, StackReader,
+};
 use crate::sources::proc::netns_policy::{Selector, DEFAULT_MAX_NAMESPACES};
 use crate::sources::proc::proc_file::{KeptStat, ReadError, Reading, STAT_FILE};
 use log::{debug, info, warn};
@@ -44,6 +46,8 @@ pub struct SamplerConfig {
     /// `--top`: how the per-source counts are ranked into
     /// [`Snapshot::top_sources`] (by [`TopRanker`]).
     pub top: TopConfig,
+    /// The TCP stack's and conntrack's counters ([`Snapshot::stack`]).
+    pub stack: StackSources,
 }
 
 /// What a series is keyed by.
@@ -124,6 +128,10 @@ pub struct Sampler {
     selector: Option<Selector>,
     /// At most this many series of namespaces not found are kept.
     max_retained: usize,
+    /// The stack sources' files, trackers and logged failures.
+    stack_reader: StackReader,
+    stack_series: HashMap<SeriesKey, stack::StackSeries>,
+    stack_failing: HashMap<(String, StackFile), String>,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -161,6 +169,9 @@ impl Sampler {
             present_failing: HashSet::new(),
             last_series_id: 0,
             ranker: TopRanker::new(config_top),
+            stack_reader: StackReader::new(),
+            stack_series: HashMap::new(),
+            stack_failing: HashMap::new(),
         }
     }
 
@@ -225,6 +236,7 @@ impl Sampler {
                 influx: None,
             },
             top_sources: Vec::new(),
+            stack: Vec::new(),
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.
@@ -232,11 +244,11 @@ impl Sampler {
             ebpf.poll(&self.config.stop);
         }
         let generation = self.config.ebpf.as_ref().and_then(EbpfSource::generation);
-        let mut reads = match self.config.selection.clone() {
-            NetnsSelection::Own => self.read_own(&mut round),
+        let (mut reads, targets) = match self.config.selection.clone() {
+            NetnsSelection::Own => (self.read_own(&mut round), None),
             NetnsSelection::Named(names) => {
                 let targets = netns::named_targets(&names, &self.config.netns_dir);
-                self.read_namespaces(&targets, &mut round)
+                (self.read_namespaces(&targets, &mut round), Some(targets))
             }
             NetnsSelection::All(_) => {
                 let found = netns::discover(&self.config.proc_root, &self.config.netns_dir);
@@ -245,12 +257,17 @@ impl Sampler {
                     Some(selector) => selector.select(found.targets),
                     None => found.targets,
                 };
-                self.read_namespaces(&targets, &mut round)
+                (self.read_namespaces(&targets, &mut round), Some(targets))
             }
         };
         if let Some(generation) = generation {
             self.settle_brackets(&mut reads, generation);
         }
+        // The stack sources after the SYNPROXY file (and its eBPF bracket).
+        if let Some(targets) = &targets {
+            self.forget_stack_failures(targets);
+        }
+        self.read_stack(targets.as_deref(), &mut round);
         // Namespaces not read this round are released (their files closed).
         self.reader.end_round();
         self.age_series(&reads);
@@ -308,6 +325,9 @@ impl Sampler {
 
 mod ebpf_round;
 mod read;
+mod stack;
+
+pub use stack::StackSources;
 
 #[cfg(test)]
 #[path = "sampler_tests.rs"]

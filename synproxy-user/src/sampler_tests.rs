@@ -65,6 +65,7 @@ fn sampler(netns_dir: &std::path::Path, names: &[&str]) -> Sampler {
             prefix_v6: 128,
             map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
         },
+        stack: StackSources::default(),
     })
 }
 

@@ -37,6 +37,9 @@ fn agent(args: &[&str]) -> Command {
     cmd.args(args)
         .env_remove("HOST_PROC")
         .env("SYNPROXY_AGENT_NO_EBPF", "true")
+        // The fake proc trees hold the SYNPROXY file only.
+        .env("SYNPROXY_AGENT_NO_NSTAT", "true")
+        .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -25,6 +25,9 @@ fn agent(args: &[&str], stderr_file: &Path) -> Command {
         .env_remove("SYNPROXY_AGENT_LOG_FORMAT")
         .env_remove("SYNPROXY_AGENT_LOG_LEVEL")
         .env("SYNPROXY_AGENT_NO_EBPF", "true")
+        // The fake proc trees hold the SYNPROXY file only.
+        .env("SYNPROXY_AGENT_NO_NSTAT", "true")
+        .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr_file).unwrap());

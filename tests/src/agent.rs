@@ -42,10 +42,16 @@ fn parse_output(out: &Output, what: &str) -> Result<Line> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    // One `synproxy` line; the round's `nstat` and `conntrack` lines are
+    // another source's.
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| l.split([',', ' ']).next() == Some("synproxy"))
+        .collect();
     let [line] = lines.as_slice() else {
         bail!(
-            "{what} printed {} lines, expected 1: {stdout:?}",
+            "{what} printed {} synproxy lines, expected 1: {stdout:?}",
             lines.len()
         );
     };

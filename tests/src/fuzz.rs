@@ -19,7 +19,8 @@ use synproxy_user::sinks::line_protocol::{
 };
 use synproxy_user::sources::ebpf::btf::{Btf, KernelOffsets};
 use synproxy_user::sources::ebpf::kprobe_events::ProbeStats;
-use synproxy_user::sources::proc::proc_stat;
+use synproxy_user::sources::proc::tcp_counters::{self, StackField, NETSTAT_FIELDS, SNMP_FIELDS};
+use synproxy_user::sources::proc::{conntrack_stat, proc_stat};
 
 /// A target's body: panics when a property fails.
 pub type Target = fn(&[u8]);
@@ -27,6 +28,7 @@ pub type Target = fn(&[u8]);
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs`.
 pub const TARGETS: &[(&str, Target)] = &[
     ("proc_stat", proc_stat),
+    ("proc_stack", proc_stack),
     ("btf", btf),
     ("line_protocol", line_protocol),
     ("influx_response", influx_response),
@@ -49,6 +51,72 @@ pub fn proc_stat(data: &[u8]) {
     match proc_stat::parse(text.as_bytes()) {
         Ok(again) => assert_eq!(again, stat, "rewritten as {text:?}"),
         Err(e) => panic!("the canonical form {text:?} does not parse: {e}"),
+    }
+}
+
+/// The TCP stack's and conntrack's files (`/proc/net/netstat`, `/proc/net/snmp`,
+/// `/proc/net/stat/nf_conntrack`, the one-number sysctls): never panic; what
+/// the parsers accept, written back in the kernel's format, parses the same.
+pub fn proc_stack(data: &[u8]) {
+    for fields in [&NETSTAT_FIELDS[..], &SNMP_FIELDS[..]] {
+        let Ok(values) = tcp_counters::parse(data, fields) else {
+            continue;
+        };
+        let mut text = String::new();
+        for group in ["TcpExt", "Tcp"] {
+            let found: Vec<(&StackField, u64)> = fields
+                .iter()
+                .zip(&values)
+                .filter(|(f, _)| f.group == group)
+                .filter_map(|(f, v)| Some((f, (*v)?)))
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            let names: Vec<&str> = found.iter().map(|(f, _)| f.name).collect();
+            let cells: Vec<String> = found.iter().map(|(_, v)| v.to_string()).collect();
+            text.push_str(&format!(
+                "{group}: {}\n{group}: {}\n",
+                names.join(" "),
+                cells.join(" ")
+            ));
+        }
+        if text.is_empty() {
+            continue;
+        }
+        match tcp_counters::parse(text.as_bytes(), fields) {
+            Ok(again) => assert_eq!(again, values, "rewritten as {text:?}"),
+            Err(e) => panic!("the canonical form {text:?} does not parse: {e}"),
+        }
+    }
+    if let Ok(stat) = conntrack_stat::parse(data) {
+        let present: Vec<usize> = (0..conntrack_stat::COLUMN_COUNT)
+            .filter(|&i| stat.present[i])
+            .collect();
+        let names: Vec<&str> = present
+            .iter()
+            .map(|&i| conntrack_stat::COLUMNS[i])
+            .collect();
+        let mut text = names.join("  ");
+        text.push('\n');
+        for row in &stat.cpus {
+            let cells: Vec<String> = present.iter().map(|&i| format!("{:08x}", row[i])).collect();
+            text.push_str(&cells.join(" "));
+            text.push('\n');
+        }
+        match conntrack_stat::parse(text.as_bytes()) {
+            Ok(again) => assert_eq!(again, stat, "rewritten as {text:?}"),
+            Err(e) if present.is_empty() => {
+                assert!(matches!(e, conntrack_stat::ParseError::EmptyHeader), "{e}")
+            }
+            Err(e) => panic!("the canonical form {text:?} does not parse: {e}"),
+        }
+    }
+    if let Ok(value) = conntrack_stat::parse_sysctl(data) {
+        assert_eq!(
+            conntrack_stat::parse_sysctl(format!("{value}\n").as_bytes()),
+            Ok(value)
+        );
     }
 }
 

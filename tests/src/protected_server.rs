@@ -6,6 +6,7 @@
 use crate::netns::Topology;
 use crate::rules::{self, Family, Flavour, RuleSet, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
+use crate::tools::Tools;
 use crate::traffic::{self, ServerMode, TcpServer};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -27,8 +28,12 @@ pub struct ProtectedServer {
 impl ProtectedServer {
     /// xt rules for IPv4; the server `mode` on [`PROTECTED_PORT`].
     pub fn xt_ipv4(cfg: &Config, mode: ServerMode) -> Result<Self> {
-        let tools = &cfg.tools;
-        let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
+        Self::xt_ipv4_in(&cfg.tools, cfg.server_netns.as_deref(), mode)
+    }
+
+    /// The same with `tools`, in the server namespace `existing_srv` if given.
+    pub fn xt_ipv4_in(tools: &Tools, existing_srv: Option<&str>, mode: ServerMode) -> Result<Self> {
+        let topo = Topology::create(tools, existing_srv).context("netns setup")?;
         let srv_rules =
             ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
                 .context("SYNPROXY rules")?;

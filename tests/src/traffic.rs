@@ -20,6 +20,10 @@ pub enum ServerMode {
     /// Abort each accepted connection with SO_LINGER {1,0} (sends RST), which
     /// leaves the conntrack entry in CLOSE for 10 s (conn_reopened recipe).
     Reset,
+    /// A server that stopped accepting: a backlog of 1, never `accept()`ed,
+    /// so its accept queue is full after two connections and the kernel
+    /// drops further SYNs (TcpExt ListenOverflows, ListenDrops).
+    Stalled,
 }
 
 /// A TCP server on 0.0.0.0:port and [::]:port inside a netns.
@@ -29,7 +33,7 @@ pub struct TcpServer {
     handle: Option<JoinHandle<()>>,
 }
 
-fn listener(domain: Domain, addr: SocketAddr) -> Result<Socket> {
+fn listener(domain: Domain, addr: SocketAddr, backlog: i32) -> Result<Socket> {
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
         .with_context(|| format!("socket for listener {addr}"))?;
     s.set_reuse_address(true)?;
@@ -38,22 +42,26 @@ fn listener(domain: Domain, addr: SocketAddr) -> Result<Socket> {
     }
     s.bind(&addr.into())
         .with_context(|| format!("bind listener {addr}"))?;
-    s.listen(128).with_context(|| format!("listen on {addr}"))?;
+    s.listen(backlog)
+        .with_context(|| format!("listen on {addr}"))?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
 
 impl TcpServer {
     pub fn start(netns: &Netns, port: u16, mode: ServerMode) -> Result<Self> {
+        let backlog = if mode == ServerMode::Stalled { 1 } else { 128 };
         let listeners = netns.run(|| {
             Ok(vec![
                 listener(
                     Domain::IPV4,
                     SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                    backlog,
                 )?,
                 listener(
                     Domain::IPV6,
                     SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+                    backlog,
                 )?,
             ])
         })?;
@@ -63,6 +71,10 @@ impl TcpServer {
         let handle = std::thread::spawn(move || {
             let mut held = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
+                if mode == ServerMode::Stalled {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 let mut idle = true;
                 for l in &listeners {
                     if let Ok((conn, _)) = l.accept() {

@@ -186,6 +186,7 @@ fn netns_all_reports_every_namespace_separately() {
     let line_for = |label: &str| {
         let matching: Vec<_> = lines
             .iter()
+            .filter(|l| l.measurement == "synproxy")
             .filter(|l| l.tags.get("netns").map(String::as_str) == Some(label))
             .collect();
         assert_eq!(
@@ -282,6 +283,9 @@ impl RoundAgent {
             assert_eq!(stamp(&line), ts, "a line of another round: {line}");
             raw.push(line);
         }
+        // The `synproxy` lines (the `nstat` and `conntrack` lines are the
+        // other sources').
+        raw.retain(|l| l.split([',', ' ']).next() == Some("synproxy"));
         raw.iter()
             .map(|l| {
                 synproxy_tests::line_protocol::parse_line(l)

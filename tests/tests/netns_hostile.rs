@@ -174,6 +174,9 @@ impl RoundAgent {
             assert_eq!(stamp(&line), ts, "a line of another round: {line}");
             raw.push(line);
         }
+        // The `synproxy` lines: one per namespace (the `nstat` and
+        // `conntrack` lines are the other sources').
+        raw.retain(|l| l.split([',', ' ']).next() == Some("synproxy"));
         raw
     }
 

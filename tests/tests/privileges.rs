@@ -109,6 +109,7 @@ fn parse_lines(stdout: &str) -> Vec<Line> {
 fn line_for<'a>(lines: &'a [Line], label: &str, what: &str) -> &'a Line {
     let matching: Vec<&Line> = lines
         .iter()
+        .filter(|l| l.measurement == "synproxy")
         .filter(|l| l.tags.get("netns").map(String::as_str) == Some(label))
         .collect();
     assert_eq!(matching.len(), 1, "{what}: want one line for netns={label}");

@@ -18,7 +18,13 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: &[&str] = &["proc_stat", "btf", "line_protocol", "influx_response"];
+pub const TARGETS: &[&str] = &[
+    "proc_stat",
+    "proc_stack",
+    "btf",
+    "line_protocol",
+    "influx_response",
+];
 
 /// The fuzzed code is safe Rust: no sanitizer (about twice the executions per
 /// second of ASan); overflow checks and debug assertions stay on.

@@ -46,7 +46,8 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     // The DaemonSet's schema validator is installed with pip into a venv.
-    "python3-venv",
+    "python3-venv", // `conntrack -S` and `-C`: the stack-source test's cross-check.
+    "conntrack",
 ];
 
 /// Seconds each fuzz target runs in the suite's smoke run.

@@ -77,6 +77,18 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_EBPF")]
     pub no_ebpf: bool,
 
+    /// Do not read the TCP stack's counters (/proc/net/netstat TcpExt and
+    /// /proc/net/snmp Tcp: the nstat lines, synproxy_tcpext_* and
+    /// synproxy_tcp_* on /metrics).
+    #[arg(long, env = "SYNPROXY_AGENT_NO_NSTAT")]
+    pub no_nstat: bool,
+
+    /// Do not read conntrack's statistics (/proc/net/stat/nf_conntrack,
+    /// nf_conntrack_count and nf_conntrack_max: the conntrack lines,
+    /// synproxy_conntrack_* on /metrics).
+    #[arg(long, env = "SYNPROXY_AGENT_NO_CONNTRACK")]
+    pub no_conntrack: bool,
+
     /// Which BPF programs count the events. kprobe: kprobes/kretprobes through
     /// tracefs (any kernel with kprobes). fentry: fentry/fexit programs,
     /// cheaper per event; on SYNPROXY built as modules (distribution kernels)
@@ -319,12 +331,8 @@ pub struct TopArgs {
 
 impl TopArgs {
     pub fn top_config(&self) -> TopConfig {
-        TopConfig {
-            n: self.top,
-            prefix_v4: self.top_prefix_v4,
-            prefix_v6: self.top_prefix_v6,
-            map_entries: self.top_map_entries,
-        }
+        let (v4, v6) = (self.top_prefix_v4, self.top_prefix_v6);
+        TopConfig::new(self.top, v4, v6, self.top_map_entries)
     }
 
     /// One-line errors naming the flag, as [`Cli::validate`].
@@ -377,7 +385,8 @@ pub enum NetnsSelection {
 
 /// `--influx-buffer-lines` default: one hour at the default 10 s interval is
 /// 360 rounds, so 100,000 lines hold an hour of rounds of up to 277 lines
-/// (about 90 namespaces with eBPF: 3 lines each, or 270 without).
+/// (about 39 namespaces with eBPF and the stack sources: 7 lines each, or 55
+/// without eBPF: 5 each).
 pub const DEFAULT_INFLUX_BUFFER_LINES: u64 = 100_000;
 
 mod validate;

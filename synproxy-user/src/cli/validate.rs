@@ -50,12 +50,8 @@ impl Cli {
 impl Cli {
     /// `--top`, `--top-prefix-v4` and `--top-prefix-v6`.
     pub fn top_config(&self) -> TopConfig {
-        TopConfig {
-            n: self.top,
-            prefix_v4: self.top_prefix_v4,
-            prefix_v6: self.top_prefix_v6,
-            map_entries: self.top_map_entries,
-        }
+        let (v4, v6) = (self.top_prefix_v4, self.top_prefix_v6);
+        TopConfig::new(self.top, v4, v6, self.top_map_entries)
     }
 
     /// Whether line protocol goes to stdout: always without a network

@@ -59,6 +59,16 @@ impl Default for TopConfig {
 }
 
 impl TopConfig {
+    /// From `--top`, `--top-prefix-v4`, `--top-prefix-v6` and `--top-map-entries`.
+    pub fn new(n: usize, prefix_v4: u8, prefix_v6: u8, map_entries: u32) -> Self {
+        Self {
+            n,
+            prefix_v4,
+            prefix_v6,
+            map_entries,
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         self.n > 0
     }

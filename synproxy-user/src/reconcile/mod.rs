@@ -4,4 +4,5 @@
 
 pub mod ebpf_vs_proc;
 pub mod join;
+pub mod row_tracker;
 pub mod wrap_tracker;

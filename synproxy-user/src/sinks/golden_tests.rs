@@ -12,7 +12,10 @@ use crate::sample::{
     AgentHealth, EbpfSample, InfluxHealth, NamespaceSnapshot, ProbesSample, ProgramRuns,
     RetainedNamespace, Sample, SeriesId, Snapshot, SourceMapStats, TopSource, TopSources,
 };
+use crate::sample::{ConntrackSample, StackSample};
 use crate::sources::ebpf::kprobe_events::ProbeStats;
+use crate::sources::proc::conntrack_stat::COLUMNS;
+use crate::sources::proc::tcp_counters::{StackField, NETSTAT_FIELDS, SNMP_FIELDS};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +187,51 @@ fn golden_snapshot() -> Snapshot {
                 &[("2001:db8::1", 9), ("2001:db8:1::/64", 4)],
             ),
         ],
+        stack: vec![
+            stack(None, 10, true),
+            stack(Some("blue"), 20, true),
+            // An older kernel's conntrack header, no count file (only the
+            // statistics), and no /proc/net/snmp read.
+            StackSample {
+                snmp: None,
+                conntrack: Some(ConntrackSample {
+                    count: None,
+                    max: Some(65_536),
+                    stats: Some(vec![("entries", 3), ("searched", 17), ("drop", 2)]),
+                }),
+                ..stack(Some(ODD_LABEL), 30, false)
+            },
+        ],
+    }
+}
+
+/// The stack sources of one namespace: each counter `base` + its position;
+/// with `all`, every field the agent reports (else the first netstat ones).
+fn stack(netns: Option<&str>, base: u64, all: bool) -> StackSample {
+    let fields = |list: &'static [StackField]| -> Vec<(&'static StackField, u64)> {
+        let n = if all { list.len() } else { 3 };
+        list.iter()
+            .take(n)
+            .enumerate()
+            .map(|(i, f)| (f, base * 100 + i as u64))
+            .collect()
+    };
+    StackSample {
+        netns: netns.map(str::to_string),
+        netstat: Some(fields(&NETSTAT_FIELDS)),
+        snmp: Some(fields(&SNMP_FIELDS)),
+        conntrack: Some(ConntrackSample {
+            count: Some(base),
+            max: Some(262_144),
+            stats: Some(
+                COLUMNS
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !matches!(**c, "searched" | "delete_list"))
+                    .map(|(i, c)| (*c, if i == 0 { base } else { base * 1000 + i as u64 }))
+                    .collect(),
+            ),
+        }),
     }
 }
 

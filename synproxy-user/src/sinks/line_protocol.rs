@@ -171,7 +171,7 @@ impl LineEncoder {
     }
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
-    /// lines, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
+    /// lines, the `nstat` and `conntrack` lines, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
     /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
     /// as the end of an eBPF round). A round in which no namespace could be
     /// read writes nothing.
@@ -181,6 +181,9 @@ impl LineEncoder {
         }
         for sample in snapshot.samples() {
             self.encode(sample, out);
+        }
+        for sample in &snapshot.stack {
+            self.encode_stack(sample, snapshot.timestamp_ns, out);
         }
         for sample in snapshot.ebpf_samples() {
             self.encode_ebpf(sample, out);
@@ -320,6 +323,9 @@ pub fn sanitized_tag(raw: &str) -> String {
         .chain(std::iter::repeat_n('_', raw.len() - kept.len()))
         .collect()
 }
+
+mod stack;
+pub use stack::{CONNTRACK_MEASUREMENT, NSTAT_MEASUREMENT};
 
 #[cfg(test)]
 #[path = "line_protocol_tests.rs"]

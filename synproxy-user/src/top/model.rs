@@ -242,6 +242,7 @@ pub(crate) mod tests {
                 influx: None,
             },
             top_sources: Vec::new(),
+            stack: Vec::new(),
         }
     }
 

@@ -30,7 +30,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 60)]
     pub secs: u64,
     /// --compare: namespace counts for the `--netns all` runs (0 for none).
-    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     pub netns_sizes: Vec<usize>,
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask vm-test`: boot Debian cloud kernels under QEMU with an initramfs built
 //! here, run the SYNPROXY scenarios in the guest and collect their RESULT lines.
 
+mod coverage;
 pub mod host;
 mod initramfs;
 mod kernel;
@@ -329,7 +330,20 @@ fn run_timed(args: VmTestArgs, timings: &mut Vec<BootTiming>) -> Result<()> {
             runs.push(skipped);
             continue;
         }
+        let left = if args.checks.is_empty() {
+            coverage::left_to_other_series(image.series)
+        } else {
+            Vec::new()
+        };
+        if !left.is_empty() {
+            println!(
+                "vm-test: {} leaves {} (xtask/src/vm/coverage.rs)",
+                image.series,
+                coverage::where_instead(&left)
+            );
+        }
         for mut boot in plan_boots(&args.checks, accelerator_is_kvm) {
+            boot.skip.extend(left.iter().cloned());
             boot.real_prometheus = kernel::find_series(image.series)
                 .is_ok_and(|s| s.real_prometheus)
                 && boot.runs_prometheus_check();

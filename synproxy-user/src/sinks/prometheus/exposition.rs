@@ -154,6 +154,7 @@ pub(super) struct Exposition(Arc<Published>);
 
 mod agent;
 mod ebpf;
+mod stack;
 mod synproxy;
 
 /// The `netns` label value: the line protocol tag as a reader gets it back,
@@ -190,6 +191,7 @@ impl Exposition {
         };
         let rows = synproxy::rows(snapshot);
         families.extend(synproxy::families(&rows));
+        families.extend(stack::families(snapshot));
         families.extend(ebpf::namespace_families(published, snapshot, &rows));
         families.extend(top_source_families(snapshot, published.top_series));
         if let Some(probes) = &snapshot.probes {

@@ -103,6 +103,7 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
             influx: None,
         },
         top_sources: Vec::new(),
+        stack: Vec::new(),
     })
 }
 

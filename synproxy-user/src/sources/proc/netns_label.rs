@@ -195,6 +195,7 @@ mod tests {
                 influx: None,
             },
             top_sources: Vec::new(),
+            stack: Vec::new(),
         };
         let mut published = Published::default();
         published.add(&std::sync::Arc::new(snapshot));

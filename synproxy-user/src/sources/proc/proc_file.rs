@@ -84,7 +84,7 @@ pub fn is_procfs(file: &File) -> bool {
 }
 
 /// Whether an error reading a kept file means its proc entry is gone.
-fn is_stale(e: &io::Error) -> bool {
+pub(crate) fn is_stale(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EIO) | Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESTALE)

@@ -294,7 +294,7 @@ impl KernelOffsets {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a BTF blob: `struct outer { int a; union { int b; int c; }; int d; }`
@@ -418,20 +418,26 @@ mod tests {
                 push(&mut types, *bits);
             }
         }
+        btf_blob(&types, &strings)
+    }
+
+    /// A BTF blob: the 24-byte header, then `types` and `strings`.
+    pub(crate) fn btf_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for v in [
+        let header = [
             24,
             0,
             types.len() as u32,
             types.len() as u32,
             strings.len() as u32,
-        ] {
-            push(&mut out, v);
+        ];
+        for v in header {
+            out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(&strings);
+        out.extend_from_slice(types);
+        out.extend_from_slice(strings);
         out
     }
 

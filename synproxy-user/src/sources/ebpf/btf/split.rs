@@ -94,7 +94,7 @@ pub fn func_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::ebpf::btf::{BTF_MAGIC, KIND_FUNC_PROTO, KIND_INT};
+    use crate::sources::ebpf::btf::{KIND_FUNC_PROTO, KIND_INT};
 
     /// A blob of `types` (kind, name offset, extra u32 words) and `strings`.
     fn raw_blob(types_in: &[(u32, u32, &[u32])], strings: &[u8]) -> Vec<u8> {
@@ -112,21 +112,7 @@ mod tests {
                 types.extend_from_slice(&w.to_le_bytes());
             }
         }
-        let mut out = Vec::new();
-        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        out.extend_from_slice(&[1, 0]);
-        for v in [
-            24,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(strings);
-        out
+        crate::sources::ebpf::btf::tests::btf_blob(&types, strings)
     }
 
     /// Module BTF is split: ids continue vmlinux's, and names are looked up in

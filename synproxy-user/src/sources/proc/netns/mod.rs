@@ -20,9 +20,11 @@
 
 mod discover;
 mod reader;
+mod stack_reader;
 
 pub use discover::{discover, discover_all, looks_generated, named_targets, Discovery};
 pub use reader::{read_in_namespaces, read_own, NetnsReader, NsReading};
+pub use stack_reader::{FileRead, NsStack, StackFile, StackReadError, StackReader};
 
 use super::netns_label;
 use super::proc_file::ReadError;

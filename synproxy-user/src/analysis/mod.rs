@@ -1,0 +1,5 @@
+//! Pure analysis of the rounds, like [`crate::reconcile`]: values of this and
+//! earlier rounds in, a decision out.
+
+pub mod baseline;
+pub mod verdict;

@@ -1,0 +1,152 @@
+//! The defense scenarios' traffic on the host kernel: each flood moves the
+//! layer it aims at, and not the layer the verdict must tell it from
+//! (SYNPROXY's cookies never move the kernel's own, and the other way round).
+//! The counters are read from the files inside the server namespace.
+
+use std::time::Duration;
+use synproxy_tests::defense_traffic::{ConntrackMaxOverride, DefenseLab};
+use synproxy_tests::harness::{wait_until, Needs};
+use synproxy_tests::netns::Netns;
+use synproxy_tests::require;
+use synproxy_tests::tcp_counters::{read_conntrack, read_tcp};
+use synproxy_tests::tools::Tools;
+use synproxy_tests::traffic::ServerMode;
+use synproxy_tests::{proc_counters, tcp_counters};
+
+const NEEDS: Needs = Needs {
+    what: "defense scenario traffic",
+    root: true,
+    programs: &["ip", "iptables"],
+    synproxy: true,
+};
+
+/// Generous: a loaded machine delivers a flood's last packets late.
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn lab(mode: ServerMode) -> DefenseLab {
+    DefenseLab::new(&Tools::default(), mode).unwrap_or_else(|e| panic!("lab set-up: {e:#}"))
+}
+
+fn tcp(ns: &Netns) -> tcp_counters::Named {
+    read_tcp(ns).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn synproxy(ns: &Netns) -> proc_counters::Totals {
+    proc_counters::read(ns).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn moved(before: &tcp_counters::Named, after: &tcp_counters::Named, name: &str) -> u64 {
+    after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_spoofed_syn_flood_is_answered_by_synproxy_not_by_the_kernels_cookies() {
+    require!(NEEDS.check());
+    let lab = lab(ServerMode::Hold);
+    let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
+    let sent = lab.syn_flood(2000, 1.0).unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until("syn_received to count every SYN", SETTLE, || {
+        let d = synproxy(lab.srv()).get("syn_received") - p0.get("syn_received");
+        (d == sent).then_some(()).ok_or(format!("{d} of {sent}"))
+    });
+    let t1 = tcp(lab.srv());
+    assert_eq!(moved(&t0, &t1, "TcpExtSyncookiesSent"), 0);
+    assert_eq!(moved(&t0, &t1, "TcpExtListenDrops"), 0);
+}
+
+#[test]
+fn an_invalid_ack_flood_is_counted_as_cookie_invalid() {
+    require!(NEEDS.check());
+    let lab = lab(ServerMode::Hold);
+    let p0 = synproxy(lab.srv());
+    let sent = lab
+        .invalid_ack_flood(2000, 1.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_until("cookie_invalid to count every ACK", SETTLE, || {
+        let d = synproxy(lab.srv()).get("cookie_invalid") - p0.get("cookie_invalid");
+        (d == sent).then_some(()).ok_or(format!("{d} of {sent}"))
+    });
+    assert_eq!(
+        synproxy(lab.srv()).get("syn_received"),
+        p0.get("syn_received")
+    );
+}
+
+#[test]
+fn a_syn_flood_to_an_uncovered_port_uses_the_kernels_own_cookies() {
+    require!(NEEDS.check());
+    let lab = lab(ServerMode::Hold);
+    lab.srv()
+        .write_sysctl("net.ipv4.tcp_syncookies", "1")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
+    let sent = lab
+        .unprotected_syn_flood(2000, 1.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The listener's SYN queue (backlog 1) takes the first; then cookies.
+    wait_until("SyncookiesSent for all but the queued SYNs", SETTLE, || {
+        let d = moved(&t0, &tcp(lab.srv()), "TcpExtSyncookiesSent");
+        (d + 10 >= sent)
+            .then_some(())
+            .ok_or(format!("{d} of {sent}"))
+    });
+    assert_eq!(
+        synproxy(lab.srv()).get("syn_received"),
+        p0.get("syn_received")
+    );
+}
+
+#[test]
+fn a_connection_flood_against_a_stalled_server_drops_at_its_listener() {
+    require!(NEEDS.check());
+    let lab = lab(ServerMode::Stalled);
+    let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
+    let socks = lab
+        .connection_flood(100, 1.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Through SYNPROXY each handshake completes with the client; the SYN it
+    // then sends the server finds the accept queue (backlog 1) full.
+    wait_until("ListenDrops behind the proxy", SETTLE, || {
+        let d = moved(&t0, &tcp(lab.srv()), "TcpExtListenDrops");
+        (d >= 50).then_some(()).ok_or(format!("{d} drops"))
+    });
+    let valid = synproxy(lab.srv()).get("cookie_valid") - p0.get("cookie_valid");
+    assert!(valid >= 50, "cookie_valid moved {valid}");
+    drop(socks);
+}
+
+#[test]
+fn conntrack_at_its_maximum_drops_new_entries() {
+    require!(NEEDS.check());
+    let lab = lab(ServerMode::Hold);
+    let c0 = read_conntrack(lab.srv()).unwrap_or_else(|e| panic!("{e:#}"));
+    // The maximum is global; each namespace's count is held against it. The
+    // initial namespace keeps room for what it holds now and then some.
+    let init = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let max = (init + 1000).max(c0.get("count") + 1000);
+    let _max = ConntrackMaxOverride::set(max).unwrap_or_else(|e| panic!("{e:#}"));
+    let per_sec = 4000;
+    let secs = (max as f64 * 1.5 / per_sec as f64).max(1.0);
+    lab.conntrack_fill(per_sec, secs)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let c1 = wait_until("conntrack to refuse or evict entries", SETTLE, || {
+        let c = read_conntrack(lab.srv()).map_err(|e| format!("{e:#}"))?;
+        let lost = ["drop", "early_drop", "insert_failed"]
+            .iter()
+            .map(|k| c.get(k) - c0.get(k))
+            .sum::<u64>();
+        if lost > 0 {
+            Ok(c)
+        } else {
+            Err(format!("count {}, none lost", c.get("count")))
+        }
+    });
+    assert!(
+        c1.get("count") * 100 >= max * 95,
+        "count {} of {max}",
+        c1.get("count")
+    );
+}
