@@ -58,6 +58,16 @@ impl ResultLine {
         &self.text
     }
 
+    /// The judged check: PASS when no reason speaks against it, the reasons
+    /// as its notes.
+    pub fn judged(&self, reasons: Vec<String>) -> Check {
+        Check {
+            line: self.status(reasons.is_empty()),
+            pass: reasons.is_empty(),
+            notes: reasons,
+        }
+    }
+
     /// The finished line: the fields, then `status=PASS` or `status=FAIL`.
     pub fn status(&self, pass: bool) -> String {
         format!("{} status={}", self.text, status(pass))

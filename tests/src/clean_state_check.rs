@@ -90,11 +90,7 @@ pub fn judge(kernel: &str, m: &Measured) -> Check {
         .field("found_module", yes_no(module))
         .field("found_netns", yes_no(netns))
         .field("released_exit", m.released_exit);
-    Check {
-        line: line.status(reasons.is_empty()),
-        pass: reasons.is_empty(),
-        notes: reasons,
-    }
+    line.judged(reasons)
 }
 
 pub fn clean_state(cfg: &Config, kernel: &str) -> Check {

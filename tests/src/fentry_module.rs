@@ -157,14 +157,9 @@ pub fn judge(kernel: &str, m: &Measured) -> Check {
     if m.expected == "fentry" && !matches!(m.steps, Steps::Fentry(_)) {
         reasons.push("the module has BTF but the module steps did not run".to_string());
     }
-    let pass = reasons.is_empty();
-    let mut notes = Vec::from_iter(note);
-    notes.extend(reasons);
-    Check {
-        line: line.status(pass),
-        pass,
-        notes,
-    }
+    let mut check = line.judged(reasons);
+    check.notes.splice(0..0, note);
+    check
 }
 
 fn judge_held(m: &Measured, h: &Held, reasons: &mut Vec<String>) {

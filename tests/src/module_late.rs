@@ -28,6 +28,35 @@ use synproxy_common::Counter;
 pub const RELOAD: &str = "module-reload";
 const VALID: usize = Counter::CookieValid.index();
 
+/// The driven connections and the agent's eBPF count of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counted {
+    /// The matrix check passed, and what it drove.
+    pub scenario_ok: bool,
+    pub driven: Option<u64>,
+    /// eBPF cookie_valid events since the attach; exact lines among the
+    /// agent's last two eBPF lines of the server.
+    pub ebpf: u64,
+    pub ebpf_exact: usize,
+}
+
+impl Counted {
+    /// The reasons the connections were not counted exactly against /proc's `proc`.
+    fn reasons(&self, proc: Option<u64>, reasons: &mut Vec<String>) {
+        if !self.scenario_ok {
+            reasons.push("the driven connections' check failed".to_string());
+        }
+        if Some(self.ebpf) != proc || self.ebpf_exact != 2 {
+            reasons.push(format!(
+                "eBPF: {} events against /proc {}, {} of the last two lines exact",
+                self.ebpf,
+                or_none(proc),
+                self.ebpf_exact
+            ));
+        }
+    }
+}
+
 /// What module-late measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LateMeasured {
@@ -37,16 +66,10 @@ pub struct LateMeasured {
     /// `/proc/net/stat/synproxy` did not exist before the load.
     pub file_absent_before: bool,
     pub ebpf_attached: bool,
-    /// The driven connections' own check passed, and how many it drove.
-    pub scenario_ok: bool,
-    pub driven: Option<u64>,
+    pub counted: Counted,
     /// The server's summed /proc rows and the agent's last totals.
     pub proc: Option<Counts>,
     pub agent: Option<Counts>,
-    /// eBPF cookie_valid events since the agent started.
-    pub ebpf: u64,
-    /// Exact lines among the agent's last two eBPF lines of the server.
-    pub ebpf_exact: usize,
     /// The agent logged something after the load.
     pub recovery_logged: bool,
     pub alive_after: bool,
@@ -57,16 +80,12 @@ pub struct LateMeasured {
 pub struct ReloadMeasured {
     pub unloaded: bool,
     pub reattached: bool,
-    pub scenario_ok: bool,
-    pub driven: Option<u64>,
+    pub counted: Counted,
     /// /proc cookie_valid after the reload (counted from 0 again).
     pub proc: Option<u64>,
     /// The agent's cookie_valid total before the unload and now.
     pub agent_before: Option<u64>,
     pub agent: Option<u64>,
-    /// eBPF cookie_valid events since the re-attach.
-    pub ebpf: u64,
-    pub ebpf_exact: usize,
     pub reset_logged: bool,
     pub alive: bool,
 }
@@ -90,32 +109,24 @@ pub fn judge_late(kernel: &str, m: &LateMeasured) -> Check {
     if !m.recovery_logged {
         reasons.push("the agent logged nothing after the module loaded".to_string());
     }
-    if !m.scenario_ok {
-        reasons.push("the driven connections' check failed".to_string());
-    }
+    m.counted.reasons(proc_val, &mut reasons);
     if proc_val.unwrap_or(0) == 0 {
         reasons.push("/proc cookie_valid did not move".to_string());
     }
     if m.agent != m.proc {
         reasons.push("the agent's totals differ from /proc's".to_string());
     }
-    if Some(m.ebpf) != proc_val || m.ebpf_exact != 2 || !m.ebpf_attached {
-        reasons.push(format!(
-            "eBPF: {} events against /proc {}, {} of the last two lines exact, attached {}",
-            m.ebpf,
-            or_none(proc_val),
-            m.ebpf_exact,
-            yes_no(m.ebpf_attached)
-        ));
+    if !m.ebpf_attached {
+        reasons.push("the probes did not attach after the load".to_string());
     }
     let line = ResultLine::new(kernel, "module-late")
         .field("counter", "cookie_valid")
-        .field("driven", or_none(m.driven))
+        .field("driven", or_none(m.counted.driven))
         .field("proc", or_none(proc_val))
         .field("agent", or_none(m.agent.map(|a| a[VALID])))
-        .field("ebpf", m.ebpf)
+        .field("ebpf", m.counted.ebpf)
         .field("ebpf_attached_late", yes_no(m.ebpf_attached))
-        .field("ebpf_reconcile_exact", m.ebpf_exact)
+        .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
         .field(
             "proc_totals",
             m.proc.map_or("none".into(), |p| fmt_counts(&p)),
@@ -128,11 +139,7 @@ pub fn judge_late(kernel: &str, m: &LateMeasured) -> Check {
         .field("missing_reports", m.missing_reports)
         .field("recovery_logged", yes_no(m.recovery_logged))
         .field("agent_alive", yes_no(m.alive_after));
-    Check {
-        line: line.status(reasons.is_empty()),
-        pass: reasons.is_empty(),
-        notes: reasons,
-    }
+    line.judged(reasons)
 }
 
 /// module-reload's RESULT line and the reasons it fails.
@@ -148,17 +155,15 @@ pub fn judge_reload(kernel: &str, m: &ReloadMeasured) -> Check {
     if !m.alive {
         reasons.push("the agent exited".to_string());
     }
-    if !m.scenario_ok {
-        reasons.push("the driven connections' check failed".to_string());
-    }
+    m.counted.reasons(m.proc, &mut reasons);
     if !m.reset_logged {
         reasons.push("the agent did not log the recreated counters".to_string());
     }
-    if m.driven != Some(m.proc.unwrap_or(0)) {
+    if m.counted.driven != Some(m.proc.unwrap_or(0)) {
         reasons.push(format!(
             "/proc moved {}, driven {}",
             or_none(m.proc),
-            or_none(m.driven)
+            or_none(m.counted.driven)
         ));
     }
     if m.agent != Some(expected) {
@@ -167,32 +172,20 @@ pub fn judge_reload(kernel: &str, m: &ReloadMeasured) -> Check {
             or_none(m.agent)
         ));
     }
-    if m.proc != Some(m.ebpf) || m.ebpf_exact != 2 {
-        reasons.push(format!(
-            "eBPF: {} events against /proc {}, {} of the last two lines exact",
-            m.ebpf,
-            or_none(m.proc),
-            m.ebpf_exact
-        ));
-    }
     let line = ResultLine::new(kernel, RELOAD)
         .field("counter", "cookie_valid")
-        .field("driven", or_none(m.driven))
+        .field("driven", or_none(m.counted.driven))
         .field("proc", or_none(m.proc))
         .field("agent", or_none(m.agent))
         .field("agent_before", or_none(m.agent_before))
         .field("agent_expected", expected)
-        .field("ebpf", m.ebpf)
+        .field("ebpf", m.counted.ebpf)
         .field("ebpf_reattached", yes_no(m.reattached))
-        .field("ebpf_reconcile_exact", m.ebpf_exact)
+        .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
         .field("unloaded", yes_no(m.unloaded))
         .field("reset_logged", yes_no(m.reset_logged))
         .field("agent_alive", yes_no(m.alive));
-    Check {
-        line: line.status(reasons.is_empty()),
-        pass: reasons.is_empty(),
-        notes: reasons,
-    }
+    line.judged(reasons)
 }
 
 /// What module-reload goes on with.
@@ -307,7 +300,7 @@ fn measure_late(
     let mut notes = Vec::new();
     let (driven, scenario_ok) =
         module_agent::drive_cookie_valid(cfg, kernel, &srv, "module-late", &mut notes);
-    (m.driven, m.scenario_ok) = (Some(driven), scenario_ok);
+    (m.counted.driven, m.counted.scenario_ok) = (Some(driven), scenario_ok);
     // The eBPF lines carry per-interval events: their sum since the agent started
     // (the probes attached after the load, before any traffic) must equal /proc.
     waits.until(
@@ -325,8 +318,8 @@ fn measure_late(
     m.recovery_logged = agent.stderr().len() > logged_before;
     m.proc = proc_totals(&srv);
     m.agent = agent.totals();
-    m.ebpf = agent.ebpf_since(0, Counter::CookieValid);
-    m.ebpf_exact = agent.exact_of_last_two();
+    m.counted.ebpf = agent.ebpf_since(0, Counter::CookieValid);
+    m.counted.ebpf_exact = agent.exact_of_last_two();
     notes.extend(waits.timeouts);
     notes.extend(agent.stderr_tail("module-late"));
     if !judge_late(kernel, &m).pass {
@@ -374,7 +367,7 @@ fn measure_reload(
     );
     let (driven, scenario_ok) =
         module_agent::drive_cookie_valid(cfg, kernel, &r.srv, RELOAD, &mut notes);
-    (m.driven, m.scenario_ok) = (Some(driven), scenario_ok);
+    (m.counted.driven, m.counted.scenario_ok) = (Some(driven), scenario_ok);
     let before = m.agent_before.unwrap_or(0);
     waits.until(
         "the agent's total to reach old total + /proc after the reload",
@@ -389,8 +382,8 @@ fn measure_reload(
     );
     m.proc = proc_totals(&r.srv).map(|p| p[VALID]);
     m.agent = agent.totals().map(|t| t[VALID]);
-    m.ebpf = agent.ebpf_since(mark, Counter::CookieValid);
-    m.ebpf_exact = agent.exact_of_last_two();
+    m.counted.ebpf = agent.ebpf_since(mark, Counter::CookieValid);
+    m.counted.ebpf_exact = agent.exact_of_last_two();
     m.reset_logged = agent.count_logged(|l| l.contains("counters were recreated")) > 0;
     m.alive = agent.running();
     notes.extend(waits.timeouts);
@@ -416,12 +409,14 @@ mod tests {
             alive_while_missing: true,
             file_absent_before: true,
             ebpf_attached: true,
-            scenario_ok: true,
-            driven: Some(5),
+            counted: Counted {
+                scenario_ok: true,
+                driven: Some(5),
+                ebpf: 5,
+                ebpf_exact: 2,
+            },
             proc: Some([5, 0, 5, 0, 0]),
             agent: Some([5, 0, 5, 0, 0]),
-            ebpf: 5,
-            ebpf_exact: 2,
             recovery_logged: true,
             alive_after: true,
         }
@@ -431,13 +426,15 @@ mod tests {
         ReloadMeasured {
             unloaded: true,
             reattached: true,
-            scenario_ok: true,
-            driven: Some(5),
+            counted: Counted {
+                scenario_ok: true,
+                driven: Some(5),
+                ebpf: 5,
+                ebpf_exact: 2,
+            },
             proc: Some(5),
             agent_before: Some(5),
             agent: Some(10),
-            ebpf: 5,
-            ebpf_exact: 2,
             reset_logged: true,
             alive: true,
         }
@@ -465,20 +462,20 @@ mod tests {
                 (|m| m.alive_after = false, "exited"),
                 (|m| m.file_absent_before = false, "existed before"),
                 (|m| m.recovery_logged = false, "logged nothing"),
-                (|m| m.scenario_ok = false, "connections' check"),
+                (|m| m.counted.scenario_ok = false, "connections' check"),
                 (
                     |m| {
                         m.proc = Some([0; 5]);
                         m.agent = Some([0; 5]);
-                        m.ebpf = 0;
+                        m.counted.ebpf = 0;
                     },
                     "did not move",
                 ),
                 (|m| m.agent = Some([5, 0, 4, 0, 0]), "totals differ"),
                 (|m| m.agent = None, "totals differ"),
-                (|m| m.ebpf = 4, "eBPF: 4 events against /proc 5"),
-                (|m| m.ebpf_exact = 1, "1 of the last two"),
-                (|m| m.ebpf_attached = false, "attached no"),
+                (|m| m.counted.ebpf = 4, "eBPF: 4 events against /proc 5"),
+                (|m| m.counted.ebpf_exact = 1, "1 of the last two"),
+                (|m| m.ebpf_attached = false, "did not attach after the load"),
             ],
         );
         let mut m = late_pass();
@@ -500,16 +497,16 @@ mod tests {
                 (|m| m.unloaded = false, "did not all unload"),
                 (|m| m.reattached = false, "did not attach again"),
                 (|m| m.alive = false, "exited"),
-                (|m| m.scenario_ok = false, "connections' check"),
+                (|m| m.counted.scenario_ok = false, "connections' check"),
                 (|m| m.reset_logged = false, "recreated counters"),
-                (|m| m.driven = Some(4), "driven 4"),
+                (|m| m.counted.driven = Some(4), "driven 4"),
                 // A total that dropped to the new counters is the bug this catches.
                 (
                     |m| m.agent = Some(5),
                     "total is 5, not its total before plus /proc (10)",
                 ),
-                (|m| m.ebpf = 6, "eBPF: 6 events"),
-                (|m| m.ebpf_exact = 0, "0 of the last two"),
+                (|m| m.counted.ebpf = 6, "eBPF: 6 events"),
+                (|m| m.counted.ebpf_exact = 0, "0 of the last two"),
             ],
         );
     }
