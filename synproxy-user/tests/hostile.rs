@@ -37,9 +37,11 @@ fn agent(args: &[&str]) -> Command {
     cmd.args(args)
         .env_remove("HOST_PROC")
         .env("SYNPROXY_AGENT_NO_EBPF", "true")
-        // The fake proc trees hold the SYNPROXY file only.
+        // The fake proc trees hold the SYNPROXY file only, and the tests
+        // count its lines.
         .env("SYNPROXY_AGENT_NO_NSTAT", "true")
         .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
+        .env("SYNPROXY_AGENT_NO_VERDICT", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
