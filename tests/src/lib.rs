@@ -17,6 +17,7 @@ pub mod connections;
 pub mod container;
 pub mod dashboard;
 pub mod defense_traffic;
+pub mod defense_verdict;
 pub mod ebpf_checks;
 pub mod ebpf_cost;
 pub mod ebpf_cost_judge;
