@@ -122,15 +122,17 @@ impl Config {
     /// With `--probes fentry`: ` probes=fentry probe_type=<seen> expected=<type>`
     /// for a RESULT line, and whether they agree. Empty and true otherwise.
     pub fn probe_type_fields(&self, seen: Option<&str>) -> (String, bool) {
-        if !self.fentry {
-            return (String::new(), true);
+        let probe = self.probe_type(seen);
+        (probe.fields(), probe.ok())
+    }
+
+    /// The probe type an agent reported beside the one it must use.
+    pub fn probe_type(&self, seen: Option<&str>) -> crate::burst_judge::ProbeType {
+        crate::burst_judge::ProbeType {
+            fentry: self.fentry,
+            seen: seen.map(String::from),
+            expected: crate::live_agent::expected_probe_type().into(),
         }
-        let expected = crate::live_agent::expected_probe_type();
-        let seen = seen.unwrap_or("none");
-        (
-            format!(" probes=fentry probe_type={seen} expected_probe_type={expected}"),
-            seen == expected,
-        )
     }
 }
 
