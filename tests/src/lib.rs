@@ -26,6 +26,7 @@ pub mod grafana_schema;
 pub mod harness;
 pub mod influxdb;
 pub mod lifecycle;
+pub mod lifecycle_judge;
 pub mod line_protocol;
 pub mod live_agent;
 pub mod metrics_agent;
