@@ -20,12 +20,37 @@ pub struct Burst {
     pub proc_inv: u64,
     pub ebpf_syn: u64,
     pub ebpf_inv: u64,
+    pub probes: Probes,
+}
+
+/// An eBPF agent's probes over a run, as its lines for the server said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Probes {
     /// The probes line's `*_missed` sum and whether it says every probe is attached.
     pub missed: u64,
     pub attached: bool,
-    /// The server's `probe_misses` and the reconcile status of each family line.
+    /// The `probe_misses` reported and the reconcile status of each
+    /// `synproxy_ebpf` line of the server.
     pub probe_misses: u64,
     pub statuses: Vec<String>,
+}
+
+impl Probes {
+    /// Every probe attached, no miss, every line `exact`.
+    pub fn judge(&self, v: &mut Verdict) {
+        v.require(
+            self.missed == 0
+                && self.probe_misses == 0
+                && self.attached
+                && self.statuses.iter().all(|s| s == "exact"),
+            || {
+                format!(
+                    "attached={} kprobe missed={} probe_misses={} reconcile={:?}",
+                    self.attached, self.missed, self.probe_misses, self.statuses
+                )
+            },
+        );
+    }
 }
 
 impl Burst {
@@ -49,10 +74,12 @@ impl Burst {
             proc_inv: delta(Counter::CookieInvalid),
             ebpf_syn,
             ebpf_inv,
-            missed,
-            attached,
-            probe_misses: view.misses,
-            statuses: view.statuses,
+            probes: Probes {
+                missed,
+                attached,
+                probe_misses: view.misses,
+                statuses: view.statuses,
+            },
         })
     }
 
@@ -67,9 +94,11 @@ impl Burst {
             proc_inv: ack,
             ebpf_syn: syn,
             ebpf_inv: ack,
-            attached: true,
-            statuses: vec!["exact".into(), "exact".into()],
-            ..Burst::default()
+            probes: Probes {
+                attached: true,
+                statuses: vec!["exact".into(), "exact".into()],
+                ..Probes::default()
+            },
         }
     }
 
@@ -86,18 +115,7 @@ impl Burst {
                 self.ebpf_syn, self.ebpf_inv
             )
         });
-        v.require(
-            self.missed == 0
-                && self.probe_misses == 0
-                && self.attached
-                && self.statuses.iter().all(|s| s == "exact"),
-            || {
-                format!(
-                    "attached={} kprobe missed={} probe_misses={} reconcile={:?}",
-                    self.attached, self.missed, self.probe_misses, self.statuses
-                )
-            },
-        );
+        self.probes.judge(v);
     }
 
     /// `line` with `proc_syn= ebpf_syn= proc_inv= ebpf_inv=`.
@@ -110,7 +128,7 @@ impl Burst {
 
     /// The `reconcile=` value: each family line's status.
     pub fn reconcile(&self) -> String {
-        self.statuses.join("/")
+        self.probes.statuses.join("/")
     }
 }
 
@@ -227,10 +245,10 @@ mod tests {
             |b| b.proc_syn = 1999,
             |b| b.proc_inv = 501,
             |b| b.ebpf_syn = 1999,
-            |b| b.missed = 1,
-            |b| b.probe_misses = 1,
-            |b| b.attached = false,
-            |b| b.statuses[1] = "lagging".into(),
+            |b| b.probes.missed = 1,
+            |b| b.probes.probe_misses = 1,
+            |b| b.probes.attached = false,
+            |b| b.probes.statuses[1] = "lagging".into(),
         ];
         for (i, breaking) in broken.iter().enumerate() {
             let mut b = recorded();

@@ -131,8 +131,8 @@ impl Judged for Flood {
         let p = &m.metrics;
         let head = flood_head(kernel, b.syn_driven as u32, b.ack_driven as u32);
         b.add_counts(m.probe.add_to(head))
-            .field("misses", b.missed)
-            .field("probe_misses", b.probe_misses)
+            .field("misses", b.probes.missed)
+            .field("probe_misses", b.probes.probe_misses)
             .field("recursion_misses", m.recursion_misses)
             .field("reconcile", b.reconcile())
             .field("peak_syn_rate", format!("{:.0}/s", m.peak))
@@ -246,7 +246,7 @@ mod tests {
             |m| m.probe.seen = Some("fentry".into()),
             |m| m.fallback_logged = false,
             |m| m.burst.proc_syn = 19999,
-            |m| m.burst.probe_misses = 3,
+            |m| m.burst.probes.probe_misses = 3,
             |m| m.peak = 0.0,
             |m| m.top_syn[0].1 = 19999,
             |m| m.top_inv.push(("10.0.0.2".into(), 1)),

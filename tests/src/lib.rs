@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod lifecycle_judge;
 pub mod line_protocol;
 pub mod live_agent;
+pub mod matrix_judge;
 pub mod metrics_agent;
 pub mod netns;
 pub mod non_root;

@@ -59,7 +59,7 @@ impl Judged for NonRoot {
             .field("syn_driven", b.syn_driven)
             .field("ack_driven", b.ack_driven);
         b.add_counts(line)
-            .field("misses", b.missed)
+            .field("misses", b.probes.missed)
             .field("reconcile", b.reconcile())
             .field("totals_equal_root", yes_no(self.totals_equal()))
             .field("exit", self.exit.code)
