@@ -56,3 +56,4 @@ pub mod top_view;
 pub mod traffic;
 pub mod user_netns;
 pub mod user_netns_check;
+pub mod user_netns_judge;
