@@ -53,6 +53,7 @@ pub mod top_sources;
 pub mod top_sources_flood;
 pub mod top_sources_ground_truth;
 pub mod top_view;
+pub mod top_view_judge;
 pub mod traffic;
 pub mod user_netns;
 pub mod user_netns_check;
