@@ -53,6 +53,13 @@ impl ResultLine {
         self
     }
 
+    /// Adds `fields` (` key=value ...` already written) as they are.
+    pub fn raw(mut self, fields: &str) -> Self {
+        self.text.push(' ');
+        self.text.push_str(fields);
+        self
+    }
+
     /// The line so far, without a verdict (what [`Check::failed`] completes).
     pub fn head(&self) -> &str {
         &self.text

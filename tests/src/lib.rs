@@ -52,6 +52,7 @@ pub mod top_series_scrape;
 pub mod top_sources;
 pub mod top_sources_flood;
 pub mod top_sources_ground_truth;
+pub mod top_sources_judge;
 pub mod top_view;
 pub mod top_view_judge;
 pub mod traffic;
