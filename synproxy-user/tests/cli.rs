@@ -12,6 +12,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+// The tests crate's reading of /proc/PID/status (std and libc only).
+#[allow(dead_code)]
+#[path = "../../tests/src/proc_signals.rs"]
+mod proc_signals;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_synproxy-agent");
 const HEADER: &str =
     "entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n";
@@ -536,26 +541,6 @@ fn file_gone_and_back_adds_the_new_counters() {
     assert!(stderr.contains("the file was gone"), "{stderr}");
 }
 
-/// Whether the agent (after exec: spawning blocks every signal in the child
-/// until then) blocks or catches SIGTERM (`SigBlk`/`SigCgt` in
-/// /proc/PID/status): its first statement blocks it.
-fn sigterm_handled(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
-        return false;
-    }
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
-}
-
 #[test]
 fn sigterm_at_any_moment_of_start_up_exits_zero() {
     for delay_ms in [0u64, 1, 3, 10, 30] {
@@ -572,7 +557,7 @@ fn sigterm_at_any_moment_of_start_up_exits_zero() {
         // Before main() runs nothing can catch a signal: start the clock when
         // the agent's first statement has taken SIGTERM over.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !sigterm_handled(child.id()) {
+        while !proc_signals::agent_takes_sigterm(child.id()) {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for the agent to block SIGTERM"

@@ -759,30 +759,10 @@ pub fn wait_clean(stopped: &Stopped, within: Duration) -> Result<Vec<String>> {
     }
 }
 
-/// Whether process `pid` runs the agent (after exec) and blocks or catches
-/// SIGTERM (`SigBlk`/`SigCgt` in /proc/PID/status): the agent's first
-/// statement blocks it until its handlers are installed.
-pub fn signals_handled(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
-        return false;
-    }
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
-}
-
-/// Waits (generously) until [`signals_handled`] holds for `pid`.
+/// Waits (generously) until the agent `pid` blocks or catches SIGTERM.
 pub fn wait_signals_handled(pid: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !signals_handled(pid) {
+    while !crate::proc_signals::agent_takes_sigterm(pid) {
         if Instant::now() > deadline {
             bail!("timed out after 60 s waiting for the agent (pid {pid}) to take SIGTERM over");
         }

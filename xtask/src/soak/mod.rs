@@ -11,6 +11,19 @@ mod influxd;
 mod session;
 mod traffic;
 
+// The tests crate's own helpers, compiled in here (std, anyhow and libc
+// only); the soak reads no answer's head nor checks for the agent's name.
+#[allow(dead_code)]
+#[path = "../../../tests/src/http_client.rs"]
+mod http_client;
+#[path = "../../../tests/src/influxd_setup.rs"]
+mod influxd_setup;
+#[allow(dead_code)]
+#[path = "../../../tests/src/proc_signals.rs"]
+mod proc_signals;
+#[path = "../../../tests/src/synproxy_xt.rs"]
+mod synproxy_xt;
+
 use crate::cargo::{cargo, is_root, workspace_root};
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
