@@ -260,6 +260,18 @@ impl ScriptedEndpoint {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
+
+    /// Waits (generously) until at least `n` requests came; panics if not.
+    pub fn wait_for_requests(&self, n: usize) {
+        crate::harness::wait_until(
+            &format!("{n} requests at the endpoint"),
+            Duration::from_secs(120),
+            || match self.received().len() {
+                got if got >= n => Ok(()),
+                got => Err(format!("{got} requests")),
+            },
+        );
+    }
 }
 
 /// Reads one request, records it, then answers it: recorded before the
