@@ -38,6 +38,7 @@ pub mod proc_signals;
 pub mod prometheus;
 pub mod protected_server;
 pub mod rng;
+pub mod round_agent;
 pub mod rules;
 pub mod scenario;
 pub mod scenario_cli;

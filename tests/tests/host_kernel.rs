@@ -222,79 +222,27 @@ fn netns_all_reports_every_namespace_separately() {
 // ---- Namespaces by identity: series follow the namespace, not its label ----
 
 /// A long-running agent in `--signal stdin` mode: one round per request.
-struct RoundAgent {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+struct RoundAgent(synproxy_tests::round_agent::RoundAgent);
 
 impl RoundAgent {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(agent_binary())
-            .args(["--signal", "stdin", "--no-ebpf", "--log-level", "debug"])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the agent: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-        }
+        let args = ["--log-level", "debug"].iter().chain(args);
+        Self(synproxy_tests::round_agent::RoundAgent::start(
+            args,
+            std::process::Stdio::inherit(),
+        ))
     }
 
     /// Asks for one round and returns its lines (all share one timestamp).
     fn round(&mut self) -> Vec<synproxy_tests::line_protocol::Line> {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("agent stdin");
-        stdin
-            .write_all(b"\n")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("cannot ask the agent for a round: {e}"));
-        let first = self
-            .lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("waiting for the agent's round: {e}"));
-        let stamp = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-        let ts = stamp(&first);
-        let mut raw = vec![first];
-        // The round is one write: its other lines are already in the pipe.
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(std::time::Duration::from_millis(500))
-        {
-            assert_eq!(stamp(&line), ts, "a line of another round: {line}");
-            raw.push(line);
-        }
-        raw.iter()
+        self.0
+            .round()
+            .iter()
             .map(|l| {
                 synproxy_tests::line_protocol::parse_line(l)
                     .unwrap_or_else(|e| panic!("{e:#}: {l}"))
             })
             .collect()
-    }
-}
-
-impl Drop for RoundAgent {
-    fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.wait();
     }
 }
 
