@@ -1081,20 +1081,8 @@ fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
             tmux.type_line(&command("run3"))
                 .unwrap_or_else(|e| panic!("{e:#}"));
             wait_view("run3");
-            let shell = tmux.shell_pid().unwrap_or_else(|e| panic!("{e:#}"));
-            let agents: Vec<u32> = synproxy_tests::tmux::children(shell)
-                .into_iter()
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.trim() == "synproxy-agent")
-                })
-                .collect();
-            let [pid] = agents[..] else {
-                panic!("want one synproxy-agent under the pane's shell {shell}, found {agents:?}");
-            };
-            let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
-            // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
+            tmux.signal_agent(libc::SIGTERM)
+                .unwrap_or_else(|e| panic!("{e:#}"));
             assert_terminal_restored(&tmux, "run3-checked", "run3", 0);
             // A panic (debug builds have a switch for it): the hook restores
             // the terminal before the message; the agent exits 1.
