@@ -285,20 +285,13 @@ fn drive_connections(tools: &Tools, srv: &str, connections: u64) {
     ));
 }
 
-fn run_ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(status.success(), "ip {args:?}: {status}");
+/// `prog args`, which must succeed.
+fn run_cmd(prog: &str, args: &[&str]) {
+    synproxy_tests::tools::run(Path::new(prog), args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-fn run_cmd(prog: &str, args: &[&str]) {
-    let status = Command::new(prog)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{prog} {args:?}: {e}"));
-    assert!(status.success(), "{prog} {args:?}: {status}");
+fn run_ip(args: &[&str]) {
+    run_cmd("ip", args);
 }
 
 fn nsfs_inode(path: &Path) -> u64 {

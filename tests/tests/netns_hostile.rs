@@ -27,12 +27,9 @@ const NEEDS: Needs = Needs {
     synproxy: true,
 };
 
+/// `ip args`, which must succeed.
 fn run_ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(status.success(), "ip {args:?}: {status}");
+    synproxy_tests::tools::run(Path::new("ip"), args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn cstring(path: &Path) -> CString {
