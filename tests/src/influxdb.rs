@@ -149,14 +149,7 @@ impl InfluxServer {
                 .flatten()
                 .map(|c| c.as_str().unwrap_or_default().to_string())
                 .collect();
-            let tags = series["tags"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let tags = crate::prometheus::string_map(&series["tags"]);
             let rows = series["values"]
                 .as_array()
                 .into_iter()

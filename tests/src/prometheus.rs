@@ -25,6 +25,19 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, St
     Ok((answer.status, answer.head, answer.body))
 }
 
+/// A JSON object's string values by key (labels, tags); empty if `value`
+/// is no object, and a value that is no string as "".
+pub fn string_map(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One series of an instant query: its labels and value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
@@ -173,14 +186,7 @@ impl PrometheusServer {
         };
         let mut out = Vec::new();
         for item in result {
-            let labels = item["metric"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let labels = string_map(&item["metric"]);
             let value = item["value"][1]
                 .as_str()
                 .and_then(|v| v.parse().ok())
