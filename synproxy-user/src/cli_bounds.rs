@@ -36,6 +36,9 @@ pub const TOP_INTERVAL: (Duration, Duration) =
 pub const RATE_RESOLUTION: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(3600));
 
+/// `--verdict-warmup`: 0s (judge from the second round) to 24h.
+pub const VERDICT_WARMUP: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
+
 /// `--influx-buffer-lines`: 1 to 1,000,000 (a line is a few hundred bytes:
 /// the largest buffer stays within a few hundred MiB).
 pub const INFLUX_BUFFER_LINES: (u64, u64) = (1, 1_000_000);
@@ -45,6 +48,15 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
         min: INTERVAL.0,
         max: INTERVAL.1,
         text: "10ms and 24h",
+    }
+    .parse(text)
+}
+
+pub fn parse_verdict_warmup(text: &str) -> Result<Duration, String> {
+    DurationRange {
+        min: VERDICT_WARMUP.0,
+        max: VERDICT_WARMUP.1,
+        text: "0s and 24h",
     }
     .parse(text)
 }

@@ -5,6 +5,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
+use synproxy_user::analysis::verdict::Params as VerdictParams;
 use synproxy_user::cli::{Cli, Command, NetnsSelection, SignalMode, TopArgs};
 use synproxy_user::logging;
 use synproxy_user::privileges;
@@ -144,6 +145,7 @@ fn top_main(
         allow_failed_drop: args.allow_failed_capability_drop,
         // The view shows SYNPROXY only: nothing else to read.
         stack: StackSources::default(),
+        verdict: None,
     };
     // No network output in `top`: nothing waits at the gate.
     let (opener, _) = gate::gate();
@@ -171,6 +173,8 @@ struct Run {
     allow_failed_drop: bool,
     /// `--no-nstat`, `--no-conntrack` (off in `top`).
     stack: StackSources,
+    /// `--no-verdict`, `--verdict-warmup` (off in `top`).
+    verdict: Option<VerdictParams>,
 }
 
 impl From<&Cli> for Run {
@@ -190,6 +194,10 @@ impl From<&Cli> for Run {
                 nstat: !cli.no_nstat,
                 conntrack: !cli.no_conntrack,
             },
+            verdict: (!cli.no_verdict).then(|| VerdictParams {
+                warmup_secs: cli.verdict_warmup.as_secs_f64(),
+                ..VerdictParams::default()
+            }),
         }
     }
 }
@@ -292,6 +300,7 @@ async fn start(
         stop: Arc::clone(&stop),
         top: run.top,
         stack: run.stack,
+        verdict: run.verdict,
     });
     let schedule = Schedule {
         once: run.once,

@@ -248,7 +248,9 @@ pub struct Outcome {
 }
 
 mod apply;
-pub use apply::{effective_has, restrict, restrict_and_log, DropFailed, ThreadStatus, ALLOW_FLAG};
+pub use apply::{
+    capset, effective_has, restrict, restrict_and_log, DropFailed, ThreadStatus, ALLOW_FLAG,
+};
 
 #[cfg(test)]
 mod tests {

@@ -176,6 +176,18 @@ pub struct Snapshot {
     /// The TCP stack's and conntrack's counters per namespace (the `nstat`
     /// and `conntrack` lines), in namespace order; empty with both sources off.
     pub stack: Vec<StackSample>,
+    /// The defense verdict per namespace read this round (empty with
+    /// `--verdict off`), in namespace order.
+    pub defense: Vec<DefenseSample>,
+}
+
+/// One namespace's defense verdict in one round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefenseSample {
+    pub series: SeriesId,
+    /// Same as the namespace's [`Sample::netns`].
+    pub netns: Option<String>,
+    pub verdict: crate::analysis::verdict::Verdict,
 }
 
 /// The TCP stack's and conntrack's counters of one namespace in one round.

@@ -8,6 +8,7 @@
 //! undiscoverable, and a new namespace reusing a name or an inode starts its
 //! own series.
 
+use crate::analysis::verdict::{NamespaceVerdict, Params as VerdictParams};
 use crate::cli::NetnsSelection;
 use crate::privileges;
 use crate::ranking::{Family, IntervalTotal, SourceCount, TopConfig, TopRanker};
@@ -48,6 +49,8 @@ pub struct SamplerConfig {
     pub top: TopConfig,
     /// The TCP stack's and conntrack's counters ([`Snapshot::stack`]).
     pub stack: StackSources,
+    /// The defense verdict's rules ([`Snapshot::defense`]); `None`: off.
+    pub verdict: Option<VerdictParams>,
 }
 
 /// What a series is keyed by.
@@ -67,6 +70,7 @@ struct Series {
     reconciler: Reconciler,
     /// Rounds since the namespace was last read.
     missing_rounds: u32,
+    verdict: NamespaceVerdict,
 }
 
 impl Series {
@@ -77,6 +81,7 @@ impl Series {
             tracker: WrapTracker::new(),
             reconciler: Reconciler::new(),
             missing_rounds: 0,
+            verdict: NamespaceVerdict::default(),
         }
     }
 }
@@ -237,6 +242,7 @@ impl Sampler {
             },
             top_sources: Vec::new(),
             stack: Vec::new(),
+            defense: Vec::new(),
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.
@@ -267,7 +273,7 @@ impl Sampler {
         if let Some(targets) = &targets {
             self.forget_stack_failures(targets);
         }
-        self.read_stack(targets.as_deref(), &mut round);
+        let stack_of = self.read_stack(targets.as_deref(), &mut round);
         // Namespaces not read this round are released (their files closed).
         self.reader.end_round();
         self.age_series(&reads);
@@ -285,6 +291,10 @@ impl Sampler {
                 },
                 ebpf: ebpf.get_mut(i).and_then(Option::take),
             });
+            let stack = stack_of.get(&read.key).and_then(|&s| round.stack.get(s));
+            if let Some(sample) = self.judge_defense(read, stack, timestamp_ns) {
+                round.defense.push(sample);
+            }
         }
         round.retained = self.retained();
         round.agent.ebpf_attached = round.probes.as_ref().is_some_and(|p| p.attached);
@@ -323,6 +333,7 @@ impl Sampler {
     }
 }
 
+mod defense;
 mod ebpf_round;
 mod read;
 mod stack;

@@ -66,6 +66,7 @@ fn sampler(netns_dir: &std::path::Path, names: &[&str]) -> Sampler {
             map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
         },
         stack: StackSources::default(),
+        verdict: None,
     })
 }
 

@@ -12,7 +12,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_synproxy-agent");
+mod common;
+use common::{agent, lines_of};
+
+// The tests crate's reading of /proc/PID/status (std and libc only).
+#[allow(dead_code)]
+#[path = "../../tests/src/proc_signals.rs"]
+mod proc_signals;
+
 const HEADER: &str =
     "entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n";
 
@@ -33,8 +40,23 @@ impl ProcTree {
         fs::create_dir_all(dir.path().join("net/stat")).unwrap();
         Self { dir }
     }
+    /// A tree whose stat file holds `rows` (see [`ProcTree::write_rows`]).
+    fn with_rows(rows: &[(u32, u32)]) -> Self {
+        let proc = Self::new();
+        proc.write_rows(rows);
+        proc
+    }
     fn root(&self) -> &Path {
         self.dir.path()
+    }
+    /// [`agent`] on this proc root, with `args`.
+    fn agent(&self, args: &[&str]) -> Command {
+        let mut cmd = agent(args);
+        cmd.arg("--proc-root").arg(self.root());
+        cmd
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.agent(args).output().unwrap()
     }
     fn stat_path(&self) -> PathBuf {
         self.root().join("net/stat/synproxy")
@@ -72,22 +94,6 @@ fn rows_text(rows: &[(u32, u32)]) -> String {
     text
 }
 
-/// The agent reading /proc only (the eBPF side has its own tests): its stderr
-/// then holds exactly what the /proc path logs.
-fn agent(args: &[&str]) -> Command {
-    let mut cmd = Command::new(AGENT);
-    cmd.args(args)
-        .env_remove("HOST_PROC")
-        .env("SYNPROXY_AGENT_NO_EBPF", "true")
-        // The fake proc trees hold the SYNPROXY file only.
-        .env("SYNPROXY_AGENT_NO_NSTAT", "true")
-        .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
 fn run(args: &[&str]) -> Output {
     agent(args).output().unwrap()
 }
@@ -113,11 +119,9 @@ fn field(line: &str, name: &str) -> u64 {
 fn once_prints_telegraf_shaped_line() {
     let proc = ProcTree::new();
     proc.write_bytes(&fs::read(fixture("normal_8cpu")).unwrap());
-    let out = run(&[
+    let out = proc.run(&[
         "--once",
         "--no-ebpf",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
         "--hostname",
         "gw01",
         "--tag",
@@ -148,13 +152,7 @@ fn once_prints_telegraf_shaped_line() {
 fn once_with_uint_and_no_host_tag_and_overflow() {
     let proc = ProcTree::new();
     proc.write_bytes(&fs::read(fixture("overflow_2cpu")).unwrap());
-    let out = run(&[
-        "--once",
-        "--uint",
-        "--no-host-tag",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ]);
+    let out = proc.run(&["--once", "--uint", "--no-host-tag"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
@@ -165,8 +163,7 @@ fn once_with_uint_and_no_host_tag_and_overflow() {
 
 #[test]
 fn host_proc_env_is_honoured() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(3, 2)]);
+    let proc = ProcTree::with_rows(&[(3, 2)]);
     let out = agent(&["--once"])
         .env("HOST_PROC", proc.root())
         .output()
@@ -201,7 +198,7 @@ fn wrong_flag_is_rejected_with_exit_2() {
 #[test]
 fn missing_file_once_fails_naming_path_and_module() {
     let proc = ProcTree::new();
-    let out = run(&["--once", "--proc-root", proc.root().to_str().unwrap()]);
+    let out = proc.run(&["--once"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
@@ -234,7 +231,7 @@ fn bad_files_fail_with_one_clear_line() {
     for (content, expected) in cases {
         let proc = ProcTree::new();
         proc.write_bytes(content);
-        let out = run(&["--once", "--proc-root", proc.root().to_str().unwrap()]);
+        let out = proc.run(&["--once"]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -248,7 +245,7 @@ fn bad_files_fail_with_one_clear_line() {
 
 /// Reads stdout lines on a thread so the test can wait with a deadline.
 fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
-    line_reader_of(child.stdout.take().unwrap())
+    lines_of(child.stdout.take().unwrap())
 }
 
 fn next_line(rx: &mpsc::Receiver<String>) -> String {
@@ -261,6 +258,11 @@ fn stop(mut child: Child) -> String {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    stderr_of(&mut child)
+}
+
+/// All of an ended child's stderr.
+fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
     child
         .stderr
@@ -274,16 +276,10 @@ fn stop(mut child: Child) -> String {
 #[test]
 fn interval_logs_a_missing_file_once_and_recovers() {
     let proc = ProcTree::new();
-    let mut child = agent(&[
-        "--interval",
-        "50ms",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-        "--log-format",
-        "telegraf",
-    ])
-    .spawn()
-    .unwrap();
+    let mut child = proc
+        .agent(&["--interval", "50ms", "--log-format", "telegraf"])
+        .spawn()
+        .unwrap();
     let lines = line_reader(&mut child);
     // Several intervals with the file missing.
     std::thread::sleep(Duration::from_millis(400));
@@ -317,16 +313,8 @@ fn interval_logs_a_missing_file_once_and_recovers() {
 
 #[test]
 fn interval_keeps_totals_monotonic_across_wraps_and_resets() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(0xffff_fff0, 10), (2, 0)]);
-    let mut child = agent(&[
-        "--interval",
-        "50ms",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let proc = ProcTree::with_rows(&[(0xffff_fff0, 10), (2, 0)]);
+    let mut child = proc.agent(&["--interval", "50ms"]).spawn().unwrap();
     let lines = line_reader(&mut child);
     let first = next_line(&lines);
     assert_eq!(field(&first, "syn_received"), 0xffff_fff0 + 2);
@@ -364,20 +352,18 @@ fn interval_keeps_totals_monotonic_across_wraps_and_resets() {
 
 #[test]
 fn stdin_mode_samples_per_line_and_exits_on_eof() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(7, 7)]);
-    let mut child = agent(&[
-        "--signal",
-        "stdin",
-        "--no-host-tag",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-        "--log-format",
-        "telegraf",
-    ])
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let proc = ProcTree::with_rows(&[(7, 7)]);
+    let mut child = proc
+        .agent(&[
+            "--signal",
+            "stdin",
+            "--no-host-tag",
+            "--log-format",
+            "telegraf",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let lines = line_reader(&mut child);
     // No sample before Telegraf asks for one.
@@ -409,8 +395,7 @@ fn stdin_mode_samples_per_line_and_exits_on_eof() {
 fn sigterm_and_sigint_exit_zero_within_a_second() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         for mode in [&["--interval", "1h"][..], &["--signal", "stdin"][..]] {
-            let proc = ProcTree::new();
-            proc.write_rows(&[(1, 1)]);
+            let proc = ProcTree::with_rows(&[(1, 1)]);
             let mut args = vec!["--proc-root", proc.root().to_str().unwrap()];
             args.extend_from_slice(mode);
             let mut child = agent(&args).stdin(Stdio::piped()).spawn().unwrap();
@@ -431,16 +416,8 @@ fn sigterm_and_sigint_exit_zero_within_a_second() {
 
 #[test]
 fn closed_stdout_ends_the_agent_cleanly() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(1, 1)]);
-    let mut child = agent(&[
-        "--interval",
-        "20ms",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let proc = ProcTree::with_rows(&[(1, 1)]);
+    let mut child = proc.agent(&["--interval", "20ms"]).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -450,13 +427,7 @@ fn closed_stdout_ends_the_agent_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -483,16 +454,11 @@ fn missing_named_netns_fails_once_with_its_path() {
 fn once_without_kprobes_degrades_with_one_warning() {
     let proc = ProcTree::new();
     proc.write_bytes(&fs::read(fixture("normal_8cpu")).unwrap());
-    let out = agent(&[
-        "--once",
-        "--log-format",
-        "telegraf",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ])
-    .env_remove("SYNPROXY_AGENT_NO_EBPF")
-    .output()
-    .unwrap();
+    let out = proc
+        .agent(&["--once", "--log-format", "telegraf"])
+        .env_remove("SYNPROXY_AGENT_NO_EBPF")
+        .output()
+        .unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = text(&out.stdout);
@@ -516,16 +482,8 @@ fn once_without_kprobes_degrades_with_one_warning() {
 /// still a restart of the counters: they add to the totals, not replace them.
 #[test]
 fn file_gone_and_back_adds_the_new_counters() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(5, 5)]);
-    let mut child = agent(&[
-        "--interval",
-        "50ms",
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let proc = ProcTree::with_rows(&[(5, 5)]);
+    let mut child = proc.agent(&["--interval", "50ms"]).spawn().unwrap();
     let lines = line_reader(&mut child);
     assert_eq!(field(&next_line(&lines), "syn_received"), 5);
     fs::remove_file(proc.stat_path()).unwrap();
@@ -539,43 +497,15 @@ fn file_gone_and_back_adds_the_new_counters() {
     assert!(stderr.contains("the file was gone"), "{stderr}");
 }
 
-/// Whether the agent (after exec: spawning blocks every signal in the child
-/// until then) blocks or catches SIGTERM (`SigBlk`/`SigCgt` in
-/// /proc/PID/status): its first statement blocks it.
-fn sigterm_handled(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
-        return false;
-    }
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
-}
-
 #[test]
 fn sigterm_at_any_moment_of_start_up_exits_zero() {
     for delay_ms in [0u64, 1, 3, 10, 30] {
-        let proc = ProcTree::new();
-        proc.write_rows(&[(1, 1)]);
-        let mut child = agent(&[
-            "--interval",
-            "1h",
-            "--proc-root",
-            proc.root().to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
+        let proc = ProcTree::with_rows(&[(1, 1)]);
+        let mut child = proc.agent(&["--interval", "1h"]).spawn().unwrap();
         // Before main() runs nothing can catch a signal: start the clock when
         // the agent's first statement has taken SIGTERM over.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !sigterm_handled(child.id()) {
+        while !proc_signals::agent_takes_sigterm(child.id()) {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for the agent to block SIGTERM"
@@ -596,23 +526,16 @@ fn sigterm_at_any_moment_of_start_up_exits_zero() {
 
 #[test]
 fn a_stdout_reader_that_stops_reading_does_not_block_shutdown() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(1, 1)]);
+    let proc = ProcTree::with_rows(&[(1, 1)]);
     // Long lines fill the pipe (64 KiB) within a few dozen rounds.
     let tag = format!("pad={}", "x".repeat(4000));
-    let mut child = agent(&[
-        "--interval",
-        "10ms",
-        "--tag",
-        &tag,
-        "--proc-root",
-        proc.root().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let mut child = proc
+        .agent(&["--interval", "10ms", "--tag", &tag])
+        .spawn()
+        .unwrap();
     // Nobody reads stdout from here on; wait for the agent to notice.
     let _stdout = child.stdout.take().unwrap();
-    let stderr = line_reader_of(child.stderr.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let line = stderr
@@ -629,18 +552,6 @@ fn a_stdout_reader_that_stops_reading_does_not_block_shutdown() {
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
-}
-
-fn line_reader_of<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 // ---- Outputs: Prometheus endpoint, stdout with and without it ----
@@ -666,7 +577,7 @@ fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<(St
 /// and a reader of its stderr lines.
 fn start_with_metrics(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
     let mut child = agent(args).spawn().unwrap();
-    let stderr = line_reader_of(child.stderr.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         let Ok(line) = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -701,8 +612,7 @@ fn wait_for_metric(addr: &str, line: &str) -> String {
 
 #[test]
 fn prometheus_endpoint_serves_totals_and_stdout_stays_quiet() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(7, 3), (1, 1)]);
+    let proc = ProcTree::with_rows(&[(7, 3), (1, 1)]);
     let (mut child, addr, _stderr) = start_with_metrics(&[
         "--interval",
         "100ms",
@@ -744,8 +654,7 @@ fn prometheus_endpoint_serves_totals_and_stdout_stays_quiet() {
 
 #[test]
 fn stdout_flag_prints_line_protocol_next_to_prometheus() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(7, 3)]);
+    let proc = ProcTree::with_rows(&[(7, 3)]);
     let (mut child, addr, _stderr) = start_with_metrics(&[
         "--interval",
         "100ms",
@@ -794,17 +703,9 @@ fn prometheus_listen_errors_are_one_line_naming_the_flag() {
             "--prometheus-listen 192.0.2.1:10816: address not available".to_string(),
         ),
     ];
-    let proc = ProcTree::new();
-    proc.write_rows(&[(1, 1)]);
+    let proc = ProcTree::with_rows(&[(1, 1)]);
     for (addr, expected) in cases {
-        let out = run(&[
-            "--interval",
-            "1s",
-            "--proc-root",
-            proc.root().to_str().unwrap(),
-            "--prometheus-listen",
-            &addr,
-        ]);
+        let out = proc.run(&["--interval", "1s", "--prometheus-listen", &addr]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{addr}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -818,8 +719,7 @@ fn prometheus_listen_errors_are_one_line_naming_the_flag() {
 
 #[test]
 fn influx_flag_errors_are_one_line_naming_the_flag_with_exit_2() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(1, 1)]);
+    let proc = ProcTree::with_rows(&[(1, 1)]);
     let root = proc.root().to_str().unwrap().to_string();
     let missing_token = proc.root().join("no-such-token");
     let missing_token = missing_token.to_str().unwrap().to_string();
@@ -917,8 +817,7 @@ fn influx_flag_errors_are_one_line_naming_the_flag_with_exit_2() {
 /// what it could not write. Prometheus shows the backlog.
 #[test]
 fn unreachable_influx_url_keeps_sampling_and_exits_zero() {
-    let proc = ProcTree::new();
-    proc.write_rows(&[(5, 2)]);
+    let proc = ProcTree::with_rows(&[(5, 2)]);
     // A port nothing listens on: bound, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -980,7 +879,7 @@ fn unreachable_influx_url_keeps_sampling_and_exits_zero() {
 /// The agent's stderr until `until` appears in a line (or 20 s pass), after
 /// SIGTERM and exit.
 fn stderr_until(mut child: Child, until: &str) -> String {
-    let rx = line_reader_of(child.stderr.take().unwrap());
+    let rx = lines_of(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut lines = Vec::new();
     while Instant::now() < deadline {

@@ -6,13 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_synproxy-agent");
+mod common;
+use common::{agent, lines_of};
+
 const STAT: &str =
     "entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n\
                     00000000\t00000007\t00000000\t00000003\t00000000\t00000000\n";
@@ -31,33 +33,14 @@ fn stat_path(root: &Path) -> PathBuf {
     root.join("net/stat/synproxy")
 }
 
-/// The agent on /proc only, its outputs piped.
-fn agent(args: &[&str]) -> Command {
-    let mut cmd = Command::new(AGENT);
-    cmd.args(args)
-        .env_remove("HOST_PROC")
-        .env("SYNPROXY_AGENT_NO_EBPF", "true")
-        // The fake proc trees hold the SYNPROXY file only.
-        .env("SYNPROXY_AGENT_NO_NSTAT", "true")
-        .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Lines of a pipe, read on a thread.
-fn lines_of<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+/// The agent with `args` on a new proc root whose stat file holds [`STAT`]
+/// (the root lives as long as the returned directory).
+fn agent_on_stat(args: &[&str]) -> (tempfile::TempDir, Command) {
+    let root = proc_root();
+    fs::write(stat_path(root.path()), STAT).unwrap();
+    let mut cmd = agent(args);
+    cmd.arg("--proc-root").arg(root.path());
+    (root, cmd)
 }
 
 /// Lines until one satisfies `want` (all of them returned), or a panic
@@ -271,19 +254,8 @@ fn fifos_as_namespace_and_token_files_are_refused_at_once() {
 /// under 64 MiB, every round is one complete sample, and EOF ends it cleanly.
 #[test]
 fn stdin_written_faster_than_sampling_holds_bounded_memory() {
-    let root = proc_root();
-    fs::write(stat_path(root.path()), STAT).unwrap();
-    let mut child = agent(&[
-        "--signal",
-        "stdin",
-        "--interval",
-        "100ms",
-        "--proc-root",
-        root.path().to_str().unwrap(),
-    ])
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let (_root, mut cmd) = agent_on_stat(&["--signal", "stdin", "--interval", "100ms"]);
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let stdout = lines_of(child.stdout.take().unwrap());
     let _stderr = lines_of(child.stderr.take().unwrap());
@@ -319,17 +291,8 @@ fn stdin_written_faster_than_sampling_holds_bounded_memory() {
 /// together are one), the last one after the last line, and a clean exit.
 #[test]
 fn stdin_requests_coalesce() {
-    let root = proc_root();
-    fs::write(stat_path(root.path()), STAT).unwrap();
-    let mut child = agent(&[
-        "--signal",
-        "stdin",
-        "--proc-root",
-        root.path().to_str().unwrap(),
-    ])
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let (_root, mut cmd) = agent_on_stat(&["--signal", "stdin"]);
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all("\n".repeat(100_000).as_bytes()).unwrap();
@@ -347,17 +310,8 @@ fn stdin_requests_coalesce() {
 /// next short line is one.
 #[test]
 fn overlong_stdin_lines_are_discarded_with_a_warning() {
-    let root = proc_root();
-    fs::write(stat_path(root.path()), STAT).unwrap();
-    let mut child = agent(&[
-        "--signal",
-        "stdin",
-        "--proc-root",
-        root.path().to_str().unwrap(),
-    ])
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let (_root, mut cmd) = agent_on_stat(&["--signal", "stdin"]);
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let stderr = lines_of(child.stderr.take().unwrap());
     let mut stdin = child.stdin.take().unwrap();
@@ -433,16 +387,8 @@ fn out_of_range_flags_are_one_line_naming_flag_and_range() {
 /// The largest interval runs: first round at once, SIGTERM ends it.
 #[test]
 fn the_largest_interval_runs() {
-    let root = proc_root();
-    fs::write(stat_path(root.path()), STAT).unwrap();
-    let mut child = agent(&[
-        "--interval",
-        "24h",
-        "--proc-root",
-        root.path().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let (_root, mut cmd) = agent_on_stat(&["--interval", "24h"]);
+    let mut child = cmd.spawn().unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     wait_line(&stdout, "the first sample", |l| {
         l.contains("syn_received=7i")
@@ -458,16 +404,8 @@ fn the_largest_interval_runs() {
 /// like SIGTERM: exit 0 within 1 s, every line written complete.
 #[test]
 fn sighup_is_ignored_and_sigquit_ends_the_agent_cleanly() {
-    let root = proc_root();
-    fs::write(stat_path(root.path()), STAT).unwrap();
-    let mut child = agent(&[
-        "--interval",
-        "50ms",
-        "--proc-root",
-        root.path().to_str().unwrap(),
-    ])
-    .spawn()
-    .unwrap();
+    let (_root, mut cmd) = agent_on_stat(&["--interval", "50ms"]);
+    let mut child = cmd.spawn().unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let stderr = lines_of(child.stderr.take().unwrap());
     wait_line(&stdout, "the first sample", |l| {

@@ -25,9 +25,11 @@ fn agent(args: &[&str], stderr_file: &Path) -> Command {
         .env_remove("SYNPROXY_AGENT_LOG_FORMAT")
         .env_remove("SYNPROXY_AGENT_LOG_LEVEL")
         .env("SYNPROXY_AGENT_NO_EBPF", "true")
-        // The fake proc trees hold the SYNPROXY file only.
+        // The fake proc trees hold the SYNPROXY file only, and the tests
+        // count its lines.
         .env("SYNPROXY_AGENT_NO_NSTAT", "true")
         .env("SYNPROXY_AGENT_NO_CONNTRACK", "true")
+        .env("SYNPROXY_AGENT_NO_VERDICT", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr_file).unwrap());

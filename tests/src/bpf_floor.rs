@@ -5,8 +5,9 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use synproxy_user::sources::ebpf::kprobe_events;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -15,11 +16,6 @@ const BPF_PROG_TYPE_KPROBE: u32 = 2;
 /// events an agent removes at start).
 const GROUP: &str = "spx_floor";
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
-const PERF_TYPE_TRACEPOINT: u32 = 2;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zeroed 128-byte buffer, at least as large as every
@@ -134,7 +130,10 @@ impl EmptyKprobe {
             .trim()
             .parse()
             .with_context(|| format!("{}: not a number", id_path.display()))?;
-        floor.perf = Some(attach_to_event(id, &floor.prog)?);
+        // The agent's own attach: perf_event_open, SET_BPF, ENABLE.
+        let perf = kprobe_events::attach_program(id, floor.prog.as_fd())
+            .with_context(|| format!("attaching the program to trace event {id}"))?;
+        floor.perf = Some(perf);
         Ok(floor)
     }
 
@@ -163,61 +162,6 @@ impl Drop for EmptyKprobe {
         self.perf = None;
         let _ = self.write_event(&format!("-:{GROUP}/{}", self.event));
     }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    type_: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-}
-
-fn attach_to_event(id: u64, prog: &OwnedFd) -> Result<OwnedFd> {
-    let attr = PerfEventAttr {
-        type_: PERF_TYPE_TRACEPOINT,
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
-        config: id,
-        sample_period: 1,
-        wakeup_events: 1,
-        ..Default::default()
-    };
-    // SAFETY: `attr` is a valid perf_event_attr (VER0 size) that outlives the
-    // call; pid -1 / cpu 0 opens a trace event for BPF (it runs on every CPU).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            -1 as libc::pid_t,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        bail!("perf_event_open: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: both descriptors are open for the duration of the calls.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) } < 0 {
-        bail!(
-            "PERF_EVENT_IOC_SET_BPF: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
-        bail!("PERF_EVENT_IOC_ENABLE: {}", std::io::Error::last_os_error());
-    }
-    Ok(fd)
 }
 
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;

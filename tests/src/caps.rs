@@ -202,22 +202,6 @@ pub fn check_threads(threads: &[(String, ThreadCaps)], kept: u64, bounding: u64)
 
 // --- the --caps-exec helper ------------------------------------------------
 
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 fn check(rc: libc::c_int, what: &str) -> Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context(what.to_string());
@@ -276,22 +260,9 @@ pub fn helper_main(args: &[OsString]) -> Result<i32> {
     }
     // After setuid the effective set is empty: permitted = effective =
     // inheritable = CAPS (ambient capabilities must be permitted and inheritable).
-    let part = |shift: u32| {
-        let bits = (keep >> shift) as u32;
-        CapData {
-            effective: bits,
-            permitted: bits,
-            inheritable: bits,
-        }
-    };
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [part(0), part(32)];
-    // SAFETY: version 3 header and two data structs, valid for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    check(rc as libc::c_int, "capset")?;
+    synproxy_user::privileges::capset(keep, keep, keep)
+        .map_err(std::io::Error::from_raw_os_error)
+        .context("capset")?;
     for &cap in &caps {
         // SAFETY: raises one ambient capability (permitted and inheritable above).
         check(

@@ -53,24 +53,91 @@ impl ResultLine {
         self
     }
 
+    /// Adds `fields` (` key=value ...` already written) as they are.
+    pub fn raw(mut self, fields: &str) -> Self {
+        self.text.push(' ');
+        self.text.push_str(fields);
+        self
+    }
+
     /// The line so far, without a verdict (what [`Check::failed`] completes).
     pub fn head(&self) -> &str {
         &self.text
     }
 
-    /// The judged check: PASS when no reason speaks against it, the reasons
-    /// as its notes.
-    pub fn judged(&self, reasons: Vec<String>) -> Check {
-        Check {
-            line: self.status(reasons.is_empty()),
-            pass: reasons.is_empty(),
-            notes: reasons,
-        }
-    }
-
     /// The finished line: the fields, then `status=PASS` or `status=FAIL`.
     pub fn status(&self, pass: bool) -> String {
         format!("{} status={}", self.text, status(pass))
+    }
+}
+
+/// A judge's outcome: the reasons a check failed (none: it passed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    pub failed: Vec<String>,
+}
+
+impl Verdict {
+    /// Records `reason` as a failure unless `ok`.
+    pub fn require(&mut self, ok: bool, reason: impl FnOnce() -> String) {
+        if !ok {
+            self.failed.push(reason());
+        }
+    }
+
+    pub fn pass(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// The check: `line` finished with this verdict, the failed reasons
+    /// first among the notes, then `notes`.
+    pub fn check(self, line: &ResultLine, notes: Vec<String>) -> Check {
+        let pass = self.pass();
+        Check {
+            line: line.status(pass),
+            pass,
+            notes: self.failed.into_iter().chain(notes).collect(),
+        }
+    }
+}
+
+/// `yes` or `no`, as RESULT values say it.
+pub fn yes_no(b: bool) -> &'static str {
+    ["no", "yes"][usize::from(b)]
+}
+
+/// What a check measured on a kernel: judged, and written as its RESULT
+/// line, from the same figures.
+pub trait Judged {
+    /// Whether the figures pass, with the reason of each failure.
+    fn judge(&self) -> Verdict;
+    /// The RESULT line's fields, without the verdict.
+    fn line(&self, kernel: &str) -> ResultLine;
+    /// The check: the line with the verdict, its reasons, then `notes`.
+    fn check(&self, kernel: &str, notes: Vec<String>) -> Check {
+        self.judge().check(&self.line(kernel), notes)
+    }
+}
+
+/// Test helper: `base` passes with exactly the `recorded` RESULT line (of
+/// kernel `kernel`), and each of `broken` applied to a copy of it fails.
+#[cfg(test)]
+pub fn each_fails<M: Judged + Clone>(
+    base: &M,
+    kernel: &str,
+    recorded: &str,
+    broken: &[fn(&mut M)],
+) {
+    let check = base.check(kernel, Vec::new());
+    assert!(check.pass, "{:?}", check.notes);
+    assert_eq!(check.line, recorded);
+    for (i, breaking) in broken.iter().enumerate() {
+        let mut m = base.clone();
+        breaking(&mut m);
+        let check = m.check(kernel, Vec::new());
+        assert!(!check.pass, "case {i} passed: {}", check.line);
+        assert!(check.line.ends_with("status=FAIL"), "case {i}");
+        assert!(!check.notes.is_empty(), "case {i} failed without a reason");
     }
 }
 
@@ -80,15 +147,6 @@ pub fn status(pass: bool) -> &'static str {
         "PASS"
     } else {
         "FAIL"
-    }
-}
-
-/// `yes` or `no`: a flag as RESULT lines write it.
-pub fn yes_no(flag: bool) -> &'static str {
-    if flag {
-        "yes"
-    } else {
-        "no"
     }
 }
 
@@ -140,6 +198,21 @@ mod tests {
                 "# error: netns setup: no route"
             ]
         );
+    }
+
+    #[test]
+    fn a_verdict_fails_with_its_reasons_first() {
+        let mut v = Verdict::default();
+        v.require(true, || "unused".into());
+        assert!(v.pass());
+        v.require(false, || "exit 1".into());
+        let check = v.check(
+            &ResultLine::new("k", "x").field("a", 1),
+            vec!["timing".into()],
+        );
+        assert_eq!(check.line, "RESULT kernel=k check=x a=1 status=FAIL");
+        assert_eq!(check.notes, ["exit 1", "timing"]);
+        assert!(!check.pass);
     }
 
     #[test]

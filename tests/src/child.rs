@@ -1,13 +1,13 @@
 //! Child processes the host tests start: their output read line by line on a
 //! thread of its own (a test polls a channel and never blocks on a pipe), a
-//! stop that lets them exit cleanly first, and a copy of the agent that an
-//! unprivileged user can run.
+//! stop that lets them exit cleanly first, a run to the end within a
+//! deadline, and a copy of the agent that an unprivileged user can run.
 
 use crate::harness::agent_binary;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,33 @@ pub fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Runs `cmd` (stdin empty, stdout and stderr captured) to its end; kills it
+/// and panics when it runs longer than `timeout`. `what` names it in panics.
+pub fn output_with_timeout(mut cmd: Command, what: &str, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timed out after {timeout:?} waiting for {what} to exit");
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("output of {what}: {e}"))
 }
 
 /// A copy of the agent that uid 65534 can run (the build tree may not be

@@ -4,7 +4,7 @@
 //! its holder and `ipt_SYNPROXY`'s extra reference; once the holder is gone
 //! the kernel tears the namespace down and the precondition holds again.
 
-use crate::check::{yes_no, Check, ResultLine};
+use crate::check::{yes_no, Check, ResultLine, Verdict};
 use crate::clean_state;
 use crate::module_agent::Waits;
 use crate::netns::Netns;
@@ -90,7 +90,7 @@ pub fn judge(kernel: &str, m: &Measured) -> Check {
         .field("found_module", yes_no(module))
         .field("found_netns", yes_no(netns))
         .field("released_exit", m.released_exit);
-    line.judged(reasons)
+    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
 pub fn clean_state(cfg: &Config, kernel: &str) -> Check {

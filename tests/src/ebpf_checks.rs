@@ -5,7 +5,9 @@
 //! and the shutdown check (SIGTERM, SIGINT and stdin EOF each stop the agent
 //! within 1 s, and no kprobe, BPF program or map of it remains).
 
-use crate::check::{Check, ResultLine};
+use crate::burst_judge::{Burst, Exit};
+use crate::check::{Check, Judged};
+use crate::flood_judge::{self, Flood, Metrics, Shutdown};
 use crate::live_agent::{self, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -117,16 +119,11 @@ fn float_field(line: &crate::line_protocol::Line, name: &str) -> f64 {
 
 /// `syns` pure SYNs, then `acks` bare ACKs with random numbers, xt rules, IPv4.
 pub fn flood(cfg: &Config, kernel: &str, syns: u32, acks: u32) -> Check {
-    let head = ResultLine::new(kernel, "flood")
-        .field("rules", "xt")
-        .field("family", "ipv4")
-        .field("syn_driven", syns)
-        .field("ack_driven", acks);
-    let head = head.head();
-    Check::or_failed(head, run_flood(cfg, head, syns, acks))
+    let head = flood_judge::flood_head(kernel, syns, acks);
+    Check::or_failed(head.head(), run_flood(cfg, kernel, syns, acks))
 }
 
-fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
+fn run_flood(cfg: &Config, kernel: &str, syns: u32, acks: u32) -> Result<Check> {
     let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
     let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
@@ -160,29 +157,23 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         }
         last = now;
     }
-    let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
-    let proc_inv =
-        last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
     let served_before = served_round_stamp();
     let lines = live.sample()?;
     let scrape = scrape_after_round(served_before);
-    let (probe_fields, probe_type_ok) =
-        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
     let fallback_logged = live
         .stderr_lines()
         .iter()
         .any(|l| l.contains("--probes fentry: ") && l.contains("using kprobes"));
-    let recursion = lines
+    let probes_line = lines
         .iter()
-        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .find(|l| l.measurement == "synproxy_ebpf_probes");
+    let recursion_misses = probes_line
         .map(|l| l.counter("recursion_misses"))
         .transpose()?
         .unwrap_or(0);
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let srv = topo.srv.name();
-    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
-    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
-    let (missed, attached) = live_agent::probe_misses(&lines)?;
+    let burst = Burst::read(&lines, srv, (syns, acks), &before, &last)?;
     let peak = lines
         .iter()
         .filter(|l| {
@@ -190,40 +181,6 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
         })
         .map(|l| float_field(l, "syn_received_peak_rate"))
         .fold(0.0, f64::max);
-    let mut notes = Vec::new();
-    let mut pass = true;
-    if !probe_type_ok {
-        notes.push(format!("probe type:{probe_fields}"));
-        pass = false;
-    }
-    // Where fentry cannot be used the agent must say why, once, and use kprobes.
-    if cfg.fentry && live_agent::expected_probe_type() == "kprobe" && !fallback_logged {
-        notes.push("no `--probes fentry: ...; using kprobes` warning".into());
-        pass = false;
-    }
-    if proc_syn != u64::from(syns) || proc_inv != u64::from(acks) {
-        notes.push(format!("/proc moved syn_received {proc_syn}, cookie_invalid {proc_inv}: not what was sent (packets lost before SYNPROXY?)"));
-        pass = false;
-    }
-    if ebpf_syn != proc_syn || ebpf_inv != proc_inv {
-        notes.push(format!(
-            "eBPF {ebpf_syn}/{ebpf_inv} != /proc {proc_syn}/{proc_inv}"
-        ));
-        pass = false;
-    }
-    if missed != 0 || view.misses != 0 || !attached || view.statuses.iter().any(|s| s != "exact") {
-        notes.push(format!(
-            "attached={attached} kprobe missed={missed} probe_misses={} reconcile={:?}",
-            view.misses, view.statuses
-        ));
-        pass = false;
-    }
-    if peak <= 0.0 {
-        notes.push("no syn_received peak rate reported".into());
-        pass = false;
-    }
-    // Per-source counting (--top, on by default): every packet came from the
-    // client's address, so it is the one source, with every event.
     let top = |counter: &str| -> Vec<(String, u64)> {
         lines
             .iter()
@@ -240,18 +197,7 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
             })
             .collect()
     };
-    let top_syn = top(Counter::SynReceived.name());
-    let top_inv = top(Counter::CookieInvalid.name());
-    let client = src.to_string();
-    if top_syn != [(client.clone(), u64::from(syns))] || top_inv != [(client, u64::from(acks))] {
-        notes.push(format!(
-            "top sources: syn_received {top_syn:?}, cookie_invalid {top_inv:?}; expected only {src} with {syns} and {acks}"
-        ));
-        pass = false;
-    }
-    let source_map = lines
-        .iter()
-        .find(|l| l.measurement == "synproxy_ebpf_probes")
+    let (source_map_entries, source_evictions) = probes_line
         .map(|l| {
             (
                 l.counter("source_map_entries").unwrap_or(0),
@@ -259,93 +205,54 @@ fn run_flood(cfg: &Config, head: &str, syns: u32, acks: u32) -> Result<Check> {
             )
         })
         .unwrap_or((0, u64::MAX));
-    if source_map.0 < 2 || source_map.1 != 0 {
-        notes.push(format!(
-            "synproxy_ebpf_probes: source_map_entries={} source_evictions={} (expected at least 2 and 0)",
-            source_map.0, source_map.1
-        ));
-        pass = false;
-    }
     // The same round on the Prometheus endpoint.
-    let body = match scrape {
-        Ok((200, _, body)) => body,
-        Ok((status, _, body)) => {
-            notes.push(format!("GET /metrics: status {status}: {body}"));
-            String::new()
-        }
-        Err(e) => {
-            notes.push(format!("GET /metrics: {e:#}"));
-            String::new()
-        }
+    let (body, error) = match scrape {
+        Ok((200, _, body)) => (body, None),
+        Ok((status, _, body)) => (String::new(), Some(format!("status {status}: {body}"))),
+        Err(e) => (String::new(), Some(format!("{e:#}"))),
     };
     let ns = ("netns", srv);
     let prom = |name: &str, labels: &[(&str, &str)]| metric(&body, name, labels).unwrap_or(-1.0);
-    let prom_proc_syn = prom("synproxy_syn_received_total", &[ns]);
-    let prom_ebpf_syn = prom(
-        "synproxy_ebpf_events_total",
-        &[ns, ("counter", Counter::SynReceived.name())],
-    );
-    let prom_ebpf_inv = prom(
-        "synproxy_ebpf_events_total",
-        &[ns, ("counter", Counter::CookieInvalid.name())],
-    );
-    let prom_exact = prom("synproxy_ebpf_reconcile_status", &[ns, ("status", "exact")]);
-    let synack_runs = prom(
-        "synproxy_ebpf_program_runs_total",
-        &[("program", "synack4")],
-    );
-    let synack_secs = prom(
-        "synproxy_ebpf_program_run_time_seconds_total",
-        &[("program", "synack4")],
-    );
-    let proc_syn_total = last.get(Counter::SynReceived.name()) as f64;
-    if prom_proc_syn != proc_syn_total
-        || prom_ebpf_syn != ebpf_syn as f64
-        || prom_ebpf_inv != ebpf_inv as f64
-        || prom_exact != 1.0
-    {
-        notes.push(format!(
-            "/metrics: synproxy_syn_received_total={prom_proc_syn} (kernel {proc_syn_total}), eBPF syn_received={prom_ebpf_syn} cookie_invalid={prom_ebpf_inv} (stdout {ebpf_syn}/{ebpf_inv}), reconcile exact={prom_exact}"
-        ));
-        pass = false;
-    }
-    // Every SYN went through synack4 while the kernel counted run time.
-    if synack_runs < f64::from(syns) || synack_secs <= 0.0 {
-        notes.push(format!(
-            "/metrics: synack4 runs={synack_runs} run time={synack_secs}s with bpf_stats_enabled=1, {syns} SYNs sent"
-        ));
-        pass = false;
-    }
-    let ns_per_run = if synack_runs > 0.0 {
-        synack_secs * 1e9 / synack_runs
-    } else {
-        0.0
-    };
-    if !stopped.exit_ok || stopped.elapsed > cfg.exit_limit() {
-        notes.push(format!(
-            "SIGTERM: exit ok={} after {:?}",
-            stopped.exit_ok, stopped.elapsed
-        ));
-        pass = false;
-    }
-    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    if !left.is_empty() {
-        notes.push(format!("left in the kernel: {}", left.join("; ")));
-        pass = false;
-    }
-    Ok(Check {
-        line: format!(
-            "{head}{probe_fields} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} probe_misses={} recursion_misses={recursion} reconcile={} peak_syn_rate={peak:.0}/s send_time={send_secs:.1}s metrics_ebpf_syn={prom_ebpf_syn} metrics_proc_syn={prom_proc_syn} synack4_runs={synack_runs} synack4_ns_per_run={ns_per_run:.0} top_syn={} top_inv={} source_map_entries={} status={}",
-            view.misses,
-            view.statuses.join("/"),
-            top_syn.first().map_or(0, |t| t.1),
-            top_inv.first().map_or(0, |t| t.1),
-            source_map.0,
-            if pass { "PASS" } else { "FAIL" }
+    let metrics = Metrics {
+        error,
+        proc_syn: prom("synproxy_syn_received_total", &[ns]),
+        ebpf_syn: prom(
+            "synproxy_ebpf_events_total",
+            &[ns, ("counter", Counter::SynReceived.name())],
         ),
-        pass,
-        notes,
-    })
+        ebpf_inv: prom(
+            "synproxy_ebpf_events_total",
+            &[ns, ("counter", Counter::CookieInvalid.name())],
+        ),
+        exact: prom("synproxy_ebpf_reconcile_status", &[ns, ("status", "exact")]),
+        synack4_runs: prom(
+            "synproxy_ebpf_program_runs_total",
+            &[("program", "synack4")],
+        ),
+        synack4_secs: prom(
+            "synproxy_ebpf_program_run_time_seconds_total",
+            &[("program", "synack4")],
+        ),
+    };
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
+    let measured = Flood {
+        probe: cfg.probe_type(live_agent::probe_type(&lines).as_deref()),
+        fallback_expected: cfg.fentry && live_agent::expected_probe_type() == "kprobe",
+        fallback_logged,
+        burst,
+        recursion_misses,
+        peak,
+        send_secs,
+        client: src.to_string(),
+        top_syn: top(Counter::SynReceived.name()),
+        top_inv: top(Counter::CookieInvalid.name()),
+        source_map_entries,
+        source_evictions,
+        proc_syn_total: last.get(Counter::SynReceived.name()),
+        metrics,
+        exit: Exit::of(&stopped, left, Some(cfg.exit_limit())),
+    };
+    Ok(measured.check(kernel, Vec::new()))
 }
 
 /// Starts the agent with eBPF and stops it by `how` (SIGTERM, SIGINT,
@@ -360,11 +267,10 @@ pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
         ("sighup-sigterm", Some(libc::SIGTERM)),
         ("stdin-eof", None),
     ] {
-        let head = ResultLine::new(kernel, "shutdown").field("stop", how);
-        let head = head.head();
+        let head = flood_judge::shutdown_head(kernel, how);
         checks.push(Check::or_failed(
-            head,
-            run_shutdown(cfg, head, signal, how == "sighup-sigterm"),
+            head.head(),
+            run_shutdown(cfg, kernel, how, signal),
         ));
     }
     checks
@@ -372,21 +278,19 @@ pub fn shutdown(cfg: &Config, kernel: &str) -> Vec<Check> {
 
 fn run_shutdown(
     cfg: &Config,
-    head: &str,
+    kernel: &str,
+    how: &'static str,
     signal: Option<libc::c_int>,
-    hangup_first: bool,
 ) -> Result<Check> {
     let topo = Topology::create(&cfg.tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let mut live = LiveAgent::start(&cfg.agent, &topo.srv, &cfg.extra_agent_args)?;
     let attached = live.owned_events().len();
     // One round first, so the agent is in its steady state.
     let lines = live.sample()?;
-    if hangup_first {
+    if how == "sighup-sigterm" {
         live.signal(libc::SIGHUP)?;
         live.sample().context("a round after SIGHUP")?;
     }
-    let (probe_fields, probe_type_ok) =
-        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
     // fentry programs have no kprobe events: their links die with the process.
     let expected_events = if cfg.fentry && live_agent::expected_probe_type() == "fentry" {
         0
@@ -395,38 +299,24 @@ fn run_shutdown(
     };
     let stopped = live.stop(signal)?;
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    let pass = stopped.exit_ok
-        && stopped.elapsed <= cfg.exit_limit()
-        && left.is_empty()
-        && probe_type_ok
-        && stopped
-            .owned
-            .as_ref()
-            .is_some_and(|o| !o.objects.is_empty())
-        && attached == expected_events;
-    let mut notes = Vec::new();
-    if !left.is_empty() {
-        notes.push(format!("left in the kernel: {}", left.join("; ")));
-    }
+    let measured = Shutdown {
+        stop: how,
+        probe: cfg.probe_type(live_agent::probe_type(&lines).as_deref()),
+        attached,
+        expected_events,
+        bpf_objects: stopped.owned.as_ref().map_or(0, |o| o.objects.len()),
+        exit: Exit::of(&stopped, left, Some(cfg.exit_limit())),
+    };
     let detach_log: Vec<&String> = stopped
         .stderr
         .iter()
         .filter(|l| l.contains("detached"))
         .collect();
-    notes.push(format!("agent: {detach_log:?}"));
-    if !pass {
-        notes.push(format!("agent stderr: {}", stopped.stderr.join(" | ")));
+    let mut check = measured.check(kernel, vec![format!("agent: {detach_log:?}")]);
+    if !check.pass {
+        check
+            .notes
+            .push(format!("agent stderr: {}", stopped.stderr.join(" | ")));
     }
-    Ok(Check {
-        line: format!(
-            "{head}{probe_fields} probes_attached={attached} bpf_objects={} exit={} exit_ms={} leftovers={} status={}",
-            stopped.owned.as_ref().map_or(0, |o| o.objects.len()),
-            if stopped.exit_ok { 0 } else { 1 },
-            stopped.elapsed.as_millis(),
-            left.len(),
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    Ok(check)
 }

@@ -8,7 +8,7 @@
 //! the modules unload. Where the module has no BTF (5.10) the agent must warn
 //! once and use kprobes, which do not hold the module.
 
-use crate::check::{or_none, yes_no, Check, ResultLine};
+use crate::check::{or_none, yes_no, Check, ResultLine, Verdict};
 use crate::clean_state;
 use crate::guest_modules::{self, ModuleList, Unload, SYNPROXY_CORE};
 use crate::live_agent;
@@ -157,7 +157,7 @@ pub fn judge(kernel: &str, m: &Measured) -> Check {
     if m.expected == "fentry" && !matches!(m.steps, Steps::Fentry(_)) {
         reasons.push("the module has BTF but the module steps did not run".to_string());
     }
-    let mut check = line.judged(reasons);
+    let mut check = Verdict { failed: reasons }.check(&line, Vec::new());
     check.notes.splice(0..0, note);
     check
 }

@@ -9,9 +9,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub use crate::http_client::encode;
+use crate::http_client::free_port;
+use crate::influxd_setup;
 
 /// An HTTP/1.1 request with `Connection: close`: (status, head, body).
 pub fn http_request(
@@ -20,73 +24,8 @@ pub fn http_request(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, String, String)> {
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading http://{addr}{path}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("http://{addr}{path}: no HTTP response: {text:?}");
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("http://{addr}{path}: bad status line in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, head.to_string(), body))
-}
-
-/// The body of a chunked response.
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        text = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Percent-encodes a query or form value.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let answer = crate::http_client::request(addr, method, path, body, Duration::from_secs(30))?;
+    Ok((answer.status, answer.head, answer.body))
 }
 
 /// One series of a query answer: its tags and rows (column name -> value).
@@ -120,17 +59,7 @@ impl InfluxServer {
         // packaged service's 8088.
         let rpc_port = free_port()?;
         let addr = format!("127.0.0.1:{http_port}");
-        let d = dir.display();
-        let config = format!(
-            "reporting-disabled = true\n\
-             bind-address = \"127.0.0.1:{rpc_port}\"\n\
-             [meta]\n  dir = \"{d}/meta\"\n\
-             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
-             [http]\n  bind-address = \"{addr}\"\n  log-enabled = false\n  max-row-limit = 0\n\
-             [monitor]\n  store-enabled = false\n\
-             [continuous_queries]\n  enabled = false\n"
-        );
-        std::fs::write(dir.join("influxdb.conf"), config)?;
+        influxd_setup::write_config(&dir, &addr, &format!("127.0.0.1:{rpc_port}"))?;
         let mut server = Self {
             child: None,
             dir,
@@ -143,21 +72,12 @@ impl InfluxServer {
 
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("influxd.log"))?;
-        let child = Command::new("influxd")
-            .arg("-config")
-            .arg(self.dir.join("influxdb.conf"))
-            .env_remove("INFLUXDB_CONFIG_PATH")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        let child = influxd_setup::command(&self.dir, &self.dir.join("influxd.log"))?
             .spawn()
-            .context("cannot start influxd (apt-get install influxdb)")?;
-        self.child = Some(child);
-        self.wait_ready(Duration::from_secs(120))
+            .context(influxd_setup::NOT_INSTALLED)?;
+        let child = self.child.insert(child);
+        influxd_setup::wait_ready(child, &self.addr, Duration::from_secs(120))
+            .map_err(|e| anyhow::anyhow!("{e}:\n{}", self.log()))
     }
 
     pub fn addr(&self) -> &str {
@@ -171,35 +91,6 @@ impl InfluxServer {
     /// The server's own log so far (all its runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("influxd.log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "influxd exited ({status}) before it was ready on {}:\n{}",
-                        self.addr,
-                        self.log()
-                    );
-                }
-            }
-            if matches!(
-                http_request(&self.addr, "GET", "/ping", b""),
-                Ok((204, _, _))
-            ) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timeout waiting for influxd to answer /ping on {} ({timeout:?}):\n{}",
-                    self.addr,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Stops the server with `signal` (SIGKILL: as in a crash) and waits
@@ -258,14 +149,7 @@ impl InfluxServer {
                 .flatten()
                 .map(|c| c.as_str().unwrap_or_default().to_string())
                 .collect();
-            let tags = series["tags"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let tags = crate::prometheus::string_map(&series["tags"]);
             let rows = series["values"]
                 .as_array()
                 .into_iter()
@@ -368,6 +252,18 @@ impl ScriptedEndpoint {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits (generously) until at least `n` requests came; panics if not.
+    pub fn wait_for_requests(&self, n: usize) {
+        crate::harness::wait_until(
+            &format!("{n} requests at the endpoint"),
+            Duration::from_secs(120),
+            || match self.received().len() {
+                got if got >= n => Ok(()),
+                got => Err(format!("{got} requests")),
+            },
+        );
     }
 }
 

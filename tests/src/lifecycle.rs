@@ -11,39 +11,27 @@
 //! Without eBPF (a kernel without kprobes) the agents run with `--no-ebpf` and
 //! the checks cover what is left: exit status, /proc totals, PID namespaces.
 
-use crate::check::Check;
-use crate::line_protocol::Line;
+use crate::burst_judge::Exit;
+use crate::check::{Check, Judged, ResultLine};
+use crate::lifecycle_judge::{
+    Agent, Kill9, Restarted, Seen, Startup, StartupRun, TwoAgents, DRIVEN,
+};
 use crate::live_agent::{self, Launch, LiveAgent, Stopped, ATTACH_TIMEOUT};
-use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::pidns;
 use crate::proc_counters::{self, Totals};
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, RuleSet, ServerRules};
 use crate::scenario::Config;
-use crate::traffic::{self, RawSender};
+use crate::traffic::{RawSender, ServerMode};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use synproxy_common::Counter;
 
-const PROBE_PORT: u16 = 8081;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Crafted traffic per driven phase.
-const DRIVE_SYNS: u32 = 200;
-const DRIVE_ACKS: u32 = 50;
 /// Delays of the start-up series: 0 up to this share of the measured start-up.
 const DELAY_SPAN: f64 = 1.25;
 const DELAY_STEPS: u32 = 20;
-
-fn verdict(pass: bool) -> &'static str {
-    if pass {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
 
 /// One agent's start-up for [`sigterm_during_startup`]: the time from spawn to
 /// the attach (eBPF) or to its first line of output (without).
@@ -70,11 +58,11 @@ fn measure_startup(cfg: &Config, args: &[String], ebpf: bool) -> Result<(Duratio
 
 /// SIGTERM after each of `delays` (None: derived from a measured start-up).
 pub fn sigterm_during_startup(cfg: &Config, kernel: &str, delays: Option<&[u64]>) -> Check {
-    let head = format!("RESULT kernel={kernel} check=sigterm-during-startup");
-    Check::or_failed(&head, run_sigterm_during_startup(cfg, &head, delays))
+    let head = ResultLine::new(kernel, "sigterm-during-startup");
+    Check::or_failed(head.head(), run_sigterm_during_startup(cfg, kernel, delays))
 }
 
-fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) -> Result<Check> {
+fn run_sigterm_during_startup(cfg: &Config, kernel: &str, delays: Option<&[u64]>) -> Result<Check> {
     let ebpf = cfg.ebpf.enabled();
     // eBPF is never switched off here: where it cannot attach, the agent still
     // loads its programs (and then warns), which is start-up work to interrupt.
@@ -83,7 +71,6 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
         .to_vec();
     args.extend_from_slice(&cfg.extra_agent_args);
     let mut notes = Vec::new();
-    let mut pass = true;
     // One start-up measured to the end (attach), then stopped the same way.
     let (startup, reference) = measure_startup(cfg, &args, ebpf).context("measuring start-up")?;
     let delays: Vec<u64> = match delays {
@@ -94,10 +81,15 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
             (0..=DELAY_STEPS).map(|i| u64::from(i) * step).collect()
         }
     };
-    let mut runs: Vec<(u64, Stopped, Vec<String>, Duration)> = Vec::new();
+    let mut runs = Vec::new();
     let left = live_agent::wait_clean(&reference, Duration::from_secs(2))?;
     clean_up(&reference, &mut notes);
-    runs.push((u64::MAX, reference, left, startup));
+    runs.push(StartupRun {
+        delay: None,
+        signalled: startup,
+        exit: Exit::of(&reference, left, None),
+        stderr: reference.stderr,
+    });
     let t0 = Instant::now();
     for &delay in &delays {
         let agent = LiveAgent::spawn(&cfg.agent, &args, &Launch::Direct)?;
@@ -112,50 +104,21 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
         let stopped = agent.wait_exit(Instant::now())?;
         let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
         clean_up(&stopped, &mut notes);
-        runs.push((delay, stopped, left, signalled));
+        runs.push(StartupRun {
+            delay: Some(delay),
+            signalled,
+            exit: Exit::of(&stopped, left, None),
+            stderr: stopped.stderr,
+        });
     }
     let series_secs = t0.elapsed().as_secs_f64();
-    let mut exits: BTreeMap<i32, usize> = BTreeMap::new();
-    let mut leftovers = 0usize;
-    let mut max_exit = Duration::ZERO;
-    for (delay, stopped, left, signalled) in &runs {
-        *exits.entry(stopped.exit_code).or_default() += 1;
-        leftovers += left.len();
-        max_exit = max_exit.max(stopped.elapsed);
-        let when = if *delay == u64::MAX {
-            format!("after the attach ({} ms)", signalled.as_millis())
-        } else {
-            format!("{delay} ms (sent at {} ms)", signalled.as_millis())
-        };
-        if stopped.exit_code != 0 || !left.is_empty() {
-            pass = false;
-            notes.push(format!(
-                "SIGTERM at {when}: exit {} after {} ms, left: [{}]; stderr: {}",
-                stopped.exit_code,
-                stopped.elapsed.as_millis(),
-                left.join("; "),
-                stopped.stderr.join(" | ")
-            ));
-        } else if stopped.elapsed > live_agent::EXIT_LIMIT {
-            notes.push(format!(
-                "SIGTERM at {when}: exit 0 but after {} ms (over {:?})",
-                stopped.elapsed.as_millis(),
-                live_agent::EXIT_LIMIT
-            ));
-        }
-    }
-    let exits_text = exits
-        .iter()
-        .map(|(code, n)| format!("{code}x{n}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let delays_text = match (delays.first(), delays.last()) {
-        (Some(a), Some(b)) if delays.len() > 1 => {
-            format!("{a}..{b}/{}ms", delays[1].saturating_sub(delays[0]))
-        }
-        (Some(a), _) => format!("{a}ms"),
-        _ => "none".into(),
+    let measured = Startup {
+        ebpf,
+        startup,
+        delays,
+        runs,
     };
+    notes.extend(measured.slow_exits());
     notes.push(format!(
         "timing: start-up {} ms ({}), {} runs in {series_secs:.1}s",
         startup.as_millis(),
@@ -164,20 +127,9 @@ fn run_sigterm_during_startup(cfg: &Config, head: &str, delays: Option<&[u64]>) 
         } else {
             "to the first line"
         },
-        runs.len()
+        measured.runs.len()
     ));
-    Ok(Check {
-        line: format!(
-            "{head} ebpf={} startup_ms={} delays={delays_text} runs={} exits={exits_text} max_exit_ms={} leftovers={leftovers} status={}",
-            if ebpf { "on" } else { "off" },
-            startup.as_millis(),
-            runs.len(),
-            max_exit.as_millis(),
-            verdict(pass)
-        ),
-        pass,
-        notes,
-    })
+    Ok(measured.check(kernel, notes))
 }
 
 /// Removes the kprobe events a stopped agent left (already counted as a
@@ -199,51 +151,36 @@ fn clean_up(stopped: &Stopped, notes: &mut Vec<String>) {
     }
 }
 
-/// Server + client netns with xt IPv4 SYNPROXY rules, ready for crafted traffic.
+/// The protected server, ready for crafted traffic.
 struct Bench {
-    topo: Topology,
-    _rules: ServerRules,
-    _cli_rules: RuleSet,
+    setup: ProtectedServer,
 }
 
 impl Bench {
     fn new(cfg: &Config) -> Result<Self> {
-        let topo = Topology::create(&cfg.tools, None).context("netns setup")?;
-        let rules = ServerRules::install(
-            &cfg.tools,
-            &topo.srv,
-            Flavour::Xt,
-            Family::Ipv4,
-            &topo.srv_if,
-        )?;
-        let cli_rules =
-            rules::install_client_rst_filter(&cfg.tools, &topo.cli, Flavour::Nft, Family::Ipv4)?;
-        traffic::wait_reachable(
-            &topo.cli,
-            SocketAddr::new(topo.srv4.into(), PROBE_PORT),
-            Duration::from_secs(10),
-        )?;
         Ok(Bench {
-            topo,
-            _rules: rules,
-            _cli_rules: cli_rules,
+            setup: ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?,
         })
     }
 
-    /// [`DRIVE_SYNS`] SYNs and [`DRIVE_ACKS`] bad ACKs; returns the /proc delta
+    /// [`DRIVEN`] SYNs and bad ACKs; returns the /proc delta
     /// (syn_received, cookie_invalid) once it stopped moving.
     fn drive(&self) -> Result<(u64, u64)> {
-        let before = proc_counters::read(&self.topo.srv)?;
-        let mut tx = RawSender::new(&self.topo.cli, self.topo.cli4.into(), V6Checksum::Correct)?;
+        let before = proc_counters::read(&self.setup.topo.srv)?;
+        let mut tx = RawSender::new(
+            &self.setup.topo.cli,
+            self.setup.topo.cli4.into(),
+            V6Checksum::Correct,
+        )?;
         let mut rng = XorShift::from_time();
-        let dst = self.topo.srv4.into();
-        for _ in 0..DRIVE_SYNS {
+        let dst = self.setup.topo.srv4.into();
+        for _ in 0..DRIVEN.0 {
             tx.send(
                 dst,
                 &TcpSegment::to_protected(rng.port(), rng.next_u32(), 0, SYN),
             )?;
         }
-        for _ in 0..DRIVE_ACKS {
+        for _ in 0..DRIVEN.1 {
             tx.send(
                 dst,
                 &TcpSegment::to_protected(rng.port(), rng.next_u32(), rng.next_u32(), ACK),
@@ -251,14 +188,11 @@ impl Bench {
         }
         let syn = Counter::SynReceived.name();
         let inv = Counter::CookieInvalid.name();
-        let want = (
-            before.get(syn) + u64::from(DRIVE_SYNS),
-            before.get(inv) + u64::from(DRIVE_ACKS),
-        );
+        let want = (before.get(syn) + DRIVEN.0, before.get(inv) + DRIVEN.1);
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         let mut last: Totals;
         loop {
-            last = proc_counters::read(&self.topo.srv)?;
+            last = proc_counters::read(&self.setup.topo.srv)?;
             if (last.get(syn), last.get(inv)) >= want || Instant::now() > deadline {
                 break;
             }
@@ -267,7 +201,7 @@ impl Bench {
         // A short quiet period catches overshoot.
         loop {
             std::thread::sleep(Duration::from_millis(100));
-            let now = proc_counters::read(&self.topo.srv)?;
+            let now = proc_counters::read(&self.setup.topo.srv)?;
             if now == last || Instant::now() > deadline {
                 break;
             }
@@ -278,37 +212,6 @@ impl Bench {
             last.get(inv) - before.get(inv),
         ))
     }
-}
-
-/// One agent's view of the driven phase: the round after it.
-#[derive(Debug, Default)]
-struct Seen {
-    syn: u64,
-    inv: u64,
-    statuses: Vec<String>,
-    misses: u64,
-    total_syn: u64,
-}
-
-fn seen(lines: &[Line], label: &str, ebpf: bool) -> Result<Seen> {
-    let mut s = Seen::default();
-    let proc_line = lines
-        .iter()
-        .find(|l| {
-            l.measurement == "synproxy" && l.tags.get("netns").map(String::as_str) == Some(label)
-        })
-        .context("no synproxy line for the server netns")?;
-    s.total_syn = proc_line.counter(Counter::SynReceived.name())?;
-    if ebpf {
-        let (syn, view) = live_agent::ebpf_count(lines, label, Counter::SynReceived.name())?;
-        let (inv, _) = live_agent::ebpf_count(lines, label, Counter::CookieInvalid.name())?;
-        let (missed, _) = live_agent::probe_misses(lines)?;
-        s.syn = syn;
-        s.inv = inv;
-        s.statuses = view.statuses;
-        s.misses = view.misses + missed;
-    }
-    Ok(s)
 }
 
 /// Whether `pid` is PID 1 of a PID namespace other than ours.
@@ -329,18 +232,17 @@ fn helper() -> Result<Launch> {
 }
 
 pub fn kill9_restart(cfg: &Config, kernel: &str) -> Check {
-    let head = format!("RESULT kernel={kernel} check=kill9-restart");
-    Check::or_failed(&head, run_kill9_restart(cfg, &head))
+    let head = ResultLine::new(kernel, "kill9-restart");
+    Check::or_failed(head.head(), run_kill9_restart(cfg, kernel))
 }
 
-fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
+fn run_kill9_restart(cfg: &Config, kernel: &str) -> Result<Check> {
     let ebpf = cfg.ebpf.enabled();
     let bench = Bench::new(cfg)?;
-    let srv = &bench.topo.srv;
+    let srv = &bench.setup.topo.srv;
     let launch = helper()?;
     let extra = &cfg.extra_agent_args;
     let mut notes = Vec::new();
-    let mut pass = true;
     let t0 = Instant::now();
     let first = LiveAgent::start_with(&cfg.agent, srv, extra, &launch, ebpf)
         .context("first agent (PID 1 of its own PID namespace)")?;
@@ -349,7 +251,7 @@ fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
     let first_attach_secs = t0.elapsed().as_secs_f64();
     first.signal(libc::SIGKILL)?;
     let killed = first.wait_exit(Instant::now())?;
-    let left_after_kill = live_agent::kprobe_lines_for(&killed_events).0.len();
+    let killed_events_after_kill = live_agent::kprobe_lines_for(&killed_events).0.len();
     let t1 = Instant::now();
     let restarted = LiveAgent::start_with(&cfg.agent, srv, extra, &launch, ebpf);
     let restart_secs = t1.elapsed().as_secs_f64();
@@ -362,18 +264,6 @@ fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
         }
         None => 0,
     };
-    if !killed_left.is_empty() || killed_objects_left > 0 {
-        pass = false;
-        notes.push(format!(
-            "left by the killed agent after the restart: {} kprobe events [{}], {killed_objects_left} BPF objects",
-            killed_left.len(),
-            killed_left.join("; ")
-        ));
-    }
-    if !first_pid1 {
-        pass = false;
-        notes.push("the first agent was not PID 1 of its own PID namespace".into());
-    }
     if killed.exit_code != 128 + libc::SIGKILL {
         notes.push(format!(
             "killed agent: helper exit {} (expected {})",
@@ -389,194 +279,98 @@ fn run_kill9_restart(cfg: &Config, head: &str) -> Result<Check> {
             failed_removals.join("; ")
         ));
     }
-    let mut second = match restarted {
-        Ok(a) => a,
-        Err(e) => {
-            notes.push(format!("restarted agent: {e:#}"));
-            return Ok(Check {
-                line: format!(
-                    "{head} ebpf={} pid1=yes killed_exit={} killed_events={} killed_events_after_kill={left_after_kill} restart_attached=no killed_events_left={} status=FAIL",
-                    if ebpf { "on" } else { "off" },
-                    killed.exit_code,
-                    killed_events.len(),
-                    killed_left.len()
-                ),
-                pass: false,
-                notes,
-            });
-        }
+    let restarted = match restarted {
+        Ok(second) => Ok(restarted_run(&bench, second, ebpf)?),
+        Err(e) => Err(format!("{e:#}")),
     };
-    let second_pid1 = is_pid1_elsewhere(second.pid());
-    if !second_pid1 {
-        pass = false;
-        notes.push("the restarted agent was not PID 1 of its own PID namespace".into());
-    }
-    let (proc_syn, proc_inv) = bench.drive()?;
-    let round = second.sample()?;
-    let view = seen(&round, srv.name(), ebpf)?;
-    let total_now = proc_counters::read(srv)?.get(Counter::SynReceived.name());
-    let stopped = second.stop(Some(libc::SIGTERM))?;
-    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    if (proc_syn, proc_inv) != (u64::from(DRIVE_SYNS), u64::from(DRIVE_ACKS)) {
-        pass = false;
-        notes.push(format!(
-            "/proc moved {proc_syn}/{proc_inv}, driven {DRIVE_SYNS}/{DRIVE_ACKS}"
-        ));
-    }
-    if view.total_syn != total_now {
-        pass = false;
-        notes.push(format!(
-            "restarted agent: syn_received total {} != /proc {total_now}",
-            view.total_syn
-        ));
-    }
-    if ebpf
-        && ((view.syn, view.inv) != (proc_syn, proc_inv)
-            || view.misses != 0
-            || view.statuses.iter().any(|s| s != "exact"))
-    {
-        pass = false;
-        notes.push(format!(
-            "restarted agent eBPF {}/{} vs /proc {proc_syn}/{proc_inv}, reconcile {:?}, misses {}",
-            view.syn, view.inv, view.statuses, view.misses
-        ));
-    }
-    if !stopped.exit_ok || !left.is_empty() {
-        pass = false;
-        notes.push(format!(
-            "restarted agent on SIGTERM: exit {}, left [{}]",
-            stopped.exit_code,
-            left.join("; ")
-        ));
-    }
     notes.push(format!(
         "timing: first agent attached in {first_attach_secs:.1}s, restart attached in {restart_secs:.1}s"
     ));
-    Ok(Check {
-        line: format!(
-            "{head} ebpf={} pid1={} killed_exit={} killed_events={} killed_events_after_kill={left_after_kill} restart_attached={} killed_events_left={} killed_objects_left={killed_objects_left} proc={proc_syn}/{proc_inv} ebpf_counts={}/{} reconcile={} probe_misses={} exit={} leftovers={} status={}",
-            if ebpf { "on" } else { "off" },
-            if first_pid1 && second_pid1 { "yes" } else { "no" },
-            killed.exit_code,
-            killed_events.len(),
-            if ebpf { "yes" } else { "n/a" },
-            killed_left.len(),
-            view.syn,
-            view.inv,
-            if view.statuses.is_empty() { "n/a".to_string() } else { view.statuses.join("/") },
-            view.misses,
-            stopped.exit_code,
-            left.len(),
-            verdict(pass)
-        ),
-        pass,
-        notes,
+    let measured = Kill9 {
+        ebpf,
+        first_pid1,
+        killed_exit: killed.exit_code,
+        killed_events: killed_events.len(),
+        killed_events_after_kill,
+        killed_left,
+        killed_objects_left,
+        restarted,
+    };
+    Ok(measured.check(kernel, notes))
+}
+
+/// The restarted agent over the driven traffic, then stopped.
+fn restarted_run(bench: &Bench, mut second: LiveAgent, ebpf: bool) -> Result<Restarted> {
+    let srv = &bench.setup.topo.srv;
+    let pid1 = is_pid1_elsewhere(second.pid());
+    let proc = bench.drive()?;
+    let round = second.sample()?;
+    let seen = Seen::read(&round, srv.name(), ebpf)?;
+    let total_now = proc_counters::read(srv)?.get(Counter::SynReceived.name());
+    let stopped = second.stop(Some(libc::SIGTERM))?;
+    let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
+    Ok(Restarted {
+        pid1,
+        proc,
+        total_now,
+        seen,
+        exit: Exit::of(&stopped, left, None),
     })
 }
 
 pub fn two_agents(cfg: &Config, kernel: &str) -> Check {
-    let head = format!("RESULT kernel={kernel} check=two-agents");
-    Check::or_failed(&head, run_two_agents(cfg, &head))
+    let head = ResultLine::new(kernel, "two-agents");
+    Check::or_failed(head.head(), run_two_agents(cfg, kernel))
 }
 
-fn run_two_agents(cfg: &Config, head: &str) -> Result<Check> {
+fn run_two_agents(cfg: &Config, kernel: &str) -> Result<Check> {
     let ebpf = cfg.ebpf.enabled();
     let bench = Bench::new(cfg)?;
-    let srv = &bench.topo.srv;
+    let srv = &bench.setup.topo.srv;
     let launch = helper()?;
     let extra = &cfg.extra_agent_args;
-    let mut notes = Vec::new();
-    let mut pass = true;
     let a = LiveAgent::start_with(&cfg.agent, srv, extra, &launch, ebpf)
         .context("agent A (PID 1 of its own PID namespace)")?;
     let b = LiveAgent::start_with(&cfg.agent, srv, extra, &launch, ebpf);
-    let mut agents = vec![("A", a)];
-    match b {
-        Ok(b) => agents.push(("B", b)),
-        Err(e) => {
-            pass = false;
-            notes.push(format!("agent B, started while A runs: {e:#}"));
+    let mut live = vec![("A", a)];
+    let b_error = match b {
+        Ok(b) => {
+            live.push(("B", b));
+            None
         }
-    }
-    let pid1: Vec<bool> = agents
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let distinct_ns = live.len() == 2
+        && pidns::pid_namespace_of(live[0].1.pid()) != pidns::pid_namespace_of(live[1].1.pid());
+    let pid1: Vec<bool> = live
         .iter()
         .map(|(_, a)| is_pid1_elsewhere(a.pid()))
         .collect();
-    let distinct_ns = agents.len() == 2
-        && pidns::pid_namespace_of(agents[0].1.pid()) != pidns::pid_namespace_of(agents[1].1.pid());
-    if pid1.iter().any(|p| !p) || (agents.len() == 2 && !distinct_ns) {
-        pass = false;
-        notes.push(format!(
-            "PID 1 of their own PID namespace: {pid1:?}, distinct namespaces: {distinct_ns}"
-        ));
-    }
-    let (proc_syn, proc_inv) = bench.drive()?;
-    if (proc_syn, proc_inv) != (u64::from(DRIVE_SYNS), u64::from(DRIVE_ACKS)) {
-        pass = false;
-        notes.push(format!(
-            "/proc moved {proc_syn}/{proc_inv}, driven {DRIVE_SYNS}/{DRIVE_ACKS}"
-        ));
-    }
+    let proc = bench.drive()?;
     let total_now = proc_counters::read(srv)?.get(Counter::SynReceived.name());
-    let mut parts = Vec::new();
-    for (name, agent) in agents.iter_mut() {
+    let mut seen = Vec::new();
+    for (_, agent) in live.iter_mut() {
         let round = agent.sample()?;
-        let view = seen(&round, srv.name(), ebpf)?;
-        let exact = !ebpf
-            || ((view.syn, view.inv) == (proc_syn, proc_inv)
-                && view.misses == 0
-                && view.statuses.iter().all(|s| s == "exact"));
-        if !exact || view.total_syn != total_now {
-            pass = false;
-            notes.push(format!(
-                "agent {name}: eBPF {}/{} vs /proc {proc_syn}/{proc_inv}, reconcile {:?}, misses {}, syn_received total {} vs /proc {total_now}",
-                view.syn, view.inv, view.statuses, view.misses, view.total_syn
-            ));
-        }
-        parts.push(format!(
-            "ebpf_{}={}/{} reconcile_{}={}",
-            name.to_lowercase(),
-            view.syn,
-            view.inv,
-            name.to_lowercase(),
-            if view.statuses.is_empty() {
-                "n/a".to_string()
-            } else {
-                view.statuses.join("/")
-            }
-        ));
+        seen.push(Seen::read(&round, srv.name(), ebpf)?);
     }
-    let mut exits = Vec::new();
-    let mut leftovers = 0;
-    for (name, agent) in agents {
+    let mut agents = Vec::new();
+    for (((name, agent), seen), pid1) in live.into_iter().zip(seen).zip(pid1) {
         let stopped = agent.stop(Some(libc::SIGTERM))?;
         let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-        if !stopped.exit_ok || !left.is_empty() {
-            pass = false;
-            notes.push(format!(
-                "agent {name} on SIGTERM: exit {}, left [{}]",
-                stopped.exit_code,
-                left.join("; ")
-            ));
-        }
-        exits.push(stopped.exit_code.to_string());
-        leftovers += left.len();
+        agents.push(Agent {
+            name,
+            pid1,
+            seen,
+            exit: Exit::of(&stopped, left, None),
+        });
     }
-    Ok(Check {
-        line: format!(
-            "{head} ebpf={} agents={} pid1={} distinct_pidns={} proc={proc_syn}/{proc_inv} {} exits={} leftovers={leftovers} status={}",
-            if ebpf { "on" } else { "off" },
-            exits.len(),
-            pid1.iter()
-                .map(|p| if *p { "yes" } else { "no" })
-                .collect::<Vec<_>>()
-                .join("/"),
-            if distinct_ns { "yes" } else { "no" },
-            parts.join(" "),
-            exits.join("/"),
-            verdict(pass)
-        ),
-        pass,
-        notes,
-    })
+    let measured = TwoAgents {
+        ebpf,
+        b_error,
+        distinct_ns,
+        proc,
+        total_now,
+        agents,
+    };
+    Ok(measured.check(kernel, Vec::new()))
 }

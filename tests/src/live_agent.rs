@@ -8,6 +8,7 @@
 //! agent's tracefs group that appeared while it started), so the checks do not
 //! depend on how the agent names its events.
 
+use crate::bpf_objects::{self, Kind};
 use crate::child::pump;
 use crate::line_protocol::{self, FieldValue, Line};
 use crate::netns::Netns;
@@ -623,83 +624,15 @@ pub fn probe_misses(lines: &[Line]) -> Result<(u64, bool)> {
     Ok((missed, line.counter("attached")? == 1))
 }
 
-mod bpf {
-    //! Enumerating BPF programs and maps by name (what `bpftool prog/map list`
-    //! does), without bpftool: the guest has only busybox.
-
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
-    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> libc::c_long {
-        // SAFETY: `attr` is a zeroed 128-byte buffer, larger than every bpf_attr
-        // variant used here; the kernel reads/writes only within its size.
-        unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of::<[u64; 16]>() as libc::c_uint,
-            )
-        }
-    }
-
-    /// Names of all loaded programs (`prog`) or maps: `(id, name)`.
-    pub fn names(prog: bool) -> std::io::Result<Vec<(u32, String)>> {
-        let (next, by_id, name_at) = if prog {
-            (BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, 64)
-        } else {
-            (BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, 24)
-        };
-        let mut out = Vec::new();
-        let mut id = 0u32;
-        loop {
-            let mut attr = [0u64; 16];
-            attr[0] = u64::from(id);
-            if bpf(next, &mut attr) != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    return Ok(out);
-                }
-                return Err(e);
-            }
-            id = (attr[0] >> 32) as u32;
-            let mut attr = [0u64; 16];
-            attr[0] = u64::from(id);
-            let fd = bpf(by_id, &mut attr);
-            if fd < 0 {
-                continue; // freed in between
-            }
-            // SAFETY: a new descriptor returned by the kernel, owned here.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let mut info = [0u8; 256];
-            let mut attr = [0u64; 16];
-            use std::os::fd::AsRawFd;
-            attr[0] = fd.as_raw_fd() as u64 | ((info.len() as u64) << 32);
-            attr[1] = info.as_mut_ptr() as u64;
-            if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) != 0 {
-                continue;
-            }
-            let name = &info[name_at..name_at + 16];
-            let end = name.iter().position(|&b| b == 0).unwrap_or(16);
-            out.push((id, String::from_utf8_lossy(&name[..end]).into_owned()));
-        }
-    }
-}
-
 /// BPF programs and maps with the agent's names, of any agent.
 pub fn agent_objects() -> Result<Vec<BpfObject>> {
     let mut out = Vec::new();
-    for (id, name) in bpf::names(true).context("listing BPF programs")? {
+    for (id, name) in bpf_objects::list(Kind::Prog).context("listing BPF programs")? {
         if name.starts_with(PROGRAM_PREFIX) {
             out.push((true, id, name));
         }
     }
-    for (id, name) in bpf::names(false).context("listing BPF maps")? {
+    for (id, name) in bpf_objects::list(Kind::Map).context("listing BPF maps")? {
         if MAP_NAMES.contains(&name.as_str()) {
             out.push((false, id, name));
         }
@@ -759,30 +692,10 @@ pub fn wait_clean(stopped: &Stopped, within: Duration) -> Result<Vec<String>> {
     }
 }
 
-/// Whether process `pid` runs the agent (after exec) and blocks or catches
-/// SIGTERM (`SigBlk`/`SigCgt` in /proc/PID/status): the agent's first
-/// statement blocks it until its handlers are installed.
-pub fn signals_handled(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    if !status.lines().any(|l| l == "Name:\tsynproxy-agent") {
-        return false;
-    }
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigBlk:") | mask("SigCgt:")) & (1 << (libc::SIGTERM - 1)) != 0
-}
-
-/// Waits (generously) until [`signals_handled`] holds for `pid`.
+/// Waits (generously) until the agent `pid` blocks or catches SIGTERM.
 pub fn wait_signals_handled(pid: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !signals_handled(pid) {
+    while !crate::proc_signals::agent_takes_sigterm(pid) {
         if Instant::now() > deadline {
             bail!("timed out after 60 s waiting for the agent (pid {pid}) to take SIGTERM over");
         }

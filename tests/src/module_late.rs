@@ -11,7 +11,7 @@
 //! continue its totals from the new baseline (old total + new counters, never a
 //! drop), re-attach, and count the new events exactly.
 
-use crate::check::{or_none, yes_no, Check, ResultLine};
+use crate::check::{or_none, yes_no, Check, ResultLine, Verdict};
 use crate::guest_modules::{self, ModuleList, SYNPROXY_CORE};
 use crate::module_agent::{self, ModuleAgent, Waits};
 use crate::netns::Netns;
@@ -139,7 +139,7 @@ pub fn judge_late(kernel: &str, m: &LateMeasured) -> Check {
         .field("missing_reports", m.missing_reports)
         .field("recovery_logged", yes_no(m.recovery_logged))
         .field("agent_alive", yes_no(m.alive_after));
-    line.judged(reasons)
+    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
 /// module-reload's RESULT line and the reasons it fails.
@@ -185,7 +185,7 @@ pub fn judge_reload(kernel: &str, m: &ReloadMeasured) -> Check {
         .field("unloaded", yes_no(m.unloaded))
         .field("reset_logged", yes_no(m.reset_logged))
         .field("agent_alive", yes_no(m.alive));
-    line.judged(reasons)
+    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
 /// What module-reload goes on with.

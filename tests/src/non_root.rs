@@ -9,10 +9,12 @@
 //! kernel's, and on SIGTERM it must exit 0 leaving nothing in the kernel
 //! (removing its kprobe events after the drop needs CAP_DAC_OVERRIDE).
 
+use crate::burst_judge::{Burst, Exit};
 use crate::caps::{self, CAP_BPF, CAP_DAC_OVERRIDE, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE};
-use crate::check::Check;
+use crate::check::{Check, Judged};
 use crate::live_agent::{self, Launch, LiveAgent};
 use crate::netns::Topology;
+use crate::non_root_judge::{self, NonRoot};
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
 use crate::protected_server::ProtectedServer;
@@ -22,7 +24,7 @@ use crate::traffic::{RawSender, ServerMode};
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use synproxy_common::{Counter, STAT_COLUMNS};
+use synproxy_common::STAT_COLUMNS;
 
 const SYNS: u32 = 2_000;
 const ACKS: u32 = 500;
@@ -59,13 +61,8 @@ fn given_caps(cfg: &Config, kernel: &str) -> Vec<u32> {
 
 pub fn non_root(cfg: &Config, kernel: &str) -> Check {
     let given = given_caps(cfg, kernel);
-    let head = format!(
-        "RESULT kernel={kernel} check=non-root uid={} caps={}",
-        caps::NOBODY,
-        caps::names(caps::mask(&given))
-    );
-
-    Check::or_failed(&head, run(cfg, &head, &given))
+    let head = non_root_judge::head(kernel, caps::mask(&given));
+    Check::or_failed(head.head(), run(cfg, kernel, &given))
 }
 
 /// Polls until /proc of `topo.srv` stops moving (60 s at most).
@@ -88,7 +85,7 @@ fn settled(topo: &Topology) -> Result<proc_counters::Totals> {
     }
 }
 
-fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
+fn run(cfg: &Config, kernel: &str, given: &[u32]) -> Result<Check> {
     let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
     let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
@@ -101,16 +98,15 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
     let mut live =
         LiveAgent::start_with(&cfg.agent, &topo.srv, &cfg.extra_agent_args, &launch, true)
             .context("agent with eBPF as uid 65534")?;
-    let mut notes = Vec::new();
-    let mut pass = true;
+    let mut wrong_caps = Vec::new();
     let kept = caps::mask(&table_caps(cfg));
     // Without CAP_SETPCAP the agent cannot shrink its bounding set.
     let bounding = caps::mask(given);
-    let check_caps = |live: &LiveAgent, when: &str, notes: &mut Vec<String>| -> Result<bool> {
+    let check_caps = |live: &LiveAgent, when: &str, wrong_caps: &mut Vec<String>| -> Result<()> {
         let threads = caps::process_caps(live.pid())?;
         let wrong = caps::check_threads(&threads, kept, bounding);
         if !wrong.is_empty() {
-            notes.push(format!("{when}: {}", wrong.join("; ")));
+            wrong_caps.push(format!("{when}: {}", wrong.join("; ")));
         }
         let status = std::fs::read_to_string(format!("/proc/{}/status", live.pid()))?;
         let uid_ok = status
@@ -118,11 +114,11 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
             .find_map(|l| l.strip_prefix("Uid:"))
             .is_some_and(|v| v.split_whitespace().all(|u| u == "65534"));
         if !uid_ok {
-            notes.push(format!("{when}: the agent does not run as uid 65534"));
+            wrong_caps.push(format!("{when}: the agent does not run as uid 65534"));
         }
-        Ok(wrong.is_empty() && uid_ok)
+        Ok(())
     };
-    pass &= check_caps(&live, "after start-up", &mut notes)?;
+    check_caps(&live, "after start-up", &mut wrong_caps)?;
     let cap_eff = caps::process_caps(live.pid())?
         .first()
         .map_or(0, |(_, t)| t.effective);
@@ -141,40 +137,10 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
         )?;
     }
     let last = settled(topo)?;
-    let proc_syn = last.get(Counter::SynReceived.name()) - before.get(Counter::SynReceived.name());
-    let proc_inv =
-        last.get(Counter::CookieInvalid.name()) - before.get(Counter::CookieInvalid.name());
     let lines = live.sample()?;
-    pass &= check_caps(&live, "after traffic", &mut notes)?;
+    check_caps(&live, "after traffic", &mut wrong_caps)?;
     let srv = topo.srv.name();
-    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
-    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
-    let (missed, attached) = live_agent::probe_misses(&lines)?;
-    let (probe_fields, probe_type_ok) =
-        cfg.probe_type_fields(live_agent::probe_type(&lines).as_deref());
-    if !probe_type_ok {
-        notes.push(format!("probe type:{probe_fields}"));
-        pass = false;
-    }
-    if proc_syn != u64::from(SYNS) || proc_inv != u64::from(ACKS) {
-        notes.push(format!(
-            "/proc moved syn_received {proc_syn}, cookie_invalid {proc_inv}: not what was sent"
-        ));
-        pass = false;
-    }
-    if ebpf_syn != proc_syn || ebpf_inv != proc_inv {
-        notes.push(format!(
-            "eBPF {ebpf_syn}/{ebpf_inv} != /proc {proc_syn}/{proc_inv}"
-        ));
-        pass = false;
-    }
-    if missed != 0 || view.misses != 0 || !attached || view.statuses.iter().any(|s| s != "exact") {
-        notes.push(format!(
-            "attached={attached} kprobe missed={missed} probe_misses={} reconcile={:?}",
-            view.misses, view.statuses
-        ));
-        pass = false;
-    }
+    let burst = Burst::read(&lines, srv, (SYNS, ACKS), &before, &last)?;
     // Totals: the non-root agent's, a root agent's (`--once --no-ebpf`) and
     // the kernel's, all counters.
     let line = lines
@@ -185,49 +151,37 @@ fn run(cfg: &Config, head: &str, given: &[u32]) -> Result<Check> {
         .context("no synproxy line for the server namespace")?;
     let root = crate::agent::run_with_netns_flag(&topo.srv, &cfg.agent, &[])
         .context("root agent --once --no-ebpf --netns")?;
-    let kernel = proc_counters::read(&topo.srv)?;
-    let mut same = true;
+    let kernel_totals = proc_counters::read(&topo.srv)?;
+    let mut totals = Vec::new();
     for name in STAT_COLUMNS {
-        let (a, r, k) = (line.counter(name)?, root.counter(name)?, kernel.get(name));
-        if a != r || a != k {
-            notes.push(format!(
-                "{name}: uid 65534 agent {a}, root agent {r}, kernel {k}"
-            ));
-            same = false;
-        }
+        totals.push((
+            name,
+            line.counter(name)?,
+            root.counter(name)?,
+            kernel_totals.get(name),
+        ));
     }
-    pass &= same;
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    if !stopped.exit_ok || !left.is_empty() {
-        notes.push(format!(
-            "SIGTERM: exit {} after {:?}, left in the kernel: {}",
-            stopped.exit_code,
-            stopped.elapsed,
-            left.join("; ")
-        ));
-        pass = false;
-    }
+    let measured = NonRoot {
+        given: caps::mask(given),
+        probe: cfg.probe_type(live_agent::probe_type(&lines).as_deref()),
+        wrong_caps,
+        cap_eff,
+        burst,
+        totals,
+        exit: Exit::of(&stopped, left, None),
+    };
     let logged: Vec<&String> = stopped
         .stderr
         .iter()
         .filter(|l| l.contains("capabilities"))
         .collect();
-    notes.push(format!("agent: {logged:?}"));
-    if !pass {
+    let mut notes = vec![format!("agent: {logged:?}")];
+    let mut check = measured.check(kernel, Vec::new());
+    if !check.pass {
         notes.push(format!("agent stderr: {}", stopped.stderr.join(" | ")));
     }
-    Ok(Check {
-        line: format!(
-            "{head}{probe_fields} cap_eff={} syn_driven={SYNS} ack_driven={ACKS} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} misses={missed} reconcile={} totals_equal_root={} exit={} leftovers={} status={}",
-            caps::names(cap_eff),
-            view.statuses.join("/"),
-            if same { "yes" } else { "no" },
-            stopped.exit_code,
-            left.len(),
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    check.notes.append(&mut notes);
+    Ok(check)
 }

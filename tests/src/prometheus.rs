@@ -4,8 +4,6 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,45 +11,31 @@ use std::time::{Duration, Instant};
 /// The scrape job name (the alerting rules assume it).
 pub const JOB: &str = "synproxy-agent";
 
+pub use crate::http_client::encode;
+
 /// `GET path` on `addr` (HTTP/1.0: no chunked bodies), with an optional
 /// `Accept`: (status code, headers, body).
 pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String, String)> {
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading http://{addr}{path}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("http://{addr}{path}: no HTTP response: {text:?}");
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("http://{addr}{path}: bad status line in {head:?}"))?;
-    Ok((status, head.to_string(), body.to_string()))
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n");
+    let answer =
+        crate::http_client::exchange(addr, path, request.as_bytes(), Duration::from_secs(30))?;
+    Ok((answer.status, answer.head, answer.body))
 }
 
-/// Percent-encodes a query parameter.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+/// A JSON object's string values by key (labels, tags); empty if `value`
+/// is no object, and a value that is no string as "".
+pub fn string_map(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// One series of an instant query: its labels and value.
@@ -202,14 +186,7 @@ impl PrometheusServer {
         };
         let mut out = Vec::new();
         for item in result {
-            let labels = item["metric"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let labels = string_map(&item["metric"]);
             let value = item["value"][1]
                 .as_str()
                 .and_then(|v| v.parse().ok())

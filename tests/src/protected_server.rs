@@ -19,13 +19,18 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Fields drop in order: the server, the rules, then the namespaces.
 pub struct ProtectedServer {
-    _server: TcpServer,
+    server: TcpServer,
     _cli_rules: RuleSet,
     _srv_rules: ServerRules,
     pub topo: Topology,
 }
 
 impl ProtectedServer {
+    /// The server on the protected port, stalled, accepts again.
+    pub fn resume_server(&self) {
+        self.server.resume();
+    }
+
     /// xt rules for IPv4; the server `mode` on [`PROTECTED_PORT`].
     pub fn xt_ipv4(cfg: &Config, mode: ServerMode) -> Result<Self> {
         Self::xt_ipv4_in(&cfg.tools, cfg.server_netns.as_deref(), mode)
@@ -47,7 +52,7 @@ impl ProtectedServer {
             LINK_TIMEOUT,
         )?;
         Ok(Self {
-            _server: server,
+            server,
             _cli_rules: cli_rules,
             _srv_rules: srv_rules,
             topo,

@@ -2,6 +2,7 @@
 //! plus the helper rules of the traffic recipes.
 
 use crate::netns::Netns;
+use crate::synproxy_xt::synproxy_xt_rules;
 use crate::tools::{self, Tools};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -186,69 +187,10 @@ impl ServerRules {
         match flavour {
             Flavour::Xt => {
                 let prog = xt_prog(tools, family);
-                set.xt_rule(
-                    prog,
-                    &[
-                        "-t",
-                        "raw",
-                        "-A",
-                        "PREROUTING",
-                        "-i",
-                        ifname,
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        &port,
-                        "--syn",
-                        "-j",
-                        "CT",
-                        "--notrack",
-                    ],
-                )?;
-                set.xt_rule(
-                    prog,
-                    &[
-                        "-A",
-                        "INPUT",
-                        "-i",
-                        ifname,
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        &port,
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "INVALID,UNTRACKED",
-                        "-j",
-                        "SYNPROXY",
-                        "--sack-perm",
-                        "--timestamp",
-                        "--wscale",
-                        "7",
-                        "--mss",
-                        "1460",
-                    ],
-                )?;
-                set.xt_rule(
-                    prog,
-                    &[
-                        "-A",
-                        "INPUT",
-                        "-i",
-                        ifname,
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        &port,
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "INVALID",
-                        "-j",
-                        "DROP",
-                    ],
-                )?;
+                for rule in synproxy_xt_rules(ifname, port_num) {
+                    let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+                    set.xt_rule(prog, &args)?;
+                }
             }
             Flavour::Nft => {
                 let table = table_name("spx_srv");

@@ -3,7 +3,9 @@
 //! with the driven amount and the agent's value with the /proc total.
 
 use crate::agent;
+use crate::burst_judge::{Exit, Probes};
 use crate::live_agent::{self, LiveAgent};
+use crate::matrix_judge::{self, AgentReading, EbpfReading, Matrix};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, RST, SYN};
 use crate::proc_counters::{self, Totals};
@@ -122,15 +124,17 @@ impl Config {
     /// With `--probes fentry`: ` probes=fentry probe_type=<seen> expected=<type>`
     /// for a RESULT line, and whether they agree. Empty and true otherwise.
     pub fn probe_type_fields(&self, seen: Option<&str>) -> (String, bool) {
-        if !self.fentry {
-            return (String::new(), true);
+        let probe = self.probe_type(seen);
+        (probe.fields(), probe.ok())
+    }
+
+    /// The probe type an agent reported beside the one it must use.
+    pub fn probe_type(&self, seen: Option<&str>) -> crate::burst_judge::ProbeType {
+        crate::burst_judge::ProbeType {
+            fentry: self.fentry,
+            seen: seen.map(String::from),
+            expected: crate::live_agent::expected_probe_type().into(),
         }
-        let expected = crate::live_agent::expected_probe_type();
-        let seen = seen.unwrap_or("none");
-        (
-            format!(" probes=fentry probe_type={seen} expected_probe_type={expected}"),
-            seen == expected,
-        )
     }
 }
 
@@ -339,106 +343,82 @@ fn execute(cfg: &Config, combo: Combo, out: &mut Outcome) -> Result<()> {
     debug(|| format!("driven in {:?}", t0.elapsed()));
     let after = settle(&topo, name, before.get(name) + out.driven)?;
     out.proc_delta = after.get(name).saturating_sub(before.get(name));
-    let proc_ok = out.proc_delta == out.driven;
-    if !proc_ok {
-        out.notes.push(format!(
-            "proc delta {} != driven {} (before {:?}, after {:?})",
-            out.proc_delta, out.driven, before.0, after.0
-        ));
+    if out.proc_delta != out.driven {
+        out.notes
+            .push(format!("/proc before {:?}, after {:?}", before.0, after.0));
     }
-
-    let agent_ok = check_agent(cfg, &topo, name, out)?;
-    let ebpf_ok = match live {
-        Some(live) => check_ebpf(live, &topo, name, cfg.exit_limit(), out)?,
-        None => true,
+    let measured = Matrix {
+        counter: name,
+        driven: out.driven,
+        proc_delta: out.proc_delta,
+        agents: read_agents(cfg, &topo, name)?,
+        ebpf: match live {
+            Some(live) => Some(read_ebpf(live, &topo, name, cfg.exit_limit())?),
+            None => None,
+        },
     };
-    out.pass = proc_ok && agent_ok && ebpf_ok;
+    let verdict = matrix_judge::judge(&measured);
+    out.agent = measured.agent();
+    out.ebpf = measured.ebpf.as_ref().map(|e| e.count);
+    out.pass = verdict.pass();
+    out.notes.splice(0..0, verdict.failed);
+    if let Some(e) = measured.ebpf.as_ref().filter(|_| !out.pass) {
+        out.notes
+            .push(format!("eBPF agent stderr: {}", e.stderr.join(" | ")));
+    }
     drop(ctx);
     Ok(())
 }
 
-/// Run the agent the configured way(s); each value must equal the /proc total read
-/// right after it ran (traffic is idle by now).
-fn check_agent(cfg: &Config, topo: &Topology, name: &str, out: &mut Outcome) -> Result<bool> {
-    let mut ok = true;
-    let mut shown = None;
+/// Runs the agent the configured way(s), each value beside the /proc total
+/// read right after it ran (traffic is idle by now).
+fn read_agents(cfg: &Config, topo: &Topology, name: &str) -> Result<Vec<AgentReading>> {
+    let mut readings = Vec::new();
     if matches!(cfg.agent_mode, AgentMode::Inside | AgentMode::Both) {
         let line = agent::run_inside(&topo.srv, &cfg.agent, &cfg.extra_agent_args)?;
-        let total = proc_counters::read(&topo.srv)?.get(name);
-        let v = line.counter(name).context("agent (inside netns) output")?;
-        if v != total {
-            ok = false;
-            out.notes.push(format!(
-                "agent inside netns reported {name}={v}, /proc total is {total}"
-            ));
-        }
-        shown = Some(v);
+        let proc_total = proc_counters::read(&topo.srv)?.get(name);
+        readings.push(AgentReading {
+            how: "inside netns".into(),
+            value: line.counter(name).context("agent (inside netns) output")?,
+            proc_total,
+        });
     }
     if matches!(cfg.agent_mode, AgentMode::NetnsFlag | AgentMode::Both) {
         let line = agent::run_with_netns_flag(&topo.srv, &cfg.agent, &cfg.extra_agent_args)?;
-        let total = proc_counters::read(&topo.srv)?.get(name);
-        let v = line.counter(name).context("agent --netns output")?;
-        if v != total {
-            ok = false;
-            out.notes.push(format!(
-                "agent --netns {} reported {name}={v}, /proc total is {total}",
-                topo.srv.name()
-            ));
-        }
-        shown.get_or_insert(v);
+        let proc_total = proc_counters::read(&topo.srv)?.get(name);
+        readings.push(AgentReading {
+            how: format!("--netns {}", topo.srv.name()),
+            value: line.counter(name).context("agent --netns output")?,
+            proc_total,
+        });
     }
-    out.agent = shown.unwrap_or(0);
-    Ok(ok)
+    Ok(readings)
 }
 
-/// The live agent's eBPF count of `name` in the server netns must equal the /proc
-/// delta, every family line must say `reconcile="exact"` with no probe misses,
-/// and closing its stdin must stop it within 1 s leaving nothing in the kernel.
-fn check_ebpf(
+/// The live agent's eBPF count of `name` in the server netns, its probes,
+/// and how it stopped on stdin EOF.
+fn read_ebpf(
     mut live: LiveAgent,
     topo: &Topology,
     name: &str,
     exit_limit: std::time::Duration,
-    out: &mut Outcome,
-) -> Result<bool> {
+) -> Result<EbpfReading> {
     let lines = live.sample()?;
     let stopped = live.stop(None)?;
     let (count, view) = live_agent::ebpf_count(&lines, topo.srv.name(), name)?;
     let (missed, attached) = live_agent::probe_misses(&lines)?;
-    out.ebpf = Some(count);
-    let mut ok = true;
-    if count != out.proc_delta {
-        ok = false;
-        out.notes.push(format!(
-            "ebpf {name}={count}, /proc delta {}",
-            out.proc_delta
-        ));
-    }
-    if !attached || view.statuses.iter().any(|s| s != "exact") || view.misses != 0 || missed != 0 {
-        ok = false;
-        out.notes.push(format!(
-            "eBPF attached={attached} reconcile={:?} probe_misses={} kprobe missed={missed}",
-            view.statuses, view.misses
-        ));
-    }
-    if !stopped.exit_ok || stopped.elapsed > exit_limit {
-        ok = false;
-        out.notes.push(format!(
-            "agent on stdin EOF: exit ok={} after {:?}; stderr: {}",
-            stopped.exit_ok,
-            stopped.elapsed,
-            stopped.stderr.join(" | ")
-        ));
-    }
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    if !left.is_empty() {
-        ok = false;
-        out.notes.push(format!(
-            "left in the kernel after exit: {}",
-            left.join("; ")
-        ));
-    }
-    Ok(ok)
+    Ok(EbpfReading {
+        count,
+        probes: Probes {
+            missed,
+            attached,
+            probe_misses: view.misses,
+            statuses: view.statuses,
+        },
+        exit: Exit::of(&stopped, left, Some(exit_limit)),
+        stderr: stopped.stderr,
+    })
 }
 
 /// Progress on stderr when SPX_DEBUG is set (timing in slow guests).

@@ -119,6 +119,28 @@ impl Tmux {
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
+
+    /// Sends `signal` to the one `synproxy-agent` the pane's shell runs, as
+    /// a user or a hung-up terminal would.
+    pub fn signal_agent(&self, signal: i32) -> Result<()> {
+        let shell = self.shell_pid()?;
+        let agents: Vec<u32> = children(shell)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "synproxy-agent")
+            })
+            .collect();
+        let [pid] = agents[..] else {
+            bail!("want one synproxy-agent under the pane's shell {shell}, found {agents:?}");
+        };
+        let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Tmux {

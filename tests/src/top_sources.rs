@@ -20,6 +20,7 @@
 //!   their counts, the map must have evicted (`source_evictions > 0`), /proc
 //!   must have moved by every SYN sent and eBPF must equal /proc.
 
+use crate::burst_judge::{Exit, Probes};
 use crate::check::Check;
 use crate::line_protocol::{parse_line, FieldValue, Line};
 use crate::live_agent::{self, LiveAgent};
@@ -31,6 +32,7 @@ use crate::rules::{Family, Flavour};
 use crate::scenario::Config;
 use crate::tools;
 use crate::top_series_scrape::Scraper;
+use crate::top_sources_judge::Health;
 use crate::traffic::RawSender;
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -411,17 +413,18 @@ pub(crate) fn timed(head: &str, run: impl FnOnce(&str) -> Result<Check>) -> Chec
     Check::or_failed(head, result)
 }
 
-/// The agent's eBPF side over the run: attached, no probe misses, every
-/// `synproxy_ebpf` line of `srv` `exact`; then stdin EOF or SIGTERM ended it
-/// in time, leaving nothing in the kernel. Reasons go to `notes`.
+/// The agent's eBPF side over the run (its probes, every `synproxy_ebpf`
+/// line of `srv`) and how it stopped (stdin EOF or SIGTERM), for
+/// [`crate::top_sources_judge`]; None without eBPF.
 pub(crate) fn agent_health(
     cfg: &Config,
     run: &Run,
     srv: &str,
     stopped: live_agent::Stopped,
-    notes: &mut Vec<String>,
-) -> Result<bool> {
-    let mut ok = true;
+) -> Result<Health> {
+    if !cfg.ebpf.enabled() {
+        return Ok(None);
+    }
     let (missed, attached) = live_agent::probe_misses(&run.lines)?;
     let probe_misses: u64 = run
         .lines
@@ -431,36 +434,28 @@ pub(crate) fn agent_health(
         .collect::<Result<Vec<u64>>>()?
         .into_iter()
         .sum();
-    let not_exact = run
+    let statuses = run
         .lines
         .iter()
         .filter(|l| {
-            l.measurement == "synproxy_ebpf"
-                && l.tags.get("netns").map(String::as_str) == Some(srv)
-                && !matches!(l.fields.get("reconcile"), Some(FieldValue::Str(s)) if s == "exact")
+            l.measurement == "synproxy_ebpf" && l.tags.get("netns").map(String::as_str) == Some(srv)
         })
-        .count();
-    if missed != 0 || probe_misses != 0 || !attached || not_exact != 0 {
-        ok = false;
-        notes.push(format!(
-            "attached={attached} kprobe missed={missed} probe_misses={probe_misses} non-exact synproxy_ebpf lines={not_exact}"
-        ));
-    }
-    if !stopped.exit_ok || stopped.elapsed > cfg.exit_limit() {
-        ok = false;
-        notes.push(format!(
-            "stop: exit ok={} after {:?}; stderr: {}",
-            stopped.exit_ok,
-            stopped.elapsed,
-            stopped.stderr.join(" | ")
-        ));
-    }
+        .map(|l| match l.fields.get("reconcile") {
+            Some(FieldValue::Str(s)) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
     let left = live_agent::wait_clean(&stopped, Duration::from_secs(2))?;
-    if !left.is_empty() {
-        ok = false;
-        notes.push(format!("left in the kernel: {}", left.join("; ")));
-    }
-    Ok(ok)
+    let probes = Probes {
+        missed,
+        attached,
+        probe_misses,
+        statuses,
+    };
+    Ok(Some((
+        probes,
+        Exit::of(&stopped, left, Some(cfg.exit_limit())),
+    )))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! scraped through the flood (`top_series_scrape`, and on the boot that
 //! carries it a real Prometheus, `top_series_prometheus`).
 
-use crate::check::Check;
+use crate::check::{Check, Judged};
 use crate::live_agent::{Launch, LiveAgent};
 use crate::packet::{TcpSegment, V6Checksum, SYN};
 use crate::proc_counters;
@@ -20,6 +20,7 @@ use crate::top_sources::{
     agent_health, ebpf_sums, flood_addr, flood_schedule, heavy_addr, map_fields, ranking,
     server_default_routes, settle, tally, timed, Run, FLOOD_MAP_ENTRIES, FLOOD_SOURCES, HEAVY,
 };
+use crate::top_sources_judge::{flood_head, SpoofedFlood};
 use crate::traffic::{RawSender, ServerMode};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -29,15 +30,10 @@ use synproxy_common::Counter;
 
 /// The spoofed-flood check (xt, IPv4).
 pub fn flood(cfg: &Config, kernel: &str) -> Check {
-    let heavy: Vec<String> = HEAVY.iter().map(u32::to_string).collect();
-    let head = format!(
-        "RESULT kernel={kernel} check=top-sources mode=flood rules=xt family=ipv4 random_sources={FLOOD_SOURCES} heavy={} map_entries={FLOOD_MAP_ENTRIES}",
-        heavy.join("/")
-    );
-    timed(&head, |head| run_flood(cfg, head))
+    timed(flood_head(kernel).head(), |_| run_flood(cfg, kernel))
 }
 
-fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
+fn run_flood(cfg: &Config, kernel: &str) -> Result<Check> {
     let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
     let topo = &setup.topo;
     let dst: IpAddr = topo.srv4.into();
@@ -95,25 +91,11 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
     let srv = topo.srv.name();
 
     let mut notes = Vec::new();
-    let mut pass = ebpf;
-    if !ebpf {
-        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
-    }
     let proc_delta = after.get(name) - before.get(name);
     let ebpf_v4 = ebpf_sums(&run.lines, srv)?
         .get(&(name.to_string(), "ipv4".to_string()))
         .copied()
         .unwrap_or(0);
-    if proc_delta != sent {
-        pass = false;
-        notes.push(format!(
-            "/proc syn_received moved {proc_delta}, {sent} SYNs sent"
-        ));
-    }
-    if ebpf_v4 != proc_delta {
-        pass = false;
-        notes.push(format!("eBPF syn_received {ebpf_v4}, /proc {proc_delta}"));
-    }
     let tally = tally(&run.lines, srv)?;
     let empty = BTreeMap::new();
     let sums = tally
@@ -125,74 +107,24 @@ fn run_flood(cfg: &Config, head: &str) -> Result<Check> {
         .enumerate()
         .map(|(h, n)| (heavy_addr(h).into(), u64::from(*n)))
         .collect();
-    let top5: Vec<(IpAddr, u64)> = ranked.iter().take(HEAVY.len()).copied().collect();
-    let show = |v: &[(IpAddr, u64)]| {
-        v.iter()
-            .map(|(a, n)| format!("{a}={n}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if top5 != expected {
-        pass = false;
-        notes.push(format!(
-            "ranks 1-5 of summed syn_received: {} (expected {})",
-            show(&top5),
-            show(&expected)
-        ));
-    }
-    let rank6 = ranked.get(HEAVY.len()).map_or(0, |(_, n)| *n);
-    let map = map_fields(&run.lines);
-    let map_text = match &map {
-        Ok(m) => {
-            if m.evictions == 0 {
-                pass = false;
-                notes.push(format!(
-                    "source_evictions=0 after {FLOOD_SOURCES} sources into a map of {} entries",
-                    m.capacity
-                ));
-            }
-            if m.capacity != u64::from(FLOOD_MAP_ENTRIES) || m.entries > m.capacity {
-                pass = false;
-                notes.push(format!(
-                    "source_map_entries={} source_map_capacity={}",
-                    m.entries, m.capacity
-                ));
-            }
-            format!(
-                "source_evictions={} source_map_entries={} source_map_capacity={} source_map_bytes={}",
-                m.evictions, m.entries, m.capacity, m.bytes
-            )
-        }
-        Err(e) => {
-            pass = false;
-            notes.push(format!("probes line: {e:#}"));
-            "source_evictions=?".to_string()
-        }
-    };
     // The exposed rounds: the one the agent made at start, and each sampled.
-    let series_text = top_series_scrape::judge(&seen, &run.lines, run.rounds + 1, ebpf, &mut notes);
-    pass &= series_text.1;
-    let prometheus_text = match &prometheus_figures {
-        Some(figures) => {
-            let (text, ok) =
-                top_series_prometheus::judge(figures, run.rounds + 1, ebpf, &mut notes);
-            pass &= ok;
-            text
-        }
-        None => "prometheus=not-in-this-boot".to_string(),
+    let series = top_series_scrape::judge(&seen, &run.lines, run.rounds + 1, ebpf, &mut notes);
+    let prometheus = prometheus_figures
+        .as_ref()
+        .map(|figures| top_series_prometheus::judge(figures, run.rounds + 1, ebpf, &mut notes));
+    let measured = SpoofedFlood {
+        sent,
+        proc_delta,
+        ebpf: ebpf_v4,
+        top5: ranked.iter().take(HEAVY.len()).copied().collect(),
+        expected,
+        rank6: ranked.get(HEAVY.len()).map_or(0, |(_, n)| *n),
+        map: map_fields(&run.lines).map_err(|e| format!("{e:#}")),
+        series,
+        prometheus,
+        health: agent_health(cfg, &run, srv, stopped)?,
+        rounds: run.rounds,
+        send_secs,
     };
-    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
-        pass = false;
-    }
-    Ok(Check {
-        line: format!(
-            "{head} syn_driven={sent} proc_syn={proc_delta} ebpf_syn={ebpf_v4} top5={} rank6_events={rank6} {map_text} {} {prometheus_text} rounds={} send_time={send_secs:.1}s status={}",
-            show(&top5),
-            series_text.0,
-            run.rounds,
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    Ok(measured.check(kernel, notes))
 }

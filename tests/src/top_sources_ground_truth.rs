@@ -3,7 +3,7 @@
 //! `top_sources` for the plan); summed over the rounds, each (counter,
 //! source) must equal the plan exactly.
 
-use crate::check::Check;
+use crate::check::{Check, Judged};
 use crate::live_agent::{Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, ACK, SYN};
@@ -12,6 +12,7 @@ use crate::rng::XorShift;
 use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
 use crate::top_sources::*;
+use crate::top_sources_judge::{ground_truth_head, CounterTruth, GroundTruth};
 use crate::traffic::{self, RawSender, ServerMode, TcpServer};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -29,18 +30,14 @@ pub fn ground_truth(
     let mut checks = Vec::new();
     for &r in rules {
         for &f in families {
-            let head = format!(
-                "RESULT kernel={kernel} check=top-sources rules={} family={} sources={SOURCES}",
-                r.name(),
-                f.name()
-            );
-            checks.push(timed(&head, |head| run_ground_truth(cfg, head, r, f)));
+            let head = ground_truth_head(kernel, r.name(), f.name());
+            checks.push(timed(head.head(), |_| run_ground_truth(cfg, kernel, r, f)));
         }
     }
     checks
 }
 
-fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) -> Result<Check> {
+fn run_ground_truth(cfg: &Config, kernel: &str, rules: Flavour, family: Family) -> Result<Check> {
     let tools = &cfg.tools;
     let topo = Topology::create(tools, cfg.server_netns.as_deref()).context("netns setup")?;
     let _srv_rules = ServerRules::install(tools, &topo.srv, rules, family, &topo.srv_if)
@@ -149,15 +146,9 @@ fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) ->
         Family::Ipv6 => "ipv4",
     };
 
-    let mut notes = Vec::new();
-    let mut pass = ebpf;
-    if !ebpf {
-        notes.push("per-source counts need eBPF (kprobes): the agent ran with --no-ebpf".into());
-    }
     let tally = tally(&run.lines, srv)?;
     let ebpf_sum = ebpf_sums(&run.lines, srv)?;
-    let mut fields = String::new();
-    let mut mismatches = 0;
+    let mut counters = Vec::new();
     for (ci, counter) in COUNTERS.iter().enumerate() {
         let name = counter.name();
         let short = match counter {
@@ -175,80 +166,40 @@ fn run_ground_truth(cfg: &Config, head: &str, rules: Flavour, family: Family) ->
         let got = tally
             .get(&(name.to_string(), fam.to_string()))
             .unwrap_or(&empty);
-        let listed: u64 = got.values().sum();
-        let proc_delta = after.get(name) - before.get(name);
-        let ebpf_fam = ebpf_sum
-            .get(&(name.to_string(), fam.to_string()))
-            .copied()
-            .unwrap_or(0);
-        let ebpf_other = ebpf_sum
-            .get(&(name.to_string(), other.to_string()))
-            .copied()
-            .unwrap_or(0);
-        let (diffs, n) = differences(&expected, got, 5);
-        mismatches += n;
-        fields.push_str(&format!(
-            " {short}_driven={} {short}_proc={proc_delta} {short}_ebpf={ebpf_fam} {short}_top_sum={listed} {short}_sources={}/{}",
-            driven[ci],
-            got.len(),
-            expected.len()
-        ));
-        if n > 0 {
-            pass = false;
-            notes.push(format!("{name}: {n} sources differ: {}", diffs.join(", ")));
-        }
-        if proc_delta != driven[ci] {
-            pass = false;
-            notes.push(format!(
-                "{name}: /proc moved {proc_delta}, driven {}",
-                driven[ci]
-            ));
-        }
-        if ebpf_fam != proc_delta || ebpf_other != 0 {
-            pass = false;
-            notes.push(format!(
-                "{name}: eBPF {fam} {ebpf_fam} ({other} {ebpf_other}), /proc {proc_delta}"
-            ));
-        }
-        if listed != ebpf_fam {
-            pass = false;
-            notes.push(format!(
-                "{name}: the listed sources sum to {listed}, eBPF counted {ebpf_fam}"
-            ));
-        }
-        if let Some(list) = tally.get(&(name.to_string(), other.to_string())) {
-            pass = false;
-            notes.push(format!("{name}: {} {other} sources listed", list.len()));
-        }
+        let ebpf_of = |family: &str| {
+            ebpf_sum
+                .get(&(name.to_string(), family.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (diffs, mismatches) = differences(&expected, got, 5);
+        counters.push(CounterTruth {
+            name,
+            short,
+            driven: driven[ci],
+            proc_delta: after.get(name) - before.get(name),
+            ebpf: ebpf_of(fam),
+            ebpf_other: ebpf_of(other),
+            top_sum: got.values().sum(),
+            listed: got.len(),
+            expected: expected.len(),
+            mismatches,
+            diffs,
+            other_listed: tally
+                .get(&(name.to_string(), other.to_string()))
+                .map(BTreeMap::len),
+        });
     }
-    let map = map_fields(&run.lines);
-    let evictions = match &map {
-        Ok(m) => {
-            if m.evictions != 0 {
-                pass = false;
-                notes.push(format!(
-                    "source_evictions={} with {SOURCES} sources",
-                    m.evictions
-                ));
-            }
-            m.evictions.to_string()
-        }
-        Err(e) => {
-            pass = false;
-            notes.push(format!("probes line: {e:#}"));
-            "?".into()
-        }
+    let measured = GroundTruth {
+        rules: rules.name(),
+        family: fam,
+        connections,
+        counters,
+        evictions: map_fields(&run.lines)
+            .map(|m| m.evictions)
+            .map_err(|e| format!("{e:#}")),
+        health: agent_health(cfg, &run, srv, stopped)?,
+        rounds: run.rounds,
     };
-    if ebpf && !agent_health(cfg, &run, srv, stopped, &mut notes)? {
-        pass = false;
-    }
-    Ok(Check {
-        line: format!(
-            "{head} connections={connections}{fields} mismatches={mismatches} source_evictions={evictions} rounds={} status={}",
-            run.rounds,
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    Ok(measured.check(kernel, Vec::new()))
 }

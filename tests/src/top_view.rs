@@ -22,7 +22,7 @@
 //! cursor shown, `stty -g` as before) and none of the agent's kprobe events,
 //! BPF programs or maps left in the kernel.
 
-use crate::check::Check;
+use crate::check::{Check, Judged};
 use crate::live_agent::KernelState;
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, SYN};
@@ -32,6 +32,7 @@ use crate::rules::{Family, Flavour, ServerRules};
 use crate::scenario::Config;
 use crate::tmux::Tmux;
 use crate::tools;
+use crate::top_view_judge::{self, TopView};
 use crate::traffic::RawSender;
 use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, Ipv4Addr};
@@ -225,7 +226,7 @@ fn ipv4_reconcile(screen: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn compact(rows: &[Row]) -> String {
+pub fn compact(rows: &[Row]) -> String {
     if rows.is_empty() {
         return "none".into();
     }
@@ -236,18 +237,15 @@ fn compact(rows: &[Row]) -> String {
 }
 
 pub fn top_view(cfg: &Config, kernel: &str) -> Check {
-    let probes = if cfg.fentry { " probes=fentry" } else { "" };
-    let head = format!("RESULT kernel={kernel} check=top-view{probes}");
+    let head = top_view_judge::head(kernel, cfg.fentry);
     let mut notes = Vec::new();
-    match run(cfg, &head, &mut notes) {
+    match run(cfg, kernel, &mut notes) {
         Ok(check) => check,
         Err(e) => {
-            notes.push(format!("error: {e:#}"));
-            Check {
-                line: format!("{head} status=FAIL"),
-                pass: false,
-                notes,
-            }
+            let mut failed = Check::failed(head.head(), &e);
+            notes.append(&mut failed.notes);
+            failed.notes = notes;
+            failed
         }
     }
 }
@@ -277,7 +275,7 @@ enum Seen {
     Split(Vec<Row>),
 }
 
-fn run(cfg: &Config, head: &str, notes: &mut Vec<String>) -> Result<Check> {
+fn run(cfg: &Config, kernel: &str, notes: &mut Vec<String>) -> Result<Check> {
     if !cfg.ebpf.enabled() {
         bail!("the top sources table needs eBPF (per-source counts come from the probes): --ebpf require, or a kernel with kprobes");
     }
@@ -357,12 +355,6 @@ fn run(cfg: &Config, head: &str, notes: &mut Vec<String>) -> Result<Check> {
     };
     let (round_secs, syn_rate) = counter_rate(&frame, &ns, "syn_received")
         .with_context(|| format!("no syn_received rate of {ns} in the burst's frame"))?;
-    // The counters panel is /proc's change over the same round: rate x round
-    // length is the burst, to the display's rounding (the rate to a whole
-    // number, the length to 10 ms).
-    let frame_syn = syn_rate * round_secs;
-    let frame_syn_ok =
-        (frame_syn - burst as f64).abs() <= 0.5 * round_secs + 0.005 * syn_rate + 0.5;
     let reconcile = ipv4_reconcile(&frame).unwrap_or_else(|| "none".into());
 
     // All the SYNs sent, split bursts included, and nothing else.
@@ -403,27 +395,25 @@ fn run(cfg: &Config, head: &str, notes: &mut Vec<String>) -> Result<Check> {
         notes.push(format!("left in the kernel: {l}"));
     }
 
-    let pass = rows == expected
-        && frame_syn_ok
-        && proc_syn == sent
-        && exit == "0"
-        && restored
-        && left.is_empty();
-    // What the table must show, in its order.
-    let driven = compact(&expected);
-    Ok(Check {
-        line: format!(
-            "{head} netns={ns} ebpf=on sources={} driven={driven} table={} bursts={bursts} view_secs={view_secs:.1} frame_syn_rate={} frame_secs={round_secs:.2} reconcile={reconcile} sent={sent} proc_syn={proc_syn} exit={exit} restored={} leftovers={} status={}",
-            SOURCES.len(),
-            compact(&rows),
-            syn_rate,
-            if restored { "yes" } else { "no" },
-            left.len(),
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes: std::mem::take(notes),
-    })
+    let measured = TopView {
+        fentry: cfg.fentry,
+        netns: ns,
+        sources: SOURCES.len(),
+        expected,
+        rows,
+        bursts,
+        burst,
+        view_secs,
+        syn_rate,
+        round_secs,
+        reconcile,
+        sent,
+        proc_syn,
+        exit,
+        restored,
+        left,
+    };
+    Ok(measured.check(kernel, std::mem::take(notes)))
 }
 
 /// Sends bursts until one shows in a single round; returns how many were

@@ -29,6 +29,8 @@ pub enum ServerMode {
 /// A TCP server on 0.0.0.0:port and [::]:port inside a netns.
 pub struct TcpServer {
     stop: Arc<AtomicBool>,
+    /// A [`ServerMode::Stalled`] server accepts (and holds) once this is set.
+    resumed: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
@@ -66,12 +68,13 @@ impl TcpServer {
             ])
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let resumed = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        let (stop2, accepted2, resumed2) = (stop.clone(), accepted.clone(), resumed.clone());
         let handle = std::thread::spawn(move || {
             let mut held = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
-                if mode == ServerMode::Stalled {
+                if mode == ServerMode::Stalled && !resumed2.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
@@ -105,9 +108,15 @@ impl TcpServer {
         });
         Ok(TcpServer {
             stop,
+            resumed,
             accepted,
             handle: Some(handle),
         })
+    }
+
+    /// A stalled server starts accepting again (its queue drains).
+    pub fn resume(&self) {
+        self.resumed.store(true, Ordering::Relaxed);
     }
 
     pub fn accepted(&self) -> u64 {

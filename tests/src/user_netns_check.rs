@@ -6,60 +6,43 @@
 //! the agent must report at most 256 namespaces and warn once that the rest
 //! were left out, and exit cleanly leaving nothing in the kernel.
 
-use crate::check::Check;
+use crate::burst_judge::{Burst, Exit};
+use crate::check::{Check, Judged};
 use crate::live_agent::{self, Launch, LiveAgent, ATTACH_TIMEOUT};
-use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
 use crate::proc_counters;
+use crate::protected_server::ProtectedServer;
 use crate::rng::XorShift;
-use crate::rules::{self, Family, Flavour, ServerRules, PROTECTED_PORT};
 use crate::scenario::Config;
-use crate::traffic::{self, RawSender, ServerMode, TcpServer};
+use crate::traffic::{RawSender, ServerMode};
 use crate::user_netns::UserNamespaces;
+use crate::user_netns_judge::{self, UserNetns};
 use anyhow::{Context, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use synproxy_common::Counter;
 
 /// Namespaces the unprivileged user makes, one process each, by default.
 /// The VM suite makes 3,000 on one kernel (in a 2 GiB guest: about 75 s more
 /// than 1,000 under TCG; 3,000 did not fit the 512 MiB it had before) and
 /// 1,000 on the others; the host test makes 3,000.
 pub const DEFAULT_COUNT: usize = 1000;
-/// The agent's `--netns-max` here, below the count so that the cap applies.
-const MAX_TRACKED: usize = 256;
 const SYNS: u32 = 2000;
 const ACKS: u32 = 500;
-/// The server's unprotected port (reachability), as in the other eBPF checks.
-const PROBE_PORT: u16 = 8081;
 
 pub fn user_netns(cfg: &Config, kernel: &str, count: usize) -> Check {
-    let head = format!(
-        "RESULT kernel={kernel} check=user-netns user_namespaces={count} syn_driven={SYNS} ack_driven={ACKS}"
-    );
-    Check::or_failed(&head, run(cfg, &head, count))
+    let head = user_netns_judge::head(kernel, count, SYNS.into(), ACKS.into());
+    Check::or_failed(head.head(), run(cfg, kernel, count))
 }
 
-fn run(cfg: &Config, head: &str, count: usize) -> Result<Check> {
-    let tools = &cfg.tools;
+fn run(cfg: &Config, kernel: &str, count: usize) -> Result<Check> {
     let started = Instant::now();
     let users = UserNamespaces::create(count, Duration::from_secs(600))
         .context("namespaces of an unprivileged user")?;
     let create_secs = started.elapsed().as_secs_f64();
     // The legitimate namespace comes after them.
-    let topo = Topology::create(tools, None).context("netns setup")?;
-    let _srv_rules =
-        ServerRules::install(tools, &topo.srv, Flavour::Xt, Family::Ipv4, &topo.srv_if)
-            .context("SYNPROXY rules")?;
-    let _cli_rules = rules::install_client_rst_filter(tools, &topo.cli, Flavour::Xt, Family::Ipv4)
-        .context("RST filter")?;
-    let _server = TcpServer::start(&topo.srv, PROTECTED_PORT, ServerMode::Hold)?;
+    let setup = ProtectedServer::xt_ipv4(cfg, ServerMode::Hold)?;
+    let topo = &setup.topo;
     let (src, dst): (IpAddr, IpAddr) = (topo.cli4.into(), topo.srv4.into());
-    traffic::wait_reachable(
-        &topo.cli,
-        SocketAddr::new(dst, PROBE_PORT),
-        Duration::from_secs(5),
-    )?;
 
     let mut args: Vec<String> = [
         "--signal",
@@ -101,82 +84,31 @@ fn run(cfg: &Config, head: &str, count: usize) -> Result<Check> {
             break;
         }
     }
-    let delta = |c: Counter| last.get(c.name()) - before.get(c.name());
-    let (proc_syn, proc_inv) = (delta(Counter::SynReceived), delta(Counter::CookieInvalid));
     let lines = live.sample().context("round after the traffic")?;
     let stderr = live.stderr_lines();
     let stopped = live.stop(Some(libc::SIGTERM))?;
     let leftovers = live_agent::wait_clean(&stopped, Duration::from_secs(5))?;
     drop(users);
 
-    let srv = topo.srv.name();
-    let (ebpf_syn, view) = live_agent::ebpf_count(&lines, srv, Counter::SynReceived.name())?;
-    let (ebpf_inv, _) = live_agent::ebpf_count(&lines, srv, Counter::CookieInvalid.name())?;
-    let (missed, attached) = live_agent::probe_misses(&lines)?;
+    let burst = Burst::read(&lines, topo.srv.name(), (SYNS, ACKS), &before, &last)?;
     let tracked = |round: &[crate::line_protocol::Line]| {
         round.iter().filter(|l| l.measurement == "synproxy").count()
     };
-    let (tracked_first, tracked_after) = (tracked(&first), tracked(&lines));
-    let warnings = stderr
-        .iter()
-        .filter(|l| l.starts_with("W!") && l.contains("left out"))
-        .count();
-    let no_slot = stderr
-        .iter()
-        .filter(|l| l.contains("no room to count"))
-        .count();
-    let mut notes = Vec::new();
-    let mut pass = true;
-    let mut fail = |note: String| {
-        notes.push(note);
-        pass = false;
+    let count_of = |what: &dyn Fn(&String) -> bool| stderr.iter().filter(|l| what(l)).count();
+    let measured = UserNetns {
+        user_namespaces: count,
+        create_secs,
+        tracked: (tracked(&first), tracked(&lines)),
+        burst,
+        left_out_warnings: count_of(&|l| l.starts_with("W!") && l.contains("left out")),
+        no_slot: count_of(&|l| l.contains("no room to count")),
+        exit: Exit::of(&stopped, leftovers, None),
     };
-    if proc_syn != u64::from(SYNS) || proc_inv != u64::from(ACKS) {
-        fail(format!(
-            "/proc moved {proc_syn}/{proc_inv}: not what was sent"
-        ));
+    let mut check = measured.check(kernel, Vec::new());
+    if !check.pass {
+        check
+            .notes
+            .extend(stderr.iter().rev().take(10).map(|l| format!("agent: {l}")));
     }
-    if ebpf_syn != proc_syn || ebpf_inv != proc_inv {
-        fail(format!(
-            "eBPF {ebpf_syn}/{ebpf_inv} != /proc {proc_syn}/{proc_inv}"
-        ));
-    }
-    if missed != 0 || view.misses != 0 || !attached || view.statuses.iter().any(|s| s != "exact") {
-        fail(format!(
-            "attached={attached} kprobe missed={missed} probe_misses={} reconcile={:?}",
-            view.misses, view.statuses
-        ));
-    }
-    if tracked_first > MAX_TRACKED || tracked_after > MAX_TRACKED {
-        fail(format!(
-            "{tracked_first}/{tracked_after} namespaces reported, over {MAX_TRACKED}"
-        ));
-    }
-    if warnings != 1 {
-        fail(format!("{warnings} `left out` warnings, want 1"));
-    }
-    if no_slot != 0 {
-        fail(format!("{no_slot} `no room to count` warnings"));
-    }
-    if !stopped.exit_ok || !leftovers.is_empty() {
-        fail(format!(
-            "exit code {} after SIGTERM; left in the kernel: {leftovers:?}",
-            stopped.exit_code
-        ));
-    }
-    if !pass {
-        notes.extend(stderr.iter().rev().take(10).map(|l| format!("agent: {l}")));
-    }
-    Ok(Check {
-        line: format!(
-            "{head} create_secs={create_secs:.1} tracked={tracked_first}/{tracked_after} proc_syn={proc_syn} ebpf_syn={ebpf_syn} proc_inv={proc_inv} ebpf_inv={ebpf_inv} reconcile={} probe_misses={} left_out_warnings={warnings} exit={} leftovers={} status={}",
-            view.statuses.join("/"),
-            view.misses + missed,
-            stopped.exit_code,
-            leftovers.len(),
-            if pass { "PASS" } else { "FAIL" }
-        ),
-        pass,
-        notes,
-    })
+    Ok(check)
 }

@@ -16,9 +16,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use synproxy_tests::caps;
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::require;
+use synproxy_tests::{caps, child};
 
 /// Root and `programs`: a skip elsewhere, a failure on CI.
 fn needs(programs: &'static [&'static str]) -> Result<bool, String> {
@@ -78,29 +78,8 @@ fn without_procfs(fake: &FakeProc, args: &[&str]) -> Command {
     c
 }
 
-fn output_with_timeout(mut cmd: Command, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let deadline = Instant::now() + AGENT_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("timed out after {AGENT_TIMEOUT:?} waiting for {what} to exit");
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("output of {what}: {e}"))
+fn output_with_timeout(cmd: Command, what: &str) -> Output {
+    child::output_with_timeout(cmd, what, AGENT_TIMEOUT)
 }
 
 /// A long-running agent whose drop fails stops at once: exit 1, one error

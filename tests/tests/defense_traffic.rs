@@ -1,11 +1,15 @@
-//! The defense scenarios' traffic on the host kernel: each flood moves the
-//! layer it aims at, and not the layer the verdict must tell it from
-//! (SYNPROXY's cookies never move the kernel's own, and the other way round).
-//! The counters are read from the files inside the server namespace.
+//! The defense scenarios on the host kernel: each flood moves the layer it
+//! aims at, and not the layer the verdict must tell it from (SYNPROXY's
+//! cookies never move the kernel's own, and the other way round), read from
+//! the files inside the server namespace; and the agent, sampling that
+//! namespace meanwhile, names the flood within two rounds of its onset, holds
+//! it, logs the change, and is calm again soon after (see
+//! `synproxy_tests::defense_verdict`).
 
 use std::time::Duration;
 use synproxy_tests::defense_traffic::{ConntrackMaxOverride, DefenseLab};
-use synproxy_tests::harness::{wait_until, Needs};
+use synproxy_tests::defense_verdict::{judge, now_ns, Watch};
+use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::netns::Netns;
 use synproxy_tests::require;
 use synproxy_tests::tcp_counters::{read_conntrack, read_tcp};
@@ -27,6 +31,32 @@ fn lab(mode: ServerMode) -> DefenseLab {
     DefenseLab::new(&Tools::default(), mode).unwrap_or_else(|e| panic!("lab set-up: {e:#}"))
 }
 
+/// Runs `flood` while the agent watches the lab; its verdict must be
+/// `expected` (see the module comment). `flood`'s result is returned.
+fn verdict_of<T>(lab: &DefenseLab, expected: &str, flood: impl FnOnce() -> T) -> T {
+    let mut watch = Watch::start(&agent_binary(), lab.srv()).unwrap_or_else(|e| panic!("{e:#}"));
+    let onset = now_ns();
+    let out = flood();
+    let end = now_ns();
+    watch
+        .until("calm after the flood", |r| {
+            r.ts_ns >= end && r.state == "calm"
+        })
+        .and_then(|()| watch.rounds_more(1))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    match judge(&watch.rounds, onset, end, expected) {
+        Ok(summary) => eprintln!("verdict: {summary}"),
+        Err(e) => panic!("{e}\nlog: {:#?}", watch.log()),
+    }
+    let log = watch.log();
+    let change = format!("defense calm -> {expected}");
+    assert!(
+        log.iter().any(|l| l.contains(&change)),
+        "no {change:?} in the log: {log:#?}"
+    );
+    out
+}
+
 fn tcp(ns: &Netns) -> tcp_counters::Named {
     read_tcp(ns).unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -44,7 +74,8 @@ fn a_spoofed_syn_flood_is_answered_by_synproxy_not_by_the_kernels_cookies() {
     require!(NEEDS.check());
     let lab = lab(ServerMode::Hold);
     let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
-    let sent = lab.syn_flood(2000, 1.0).unwrap_or_else(|e| panic!("{e:#}"));
+    let sent = verdict_of(&lab, "syn_flood_absorbed", || lab.syn_flood(2000, 2.0))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     wait_until("syn_received to count every SYN", SETTLE, || {
         let d = synproxy(lab.srv()).get("syn_received") - p0.get("syn_received");
         (d == sent).then_some(()).ok_or(format!("{d} of {sent}"))
@@ -59,9 +90,10 @@ fn an_invalid_ack_flood_is_counted_as_cookie_invalid() {
     require!(NEEDS.check());
     let lab = lab(ServerMode::Hold);
     let p0 = synproxy(lab.srv());
-    let sent = lab
-        .invalid_ack_flood(2000, 1.0)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let sent = verdict_of(&lab, "invalid_ack_flood", || {
+        lab.invalid_ack_flood(2000, 2.0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     wait_until("cookie_invalid to count every ACK", SETTLE, || {
         let d = synproxy(lab.srv()).get("cookie_invalid") - p0.get("cookie_invalid");
         (d == sent).then_some(()).ok_or(format!("{d} of {sent}"))
@@ -80,9 +112,10 @@ fn a_syn_flood_to_an_uncovered_port_uses_the_kernels_own_cookies() {
         .write_sysctl("net.ipv4.tcp_syncookies", "1")
         .unwrap_or_else(|e| panic!("{e:#}"));
     let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
-    let sent = lab
-        .unprotected_syn_flood(2000, 1.0)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let sent = verdict_of(&lab, "unprotected_syn_flood", || {
+        lab.unprotected_syn_flood(2000, 2.0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // The listener's SYN queue (backlog 1) takes the first; then cookies.
     wait_until("SyncookiesSent for all but the queued SYNs", SETTLE, || {
         let d = moved(&t0, &tcp(lab.srv()), "TcpExtSyncookiesSent");
@@ -101,9 +134,14 @@ fn a_connection_flood_against_a_stalled_server_drops_at_its_listener() {
     require!(NEEDS.check());
     let lab = lab(ServerMode::Stalled);
     let (p0, t0) = (synproxy(lab.srv()), tcp(lab.srv()));
-    let socks = lab
-        .connection_flood(100, 1.0)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    // It ends when the server accepts again: while it does not, the kernel
+    // keeps retransmitting the queued SYN-ACKs and dropping their ACKs.
+    let socks = verdict_of(&lab, "backend_saturated", || {
+        let socks = lab.connection_flood(200, 2.0);
+        lab.setup.resume_server();
+        socks
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // Through SYNPROXY each handshake completes with the client; the SYN it
     // then sends the server finds the accept queue (backlog 1) full.
     wait_until("ListenDrops behind the proxy", SETTLE, || {
@@ -127,22 +165,25 @@ fn conntrack_at_its_maximum_drops_new_entries() {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let max = (init + 1000).max(c0.get("count") + 1000);
-    let _max = ConntrackMaxOverride::set(max).unwrap_or_else(|e| panic!("{e:#}"));
-    let per_sec = 4000;
-    let secs = (max as f64 * 1.5 / per_sec as f64).max(1.0);
-    lab.conntrack_fill(per_sec, secs)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let c1 = wait_until("conntrack to refuse or evict entries", SETTLE, || {
-        let c = read_conntrack(lab.srv()).map_err(|e| format!("{e:#}"))?;
-        let lost = ["drop", "early_drop", "insert_failed"]
-            .iter()
-            .map(|k| c.get(k) - c0.get(k))
-            .sum::<u64>();
-        if lost > 0 {
-            Ok(c)
-        } else {
-            Err(format!("count {}, none lost", c.get("count")))
-        }
+    // The flood ends when the maximum is back: the table has room again.
+    let c1 = verdict_of(&lab, "conntrack_exhausted", || {
+        let _max = ConntrackMaxOverride::set(max).unwrap_or_else(|e| panic!("{e:#}"));
+        let per_sec = 4000;
+        let secs = (max as f64 * 1.5 / per_sec as f64).max(2.0);
+        lab.conntrack_fill(per_sec, secs)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        wait_until("conntrack to refuse or evict entries", SETTLE, || {
+            let c = read_conntrack(lab.srv()).map_err(|e| format!("{e:#}"))?;
+            let lost = ["drop", "early_drop", "insert_failed"]
+                .iter()
+                .map(|k| c.get(k) - c0.get(k))
+                .sum::<u64>();
+            if lost > 0 {
+                Ok(c)
+            } else {
+                Err(format!("count {}, none lost", c.get("count")))
+            }
+        })
     });
     assert!(
         c1.get("count") * 100 >= max * 95,

@@ -223,82 +223,27 @@ fn netns_all_reports_every_namespace_separately() {
 // ---- Namespaces by identity: series follow the namespace, not its label ----
 
 /// A long-running agent in `--signal stdin` mode: one round per request.
-struct RoundAgent {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+struct RoundAgent(synproxy_tests::round_agent::RoundAgent);
 
 impl RoundAgent {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(agent_binary())
-            .args(["--signal", "stdin", "--no-ebpf", "--log-level", "debug"])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the agent: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-        }
+        let args = ["--log-level", "debug"].iter().chain(args);
+        Self(synproxy_tests::round_agent::RoundAgent::start(
+            args,
+            std::process::Stdio::inherit(),
+        ))
     }
 
     /// Asks for one round and returns its lines (all share one timestamp).
     fn round(&mut self) -> Vec<synproxy_tests::line_protocol::Line> {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("agent stdin");
-        stdin
-            .write_all(b"\n")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("cannot ask the agent for a round: {e}"));
-        let first = self
-            .lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("waiting for the agent's round: {e}"));
-        let stamp = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-        let ts = stamp(&first);
-        let mut raw = vec![first];
-        // The round is one write: its other lines are already in the pipe.
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(std::time::Duration::from_millis(500))
-        {
-            assert_eq!(stamp(&line), ts, "a line of another round: {line}");
-            raw.push(line);
-        }
-        // The `synproxy` lines (the `nstat` and `conntrack` lines are the
-        // other sources').
-        raw.retain(|l| l.split([',', ' ']).next() == Some("synproxy"));
-        raw.iter()
+        self.0
+            .round()
+            .iter()
             .map(|l| {
                 synproxy_tests::line_protocol::parse_line(l)
                     .unwrap_or_else(|e| panic!("{e:#}: {l}"))
             })
             .collect()
-    }
-}
-
-impl Drop for RoundAgent {
-    fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.wait();
     }
 }
 
@@ -341,20 +286,13 @@ fn drive_connections(tools: &Tools, srv: &str, connections: u64) {
     ));
 }
 
-fn run_ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(status.success(), "ip {args:?}: {status}");
+/// `prog args`, which must succeed.
+fn run_cmd(prog: &str, args: &[&str]) {
+    synproxy_tests::tools::run(Path::new(prog), args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-fn run_cmd(prog: &str, args: &[&str]) {
-    let status = Command::new(prog)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{prog} {args:?}: {e}"));
-    assert!(status.success(), "{prog} {args:?}: {status}");
+fn run_ip(args: &[&str]) {
+    run_cmd("ip", args);
 }
 
 fn nsfs_inode(path: &Path) -> u64 {
@@ -1137,20 +1075,8 @@ fn top_view_in_tmux_shows_the_rate_and_restores_the_terminal() {
             tmux.type_line(&command("run3"))
                 .unwrap_or_else(|e| panic!("{e:#}"));
             wait_view("run3");
-            let shell = tmux.shell_pid().unwrap_or_else(|e| panic!("{e:#}"));
-            let agents: Vec<u32> = synproxy_tests::tmux::children(shell)
-                .into_iter()
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.trim() == "synproxy-agent")
-                })
-                .collect();
-            let [pid] = agents[..] else {
-                panic!("want one synproxy-agent under the pane's shell {shell}, found {agents:?}");
-            };
-            let pid = libc::pid_t::try_from(pid).unwrap_or_else(|e| panic!("{e}"));
-            // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
+            tmux.signal_agent(libc::SIGTERM)
+                .unwrap_or_else(|e| panic!("{e:#}"));
             assert_terminal_restored(&tmux, "run3-checked", "run3", 0);
             // A panic (debug builds have a switch for it): the hook restores
             // the terminal before the message; the agent exits 1.

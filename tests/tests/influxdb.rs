@@ -442,14 +442,7 @@ fn influx_v2_api_headers_gzip_retries_and_refusals() {
         ],
         &[("INFLUX_TOKEN", TOKEN)],
     );
-    wait_until(
-        "8 requests at the endpoint",
-        Duration::from_secs(120),
-        || match endpoint.received().len() {
-            n if n >= 8 => Ok(()),
-            n => Err(format!("{n} requests")),
-        },
-    );
+    endpoint.wait_for_requests(8);
     let (code, stdout, stderr) = agent.stop();
     assert_eq!(code, Some(0));
     let received = endpoint.received();
@@ -589,14 +582,7 @@ fn influx_v1_api_basic_auth() {
         ],
         &[("INFLUX_USERNAME", "agent"), ("INFLUX_PASSWORD", "pa:ss")],
     );
-    wait_until(
-        "2 requests at the endpoint",
-        Duration::from_secs(120),
-        || match endpoint.received().len() {
-            n if n >= 2 => Ok(()),
-            n => Err(format!("{n} requests")),
-        },
-    );
+    endpoint.wait_for_requests(2);
     let (code, stdout, _) = agent.stop();
     assert_eq!(code, Some(0));
     assert!(

@@ -5,7 +5,6 @@
 //! SYNPROXY traffic); skipped with a message when missing, unless CI=true.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,12 +27,9 @@ const NEEDS: Needs = Needs {
     synproxy: true,
 };
 
+/// `ip args`, which must succeed.
 fn run_ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(status.success(), "ip {args:?}: {status}");
+    synproxy_tests::tools::run(Path::new("ip"), args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn cstring(path: &Path) -> CString {
@@ -114,9 +110,7 @@ impl Drop for NetnsDir {
 /// A long-running agent in `--signal stdin` mode (one round per request),
 /// its stderr in a file.
 struct RoundAgent {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
+    agent: synproxy_tests::round_agent::RoundAgent,
     stderr: PathBuf,
 }
 
@@ -125,63 +119,17 @@ impl RoundAgent {
         let stderr =
             std::env::temp_dir().join(format!("spx-hostile-{}-{tag}.log", std::process::id()));
         let file = std::fs::File::create(&stderr).unwrap_or_else(|e| panic!("{stderr:?}: {e}"));
-        let mut child = Command::new(agent_binary())
-            .args(["--signal", "stdin", "--no-ebpf"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the agent: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-            stderr,
-        }
+        let agent = synproxy_tests::round_agent::RoundAgent::start(args, Stdio::from(file));
+        Self { agent, stderr }
     }
 
     /// One round's lines, unparsed (all share one timestamp).
     fn round(&mut self) -> Vec<String> {
-        let stdin = self.stdin.as_mut().expect("agent stdin");
-        stdin
-            .write_all(b"\n")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("cannot ask the agent for a round: {e}"));
-        let first = self
-            .lines
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("waiting for the agent's round: {e}"));
-        let stamp = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_string();
-        let ts = stamp(&first);
-        let mut raw = vec![first];
-        // The round is one write: its other lines are already in the pipe.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
-            assert_eq!(stamp(&line), ts, "a line of another round: {line}");
-            raw.push(line);
-        }
-        // The `synproxy` lines: one per namespace (the `nstat` and
-        // `conntrack` lines are the other sources').
-        raw.retain(|l| l.split([',', ' ']).next() == Some("synproxy"));
-        raw
+        self.agent.round()
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.agent.child.id()))
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -191,8 +139,7 @@ impl RoundAgent {
 
     /// Ends the agent (stdin EOF) and returns its stderr.
     fn stop(mut self) -> Vec<u8> {
-        self.stdin = None;
-        let status = self.child.wait().unwrap_or_else(|e| panic!("{e}"));
+        let status = self.agent.finish().unwrap_or_else(|e| panic!("{e}"));
         let log = std::fs::read(&self.stderr).unwrap_or_default();
         assert!(
             status.success(),
@@ -205,8 +152,7 @@ impl RoundAgent {
 
 impl Drop for RoundAgent {
     fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.wait();
+        let _ = self.agent.finish();
         let _ = std::fs::remove_file(&self.stderr);
     }
 }

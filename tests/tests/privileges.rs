@@ -18,7 +18,7 @@ use synproxy_tests::caps::{
     self, mask, CAP_BPF, CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_PERFMON,
     CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 };
-use synproxy_tests::child::{pump, stop, AgentCopy};
+use synproxy_tests::child::{self, pump, stop, AgentCopy};
 use synproxy_tests::connections::Connections;
 use synproxy_tests::harness::{agent_binary, Needs};
 use synproxy_tests::line_protocol::{self, Line};
@@ -74,29 +74,8 @@ fn command(who: &As, copy: &AgentCopy, args: &[&str]) -> Command {
     }
 }
 
-fn output_with_timeout(mut cmd: Command, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let deadline = Instant::now() + AGENT_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("timed out after {AGENT_TIMEOUT:?} waiting for {what} to exit");
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("output of {what}: {e}"))
+fn output_with_timeout(cmd: Command, what: &str) -> Output {
+    child::output_with_timeout(cmd, what, AGENT_TIMEOUT)
 }
 
 fn parse_lines(stdout: &str) -> Vec<Line> {

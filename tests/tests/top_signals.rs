@@ -5,7 +5,7 @@
 //! kernel SYNPROXY needed); needs `tmux`.
 
 use synproxy_tests::harness::agent_binary;
-use synproxy_tests::tmux::{children, Tmux};
+use synproxy_tests::tmux::Tmux;
 
 /// `tmux` in PATH: required on CI, a skip with a message elsewhere.
 fn tmux_available() -> bool {
@@ -53,20 +53,7 @@ fn top_ends_on_sighup_and_sigquit_with_the_terminal_restored() {
         or_panic(tmux.wait_for(&format!("{run}: the view"), timeout, |s| {
             (s.contains("synproxy-agent top |") && s.contains("syn_received")).then_some(())
         }));
-        let shell = or_panic(tmux.shell_pid());
-        let agents: Vec<u32> = children(shell)
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "synproxy-agent")
-            })
-            .collect();
-        let [pid] = agents[..] else {
-            panic!("want one synproxy-agent under the pane's shell {shell}, found {agents:?}");
-        };
-        let pid = libc::pid_t::try_from(pid).unwrap();
-        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+        or_panic(tmux.signal_agent(signal));
         let marker = format!("{run}-checked");
         let screen = or_panic(tmux.wait_for(&marker, timeout, |s| {
             s.lines().any(|l| l.trim() == marker).then(|| s.to_string())

@@ -13,6 +13,7 @@ mod check_names;
 mod ebpf_toolchain;
 mod fuzz;
 mod image;
+mod interrupt;
 mod package;
 mod package_upgrade;
 mod run;

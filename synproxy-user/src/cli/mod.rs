@@ -89,6 +89,17 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_NO_CONNTRACK")]
     pub no_conntrack: bool,
 
+    /// Do not judge each namespace's defense from SYNPROXY's, the TCP stack's
+    /// and conntrack's counters (the synproxy_defense lines,
+    /// synproxy_defense_* on /metrics, the log line on each change).
+    #[arg(long, env = "SYNPROXY_AGENT_NO_VERDICT")]
+    pub no_verdict: bool,
+
+    /// How long a namespace's rates are learnt before its defense is judged
+    /// (state "learning" meanwhile); 0s to 24h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cli_bounds::parse_verdict_warmup, env = "SYNPROXY_AGENT_VERDICT_WARMUP")]
+    pub verdict_warmup: Duration,
+
     /// Which BPF programs count the events. kprobe: kprobes/kretprobes through
     /// tracefs (any kernel with kprobes). fentry: fentry/fexit programs,
     /// cheaper per event; on SYNPROXY built as modules (distribution kernels)

@@ -46,6 +46,27 @@ fn capget() -> Result<(CapSet, CapSet), i32> {
     ))
 }
 
+/// `capset(2)` on the calling thread: its effective, permitted and
+/// inheritable sets; the errno when the kernel refuses. Async-signal-safe
+/// (one raw system call).
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> Result<(), i32> {
+    let part = |shift: u32| CapData {
+        effective: (effective >> shift) as u32,
+        permitted: (permitted >> shift) as u32,
+        inheritable: (inheritable >> shift) as u32,
+    };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [part(0), part(32)];
+    // SAFETY: as in capget; the kernel only reads `data`.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
 /// Whether the calling thread has `cap` in its effective set.
 pub fn effective_has(cap: u32) -> bool {
     capget().is_ok_and(|(effective, _)| effective.contains(cap))
@@ -90,24 +111,9 @@ fn apply_here() -> Result<(), i32> {
     };
     let (_, permitted) = capget()?;
     let kept = permitted.0 & keep;
-    let part = |shift: u32| {
-        let bits = (kept >> shift) as u32;
-        CapData {
-            effective: bits,
-            permitted: bits,
-            inheritable: 0,
-        }
-    };
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [part(0), part(32)];
-    // SAFETY: as in capget; the kernel only reads `data`. Lowering the
-    // permitted set and setting effective within it needs no capability.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(errno());
-    }
+    // Lowering the permitted set and setting effective within it needs no
+    // capability.
+    capset(kept, kept, 0)?;
     // SAFETY: sets this thread's no_new_privs bit (irreversible by design).
     if unsafe {
         libc::prctl(

@@ -48,16 +48,24 @@ type FileResults = Vec<(StackFile, Result<FileRead, StackReadError>)>;
 impl Sampler {
     /// Reads the stack files of this round's namespaces (`targets`, or the
     /// agent's own with `None`) into `round.stack`.
-    pub(super) fn read_stack(&mut self, targets: Option<&[NetnsTarget]>, round: &mut Snapshot) {
+    /// Reads the stack files into `round.stack`; returns each series'
+    /// index there.
+    pub(super) fn read_stack(
+        &mut self,
+        targets: Option<&[NetnsTarget]>,
+        round: &mut Snapshot,
+    ) -> HashMap<SeriesKey, usize> {
+        let mut index = HashMap::new();
         let wanted = self.config.stack.files();
         if wanted.is_empty() {
-            return;
+            return index;
         }
         let proc_root = self.config.proc_root.clone();
         match targets {
             None => {
                 let files = self.stack_reader.read_own(&wanted, &proc_root);
                 if let Some(sample) = self.stack_sample(SeriesKey::Own, "", files) {
+                    index.insert(SeriesKey::Own, round.stack.len());
                     round.stack.push(sample);
                 }
             }
@@ -68,6 +76,7 @@ impl Sampler {
                         Ok(ns) => {
                             let key = SeriesKey::Netns(ns.id);
                             if let Some(sample) = self.stack_sample(key, &target.label, ns.files) {
+                                index.insert(key, round.stack.len());
                                 round.stack.push(sample);
                             }
                         }
@@ -80,6 +89,7 @@ impl Sampler {
         }
         self.stack_reader.end_round();
         self.stack_series.retain(|_, s| std::mem::take(&mut s.seen));
+        index
     }
 
     fn stack_sample(
@@ -254,12 +264,21 @@ fn conntrack_stats(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sources::ebpf::Stop;
     use std::fs;
 
     fn sampler(proc_root: &std::path::Path, stack: StackSources) -> Sampler {
+        sampler_with(proc_root, stack, None)
+    }
+
+    /// A sampler of the own namespace under the fake `proc_root`.
+    pub(in crate::sampler) fn sampler_with(
+        proc_root: &std::path::Path,
+        stack: StackSources,
+        verdict: Option<VerdictParams>,
+    ) -> Sampler {
         Sampler::new(SamplerConfig {
             once: false,
             proc_root: proc_root.into(),
@@ -275,10 +294,11 @@ mod tests {
                 map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
             },
             stack,
+            verdict,
         })
     }
 
-    fn write(root: &std::path::Path, file: StackFile, text: &str) {
+    pub(in crate::sampler) fn write(root: &std::path::Path, file: StackFile, text: &str) {
         let path = root.join(file.relative());
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, text).unwrap();

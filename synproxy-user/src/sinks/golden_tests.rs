@@ -6,13 +6,14 @@
 use super::line_protocol::{IntegerType, LineEncoder};
 use super::prometheus::tests::promtool_check;
 use super::prometheus::{render, Format, Published, TopSeries};
+use crate::analysis::verdict::{DefenseState, Reason, Signal, Verdict};
 use crate::fields::{Field, Values, FIELD_COUNT};
 use crate::reconcile::ebpf_vs_proc::Status;
 use crate::sample::{
     AgentHealth, EbpfSample, InfluxHealth, NamespaceSnapshot, ProbesSample, ProgramRuns,
     RetainedNamespace, Sample, SeriesId, Snapshot, SourceMapStats, TopSource, TopSources,
 };
-use crate::sample::{ConntrackSample, StackSample};
+use crate::sample::{ConntrackSample, DefenseSample, StackSample};
 use crate::sources::ebpf::kprobe_events::ProbeStats;
 use crate::sources::proc::conntrack_stat::COLUMNS;
 use crate::sources::proc::tcp_counters::{StackField, NETSTAT_FIELDS, SNMP_FIELDS};
@@ -202,6 +203,34 @@ fn golden_snapshot() -> Snapshot {
                 ..stack(Some(ODD_LABEL), 30, false)
             },
         ],
+        defense: vec![
+            defense(1, None, calm()),
+            // Two floods at once: the worse decides, both are reasons; it
+            // began this round.
+            defense(
+                2,
+                Some("blue"),
+                Verdict {
+                    state: DefenseState::BackendSaturated,
+                    reasons: vec![
+                        reason(Signal::ListenDrops, 12.0, 1.0, 0.0),
+                        reason(Signal::SynReceived, 5200.0, 50.0, 3.1),
+                    ],
+                    since_ns: TS,
+                    changed_from: Some(DefenseState::SynFloodAbsorbed),
+                },
+            ),
+            defense(
+                3,
+                Some(ODD_LABEL),
+                Verdict {
+                    state: DefenseState::ConntrackExhausted,
+                    reasons: vec![reason(Signal::ConntrackFull, 0.97, 0.95, 0.0)],
+                    since_ns: TS - 30_000_000_000,
+                    changed_from: None,
+                },
+            ),
+        ],
     }
 }
 
@@ -232,6 +261,32 @@ fn stack(netns: Option<&str>, base: u64, all: bool) -> StackSample {
                     .collect(),
             ),
         }),
+    }
+}
+
+fn calm() -> Verdict {
+    Verdict {
+        state: DefenseState::Calm,
+        reasons: Vec::new(),
+        since_ns: TS - 600_000_000_000,
+        changed_from: None,
+    }
+}
+
+fn reason(signal: Signal, rate: f64, threshold: f64, baseline: f64) -> Reason {
+    Reason {
+        signal,
+        rate,
+        threshold,
+        baseline,
+    }
+}
+
+fn defense(series: SeriesId, netns: Option<&str>, verdict: Verdict) -> DefenseSample {
+    DefenseSample {
+        series,
+        netns: netns.map(str::to_string),
+        verdict,
     }
 }
 

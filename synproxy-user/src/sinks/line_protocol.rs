@@ -171,7 +171,8 @@ impl LineEncoder {
     }
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
-    /// lines, the `nstat` and `conntrack` lines, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
+    /// lines, the `nstat` and `conntrack` lines, the `synproxy_defense` lines,
+    /// then the `synproxy_ebpf` lines, the `synproxy_top_sources`
     /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
     /// as the end of an eBPF round). A round in which no namespace could be
     /// read writes nothing.
@@ -184,6 +185,9 @@ impl LineEncoder {
         }
         for sample in &snapshot.stack {
             self.encode_stack(sample, snapshot.timestamp_ns, out);
+        }
+        for sample in &snapshot.defense {
+            self.encode_defense(sample, snapshot.timestamp_ns, out);
         }
         for sample in snapshot.ebpf_samples() {
             self.encode_ebpf(sample, out);
@@ -324,7 +328,9 @@ pub fn sanitized_tag(raw: &str) -> String {
         .collect()
 }
 
+mod defense;
 mod stack;
+pub use defense::DEFENSE_MEASUREMENT;
 pub use stack::{CONNTRACK_MEASUREMENT, NSTAT_MEASUREMENT};
 
 #[cfg(test)]

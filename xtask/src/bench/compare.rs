@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -48,27 +48,11 @@ pub struct CompareArgs {
     pub netns_sizes: Vec<usize>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C or SIGTERM: stop measuring, then clean up (children, namespaces).
-fn catch_interrupts() {
-    let handler: extern "C" fn(libc::c_int) = on_interrupt;
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
 /// Sleeps `duration`, in steps, failing as soon as an interrupt came.
 fn sleep_checked(duration: Duration) -> Result<()> {
     let until = Instant::now() + duration;
     loop {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -121,7 +105,7 @@ pub fn run(args: &CompareArgs) -> Result<Report> {
     if !is_root() {
         bail!("cargo xtask bench --compare needs root (modprobe, network namespaces, apt-get)");
     }
-    catch_interrupts();
+    crate::interrupt::catch();
     let tools = prepare()?;
     let machine = Machine::describe();
     println!("{}", machine.text());

@@ -113,18 +113,7 @@ pub fn read_process(pid: u32) -> Option<(u64, u64, u64, u64)> {
 /// Whether the process catches or ignores `signal` (SigCgt/SigIgn of its
 /// status): if neither, the signal's default action applies.
 pub fn handles_signal(pid: u32, signal: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let bit = 1u64 << (signal - 1);
-    (mask("SigCgt:") | mask("SigIgn:")) & bit != 0
+    super::proc_signals::signal_in(pid, &["SigCgt:", "SigIgn:"], signal)
 }
 
 /// Distinct network namespaces on the host: bound under /run/netns or held

@@ -2,12 +2,12 @@
 //! free loopback ports, with its own config and data directory, that can be
 //! killed and started again on the same port and data.
 
-use super::http;
+use super::{http, influxd_setup};
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 /// How long a (re)start may take to answer `/ping` on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -28,17 +28,7 @@ impl Influxd {
         // The backup/restore RPC service needs a port too: never the
         // packaged service's 8088.
         let rpc = format!("127.0.0.1:{}", http::free_port()?);
-        let d = dir.display();
-        let config = format!(
-            "reporting-disabled = true\n\
-             bind-address = \"{rpc}\"\n\
-             [meta]\n  dir = \"{d}/meta\"\n\
-             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
-             [http]\n  bind-address = \"{addr}\"\n  log-enabled = false\n\
-             [monitor]\n  store-enabled = false\n\
-             [continuous_queries]\n  enabled = false\n"
-        );
-        std::fs::write(dir.join("influxdb.conf"), config)?;
+        influxd_setup::write_config(&dir, &addr, &rpc)?;
         let mut server = Self {
             child: None,
             dir,
@@ -51,47 +41,17 @@ impl Influxd {
 
     /// Starts the process (again) and waits until `/ping` answers.
     pub fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new("influxd")
-            .arg("-config")
-            .arg(self.dir.join("influxdb.conf"))
-            .env_remove("INFLUXDB_CONFIG_PATH")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        let child = influxd_setup::command(&self.dir, &self.log)?
             // Ctrl-C reaches the xtask only: it stops its children itself.
             .process_group(0)
             .spawn()
-            .context("cannot start influxd (apt-get install influxdb)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!(
-                        "influxd exited ({status}) before it answered on {} (log: {})",
-                        self.addr,
-                        self.log.display()
-                    );
-                }
-            }
-            if matches!(http::request(&self.addr, "GET", "/ping", ""), Ok((204, _))) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                bail!(
-                    "influxd did not answer /ping on {} within {READY_TIMEOUT:?} (log: {})",
-                    self.addr,
-                    self.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            .context(influxd_setup::NOT_INSTALLED)?;
+        let child = self.child.insert(child);
+        if let Err(e) = influxd_setup::wait_ready(child, &self.addr, READY_TIMEOUT) {
+            self.kill();
+            bail!("{e} (log: {})", self.log.display());
         }
+        Ok(())
     }
 
     pub fn url(&self) -> String {

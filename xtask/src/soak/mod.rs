@@ -11,7 +11,21 @@ mod influxd;
 mod session;
 mod traffic;
 
+// The tests crate's own helpers, compiled in here (std, anyhow and libc
+// only); the soak reads no answer's head nor checks for the agent's name.
+#[allow(dead_code)]
+#[path = "../../../tests/src/http_client.rs"]
+mod http_client;
+#[path = "../../../tests/src/influxd_setup.rs"]
+mod influxd_setup;
+#[allow(dead_code)]
+#[path = "../../../tests/src/proc_signals.rs"]
+mod proc_signals;
+#[path = "../../../tests/src/synproxy_xt.rs"]
+mod synproxy_xt;
+
 use crate::cargo::{cargo, is_root, workspace_root};
+use crate::interrupt::interrupted;
 use anyhow::{bail, Context, Result};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -53,33 +67,13 @@ pub fn run(args: SoakArgs) -> Result<()> {
             workspace_root().join("target/release/synproxy-agent")
         }
     };
-    catch_interrupts();
+    crate::interrupt::catch();
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("spx-soak-{pid}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let outcome = session::run(&agent, &dir, &format!("spx-soak-{pid}-"), args.minutes);
     println!("soak: logs kept in {}", dir.display());
     outcome
-}
-
-/// Set by Ctrl-C or SIGTERM; everything then stops and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_interrupts() {
-    let handler: extern "C" fn(libc::c_int) = on_interrupt;
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// The flag that ends every loop of the soak.

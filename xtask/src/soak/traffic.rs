@@ -2,6 +2,7 @@
 //! joined by a veth pair, the server's port protected by iptables SYNPROXY,
 //! and a few real TCP connections a second through it.
 
+use super::synproxy_xt::synproxy_xt_rules;
 use super::{run_tool, Stop};
 use anyhow::{anyhow, Context, Result};
 use std::fs::File;
@@ -71,66 +72,11 @@ impl Pair {
             run_tool("ip", &["-n", ns, "link", "set", "lo", "up"])?;
             run_tool("ip", &["-n", ns, "link", "set", ifname, "up"])?;
         }
-        let port = PORT.to_string();
-        let iptables = |args: &[&str]| {
+        for rule in synproxy_xt_rules(&srv_if, PORT) {
             let mut full = vec!["netns", "exec", s, "iptables", "-w"];
-            full.extend_from_slice(args);
-            run_tool("ip", &full)
-        };
-        iptables(&[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-i",
-            &srv_if,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "--syn",
-            "-j",
-            "CT",
-            "--notrack",
-        ])?;
-        iptables(&[
-            "-A",
-            "INPUT",
-            "-i",
-            &srv_if,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID,UNTRACKED",
-            "-j",
-            "SYNPROXY",
-            "--sack-perm",
-            "--timestamp",
-            "--wscale",
-            "7",
-            "--mss",
-            "1460",
-        ])?;
-        iptables(&[
-            "-A",
-            "INPUT",
-            "-i",
-            &srv_if,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-            "DROP",
-        ])?;
+            full.extend(rule.iter().map(String::as_str));
+            run_tool("ip", &full)?;
+        }
         // A reused client port must meet SYNPROXY, not an old TIME_WAIT
         // conntrack entry (which would hand its ACK to the server).
         for setting in [

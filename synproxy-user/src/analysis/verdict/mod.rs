@@ -16,6 +16,7 @@
 //! never learnt. The price: a flood already running at start is taken as
 //! normal until it ends.
 
+pub mod readings;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -145,6 +146,9 @@ impl NamespaceVerdict {
     /// (a module reloaded, counters recreated) gives no rate this round.
     pub fn observe(&mut self, now_ns: u64, readings: Readings, params: &Params) -> Verdict {
         let previous = self.last.replace((now_ns, readings));
+        if previous.is_none() {
+            self.since_ns = now_ns;
+        }
         let secs = previous.map_or(0.0, |(t, _)| now_ns.saturating_sub(t) as f64 / 1e9);
         let learning = self.history_secs < params.warmup_secs;
         self.history_secs = (self.history_secs + secs).min(params.warmup_secs);

@@ -153,6 +153,7 @@ impl Family {
 pub(super) struct Exposition(Arc<Published>);
 
 mod agent;
+mod defense;
 mod ebpf;
 mod stack;
 mod synproxy;
@@ -192,6 +193,7 @@ impl Exposition {
         let rows = synproxy::rows(snapshot);
         families.extend(synproxy::families(&rows));
         families.extend(stack::families(snapshot));
+        families.extend(defense::families(snapshot));
         families.extend(ebpf::namespace_families(published, snapshot, &rows));
         families.extend(top_source_families(snapshot, published.top_series));
         if let Some(probes) = &snapshot.probes {

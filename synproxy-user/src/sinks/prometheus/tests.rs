@@ -104,6 +104,7 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
         },
         top_sources: Vec::new(),
         stack: Vec::new(),
+        defense: Vec::new(),
     })
 }
 

@@ -196,6 +196,7 @@ mod tests {
             },
             top_sources: Vec::new(),
             stack: Vec::new(),
+            defense: Vec::new(),
         };
         let mut published = Published::default();
         published.add(&std::sync::Arc::new(snapshot));
