@@ -4,7 +4,7 @@
 //! its holder and `ipt_SYNPROXY`'s extra reference; once the holder is gone
 //! the kernel tears the namespace down and the precondition holds again.
 
-use crate::check::{yes_no, Check, ResultLine, Verdict};
+use crate::check::{yes_no, Check, Judged, ResultLine, Verdict};
 use crate::clean_state;
 use crate::module_agent::Waits;
 use crate::netns::Netns;
@@ -54,43 +54,54 @@ pub fn found_netns(held_lines: &[String], holder: u32) -> bool {
         .any(|l| l.contains("network namespace net:[") && l.contains(&held_by))
 }
 
-pub fn judge(kernel: &str, m: &Measured) -> Check {
-    let module = found_module(&m.held_lines);
-    let netns = found_netns(&m.held_lines, m.holder_pid);
-    let mut reasons = Vec::new();
-    if !m.rule_added {
-        reasons.push("the SYNPROXY rule could not be added".to_string());
+impl Judged for Measured {
+    /// The reasons the check fails.
+    fn judge(&self) -> Verdict {
+        let m = self;
+        let module = found_module(&m.held_lines);
+        let netns = found_netns(&m.held_lines, m.holder_pid);
+        let mut reasons = Vec::new();
+        if !m.rule_added {
+            reasons.push("the SYNPROXY rule could not be added".to_string());
+        }
+        if !m.holder_inside {
+            reasons.push("the holder did not enter the namespace".to_string());
+        }
+        if m.held_exit != 1 {
+            reasons.push(format!(
+                "the precondition exited {} while the namespace was held, not 1",
+                m.held_exit
+            ));
+        }
+        if !module {
+            reasons
+                .push("the precondition did not name ipt_SYNPROXY's extra reference".to_string());
+        }
+        if !netns {
+            reasons.push(format!(
+                "the precondition did not name the namespace held by pid {}",
+                m.holder_pid
+            ));
+        }
+        if m.released_exit != 0 {
+            reasons.push(format!(
+                "the precondition exited {} after the holder was gone, not 0",
+                m.released_exit
+            ));
+        }
+        Verdict { failed: reasons }
     }
-    if !m.holder_inside {
-        reasons.push("the holder did not enter the namespace".to_string());
+
+    fn line(&self, kernel: &str) -> ResultLine {
+        let m = self;
+        let module = found_module(&m.held_lines);
+        let netns = found_netns(&m.held_lines, m.holder_pid);
+        ResultLine::new(kernel, "clean-state")
+            .field("held_exit", m.held_exit)
+            .field("found_module", yes_no(module))
+            .field("found_netns", yes_no(netns))
+            .field("released_exit", m.released_exit)
     }
-    if m.held_exit != 1 {
-        reasons.push(format!(
-            "the precondition exited {} while the namespace was held, not 1",
-            m.held_exit
-        ));
-    }
-    if !module {
-        reasons.push("the precondition did not name ipt_SYNPROXY's extra reference".to_string());
-    }
-    if !netns {
-        reasons.push(format!(
-            "the precondition did not name the namespace held by pid {}",
-            m.holder_pid
-        ));
-    }
-    if m.released_exit != 0 {
-        reasons.push(format!(
-            "the precondition exited {} after the holder was gone, not 0",
-            m.released_exit
-        ));
-    }
-    let line = ResultLine::new(kernel, "clean-state")
-        .field("held_exit", m.held_exit)
-        .field("found_module", yes_no(module))
-        .field("found_netns", yes_no(netns))
-        .field("released_exit", m.released_exit);
-    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
 pub fn clean_state(cfg: &Config, kernel: &str) -> Check {
@@ -98,7 +109,7 @@ pub fn clean_state(cfg: &Config, kernel: &str) -> Check {
     Check::or_failed(
         head.head(),
         measure(cfg, kernel).map(|(m, mut notes)| {
-            let mut check = judge(kernel, &m);
+            let mut check = m.check(kernel, Vec::new());
             check.notes.append(&mut notes);
             check
         }),
@@ -201,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_passing_run_gives_the_recorded_line() {
-        let check = judge(KERNEL, &pass());
+        let check = pass().check(KERNEL, Vec::new());
         assert_eq!(check.line, format!("RESULT kernel={KERNEL} check=clean-state held_exit=1 found_module=yes found_netns=yes released_exit=0 status=PASS"));
         assert!(check.pass && check.notes.is_empty());
     }
@@ -210,7 +221,7 @@ mod tests {
     fn each_failure_fails_with_its_reason() {
         assert_each_fails(
             pass,
-            |m| judge(KERNEL, m),
+            |m| m.check(KERNEL, Vec::new()),
             &[
                 (|m| m.rule_added = false, "rule could not be added"),
                 (|m| m.holder_inside = false, "did not enter"),
@@ -235,7 +246,8 @@ mod tests {
         );
         let mut m = pass();
         m.held_lines.remove(1);
-        assert!(judge(KERNEL, &m)
+        assert!(m
+            .check(KERNEL, Vec::new())
             .line
             .contains(" found_module=yes found_netns=no "));
     }

@@ -8,7 +8,7 @@
 //! the modules unload. Where the module has no BTF (5.10) the agent must warn
 //! once and use kprobes, which do not hold the module.
 
-use crate::check::{or_none, yes_no, Check, ResultLine, Verdict};
+use crate::check::{or_none, yes_no, Check, Judged, ResultLine, Verdict};
 use crate::clean_state;
 use crate::guest_modules::{self, ModuleList, Unload, SYNPROXY_CORE};
 use crate::live_agent;
@@ -86,36 +86,65 @@ fn joined_or(names: &[String], default: &str) -> String {
     .failed_or(default)
 }
 
-/// The RESULT line and the reasons it fails.
-pub fn judge(kernel: &str, m: &Measured) -> Check {
-    let mut reasons = m.timeouts.clone();
-    if !m.scenario_ok {
-        reasons.push("the driven connections' check failed".to_string());
+impl Measured {
+    /// On the kprobe fallback, the agent's warning, as a note.
+    pub fn fallback_note(&self) -> Option<String> {
+        match &self.steps {
+            Steps::Fallback { warning } => Some(format!(
+                "{CHECK} fallback warning: {}",
+                warning.replace(' ', "_")
+            )),
+            Steps::Fentry(_) => None,
+        }
     }
-    if m.probe_type != m.expected {
-        reasons.push(format!(
-            "probe type {}, expected {}",
-            m.probe_type, m.expected
-        ));
+}
+
+impl Judged for Measured {
+    /// The reasons the check fails.
+    fn judge(&self) -> Verdict {
+        let m = self;
+        let mut reasons = m.timeouts.clone();
+        if !m.scenario_ok {
+            reasons.push("the driven connections' check failed".to_string());
+        }
+        if m.probe_type != m.expected {
+            reasons.push(format!(
+                "probe type {}, expected {}",
+                m.probe_type, m.expected
+            ));
+        }
+        if m.cookie_valid.unwrap_or(0) == 0 || m.cookie_valid != Some(m.ebpf) {
+            reasons.push(format!(
+                "eBPF {} against /proc cookie_valid {}",
+                m.ebpf,
+                or_none(m.cookie_valid)
+            ));
+        }
+        if m.exit != 0 {
+            reasons.push(format!("the agent exited {} on SIGTERM", m.exit));
+        }
+        match &m.steps {
+            Steps::Fentry(h) => judge_held(m, h, &mut reasons),
+            Steps::Fallback { .. } => {
+                if m.warnings != 1 {
+                    reasons.push(format!("{} fallback warnings, expected 1", m.warnings));
+                }
+                if m.expected == "fentry" {
+                    reasons.push("the module has BTF but the module steps did not run".to_string());
+                }
+            }
+        }
+        Verdict { failed: reasons }
     }
-    if m.cookie_valid.unwrap_or(0) == 0 || m.cookie_valid != Some(m.ebpf) {
-        reasons.push(format!(
-            "eBPF {} against /proc cookie_valid {}",
-            m.ebpf,
-            or_none(m.cookie_valid)
-        ));
-    }
-    if m.exit != 0 {
-        reasons.push(format!("the agent exited {} on SIGTERM", m.exit));
-    }
-    let line = ResultLine::new(kernel, CHECK)
-        .field("probes", "fentry")
-        .field("probe_type", &m.probe_type)
-        .field("expected_probe_type", &m.expected);
-    let (line, note) = match &m.steps {
-        Steps::Fentry(h) => {
-            judge_held(m, h, &mut reasons);
-            let line = line
+
+    fn line(&self, kernel: &str) -> ResultLine {
+        let m = self;
+        let line = ResultLine::new(kernel, CHECK)
+            .field("probes", "fentry")
+            .field("probe_type", &m.probe_type)
+            .field("expected_probe_type", &m.expected);
+        match &m.steps {
+            Steps::Fentry(h) => line
                 .field("cookie_valid", or_none(m.cookie_valid))
                 .field("ebpf", m.ebpf)
                 .field("rmmod_while_held", joined_or(&h.rmmod_while_held, "none"))
@@ -133,33 +162,14 @@ pub fn judge(kernel: &str, m: &Measured) -> Check {
                 .field("probe_type_after", &h.probe_type_after)
                 .field("exit", m.exit)
                 .field("rmmod_after_exit", joined_or(&h.rmmod_after_exit, "ok"))
-                .field("agent_alive_while_held", yes_no(h.alive_while_held));
-            (line, None)
-        }
-        Steps::Fallback { warning } => {
-            if m.warnings != 1 {
-                reasons.push(format!("{} fallback warnings, expected 1", m.warnings));
-            }
-            let line = line
+                .field("agent_alive_while_held", yes_no(h.alive_while_held)),
+            Steps::Fallback { .. } => line
                 .field("fallback_warnings", m.warnings)
                 .field("cookie_valid", or_none(m.cookie_valid))
                 .field("ebpf", m.ebpf)
-                .field("exit", m.exit);
-            (
-                line,
-                Some(format!(
-                    "{CHECK} fallback warning: {}",
-                    warning.replace(' ', "_")
-                )),
-            )
+                .field("exit", m.exit),
         }
-    };
-    if m.expected == "fentry" && !matches!(m.steps, Steps::Fentry(_)) {
-        reasons.push("the module has BTF but the module steps did not run".to_string());
     }
-    let mut check = Verdict { failed: reasons }.check(&line, Vec::new());
-    check.notes.splice(0..0, note);
-    check
 }
 
 fn judge_held(m: &Measured, h: &Held, reasons: &mut Vec<String>) {
@@ -221,8 +231,9 @@ pub fn fentry_module(cfg: &Config, kernel: &str) -> Check {
     Check::or_failed(
         head.head(),
         measure(cfg, kernel).map(|(m, mut notes, mut tails)| {
-            let mut check = judge(kernel, &m);
-            check.notes.append(&mut notes);
+            let mut first = Vec::from_iter(m.fallback_note());
+            first.append(&mut notes);
+            let mut check = m.check(kernel, first);
             if !check.pass {
                 check.notes.append(&mut tails);
             }
@@ -485,24 +496,25 @@ mod tests {
 
     #[test]
     fn passing_runs_give_the_recorded_lines() {
-        let check = judge(KERNEL, &fentry_pass());
+        let check = fentry_pass().check(KERNEL, Vec::new());
         assert_eq!(check.line, format!("RESULT kernel={KERNEL} check=fentry-module probes=fentry probe_type=fentry expected_probe_type=fentry cookie_valid=5 ebpf=5 rmmod_while_held=nf_synproxy_core in_use=yes refcnt_held=4 refcnt_released=0 rmmod_after_release=ok btf_id_before=48 btf_id_after=825 proc_after_reload=5 ebpf_after_reload=5 probe_type_after=fentry exit=0 rmmod_after_exit=ok agent_alive_while_held=yes status=PASS"));
         assert!(check.pass && check.notes.is_empty(), "{:?}", check.notes);
         let kernel = "5.10.0-46-cloud-amd64";
-        let check = judge(kernel, &fallback_pass());
+        let check = fallback_pass().check(kernel, Vec::new());
         assert_eq!(check.line, format!("RESULT kernel={kernel} check=fentry-module probes=fentry probe_type=kprobe expected_probe_type=kprobe fallback_warnings=1 cookie_valid=5 ebpf=5 exit=0 status=PASS"));
-        assert!(check.pass);
+        assert!(check.pass && check.notes.is_empty(), "{:?}", check.notes);
         assert_eq!(
-            check.notes,
-            ["fentry-module fallback warning: nf_synproxy_core_has_no_BTF;_using_kprobes"]
+            fallback_pass().fallback_note().as_deref(),
+            Some("fentry-module fallback warning: nf_synproxy_core_has_no_BTF;_using_kprobes")
         );
+        assert_eq!(fentry_pass().fallback_note(), None);
     }
 
     #[test]
     fn each_fentry_failure_fails_with_its_reason() {
         assert_each_fails(
             fentry_pass,
-            |m| judge(KERNEL, m),
+            |m| m.check(KERNEL, Vec::new()),
             &[
                 (
                     |m| m.timeouts.push("timeout waiting for x (60s)".into()),
@@ -566,7 +578,7 @@ mod tests {
         h.refcnt_released = Some(1);
         h.rmmod_after_release = h.rmmod_while_held.clone();
         h.unloaded_after_release = false;
-        let check = judge(KERNEL, &m);
+        let check = m.check(KERNEL, Vec::new());
         assert!(!check.pass);
         assert!(check.line.contains(" rmmod_while_held=ipt_SYNPROXY,nf_synproxy_core in_use=yes refcnt_held=5 refcnt_released=1 rmmod_after_release=ipt_SYNPROXY,nf_synproxy_core "), "{}", check.line);
     }
@@ -575,7 +587,7 @@ mod tests {
     fn each_fallback_failure_fails_with_its_reason() {
         assert_each_fails(
             fallback_pass,
-            |m| judge("5.10.0-46-cloud-amd64", m),
+            |m| m.check("5.10.0-46-cloud-amd64", Vec::new()),
             &[
                 (|m| m.warnings = 0, "0 fallback warnings, expected 1"),
                 (|m| m.warnings = 2, "2 fallback warnings, expected 1"),

@@ -11,7 +11,7 @@
 //! continue its totals from the new baseline (old total + new counters, never a
 //! drop), re-attach, and count the new events exactly.
 
-use crate::check::{or_none, yes_no, Check, ResultLine, Verdict};
+use crate::check::{or_none, yes_no, Check, Judged, ResultLine, Verdict};
 use crate::guest_modules::{self, ModuleList, SYNPROXY_CORE};
 use crate::module_agent::{self, ModuleAgent, Waits};
 use crate::netns::Netns;
@@ -90,102 +90,125 @@ pub struct ReloadMeasured {
     pub alive: bool,
 }
 
-/// module-late's RESULT line and the reasons it fails.
-pub fn judge_late(kernel: &str, m: &LateMeasured) -> Check {
-    let proc_val = m.proc.map(|p| p[VALID]);
-    let mut reasons = Vec::new();
-    if m.missing_reports != 1 {
-        reasons.push(format!(
-            "the missing file was reported {} times, not once",
-            m.missing_reports
-        ));
+impl Judged for LateMeasured {
+    /// module-late's reasons to fail.
+    fn judge(&self) -> Verdict {
+        let m = self;
+        let proc_val = m.proc.map(|p| p[VALID]);
+        let mut reasons = Vec::new();
+        if m.missing_reports != 1 {
+            reasons.push(format!(
+                "the missing file was reported {} times, not once",
+                m.missing_reports
+            ));
+        }
+        if !m.alive_while_missing || !m.alive_after {
+            reasons.push("the agent exited".to_string());
+        }
+        if !m.file_absent_before {
+            reasons.push("/proc/net/stat/synproxy existed before the late load".to_string());
+        }
+        if !m.recovery_logged {
+            reasons.push("the agent logged nothing after the module loaded".to_string());
+        }
+        m.counted.reasons(proc_val, &mut reasons);
+        if proc_val.unwrap_or(0) == 0 {
+            reasons.push("/proc cookie_valid did not move".to_string());
+        }
+        if m.agent != m.proc {
+            reasons.push("the agent's totals differ from /proc's".to_string());
+        }
+        if !m.ebpf_attached {
+            reasons.push("the probes did not attach after the load".to_string());
+        }
+        Verdict { failed: reasons }
     }
-    if !m.alive_while_missing || !m.alive_after {
-        reasons.push("the agent exited".to_string());
+
+    fn line(&self, kernel: &str) -> ResultLine {
+        let m = self;
+        let proc_val = m.proc.map(|p| p[VALID]);
+        ResultLine::new(kernel, "module-late")
+            .field("counter", "cookie_valid")
+            .field("driven", or_none(m.counted.driven))
+            .field("proc", or_none(proc_val))
+            .field("agent", or_none(m.agent.map(|a| a[VALID])))
+            .field("ebpf", m.counted.ebpf)
+            .field("ebpf_attached_late", yes_no(m.ebpf_attached))
+            .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
+            .field(
+                "proc_totals",
+                m.proc.map_or("none".into(), |p| fmt_counts(&p)),
+            )
+            .field(
+                "agent_totals",
+                m.agent
+                    .map_or("none/none/none/none/none".into(), |a| fmt_counts(&a)),
+            )
+            .field("missing_reports", m.missing_reports)
+            .field("recovery_logged", yes_no(m.recovery_logged))
+            .field("agent_alive", yes_no(m.alive_after))
     }
-    if !m.file_absent_before {
-        reasons.push("/proc/net/stat/synproxy existed before the late load".to_string());
-    }
-    if !m.recovery_logged {
-        reasons.push("the agent logged nothing after the module loaded".to_string());
-    }
-    m.counted.reasons(proc_val, &mut reasons);
-    if proc_val.unwrap_or(0) == 0 {
-        reasons.push("/proc cookie_valid did not move".to_string());
-    }
-    if m.agent != m.proc {
-        reasons.push("the agent's totals differ from /proc's".to_string());
-    }
-    if !m.ebpf_attached {
-        reasons.push("the probes did not attach after the load".to_string());
-    }
-    let line = ResultLine::new(kernel, "module-late")
-        .field("counter", "cookie_valid")
-        .field("driven", or_none(m.counted.driven))
-        .field("proc", or_none(proc_val))
-        .field("agent", or_none(m.agent.map(|a| a[VALID])))
-        .field("ebpf", m.counted.ebpf)
-        .field("ebpf_attached_late", yes_no(m.ebpf_attached))
-        .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
-        .field(
-            "proc_totals",
-            m.proc.map_or("none".into(), |p| fmt_counts(&p)),
-        )
-        .field(
-            "agent_totals",
-            m.agent
-                .map_or("none/none/none/none/none".into(), |a| fmt_counts(&a)),
-        )
-        .field("missing_reports", m.missing_reports)
-        .field("recovery_logged", yes_no(m.recovery_logged))
-        .field("agent_alive", yes_no(m.alive_after));
-    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
-/// module-reload's RESULT line and the reasons it fails.
-pub fn judge_reload(kernel: &str, m: &ReloadMeasured) -> Check {
-    let expected = m.agent_before.unwrap_or(0) + m.proc.unwrap_or(0);
-    let mut reasons = Vec::new();
-    if !m.unloaded {
-        reasons.push("the late modules did not all unload".to_string());
+impl ReloadMeasured {
+    /// The agent's total must go on from where it was: before + /proc's new count.
+    fn expected(&self) -> u64 {
+        self.agent_before.unwrap_or(0) + self.proc.unwrap_or(0)
     }
-    if !m.reattached {
-        reasons.push("the probes did not attach again".to_string());
+}
+
+impl Judged for ReloadMeasured {
+    /// module-reload's reasons to fail.
+    fn judge(&self) -> Verdict {
+        let m = self;
+        let expected = m.expected();
+        let mut reasons = Vec::new();
+        if !m.unloaded {
+            reasons.push("the late modules did not all unload".to_string());
+        }
+        if !m.reattached {
+            reasons.push("the probes did not attach again".to_string());
+        }
+        if !m.alive {
+            reasons.push("the agent exited".to_string());
+        }
+        m.counted.reasons(m.proc, &mut reasons);
+        if !m.reset_logged {
+            reasons.push("the agent did not log the recreated counters".to_string());
+        }
+        if m.counted.driven != Some(m.proc.unwrap_or(0)) {
+            reasons.push(format!(
+                "/proc moved {}, driven {}",
+                or_none(m.proc),
+                or_none(m.counted.driven)
+            ));
+        }
+        if m.agent != Some(expected) {
+            reasons.push(format!(
+                "the agent's total is {}, not its total before plus /proc ({expected})",
+                or_none(m.agent)
+            ));
+        }
+        Verdict { failed: reasons }
     }
-    if !m.alive {
-        reasons.push("the agent exited".to_string());
+
+    fn line(&self, kernel: &str) -> ResultLine {
+        let m = self;
+        let expected = m.expected();
+        ResultLine::new(kernel, RELOAD)
+            .field("counter", "cookie_valid")
+            .field("driven", or_none(m.counted.driven))
+            .field("proc", or_none(m.proc))
+            .field("agent", or_none(m.agent))
+            .field("agent_before", or_none(m.agent_before))
+            .field("agent_expected", expected)
+            .field("ebpf", m.counted.ebpf)
+            .field("ebpf_reattached", yes_no(m.reattached))
+            .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
+            .field("unloaded", yes_no(m.unloaded))
+            .field("reset_logged", yes_no(m.reset_logged))
+            .field("agent_alive", yes_no(m.alive))
     }
-    m.counted.reasons(m.proc, &mut reasons);
-    if !m.reset_logged {
-        reasons.push("the agent did not log the recreated counters".to_string());
-    }
-    if m.counted.driven != Some(m.proc.unwrap_or(0)) {
-        reasons.push(format!(
-            "/proc moved {}, driven {}",
-            or_none(m.proc),
-            or_none(m.counted.driven)
-        ));
-    }
-    if m.agent != Some(expected) {
-        reasons.push(format!(
-            "the agent's total is {}, not its total before plus /proc ({expected})",
-            or_none(m.agent)
-        ));
-    }
-    let line = ResultLine::new(kernel, RELOAD)
-        .field("counter", "cookie_valid")
-        .field("driven", or_none(m.counted.driven))
-        .field("proc", or_none(m.proc))
-        .field("agent", or_none(m.agent))
-        .field("agent_before", or_none(m.agent_before))
-        .field("agent_expected", expected)
-        .field("ebpf", m.counted.ebpf)
-        .field("ebpf_reattached", yes_no(m.reattached))
-        .field("ebpf_reconcile_exact", m.counted.ebpf_exact)
-        .field("unloaded", yes_no(m.unloaded))
-        .field("reset_logged", yes_no(m.reset_logged))
-        .field("agent_alive", yes_no(m.alive));
-    Verdict { failed: reasons }.check(&line, Vec::new())
 }
 
 /// What module-reload goes on with.
@@ -210,7 +233,7 @@ pub fn module_late(cfg: &Config, kernel: &str, handover: &Handover) -> Check {
     Check::or_failed(
         head.head(),
         measure_late(cfg, kernel, handover).map(|(m, mut notes)| {
-            let mut check = judge_late(kernel, &m);
+            let mut check = m.check(kernel, Vec::new());
             check.notes.append(&mut notes);
             check
         }),
@@ -241,7 +264,7 @@ pub fn module_reload(cfg: &Config, kernel: &str, handover: &Handover) -> Vec<Che
     vec![Check::or_failed(
         head.head(),
         measured.map(|(m, mut notes)| {
-            let mut check = judge_reload(kernel, &m);
+            let mut check = m.check(kernel, Vec::new());
             check.notes.append(&mut notes);
             check
         }),
@@ -322,7 +345,7 @@ fn measure_late(
     m.counted.ebpf_exact = agent.exact_of_last_two();
     notes.extend(waits.timeouts);
     notes.extend(agent.stderr_tail("module-late"));
-    if !judge_late(kernel, &m).pass {
+    if !m.judge().pass() {
         notes.extend(agent.stdout_tail("module-late"));
     }
     *handover.running.borrow_mut() = Some(Running {
@@ -387,7 +410,7 @@ fn measure_reload(
     m.reset_logged = agent.count_logged(|l| l.contains("counters were recreated")) > 0;
     m.alive = agent.running();
     notes.extend(waits.timeouts);
-    if !judge_reload(kernel, &m).pass {
+    if !m.judge().pass() {
         notes.extend(agent.stderr_tail(RELOAD));
         notes.extend(agent.stdout_tail(RELOAD));
     }
@@ -442,10 +465,10 @@ mod tests {
 
     #[test]
     fn a_passing_run_gives_the_recorded_lines() {
-        let late = judge_late(KERNEL, &late_pass());
+        let late = late_pass().check(KERNEL, Vec::new());
         assert_eq!(late.line, format!("RESULT kernel={KERNEL} check=module-late counter=cookie_valid driven=5 proc=5 agent=5 ebpf=5 ebpf_attached_late=yes ebpf_reconcile_exact=2 proc_totals=5/0/5/0/0 agent_totals=5/0/5/0/0 missing_reports=1 recovery_logged=yes agent_alive=yes status=PASS"));
         assert!(late.pass && late.notes.is_empty());
-        let reload = judge_reload(KERNEL, &reload_pass());
+        let reload = reload_pass().check(KERNEL, Vec::new());
         assert_eq!(reload.line, format!("RESULT kernel={KERNEL} check=module-reload counter=cookie_valid driven=5 proc=5 agent=10 agent_before=5 agent_expected=10 ebpf=5 ebpf_reattached=yes ebpf_reconcile_exact=2 unloaded=yes reset_logged=yes agent_alive=yes status=PASS"));
         assert!(reload.pass && reload.notes.is_empty());
     }
@@ -454,7 +477,7 @@ mod tests {
     fn each_late_failure_fails_with_its_reason() {
         assert_each_fails(
             late_pass,
-            |m| judge_late(KERNEL, m),
+            |m| m.check(KERNEL, Vec::new()),
             &[
                 (|m| m.missing_reports = 2, "reported 2 times"),
                 (|m| m.missing_reports = 0, "reported 0 times"),
@@ -480,7 +503,7 @@ mod tests {
         );
         let mut m = late_pass();
         m.agent = None;
-        let line = judge_late(KERNEL, &m).line;
+        let line = m.check(KERNEL, Vec::new()).line;
         assert!(line.contains(" agent=none ebpf=5 "), "{line}");
         assert!(
             line.contains(" agent_totals=none/none/none/none/none "),
@@ -492,7 +515,7 @@ mod tests {
     fn each_reload_failure_fails_with_its_reason() {
         assert_each_fails(
             reload_pass,
-            |m| judge_reload(KERNEL, m),
+            |m| m.check(KERNEL, Vec::new()),
             &[
                 (|m| m.unloaded = false, "did not all unload"),
                 (|m| m.reattached = false, "did not attach again"),
