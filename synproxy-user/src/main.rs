@@ -143,9 +143,15 @@ fn top_main(
         rate_resolution: args.rate_resolution,
         top,
         allow_failed_drop: args.allow_failed_capability_drop,
-        // The view shows SYNPROXY only: nothing else to read.
-        stack: StackSources::default(),
-        verdict: None,
+        // The Defense panel judges all three layers.
+        stack: StackSources {
+            nstat: true,
+            conntrack: true,
+        },
+        verdict: Some(VerdictParams {
+            warmup_secs: args.verdict_warmup.as_secs_f64(),
+            ..VerdictParams::default()
+        }),
     };
     // No network output in `top`: nothing waits at the gate.
     let (opener, _) = gate::gate();

@@ -13,6 +13,7 @@ use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::netns::Netns;
 use synproxy_tests::require;
 use synproxy_tests::tcp_counters::{read_conntrack, read_tcp};
+use synproxy_tests::tmux::Tmux;
 use synproxy_tests::tools::Tools;
 use synproxy_tests::traffic::ServerMode;
 use synproxy_tests::{proc_counters, tcp_counters};
@@ -20,7 +21,7 @@ use synproxy_tests::{proc_counters, tcp_counters};
 const NEEDS: Needs = Needs {
     what: "defense scenario traffic",
     root: true,
-    programs: &["ip", "iptables"],
+    programs: &["ip", "iptables", "tmux"],
     synproxy: true,
 };
 
@@ -31,13 +32,48 @@ fn lab(mode: ServerMode) -> DefenseLab {
     DefenseLab::new(&Tools::default(), mode).unwrap_or_else(|e| panic!("lab set-up: {e:#}"))
 }
 
-/// Runs `flood` while the agent watches the lab; its verdict must be
-/// `expected` (see the module comment). `flood`'s result is returned.
+/// `synproxy-agent top` on the lab's server namespace in a tmux pane,
+/// showing its Defense panel calm after the warm-up.
+fn top_view(lab: &DefenseLab) -> Tmux {
+    let tmux = Tmux::start(100, 32).unwrap_or_else(|e| panic!("{e:#}"));
+    tmux.type_line(&format!(
+        "{} top --netns {} --no-ebpf --interval 500ms --verdict-warmup 1s",
+        agent_binary().display(),
+        lab.srv().name()
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    tmux.wait_for("top's Defense panel calm", SETTLE, |s| {
+        s.contains("Defense: calm since").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    tmux
+}
+
+/// Runs `flood` while the agent and `top` watch the lab; the agent's verdict
+/// must be `expected` (see the module comment), and `top`'s Defense panel
+/// must show it during the flood (its pane is printed). `flood`'s result is
+/// returned.
 fn verdict_of<T>(lab: &DefenseLab, expected: &str, flood: impl FnOnce() -> T) -> T {
     let mut watch = Watch::start(&agent_binary(), lab.srv()).unwrap_or_else(|e| panic!("{e:#}"));
+    let top = top_view(lab);
+    let panel = format!("Defense: {expected} since");
     let onset = now_ns();
-    let out = flood();
+    let (out, pane) = std::thread::scope(|s| {
+        let pane = s.spawn(|| {
+            top.wait_for(&panel, SETTLE, |s| {
+                s.contains(&panel).then(|| s.to_string())
+            })
+        });
+        let out = flood();
+        (out, pane.join())
+    });
     let end = now_ns();
+    match pane {
+        Ok(Ok(pane)) => eprintln!("top during the flood:\n{pane}"),
+        Ok(Err(e)) => panic!("top: {e:#}"),
+        Err(_) => panic!("the thread reading top's pane panicked"),
+    }
+    let _ = top.keys("q");
     watch
         .until("calm after the flood", |r| {
             r.ts_ns >= end && r.state == "calm"

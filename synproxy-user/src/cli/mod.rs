@@ -338,6 +338,11 @@ pub struct TopArgs {
     /// Go on when the capability drop after start-up fails (see the agent's flag).
     #[arg(long)]
     pub allow_failed_capability_drop: bool,
+
+    /// How long a namespace's rates are learnt before its defense is judged
+    /// (the Defense panel says "learning" meanwhile); 0s to 24h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cli_bounds::parse_verdict_warmup)]
+    pub verdict_warmup: Duration,
 }
 
 impl TopArgs {

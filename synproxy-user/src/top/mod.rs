@@ -12,6 +12,7 @@
 //! signal. SIGTERM/SIGINT stop the runtime, which finishes this sink: the UI
 //! thread ends and the terminal is restored.
 
+pub mod defense_panel;
 pub mod model;
 pub mod terminal;
 pub mod ui;

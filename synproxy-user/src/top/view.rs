@@ -60,7 +60,7 @@ pub fn sparkline(points: &[f32], width: usize) -> String {
 }
 
 /// `HH:MM:SS UTC` of a snapshot's timestamp.
-fn clock(timestamp_ns: u64) -> String {
+pub(super) fn clock(timestamp_ns: u64) -> String {
     let secs = timestamp_ns / 1_000_000_000 % 86_400;
     format!(
         "{:02}:{:02}:{:02} UTC",
@@ -350,6 +350,7 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
 
     let ebpf = selected.map_or_else(|| vec![String::new()], |v| ebpf_lines(model, v));
     let sources = selected.map_or_else(Vec::new, |v| source_lines(model, ui, v));
+    let defense = selected.and_then(|v| super::defense_panel::defense_lines(model, v));
     let ns_rows = model.namespaces.len().clamp(1, 8) + 1;
     // Panels in the order they are given up when the height runs short.
     let fixed = 1 + 8 + 1; // header, counters, help
@@ -359,6 +360,8 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
         (spare >= h).then(|| spare -= h).is_some()
     };
     let ebpf_h = ebpf.len() + 2;
+    let defense_h = defense.as_ref().map_or(0, |(_, l)| l.len().min(4) + 2);
+    let show_defense = defense.is_some() && take(defense_h);
     let show_ebpf = take(ebpf_h);
     let show_status = take(1);
     let show_ns = take(ns_rows + 2);
@@ -367,6 +370,9 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
     let mut constraints = vec![Constraint::Length(1)];
     if show_ns {
         constraints.push(Constraint::Length(ns_rows as u16 + 2));
+    }
+    if show_defense {
+        constraints.push(Constraint::Length(defense_h as u16));
     }
     constraints.push(Constraint::Length(8));
     if show_ebpf {
@@ -401,6 +407,10 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
             })
             .collect();
         frame.render_widget(panel(" Namespaces ".into(), lines), slot());
+    }
+    if let Some((title, lines)) = defense.filter(|_| show_defense) {
+        let lines: Vec<String> = lines.into_iter().take(4).collect();
+        frame.render_widget(panel(title, plain(lines)), slot());
     }
     let counters = slot();
     match selected {

@@ -293,3 +293,59 @@ fn small_heights_drop_panels_in_order() {
     let s = screen(&m, &ui, 120, 24);
     assert!(s.contains("Top sources"), "{s}");
 }
+
+#[test]
+fn the_defense_panel_shows_the_selected_namespaces_verdict() {
+    use crate::analysis::verdict::{DefenseState, Reason, Signal, Verdict};
+    use crate::sample::DefenseSample;
+    let mut m = two_rounds();
+    let mut snap = snapshot(&[
+        (1, Some("edge"), totals(5200, 14)),
+        (2, Some("core"), totals(3, 0)),
+    ]);
+    let verdict = |state, reasons: Vec<Reason>| Verdict {
+        state,
+        reasons,
+        since_ns: 3_600_000_000_000 + 62_000_000_000,
+        changed_from: None,
+    };
+    snap.defense = vec![
+        DefenseSample {
+            series: 1,
+            netns: Some("edge".into()),
+            verdict: verdict(
+                DefenseState::SynFloodAbsorbed,
+                vec![Reason {
+                    signal: Signal::SynReceived,
+                    rate: 4000.0,
+                    threshold: 50.0,
+                    baseline: 0.2,
+                }],
+            ),
+        },
+        DefenseSample {
+            series: 2,
+            netns: Some("core".into()),
+            verdict: verdict(DefenseState::Calm, Vec::new()),
+        },
+    ];
+    m.ingest(Arc::new(snap), Instant::now());
+    let mut ui = UiState::default();
+    // core (sorted first) is calm.
+    let s = screen(&m, &ui, 120, 40);
+    assert!(s.contains(" Defense: calm since 01:01:02 UTC "), "{s}");
+    assert!(s.contains("nothing fires"), "{s}");
+    ui.apply(Action::NextNamespace, &m);
+    let s = screen(&m, &ui, 120, 40);
+    assert!(
+        s.contains(" Defense: syn_flood_absorbed since 01:01:02 UTC "),
+        "{s}"
+    );
+    assert!(
+        s.contains("syn_received 4000.0/s >= 50.0/s (baseline 0.2/s)"),
+        "{s}"
+    );
+    // Without a verdict (verdict off): no panel.
+    let s = screen(&two_rounds(), &UiState::default(), 120, 40);
+    assert!(!s.contains("Defense"), "{s}");
+}
