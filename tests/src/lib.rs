@@ -56,6 +56,7 @@ pub mod round_agent;
 pub mod rules;
 pub mod scenario;
 pub mod scenario_cli;
+pub mod stack_compare;
 pub mod sustained;
 pub mod sustained_judge;
 pub mod synproxy_xt;

@@ -4,7 +4,9 @@
 //! the files inside the server namespace; and the agent, sampling that
 //! namespace meanwhile, names the flood within two rounds of its onset, holds
 //! it, logs the change, and is calm again soon after (see
-//! `synproxy_tests::defense_verdict`).
+//! `synproxy_tests::defense_verdict`); `top` shows it; and after each flood
+//! the agent's `nstat` and `conntrack` values equal the files', `nstat
+//! -asz`'s and `conntrack -S`'s in that namespace.
 
 use std::time::Duration;
 use synproxy_tests::defense_traffic::{ConntrackMaxOverride, DefenseLab};
@@ -12,6 +14,7 @@ use synproxy_tests::defense_verdict::{judge, now_ns, Watch};
 use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::netns::Netns;
 use synproxy_tests::require;
+use synproxy_tests::stack_compare::assert_equal_to_kernel;
 use synproxy_tests::tcp_counters::{read_conntrack, read_tcp};
 use synproxy_tests::tmux::Tmux;
 use synproxy_tests::tools::Tools;
@@ -21,7 +24,7 @@ use synproxy_tests::{proc_counters, tcp_counters};
 const NEEDS: Needs = Needs {
     what: "defense scenario traffic",
     root: true,
-    programs: &["ip", "iptables", "tmux"],
+    programs: &["ip", "iptables", "tmux", "nstat", "conntrack"],
     synproxy: true,
 };
 
@@ -84,6 +87,9 @@ fn verdict_of<T>(lab: &DefenseLab, expected: &str, flood: impl FnOnce() -> T) ->
         Ok(summary) => eprintln!("verdict: {summary}"),
         Err(e) => panic!("{e}\nlog: {:#?}", watch.log()),
     }
+    // After the flood the agent's TCP stack and conntrack counters of the
+    // namespace are the kernel's: its files, nstat -asz, conntrack -S/-C.
+    assert_equal_to_kernel(lab.srv().name());
     let log = watch.log();
     let change = format!("defense calm -> {expected}");
     assert!(
