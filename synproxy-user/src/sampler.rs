@@ -273,7 +273,14 @@ impl Sampler {
         if let Some(targets) = &targets {
             self.forget_stack_failures(targets);
         }
-        let stack_of = self.read_stack(targets.as_deref(), &mut round);
+        let all = matches!(self.config.selection, NetnsSelection::All(_));
+        let counted: HashSet<&str> = reads
+            .iter()
+            .filter(|r| r.totals.iter().any(|v| *v > 0))
+            .map(|r| r.label.as_str())
+            .collect();
+        let stack_targets = targets.map(|t| stack::stack_targets(all, t, &counted));
+        let stack_of = self.read_stack(stack_targets.as_deref(), &mut round);
         // Namespaces not read this round are released (their files closed).
         self.reader.end_round();
         self.age_series(&reads);

@@ -125,6 +125,27 @@ fn a_spoofed_syn_flood_is_answered_by_synproxy_not_by_the_kernels_cookies() {
     let t1 = tcp(lab.srv());
     assert_eq!(moved(&t0, &t1, "TcpExtSyncookiesSent"), 0);
     assert_eq!(moved(&t0, &t1, "TcpExtListenDrops"), 0);
+    // With --netns all the TCP stack and conntrack lines are the server's,
+    // where SYNPROXY counted, and not the client's, where it never did.
+    let out = std::process::Command::new(agent_binary())
+        .args(["--once", "--no-ebpf", "--netns", "all", "--no-host-tag"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines_of = |ns: &str, measurement: &str| {
+        let prefix = format!("{measurement},");
+        let tag = format!("netns={ns}");
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && l.split([' ', ',']).any(|t| t == tag))
+            .count()
+    };
+    let (srv, cli) = (lab.srv().name(), lab.setup.topo.cli.name());
+    assert_eq!(lines_of(srv, "synproxy"), 1, "{stdout}");
+    assert_eq!(lines_of(cli, "synproxy"), 1, "{stdout}");
+    assert_eq!(lines_of(srv, "nstat"), 2, "{stdout}");
+    assert_eq!(lines_of(cli, "nstat"), 0, "{stdout}");
+    assert_eq!(lines_of(cli, "conntrack"), 0, "{stdout}");
 }
 
 #[test]

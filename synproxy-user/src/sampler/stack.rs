@@ -48,8 +48,8 @@ type FileResults = Vec<(StackFile, Result<FileRead, StackReadError>)>;
 impl Sampler {
     /// Reads the stack files of this round's namespaces (`targets`, or the
     /// agent's own with `None`) into `round.stack`.
-    /// Reads the stack files into `round.stack`; returns each series'
-    /// index there.
+    /// Reads the stack files of `targets` (`None`: the agent's own
+    /// namespace) into `round.stack`; returns each series' index there.
     pub(super) fn read_stack(
         &mut self,
         targets: Option<&[NetnsTarget]>,
@@ -196,6 +196,26 @@ impl Sampler {
 }
 
 /// Parses a netstat or snmp file and tracks its counters; gauges as read.
+/// The namespaces whose stack files are read this round. With `--netns
+/// all`, only those where SYNPROXY has counted something (any counter above
+/// 0): on a host with many namespaces the TCP stack's files cost the kernel
+/// about 40 us each per round (docs/performance.md), and a namespace
+/// SYNPROXY never worked in is not the agent's to judge. Named namespaces and
+/// the agent's own are always read.
+pub(super) fn stack_targets(
+    all: bool,
+    targets: Vec<NetnsTarget>,
+    counted: &HashSet<&str>,
+) -> Vec<NetnsTarget> {
+    if !all {
+        return targets;
+    }
+    targets
+        .into_iter()
+        .filter(|t| counted.contains(t.label.as_str()))
+        .collect()
+}
+
 fn tcp_fields<const N: usize>(
     fields: &'static [StackField; N],
     tracker: &mut SumTracker<N>,
@@ -469,6 +489,25 @@ pub(super) mod tests {
                 "net/snmp: line 2: invalid number of columns in data, expected 1 found 2"
             ),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn with_netns_all_only_namespaces_synproxy_counted_in_are_read() {
+        let target = |label: &str| NetnsTarget {
+            label: label.to_string(),
+            handle: format!("/run/netns/{label}").into(),
+            transient: false,
+            expected: None,
+        };
+        let targets = || vec![target("busy"), target("quiet"), target("new")];
+        let counted: HashSet<&str> = ["busy"].into();
+        let labels =
+            |t: Vec<NetnsTarget>| -> Vec<String> { t.into_iter().map(|t| t.label).collect() };
+        assert_eq!(labels(stack_targets(true, targets(), &counted)), ["busy"]);
+        assert_eq!(
+            labels(stack_targets(false, targets(), &counted)),
+            ["busy", "quiet", "new"]
         );
     }
 }
