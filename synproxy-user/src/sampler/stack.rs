@@ -200,8 +200,8 @@ impl Sampler {
 /// all`, only those where SYNPROXY has counted something (any counter above
 /// 0): on a host with many namespaces the TCP stack's files cost the kernel
 /// about 40 us each per round (docs/performance.md), and a namespace
-/// SYNPROXY never worked in is not the agent's to judge. Named namespaces and
-/// the agent's own are always read.
+/// SYNPROXY never worked in is not the agent's to judge. With `--netns NAME`
+/// or without `--netns`, every namespace is read.
 pub(super) fn stack_targets(
     all: bool,
     targets: Vec<NetnsTarget>,
