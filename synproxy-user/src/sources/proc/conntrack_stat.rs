@@ -12,6 +12,7 @@
 //! `entries` is the namespace's table size, repeated on every row: a gauge,
 //! taken from the first row, never summed.
 
+use super::text_scan::{echo, is_text, tokens};
 use std::fmt;
 
 /// Every column name the kernel has printed, Telegraf's `inputs.conntrack`
@@ -108,26 +109,6 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
-
-const MAX_ECHOED: usize = 24;
-
-fn echo(token: &[u8]) -> String {
-    let shown = &token[..token.len().min(MAX_ECHOED)];
-    let mut s = String::from_utf8_lossy(shown).into_owned();
-    if token.len() > MAX_ECHOED {
-        s.push_str("...");
-    }
-    s
-}
-
-fn is_text(b: u8) -> bool {
-    b.wrapping_sub(0x20) < 0x5F || b == b'\t' || b == b'\n' || b == b'\r'
-}
-
-fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|&b| b == b' ' || b == b'\t' || b == b'\r')
-        .filter(|t| !t.is_empty())
-}
 
 /// Parses `/proc/net/stat/nf_conntrack`.
 pub fn parse(bytes: &[u8]) -> Result<ConntrackStat, ParseError> {

@@ -10,3 +10,4 @@ pub mod netns_policy;
 pub mod proc_file;
 pub mod proc_stat;
 pub mod tcp_counters;
+pub mod text_scan;

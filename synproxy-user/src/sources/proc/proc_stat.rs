@@ -6,6 +6,7 @@
 //! columns are ignored, missing known columns read as 0, and every row must
 //! have as many columns as the header.
 
+use super::text_scan::echo;
 use crate::fields::{Field, Values, FIELD_COUNT};
 use std::fmt;
 
@@ -81,9 +82,6 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
-
-/// Longest value echoed back in an error message.
-const MAX_ECHOED_VALUE: usize = 24;
 
 pub fn parse(bytes: &[u8]) -> Result<ProcStat, ParseError> {
     if bytes.is_empty() {
@@ -244,7 +242,7 @@ fn invalid_value(line: usize, index: usize, token: &[u8], reason: &'static str) 
 /// Offset of the first byte that cannot appear in the stat file. Scans in
 /// blocks without an early exit per byte so the check vectorises.
 fn first_non_text(bytes: &[u8]) -> Option<usize> {
-    let is_text = |b: u8| b.wrapping_sub(0x20) < 0x5F || b == b'\t' || b == b'\n' || b == b'\r';
+    let is_text = super::text_scan::is_text;
     bytes.chunks(64).enumerate().find_map(|(block, chunk)| {
         if chunk.iter().fold(true, |ok, &b| ok & is_text(b)) {
             None
@@ -270,15 +268,6 @@ fn parse_hex_u32(token: &[u8]) -> Result<u32, &'static str> {
         }
     }
     Ok(value as u32)
-}
-
-fn echo(token: &[u8]) -> String {
-    let shown = &token[..token.len().min(MAX_ECHOED_VALUE)];
-    let mut s = String::from_utf8_lossy(shown).into_owned();
-    if token.len() > MAX_ECHOED_VALUE {
-        s.push_str("...");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! (the kernel prints `%lu`); other columns are only counted (`MaxConn` is
 //! signed).
 
+use super::text_scan::{echo, is_text, tokens};
 use std::fmt;
 
 /// Counter (monotonic) or gauge (a level that goes up and down).
@@ -223,27 +224,6 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
-
-/// Longest text echoed back in an error message.
-const MAX_ECHOED: usize = 24;
-
-fn echo(token: &[u8]) -> String {
-    let shown = &token[..token.len().min(MAX_ECHOED)];
-    let mut s = String::from_utf8_lossy(shown).into_owned();
-    if token.len() > MAX_ECHOED {
-        s.push_str("...");
-    }
-    s
-}
-
-fn is_text(b: u8) -> bool {
-    b.wrapping_sub(0x20) < 0x5F || b == b'\t' || b == b'\n' || b == b'\r'
-}
-
-fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|&b| b == b' ' || b == b'\t' || b == b'\r')
-        .filter(|t| !t.is_empty())
-}
 
 /// The values of `fields` in `bytes`, in the order of `fields`; `None` for a
 /// field whose group or column the file does not have. The first group of a

@@ -1,0 +1,42 @@
+//! What the /proc parsers share: which bytes a text file of the kernel's may
+//! hold, its whitespace-separated tokens, and how much of a bad token an
+//! error message echoes.
+
+/// Longest token echoed back in an error message.
+const MAX_ECHOED: usize = 24;
+
+/// A token for an error message: at most [`MAX_ECHOED`] bytes, lossy UTF-8,
+/// `...` when cut.
+pub fn echo(token: &[u8]) -> String {
+    let shown = &token[..token.len().min(MAX_ECHOED)];
+    let mut s = String::from_utf8_lossy(shown).into_owned();
+    if token.len() > MAX_ECHOED {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Printable ASCII, tab, newline or carriage return.
+pub fn is_text(b: u8) -> bool {
+    b.wrapping_sub(0x20) < 0x5F || b == b'\t' || b == b'\n' || b == b'\r'
+}
+
+/// The tokens of one line, split at spaces, tabs and carriage returns.
+pub fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ' || b == b'\t' || b == b'\r')
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_cuts_long_tokens_and_tokens_skip_runs_of_blanks() {
+        assert_eq!(echo(b"abc"), "abc");
+        assert_eq!(echo(&[b'x'; 30]), format!("{}...", "x".repeat(24)));
+        let t: Vec<&[u8]> = tokens(b" a\t\tb\r").collect();
+        assert_eq!(t, [&b"a"[..], &b"b"[..]]);
+        assert!(is_text(b'\t') && is_text(b'~') && !is_text(0) && !is_text(0x7f));
+    }
+}
