@@ -1,7 +1,8 @@
-//! The wrap and reset rules of [`super::wrap_tracker`] for the other /proc
-//! sources: [`RowTracker`] for per-CPU u32 rows of any width (conntrack's
-//! statistics), [`SumTracker`] for counters the kernel already sums into
-//! 64 bits (`/proc/net/netstat`, `/proc/net/snmp`). Pure.
+//! The wrap and reset rules of [`super::wrap_tracker`] for rows of any width:
+//! [`RowTracker`] for per-CPU u32 rows (SYNPROXY's file through
+//! [`super::wrap_tracker::WrapTracker`], conntrack's statistics),
+//! [`SumTracker`] for counters the kernel already sums into 64 bits
+//! (`/proc/net/netstat`, `/proc/net/snmp`). Pure.
 //!
 //! Both report totals that start at the kernel's values and never drop: a
 //! reset (the file was gone, a new proc entry, a different number of rows,
@@ -11,7 +12,7 @@
 use super::wrap_tracker::{CounterIdentity, ResetReason, Update};
 
 /// A per-CPU step this large or larger is a restart, not a wrap.
-const MAX_STEP: u32 = 1 << 31;
+pub(super) const MAX_STEP: u32 = 1 << 31;
 
 /// Per-CPU u32 counters summed into monotonic u64 totals.
 #[derive(Debug)]

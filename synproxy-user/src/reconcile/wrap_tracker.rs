@@ -15,6 +15,7 @@
 //! counts are then added on top of the old totals, so a reset never shows as a
 //! drop or a jump.
 
+use super::row_tracker::RowTracker;
 use crate::fields::{Values, FIELD_COUNT};
 use crate::sources::proc::proc_stat::ProcStat;
 
@@ -38,8 +39,8 @@ pub enum ResetReason {
     CountersWentBack,
 }
 
-/// A per-CPU step this large or larger is a restart, not a wrap.
-const MAX_STEP: u32 = 1 << 31;
+#[cfg(test)]
+use super::row_tracker::MAX_STEP;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -51,18 +52,12 @@ pub enum Update {
     Reset(ResetReason),
 }
 
+/// The SYNPROXY file's tracker: [`RowTracker`] over its six columns.
 #[derive(Debug, Default)]
 pub struct WrapTracker {
-    state: Option<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    identity: CounterIdentity,
-    last: Vec<Values<u32>>,
-    totals: Values<u64>,
-    /// Set by [`WrapTracker::counters_gone`] until the next update.
-    gone: bool,
+    rows: RowTracker<FIELD_COUNT>,
+    /// The totals of the last update (`None` before the first).
+    totals: Option<Values<u64>>,
 }
 
 impl WrapTracker {
@@ -72,82 +67,19 @@ impl WrapTracker {
 
     /// Totals as of the last update, if there was one.
     pub fn totals(&self) -> Option<Values<u64>> {
-        self.state.as_ref().map(|s| s.totals)
+        self.totals
     }
 
     /// The stat file (or its namespace) no longer exists: whatever is read
     /// next is a new set of counters.
     pub fn counters_gone(&mut self) {
-        if let Some(state) = self.state.as_mut() {
-            state.gone = true;
-        }
+        self.rows.counters_gone();
     }
 
     pub fn update(&mut self, identity: CounterIdentity, stat: &ProcStat) -> (Values<u64>, Update) {
-        let Some(state) = self.state.as_mut() else {
-            let totals = stat.sums();
-            self.state = Some(State {
-                identity,
-                last: stat.cpus.clone(),
-                totals,
-                gone: false,
-            });
-            return (totals, Update::Baseline);
-        };
-
-        let reset = if state.gone {
-            Some(ResetReason::FileWasGone)
-        } else if state.identity != identity {
-            Some(ResetReason::NewCounters)
-        } else if state.last.len() != stat.cpus.len() {
-            Some(ResetReason::CpuCountChanged {
-                before: state.last.len(),
-                after: stat.cpus.len(),
-            })
-        } else if went_back(&state.last, &stat.cpus) {
-            Some(ResetReason::CountersWentBack)
-        } else {
-            None
-        };
-
-        let update = match reset {
-            Some(reason) => {
-                // New counters started at zero: all they hold happened since.
-                add(&mut state.totals, &stat.sums());
-                Update::Reset(reason)
-            }
-            None => {
-                let mut wrapped_cpus = 0;
-                let mut delta = [0u64; FIELD_COUNT];
-                for (now, before) in stat.cpus.iter().zip(&state.last) {
-                    let mut wrapped = false;
-                    for i in 0..FIELD_COUNT {
-                        wrapped |= now[i] < before[i];
-                        delta[i] += u64::from(now[i].wrapping_sub(before[i]));
-                    }
-                    wrapped_cpus += usize::from(wrapped);
-                }
-                add(&mut state.totals, &delta);
-                Update::Continued { wrapped_cpus }
-            }
-        };
-        state.identity = identity;
-        state.gone = false;
-        state.last.clone_from(&stat.cpus);
-        (state.totals, update)
-    }
-}
-
-fn went_back(before: &[Values<u32>], now: &[Values<u32>]) -> bool {
-    before
-        .iter()
-        .zip(now)
-        .any(|(b, n)| b.iter().zip(n).any(|(b, n)| n.wrapping_sub(*b) >= MAX_STEP))
-}
-
-fn add(totals: &mut Values<u64>, delta: &Values<u64>) {
-    for (t, d) in totals.iter_mut().zip(delta) {
-        *t = t.saturating_add(*d);
+        let (totals, update) = self.rows.update(identity, &stat.cpus);
+        self.totals = Some(totals);
+        (totals, update)
     }
 }
 
