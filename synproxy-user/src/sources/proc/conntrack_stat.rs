@@ -13,7 +13,6 @@
 //! taken from the first row, never summed.
 
 use super::text_scan::{echo, is_text, tokens};
-use std::fmt;
 
 /// Every column name the kernel has printed, Telegraf's `inputs.conntrack`
 /// names first (its field names), then the renamed ones.
@@ -59,56 +58,7 @@ impl ConntrackStat {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    Empty,
-    EmptyHeader,
-    NotText {
-        offset: usize,
-    },
-    ColumnCount {
-        line: usize,
-        expected: usize,
-        found: usize,
-    },
-    InvalidValue {
-        line: usize,
-        column: usize,
-        value: String,
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::Empty => write!(f, "file is empty"),
-            ParseError::EmptyHeader => write!(f, "invalid data: header line names no columns"),
-            ParseError::NotText { offset } => {
-                write!(f, "not a conntrack stat file: binary data at byte {offset}")
-            }
-            ParseError::ColumnCount {
-                line,
-                expected,
-                found,
-            } => write!(
-                f,
-                "line {line}: invalid number of columns in data, expected {expected} found {found}"
-            ),
-            ParseError::InvalidValue {
-                line,
-                column,
-                value,
-                reason,
-            } => write!(
-                f,
-                "line {line}, column {column}: invalid value {value:?}: {reason}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub use super::text_scan::ParseError;
 
 /// Parses `/proc/net/stat/nf_conntrack`.
 pub fn parse(bytes: &[u8]) -> Result<ConntrackStat, ParseError> {
@@ -116,7 +66,10 @@ pub fn parse(bytes: &[u8]) -> Result<ConntrackStat, ParseError> {
         return Err(ParseError::Empty);
     }
     if let Some(offset) = bytes.iter().position(|&b| !is_text(b)) {
-        return Err(ParseError::NotText { offset });
+        return Err(ParseError::NotText {
+            file: "conntrack stat",
+            offset,
+        });
     }
     let mut lines = bytes.split(|&b| b == b'\n');
     let header = lines.next().unwrap_or_default();

@@ -128,7 +128,10 @@ fn empty_headerless_and_binary() {
     assert_eq!(parse(b" \n00000000\n"), Err(ParseError::EmptyHeader));
     assert_eq!(
         parse(b"entries\n\x00"),
-        Err(ParseError::NotText { offset: 8 })
+        Err(ParseError::NotText {
+            file: "conntrack stat",
+            offset: 8
+        })
     );
     let stat = parse(b"entries\n").unwrap();
     assert!(stat.cpus.is_empty());

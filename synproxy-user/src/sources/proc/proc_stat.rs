@@ -8,7 +8,6 @@
 
 use super::text_scan::echo;
 use crate::fields::{Field, Values, FIELD_COUNT};
-use std::fmt;
 
 /// The per-CPU rows of one read of the file, in CPU order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,66 +28,17 @@ impl ProcStat {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// Zero bytes: the file exists but says nothing.
-    Empty,
-    /// The first line holds no column names.
-    EmptyHeader,
-    /// NUL, control or non-ASCII bytes: not a synproxy stat file.
-    NotText { offset: usize },
-    /// A row whose column count differs from the header's.
-    ColumnCount {
-        line: usize,
-        expected: usize,
-        found: usize,
-    },
-    /// A value that is not hexadecimal or does not fit in 32 bits.
-    InvalidValue {
-        line: usize,
-        column: usize,
-        value: String,
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::Empty => write!(f, "file is empty"),
-            ParseError::EmptyHeader => write!(f, "invalid data: header line names no columns"),
-            ParseError::NotText { offset } => {
-                write!(f, "not a synproxy stat file: binary data at byte {offset}")
-            }
-            ParseError::ColumnCount {
-                line,
-                expected,
-                found,
-            } => write!(
-                f,
-                "line {line}: invalid number of columns in data, expected {expected} found {found}"
-            ),
-            ParseError::InvalidValue {
-                line,
-                column,
-                value,
-                reason,
-            } => write!(
-                f,
-                "line {line}, column {column}: invalid value {value:?}: {reason}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub use super::text_scan::ParseError;
 
 pub fn parse(bytes: &[u8]) -> Result<ProcStat, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
     if let Some(offset) = first_non_text(bytes) {
-        return Err(ParseError::NotText { offset });
+        return Err(ParseError::NotText {
+            file: "synproxy stat",
+            offset,
+        });
     }
 
     let header_end = bytes
@@ -391,7 +341,10 @@ mod tests {
     fn binary_garbage() {
         assert_eq!(
             parse(b"entries\x00\xff\x13"),
-            Err(ParseError::NotText { offset: 7 })
+            Err(ParseError::NotText {
+                file: "synproxy stat",
+                offset: 7
+            })
         );
     }
 

@@ -1,6 +1,64 @@
 //! What the /proc parsers share: which bytes a text file of the kernel's may
 //! hold, its whitespace-separated tokens, and how much of a bad token an
-//! error message echoes.
+//! error message echoes, and the errors of the per-CPU hex tables
+//! (`/proc/net/stat/synproxy`, `/proc/net/stat/nf_conntrack`).
+
+use std::fmt;
+
+/// Why a per-CPU hex table could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Zero bytes: the file exists but says nothing.
+    Empty,
+    /// The first line holds no column names.
+    EmptyHeader,
+    /// NUL, control or non-ASCII bytes: not the `file` it should be.
+    NotText { file: &'static str, offset: usize },
+    /// A row whose column count differs from the header's.
+    ColumnCount {
+        line: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// A value that is not hexadecimal or does not fit in 32 bits.
+    InvalidValue {
+        line: usize,
+        column: usize,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Empty => write!(f, "file is empty"),
+            ParseError::EmptyHeader => write!(f, "invalid data: header line names no columns"),
+            ParseError::NotText { file, offset } => {
+                write!(f, "not a {file} file: binary data at byte {offset}")
+            }
+            ParseError::ColumnCount {
+                line,
+                expected,
+                found,
+            } => write!(
+                f,
+                "line {line}: invalid number of columns in data, expected {expected} found {found}"
+            ),
+            ParseError::InvalidValue {
+                line,
+                column,
+                value,
+                reason,
+            } => write!(
+                f,
+                "line {line}, column {column}: invalid value {value:?}: {reason}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
 
 /// Longest token echoed back in an error message.
 const MAX_ECHOED: usize = 24;
