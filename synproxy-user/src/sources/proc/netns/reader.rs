@@ -280,7 +280,9 @@ fn open_in_namespaces(
     }
 }
 
-fn open_one(target: &NetnsTarget, path: &Path) -> Result<Opened, NetnsError> {
+/// Moves the calling (worker) thread into `target`'s namespace, which must
+/// be the one seen at discovery; its nsfs (device, inode) and identity.
+pub(super) fn enter_target(target: &NetnsTarget) -> Result<((u64, u64), NamespaceId), NetnsError> {
     let ns: File = host_file::open_ns(&target.handle).map_err(|e| open_error(target, e))?;
     let meta = ns.metadata().map_err(|e| open_error(target, e))?;
     let key = (meta.dev(), meta.ino());
@@ -299,7 +301,11 @@ fn open_one(target: &NetnsTarget, path: &Path) -> Result<Opened, NetnsError> {
             source: io::Error::last_os_error(),
         });
     }
-    let id = identity_here(meta.dev(), meta.ino());
+    Ok((key, identity_here(meta.dev(), meta.ino())))
+}
+
+fn open_one(target: &NetnsTarget, path: &Path) -> Result<Opened, NetnsError> {
+    let (key, id) = enter_target(target)?;
     let open = OpenStat::open(path).map_err(|source| NetnsError::Read {
         label: target.label.clone(),
         id,

@@ -13,14 +13,13 @@
 // once per namespace and round, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use super::{identity_here, NamespaceId, NetnsError, NetnsTarget};
+use super::{NamespaceId, NetnsError, NetnsTarget};
 use crate::reconcile::wrap_tracker::CounterIdentity;
 use crate::sources::proc::host_file::{self, HostFileError};
 use crate::sources::proc::proc_file::{is_procfs, is_stale, STAT_CAP};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -439,25 +438,7 @@ fn open_one(
     files: &[(StackFile, bool)],
     proc_root: &Path,
 ) -> Result<Opened, NetnsError> {
-    let ns: File = host_file::open_ns(&target.handle).map_err(|e| open_error(target, e))?;
-    let meta = ns.metadata().map_err(|e| open_error(target, e))?;
-    let key = (meta.dev(), meta.ino());
-    if target.expected.is_some_and(|expected| expected != key) {
-        return Err(NetnsError::Replaced {
-            label: target.label.clone(),
-            handle: target.handle.clone(),
-        });
-    }
-    // SAFETY: `ns` is an open file descriptor owned by this function; setns only
-    // changes the calling (worker) thread's network namespace.
-    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(NetnsError::Enter {
-            label: target.label.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    let id = identity_here(meta.dev(), meta.ino());
+    let (key, id) = super::reader::enter_target(target)?;
     let opened = files
         .iter()
         .map(|&(file, recreated)| {
