@@ -255,25 +255,31 @@ fn open_in_namespaces(
     which: &[(usize, bool)],
     path: &Path,
 ) -> Vec<Result<Opened, NetnsError>> {
+    in_worker("netns-opener", which, |&(i, _)| open_one(&targets[i], path))
+}
+
+/// `open(item)` for each of `items`, in order, on one worker thread named
+/// `name` (which enters namespaces; the caller's thread never does). A
+/// worker that cannot start or panics fails every item.
+pub(super) fn in_worker<I: Sync, T: Send>(
+    name: &str,
+    items: &[I],
+    open: impl Fn(&I) -> Result<T, NetnsError> + Sync,
+) -> Vec<Result<T, NetnsError>> {
     let joined = std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
-            .name("netns-opener".into())
-            .spawn_scoped(scope, || {
-                which
-                    .iter()
-                    .map(|&(i, _)| open_one(&targets[i], path))
-                    .collect::<Vec<_>>()
-            });
+            .name(name.into())
+            .spawn_scoped(scope, || items.iter().map(&open).collect::<Vec<_>>());
         match worker {
             Ok(handle) => handle
                 .join()
-                .map_err(|_| NetnsError::Thread("netns reader panicked".into())),
+                .map_err(|_| NetnsError::Thread(format!("{name} panicked"))),
             Err(e) => Err(NetnsError::Thread(e.to_string())),
         }
     });
     match joined {
         Ok(results) => results,
-        Err(e) => which
+        Err(e) => items
             .iter()
             .map(|_| Err(NetnsError::Thread(e.to_string())))
             .collect(),

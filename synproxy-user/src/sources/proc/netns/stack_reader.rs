@@ -408,29 +408,9 @@ fn open_in_namespaces(
     which: &[(usize, Vec<(StackFile, bool)>)],
     proc_root: &Path,
 ) -> Vec<Result<Opened, NetnsError>> {
-    let joined = std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("netns-stack".into())
-            .spawn_scoped(scope, || {
-                which
-                    .iter()
-                    .map(|(i, files)| open_one(&targets[*i], files, proc_root))
-                    .collect::<Vec<_>>()
-            });
-        match worker {
-            Ok(handle) => handle
-                .join()
-                .map_err(|_| NetnsError::Thread("netns stack reader panicked".into())),
-            Err(e) => Err(NetnsError::Thread(e.to_string())),
-        }
-    });
-    match joined {
-        Ok(results) => results,
-        Err(e) => which
-            .iter()
-            .map(|_| Err(NetnsError::Thread(e.to_string())))
-            .collect(),
-    }
+    super::reader::in_worker("netns-stack", which, |(i, files)| {
+        open_one(&targets[*i], files, proc_root)
+    })
 }
 
 fn open_one(
