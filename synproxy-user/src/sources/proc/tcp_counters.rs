@@ -12,7 +12,6 @@
 //! signed).
 
 use super::text_scan::{echo, is_text, tokens};
-use std::fmt;
 
 /// Counter (monotonic) or gauge (a level that goes up and down).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,80 +149,7 @@ pub const SNMP_FIELDS: [StackField; 11] = [
     ),
 ];
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// Zero bytes: the file exists but says nothing.
-    Empty,
-    /// NUL, control or non-ASCII bytes.
-    NotText { offset: usize },
-    /// A line that does not start with a `Group:` prefix.
-    NoPrefix { line: usize },
-    /// A header line with no value line after it.
-    Unpaired { line: usize },
-    /// A value line whose prefix is not its header's.
-    PrefixMismatch {
-        line: usize,
-        header: String,
-        values: String,
-    },
-    /// A value line with another number of columns than its header.
-    ColumnCount {
-        line: usize,
-        expected: usize,
-        found: usize,
-    },
-    /// A value of a reported field that is not an unsigned 64-bit decimal.
-    InvalidValue {
-        line: usize,
-        column: usize,
-        value: String,
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::Empty => write!(f, "file is empty"),
-            ParseError::NotText { offset } => {
-                write!(f, "not a TCP counter file: binary data at byte {offset}")
-            }
-            ParseError::NoPrefix { line } => {
-                write!(f, "line {line}: no `Group:` prefix")
-            }
-            ParseError::Unpaired { line } => {
-                write!(f, "line {line}: header line without a value line")
-            }
-            ParseError::PrefixMismatch {
-                line,
-                header,
-                values,
-            } => write!(
-                f,
-                "line {line}: value line {values:?} does not follow its header {header:?}"
-            ),
-            ParseError::ColumnCount {
-                line,
-                expected,
-                found,
-            } => write!(
-                f,
-                "line {line}: invalid number of columns in data, expected {expected} found {found}"
-            ),
-            ParseError::InvalidValue {
-                line,
-                column,
-                value,
-                reason,
-            } => write!(
-                f,
-                "line {line}, column {column}: invalid value {value:?}: {reason}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub use super::text_scan::ParseError;
 
 /// The values of `fields` in `bytes`, in the order of `fields`; `None` for a
 /// field whose group or column the file does not have. The first group of a
@@ -233,7 +159,10 @@ pub fn parse(bytes: &[u8], fields: &[StackField]) -> Result<Vec<Option<u64>>, Pa
         return Err(ParseError::Empty);
     }
     if let Some(offset) = bytes.iter().position(|&b| !is_text(b)) {
-        return Err(ParseError::NotText { offset });
+        return Err(ParseError::NotText {
+            file: "TCP counter",
+            offset,
+        });
     }
     let mut values = vec![None; fields.len()];
     let mut seen_groups: Vec<&[u8]> = Vec::new();

@@ -135,7 +135,10 @@ fn lines_out_of_pairs() {
 fn binary_garbage() {
     assert_eq!(
         parse(b"TcpExt: \x00\xff", &NETSTAT_FIELDS),
-        Err(ParseError::NotText { offset: 8 })
+        Err(ParseError::NotText {
+            file: "TCP counter",
+            offset: 8
+        })
     );
 }
 

@@ -1,11 +1,10 @@
 //! What the /proc parsers share: which bytes a text file of the kernel's may
 //! hold, its whitespace-separated tokens, and how much of a bad token an
-//! error message echoes, and the errors of the per-CPU hex tables
-//! (`/proc/net/stat/synproxy`, `/proc/net/stat/nf_conntrack`).
+//! error message echoes, and their errors.
 
 use std::fmt;
 
-/// Why a per-CPU hex table could not be read.
+/// Why a /proc counter file could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
     /// Zero bytes: the file exists but says nothing.
@@ -14,6 +13,17 @@ pub enum ParseError {
     EmptyHeader,
     /// NUL, control or non-ASCII bytes: not the `file` it should be.
     NotText { file: &'static str, offset: usize },
+    /// `/proc/net/netstat`, `/proc/net/snmp`: a line that does not start
+    /// with a `Group:` prefix.
+    NoPrefix { line: usize },
+    /// A header line with no value line after it.
+    Unpaired { line: usize },
+    /// A value line whose prefix is not its header's.
+    PrefixMismatch {
+        line: usize,
+        header: String,
+        values: String,
+    },
     /// A row whose column count differs from the header's.
     ColumnCount {
         line: usize,
@@ -37,6 +47,20 @@ impl fmt::Display for ParseError {
             ParseError::NotText { file, offset } => {
                 write!(f, "not a {file} file: binary data at byte {offset}")
             }
+            ParseError::NoPrefix { line } => {
+                write!(f, "line {line}: no `Group:` prefix")
+            }
+            ParseError::Unpaired { line } => {
+                write!(f, "line {line}: header line without a value line")
+            }
+            ParseError::PrefixMismatch {
+                line,
+                header,
+                values,
+            } => write!(
+                f,
+                "line {line}: value line {values:?} does not follow its header {header:?}"
+            ),
             ParseError::ColumnCount {
                 line,
                 expected,
