@@ -274,9 +274,10 @@ impl Sampler {
             self.forget_stack_failures(targets);
         }
         let all = matches!(self.config.selection, NetnsSelection::All(_));
+        // Only `--netns all` filters by it: not built otherwise.
         let counted: HashSet<&str> = reads
             .iter()
-            .filter(|r| r.totals.iter().any(|v| *v > 0))
+            .filter(|r| all && r.totals.iter().any(|v| *v > 0))
             .map(|r| r.label.as_str())
             .collect();
         let stack_targets = targets.map(|t| stack::stack_targets(all, t, &counted));

@@ -233,7 +233,7 @@ pub fn read_in_namespaces<B: Send>(
     reader.read(targets, proc_root, around)
 }
 
-fn open_error(target: &NetnsTarget, source: io::Error) -> NetnsError {
+pub(super) fn open_error(target: &NetnsTarget, source: io::Error) -> NetnsError {
     if source.kind() == io::ErrorKind::NotFound {
         NetnsError::NotFound {
             label: target.label.clone(),

@@ -13,6 +13,7 @@
 // once per namespace and round, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use super::reader::open_error;
 use super::{NamespaceId, NetnsError, NetnsTarget};
 use crate::reconcile::wrap_tracker::CounterIdentity;
 use crate::sources::proc::host_file::{self, HostFileError};
@@ -378,21 +379,6 @@ impl StackReader {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(NetnsError::Thread("namespace not read".into()))))
             .collect()
-    }
-}
-
-fn open_error(target: &NetnsTarget, source: io::Error) -> NetnsError {
-    if source.kind() == io::ErrorKind::NotFound {
-        NetnsError::NotFound {
-            label: target.label.clone(),
-            handle: target.handle.clone(),
-        }
-    } else {
-        NetnsError::Open {
-            label: target.label.clone(),
-            handle: target.handle.clone(),
-            source,
-        }
     }
 }
 
