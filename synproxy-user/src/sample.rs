@@ -179,6 +179,9 @@ pub struct Snapshot {
     /// The defense verdict per namespace read this round (empty with
     /// `--verdict off`), in namespace order.
     pub defense: Vec<DefenseSample>,
+    /// The attacks in progress at the end of the round (phase `ongoing`);
+    /// starts and ends go to the sinks between rounds as they happen.
+    pub attacks: Vec<crate::analysis::attack::AttackEvent>,
 }
 
 /// One namespace's defense verdict in one round.

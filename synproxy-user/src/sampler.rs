@@ -243,6 +243,7 @@ impl Sampler {
             top_sources: Vec::new(),
             stack: Vec::new(),
             defense: Vec::new(),
+            attacks: Vec::new(),
         };
         // Attach (or re-attach after a module reload) before reading /proc, so a
         // new baseline is taken after the probes are in place.

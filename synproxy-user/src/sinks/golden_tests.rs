@@ -231,6 +231,7 @@ fn golden_snapshot() -> Snapshot {
                 },
             ),
         ],
+        attacks: Vec::new(),
     }
 }
 

@@ -408,6 +408,7 @@ fn top_sources_come_before_the_probes_line_that_ends_a_round() {
         top_sources: vec![top_list(None)],
         stack: Vec::new(),
         defense: Vec::new(),
+        attacks: Vec::new(),
     };
     let mut out = Vec::new();
     e.encode_round(&round, &mut out);

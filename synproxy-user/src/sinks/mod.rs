@@ -24,6 +24,7 @@ pub mod line_protocol;
 pub mod prometheus;
 pub mod stdout;
 
+use crate::analysis::attack::AttackEvent;
 use crate::cli::Cli;
 use crate::sample::{AgentHealth, Snapshot};
 use std::sync::Arc;
@@ -50,6 +51,12 @@ pub trait Sink: Send {
     /// snapshot is shared, so that another output can show it (Prometheus
     /// shows the InfluxDB writer's backlog). Most sinks have nothing to add.
     fn report_health(&self, _health: &mut AgentHealth) {}
+    /// An attack started or ended: called between rounds as soon as the
+    /// detector knows, returns at once. While an attack lasts, each round's
+    /// snapshot carries its `ongoing` document ([`Snapshot::attacks`]).
+    fn attack(&mut self, _event: &Arc<AttackEvent>) -> Result<(), Ended> {
+        Ok(())
+    }
 }
 
 /// Lets a sink's thread or task report that it has ended, so the runtime
@@ -223,6 +230,21 @@ impl Sinks {
         let mut result = Ok(());
         for sink in &mut self.sinks {
             if let Err(e) = sink.send(&snapshot) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Hands an attack's start or end to every sink; the first that ended
+    /// is reported (after all had it).
+    pub fn attack(&mut self, event: AttackEvent) -> Result<(), Ended> {
+        let event = Arc::new(event);
+        let mut result = Ok(());
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.attack(&event) {
                 if result.is_ok() {
                     result = Err(e);
                 }

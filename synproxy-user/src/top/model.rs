@@ -244,6 +244,7 @@ pub(crate) mod tests {
             top_sources: Vec::new(),
             stack: Vec::new(),
             defense: Vec::new(),
+            attacks: Vec::new(),
         }
     }
 

@@ -105,6 +105,7 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
         top_sources: Vec::new(),
         stack: Vec::new(),
         defense: Vec::new(),
+        attacks: Vec::new(),
     })
 }
 

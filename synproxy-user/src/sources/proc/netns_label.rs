@@ -197,6 +197,7 @@ mod tests {
             top_sources: Vec::new(),
             stack: Vec::new(),
             defense: Vec::new(),
+            attacks: Vec::new(),
         };
         let mut published = Published::default();
         published.add(&std::sync::Arc::new(snapshot));

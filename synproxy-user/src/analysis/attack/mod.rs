@@ -1,0 +1,6 @@
+//! Attacks as events: a learnt baseline per namespace (and destination port),
+//! a threshold above it, and hysteresis; see docs/attacks.md.
+
+pub mod event;
+
+pub use event::{AttackEvent, AttackKind, AttackPhase, EventPort, EventSource};
