@@ -43,6 +43,10 @@ pub const VERDICT_WARMUP: (Duration, Duration) = (Duration::ZERO, Duration::from
 /// the largest buffer stays within a few hundred MiB).
 pub const INFLUX_BUFFER_LINES: (u64, u64) = (1, 1_000_000);
 
+/// `--on-attack-timeout`: 100ms to 1h.
+pub const HOOK_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
     DurationRange {
         min: INTERVAL.0,
@@ -75,6 +79,15 @@ pub fn parse_rate_resolution(text: &str) -> Result<Duration, String> {
         min: RATE_RESOLUTION.0,
         max: RATE_RESOLUTION.1,
         text: "10ms and 1h (the peak-rate map is drained every 8 buckets)",
+    }
+    .parse(text)
+}
+
+pub fn parse_hook_timeout(text: &str) -> Result<Duration, String> {
+    DurationRange {
+        min: HOOK_TIMEOUT.0,
+        max: HOOK_TIMEOUT.1,
+        text: "100ms and 1h",
     }
     .parse(text)
 }
@@ -116,6 +129,11 @@ mod tests {
         assert!(parse_interval("0s")
             .unwrap_err()
             .contains("between 10ms and 24h"));
+        assert_eq!(parse_hook_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_hook_timeout("99ms"),
+            Err("\"99ms\": must be between 100ms and 1h".into())
+        );
         assert_eq!(parse_influx_buffer_lines("1"), Ok(1));
         assert_eq!(parse_influx_buffer_lines("1000000"), Ok(1_000_000));
         assert!(parse_influx_buffer_lines("0").is_err());

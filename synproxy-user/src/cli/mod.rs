@@ -242,6 +242,20 @@ pub struct Cli {
     #[arg(long, env = "SYNPROXY_AGENT_STDOUT")]
     pub stdout: bool,
 
+    /// Run CMD at each attack's start and end, with the event as one JSON
+    /// document on its stdin and SYNPROXY_ATTACK_* variables (docs/hook.md).
+    /// CMD is a program (absolute, or found in /usr/local/sbin:/usr/local/bin:
+    /// /usr/sbin:/usr/bin:/sbin:/bin) and whitespace-separated arguments: no
+    /// shell, no quoting. It runs with no capabilities, one at a time per
+    /// namespace. Empty: no hook.
+    #[arg(long, value_name = "CMD", env = "SYNPROXY_AGENT_ON_ATTACK")]
+    pub on_attack: Option<String>,
+
+    /// A hook running longer is killed with its process group (one log
+    /// line); 100ms to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = cli_bounds::parse_hook_timeout, env = "SYNPROXY_AGENT_ON_ATTACK_TIMEOUT")]
+    pub on_attack_timeout: Duration,
+
     /// Go on (with a warning) when the capability drop after start-up fails.
     /// Without it such a failure stops the agent (exit 1): it never runs with
     /// more capabilities than its features need.

@@ -14,11 +14,14 @@
 //!   (1.x `/write` or 2.x `/api/v2/write`) by its own thread, with a bounded
 //!   buffer and retries.
 //!
+//! - [`hook`]: `--on-attack CMD`, run at each attack's start and end.
+//!
 //! The network outputs wait at a [`gate::Gate`] until the capability drop.
 
 pub mod gate;
 #[cfg(test)]
 mod golden_tests;
+pub mod hook;
 pub mod influx;
 pub mod line_protocol;
 pub mod prometheus;
@@ -79,6 +82,8 @@ pub struct OutputConfig {
     pub prometheus: Option<prometheus::Listener>,
     /// Where and how to write to InfluxDB, with the encoder of its lines.
     pub influx: Option<(influx::InfluxConfig, line_protocol::LineEncoder)>,
+    /// The `--on-attack` command, checked to be an executable file.
+    pub hook: Option<hook::HookConfig>,
 }
 
 impl OutputConfig {
@@ -113,10 +118,16 @@ impl OutputConfig {
         });
         let stdout = encoder.clone().filter(|_| cli.stdout_enabled());
         let influx = influx.zip(encoder);
+        let hook = match &cli.on_attack {
+            Some(command) => hook::HookConfig::parse(command, cli.on_attack_timeout)
+                .map_err(|e| e.to_string())?,
+            None => None,
+        };
         Ok(Self {
             stdout,
             prometheus,
             influx,
+            hook,
         })
     }
 }
@@ -204,6 +215,9 @@ impl Sinks {
         if let Some((influx, encoder)) = config.influx {
             let sink = influx::InfluxSink::start(influx, encoder, gate.clone())?;
             sinks.add(Box::new(sink));
+        }
+        if let Some(hook) = config.hook {
+            sinks.add(Box::new(hook::HookSink::start(hook)?));
         }
         Ok(sinks)
     }
