@@ -7,14 +7,14 @@ use crate::cli::parse_duration_any;
 use std::time::Duration;
 
 /// A duration range and how the error names it.
-struct DurationRange {
-    min: Duration,
-    max: Duration,
-    text: &'static str,
+pub(crate) struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+    pub text: &'static str,
 }
 
 impl DurationRange {
-    fn parse(&self, text: &str) -> Result<Duration, String> {
+    pub fn parse(&self, text: &str) -> Result<Duration, String> {
         let value = parse_duration_any(text)?;
         if (self.min..=self.max).contains(&value) {
             Ok(value)

@@ -5,13 +5,14 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
+use synproxy_user::analysis::attack::subject::Params as AttackParams;
 use synproxy_user::analysis::verdict::Params as VerdictParams;
 use synproxy_user::cli::{Cli, Command, NetnsSelection, SignalMode, TopArgs};
 use synproxy_user::logging;
 use synproxy_user::privileges;
 use synproxy_user::ranking::TopConfig;
 use synproxy_user::runtime::{self, Blocking, Exit, Schedule};
-use synproxy_user::sampler::{Sampler, SamplerConfig, StackSources};
+use synproxy_user::sampler::{AttackConfig, Sampler, SamplerConfig, StackSources};
 use synproxy_user::sinks::{gate, OutputConfig, Sinks};
 use synproxy_user::sources::ebpf::{EbpfSource, ProbeType, Stop};
 use synproxy_user::top;
@@ -152,6 +153,14 @@ fn top_main(
             warmup_secs: args.verdict_warmup.as_secs_f64(),
             ..VerdictParams::default()
         }),
+        // The Attacks panel: the agent's rules, nothing kept across runs.
+        attacks: Some(AttackConfig {
+            params: AttackParams {
+                warmup_secs: args.verdict_warmup.as_secs_f64(),
+                ..AttackParams::default()
+            },
+            state_dir: None,
+        }),
     };
     // No network output in `top`: nothing waits at the gate.
     let (opener, _) = gate::gate();
@@ -181,6 +190,8 @@ struct Run {
     stack: StackSources,
     /// `--no-verdict`, `--verdict-warmup` (off in `top`).
     verdict: Option<VerdictParams>,
+    /// `--no-attacks`, `--attack-*`, `--state-dir`.
+    attacks: Option<AttackConfig>,
 }
 
 impl From<&Cli> for Run {
@@ -203,6 +214,10 @@ impl From<&Cli> for Run {
             verdict: (!cli.no_verdict).then(|| VerdictParams {
                 warmup_secs: cli.verdict_warmup.as_secs_f64(),
                 ..VerdictParams::default()
+            }),
+            attacks: (!cli.attacks.no_attacks).then(|| AttackConfig {
+                params: cli.attacks.params(),
+                state_dir: cli.attacks.state_dir(|k| std::env::var(k).ok()),
             }),
         }
     }
@@ -307,6 +322,7 @@ async fn start(
         top: run.top,
         stack: run.stack,
         verdict: run.verdict,
+        attacks: run.attacks,
     });
     let schedule = Schedule {
         once: run.once,

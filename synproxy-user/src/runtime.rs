@@ -410,10 +410,19 @@ fn wait_until(
     }
 }
 
-/// One round, handed to the sinks.
+/// One round, handed to the sinks (after the attack starts and ends it found).
 fn round(sampler: &mut Sampler, sinks: &mut Sinks) -> Result<(), Exit> {
     let snapshot = sampler.sample();
+    send_attacks(sampler, sinks)?;
     sinks.send(snapshot).map_err(exit_for)
+}
+
+/// Hands the attack starts and ends the sampler found to the sinks.
+fn send_attacks(sampler: &mut Sampler, sinks: &mut Sinks) -> Result<(), Exit> {
+    for event in sampler.take_attack_events() {
+        sinks.attack(event).map_err(exit_for)?;
+    }
+    Ok(())
 }
 
 fn run_loop(
@@ -443,7 +452,12 @@ fn run_loop(
             _ => (Some(sampler), Exit::Clean, None),
         };
     }
-    let drain_period = sampler.drain_period();
+    // With the attack detector the drain is also its step (a start is then
+    // known within a second whatever the interval).
+    let drain_period = match (sampler.drain_period(), sampler.detect_period()) {
+        (Some(drain), Some(detect)) => Some(drain.min(detect)),
+        (drain, _) => drain,
+    };
     let started = Instant::now();
     let mut next_drain = drain_period.map(|p| started + p);
     // Like an interval timer: the first round at once, then on the grid.
@@ -456,7 +470,14 @@ fn run_loop(
         let due = match wait_until(control, next_round, next_drain) {
             Woken::Due => true,
             Woken::Drain => {
-                sampler.drain_rates();
+                if sampler.detect_period().is_some() {
+                    sampler.detect_tick();
+                    if let Err(exit) = send_attacks(&mut sampler, sinks) {
+                        return (Some(sampler), exit, None);
+                    }
+                } else {
+                    sampler.drain_rates();
+                }
                 if let (Some(tick), Some(period)) = (next_drain, drain_period) {
                     next_drain = Some(next_tick(tick, period, Instant::now()));
                 }

@@ -51,6 +51,8 @@ pub struct SamplerConfig {
     pub stack: StackSources,
     /// The defense verdict's rules ([`Snapshot::defense`]); `None`: off.
     pub verdict: Option<VerdictParams>,
+    /// Attack detection (`None`: off).
+    pub attacks: Option<AttackConfig>,
 }
 
 /// What a series is keyed by.
@@ -71,6 +73,7 @@ struct Series {
     /// Rounds since the namespace was last read.
     missing_rounds: u32,
     verdict: NamespaceVerdict,
+    attacks: attacks::SeriesAttacks,
 }
 
 impl Series {
@@ -82,6 +85,7 @@ impl Series {
             reconciler: Reconciler::new(),
             missing_rounds: 0,
             verdict: NamespaceVerdict::default(),
+            attacks: attacks::SeriesAttacks::default(),
         }
     }
 }
@@ -137,6 +141,10 @@ pub struct Sampler {
     stack_reader: StackReader,
     stack_series: HashMap<SeriesKey, stack::StackSeries>,
     stack_failing: HashMap<(String, StackFile), String>,
+    /// The eBPF key of each namespace read last round, for the detector's ticks.
+    attack_keys: HashMap<NsKey, SeriesKey>,
+    /// Attack starts and ends not yet handed to the sinks.
+    attack_events: Vec<crate::analysis::attack::AttackEvent>,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -177,6 +185,8 @@ impl Sampler {
             stack_reader: StackReader::new(),
             stack_series: HashMap::new(),
             stack_failing: HashMap::new(),
+            attack_keys: HashMap::new(),
+            attack_events: Vec::new(),
         }
     }
 
@@ -185,6 +195,10 @@ impl Sampler {
     pub fn prime(&mut self) {
         if self.config.ebpf.is_some() {
             let _ = self.sample();
+            // The detector's first step starts from here.
+            if let Some(ebpf) = self.config.ebpf.as_mut() {
+                let _ = ebpf.take_window();
+            }
         }
     }
 
@@ -305,6 +319,7 @@ impl Sampler {
                 round.defense.push(sample);
             }
         }
+        self.attacks_round(&reads, &mut round);
         round.retained = self.retained();
         round.agent.ebpf_attached = round.probes.as_ref().is_some_and(|p| p.attached);
         self.last_round_failed = !round.failures.is_empty();
@@ -342,11 +357,13 @@ impl Sampler {
     }
 }
 
+mod attacks;
 mod defense;
 mod ebpf_round;
 mod read;
 mod stack;
 
+pub use attacks::AttackConfig;
 pub use stack::StackSources;
 
 #[cfg(test)]

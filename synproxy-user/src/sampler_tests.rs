@@ -67,6 +67,7 @@ fn sampler(netns_dir: &std::path::Path, names: &[&str]) -> Sampler {
         },
         stack: StackSources::default(),
         verdict: None,
+        attacks: None,
     })
 }
 

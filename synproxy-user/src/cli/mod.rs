@@ -100,6 +100,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cli_bounds::parse_verdict_warmup, env = "SYNPROXY_AGENT_VERDICT_WARMUP")]
     pub verdict_warmup: Duration,
 
+    #[command(flatten)]
+    pub attacks: attack::AttackArgs,
+
     /// Which BPF programs count the events. kprobe: kprobes/kretprobes through
     /// tracefs (any kernel with kprobes). fentry: fentry/fexit programs,
     /// cheaper per event; on SYNPROXY built as modules (distribution kernels)
@@ -419,6 +422,7 @@ pub enum NetnsSelection {
 /// without eBPF: 5 each).
 pub const DEFAULT_INFLUX_BUFFER_LINES: u64 = 100_000;
 
+pub mod attack;
 mod validate;
 mod values;
 use validate::{netns_selection, validate_proc_root};

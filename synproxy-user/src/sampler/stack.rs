@@ -315,6 +315,7 @@ pub(super) mod tests {
             },
             stack,
             verdict,
+            attacks: None,
         })
     }
 

@@ -172,7 +172,7 @@ impl LineEncoder {
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
     /// lines, the `nstat` and `conntrack` lines, the `synproxy_defense` lines,
-    /// then the `synproxy_ebpf` lines, the `synproxy_top_sources`
+    /// the `synproxy_attack` lines of the attacks in progress, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
     /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
     /// as the end of an eBPF round). A round in which no namespace could be
     /// read writes nothing.
@@ -188,6 +188,9 @@ impl LineEncoder {
         }
         for sample in &snapshot.defense {
             self.encode_defense(sample, snapshot.timestamp_ns, out);
+        }
+        for event in &snapshot.attacks {
+            self.encode_attack(event, out);
         }
         for sample in snapshot.ebpf_samples() {
             self.encode_ebpf(sample, out);
@@ -328,8 +331,10 @@ pub fn sanitized_tag(raw: &str) -> String {
         .collect()
 }
 
+mod attack;
 mod defense;
 mod stack;
+pub use attack::ATTACK_MEASUREMENT;
 pub use defense::DEFENSE_MEASUREMENT;
 pub use stack::{CONNTRACK_MEASUREMENT, NSTAT_MEASUREMENT};
 

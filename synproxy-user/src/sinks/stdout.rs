@@ -11,6 +11,7 @@
 
 use super::line_protocol::LineEncoder;
 use super::{EndNotifier, Ended, Sink};
+use crate::analysis::attack::AttackEvent;
 use crate::sample::{Sample, Snapshot};
 use log::warn;
 use std::io::{self, Write};
@@ -333,5 +334,15 @@ impl Sink for StdoutSink {
 
     fn finish(&mut self, deadline: Instant) -> Result<(), Ended> {
         StdoutSink::finish(self, deadline)
+    }
+
+    /// An attack's start or end: its line at once, between rounds.
+    fn attack(&mut self, event: &Arc<AttackEvent>) -> Result<(), Ended> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.encoder.encode_attack(event, &mut buf);
+        let result = self.write_round(&buf);
+        self.buf = buf;
+        result
     }
 }

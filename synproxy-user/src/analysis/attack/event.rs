@@ -3,10 +3,10 @@
 //! so far. The same document goes to line protocol, `/metrics`, the log and
 //! the `--on-attack` hook (as JSON, [`AttackEvent::to_json`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which counter flooded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttackKind {
     /// `syn_received`: SYNs the proxy answered with a cookie.

@@ -4,3 +4,6 @@
 pub mod event;
 
 pub use event::{AttackEvent, AttackKind, AttackPhase, EventPort, EventSource};
+pub mod detector;
+pub mod history;
+pub mod subject;

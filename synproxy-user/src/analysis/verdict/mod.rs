@@ -141,6 +141,11 @@ pub struct NamespaceVerdict {
 }
 
 impl NamespaceVerdict {
+    /// The state as last judged.
+    pub fn state(&self) -> DefenseState {
+        self.state
+    }
+
     /// Takes in one round (`now_ns`, the round's timestamp) and judges it.
     /// The first round has no rates yet. A counter that went backwards
     /// (a module reloaded, counters recreated) gives no rate this round.

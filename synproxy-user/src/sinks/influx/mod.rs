@@ -22,6 +22,7 @@ mod writer;
 use super::gate::Gate;
 use super::line_protocol::LineEncoder;
 use super::{Ended, Sink};
+use crate::analysis::attack::AttackEvent;
 use crate::cli::Cli;
 use crate::sample::{AgentHealth, InfluxHealth, Snapshot};
 use crate::sources::proc::host_file;
@@ -144,6 +145,20 @@ impl Sink for InfluxSink {
         }
         let mut lines = Vec::with_capacity(1024);
         self.encoder.encode_round(snapshot, &mut lines);
+        let (dropped_now, dropped_total) = {
+            let mut state = self.shared.lock();
+            let dropped = state.buffer.push(lines);
+            (dropped, state.buffer.counts().dropped)
+        };
+        self.shared.wake.notify_one();
+        self.warn_dropped(dropped_now, dropped_total);
+        Ok(())
+    }
+
+    /// An attack's start or end: its line is queued at once.
+    fn attack(&mut self, event: &Arc<AttackEvent>) -> Result<(), Ended> {
+        let mut lines = Vec::with_capacity(512);
+        self.encoder.encode_attack(event, &mut lines);
         let (dropped_now, dropped_total) = {
             let mut state = self.shared.lock();
             let dropped = state.buffer.push(lines);

@@ -39,7 +39,7 @@ impl LineEncoder {
 }
 
 /// A string field's content: `"` and `\` escaped, line breaks as spaces.
-fn write_escaped_string(out: &mut Vec<u8>, text: &str) {
+pub(super) fn write_escaped_string(out: &mut Vec<u8>, text: &str) {
     for c in text.chars() {
         match c {
             '"' | '\\' => {

@@ -153,6 +153,7 @@ impl Family {
 pub(super) struct Exposition(Arc<Published>);
 
 mod agent;
+pub(super) mod attacks;
 mod defense;
 mod ebpf;
 mod stack;
@@ -187,6 +188,7 @@ impl Exposition {
         );
         rounds.count(Vec::new(), published.rounds);
         let mut families = vec![agent_build, rounds];
+        families.extend(published.attacks.families());
         let Some(snapshot) = &published.snapshot else {
             return families;
         };

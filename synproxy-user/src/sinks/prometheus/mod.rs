@@ -41,6 +41,7 @@ pub use top_series::TopSeries;
 
 use super::gate::Gate;
 use super::{Ended, Sink};
+use crate::analysis::attack::AttackEvent;
 use crate::reconcile::ebpf_vs_proc::Status;
 use crate::sample::{SeriesId, Snapshot};
 use log::info;
@@ -87,6 +88,8 @@ pub struct Published {
     pub rounds: u64,
     /// Which per-source series to show (`--prometheus-top-sources`).
     pub top_series: TopSeries,
+    /// The attack detector's starts, ends and attacks in progress.
+    pub attacks: exposition::attacks::AttackBook,
 }
 
 impl Published {
@@ -118,6 +121,7 @@ impl Published {
             .chain(snapshot.retained.iter().map(|r| r.series))
             .collect();
         self.ebpf.retain(|id, _| kept.contains(id));
+        self.attacks.round(&snapshot.attacks);
         self.snapshot = Some(Arc::clone(snapshot));
     }
 }
@@ -161,6 +165,14 @@ impl Sink for PrometheusSink {
     }
 
     fn finish(&mut self, _deadline: Instant) -> Result<(), Ended> {
+        Ok(())
+    }
+
+    /// Starts and ends show at the next scrape, not the next round.
+    fn attack(&mut self, event: &Arc<AttackEvent>) -> Result<(), Ended> {
+        self.published.attacks.event(event);
+        let page = Page::new(Arc::new(self.published.clone()));
+        self.tx.send_replace(Arc::new(page));
         Ok(())
     }
 }

@@ -187,6 +187,8 @@ impl EbpfSource {
             last_recursion: 0,
             last_diag: [0; diag::COUNT as usize],
             peaks: HashMap::new(),
+            window: HashMap::new(),
+            window_buckets: 0,
             map_bytes,
             sources,
         };

@@ -171,6 +171,11 @@ pub struct EbpfSource {
     last_diag: [u64; diag::COUNT as usize],
     /// Peaks of the buckets drained since the previous round.
     peaks: HashMap<NsKey, FamilyCounts>,
+    /// Events of the buckets drained since the detector last took them
+    /// ([`EbpfSource::take_window`]), per namespace and counter (both
+    /// families), and how many buckets that was.
+    window: HashMap<NsKey, [u64; synproxy_common::COUNTER_COUNT]>,
+    window_buckets: u64,
     map_bytes: u64,
     sources: Option<SourceCounting>,
 }

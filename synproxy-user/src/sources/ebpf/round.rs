@@ -8,7 +8,7 @@ use super::probes::{COUNTING_PROGRAMS, FENTRY_COUNTING_PROGRAMS};
 use super::prog_info::bpf_stats_enabled;
 use super::{EbpfRound, EbpfSource, ProbeType, Shared, PROBES};
 use log::warn;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,6 +90,10 @@ impl EbpfSource {
                     }
                 }
                 if any {
+                    let window = self.window.entry(ns).or_default();
+                    for (c, n) in window.iter_mut().enumerate() {
+                        *n = n.saturating_add(events[0][c] + events[1][c]);
+                    }
                     let peak = self.peaks.entry(ns).or_default();
                     for f in 0..2 {
                         for c in 0..COUNTER_COUNT {
@@ -100,6 +104,7 @@ impl EbpfSource {
             }
         }
         drop(slots);
+        self.window_buckets += last.saturating_sub(first);
         // Each ring entry counts the first bucket not drained yet that maps to it.
         for (idx, tag) in self.shared.tags.u64s().iter().enumerate() {
             let idx = idx as u64;
@@ -179,6 +184,16 @@ impl EbpfSource {
         round.sources = self.read_sources();
         self.prune(keep);
         Some(round)
+    }
+
+    /// The events of the rate buckets completed since the last call, per
+    /// namespace (with any) and counter, both families summed, and the time
+    /// those buckets cover: the detector's step between rounds. Drains first.
+    pub fn take_window(&mut self) -> (HashMap<NsKey, [u64; COUNTER_COUNT]>, Duration) {
+        self.drain_rates();
+        let buckets = std::mem::take(&mut self.window_buckets);
+        let covered = Duration::from_nanos(self.rate_res_ns.saturating_mul(buckets));
+        (std::mem::take(&mut self.window), covered)
     }
 
     fn prune(&mut self, keep: &HashSet<NsKey>) {

@@ -1,0 +1,296 @@
+//! Attack detection in the sampler: each namespace's detectors are stepped
+//! with eBPF's rate buckets between rounds ([`Sampler::detect_tick`], so a
+//! start is known within a second whatever the interval), or with the /proc
+//! totals once per round where eBPF does not count the namespace. Starts and
+//! ends are logged and queued for the sinks ([`Sampler::take_attack_events`]);
+//! each round's snapshot carries the attacks in progress.
+
+use super::*;
+use crate::analysis::attack::detector::{NamespaceDetector, Scope, SubjectKey};
+use crate::analysis::attack::subject::{Active, Change, Params as AttackParams};
+use crate::analysis::attack::{AttackEvent, AttackKind, AttackPhase, EventPort, EventSource};
+use crate::fields::Field;
+
+/// The detector's configuration.
+#[derive(Clone, Debug)]
+pub struct AttackConfig {
+    pub params: AttackParams,
+    /// Where the detectors' state is kept across restarts (None: not kept).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Sources and ports shown in an event's documents.
+const EVENT_TOP: usize = 5;
+
+/// One namespace's attack detection, kept with its series.
+#[derive(Debug, Default)]
+pub(super) struct SeriesAttacks {
+    pub detector: NamespaceDetector,
+    /// The last /proc reading stepped: (timestamp ns, syn_received, cookie_invalid).
+    proc_last: Option<(u64, [u64; 2])>,
+    /// Stepped by the eBPF ticks since the last round.
+    fed: bool,
+    /// The latest top sources and ports per kind, for the documents.
+    tops: HashMap<AttackKind, (Vec<EventSource>, Vec<EventPort>)>,
+}
+
+impl Sampler {
+    /// How often [`Sampler::detect_tick`] should run: with eBPF and the
+    /// detector on.
+    pub fn detect_period(&self) -> Option<Duration> {
+        self.config.attacks.as_ref()?;
+        let res = self.config.ebpf.as_ref()?.rate_resolution();
+        Some(res.max(DETECT_PERIOD))
+    }
+
+    /// Between rounds (eBPF): one detector step per namespace the probes
+    /// count, over the rate buckets completed since the last tick.
+    pub fn detect_tick(&mut self) {
+        let Some(params) = self.config.attacks.as_ref().map(|a| a.params.clone()) else {
+            return;
+        };
+        let Some(ebpf) = self.config.ebpf.as_mut() else {
+            return;
+        };
+        if !ebpf.is_attached() {
+            return;
+        }
+        let (window, covered) = ebpf.take_window();
+        let secs = covered.as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        let now = now_ns();
+        let keys: Vec<(NsKey, SeriesKey)> =
+            self.attack_keys.iter().map(|(k, s)| (*k, *s)).collect();
+        for (ns, key) in keys {
+            let counts = window.get(&ns).copied().unwrap_or_default();
+            let events: Vec<(SubjectKey, u64)> = AttackKind::ALL
+                .iter()
+                .map(|&kind| {
+                    let n = counts.get(kind.counter().index()).copied().unwrap_or(0);
+                    (SubjectKey { kind, port: None }, n)
+                })
+                .collect();
+            self.step_attacks(key, now, secs, Scope::Namespace, &events, &params);
+            if let Some(series) = self.series.get_mut(&key) {
+                series.attacks.fed = true;
+            }
+        }
+    }
+
+    /// The starts and ends since the last call, oldest first.
+    pub fn take_attack_events(&mut self) -> Vec<AttackEvent> {
+        std::mem::take(&mut self.attack_events)
+    }
+
+    /// In each round: /proc steps for namespaces the ticks did not feed, the
+    /// top sources and ports for the documents, and the round's `ongoing`
+    /// documents.
+    pub(super) fn attacks_round(&mut self, reads: &[Read], round: &mut Snapshot) {
+        let Some(params) = self.config.attacks.as_ref().map(|a| a.params.clone()) else {
+            return;
+        };
+        self.attack_keys = reads
+            .iter()
+            .filter_map(|r| r.ebpf_key.map(|k| (k, r.key)))
+            .collect();
+        let now = round.timestamp_ns;
+        for read in reads {
+            let Some(series) = self.series.get_mut(&read.key) else {
+                continue;
+            };
+            let reading = AttackKind::ALL.map(|k| read.totals[Field::Counter(k.counter()).index()]);
+            let last = series.attacks.proc_last.replace((now, reading));
+            let fed = std::mem::take(&mut series.attacks.fed);
+            let Some((then, before)) = last else { continue };
+            if fed || read.reset {
+                continue;
+            }
+            let secs = now.saturating_sub(then) as f64 / 1e9;
+            let events: Vec<(SubjectKey, u64)> = AttackKind::ALL
+                .iter()
+                .zip(reading.iter().zip(before))
+                .map(|(&kind, (now, before))| {
+                    (SubjectKey { kind, port: None }, now.saturating_sub(before))
+                })
+                .collect();
+            self.step_attacks(read.key, now, secs, Scope::Namespace, &events, &params);
+        }
+        self.remember_tops(round);
+        for read in reads {
+            let Some(series) = self.series.get(&read.key) else {
+                continue;
+            };
+            let label = (read.key != SeriesKey::Own).then_some(read.label.as_str());
+            for (key, active) in series.attacks.detector.active() {
+                round.attacks.push(document(
+                    label,
+                    *key,
+                    AttackPhase::Ongoing,
+                    active,
+                    now,
+                    &series.attacks,
+                    series.verdict.state(),
+                    self.config.verdict.is_some(),
+                ));
+            }
+        }
+    }
+
+    /// The round's top sources and ports per namespace and kind, for the
+    /// documents of the attacks that go on.
+    fn remember_tops(&mut self, round: &Snapshot) {
+        let by_id: HashMap<SeriesId, SeriesKey> =
+            self.series.iter().map(|(k, s)| (s.id, *k)).collect();
+        let mut by_label: HashMap<Option<&str>, SeriesKey> = HashMap::new();
+        for n in &round.namespaces {
+            if let Some(key) = by_id.get(&n.series) {
+                by_label.insert(n.sample.netns.as_deref(), *key);
+            }
+        }
+        for kind in AttackKind::ALL {
+            for (label, key) in &by_label {
+                let mut sources: Vec<EventSource> = round
+                    .top_sources
+                    .iter()
+                    .filter(|t| t.counter == kind.counter() && t.netns.as_deref() == *label)
+                    .flat_map(|t| t.entries.iter())
+                    .map(|e| EventSource {
+                        source: e.source.clone(),
+                        events: e.events,
+                    })
+                    .collect();
+                sources.sort_by_key(|s| std::cmp::Reverse(s.events));
+                sources.truncate(EVENT_TOP);
+                if let Some(series) = self.series.get_mut(key) {
+                    let entry = series.attacks.tops.entry(kind).or_default();
+                    entry.0 = sources;
+                }
+            }
+        }
+    }
+
+    /// Steps one namespace's detectors; logs and queues what changed.
+    fn step_attacks(
+        &mut self,
+        key: SeriesKey,
+        now: u64,
+        secs: f64,
+        scope: Scope,
+        events: &[(SubjectKey, u64)],
+        params: &AttackParams,
+    ) {
+        let own_name = self.own_name.clone();
+        let verdict_on = self.config.verdict.is_some();
+        let Some(series) = self.series.get_mut(&key) else {
+            return;
+        };
+        let changes = series
+            .attacks
+            .detector
+            .step(now, secs, scope, events, params);
+        let label = (key != SeriesKey::Own).then(|| series.label.clone());
+        let name = label.clone().unwrap_or(own_name);
+        for (subject, change) in changes {
+            let (phase, active) = match change {
+                Change::Started => {
+                    let Some(active) = series
+                        .attacks
+                        .detector
+                        .subjects
+                        .get(&subject)
+                        .and_then(|s| s.active.clone())
+                    else {
+                        continue;
+                    };
+                    (AttackPhase::Start, active)
+                }
+                Change::Ended(active) => (AttackPhase::End, active),
+            };
+            let doc = document(
+                label.as_deref(),
+                subject,
+                phase,
+                &active,
+                now,
+                &series.attacks,
+                series.verdict.state(),
+                verdict_on,
+            );
+            log_change(&name, &doc);
+            self.attack_events.push(doc);
+        }
+    }
+}
+
+/// Between rounds the detector steps at most this often (and at the rate
+/// buckets' width at least).
+const DETECT_PERIOD: Duration = Duration::from_millis(250);
+
+#[allow(clippy::too_many_arguments)]
+fn document(
+    label: Option<&str>,
+    key: SubjectKey,
+    phase: AttackPhase,
+    active: &Active,
+    now: u64,
+    attacks: &SeriesAttacks,
+    defense: crate::analysis::verdict::DefenseState,
+    verdict_on: bool,
+) -> AttackEvent {
+    let (top_sources, top_ports) = attacks.tops.get(&key.kind).cloned().unwrap_or_default();
+    let end_ns = (phase == AttackPhase::End).then(|| active.below_since_ns.unwrap_or(now));
+    AttackEvent {
+        id: AttackEvent::make_id(label, key.kind, key.port, active.start_ns),
+        netns: label.map(str::to_string),
+        kind: key.kind,
+        port: key.port,
+        phase,
+        start_ns: active.start_ns,
+        timestamp_ns: now,
+        end_ns,
+        rate: active.rate,
+        baseline: active.baseline,
+        threshold: active.threshold,
+        peak_rate: active.peak_rate,
+        events: active.events,
+        top_sources,
+        top_ports,
+        defense: verdict_on.then(|| defense.name()),
+    }
+}
+
+/// One line at an attack's start and one at its end, with the summary.
+fn log_change(name: &str, e: &AttackEvent) {
+    let port = e.port.map_or_else(String::new, |p| format!(" port {p}"));
+    let sources = e
+        .top_sources
+        .iter()
+        .take(3)
+        .map(|s| format!("{} ({})", s.source, s.events))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sources = if sources.is_empty() {
+        String::new()
+    } else {
+        format!("; top sources {sources}")
+    };
+    match e.phase {
+        AttackPhase::Start => info!(
+            "{name}: attack started: {}{port} at {:.0}/s (threshold {:.0}/s, baseline {:.0}/s){sources}",
+            e.kind.name(),
+            e.rate,
+            e.threshold,
+            e.baseline
+        ),
+        AttackPhase::End => info!(
+            "{name}: attack ended: {}{port} after {:.1}s, {} events, peak {:.0}/s{sources}",
+            e.kind.name(),
+            e.duration_secs(),
+            e.events,
+            e.peak_rate
+        ),
+        AttackPhase::Ongoing => {}
+    }
+}
