@@ -4,8 +4,8 @@
 //! start and the end as JSON on stdin, with the variables and no
 //! capability; the second runs past its timeout at the start and fails at
 //! the end, the third deletes itself at the start so the end cannot run:
-//! each one clear log line. A missing hook and an out-of-range timeout are
-//! start-up errors of one line.
+//! each one clear log line. A missing hook, an out-of-range timeout and a
+//! hook with detection off are start-up errors of one line.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -180,7 +180,7 @@ fn a_flood_runs_the_hook_at_its_start_and_end_and_its_failures_are_one_line_each
 
     // The slow and failing hook: one warning each.
     let bad_agent = &mut agents[1];
-    let line = log_has(bad_agent, "the slow hook's line", "timeout");
+    let line = log_has(bad_agent, "the slow hook's line", "ran past its");
     assert!(
         line.starts_with("W! [synproxy-agent] hook ")
             && line.ends_with("(start) ran past its 500ms timeout (--on-attack-timeout): killed it and its process group"),
@@ -247,6 +247,12 @@ fn a_missing_hook_or_a_bad_timeout_is_a_start_up_error_of_one_line() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not executable"), "{stderr}");
+    let (code, stderr) = run(&["--on-attack", "true", "--no-attacks"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "E! [synproxy-agent] --on-attack: attack detection is off (--no-attacks), so the hook would never run\n"
+    );
     let (code, stderr) = run(&["--on-attack", "true", "--on-attack-timeout", "50ms"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

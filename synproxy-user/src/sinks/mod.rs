@@ -118,11 +118,7 @@ impl OutputConfig {
         });
         let stdout = encoder.clone().filter(|_| cli.stdout_enabled());
         let influx = influx.zip(encoder);
-        let hook = match &cli.on_attack {
-            Some(command) => hook::HookConfig::parse(command, cli.on_attack_timeout)
-                .map_err(|e| e.to_string())?,
-            None => None,
-        };
+        let hook = hook::HookConfig::from_cli(cli)?;
         Ok(Self {
             stdout,
             prometheus,

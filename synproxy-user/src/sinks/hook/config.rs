@@ -57,6 +57,21 @@ impl HookConfig {
         }))
     }
 
+    /// `--on-attack` and `--on-attack-timeout`; the error is one line. A hook
+    /// with attack detection off would never run: an error too.
+    pub fn from_cli(cli: &crate::cli::Cli) -> Result<Option<HookConfig>, String> {
+        let Some(command) = &cli.on_attack else {
+            return Ok(None);
+        };
+        let hook = Self::parse(command, cli.on_attack_timeout).map_err(|e| e.to_string())?;
+        if hook.is_some() && cli.attacks.no_attacks {
+            return Err(format!(
+                "{FLAG}: attack detection is off (--no-attacks), so the hook would never run"
+            ));
+        }
+        Ok(hook)
+    }
+
     /// The program and arguments as the log shows them.
     pub fn display(&self) -> String {
         let mut out = self.program.display().to_string();
@@ -146,5 +161,26 @@ mod tests {
             .to_string()
             .starts_with("--on-attack: no program \"synproxy-no-such-hook\" in /usr/local/sbin:"));
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn the_flags_give_the_hook_and_no_attacks_refuses_it() {
+        use clap::Parser;
+        let cli = |args: &[&str]| crate::cli::Cli::try_parse_from(args).unwrap();
+        let hook = HookConfig::from_cli(&cli(&["agent", "--on-attack", "sh -c true"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(hook.timeout, Duration::from_secs(10));
+        assert_eq!(hook.args.len(), 2);
+        let none = cli(&["agent", "--on-attack", "", "--on-attack-timeout", "1h"]);
+        assert_eq!(HookConfig::from_cli(&none), Ok(None));
+        let off = cli(&["agent", "--on-attack", "sh", "--no-attacks"]);
+        assert_eq!(
+            HookConfig::from_cli(&off),
+            Err(
+                "--on-attack: attack detection is off (--no-attacks), so the hook would never run"
+                    .into()
+            )
+        );
     }
 }

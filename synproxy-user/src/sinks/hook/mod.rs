@@ -42,6 +42,11 @@ pub struct HookSink {
 impl HookSink {
     /// Starts the dispatcher thread; the error is one line.
     pub fn start(hook: HookConfig) -> Result<Self, String> {
+        log::info!(
+            "--on-attack: {} runs at each attack's start and end, without capabilities (timeout {:?}, one at a time per namespace)",
+            hook.display(),
+            hook.timeout
+        );
         let log: Logger = Arc::new(|level, line| log::log!(level, "{line}"));
         Self::start_logging(hook, log)
     }
