@@ -30,6 +30,8 @@ pub(super) struct SeriesAttacks {
     proc_last: Option<(u64, [u64; 2])>,
     /// Stepped by the eBPF ticks since the last round.
     fed: bool,
+    /// The state file was asked for this namespace's saved state.
+    claimed: bool,
     /// The latest top sources and ports per kind, for the documents.
     tops: HashMap<AttackKind, (Vec<EventSource>, Vec<EventPort>)>,
 }
@@ -100,6 +102,12 @@ impl Sampler {
             let Some(series) = self.series.get_mut(&read.key) else {
                 continue;
             };
+            if !std::mem::replace(&mut series.attacks.claimed, true) {
+                let label = (read.key != SeriesKey::Own).then_some(read.label.as_str());
+                if let Some(saved) = self.attack_state.claim(label) {
+                    series.attacks.detector = saved;
+                }
+            }
             let reading = AttackKind::ALL.map(|k| read.totals[Field::Counter(k.counter()).index()]);
             let last = series.attacks.proc_last.replace((now, reading));
             let fed = std::mem::take(&mut series.attacks.fed);
@@ -118,6 +126,7 @@ impl Sampler {
             self.step_attacks(read.key, now, secs, Scope::Namespace, &events, &params);
         }
         self.remember_tops(round);
+        self.save_attack_state(false);
         for read in reads {
             let Some(series) = self.series.get(&read.key) else {
                 continue;
@@ -220,6 +229,7 @@ impl Sampler {
             );
             log_change(&name, &doc);
             self.attack_events.push(doc);
+            self.attack_state.mark_dirty();
         }
     }
 }
