@@ -366,7 +366,7 @@ impl Sampler {
     }
 }
 
-mod attack_state;
+pub(super) mod attack_state;
 mod attacks;
 mod defense;
 mod ebpf_round;

@@ -18,7 +18,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// The state file's path, what it brought back not yet claimed, and when it
 /// was last written.
 #[derive(Debug, Default)]
-pub(super) struct AttackState {
+pub(crate) struct AttackState {
     path: Option<PathBuf>,
     pending: HashMap<Option<String>, NamespaceDetector>,
     last_save: Option<Instant>,
@@ -30,7 +30,7 @@ pub(super) struct AttackState {
 
 impl AttackState {
     /// Reads the state file in `dir`, if any; problems are one line each.
-    pub fn load(dir: Option<&std::path::Path>, params: &AttackParams) -> Self {
+    pub(crate) fn load(dir: Option<&std::path::Path>, params: &AttackParams) -> Self {
         let Some(dir) = dir else {
             return Self::default();
         };
