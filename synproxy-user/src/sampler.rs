@@ -145,6 +145,7 @@ pub struct Sampler {
     attack_keys: HashMap<NsKey, SeriesKey>,
     /// Attack starts and ends not yet handed to the sinks.
     attack_events: Vec<crate::analysis::attack::AttackEvent>,
+    attack_state: attack_state::AttackState,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -167,6 +168,10 @@ impl Sampler {
         let max_retained = selector
             .as_ref()
             .map_or(DEFAULT_MAX_NAMESPACES, |s| s.policy().max);
+        let attack_state = match &config.attacks {
+            Some(a) => attack_state::AttackState::load(a.state_dir.as_deref(), &a.params),
+            None => attack_state::AttackState::default(),
+        };
         Self {
             selector,
             max_retained,
@@ -187,6 +192,7 @@ impl Sampler {
             stack_failing: HashMap::new(),
             attack_keys: HashMap::new(),
             attack_events: Vec::new(),
+            attack_state,
         }
     }
 
@@ -204,6 +210,9 @@ impl Sampler {
 
     /// Stops the eBPF probes (also done on drop).
     pub fn shutdown(&mut self) {
+        if self.config.attacks.is_some() {
+            self.save_attack_state(true);
+        }
         if let Some(mut ebpf) = self.config.ebpf.take() {
             ebpf.detach();
         }
@@ -357,6 +366,7 @@ impl Sampler {
     }
 }
 
+pub(super) mod attack_state;
 mod attacks;
 mod defense;
 mod ebpf_round;

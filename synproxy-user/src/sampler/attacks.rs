@@ -30,6 +30,8 @@ pub(super) struct SeriesAttacks {
     proc_last: Option<(u64, [u64; 2])>,
     /// Stepped by the eBPF ticks since the last round.
     fed: bool,
+    /// The state file was asked for this namespace's saved state.
+    claimed: bool,
     /// The latest top sources and ports per kind, for the documents.
     tops: HashMap<AttackKind, (Vec<EventSource>, Vec<EventPort>)>,
 }
@@ -91,8 +93,11 @@ impl Sampler {
         let Some(params) = self.config.attacks.as_ref().map(|a| a.params.clone()) else {
             return;
         };
+        // Only namespaces the probes count (with a slot): the others are
+        // stepped from /proc below.
         self.attack_keys = reads
             .iter()
+            .filter(|r| r.after.is_some())
             .filter_map(|r| r.ebpf_key.map(|k| (k, r.key)))
             .collect();
         let now = round.timestamp_ns;
@@ -100,6 +105,12 @@ impl Sampler {
             let Some(series) = self.series.get_mut(&read.key) else {
                 continue;
             };
+            if !std::mem::replace(&mut series.attacks.claimed, true) {
+                let label = (read.key != SeriesKey::Own).then_some(read.label.as_str());
+                if let Some(saved) = self.attack_state.claim(label) {
+                    series.attacks.detector = saved;
+                }
+            }
             let reading = AttackKind::ALL.map(|k| read.totals[Field::Counter(k.counter()).index()]);
             let last = series.attacks.proc_last.replace((now, reading));
             let fed = std::mem::take(&mut series.attacks.fed);
@@ -118,6 +129,7 @@ impl Sampler {
             self.step_attacks(read.key, now, secs, Scope::Namespace, &events, &params);
         }
         self.remember_tops(round);
+        self.save_attack_state(false);
         for read in reads {
             let Some(series) = self.series.get(&read.key) else {
                 continue;
@@ -220,6 +232,7 @@ impl Sampler {
             );
             log_change(&name, &doc);
             self.attack_events.push(doc);
+            self.attack_state.mark_dirty();
         }
     }
 }
@@ -292,5 +305,70 @@ fn log_change(name: &str, e: &AttackEvent) {
             e.peak_rate
         ),
         AttackPhase::Ongoing => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stack::tests::sampler_with;
+    use super::*;
+
+    const SYNPROXY_HEADER: &str =
+        "entries\t\tsyn_received\tcookie_invalid\tcookie_valid\tcookie_retrans\tconn_reopened\n";
+
+    fn write(root: &std::path::Path, syn: u32) {
+        let path = root.join("net/stat/synproxy");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            format!("{SYNPROXY_HEADER}00000000 {syn:08x} 00000000 00000000 00000000 00000000\n"),
+        )
+        .unwrap();
+    }
+
+    /// The /proc path from the file to the events: a namespace flooded
+    /// between two rounds starts an attack (queued for the sinks, logged),
+    /// the round carries it as ongoing, the state file keeps it.
+    #[test]
+    fn a_round_with_a_flood_starts_an_attack_and_the_state_file_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("proc");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let config = AttackConfig {
+            params: AttackParams {
+                warmup_secs: 0.0,
+                ..AttackParams::default()
+            },
+            state_dir: Some(state.clone()),
+        };
+        let mut s = sampler_with(&root, StackSources::default(), None);
+        s.config.attacks = Some(config.clone());
+        s.attack_state =
+            super::super::attack_state::AttackState::load(Some(&state), &AttackParams::default());
+        write(&root, 0);
+        assert!(s.sample().attacks.is_empty());
+        // Ten million SYNs since: far above the floor whatever the round's length.
+        write(&root, 10_000_000);
+        let round = s.sample();
+        let events = s.take_attack_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].phase, AttackPhase::Start);
+        assert_eq!(events[0].kind, AttackKind::SynFlood);
+        assert_eq!(events[0].port, None);
+        assert_eq!(round.attacks.len(), 1);
+        assert_eq!(round.attacks[0].id, events[0].id);
+        assert_eq!(round.attacks[0].phase, AttackPhase::Ongoing);
+        // At shutdown the state is written; a new sampler goes on with it.
+        s.shutdown();
+        let mut again = sampler_with(&root, StackSources::default(), None);
+        again.config.attacks = Some(config);
+        again.attack_state =
+            super::super::attack_state::AttackState::load(Some(&state), &AttackParams::default());
+        write(&root, 20_000_000);
+        let round = again.sample();
+        assert_eq!(round.attacks.len(), 1);
+        assert_eq!(round.attacks[0].id, events[0].id);
+        assert!(again.take_attack_events().is_empty(), "no second start");
     }
 }

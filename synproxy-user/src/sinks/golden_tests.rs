@@ -6,6 +6,7 @@
 use super::line_protocol::{IntegerType, LineEncoder};
 use super::prometheus::tests::promtool_check;
 use super::prometheus::{render, Format, Published, TopSeries};
+use crate::analysis::attack::{AttackEvent, AttackKind, AttackPhase, EventPort, EventSource};
 use crate::analysis::verdict::{DefenseState, Reason, Signal, Verdict};
 use crate::fields::{Field, Values, FIELD_COUNT};
 use crate::reconcile::ebpf_vs_proc::Status;
@@ -231,7 +232,48 @@ fn golden_snapshot() -> Snapshot {
                 },
             ),
         ],
-        attacks: Vec::new(),
+        attacks: vec![
+            attack(Some("blue"), AttackKind::SynFlood, Some(443)),
+            attack(Some(ODD_LABEL), AttackKind::AckFlood, None),
+        ],
+    }
+}
+
+/// An attack in progress since 2.5 s before the round.
+fn attack(netns: Option<&str>, kind: AttackKind, port: Option<u16>) -> AttackEvent {
+    let start_ns = TS - 2_500_000_000;
+    AttackEvent {
+        id: AttackEvent::make_id(netns, kind, port, start_ns),
+        netns: netns.map(str::to_string),
+        kind,
+        port,
+        phase: AttackPhase::Ongoing,
+        start_ns,
+        timestamp_ns: TS,
+        end_ns: None,
+        rate: 5200.5,
+        baseline: 20.25,
+        threshold: 100.0,
+        peak_rate: 6100.0,
+        events: 12_345,
+        top_sources: vec![
+            EventSource {
+                source: "203.0.113.7".into(),
+                events: 9000,
+            },
+            EventSource {
+                source: "2001:db8::/64".into(),
+                events: 3000,
+            },
+        ],
+        top_ports: port
+            .map(|p| EventPort {
+                port: p,
+                events: 12_345,
+            })
+            .into_iter()
+            .collect(),
+        defense: Some("syn_flood_absorbed"),
     }
 }
 

@@ -360,7 +360,7 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
         (spare >= h).then(|| spare -= h).is_some()
     };
     let ebpf_h = ebpf.len() + 2;
-    let defense_h = defense.as_ref().map_or(0, |(_, l)| l.len().min(4) + 2);
+    let defense_h = defense.as_ref().map_or(0, |(_, l)| l.len().min(6) + 2);
     let show_defense = defense.is_some() && take(defense_h);
     let show_ebpf = take(ebpf_h);
     let show_status = take(1);

@@ -329,6 +329,11 @@ fn the_defense_panel_shows_the_selected_namespaces_verdict() {
             verdict: verdict(DefenseState::Calm, Vec::new()),
         },
     ];
+    let mut attack = crate::analysis::attack::event::tests::sample_event(
+        crate::analysis::attack::AttackPhase::Ongoing,
+    );
+    attack.start_ns = 3_600_000_000_000 + 62_000_000_000;
+    snap.attacks = vec![attack];
     m.ingest(Arc::new(snap), Instant::now());
     let mut ui = UiState::default();
     // core (sorted first) is calm.
@@ -343,6 +348,10 @@ fn the_defense_panel_shows_the_selected_namespaces_verdict() {
     );
     assert!(
         s.contains("syn_received 4000.0/s >= 50.0/s (baseline 0.2/s)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("attack syn_flood port 443 since 01:01:02 UTC: 5000/s, peak 6000/s, 12000 events, top 203.0.113.7"),
         "{s}"
     );
     // Without a verdict (verdict off): no panel.

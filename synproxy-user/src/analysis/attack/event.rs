@@ -142,9 +142,10 @@ impl AttackEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// An attack on port 443 of `edge` (for other modules' tests).
     pub fn sample_event(phase: AttackPhase) -> AttackEvent {
         AttackEvent {
             id: AttackEvent::make_id(Some("edge"), AttackKind::SynFlood, Some(443), 1_000_000_000),

@@ -6,4 +6,5 @@ pub mod event;
 pub use event::{AttackEvent, AttackKind, AttackPhase, EventPort, EventSource};
 pub mod detector;
 pub mod history;
+pub mod state_file;
 pub mod subject;

@@ -54,8 +54,9 @@ impl AttackBook {
         self.active.clear();
         for e in ongoing {
             let subject = labels(e);
-            // An attack restored from the state file starts here for us.
-            let entry = self.started.entry(subject.clone()).or_insert((1, 0.0));
+            // An attack this agent did not see start (restored from the
+            // state file after a restart) is not counted as started.
+            let entry = self.started.entry(subject.clone()).or_insert((0, 0.0));
             if entry.1 == 0.0 {
                 entry.1 = e.start_ns as f64 / 1e9;
             }
@@ -106,5 +107,69 @@ impl AttackBook {
             last.gauge(l, *at);
         }
         vec![active, started, last]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::attack::AttackKind;
+
+    fn event(phase: AttackPhase, port: u16, start_ns: u64) -> AttackEvent {
+        AttackEvent {
+            id: AttackEvent::make_id(Some("blue"), AttackKind::SynFlood, Some(port), start_ns),
+            netns: Some("blue".into()),
+            kind: AttackKind::SynFlood,
+            port: Some(port),
+            phase,
+            start_ns,
+            timestamp_ns: start_ns,
+            end_ns: None,
+            rate: 1.0,
+            baseline: 0.0,
+            threshold: 1.0,
+            peak_rate: 1.0,
+            events: 1,
+            top_sources: Vec::new(),
+            top_ports: Vec::new(),
+            defense: None,
+        }
+    }
+
+    fn values(book: &AttackBook) -> Vec<(u64, bool)> {
+        book.started
+            .iter()
+            .map(|(k, (n, _))| (*n, book.active.values().any(|a| a == k)))
+            .collect()
+    }
+
+    #[test]
+    fn starts_count_ends_clear_and_restored_attacks_are_not_counted() {
+        let mut book = AttackBook::default();
+        book.event(&event(AttackPhase::Start, 80, 1));
+        assert_eq!(values(&book), [(1, true)]);
+        book.event(&event(AttackPhase::End, 80, 1));
+        assert_eq!(values(&book), [(1, false)]);
+        book.event(&event(AttackPhase::Start, 80, 5));
+        assert_eq!(values(&book), [(2, true)]);
+        // A round whose ongoing list lacks it: it is over.
+        book.round(&[]);
+        assert_eq!(values(&book), [(2, false)]);
+        // Restored after a restart: active, never started here.
+        book.round(&[event(AttackPhase::Ongoing, 443, 9)]);
+        assert_eq!(values(&book), [(0, true), (2, false)]);
+    }
+
+    #[test]
+    fn a_flood_over_many_ports_keeps_the_series_bounded() {
+        let mut book = AttackBook::default();
+        for port in 0..5000u16 {
+            book.event(&event(AttackPhase::Start, port, u64::from(port) + 1));
+            book.event(&event(AttackPhase::End, port, u64::from(port) + 1));
+        }
+        assert_eq!(book.started.len(), MAX_SUBJECTS);
+        // The most recent starts are the ones kept.
+        assert!(book.started.keys().any(|k| k.2 == "4999"));
+        assert!(!book.started.keys().any(|k| k.2 == "0"));
     }
 }
