@@ -345,3 +345,48 @@ pub fn label(key: &Key) -> String {
         None => "(the agent's own)".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::hook::runner_tests::event;
+
+    fn queue(events: &[(AttackPhase, u64)]) -> VecDeque<Arc<AttackEvent>> {
+        events
+            .iter()
+            .map(|&(phase, start)| Arc::new(event("a", phase, start)))
+            .collect()
+    }
+
+    fn starts(waiting: &VecDeque<Arc<AttackEvent>>) -> Vec<(AttackPhase, u64)> {
+        waiting.iter().map(|e| (e.phase, e.start_ns)).collect()
+    }
+
+    #[test]
+    fn a_full_queue_loses_a_whole_attack_before_it_loses_an_end() {
+        use AttackPhase::{End, Start};
+        // The oldest start goes with its waiting end.
+        let mut waiting = queue(&[(End, 1), (Start, 2), (Start, 3), (End, 2)]);
+        let mut incoming = Some(Arc::new(event("a", End, 3)));
+        let (what, removed) = drop_oldest(&mut waiting, &mut incoming);
+        assert_eq!(removed, 2);
+        assert!(what.end_removed());
+        assert_eq!(starts(&waiting), [(End, 1), (Start, 3)]);
+        assert!(incoming.is_some());
+        // The incoming end of the dropped start goes too.
+        let (what, removed) = drop_oldest(&mut waiting, &mut incoming);
+        assert_eq!((removed, what.start_id().is_some()), (1, true));
+        assert!(what.end_removed() && incoming.is_none());
+        assert_eq!(starts(&waiting), [(End, 1)]);
+        // Only ends: the oldest end.
+        let mut waiting = queue(&[(End, 4), (End, 5)]);
+        let mut incoming = Some(Arc::new(event("a", Start, 6)));
+        let (what, removed) = drop_oldest(&mut waiting, &mut incoming);
+        assert_eq!(removed, 1);
+        assert_eq!(
+            what.to_string(),
+            "dropped the oldest waiting end (attack a/syn_flood/443/4)"
+        );
+        assert_eq!(starts(&waiting), [(End, 5)]);
+    }
+}
