@@ -1,8 +1,9 @@
 //! `--on-attack` with the real agent on the host kernel: one spoofed SYN
-//! flood into a namespace behind SYNPROXY, watched by three agents (/proc
-//! only, 500 ms rounds) with three hooks. The first hook must receive the
+//! flood into a namespace behind SYNPROXY, watched by four agents (/proc
+//! only, 500 ms rounds) with four hooks. The first hook must receive the
 //! start and the end as JSON on stdin, with the variables and no
-//! capability; the second runs past its timeout at the start and fails at
+//! capability (the agent runs as root); the fourth agent runs as uid 65534
+//! with CAP_SYS_ADMIN, its hook as that uid with none; the second runs past its timeout at the start and fails at
 //! the end, the third deletes itself at the start so the end cannot run:
 //! each one clear log line. A missing hook, an out-of-range timeout and a
 //! hook with detection off are start-up errors of one line.
@@ -58,6 +59,10 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn agent(netns: &str, hook: &Path, timeout: &str) -> LiveAgent {
+    agent_as(netns, hook, timeout, &Launch::Direct)
+}
+
+fn agent_as(netns: &str, hook: &Path, timeout: &str, launch: &Launch) -> LiveAgent {
     let args: Vec<String> = [
         "--netns",
         netns,
@@ -79,7 +84,7 @@ fn agent(netns: &str, hook: &Path, timeout: &str) -> LiveAgent {
     ]
     .map(String::from)
     .to_vec();
-    LiveAgent::spawn(&agent_binary(), &args, &Launch::Direct).unwrap_or_else(|e| panic!("{e:#}"))
+    LiveAgent::spawn(&agent_binary(), &args, launch).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn log_has(agent: &mut LiveAgent, what: &str, pattern: &str) -> String {
@@ -115,10 +120,26 @@ fn a_flood_runs_the_hook_at_its_start_and_end_and_its_failures_are_one_line_each
          echo 'ban: cannot reach the firewall service' >&2\nexit 3",
     );
     let gone = script(dir.path(), "gone", "rm -f \"$0\"");
+    // The fourth agent runs as uid 65534 with CAP_SYS_ADMIN as its only
+    // (ambient) capability, as setpriv or a service manager would start it.
+    let nobody_dir = dir.path().join("nobody");
+    std::fs::create_dir(&nobody_dir).unwrap();
+    std::fs::set_permissions(&nobody_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let n = nobody_dir.display();
+    let nobody_hook = script(
+        dir.path(),
+        "nobody-hook",
+        &format!("id -u > {n}/$SYNPROXY_ATTACK_PHASE.uid\ngrep -E '^(CapPrm|CapEff|NoNewPrivs)' /proc/self/status > {n}/$SYNPROXY_ATTACK_PHASE.caps"),
+    );
+    let as_nobody = Launch::Caps {
+        helper: PathBuf::from(env!("CARGO_BIN_EXE_synproxy-scenario")),
+        caps: "sys_admin".into(),
+    };
     let mut agents = [
         agent(&srv, &good, "10s"),
         agent(&srv, &bad, "500ms"),
         agent(&srv, &gone, "10s"),
+        agent_as(&srv, &nobody_hook, "10s", &as_nobody),
     ];
     // The warm-up (1 s from the first round) is over after four rounds.
     for a in &mut agents {
@@ -178,6 +199,26 @@ fn a_flood_runs_the_hook_at_its_start_and_end_and_its_failures_are_one_line_each
         "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
     );
 
+    // From the non-root agent too: its uid, no capability.
+    let nobody_end = nobody_dir.join("end.caps");
+    wait_until("the non-root agent's hook", SETTLE, || {
+        nobody_end
+            .exists()
+            .then_some(())
+            .ok_or(format!("no {}", nobody_end.display()))
+    });
+    for phase in ["start", "end"] {
+        let read = |ext: &str| {
+            std::fs::read_to_string(nobody_dir.join(format!("{phase}.{ext}"))).unwrap_or_default()
+        };
+        assert_eq!(read("uid"), "65534\n", "{phase}");
+        assert_eq!(
+            read("caps"),
+            "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n",
+            "{phase}"
+        );
+    }
+
     // The slow and failing hook: one warning each.
     let bad_agent = &mut agents[1];
     let line = log_has(bad_agent, "the slow hook's line", "ran past its");
@@ -213,7 +254,7 @@ fn a_flood_runs_the_hook_at_its_start_and_end_and_its_failures_are_one_line_each
             .iter()
             .filter(|l| l.starts_with("W! [synproxy-agent] hook"))
             .count();
-        assert_eq!(hook_lines, [0, 2, 1][i], "{:#?}", stopped.stderr);
+        assert_eq!(hook_lines, [0, 2, 1, 0][i], "{:#?}", stopped.stderr);
     }
 }
 
