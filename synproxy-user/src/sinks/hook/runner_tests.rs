@@ -118,14 +118,15 @@ fn a_slow_hook_is_killed_at_its_timeout_with_its_process_group() {
         &format!("sleep 30 &\necho $! > {d}/pid\nwait"),
     );
     let ev = event("edge", AttackPhase::Start, 1);
-    let config = hook(program, Duration::from_millis(300));
+    // Long enough for sh to start and write the pid on a loaded machine.
+    let config = hook(program, Duration::from_secs(1));
     let started = Instant::now();
     let report = run(&config, &ev, &Cut::default());
     assert!(matches!(report.outcome, Outcome::TimedOut), "{report:?}");
     assert!(started.elapsed() < Duration::from_secs(20));
     let line = report.line(&config, &ev);
     assert!(
-        line.ends_with("(start) ran past its 300ms timeout (--on-attack-timeout): killed it and its process group"),
+        line.ends_with("(start) ran past its 1s timeout (--on-attack-timeout): killed it and its process group"),
         "{line}"
     );
     // The hook's own child went with it.
