@@ -1,6 +1,6 @@
 //! One run of the hook: the program in its own process group, with no
-//! capabilities and `no_new_privs`, a clean environment, the event's JSON on
-//! its stdin; its stdout and stderr drained (the first [`CAPTURE`] bytes
+//! capabilities and `no_new_privs`, a clean environment, no descriptor of
+//! the agent's but its three pipes, the event's JSON on its stdin; its stdout and stderr drained (the first [`CAPTURE`] bytes
 //! kept); killed with its group past the timeout or at the exit deadline.
 //! Everything happens on the calling thread with non-blocking pipes, so a
 //! hook that never reads its stdin or floods its output blocks nothing.
@@ -214,6 +214,46 @@ fn drop_privileges() -> std::io::Result<()> {
     crate::privileges::capset(0, 0, 0).map_err(std::io::Error::from_raw_os_error)
 }
 
+/// Marks every descriptor from `first` on close-on-exec, so that nothing the
+/// agent holds (namespace files, sockets, BPF objects) reaches the hook even
+/// if it was opened without `O_CLOEXEC`. Marked rather than closed: the
+/// pipe by which the child reports a failed exec is among them. Only raw
+/// system calls.
+fn close_on_exec_from(first: libc::c_uint) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this
+    // (child) process's descriptors (Linux 5.11+).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Older kernels (or a filter that denies it): one descriptor at a time,
+    // up to the descriptor limit (at most 65536).
+    // SAFETY: a zeroed rlimit is a valid out-parameter for getrlimit.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes into `limit`.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(65_536) as libc::c_int
+    } else {
+        1024
+    };
+    for fd in first as libc::c_int..max {
+        // SAFETY: fcntl on a descriptor number; EBADF when it is not open.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Runs the hook once for `event`; returns when it has exited and been
 /// reaped (or could not start).
 pub fn run(hook: &HookConfig, event: &AttackEvent, cut: &Cut) -> Report {
@@ -228,9 +268,15 @@ pub fn run(hook: &HookConfig, event: &AttackEvent, cut: &Cut) -> Report {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: drop_privileges makes only raw system calls, which is what may
-    // run between fork and exec.
-    unsafe { command.pre_exec(drop_privileges) };
+    // SAFETY: both make only raw system calls, which is what may run between
+    // fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            drop_privileges()?;
+            close_on_exec_from(3);
+            Ok(())
+        })
+    };
     let mut report = Report {
         outcome: Outcome::Done,
         elapsed: Duration::ZERO,

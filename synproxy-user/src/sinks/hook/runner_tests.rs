@@ -227,3 +227,34 @@ fn a_run_still_going_at_the_exit_deadline_is_cut_off() {
         .line(&config, &ev)
         .contains("(end) was still running at the agent's exit after"));
 }
+
+#[test]
+fn no_descriptor_of_the_agent_reaches_the_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // A descriptor opened without O_CLOEXEC, as a careless library might.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "x").unwrap();
+    let path = std::ffi::CString::new(secret.display().to_string()).unwrap();
+    // SAFETY: open(2) with a valid C string; closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 3);
+    let program = script(
+        dir.path(),
+        "fds",
+        &format!("ls -l /proc/self/fd > {d}/listing"),
+    );
+    let report = run(
+        &hook(program, LONG),
+        &event("a", AttackPhase::Start, 1),
+        &Cut::default(),
+    );
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    assert!(matches!(report.outcome, Outcome::Done), "{report:?}");
+    let fds = std::fs::read_to_string(dir.path().join("listing")).unwrap();
+    assert!(!fds.contains("secret"), "{fds}");
+    // stdin, stdout (the file), stderr, and ls's own directory.
+    let open: Vec<&str> = fds.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(open.len(), 4, "{fds}");
+}
