@@ -36,6 +36,8 @@ pub enum ConfigError {
     NotAFile(PathBuf),
     #[error("{FLAG}: {0}: not executable (no x permission bit)")]
     NotExecutable(PathBuf),
+    #[error("{FLAG}: {0}: its #! interpreter {1} does not exist")]
+    NoInterpreter(PathBuf, String),
     #[error("{FLAG}: {0}: {1}")]
     Unreadable(PathBuf, String),
 }
@@ -50,6 +52,7 @@ impl HookConfig {
         };
         let program = resolve(first)?;
         check_executable(&program)?;
+        check_interpreter(&program)?;
         Ok(Some(HookConfig {
             program,
             args: words.map(OsString::from).collect(),
@@ -121,6 +124,28 @@ pub fn check_executable(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A script's `#!` interpreter must exist (exec would fail with "No such
+/// file or directory" for the script itself). A file the agent cannot read
+/// is left to the first run.
+fn check_interpreter(path: &Path) -> Result<(), ConfigError> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return Ok(());
+    };
+    let Some(line) = head[..n].strip_prefix(b"#!") else {
+        return Ok(());
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let interpreter = String::from_utf8_lossy(line);
+    match interpreter.split_ascii_whitespace().next() {
+        Some(interp) if interp.starts_with('/') && !Path::new(interp).exists() => Err(
+            ConfigError::NoInterpreter(path.to_path_buf(), interp.to_string()),
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +179,19 @@ mod tests {
         assert!(err
             .to_string()
             .ends_with("not executable (no x permission bit)"));
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/nonexistent/sh -e\nexit 0\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = HookConfig::parse(&script.display().to_string(), T).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "--on-attack: {}: its #! interpreter /nonexistent/sh does not exist",
+                script.display()
+            )
+        );
+        std::fs::write(&script, "#! /bin/sh\nexit 0\n").unwrap();
+        assert!(HookConfig::parse(&script.display().to_string(), T).is_ok());
         let err = HookConfig::parse(&dir.path().display().to_string(), T).unwrap_err();
         assert_eq!(err, ConfigError::NotAFile(dir.path().to_path_buf()));
         let err = HookConfig::parse("synproxy-no-such-hook arg", T).unwrap_err();

@@ -145,6 +145,13 @@ impl Report {
                 "{who} was still running at the agent's exit after {:.1}s: killed it and its process group",
                 self.elapsed.as_secs_f64()
             ),
+            // exec's ENOENT for a file that exists: its `#!` line names a
+            // missing interpreter.
+            Outcome::CannotRun(e)
+                if e.kind() == std::io::ErrorKind::NotFound && hook.program.is_file() =>
+            {
+                format!("{who}: cannot run: {e} (the program exists: is the interpreter on its #! line missing?)")
+            }
             Outcome::CannotRun(e) => format!("{who}: cannot run: {e}"),
         }
     }

@@ -188,6 +188,28 @@ fn a_command_that_went_away_is_one_clear_line() {
 }
 
 #[test]
+fn a_script_whose_interpreter_is_missing_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("bad-interpreter");
+    std::fs::write(&program, "#!/nonexistent/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = hook(program, LONG);
+    let ev = event("", AttackPhase::Start, 7);
+    let report = run(&config, &ev, &Cut::default());
+    assert!(
+        matches!(report.outcome, Outcome::CannotRun(_)),
+        "{report:?}"
+    );
+    assert!(
+        report.line(&config, &ev).ends_with(
+            "cannot run: No such file or directory (os error 2) (the program exists: is the interpreter on its #! line missing?)"
+        ),
+        "{}",
+        report.line(&config, &ev)
+    );
+}
+
+#[test]
 fn a_flood_of_output_is_drained_and_bounded_and_stdin_need_not_be_read() {
     let dir = tempfile::tempdir().unwrap();
     let program = script(
