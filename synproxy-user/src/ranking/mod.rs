@@ -14,6 +14,7 @@
 //! - The scratch maps and heaps are kept across rounds (cleared, not freed), so
 //!   a round allocates only its output once the agent has seen its largest round.
 
+pub mod ports;
 mod ranker;
 #[cfg(test)]
 mod tests;
