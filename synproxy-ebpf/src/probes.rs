@@ -185,17 +185,46 @@ fn count_in<K>(map: &LruHashMap<K, SourceValue>, stats: &Array<u64>, key: &K) {
 }
 
 /// What an event says beyond its namespace, family and counter: the client's
-/// address and destination port, where counted.
-#[derive(Clone, Copy, Default)]
+/// address and destination port, where counted. Plain words without padding
+/// (no `Option`s): a copy must not read uninitialised stack bytes, which
+/// older verifiers (5.10) refuse.
+#[derive(Clone, Copy)]
 struct Detail {
-    source: Option<[u64; 2]>,
+    source: [u64; 2],
     /// `th->dest` as in the packet.
-    port: Option<u16>,
+    port: u32,
+    /// [`HAS_SOURCE`] | [`HAS_PORT`]: which of them hold a value.
+    has: u32,
+}
+
+const HAS_SOURCE: u32 = 1;
+const HAS_PORT: u32 = 2;
+
+impl Detail {
+    const NONE: Detail = Detail {
+        source: [0; 2],
+        port: 0,
+        has: 0,
+    };
+
+    #[inline(always)]
+    fn new(source: Option<[u64; 2]>, port: Option<u16>) -> Detail {
+        let mut d = Detail::NONE;
+        if let Some(addr) = source {
+            d.source = addr;
+            d.has |= HAS_SOURCE;
+        }
+        if let Some(port) = port {
+            d.port = u32::from(port);
+            d.has |= HAS_PORT;
+        }
+        d
+    }
 }
 
 #[inline(always)]
 fn count(ns: Netns, family: u8, counter: Counter) {
-    count_with(ns, family, counter, Detail::default());
+    count_with(ns, family, counter, Detail::NONE);
 }
 
 /// Counts one event of a tracked namespace (only those: the others have no
@@ -206,24 +235,24 @@ fn count_with(ns: Netns, family: u8, counter: Counter, detail: Detail) {
         diag_inc(diag::UNTRACKED);
         return;
     };
-    if let Some(addr) = detail.source {
+    if detail.has & HAS_SOURCE != 0 {
         let key = SourceKey {
             cookie: ns.cookie,
             netns: ns.inum,
             counter: counter as u8,
             family,
             _pad: [0; 2],
-            addr,
+            addr: detail.source,
         };
         count_in(&SOURCES, &SOURCE_STATS, &key);
     }
-    if let Some(port) = detail.port {
+    if detail.has & HAS_PORT != 0 {
         let key = PortKey {
             cookie: ns.cookie,
             netns: ns.inum,
             counter: counter as u8,
             family,
-            port,
+            port: detail.port as u16,
         };
         count_in(&PORTS, &PORT_STATS, &key);
     }
@@ -317,10 +346,7 @@ fn port_of(th: u64) -> Option<u16> {
 
 #[inline(always)]
 fn on_synack(net: u64, skb: u64, th: u64, family: u8) {
-    let detail = Detail {
-        source: source_of(skb, family),
-        port: port_of(th),
-    };
+    let detail = Detail::new(source_of(skb, family), port_of(th));
     count_with(netns_of(net), family, Counter::SynReceived, detail);
 }
 
@@ -381,10 +407,7 @@ fn ack_args(net: u64, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
         netns: netns_of(net),
         recv_seq: recv_seq as u32,
         seq,
-        detail: Detail {
-            source: source_of(skb, family),
-            port,
-        },
+        detail: Detail::new(source_of(skb, family), port),
     }
 }
 
@@ -406,10 +429,10 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
                 seq: args.seq,
                 family,
                 armed: 1,
-                has_source: u8::from(args.detail.source.is_some()),
-                has_port: u8::from(args.detail.port.is_some()),
-                source: args.detail.source.unwrap_or([0; 2]),
-                port: args.detail.port.unwrap_or(0),
+                has_source: u8::from(args.detail.has & HAS_SOURCE != 0),
+                has_port: u8::from(args.detail.has & HAS_PORT != 0),
+                source: args.detail.source,
+                port: args.detail.port as u16,
                 _pad: [0; 6],
             };
         }
@@ -470,8 +493,10 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
         recv_seq: s.recv_seq,
         seq: s.seq,
         detail: Detail {
-            source: (s.has_source != 0).then_some(s.source),
-            port: (s.has_port != 0).then_some(s.port),
+            source: s.source,
+            port: u32::from(s.port),
+            has: if s.has_source != 0 { HAS_SOURCE } else { 0 }
+                | if s.has_port != 0 { HAS_PORT } else { 0 },
         },
     };
     on_ack_result(args, s.family, ret);

@@ -13,9 +13,13 @@
 //! - Overflow phase: one SYN to each of 320 ports of a protected range, more
 //!   keys than the map's 256 entries: the probes line must report evictions,
 //!   and eBPF must still equal /proc.
+//!
+//! It runs twice, with kprobes and with `--probes fentry` (kprobes again
+//! where the module has no BTF, as on 5.10): the kretprobe path carries the
+//! port from entry to return, the fexit path reads it at once.
 
 use crate::check::{Check, Judged};
-use crate::line_protocol::Line;
+use crate::line_protocol::{FieldValue, Line};
 use crate::live_agent::{Launch, LiveAgent};
 use crate::netns::Topology;
 use crate::packet::{TcpSegment, V6Checksum, ACK, SYN};
@@ -44,9 +48,26 @@ pub const OVERFLOW_PORTS: u16 = 320;
 /// How long the first SYN may take to reach SYNPROXY (neighbour resolution).
 const REACH_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn top_ports(cfg: &Config, kernel: &str) -> Check {
-    let line = head(kernel);
-    timed(line.head(), |_| run(cfg, kernel))
+/// The check with kprobes, then with `--probes fentry` (once with fentry
+/// when the scenario was given `--probes fentry`).
+pub fn top_ports(cfg: &Config, kernel: &str) -> Vec<Check> {
+    let mut fentry = cfg.clone();
+    if !fentry.fentry {
+        fentry.fentry = true;
+        fentry
+            .extra_agent_args
+            .extend(["--probes", "fentry"].map(String::from));
+    }
+    let mut checks = Vec::new();
+    for cfg in [(!cfg.fentry).then_some(cfg), Some(&fentry)]
+        .into_iter()
+        .flatten()
+    {
+        let probes = if cfg.fentry { "fentry" } else { "kprobe" };
+        let line = head(kernel, probes);
+        checks.push(timed(line.head(), |_| run(cfg, kernel)));
+    }
+    checks
 }
 
 fn run(cfg: &Config, kernel: &str) -> Result<Check> {
@@ -201,11 +222,25 @@ fn run(cfg: &Config, kernel: &str) -> Result<Check> {
         overflow_map,
         capacity: MAP_ENTRIES,
         exact_keys: (PLAN.len() * 2) as u64,
+        probes: if cfg.fentry { "fentry" } else { "kprobe" },
+        probe_type: cfg.probe_type_fields(probe_type(&run.lines).as_deref()),
         health: agent_health(cfg, &run, srv, stopped)?,
         rounds: run.rounds,
     };
     drop(rule_sets);
     Ok(measured.check(kernel, Vec::new()))
+}
+
+/// The `probe_type` of the last `synproxy_ebpf_probes` line.
+fn probe_type(lines: &[Line]) -> Option<String> {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.measurement == "synproxy_ebpf_probes")
+        .and_then(|l| match l.fields.get("probe_type") {
+            Some(FieldValue::Str(s)) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 /// SYNPROXY rules for the overflow phase's port range (iptables' `A:B`).

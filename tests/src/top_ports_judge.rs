@@ -50,13 +50,18 @@ pub struct TopPorts {
     pub capacity: u64,
     /// Keys the exact phase creates (ports x counters, one family).
     pub exact_keys: u64,
+    /// `kprobe`, or `fentry` for the run with `--probes fentry`.
+    pub probes: &'static str,
+    /// With fentry: the probe type fields (what the agent used, what this
+    /// kernel must give) and whether they agree.
+    pub probe_type: (String, bool),
     pub health: Health,
     pub rounds: usize,
 }
 
-/// `RESULT kernel=K check=top-ports`.
-pub fn head(kernel: &str) -> ResultLine {
-    ResultLine::new(kernel, "top-ports")
+/// `RESULT kernel=K check=top-ports probes=P`.
+pub fn head(kernel: &str, probes: &str) -> ResultLine {
+    ResultLine::new(kernel, "top-ports").field("probes", probes)
 }
 
 impl Judged for TopPorts {
@@ -67,6 +72,9 @@ impl Judged for TopPorts {
     /// map within its size, eBPF still equal to /proc and to what was sent.
     fn judge(&self) -> Verdict {
         let mut v = Verdict::default();
+        v.require(self.probe_type.1, || {
+            format!("probe type:{}", self.probe_type.0)
+        });
         match &self.health {
             Some((probes, exit)) => {
                 probes.judge(&mut v);
@@ -145,7 +153,7 @@ impl Judged for TopPorts {
     }
 
     fn line(&self, kernel: &str) -> ResultLine {
-        let mut line = head(kernel);
+        let mut line = head(kernel, self.probes);
         for c in &self.counters {
             let key = |k: &str| format!("{}_{k}", c.short);
             let ports: Vec<String> = c
@@ -164,12 +172,19 @@ impl Judged for TopPorts {
             Ok(m) => format!("{}/{},{}", m.entries, m.capacity, m.evictions),
             Err(_) => "?".into(),
         };
-        line.field("valid_listed", self.valid_listed)
+        let line = line
+            .field("valid_listed", self.valid_listed)
             .field("map", map(&self.exact_map))
             .field("overflow_sent", self.overflow_sent)
             .field("overflow_ebpf", self.overflow_ebpf)
             .field("overflow_map", map(&self.overflow_map))
-            .field("rounds", self.rounds)
+            .field("rounds", self.rounds);
+        // `probes=fentry` is in the head already.
+        let probe = self.probe_type.0.trim().trim_start_matches("probes=fentry");
+        match probe.trim() {
+            "" => line,
+            fields => line.raw(fields),
+        }
     }
 }
 
@@ -220,6 +235,11 @@ mod tests {
             }),
             capacity: 256,
             exact_keys: 6,
+            probes: "fentry",
+            probe_type: (
+                " probes=fentry probe_type=fentry expected_probe_type=fentry".into(),
+                true,
+            ),
             health: Some((
                 Probes {
                     attached: true,
@@ -234,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_recorded_run_passes_and_each_failure_fails() {
-        const RECORDED: &str = "RESULT kernel=6.12 check=top-ports syn_driven=120 syn_proc=120 syn_ebpf=120 syn_port_sum=120 syn_ports=8080:60,8081:40,8082:20 inv_driven=54 inv_proc=54 inv_ebpf=54 inv_port_sum=54 inv_ports=8080:9,8081:18,8082:27 valid_listed=0 map=6/256,0 overflow_sent=320 overflow_ebpf=320 overflow_map=250/256,76 rounds=5 status=PASS";
+        const RECORDED: &str = "RESULT kernel=6.12 check=top-ports probes=fentry syn_driven=120 syn_proc=120 syn_ebpf=120 syn_port_sum=120 syn_ports=8080:60,8081:40,8082:20 inv_driven=54 inv_proc=54 inv_ebpf=54 inv_port_sum=54 inv_ports=8080:9,8081:18,8082:27 valid_listed=0 map=6/256,0 overflow_sent=320 overflow_ebpf=320 overflow_map=250/256,76 rounds=5 probe_type=fentry expected_probe_type=fentry status=PASS";
         each_fails(
             &recorded(),
             "6.12",
@@ -264,6 +284,7 @@ mod tests {
                 },
                 |m| m.overflow_ebpf = 319,
                 |m| m.health = None,
+                |m| m.probe_type.1 = false,
             ],
         );
     }

@@ -135,10 +135,7 @@ fn main() {
             ));
         }
         Mode::TopPorts => {
-            checks.push((
-                "top-ports",
-                Box::new(|| vec![top_ports::top_ports(cfg, kernel)]),
-            ));
+            checks.push(("top-ports", Box::new(|| top_ports::top_ports(cfg, kernel))));
         }
         &Mode::EbpfCost {
             syns,
