@@ -139,3 +139,28 @@ mod tests {
         assert_eq!(inv.entries[0].share, 1.0);
     }
 }
+
+#[cfg(test)]
+mod bounds_tests {
+    use crate::cli::{parse_top_ports, parse_top_ports_map_entries};
+
+    #[test]
+    fn top_ports_flags_are_bounded_with_one_line_errors() {
+        assert_eq!(parse_top_ports("0"), Ok(0));
+        assert_eq!(parse_top_ports("100"), Ok(100));
+        assert_eq!(
+            parse_top_ports("101"),
+            Err("expected a number of ports from 0 (off) to 100".into())
+        );
+        assert!(parse_top_ports("-1").is_err());
+        assert_eq!(parse_top_ports_map_entries("256"), Ok(256));
+        assert_eq!(parse_top_ports_map_entries("1048576"), Ok(1 << 20));
+        for bad in ["255", "1048577", "many", ""] {
+            let e = parse_top_ports_map_entries(bad).unwrap_err();
+            assert!(
+                !e.contains('\n') && e.contains("256 to 1048576"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
