@@ -405,6 +405,13 @@ fn the_top_ports_panel_shows_the_selected_namespaces_ports() {
     assert!(first.contains("   1  ") && first.contains("75.0%"), "{s}");
     let second = s.lines().find(|l| l.contains(" 22 ")).unwrap_or_default();
     assert!(second.contains("   2  ") && second.contains("25.0%"), "{s}");
+    // Every height draws; a short screen gives the panel up first.
+    for h in 0..=40 {
+        let s = screen(&m, &ui, 120, h);
+        if s.contains("Top ports") {
+            assert!(s.contains("Top sources"), "{h}:\n{s}");
+        }
+    }
     // Another counter: no ports of it.
     ui.apply(Action::NextSourceCounter, &m);
     let s = screen(&m, &ui, 120, 40);
