@@ -185,9 +185,13 @@ pub struct AckStash {
     /// 1 when `source` holds the client's address (per-source counting on
     /// and the packet's IP header read).
     pub has_source: u8,
-    pub _pad: u8,
+    /// 1 when `port` holds the destination port (per-port counting on).
+    pub has_port: u8,
     /// The client's address as in [`SourceKey::addr`].
     pub source: [u64; 2],
+    /// `th->dest` as in [`PortKey::port`].
+    pub port: u16,
+    pub _pad: [u8; 6],
 }
 
 // Per-source counting (`--top`): an LRU hash of (namespace, counter, family,
@@ -237,6 +241,44 @@ pub const SOURCE_RECORD_LEN: usize =
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 32);
 const _: () = assert!(SOURCE_RECORD_LEN == 48);
 
+// Per-port counting (`--top-ports`): the same for (namespace, counter,
+// family, destination port) in `PORTS`, read by `spx_ports_iter`. Ports are
+// few (the protected services), so the map is small and rarely evicts.
+
+/// Default entries of `PORTS` (`--top-ports-map-entries`).
+pub const PORTS_DEFAULT_ENTRIES: u32 = 4096;
+
+/// Key of `PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// The namespace as `NS_TABLE` keys it, as in [`SourceKey`].
+    pub cookie: u64,
+    pub netns: u32,
+    /// [`Counter`] as u8: syn_received, cookie_invalid or cookie_valid.
+    pub counter: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// The client's destination port (`th->dest`) as it is in the packet
+    /// (network byte order): `u16::from_be` gives the port.
+    pub port: u16,
+}
+
+/// One record `spx_ports_iter` writes per `PORTS` entry: key, then a
+/// [`SourceValue`].
+pub const PORT_RECORD_LEN: usize =
+    core::mem::size_of::<PortKey>() + core::mem::size_of::<SourceValue>();
+const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
+const _: () = assert!(PORT_RECORD_LEN == 32);
+const _: () = assert!(core::mem::size_of::<AckStash>() == 48);
+
+/// Slots of the `PORT_STATS` array: as [`source_stats`], for `PORTS`.
+pub mod port_stats {
+    pub const INSERTS: u32 = 0;
+    pub const INSERT_FAILED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Slots of the `SOURCE_STATS` array (memory-mapped, atomic adds), since load.
 pub mod source_stats {
     /// Entries the programs created in `SOURCES`; minus the entries present,
@@ -280,8 +322,16 @@ pub mod globals {
     pub const RATE_RES_NS: &str = "RATE_RES_NS";
     /// 1 to count per source (`--top` N > 0), else 0.
     pub const COUNT_SOURCES: &str = "COUNT_SOURCES";
+    /// 1 to count per destination port (`--top-ports` N > 0), else 0.
+    pub const COUNT_PORTS: &str = "COUNT_PORTS";
     /// `offsetof(struct sk_buff, head)`.
     pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
     /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`).
     pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
 }
+
+// `PORTS` counts its entries with the programs' code for `SOURCES`.
+const _: () = assert!(
+    port_stats::INSERTS == source_stats::INSERTS
+        && port_stats::INSERT_FAILED == source_stats::INSERT_FAILED
+);

@@ -14,6 +14,8 @@
 //! With `--top` N > 0 (global `COUNT_SOURCES`), syn_received, cookie_invalid
 //! and cookie_valid are also counted per client address in `SOURCES`, an LRU
 //! hash; the agent reads it through the iterator program `spx_sources_iter`.
+//! With `--top-ports` N > 0 (global `COUNT_PORTS`) the same three counters
+//! are counted per destination port in `PORTS` (read by `spx_ports_iter`).
 //!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
 //! Counts go to the slot of the event's namespace in a memory-mapped array
@@ -34,9 +36,10 @@ use aya_ebpf::{
     Global,
 };
 use synproxy_common::{
-    cookie_key, diag, ns_table_home, source_stats, AckStash, Counter, NsEntry, NsStats, SourceKey,
-    SourceValue, FAMILY_IPV4, FAMILY_IPV6, NS_ENTRY_EMPTY, NS_SLOTS, NS_TABLE_ENTRIES,
-    NS_TABLE_PROBES, RATE_RING, SOURCES_DEFAULT_ENTRIES, SOURCE_RECORD_LEN,
+    cookie_key, diag, ns_table_home, port_stats, source_stats, AckStash, Counter, NsEntry, NsStats,
+    PortKey, SourceKey, SourceValue, FAMILY_IPV4, FAMILY_IPV6, NS_ENTRY_EMPTY, NS_SLOTS,
+    NS_TABLE_ENTRIES, NS_TABLE_PROBES, PORTS_DEFAULT_ENTRIES, PORT_RECORD_LEN, RATE_RING,
+    SOURCES_DEFAULT_ENTRIES, SOURCE_RECORD_LEN,
 };
 
 #[no_mangle]
@@ -51,6 +54,8 @@ static NET_COOKIE_OFFSET: Global<u32> = Global::new(u32::MAX);
 static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
 #[no_mangle]
 static COUNT_SOURCES: Global<u32> = Global::new(0);
+#[no_mangle]
+static COUNT_PORTS: Global<u32> = Global::new(0);
 #[no_mangle]
 static SKB_HEAD_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -78,6 +83,13 @@ static SOURCES: LruHashMap<SourceKey, SourceValue> =
     LruHashMap::with_max_entries(SOURCES_DEFAULT_ENTRIES, 0);
 #[map]
 static SOURCE_STATS: Array<u64> = Array::with_max_entries(source_stats::COUNT, MMAPABLE);
+/// Per (namespace, counter, family, destination port): events. Sized by the
+/// agent (`--top-ports-map-entries`; 1 entry with `--top-ports 0`).
+#[map]
+static PORTS: LruHashMap<PortKey, SourceValue> =
+    LruHashMap::with_max_entries(PORTS_DEFAULT_ENTRIES, 0);
+#[map]
+static PORT_STATS: Array<u64> = Array::with_max_entries(port_stats::COUNT, MMAPABLE);
 
 /// `IP_CT_IS_REPLY`: ctinfo values below it are the original direction.
 const IP_CT_IS_REPLY: u64 = 3;
@@ -141,26 +153,18 @@ fn slot_of(ns: Netns) -> Option<u32> {
 }
 
 #[inline(always)]
-fn source_stat_inc(slot: u32) {
-    if let Some(p) = SOURCE_STATS.get_ptr_mut(slot) {
+fn stat_inc(stats: &Array<u64>, slot: u32) {
+    if let Some(p) = stats.get_ptr_mut(slot) {
         add_u64(p);
     }
 }
 
-/// One more event of `addr` in `SOURCES` (only for namespaces the agent
-/// tracks: the others have no name to report).
+/// One more event of `key` in `map` (`SOURCES` or `PORTS`, whose entry
+/// counts go to `stats`): one lookup when the entry exists.
 #[inline(always)]
-fn count_source(ns: Netns, family: u8, counter: Counter, addr: &[u64; 2]) {
-    let key = SourceKey {
-        cookie: ns.cookie,
-        netns: ns.inum,
-        counter: counter as u8,
-        family,
-        _pad: [0; 2],
-        addr: *addr,
-    };
-    if let Some(v) = SOURCES.get_ptr_mut(&key) {
-        // SAFETY: a value of SOURCES; every writer adds atomically.
+fn count_in<K>(map: &LruHashMap<K, SourceValue>, stats: &Array<u64>, key: &K) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: a value of the map; every writer adds atomically.
         add_u64(unsafe { addr_of_mut!((*v).events) });
         return;
     }
@@ -169,30 +173,88 @@ fn count_source(ns: Netns, family: u8, counter: Counter, addr: &[u64; 2]) {
         // SAFETY: helper without arguments.
         born: unsafe { bpf_ktime_get_ns() },
     };
-    match SOURCES.insert(&key, &value, u64::from(BPF_NOEXIST)) {
-        Ok(()) => source_stat_inc(source_stats::INSERTS),
+    match map.insert(key, &value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => stat_inc(stats, source_stats::INSERTS),
         // Another CPU created it meanwhile.
-        Err(_) => match SOURCES.get_ptr_mut(&key) {
+        Err(_) => match map.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(v) => add_u64(unsafe { addr_of_mut!((*v).events) }),
-            None => source_stat_inc(source_stats::INSERT_FAILED),
+            None => stat_inc(stats, source_stats::INSERT_FAILED),
         },
+    }
+}
+
+/// What an event says beyond its namespace, family and counter: the client's
+/// address and destination port, where counted. Plain words without padding
+/// (no `Option`s): a copy must not read uninitialised stack bytes, which
+/// older verifiers (5.10) refuse.
+#[derive(Clone, Copy)]
+struct Detail {
+    source: [u64; 2],
+    /// `th->dest` as in the packet.
+    port: u32,
+    /// [`HAS_SOURCE`] | [`HAS_PORT`]: which of them hold a value.
+    has: u32,
+}
+
+const HAS_SOURCE: u32 = 1;
+const HAS_PORT: u32 = 2;
+
+impl Detail {
+    const NONE: Detail = Detail {
+        source: [0; 2],
+        port: 0,
+        has: 0,
+    };
+
+    #[inline(always)]
+    fn new(source: Option<[u64; 2]>, port: Option<u16>) -> Detail {
+        let mut d = Detail::NONE;
+        if let Some(addr) = source {
+            d.source = addr;
+            d.has |= HAS_SOURCE;
+        }
+        if let Some(port) = port {
+            d.port = u32::from(port);
+            d.has |= HAS_PORT;
+        }
+        d
     }
 }
 
 #[inline(always)]
 fn count(ns: Netns, family: u8, counter: Counter) {
-    count_with_source(ns, family, counter, None);
+    count_with(ns, family, counter, Detail::NONE);
 }
 
+/// Counts one event of a tracked namespace (only those: the others have no
+/// name to report), per source and per port too where `detail` has them.
 #[inline(always)]
-fn count_with_source(ns: Netns, family: u8, counter: Counter, source: Option<&[u64; 2]>) {
+fn count_with(ns: Netns, family: u8, counter: Counter, detail: Detail) {
     let Some(stats) = slot_of(ns).and_then(|slot| NS_STATS.get_ptr_mut(slot)) else {
         diag_inc(diag::UNTRACKED);
         return;
     };
-    if let Some(addr) = source {
-        count_source(ns, family, counter, addr);
+    if detail.has & HAS_SOURCE != 0 {
+        let key = SourceKey {
+            cookie: ns.cookie,
+            netns: ns.inum,
+            counter: counter as u8,
+            family,
+            _pad: [0; 2],
+            addr: detail.source,
+        };
+        count_in(&SOURCES, &SOURCE_STATS, &key);
+    }
+    if detail.has & HAS_PORT != 0 {
+        let key = PortKey {
+            cookie: ns.cookie,
+            netns: ns.inum,
+            counter: counter as u8,
+            family,
+            port: detail.port as u16,
+        };
+        count_in(&PORTS, &PORT_STATS, &key);
     }
     let f = usize::from(family == FAMILY_IPV6);
     let c = counter as usize;
@@ -272,10 +334,20 @@ fn source_of(skb: u64, family: u8) -> Option<[u64; 2]> {
     }
 }
 
+/// The client's destination port (`th->dest`, at 2 in the TCP header), when
+/// per-port counting is on.
 #[inline(always)]
-fn on_synack(net: u64, skb: u64, family: u8) {
-    let source = source_of(skb, family);
-    count_with_source(netns_of(net), family, Counter::SynReceived, source.as_ref());
+fn port_of(th: u64) -> Option<u16> {
+    if COUNT_PORTS.load() == 0 {
+        return None;
+    }
+    read_at::<u16>(th, 2)
+}
+
+#[inline(always)]
+fn on_synack(net: u64, skb: u64, th: u64, family: u8) {
+    let detail = Detail::new(source_of(skb, family), port_of(th));
+    count_with(netns_of(net), family, Counter::SynReceived, detail);
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
@@ -284,6 +356,7 @@ pub fn spx_synack4(ctx: ProbeContext) -> u32 {
     on_synack(
         ctx.arg(0).unwrap_or(0),
         ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
         FAMILY_IPV4,
     );
     0
@@ -295,6 +368,7 @@ pub fn spx_synack6(ctx: ProbeContext) -> u32 {
     on_synack(
         ctx.arg(0).unwrap_or(0),
         ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
         FAMILY_IPV6,
     );
     0
@@ -307,18 +381,33 @@ struct AckArgs {
     recv_seq: u32,
     /// `ntohl(th->seq)`
     seq: u32,
-    source: Option<[u64; 2]>,
+    detail: Detail,
+}
+
+/// The first 8 bytes of `struct tcphdr`, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpPorts {
+    source: u16,
+    dest: u16,
+    seq: u32,
 }
 
 #[inline(always)]
 fn ack_args(net: u64, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
-    // tcphdr: source(2) dest(2) seq(4): network byte order.
-    let seq = read_at::<u32>(th, 4).map(u32::from_be).unwrap_or(0);
+    // One read for the ports and the sequence number: the port costs no
+    // extra kernel read here.
+    let head = read_at::<TcpPorts>(th, 0);
+    let seq = head.map_or(0, |h| u32::from_be(h.seq));
+    let port = match head {
+        Some(h) if COUNT_PORTS.load() != 0 => Some(h.dest),
+        _ => None,
+    };
     AckArgs {
         netns: netns_of(net),
         recv_seq: recv_seq as u32,
         seq,
-        source: source_of(skb, family),
+        detail: Detail::new(source_of(skb, family), port),
     }
 }
 
@@ -340,9 +429,11 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
                 seq: args.seq,
                 family,
                 armed: 1,
-                has_source: u8::from(args.source.is_some()),
-                _pad: 0,
-                source: args.source.unwrap_or([0; 2]),
+                has_source: u8::from(args.detail.has & HAS_SOURCE != 0),
+                has_port: u8::from(args.detail.has & HAS_PORT != 0),
+                source: args.detail.source,
+                port: args.detail.port as u16,
+                _pad: [0; 6],
             };
         }
     }
@@ -354,14 +445,13 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
 fn on_ack_result(args: AckArgs, family: u8, ret: u64) {
     // A C `bool`: only the low 8 bits are defined.
     let valid = ret & 0xff != 0;
-    let source = args.source.as_ref();
     if valid {
-        count_with_source(args.netns, family, Counter::CookieValid, source);
+        count_with(args.netns, family, Counter::CookieValid, args.detail);
         if args.recv_seq == args.seq.wrapping_add(1) {
             count(args.netns, family, Counter::CookieRetrans);
         }
     } else {
-        count_with_source(args.netns, family, Counter::CookieInvalid, source);
+        count_with(args.netns, family, Counter::CookieInvalid, args.detail);
     }
 }
 
@@ -402,7 +492,12 @@ pub fn spx_ack_ret(ctx: RetProbeContext) -> u32 {
         },
         recv_seq: s.recv_seq,
         seq: s.seq,
-        source: (s.has_source != 0).then_some(s.source),
+        detail: Detail {
+            source: s.source,
+            port: u32::from(s.port),
+            has: if s.has_source != 0 { HAS_SOURCE } else { 0 }
+                | if s.has_port != 0 { HAS_PORT } else { 0 },
+        },
     };
     on_ack_result(args, s.family, ret);
     0
@@ -450,13 +545,13 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "synproxy_send_client_synack")]
 pub fn spxf_synack4(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), FAMILY_IPV4);
+    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV4);
     0
 }
 
 #[fentry(function = "synproxy_send_client_synack_ipv6")]
 pub fn spxf_synack6(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), FAMILY_IPV6);
+    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV6);
     0
 }
 
@@ -530,6 +625,41 @@ pub unsafe extern "C" fn spx_sources_iter(ctx: *const MapElemContext) -> i32 {
         }
         let seq = read_volatile(addr_of!((*meta).seq));
         bpf_seq_write(seq, record.as_ptr().cast(), SOURCE_RECORD_LEN as u32);
+    }
+    0
+}
+
+/// Iterator over `PORTS` (attached with the map by the agent): writes each
+/// entry as a [`PORT_RECORD_LEN`]-byte record, key then value.
+///
+/// # Safety
+/// Called by the kernel with a `bpf_iter__bpf_map_elem` context.
+#[no_mangle]
+#[link_section = "iter/bpf_map_elem"]
+pub unsafe extern "C" fn spx_ports_iter(ctx: *const MapElemContext) -> i32 {
+    // SAFETY: as in spx_sources_iter.
+    let (meta, key, value) = unsafe {
+        (
+            read_volatile(addr_of!((*ctx).meta)),
+            read_volatile(addr_of!((*ctx).key)),
+            read_volatile(addr_of!((*ctx).value)),
+        )
+    };
+    if key.is_null() || value.is_null() || meta.is_null() {
+        return 0;
+    }
+    let mut record = [0u64; PORT_RECORD_LEN / 8];
+    // SAFETY: key and value are the map's (16 and 16 bytes, checked by the
+    // kernel against the map at attach); meta->seq is the iterator's seq_file.
+    unsafe {
+        for (i, word) in record.iter_mut().take(2).enumerate() {
+            *word = read_volatile(key.add(i));
+        }
+        for (i, word) in record.iter_mut().skip(2).enumerate() {
+            *word = read_volatile(value.add(i));
+        }
+        let seq = read_volatile(addr_of!((*meta).seq));
+        bpf_seq_write(seq, record.as_ptr().cast(), PORT_RECORD_LEN as u32);
     }
     0
 }

@@ -149,6 +149,7 @@ fn measure(n: u32, v6: bool) -> usize {
         prefix_v4: 32,
         prefix_v6: 128,
         map_entries: n,
+        ..TopConfig::default()
     });
     let mut buf = Vec::new();
     let base = CURRENT.load(Ordering::Relaxed);

@@ -241,8 +241,18 @@ async fn start(
         let (resolution, attach, flag) = (run.rate_resolution, !run.once, Arc::clone(&stop));
         let probes = run.probes;
         let source_entries = run.top.enabled().then_some(run.top.map_entries);
+        let port_entries = run.top.ports_enabled().then_some(run.top.port_map_entries);
         let opened = match runtime::blocking_or_signal(
-            move || EbpfSource::open(resolution, attach, &flag, probes, source_entries),
+            move || {
+                EbpfSource::open(
+                    resolution,
+                    attach,
+                    &flag,
+                    probes,
+                    source_entries,
+                    port_entries,
+                )
+            },
             &mut signals,
             &stop,
         )

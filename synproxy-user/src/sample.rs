@@ -64,6 +64,9 @@ pub struct ProbesSample {
     pub diag: [u64; synproxy_common::diag::COUNT as usize],
     /// The per-source map, with `--top` N > 0.
     pub sources: Option<SourceMapStats>,
+    /// The per-port map, with `--top-ports` N > 0 (same fields; its size is
+    /// `--top-ports-map-entries`).
+    pub ports: Option<SourceMapStats>,
     pub timestamp_ns: u64,
 }
 
@@ -173,6 +176,8 @@ pub struct Snapshot {
     pub agent: AgentHealth,
     /// Per-source counts of this round (empty until per-source counting runs).
     pub top_sources: Vec<TopSources>,
+    /// Per-port counts of this round (empty without per-port counting).
+    pub top_ports: Vec<TopPorts>,
     /// The TCP stack's and conntrack's counters per namespace (the `nstat`
     /// and `conntrack` lines), in namespace order; empty with both sources off.
     pub stack: Vec<StackSample>,
@@ -235,6 +240,28 @@ pub struct TopSources {
 pub struct TopSource {
     /// An address, or a prefix such as `203.0.113.0/24` when aggregated.
     pub source: String,
+    pub events: u64,
+    /// events / interval_events, 0..=1
+    pub share: f64,
+}
+
+/// The top destination ports of one namespace and counter in one round,
+/// IPv4 and IPv6 summed (a port is the same service for both families).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopPorts {
+    pub netns: Option<String>,
+    pub counter: synproxy_common::Counter,
+    /// Events of this counter in the interval (both families), over all
+    /// ports: the namespace's eBPF events.
+    pub interval_events: u64,
+    /// Most events first (equal events: lower port first), at most
+    /// `--top-ports` N.
+    pub entries: Vec<TopPort>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopPort {
+    pub port: u16,
     pub events: u64,
     /// events / interval_events, 0..=1
     pub share: f64,

@@ -20,6 +20,7 @@ use crate::sample::{
     Snapshot, SourceMapStats, TopSources,
 };
 use crate::sources::ebpf::address_counts::SourcesRound;
+use crate::sources::ebpf::port_counts::PortsRound;
 use crate::sources::ebpf::{EbpfSource, FamilyCounts, NsKey, Stop};
 use crate::sources::proc::netns::{
     self, NamespaceId, NetnsError, NetnsReader, NetnsTarget, StackFile, StackReader,
@@ -264,6 +265,7 @@ impl Sampler {
                 influx: None,
             },
             top_sources: Vec::new(),
+            top_ports: Vec::new(),
             stack: Vec::new(),
             defense: Vec::new(),
             attacks: Vec::new(),

@@ -64,6 +64,7 @@ fn sampler(netns_dir: &std::path::Path, names: &[&str]) -> Sampler {
             prefix_v4: 32,
             prefix_v6: 128,
             map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+            ..Default::default()
         },
         stack: StackSources::default(),
         verdict: None,
@@ -205,6 +206,7 @@ fn top_sources_take_their_namespace_and_its_events() {
         prefix_v4: 32,
         prefix_v6: 128,
         map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+        ..Default::default()
     });
     let lists = rank_sources(&mut ranker, &reads, &samples, &sources);
     let entries = |netns: Option<&str>| -> Vec<(String, u64, f64)> {

@@ -16,6 +16,7 @@ pub const CHECKS: &[&str] = &[
     "iptables-nft-ipv6",
     "flood-shutdown",
     "top-sources",
+    "top-ports",
     "sustained",
     "lifecycle",
     "non-root",

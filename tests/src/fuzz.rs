@@ -289,6 +289,14 @@ pub fn line_protocol(data: &[u8]) {
                 insert_failures: f,
                 map_bytes: d,
             }),
+        // The per-port map's with the IPv4 half.
+        ports: (!input.family_ipv6).then_some(synproxy_user::sample::SourceMapStats {
+            entries: b,
+            capacity: a as u32,
+            evictions: f,
+            insert_failures: e,
+            map_bytes: c,
+        }),
         timestamp_ns: input.timestamp_ns,
     };
     let mut out = Vec::new();

@@ -65,6 +65,8 @@ pub mod synproxy_xt;
 pub mod tcp_counters;
 pub mod tmux;
 pub mod tools;
+pub mod top_ports;
+pub mod top_ports_judge;
 pub mod top_series_prometheus;
 pub mod top_series_scrape;
 pub mod top_sources;

@@ -92,7 +92,7 @@ impl RuleSet {
     }
 
     /// Add an xt rule; cleanup deletes the same rule (`-A`/`-I` become `-D`).
-    fn xt_rule(&mut self, prog: &Path, args: &[&str]) -> Result<()> {
+    pub(crate) fn xt_rule(&mut self, prog: &Path, args: &[&str]) -> Result<()> {
         let undo = args
             .iter()
             .map(|a| match *a {

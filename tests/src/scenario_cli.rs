@@ -107,6 +107,8 @@ pub enum Mode {
     NonRoot,
     /// Per-address counts against ground truth, then the spoofed flood.
     TopSources,
+    /// Per-port counts against ground truth, then more ports than the map holds.
+    TopPorts,
     /// The probes' run time and the throughput they cost.
     EbpfCost {
         #[arg(long = "syn", default_value_t = ebpf_cost::Params::default().syns)]
@@ -339,6 +341,7 @@ mod tests {
         assert_eq!(s.cfg.extra_agent_args, ["--netns-max", "4"]);
         for group in [
             "top-sources",
+            "top-ports",
             "top-view",
             "non-root",
             "module-late",

@@ -2,12 +2,12 @@
 
 use crate::cli_bounds;
 use crate::logging::LogFormat;
-use crate::ranking::{TopConfig, DEFAULT_TOP};
+use crate::ranking::{TopConfig, DEFAULT_TOP, DEFAULT_TOP_PORTS};
 use crate::sources::proc::netns_policy::{NetnsPolicy, DEFAULT_MAX_NAMESPACES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
-use synproxy_common::SOURCES_DEFAULT_ENTRIES;
+use synproxy_common::{PORTS_DEFAULT_ENTRIES, SOURCES_DEFAULT_ENTRIES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +153,18 @@ pub struct Cli {
     /// (`source_evictions`).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
     pub top_map_entries: u32,
+
+    /// Destination ports reported per namespace and counter each interval
+    /// with eBPF (the synproxy_top_ports lines, synproxy_top_port_events on
+    /// /metrics), IPv4 and IPv6 summed, 0 to 100; 0 turns per-port counting off.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP_PORTS, value_parser = parse_top_ports, env = "SYNPROXY_AGENT_TOP_PORTS")]
+    pub top_ports: usize,
+
+    /// Entries of the kernel's per-port map (an LRU hash of namespace,
+    /// counter, family and destination port), 256 to 1048576; when more ports
+    /// are hit, the least recently seen are evicted (`port_evictions`).
+    #[arg(long, value_name = "N", default_value_t = PORTS_DEFAULT_ENTRIES, value_parser = parse_top_ports_map_entries, env = "SYNPROXY_AGENT_TOP_PORTS_MAP_ENTRIES")]
+    pub top_ports_map_entries: u32,
 
     /// Do not add the `host` tag.
     #[arg(long, env = "SYNPROXY_AGENT_NO_HOST_TAG")]
@@ -352,6 +364,15 @@ pub struct TopArgs {
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
     pub top_map_entries: u32,
 
+    /// Rows of the top ports table per namespace and counter, 0 to 100; 0
+    /// turns per-port counting off (see the agent's --top-ports).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP_PORTS, value_parser = parse_top_ports)]
+    pub top_ports: usize,
+
+    /// Entries of the kernel's per-port map, 256 to 1048576 (see the agent's --top-ports-map-entries).
+    #[arg(long, value_name = "N", default_value_t = PORTS_DEFAULT_ENTRIES, value_parser = parse_top_ports_map_entries)]
+    pub top_ports_map_entries: u32,
+
     /// Go on when the capability drop after start-up fails (see the agent's flag).
     #[arg(long)]
     pub allow_failed_capability_drop: bool,
@@ -366,6 +387,7 @@ impl TopArgs {
     pub fn top_config(&self) -> TopConfig {
         let (v4, v6) = (self.top_prefix_v4, self.top_prefix_v6);
         TopConfig::new(self.top, v4, v6, self.top_map_entries)
+            .with_ports(self.top_ports, self.top_ports_map_entries)
     }
 
     /// One-line errors naming the flag, as [`Cli::validate`].

@@ -52,6 +52,7 @@ impl Cli {
     pub fn top_config(&self) -> TopConfig {
         let (v4, v6) = (self.top_prefix_v4, self.top_prefix_v6);
         TopConfig::new(self.top, v4, v6, self.top_map_entries)
+            .with_ports(self.top_ports, self.top_ports_map_entries)
     }
 
     /// Whether line protocol goes to stdout: always without a network

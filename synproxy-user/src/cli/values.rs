@@ -1,6 +1,9 @@
 //! Value parsers of single flags (clap's `value_parser`s): one-line errors.
 
-use crate::ranking::{MAX_TOP, MAX_TOP_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES};
+use crate::ranking::{
+    MAX_TOP, MAX_TOP_MAP_ENTRIES, MAX_TOP_PORTS, MAX_TOP_PORTS_MAP_ENTRIES, MIN_TOP_MAP_ENTRIES,
+    MIN_TOP_PORTS_MAP_ENTRIES,
+};
 use crate::sources::proc::netns_policy::{MAX_MAX_NAMESPACES, MIN_MAX_NAMESPACES};
 use std::time::Duration;
 
@@ -28,6 +31,26 @@ pub fn parse_netns_max(text: &str) -> Result<usize, String> {
         Ok(n) if (MIN_MAX_NAMESPACES..=MAX_MAX_NAMESPACES).contains(&n) => Ok(n),
         _ => Err(format!(
             "expected a number of namespaces from {MIN_MAX_NAMESPACES} to {MAX_MAX_NAMESPACES}"
+        )),
+    }
+}
+
+/// `--top-ports N`: 0 (off) to [`MAX_TOP_PORTS`].
+pub fn parse_top_ports(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_TOP_PORTS => Ok(n),
+        _ => Err(format!(
+            "expected a number of ports from 0 (off) to {MAX_TOP_PORTS}"
+        )),
+    }
+}
+
+/// `--top-ports-map-entries N`: 256 to 2^20.
+pub fn parse_top_ports_map_entries(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (MIN_TOP_PORTS_MAP_ENTRIES..=MAX_TOP_PORTS_MAP_ENTRIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of map entries from {MIN_TOP_PORTS_MAP_ENTRIES} to {MAX_TOP_PORTS_MAP_ENTRIES}"
         )),
     }
 }

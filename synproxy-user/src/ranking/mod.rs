@@ -14,6 +14,7 @@
 //! - The scratch maps and heaps are kept across rounds (cleared, not freed), so
 //!   a round allocates only its output once the agent has seen its largest round.
 
+pub mod ports;
 mod ranker;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,13 @@ use synproxy_common::Counter;
 pub const DEFAULT_TOP: usize = 10;
 /// `--top` upper bound: N series per namespace, family and counter on /metrics.
 pub const MAX_TOP: usize = 1000;
+/// `--top-ports` default.
+pub const DEFAULT_TOP_PORTS: usize = 5;
+/// `--top-ports` upper bound: N series per namespace and counter on /metrics.
+pub const MAX_TOP_PORTS: usize = 100;
+/// `--top-ports-map-entries` bounds (32 bytes of key and value an entry).
+pub const MIN_TOP_PORTS_MAP_ENTRIES: u32 = 256;
+pub const MAX_TOP_PORTS_MAP_ENTRIES: u32 = 1 << 20;
 /// `--top-map-entries` bounds.
 pub const MIN_TOP_MAP_ENTRIES: u32 = 1024;
 /// The maximum bounds user-space memory too: a full map costs up to 210
@@ -45,6 +53,11 @@ pub struct TopConfig {
     pub prefix_v6: u8,
     /// Entries of the kernel's per-source map.
     pub map_entries: u32,
+    /// Ports per namespace and counter (`--top-ports`); 0 turns per-port
+    /// counting off.
+    pub ports: usize,
+    /// Entries of the kernel's per-port map (`--top-ports-map-entries`).
+    pub port_map_entries: u32,
 }
 
 impl Default for TopConfig {
@@ -54,6 +67,8 @@ impl Default for TopConfig {
             prefix_v4: 32,
             prefix_v6: 128,
             map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+            ports: DEFAULT_TOP_PORTS,
+            port_map_entries: synproxy_common::PORTS_DEFAULT_ENTRIES,
         }
     }
 }
@@ -66,11 +81,26 @@ impl TopConfig {
             prefix_v4,
             prefix_v6,
             map_entries,
+            ..Self::default()
+        }
+    }
+
+    /// With `--top-ports` and `--top-ports-map-entries`.
+    pub fn with_ports(self, ports: usize, port_map_entries: u32) -> Self {
+        Self {
+            ports,
+            port_map_entries,
+            ..self
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.n > 0
+    }
+
+    /// Whether the probes count per destination port.
+    pub fn ports_enabled(&self) -> bool {
+        self.ports > 0
     }
 }
 

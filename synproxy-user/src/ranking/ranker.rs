@@ -52,6 +52,7 @@ impl TopRanker {
                 prefix_v4: config.prefix_v4.min(32),
                 prefix_v6: config.prefix_v6.min(128),
                 map_entries: config.map_entries,
+                ..config
             },
             ids: HashMap::new(),
             names: Vec::new(),

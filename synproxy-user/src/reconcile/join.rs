@@ -67,6 +67,7 @@ pub fn probes(
     probe_type: &'static str,
     timestamp_ns: u64,
     sources: Option<crate::sample::SourceMapStats>,
+    ports: Option<crate::sample::SourceMapStats>,
 ) -> ProbesSample {
     match round {
         Some(r) => ProbesSample {
@@ -79,6 +80,7 @@ pub fn probes(
             probes: r.probes,
             diag: r.diag,
             sources,
+            ports,
             timestamp_ns,
         },
         None => ProbesSample {
@@ -91,6 +93,7 @@ pub fn probes(
             probes: Vec::new(),
             diag: Default::default(),
             sources: None,
+            ports: None,
             timestamp_ns,
         },
     }
@@ -152,7 +155,7 @@ mod tests {
             assert_eq!(s.peak_rates, [0.0; COUNTER_COUNT]);
             assert_eq!(s.timestamp_ns, 5);
         }
-        let p = probes(None, "kprobe", 5, None);
+        let p = probes(None, "kprobe", 5, None, None);
         assert!(!p.attached);
         assert_eq!((p.probe_misses, p.map_bytes), (0, 0));
     }
@@ -226,7 +229,7 @@ mod tests {
             map_bytes: 4096,
             ..Default::default()
         };
-        let p = probes(Some(round), "kprobe", 9, None);
+        let p = probes(Some(round), "kprobe", 9, None, None);
         assert!(p.attached);
         assert_eq!(p.probe_misses, 4);
         assert_eq!(p.recursion_misses, 3);

@@ -21,6 +21,7 @@ impl Sampler {
         keep.extend(self.own_id.map(|id| id.ebpf_key()));
         let mut ebpf_round = ebpf.read_round(&keep);
         let sources = ebpf_round.as_mut().and_then(|r| r.sources.take());
+        let ports = ebpf_round.as_mut().and_then(|r| r.ports.take());
         let probe_type = ebpf.probe_type().as_str();
         let resolution = ebpf.rate_resolution();
         let mut out = Vec::with_capacity(reads.len());
@@ -78,11 +79,22 @@ impl Sampler {
         if let Some(sources) = sources {
             round.top_sources = rank_sources(&mut self.ranker, reads, &out, &sources);
         }
+        let port_map = ports.as_ref().map(|p| SourceMapStats {
+            entries: p.entries,
+            capacity: p.capacity,
+            evictions: p.evictions,
+            insert_failures: p.insert_failures,
+            map_bytes: p.map_bytes,
+        });
+        if let Some(ports) = ports {
+            round.top_ports = rank_ports_of(self.config.top.ports, reads, &out, &ports);
+        }
         round.probes = Some(join::probes(
             ebpf_round,
             probe_type,
             timestamp_ns,
             source_map,
+            port_map,
         ));
         out
     }
@@ -100,6 +112,45 @@ pub(super) fn present_ebpf_keys(series: &HashMap<SeriesKey, Series>) -> HashSet<
             SeriesKey::Own => None,
         })
         .collect()
+}
+
+/// The interval's top ports of the namespaces read this round; shares are of
+/// the namespace's eBPF events of the interval (both families).
+pub(super) fn rank_ports_of(
+    n: usize,
+    reads: &[Read],
+    samples: &[Option<[EbpfSample; 2]>],
+    ports: &PortsRound,
+) -> Vec<crate::sample::TopPorts> {
+    use crate::ranking::ports::{rank_ports, CounterTotal, PortCount};
+    let labels: HashMap<NsKey, Option<&str>> = reads
+        .iter()
+        .filter_map(|r| {
+            let label = (r.key != SeriesKey::Own).then_some(r.label.as_str());
+            r.ebpf_key.map(|k| (k, label))
+        })
+        .collect();
+    let mut totals = Vec::new();
+    for (read, pair) in reads.iter().zip(samples) {
+        let Some(pair) = pair else { continue };
+        let netns = (read.key != SeriesKey::Own).then_some(read.label.as_str());
+        for counter in SOURCE_COUNTERS {
+            totals.push(CounterTotal {
+                netns,
+                counter,
+                events: pair.iter().map(|s| s.events[counter.index()]).sum(),
+            });
+        }
+    }
+    let counts = ports.events.iter().filter_map(|e| {
+        Some(PortCount {
+            netns: *labels.get(&e.ns)?,
+            counter: e.counter,
+            port: e.port,
+            events: e.events,
+        })
+    });
+    rank_ports(n, counts, &totals)
 }
 
 /// The counters counted per source.

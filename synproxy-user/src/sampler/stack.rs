@@ -312,6 +312,7 @@ pub(super) mod tests {
                 prefix_v4: 32,
                 prefix_v6: 128,
                 map_entries: synproxy_common::SOURCES_DEFAULT_ENTRIES,
+                ..Default::default()
             },
             stack,
             verdict,

@@ -149,6 +149,13 @@ fn golden_snapshot() -> Snapshot {
                 insert_failures: 1,
                 map_bytes: 6_291_456,
             }),
+            ports: Some(SourceMapStats {
+                entries: 6,
+                capacity: 4096,
+                evictions: 0,
+                insert_failures: 0,
+                map_bytes: 327_680,
+            }),
             timestamp_ns: TS,
         }),
         agent: AgentHealth {
@@ -188,6 +195,35 @@ fn golden_snapshot() -> Snapshot {
                 Counter::CookieInvalid,
                 &[("2001:db8::1", 9), ("2001:db8:1::/64", 4)],
             ),
+        ],
+        top_ports: vec![
+            crate::sample::TopPorts {
+                netns: Some("blue".into()),
+                counter: Counter::SynReceived,
+                interval_events: 600,
+                entries: vec![
+                    crate::sample::TopPort {
+                        port: 443,
+                        events: 450,
+                        share: 0.75,
+                    },
+                    crate::sample::TopPort {
+                        port: 80,
+                        events: 150,
+                        share: 0.25,
+                    },
+                ],
+            },
+            crate::sample::TopPorts {
+                netns: Some(ODD_LABEL.into()),
+                counter: Counter::CookieInvalid,
+                interval_events: 9,
+                entries: vec![crate::sample::TopPort {
+                    port: 8080,
+                    events: 9,
+                    share: 1.0,
+                }],
+            },
         ],
         stack: vec![
             stack(None, 10, true),

@@ -172,8 +172,9 @@ impl LineEncoder {
 
     /// A whole round, as every line protocol output writes it: the `synproxy`
     /// lines, the `nstat` and `conntrack` lines, the `synproxy_defense` lines,
-    /// the `synproxy_attack` lines of the attacks in progress, then the `synproxy_ebpf` lines, the `synproxy_top_sources`
-    /// lines, and last the `synproxy_ebpf_probes` line (a reader can take it
+    /// the `synproxy_attack` lines of the attacks in progress, then the
+    /// `synproxy_ebpf` lines, the `synproxy_top_sources` and
+    /// `synproxy_top_ports` lines, and last the `synproxy_ebpf_probes` line (a reader can take it
     /// as the end of an eBPF round). A round in which no namespace could be
     /// read writes nothing.
     pub fn encode_round(&self, snapshot: &Snapshot, out: &mut Vec<u8>) {
@@ -197,6 +198,9 @@ impl LineEncoder {
         }
         for list in &snapshot.top_sources {
             self.encode_top_sources(list, snapshot.timestamp_ns, out);
+        }
+        for list in &snapshot.top_ports {
+            self.encode_top_ports(list, snapshot.timestamp_ns, out);
         }
         if let Some(probes) = &snapshot.probes {
             self.encode_probes(probes, out);
@@ -234,7 +238,9 @@ impl LineEncoder {
     /// (all namespaces), `recursion_misses`, `map_bytes`, kernel-side
     /// diagnostics, per probe `<probe>_hits` / `<probe>_missed` since it
     /// was attached, and with `--top` the per-source map's `source_map_*`
-    /// and `source_evictions`, `source_insert_failures`.
+    /// and `source_evictions`, `source_insert_failures`, and with
+    /// `--top-ports` the per-port map's `port_map_*`, `port_evictions` and
+    /// `port_insert_failures`.
     pub fn encode_probes(&self, sample: &ProbesSample, out: &mut Vec<u8>) {
         out.extend_from_slice(PROBES_MEASUREMENT.as_bytes());
         self.write_tags(out, &[]);
@@ -260,6 +266,13 @@ impl LineEncoder {
             fields.push(("source_map_bytes".into(), map.map_bytes));
             fields.push(("source_evictions".into(), map.evictions));
             fields.push(("source_insert_failures".into(), map.insert_failures));
+        }
+        if let Some(map) = &sample.ports {
+            fields.push(("port_map_entries".into(), map.entries));
+            fields.push(("port_map_capacity".into(), u64::from(map.capacity)));
+            fields.push(("port_map_bytes".into(), map.map_bytes));
+            fields.push(("port_evictions".into(), map.evictions));
+            fields.push(("port_insert_failures".into(), map.insert_failures));
         }
         fields.sort();
         let mut separator = b' ';
@@ -333,6 +346,7 @@ pub fn sanitized_tag(raw: &str) -> String {
 
 mod attack;
 mod defense;
+mod ports;
 mod stack;
 pub use attack::ATTACK_MEASUREMENT;
 pub use defense::DEFENSE_MEASUREMENT;

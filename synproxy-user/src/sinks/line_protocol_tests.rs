@@ -203,6 +203,7 @@ fn probes_line_shape() {
         program_recursion: vec![("ack_ret", 0)],
         map_bytes: 4096,
         sources: None,
+        ports: None,
         timestamp_ns: 5,
     };
     e.encode_probes(&probes, &mut out);
@@ -395,6 +396,7 @@ fn top_sources_come_before_the_probes_line_that_ends_a_round() {
             program_recursion: Vec::new(),
             map_bytes: 0,
             sources: None,
+            ports: None,
             timestamp_ns: 7,
         }),
         agent: crate::sample::AgentHealth {
@@ -406,6 +408,7 @@ fn top_sources_come_before_the_probes_line_that_ends_a_round() {
             influx: None,
         },
         top_sources: vec![top_list(None)],
+        top_ports: Vec::new(),
         stack: Vec::new(),
         defense: Vec::new(),
         attacks: Vec::new(),

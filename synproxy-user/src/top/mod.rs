@@ -14,6 +14,7 @@
 
 pub mod defense_panel;
 pub mod model;
+pub mod ports_panel;
 pub mod terminal;
 pub mod ui;
 pub mod view;

@@ -242,6 +242,7 @@ pub(crate) mod tests {
                 influx: None,
             },
             top_sources: Vec::new(),
+            top_ports: Vec::new(),
             stack: Vec::new(),
             defense: Vec::new(),
             attacks: Vec::new(),

@@ -12,6 +12,9 @@ use ratatui::widgets::{Block, Paragraph};
 use ratatui::Frame;
 use synproxy_common::{Counter, COUNTER_COUNT};
 
+/// Rows of the Top ports panel at most (the line protocol has them all).
+const MAX_PORT_ROWS: usize = 5;
+
 /// Below this the view shows only a note (never panics, never garbles).
 pub const MIN_WIDTH: u16 = 40;
 pub const MIN_HEIGHT: u16 = 10;
@@ -351,6 +354,7 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
     let ebpf = selected.map_or_else(|| vec![String::new()], |v| ebpf_lines(model, v));
     let sources = selected.map_or_else(Vec::new, |v| source_lines(model, ui, v));
     let defense = selected.and_then(|v| super::defense_panel::defense_lines(model, v));
+    let ports = selected.and_then(|v| super::ports_panel::port_lines(model, v, ui.source_counter));
     let ns_rows = model.namespaces.len().clamp(1, 8) + 1;
     // Panels in the order they are given up when the height runs short.
     let fixed = 1 + 8 + 1; // header, counters, help
@@ -366,6 +370,10 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
     let show_status = take(1);
     let show_ns = take(ns_rows + 2);
     let show_sources = take(4);
+    let ports_h = ports
+        .as_ref()
+        .map_or(0, |(_, l)| l.len().min(MAX_PORT_ROWS + 1) + 2);
+    let show_ports = ports.is_some() && take(ports_h);
 
     let mut constraints = vec![Constraint::Length(1)];
     if show_ns {
@@ -377,6 +385,9 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
     constraints.push(Constraint::Length(8));
     if show_ebpf {
         constraints.push(Constraint::Length(ebpf_h as u16));
+    }
+    if show_ports {
+        constraints.push(Constraint::Length(ports_h as u16));
     }
     if show_sources {
         constraints.push(Constraint::Min(4));
@@ -440,6 +451,10 @@ pub fn render(frame: &mut Frame, live: &Model, ui: &UiState, status: &Status) {
     }
     if show_ebpf {
         frame.render_widget(panel(" eBPF ".into(), plain(ebpf)), slot());
+    }
+    if let Some((title, lines)) = ports.filter(|_| show_ports) {
+        let lines: Vec<String> = lines.into_iter().take(MAX_PORT_ROWS + 1).collect();
+        frame.render_widget(panel(title, plain(lines)), slot());
     }
     let sources_area = slot();
     if show_sources {

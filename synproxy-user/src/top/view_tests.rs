@@ -358,3 +358,79 @@ fn the_defense_panel_shows_the_selected_namespaces_verdict() {
     let s = screen(&two_rounds(), &UiState::default(), 120, 40);
     assert!(!s.contains("Defense"), "{s}");
 }
+
+#[test]
+fn the_top_ports_panel_shows_the_selected_namespaces_ports() {
+    use crate::sample::{ProbesSample, SourceMapStats, TopPort, TopPorts};
+    let mut m = two_rounds();
+    let mut snap = snapshot(&[
+        (1, Some("edge"), totals(1400, 20)),
+        (2, Some("core"), totals(3, 0)),
+    ]);
+    snap.probes = Some(ProbesSample {
+        attached: true,
+        probe_type: "kprobe",
+        probe_misses: 0,
+        recursion_misses: 0,
+        program_recursion: Vec::new(),
+        map_bytes: 0,
+        probes: Vec::new(),
+        diag: Default::default(),
+        sources: None,
+        ports: Some(SourceMapStats {
+            entries: 2,
+            capacity: 4096,
+            evictions: 0,
+            insert_failures: 0,
+            map_bytes: 0,
+        }),
+        timestamp_ns: 0,
+    });
+    snap.top_ports = vec![TopPorts {
+        netns: Some("edge".into()),
+        counter: Counter::SynReceived,
+        interval_events: 200,
+        entries: vec![
+            TopPort {
+                port: 8443,
+                events: 150,
+                share: 0.75,
+            },
+            TopPort {
+                port: 22,
+                events: 50,
+                share: 0.25,
+            },
+        ],
+    }];
+    m.ingest(Arc::new(snap.clone()), Instant::now());
+    let mut ui = UiState {
+        selected: Some(1),
+        ..UiState::default()
+    };
+    let s = screen(&m, &ui, 120, 40);
+    assert!(s.contains(" Top ports: syn_received "), "{s}");
+    let first = s.lines().find(|l| l.contains("8443")).unwrap_or_default();
+    assert!(first.contains("   1  ") && first.contains("75.0%"), "{s}");
+    let second = s.lines().find(|l| l.contains(" 22 ")).unwrap_or_default();
+    assert!(second.contains("   2  ") && second.contains("25.0%"), "{s}");
+    // Every height draws; a short screen gives the panel up first.
+    for h in 0..=40 {
+        let s = screen(&m, &ui, 120, h);
+        if s.contains("Top ports") {
+            assert!(s.contains("Top sources"), "{h}:\n{s}");
+        }
+    }
+    // Another counter: no ports of it.
+    ui.apply(Action::NextSourceCounter, &m);
+    let s = screen(&m, &ui, 120, 40);
+    assert!(
+        s.contains("no ports of cookie_invalid in this namespace"),
+        "{s}"
+    );
+    // Without per-port counting: no panel.
+    snap.probes = None;
+    m.ingest(Arc::new(snap), Instant::now() + Duration::from_secs(1));
+    let s = screen(&m, &ui, 120, 40);
+    assert!(!s.contains("Top ports"), "{s}");
+}

@@ -8,7 +8,7 @@ use synproxy_tests::scenario_cli::{self, Cli, Mode};
 use synproxy_tests::tools;
 use synproxy_tests::{
     caps, check, clean_state, clean_state_check, ebpf_checks, ebpf_cost, fentry_module, lifecycle,
-    module_late, non_root, pidns, sustained, top_sources, top_view, user_netns_check,
+    module_late, non_root, pidns, sustained, top_ports, top_sources, top_view, user_netns_check,
 };
 
 fn main() {
@@ -133,6 +133,9 @@ fn main() {
                 "top-sources-flood",
                 Box::new(|| vec![top_sources::flood(cfg, kernel)]),
             ));
+        }
+        Mode::TopPorts => {
+            checks.push(("top-ports", Box::new(|| top_ports::top_ports(cfg, kernel))));
         }
         &Mode::EbpfCost {
             syns,

@@ -241,6 +241,15 @@ if selected top-sources && begin_check top-sources; then
     end_check top-sources
 fi
 
+# 5c. Top ports: crafted SYNs and bad ACKs with known counts to three protected
+#     ports; the agent's synproxy_top_ports lines, summed over its rounds, must
+#     equal them and the eBPF totals (== /proc), the map holds the 6 keys with no
+#     eviction; then SYNs to 320 ports into a 256-entry map must report evictions.
+if selected top-ports && begin_check top-ports; then
+    run_scenario top-ports 300 --agent "$AGENT" --ebpf require top-ports $TOOLS
+    end_check top-ports
+fi
+
 # 6. Sustained flood: one server netns, xt and nft ports, IPv4 and IPv6,
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every

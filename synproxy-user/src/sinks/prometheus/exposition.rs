@@ -1,6 +1,7 @@
 //! The exposition: families and samples from one [`Published`], encoded by
 //! `prometheus-client` as the text format 0.0.4 or OpenMetrics 1.0.0.
 
+use super::top_port_series::top_port_families;
 use super::top_series::top_source_families;
 use super::{Published, OPENMETRICS_CONTENT_TYPE, OWN_NETNS_LABEL, STATUSES};
 use crate::sinks::line_protocol::sanitized_tag;
@@ -91,6 +92,14 @@ pub(super) struct Family {
     unit: Option<Unit>,
     kind: MetricType,
     samples: Vec<(Labels, Value)>,
+}
+
+#[cfg(test)]
+impl Family {
+    /// Its samples (series).
+    pub(super) fn len(&self) -> usize {
+        self.samples.len()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -198,6 +207,7 @@ impl Exposition {
         families.extend(defense::families(snapshot));
         families.extend(ebpf::namespace_families(published, snapshot, &rows));
         families.extend(top_source_families(snapshot, published.top_series));
+        families.extend(top_port_families(snapshot));
         if let Some(probes) = &snapshot.probes {
             families.extend(ebpf::probe_families(published, probes));
         }

@@ -27,6 +27,7 @@ mod server_tests;
 #[cfg(test)]
 pub(super) mod tests;
 mod tls;
+mod top_port_series;
 mod top_series;
 #[cfg(test)]
 mod top_series_tests;

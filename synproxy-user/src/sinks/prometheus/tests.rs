@@ -53,7 +53,7 @@ fn namespace(series: SeriesId, netns: Option<&str>, t: [u64; FIELD_COUNT]) -> Na
     }
 }
 
-fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
+pub(super) fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
     Arc::new(Snapshot {
         timestamp_ns: 1_795_873_250_765_150_438,
         namespaces,
@@ -84,6 +84,13 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
                 insert_failures: 0,
                 map_bytes: 6_291_456,
             }),
+            ports: Some(crate::sample::SourceMapStats {
+                entries: 6,
+                capacity: 4096,
+                evictions: 1,
+                insert_failures: 0,
+                map_bytes: 327_680,
+            }),
             timestamp_ns: 1,
         }),
         agent: AgentHealth {
@@ -103,6 +110,7 @@ fn snapshot(namespaces: Vec<NamespaceSnapshot>, probes: bool) -> Arc<Snapshot> {
             influx: None,
         },
         top_sources: Vec::new(),
+        top_ports: Vec::new(),
         stack: Vec::new(),
         defense: Vec::new(),
         attacks: Vec::new(),

@@ -295,7 +295,7 @@ pub fn attach_map_iter(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> std::io::Re
 }
 
 /// The iterator's output is read this many bytes at a time (whole records).
-pub const READ_CHUNK: usize = SOURCE_RECORD_LEN * 1365;
+pub const READ_CHUNK: usize = SOURCE_RECORD_LEN * 1364;
 
 /// Reads one full pass of the iterator behind `link` through `buf` (a fixed
 /// [`READ_CHUNK`] bytes, kept between rounds) and hands each record to
@@ -303,13 +303,23 @@ pub const READ_CHUNK: usize = SOURCE_RECORD_LEN * 1365;
 pub fn read_iter(
     link: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
+    each: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    read_iter_of(link, SOURCE_RECORD_LEN, buf, each)
+}
+
+/// [`read_iter`] for records of `record_len` bytes.
+pub fn read_iter_of(
+    link: BorrowedFd<'_>,
+    record_len: usize,
+    buf: &mut Vec<u8>,
     mut each: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
     let mut attr = [0u8; 64];
     attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
     let iter = bpf(BPF_ITER_CREATE, &mut attr)?;
     let mut file = std::fs::File::from(iter);
-    stream_records(&mut file, buf, &mut each)
+    stream_records_of(&mut file, record_len, buf, &mut each)
 }
 
 /// [`read_iter`] on any reader.
@@ -318,6 +328,18 @@ pub fn stream_records(
     buf: &mut Vec<u8>,
     each: &mut impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
+    stream_records_of(reader, SOURCE_RECORD_LEN, buf, each)
+}
+
+/// [`stream_records`] for records of `record_len` bytes (a divisor of
+/// [`READ_CHUNK`]).
+pub fn stream_records_of(
+    reader: &mut impl std::io::Read,
+    record_len: usize,
+    buf: &mut Vec<u8>,
+    each: &mut impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    const _: () = assert!(READ_CHUNK.is_multiple_of(synproxy_common::PORT_RECORD_LEN));
     buf.resize(READ_CHUNK, 0);
     let mut filled = 0;
     loop {
@@ -328,8 +350,8 @@ pub fn stream_records(
             Err(e) => return Err(e),
         };
         filled += n;
-        let whole = filled - filled % SOURCE_RECORD_LEN;
-        for record in buf[..whole].chunks_exact(SOURCE_RECORD_LEN) {
+        let whole = filled - filled % record_len;
+        for record in buf[..whole].chunks_exact(record_len) {
             each(record);
         }
         buf.copy_within(whole..filled, 0);
@@ -337,7 +359,7 @@ pub fn stream_records(
     }
     if filled != 0 {
         return Err(std::io::Error::other(format!(
-            "the iterator ended within a record ({filled} of {SOURCE_RECORD_LEN} bytes)"
+            "the iterator ended within a record ({filled} of {record_len} bytes)"
         )));
     }
     Ok(())

@@ -9,6 +9,7 @@ use super::error::{is_permission, load_error, EbpfError};
 use super::fentry_attach::fentry_precheck;
 use super::kprobe_events::{self, TraceFs};
 use super::ns_slots::NsSlots;
+use super::port_iter::open_port_counting;
 use super::shared_array::SharedArray;
 use super::{EbpfSource, ProbeType, Shared, Stop, KPROBE_PMU, PROBES};
 use aya::maps::Map;
@@ -52,13 +53,15 @@ impl EbpfSource {
     /// Checks the kernel, loads the programs (the verifier runs here) and tries
     /// to attach. Not being able to attach yet (module not loaded) is no error.
     /// `source_entries`: with per-source counting (`--top` N > 0), the size
-    /// of its map.
+    /// of its map; `port_entries` likewise for per-port counting
+    /// (`--top-ports` N > 0).
     pub fn open(
         rate_resolution: Duration,
         attach: bool,
         stop: &Stop,
         probes: ProbeType,
         source_entries: Option<u32>,
+        port_entries: Option<u32>,
     ) -> Result<Self, EbpfError> {
         if OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
@@ -97,7 +100,7 @@ impl EbpfSource {
             Err(e) => return Err(EbpfError::BtfInvalid(e)),
         };
         // The map-element iterator's target, for per-source counting.
-        let iter_btf_id = match source_entries {
+        let iter_btf_id = match source_entries.or(port_entries) {
             Some(_) => btf::func_ids(&vmlinux, None, &[address_counts::ITER_TARGET])
                 .ok()
                 .and_then(|ids| ids.first().copied().flatten()),
@@ -121,9 +124,13 @@ impl EbpfSource {
         let count_sources = u32::from(source_entries.is_some());
         // With `--top 0` the map is one entry: nothing writes it.
         let source_map_entries = source_entries.unwrap_or(1);
+        let count_ports = u32::from(port_entries.is_some());
+        let port_map_entries = port_entries.unwrap_or(1);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("SOURCES", source_map_entries)
             .override_global(globals::COUNT_SOURCES, &count_sources, true)
+            .map_max_entries("PORTS", port_map_entries)
+            .override_global(globals::COUNT_PORTS, &count_ports, true)
             .override_global(globals::SKB_HEAD_OFFSET, &offsets.skb_head, true)
             .override_global(
                 globals::SKB_NETWORK_HEADER_OFFSET,
@@ -164,6 +171,16 @@ impl EbpfSource {
             },
             None => None,
         };
+        let ports = match port_entries {
+            Some(capacity) => match open_port_counting(&mut ebpf, iter_btf_id, capacity) {
+                Ok(counting) => Some(counting),
+                Err(reason) => {
+                    warn!("eBPF: per-port counting (--top-ports) is off: {reason}");
+                    None
+                }
+            },
+            None => None,
+        };
         let map_bytes = own_map_memlock();
         debug!("eBPF maps pin {} KiB of kernel memory", map_bytes / 1024);
         let mut source = Self {
@@ -191,6 +208,7 @@ impl EbpfSource {
             window_buckets: 0,
             map_bytes,
             sources,
+            ports,
         };
         if active == ProbeType::Kprobe {
             source.load_kprobes(stop)?;

@@ -21,7 +21,8 @@
 //! Where each part lives: `probes` (the probe catalogue), `loader` (checks
 //! and loading), `kprobe_attach` and `fentry_attach`, `reattach` (module
 //! reloads, backoff, SIGUSR1), `round` (each round's reads), `prog_info`
-//! (`bpf_prog_info`), `address_iter` (the per-address iterator), `error`
+//! (`bpf_prog_info`), `address_iter` (the per-address iterator), `port_iter`
+//! (the per-port iterator), `error`
 //! ([`EbpfError`]); the kernel-facing helpers are the public modules below.
 
 pub mod address_counts;
@@ -29,6 +30,7 @@ pub mod btf;
 pub mod kernel_btf;
 pub mod kprobe_events;
 pub mod ns_slots;
+pub mod port_counts;
 pub mod shared_array;
 
 mod address_iter;
@@ -36,6 +38,7 @@ mod error;
 mod fentry_attach;
 mod kprobe_attach;
 mod loader;
+mod port_iter;
 mod probes;
 mod prog_info;
 mod reattach;
@@ -53,6 +56,8 @@ use aya::Ebpf;
 use fentry_attach::FentryTargets;
 use kprobe_events::{ProbeStats, TraceFs};
 use ns_slots::NsSlots;
+use port_counts::PortsRound;
+use port_iter::PortCounting;
 use reattach::{Released, Retry};
 use shared_array::SharedArray;
 use std::collections::HashMap;
@@ -115,6 +120,8 @@ pub struct EbpfRound {
     pub probe_type: ProbeType,
     /// Per-source counts of the interval, with `--top` N > 0.
     pub sources: Option<SourcesRound>,
+    /// Per-port counts of the interval, with `--top-ports` N > 0.
+    pub ports: Option<PortsRound>,
 }
 
 struct Attachment {
@@ -178,6 +185,7 @@ pub struct EbpfSource {
     window_buckets: u64,
     map_bytes: u64,
     sources: Option<SourceCounting>,
+    ports: Option<PortCounting>,
 }
 
 impl EbpfSource {

@@ -182,6 +182,7 @@ impl EbpfSource {
         self.last_diag = round.diag;
 
         round.sources = self.read_sources();
+        round.ports = self.read_ports();
         self.prune(keep);
         Some(round)
     }

@@ -199,7 +199,46 @@ pub(super) fn probe_families(published: &Published, probes: &ProbesSample) -> Ve
         memory.count(Vec::new(), map.map_bytes);
         families.extend([entries, capacity, evictions, failures, memory]);
     }
+    if let Some(map) = &probes.ports {
+        families.extend(port_map_families(map));
+    }
     families
+}
+
+/// The per-port map's fill and losses (`--top-ports`).
+fn port_map_families(map: &crate::sample::SourceMapStats) -> [Family; 5] {
+    let mut entries = Family::new(
+        "synproxy_ebpf_port_map_entries",
+        "Entries in the kernel's per-port map (--top-ports).",
+        MetricType::Gauge,
+    );
+    entries.count(Vec::new(), map.entries);
+    let mut capacity = Family::new(
+        "synproxy_ebpf_port_map_capacity",
+        "Size of the kernel's per-port map (--top-ports-map-entries).",
+        MetricType::Gauge,
+    );
+    capacity.count(Vec::new(), u64::from(map.capacity));
+    let mut evictions = Family::new(
+        "synproxy_ebpf_port_evictions",
+        "Entries the per-port map evicted (least recently seen) since load: more (namespace, counter, family, port) keys than --top-ports-map-entries.",
+        MetricType::Counter,
+    );
+    evictions.count(Vec::new(), map.evictions);
+    let mut failures = Family::new(
+        "synproxy_ebpf_port_insert_failures",
+        "Events not counted per port because the map made no entry for them, since load.",
+        MetricType::Counter,
+    );
+    failures.count(Vec::new(), map.insert_failures);
+    let mut memory = Family::new(
+        "synproxy_ebpf_port_map_memory",
+        "Kernel memory the per-port map pins (memlock; part of synproxy_ebpf_map_memory_bytes).",
+        MetricType::Gauge,
+    )
+    .unit(Unit::Bytes);
+    memory.count(Vec::new(), map.map_bytes);
+    [entries, capacity, evictions, failures, memory]
 }
 
 /// Run time and run count per program (while kernel.bpf_stats_enabled is 1).
