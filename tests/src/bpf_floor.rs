@@ -323,3 +323,27 @@ impl RefFentry {
         self.prog.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_program_increments_or_inserts() {
+        let prog = map_increment(7);
+        let insns: Vec<&[u8]> = prog.chunks(8).collect();
+        assert_eq!(insns.len(), 22);
+        // Both map loads carry the map's descriptor as a pseudo map fd.
+        for at in [3, 12] {
+            assert_eq!(insns[at][..2], [0x18, 0x11], "insn {at}");
+            assert_eq!(insns[at][4..], 7i32.to_le_bytes(), "insn {at}");
+        }
+        // The lookup's miss jumps over the atomic add to the insert.
+        assert_eq!(insns[6][0], 0x15);
+        let target = 7 + i16::from_le_bytes([insns[6][2], insns[6][3]]) as usize;
+        assert_eq!(insns[target][0], 0x7a);
+        assert_eq!(insns[8][..2], [0xdb, 0x10]);
+        assert_eq!(insns[19][4..], 2i32.to_le_bytes());
+        assert_eq!((insns[10][0], insns[21][0]), (0x95, 0x95));
+    }
+}
