@@ -24,7 +24,8 @@
 //! of counting it does by default on: per-source counting, `--top 10`, and
 //! whatever else its defaults turn on), so the check starts it with no option
 //! beyond the scenario's `--extra-agent-arg`s. A fourth configuration, the
-//! counting alone (`--top 0`), is reported beside it (`syn_rate_counting`,
+//! counting alone (`--top 0`, and `--top-ports 0` where the agent has that
+//! option), is reported beside it (`syn_rate_counting`,
 //! `throughput_ratio_counting`, `counting_extra_ns_per_syn`). One source sends
 //! all the traffic, so its per-source entry is updated, never created.
 //!
@@ -342,6 +343,18 @@ fn probe_costs(
     }
 }
 
+/// Whether the agent's `--help` lists `option` (the counting alone turns off
+/// every per-address and per-port count the agent has).
+fn agent_has_option(agent: &std::path::Path, option: &str) -> Result<bool> {
+    let out = std::process::Command::new(agent)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {} --help", agent.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+        .any(|w| w == option))
+}
+
 /// One throughput run; a run whose receive path went to `ksoftirqd` anyway
 /// (it used more than a tenth of the run) is counted and its guest activity
 /// noted.
@@ -416,6 +429,9 @@ fn measure(cfg: &Config, params: &Params, notes: &mut Vec<String>) -> Result<Mea
     // The counting alone, without per-source counting (reported beside).
     let mut counting_args = cfg.extra_agent_args.clone();
     counting_args.extend(["--top", "0"].map(String::from));
+    if agent_has_option(&cfg.agent, "--top-ports")? {
+        counting_args.extend(["--top-ports", "0"].map(String::from));
+    }
     if fentry {
         let mut args = fentry_args.clone();
         args.extend(["--prometheus-listen", METRICS_ADDR, "--stdout"].map(String::from));
@@ -449,7 +465,8 @@ fn measure(cfg: &Config, params: &Params, notes: &mut Vec<String>) -> Result<Mea
     // judge takes the ratios per run (a slow stretch of the host weighs on
     // both sides) and reports their median.
     // 0: no agent; 1: the default agent (kprobes); 2: the default agent with
-    // --probes fentry; 3: the counting alone (kprobes, --top 0).
+    // --probes fentry; 3: the counting alone (kprobes, no per-source or
+    // per-port counts).
     let configs: &[u8] = if fentry { &[0, 1, 2, 3] } else { &[0, 1, 3] };
     for i in 0..params.runs as usize {
         for k in 0..configs.len() {
