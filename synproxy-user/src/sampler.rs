@@ -147,6 +147,14 @@ pub struct Sampler {
     /// Attack starts and ends not yet handed to the sinks.
     attack_events: Vec<crate::analysis::attack::AttackEvent>,
     attack_state: attack_state::AttackState,
+    /// The detector's last between-rounds read of the per-port counts and
+    /// its time (ns), and a buffer for the next read.
+    port_previous: Vec<crate::sources::ebpf::port_counts::PortTotal>,
+    port_current: Vec<crate::sources::ebpf::port_counts::PortTotal>,
+    port_read_at: Option<u64>,
+    /// Starts queued this tick (index in `attack_events`, series), whose
+    /// documents get the namespace's top sources.
+    new_starts: Vec<(usize, SeriesKey)>,
 }
 
 /// The `failing` key of discovery failures (no namespace label has a NUL).
@@ -194,6 +202,10 @@ impl Sampler {
             attack_keys: HashMap::new(),
             attack_events: Vec::new(),
             attack_state,
+            port_previous: Vec::new(),
+            port_current: Vec::new(),
+            port_read_at: None,
+            new_starts: Vec::new(),
         }
     }
 
@@ -369,6 +381,7 @@ impl Sampler {
 }
 
 pub(super) mod attack_state;
+mod attack_tick;
 mod attacks;
 mod defense;
 mod ebpf_round;

@@ -20,7 +20,7 @@ pub struct AttackConfig {
 }
 
 /// Sources and ports shown in an event's documents.
-const EVENT_TOP: usize = 5;
+pub(super) const EVENT_TOP: usize = 5;
 
 /// One namespace's attack detection, kept with its series.
 #[derive(Debug, Default)]
@@ -29,11 +29,11 @@ pub(super) struct SeriesAttacks {
     /// The last /proc reading stepped: (timestamp ns, syn_received, cookie_invalid).
     proc_last: Option<(u64, [u64; 2])>,
     /// Stepped by the eBPF ticks since the last round.
-    fed: bool,
+    pub(super) fed: bool,
     /// The state file was asked for this namespace's saved state.
     claimed: bool,
     /// The latest top sources and ports per kind, for the documents.
-    tops: HashMap<AttackKind, (Vec<EventSource>, Vec<EventPort>)>,
+    pub(super) tops: HashMap<AttackKind, (Vec<EventSource>, Vec<EventPort>)>,
 }
 
 impl Sampler {
@@ -42,47 +42,12 @@ impl Sampler {
     pub fn detect_period(&self) -> Option<Duration> {
         self.config.attacks.as_ref()?;
         let res = self.config.ebpf.as_ref()?.rate_resolution();
-        Some(res.max(DETECT_PERIOD))
-    }
-
-    /// Between rounds (eBPF): one detector step per namespace the probes
-    /// count, over the rate buckets completed since the last tick.
-    pub fn detect_tick(&mut self) {
-        let Some(params) = self.config.attacks.as_ref().map(|a| a.params.clone()) else {
-            return;
-        };
-        let Some(ebpf) = self.config.ebpf.as_mut() else {
-            return;
-        };
-        if !ebpf.is_attached() {
-            return;
-        }
-        let (window, covered) = ebpf.take_window();
-        let secs = covered.as_secs_f64();
-        if secs <= 0.0 {
-            return;
-        }
-        let now = now_ns();
-        let keys: Vec<(NsKey, SeriesKey)> =
-            self.attack_keys.iter().map(|(k, s)| (*k, *s)).collect();
-        for (ns, key) in keys {
-            let counts = window.get(&ns).copied().unwrap_or_default();
-            let events: Vec<(SubjectKey, u64)> = AttackKind::ALL
-                .iter()
-                .map(|&kind| {
-                    let n = counts.get(kind.counter().index()).copied().unwrap_or(0);
-                    (SubjectKey { kind, port: None }, n)
-                })
-                .collect();
-            self.step_attacks(key, now, secs, Scope::Namespace, &events, &params);
-            if let Some(series) = self.series.get_mut(&key) {
-                series.attacks.fed = true;
-            }
-        }
+        Some(res.max(super::attack_tick::DETECT_PERIOD))
     }
 
     /// The starts and ends since the last call, oldest first.
     pub fn take_attack_events(&mut self) -> Vec<AttackEvent> {
+        self.new_starts.clear();
         std::mem::take(&mut self.attack_events)
     }
 
@@ -175,16 +140,32 @@ impl Sampler {
                     .collect();
                 sources.sort_by_key(|s| std::cmp::Reverse(s.events));
                 sources.truncate(EVENT_TOP);
+                let ports: Vec<EventPort> = round
+                    .top_ports
+                    .iter()
+                    .filter(|t| t.counter == kind.counter() && t.netns.as_deref() == *label)
+                    .flat_map(|t| t.entries.iter())
+                    .take(EVENT_TOP)
+                    .map(|e| EventPort {
+                        port: e.port,
+                        events: e.events,
+                    })
+                    .collect();
                 if let Some(series) = self.series.get_mut(key) {
                     let entry = series.attacks.tops.entry(kind).or_default();
-                    entry.0 = sources;
+                    if !sources.is_empty() || round.top_sources.is_empty() {
+                        entry.0 = sources;
+                    }
+                    if !ports.is_empty() || round.top_ports.is_empty() {
+                        entry.1 = ports;
+                    }
                 }
             }
         }
     }
 
     /// Steps one namespace's detectors; logs and queues what changed.
-    fn step_attacks(
+    pub(super) fn step_attacks(
         &mut self,
         key: SeriesKey,
         now: u64,
@@ -230,16 +211,15 @@ impl Sampler {
                 series.verdict.state(),
                 verdict_on,
             );
+            if phase == AttackPhase::Start {
+                self.new_starts.push((self.attack_events.len(), key));
+            }
             log_change(&name, &doc);
             self.attack_events.push(doc);
             self.attack_state.mark_dirty();
         }
     }
 }
-
-/// Between rounds the detector steps at most this often (and at the rate
-/// buckets' width at least).
-const DETECT_PERIOD: Duration = Duration::from_millis(250);
 
 #[allow(clippy::too_many_arguments)]
 fn document(

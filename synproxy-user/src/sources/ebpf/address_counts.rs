@@ -231,6 +231,33 @@ impl SourceDeltas {
         out.evictions = self.evictions;
     }
 
+    /// Ends a read without taking it as the new reference: the events of
+    /// each entry since the previous [`SourceDeltas::finish`] into `out`
+    /// (cleared first), so a reader between rounds (the attack detector at an
+    /// attack's start) leaves the round's deltas as they were.
+    pub fn peek(&mut self, out: &mut Vec<SourceEvents>) {
+        out.clear();
+        self.current.sort_unstable_by_key(Entry::order);
+        self.current.dedup_by_key(|e| e.order());
+        for (entry, events) in self.merged() {
+            let key = &entry.key;
+            if events == 0 {
+                continue;
+            }
+            let (Some(counter), Some(source)) = (Counter::from_u8(key.counter), source_addr(key))
+            else {
+                continue;
+            };
+            out.push(SourceEvents {
+                ns: (key.netns, key.cookie),
+                counter,
+                source,
+                events,
+            });
+        }
+        self.current.clear();
+    }
+
     /// Each entry of this read with its events since the previous read
     /// (both vectors sorted: a merge).
     fn merged(&self) -> impl Iterator<Item = (&Entry, u64)> + '_ {
@@ -393,6 +420,30 @@ mod tests {
             _pad: [0; 2],
             addr,
         }
+    }
+
+    /// A read between rounds sees the events since the last round and leaves
+    /// the round's own deltas as if it had not happened.
+    #[test]
+    fn a_peek_between_rounds_changes_nothing_for_the_round() {
+        let key = v4_key(5, Counter::SynReceived);
+        let at = |events| record(&key, &SourceValue { events, born: 1 });
+        let mut deltas = SourceDeltas::new(1024);
+        let mut round = SourcesRound::default();
+        deltas.fold(&at(10), 0, &mut round);
+        deltas.begin();
+        deltas.add(&at(25));
+        let mut peeked = Vec::new();
+        deltas.peek(&mut peeked);
+        assert_eq!(peeked.len(), 1);
+        assert_eq!(peeked[0].events, 15);
+        let mut round = SourcesRound::default();
+        deltas.fold(&at(40), 0, &mut round);
+        assert_eq!(round.events.len(), 1);
+        assert_eq!(
+            round.events[0].events, 30,
+            "since the last round, not the peek"
+        );
     }
 
     #[test]

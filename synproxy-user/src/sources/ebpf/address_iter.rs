@@ -31,6 +31,22 @@ pub(super) struct SourceCounting {
 }
 
 impl EbpfSource {
+    /// The per-source events since the last round, without disturbing the
+    /// round's own deltas (for an attack's start document). None without
+    /// per-source counting or when the read failed.
+    pub fn peek_sources(&mut self) -> Option<Vec<address_counts::SourceEvents>> {
+        let counting = self.sources.as_mut()?;
+        counting.deltas.begin();
+        let deltas = &mut counting.deltas;
+        address_counts::read_iter(counting.link.as_fd(), &mut counting.records, |r| {
+            deltas.add(r)
+        })
+        .ok()?;
+        let mut out = Vec::new();
+        counting.deltas.peek(&mut out);
+        Some(out)
+    }
+
     /// This interval's per-source events (None without per-source counting,
     /// or when the read failed: said once).
     pub(super) fn read_sources(&mut self) -> Option<SourcesRound> {
