@@ -17,6 +17,7 @@ pub const CHECKS: &[&str] = &[
     "flood-shutdown",
     "top-sources",
     "top-ports",
+    "attack-detection",
     "sustained",
     "lifecycle",
     "non-root",

@@ -6,6 +6,8 @@
 //! integration tests and unchanged inside the QEMU guests of the VM suite.
 
 pub mod agent;
+pub mod attack_detection;
+pub mod attack_detection_judge;
 pub mod attack_judge;
 pub mod attack_watch;
 pub mod bpf_floor;

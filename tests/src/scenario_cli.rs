@@ -109,6 +109,8 @@ pub enum Mode {
     TopSources,
     /// Per-port counts against ground truth, then more ports than the map holds.
     TopPorts,
+    /// The attack detector against benign swings, floods, two ports and a restart.
+    AttackDetection,
     /// The probes' run time and the throughput they cost.
     EbpfCost {
         #[arg(long = "syn", default_value_t = ebpf_cost::Params::default().syns)]
@@ -342,6 +344,7 @@ mod tests {
         for group in [
             "top-sources",
             "top-ports",
+            "attack-detection",
             "top-view",
             "non-root",
             "module-late",

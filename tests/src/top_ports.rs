@@ -92,7 +92,7 @@ fn run(cfg: &Config, kernel: &str) -> Result<Check> {
     let dst: IpAddr = topo.srv4.into();
     let mut tx = RawSender::new(&topo.cli, topo.cli4.into(), V6Checksum::Correct)?;
     let mut rng = XorShift::from_time();
-    reach(&topo, &mut tx, dst, &mut rng).context("the first SYN")?;
+    reach(&topo, &mut tx, dst, PLAN[0].0, &mut rng).context("the first SYN")?;
 
     let mut args = cfg.extra_agent_args.clone();
     args.extend(
@@ -264,16 +264,22 @@ fn overflow_rules(cfg: &Config, topo: &Topology) -> Result<RuleSet> {
     Ok(set)
 }
 
-/// Sends a SYN to the first port until SYNPROXY counts one (the first may
-/// wait for neighbour resolution), then until /proc is quiet.
-fn reach(topo: &Topology, tx: &mut RawSender, dst: IpAddr, rng: &mut XorShift) -> Result<()> {
+/// Sends SYNs to `port` until one reaches SYNPROXY (neighbour resolution
+/// first), then waits for /proc to settle.
+pub(crate) fn reach(
+    topo: &Topology,
+    tx: &mut RawSender,
+    dst: IpAddr,
+    port: u16,
+    rng: &mut XorShift,
+) -> Result<()> {
     let name = Counter::SynReceived.name();
     let before = proc_counters::read(&topo.srv)?.get(name);
     let deadline = Instant::now() + REACH_TIMEOUT;
     while Instant::now() < deadline {
         tx.send(
             dst,
-            &TcpSegment::to_port(PLAN[0].0, rng.port(), rng.next_u32(), 0, SYN),
+            &TcpSegment::to_port(port, rng.port(), rng.next_u32(), 0, SYN),
         )?;
         let wait = Instant::now() + Duration::from_millis(500);
         while Instant::now() < wait {

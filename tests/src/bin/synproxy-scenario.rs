@@ -7,8 +7,9 @@ use synproxy_tests::scenario;
 use synproxy_tests::scenario_cli::{self, Cli, Mode};
 use synproxy_tests::tools;
 use synproxy_tests::{
-    caps, check, clean_state, clean_state_check, ebpf_checks, ebpf_cost, fentry_module, lifecycle,
-    module_late, non_root, pidns, sustained, top_ports, top_sources, top_view, user_netns_check,
+    attack_detection, caps, check, clean_state, clean_state_check, ebpf_checks, ebpf_cost,
+    fentry_module, lifecycle, module_late, non_root, pidns, sustained, top_ports, top_sources,
+    top_view, user_netns_check,
 };
 
 fn main() {
@@ -136,6 +137,12 @@ fn main() {
         }
         Mode::TopPorts => {
             checks.push(("top-ports", Box::new(|| top_ports::top_ports(cfg, kernel))));
+        }
+        Mode::AttackDetection => {
+            checks.push((
+                "attack-detection",
+                Box::new(|| vec![attack_detection::attack_detection(cfg, kernel)]),
+            ));
         }
         &Mode::EbpfCost {
             syns,

@@ -250,6 +250,16 @@ if selected top-ports && begin_check top-ports; then
     end_check top-ports
 fi
 
+# 5d. Attack detection: benign SYNs swinging 15/s <-> 150/s raise no event after
+#     the warm-up; a spoofed flood to port 8080 starts port and namespace events
+#     within 1 s naming its sources, ends them within 3.5 s, and the hook gets
+#     both documents; floods on 8080 and 8081 are two events; an agent restarted
+#     during a flood goes on with the same event (state file).
+if selected attack-detection && begin_check attack-detection; then
+    run_scenario attack-detection 300 --agent "$AGENT" --ebpf require attack-detection $TOOLS
+    end_check attack-detection
+fi
+
 # 6. Sustained flood: one server netns, xt and nft ports, IPv4 and IPv6,
 #    among 20+ other namespaces; an agent with eBPF samples every 200 ms
 #    (--netns all) while 100,000 SYNs + 30,000 bad ACKs run for at least 5 s. Every
