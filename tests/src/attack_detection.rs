@@ -132,7 +132,7 @@ fn paced(
     let start = Instant::now();
     for i in 0..total {
         let due = Duration::from_secs_f64(f64::from(i) / f64::from(per_sec.max(1)));
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
+        while let Some(wait) = due.checked_sub(start.elapsed()) {
             std::thread::sleep(wait.min(Duration::from_millis(10)));
         }
         let port = ports[i as usize % ports.len()];

@@ -146,7 +146,7 @@ impl DefenseLab {
         for i in 0..total {
             // Ahead of schedule: wait for it (in steps of at most 10 ms).
             let due = Duration::from_secs_f64(f64::from(i) / f64::from(per_sec.max(1)));
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
+            while let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait.min(Duration::from_millis(10)));
             }
             tx.send_from(
