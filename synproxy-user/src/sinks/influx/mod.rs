@@ -134,6 +134,19 @@ impl InfluxSink {
     }
 }
 
+impl InfluxSink {
+    /// Hands `lines` to the writer's buffer (the oldest dropped when full).
+    fn queue(&mut self, lines: Vec<u8>) {
+        let (dropped_now, dropped_total) = {
+            let mut state = self.shared.lock();
+            let dropped = state.buffer.push(lines);
+            (dropped, state.buffer.counts().dropped)
+        };
+        self.shared.wake.notify_one();
+        self.warn_dropped(dropped_now, dropped_total);
+    }
+}
+
 impl Sink for InfluxSink {
     /// Queues the round's lines; never waits on the network.
     fn send(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), Ended> {
@@ -145,13 +158,7 @@ impl Sink for InfluxSink {
         }
         let mut lines = Vec::with_capacity(1024);
         self.encoder.encode_round(snapshot, &mut lines);
-        let (dropped_now, dropped_total) = {
-            let mut state = self.shared.lock();
-            let dropped = state.buffer.push(lines);
-            (dropped, state.buffer.counts().dropped)
-        };
-        self.shared.wake.notify_one();
-        self.warn_dropped(dropped_now, dropped_total);
+        self.queue(lines);
         Ok(())
     }
 
@@ -159,13 +166,7 @@ impl Sink for InfluxSink {
     fn attack(&mut self, event: &Arc<AttackEvent>) -> Result<(), Ended> {
         let mut lines = Vec::with_capacity(512);
         self.encoder.encode_attack(event, &mut lines);
-        let (dropped_now, dropped_total) = {
-            let mut state = self.shared.lock();
-            let dropped = state.buffer.push(lines);
-            (dropped, state.buffer.counts().dropped)
-        };
-        self.shared.wake.notify_one();
-        self.warn_dropped(dropped_now, dropped_total);
+        self.queue(lines);
         Ok(())
     }
 
