@@ -179,10 +179,22 @@ impl Sampler {
         let Some(series) = self.series.get_mut(&key) else {
             return;
         };
+        let refused = series.attacks.detector.refused_ports;
         let changes = series
             .attacks
             .detector
             .step(now, secs, scope, events, params);
+        if refused == 0 && series.attacks.detector.refused_ports > 0 {
+            let name = if key == SeriesKey::Own {
+                own_name.as_str()
+            } else {
+                series.label.as_str()
+            };
+            warn!(
+                "{name}: attacks on more than {} ports at once: further ports are watched only in the namespace's total",
+                crate::analysis::attack::detector::MAX_PORT_SUBJECTS
+            );
+        }
         let label = (key != SeriesKey::Own).then(|| series.label.clone());
         let name = label.clone().unwrap_or(own_name);
         for (subject, change) in changes {

@@ -8,8 +8,9 @@ use super::subject::{Change, Params, Subject};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Port subjects kept per namespace (over both kinds).
-pub const MAX_PORT_SUBJECTS: usize = 64;
+/// Port subjects kept per namespace (over both kinds): about 5 KiB, so
+/// 2,048 namespaces with every one busy stay near 11 MiB.
+pub const MAX_PORT_SUBJECTS: usize = 16;
 
 /// What a detector watches: a kind, for the namespace (`port` None) or one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -185,6 +186,25 @@ mod tests {
             d.active().map(|(k, _)| *k).collect::<Vec<_>>(),
             [port(syn, 443)]
         );
+    }
+
+    #[test]
+    fn with_every_port_subject_under_attack_a_new_port_is_refused() {
+        let p = Params {
+            warmup_secs: 0.0,
+            ..params()
+        };
+        let mut d = NamespaceDetector::default();
+        let flood: Vec<(SubjectKey, u64)> = (0..MAX_PORT_SUBJECTS as u16)
+            .map(|i| (port(AttackKind::SynFlood, i), 1000))
+            .collect();
+        let started = d.step(S, 0.5, Scope::Ports, &flood, &p);
+        assert_eq!(started.len(), MAX_PORT_SUBJECTS);
+        let mut more = flood.clone();
+        more.push((port(AttackKind::SynFlood, 9999), 1000));
+        assert!(d.step(2 * S, 0.5, Scope::Ports, &more, &p).is_empty());
+        assert_eq!(d.refused_ports, 1);
+        assert_eq!(d.active().count(), MAX_PORT_SUBJECTS);
     }
 
     #[test]
