@@ -65,6 +65,11 @@ impl AttackState {
         self.pending.remove(&label.map(str::to_string))
     }
 
+    /// What the file brought back that no namespace claimed yet.
+    pub fn unclaimed(&self) -> impl Iterator<Item = (Option<&str>, &NamespaceDetector)> {
+        self.pending.iter().map(|(label, d)| (label.as_deref(), d))
+    }
+
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
@@ -128,13 +133,22 @@ impl Sampler {
         if !self.attack_state.due(force) {
             return;
         }
+        // --once learns nothing worth keeping.
+        if self.config.once {
+            return;
+        }
         let own = SeriesKey::Own;
+        // Saved states not claimed yet (namespaces not seen again so far)
+        // are kept too.
         let bytes = state_file::encode(
             now_ns(),
-            self.series.iter().map(|(key, s)| {
-                let label = (*key != own).then_some(s.label.as_str());
-                (label, &s.attacks.detector)
-            }),
+            self.series
+                .iter()
+                .map(|(key, s)| {
+                    let label = (*key != own).then_some(s.label.as_str());
+                    (label, &s.attacks.detector)
+                })
+                .chain(self.attack_state.unclaimed()),
         );
         self.attack_state.save(&bytes);
     }
@@ -174,6 +188,16 @@ mod tests {
         let mut back = AttackState::load(Some(dir.path()), &AttackParams::default());
         assert_eq!(back.claim(Some("blue")).map(|d| d.learnt_secs), Some(7.0));
         assert!(back.claim(Some("blue")).is_none(), "claimed once");
+        assert_eq!(back.unclaimed().count(), 0);
+        // Namespaces not seen again are written back as they were.
+        state.save(&state_file::encode(
+            2,
+            [(Some("blue"), &d), (Some("red"), &d)].into_iter(),
+        ));
+        let mut back = AttackState::load(Some(dir.path()), &AttackParams::default());
+        assert!(back.claim(Some("blue")).is_some());
+        let left: Vec<Option<&str>> = back.unclaimed().map(|(l, _)| l).collect();
+        assert_eq!(left, [Some("red")]);
         assert!(!dir.path().join("attacks.json.tmp").exists());
     }
 }
