@@ -135,6 +135,14 @@ pub fn run(args: TestArgs) -> Result<()> {
             "synproxy-user",
             "--bench",
             "top_sources_memory",
+        ])?;
+        // Prints the attack detector's memory and tick time at its bounds.
+        cargo(&[
+            "bench",
+            "--package",
+            "synproxy-user",
+            "--bench",
+            "attack_detector",
         ])
     });
     // After `cargo test`: the man page's example reuses its dev build.
