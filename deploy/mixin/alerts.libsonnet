@@ -44,6 +44,16 @@
             description: '{{ $value | humanizePercentage }} of the ACKs SYNPROXY checked carried an invalid cookie over 5 minutes.',
           },
         }),
+        // The agent's own detector: a rate above what this namespace (or
+        // destination port) normally reaches, within a second of its onset.
+        alert('SynproxyAttack', {
+          expr: 'synproxy_attack_active == 1',
+          labels: { severity: 'warning' },
+          annotations: {
+            summary: '{{ $labels.kind }} on netns {{ $labels.netns }} port {{ $labels.port }} on {{ $labels.instance }}',
+            description: 'The agent detected an attack against its learnt baseline; its synproxy_attack lines and log name the rate, peak, top sources and ports.',
+          },
+        }),
         // The eBPF counts did not reconcile with the kernel's counters:
         // probes detached (proc-only), events missed, or lagging.
         alert('SynproxyEbpfReconcileNotExact', {

@@ -130,7 +130,7 @@ fn alerts() -> Vec<(String, String)> {
 #[test]
 fn every_alert_has_a_runbook_section() {
     let alerts = alerts();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     let runbooks = read("docs/runbooks.md");
     let sections: Vec<(&str, &str)> = runbooks
         .split("\n## ")
