@@ -301,6 +301,35 @@ fn netns_of(net: u64) -> Netns {
     }
 }
 
+/// [`netns_of`] for fentry/fexit programs, whose `net` argument the verifier
+/// types from BTF: plain loads (faults read as 0) instead of helper calls.
+/// The offsets are read-only globals, constants to the verifier.
+#[inline(always)]
+fn netns_of_btf(net: u64) -> Netns {
+    if net == 0 {
+        diag_inc(diag::READ_FAILED);
+        return Netns { inum: 0, cookie: 0 };
+    }
+    let cookie_offset = NET_COOKIE_OFFSET.load();
+    if cookie_offset == u32::MAX {
+        // SAFETY: a BTF-typed kernel pointer at a constant offset of one of
+        // its members: the verifier checks the access, the JIT turns a fault
+        // into 0.
+        let inum =
+            unsafe { read_volatile((net + u64::from(NET_INUM_OFFSET.load())) as *const u32) };
+        return Netns { inum, cookie: 0 };
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { read_volatile((net + u64::from(cookie_offset)) as *const u64) };
+    if cookie == 0 {
+        return Netns { inum: 0, cookie: 0 };
+    }
+    Netns {
+        inum: cookie_key(cookie),
+        cookie,
+    }
+}
+
 /// The client's address from the skb (its IP header at `skb->head +
 /// skb->network_header`): the fallback of [`packet_of`].
 #[inline(always)]
@@ -437,21 +466,21 @@ fn detail_of(p: &Packet) -> Detail {
 }
 
 #[inline(always)]
-fn on_synack(net: u64, skb: u64, th: u64, family: u8) {
+fn on_synack(netns: Netns, skb: u64, th: u64, family: u8) {
     let want_source = COUNT_SOURCES.load() != 0;
     let detail = if want_source || COUNT_PORTS.load() != 0 {
         detail_of(&packet_of(skb, th, family, want_source))
     } else {
         Detail::NONE
     };
-    count_with(netns_of(net), family, Counter::SynReceived, detail);
+    count_with(netns, family, Counter::SynReceived, detail);
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack4(ctx: ProbeContext) -> u32 {
     on_synack(
-        ctx.arg(0).unwrap_or(0),
+        netns_of(ctx.arg(0).unwrap_or(0)),
         ctx.arg(1).unwrap_or(0),
         ctx.arg(2).unwrap_or(0),
         FAMILY_IPV4,
@@ -463,7 +492,7 @@ pub fn spx_synack4(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn spx_synack6(ctx: ProbeContext) -> u32 {
     on_synack(
-        ctx.arg(0).unwrap_or(0),
+        netns_of(ctx.arg(0).unwrap_or(0)),
         ctx.arg(1).unwrap_or(0),
         ctx.arg(2).unwrap_or(0),
         FAMILY_IPV6,
@@ -491,11 +520,11 @@ struct TcpPorts {
 }
 
 #[inline(always)]
-fn ack_args(net: u64, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
+fn ack_args(netns: Netns, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
     // One read for the address, the ports and the sequence number.
     let p = packet_of(skb, th, family, COUNT_SOURCES.load() != 0);
     AckArgs {
-        netns: netns_of(net),
+        netns,
         recv_seq: recv_seq as u32,
         seq: u32::from_be(p.tcp.seq),
         detail: detail_of(&p),
@@ -508,7 +537,7 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
     let skb: u64 = ctx.arg(1).unwrap_or(0);
     let th: u64 = ctx.arg(2).unwrap_or(0);
     let recv_seq: u64 = ctx.arg(4).unwrap_or(0);
-    let args = ack_args(net, skb, th, recv_seq, family);
+    let args = ack_args(netns_of(net), skb, th, recv_seq, family);
     if let Some(stash) = ACK_STASH.get_ptr_mut(0) {
         // SAFETY: this CPU's stash; entry and return of one call run on this CPU
         // without another call in between (softirq, no nesting).
@@ -636,27 +665,49 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "synproxy_send_client_synack")]
 pub fn spxf_synack4(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV4);
+    on_synack(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        FAMILY_IPV4,
+    );
     0
 }
 
 #[fentry(function = "synproxy_send_client_synack_ipv6")]
 pub fn spxf_synack6(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV6);
+    on_synack(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        FAMILY_IPV6,
+    );
     0
 }
 
 /// `synproxy_recv_client_ack(net, skb, th, opts, recv_seq)`, returns bool (slot 5).
 #[fexit(function = "synproxy_recv_client_ack")]
 pub fn spxf_ack4(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV4);
+    let args = ack_args(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(4),
+        FAMILY_IPV4,
+    );
     on_ack_result(args, FAMILY_IPV4, ctx.arg(5));
     0
 }
 
 #[fexit(function = "synproxy_recv_client_ack_ipv6")]
 pub fn spxf_ack6(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV6);
+    let args = ack_args(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(4),
+        FAMILY_IPV6,
+    );
     on_ack_result(args, FAMILY_IPV6, ctx.arg(5));
     0
 }
