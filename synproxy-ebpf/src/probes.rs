@@ -206,20 +206,6 @@ impl Detail {
         port: 0,
         has: 0,
     };
-
-    #[inline(always)]
-    fn new(source: Option<[u64; 2]>, port: Option<u16>) -> Detail {
-        let mut d = Detail::NONE;
-        if let Some(addr) = source {
-            d.source = addr;
-            d.has |= HAS_SOURCE;
-        }
-        if let Some(port) = port {
-            d.port = u32::from(port);
-            d.has |= HAS_PORT;
-        }
-        d
-    }
 }
 
 #[inline(always)]
@@ -315,13 +301,39 @@ fn netns_of(net: u64) -> Netns {
     }
 }
 
-/// The client's address: the source of the packet in `skb` (its IP header
-/// at `skb->head + skb->network_header`), when per-source counting is on.
+/// [`netns_of`] for fentry/fexit programs, whose `net` argument the verifier
+/// types from BTF: plain loads (faults read as 0) instead of helper calls.
+/// The offsets are read-only globals, constants to the verifier.
 #[inline(always)]
-fn source_of(skb: u64, family: u8) -> Option<[u64; 2]> {
-    if COUNT_SOURCES.load() == 0 {
-        return None;
+fn netns_of_btf(net: u64) -> Netns {
+    if net == 0 {
+        diag_inc(diag::READ_FAILED);
+        return Netns { inum: 0, cookie: 0 };
     }
+    let cookie_offset = NET_COOKIE_OFFSET.load();
+    if cookie_offset == u32::MAX {
+        // SAFETY: a BTF-typed kernel pointer at a constant offset of one of
+        // its members: the verifier checks the access, the JIT turns a fault
+        // into 0.
+        let inum =
+            unsafe { read_volatile((net + u64::from(NET_INUM_OFFSET.load())) as *const u32) };
+        return Netns { inum, cookie: 0 };
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { read_volatile((net + u64::from(cookie_offset)) as *const u64) };
+    if cookie == 0 {
+        return Netns { inum: 0, cookie: 0 };
+    }
+    Netns {
+        inum: cookie_key(cookie),
+        cookie,
+    }
+}
+
+/// The client's address from the skb (its IP header at `skb->head +
+/// skb->network_header`): the fallback of [`packet_of`].
+#[inline(always)]
+fn source_of_skb(skb: u64, family: u8) -> Option<[u64; 2]> {
     let head = read_at::<u64>(skb, SKB_HEAD_OFFSET.load())?;
     let network = read_at::<u16>(skb, SKB_NETWORK_HEADER_OFFSET.load())?;
     let ip = head + u64::from(network);
@@ -334,27 +346,141 @@ fn source_of(skb: u64, family: u8) -> Option<[u64; 2]> {
     }
 }
 
-/// The client's destination port (`th->dest`, at 2 in the TCP header), when
-/// per-port counting is on.
+/// An IPv4 header without options and the TCP header's first 8 bytes, as
+/// they lie in a linear packet (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Head4 {
+    ip: [u32; 5],
+    tcp: TcpPorts,
+}
+
+/// The same for IPv6 without extension headers.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Head6 {
+    ip: [u64; 5],
+    tcp: TcpPorts,
+}
+
+/// Whether the 20 bytes are an IPv4 header without options of a TCP packet
+/// with a valid header checksum (version/IHL 0x45, protocol 6, the ones'
+/// complement sum of the header 0xffff; the sum does not depend on the
+/// byte order of the words it adds).
 #[inline(always)]
-fn port_of(th: u64) -> Option<u16> {
-    if COUNT_PORTS.load() == 0 {
-        return None;
+fn is_tcp_iphdr(ip: &[u32; 5]) -> bool {
+    if ip[0] & 0xff != 0x45 || (ip[2] >> 8) & 0xff != 6 {
+        return false;
     }
-    read_at::<u16>(th, 2)
+    let mut sum = 0u64;
+    for word in ip {
+        sum += u64::from(*word);
+    }
+    // Five words: three folds bring the sum to 16 bits.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// What [`packet_of`] read: plain words, all initialised (see [`Detail`]).
+#[derive(Clone, Copy)]
+struct Packet {
+    source: [u64; 2],
+    tcp: TcpPorts,
+    /// [`HAS_SOURCE`] | [`HAS_TCP`]: which of them hold a value.
+    has: u32,
+}
+
+const HAS_TCP: u32 = 4;
+
+/// The client's address (`want_source`) and TCP header start of the packet
+/// whose TCP header is at `th`. The hooks hand over a pointer into the
+/// packet when its headers are linear (always for the packets SYNPROXY
+/// answers in practice), and then the IP header ends right at `th`: one
+/// kernel read of both headers, checked (IPv4: a valid header without
+/// options, see [`is_tcp_iphdr`]; IPv6: version 6, next header TCP). Else
+/// (IP options, IPv6 extension headers, a header copied to the stack) the
+/// TCP header alone and the address through the skb.
+#[inline(always)]
+fn packet_of(skb: u64, th: u64, family: u8, want_source: bool) -> Packet {
+    let mut p = Packet {
+        source: [0; 2],
+        tcp: TcpPorts {
+            source: 0,
+            dest: 0,
+            seq: 0,
+        },
+        has: 0,
+    };
+    if th > 48 {
+        if family == FAMILY_IPV6 {
+            // SAFETY: bpf_probe_read_kernel checks the address; a bad one returns an error.
+            if let Ok(h) = unsafe { bpf_probe_read_kernel((th - 40) as *const Head6) } {
+                if h.ip[0] & 0xf0 == 0x60 && (h.ip[0] >> 48) & 0xff == 6 {
+                    p.source = [h.ip[1], h.ip[2]];
+                    p.tcp = h.tcp;
+                    p.has = HAS_SOURCE | HAS_TCP;
+                    return p;
+                }
+            }
+        } else {
+            // SAFETY: as above.
+            if let Ok(h) = unsafe { bpf_probe_read_kernel((th - 20) as *const Head4) } {
+                if is_tcp_iphdr(&h.ip) {
+                    p.source = [u64::from(h.ip[3]), 0];
+                    p.tcp = h.tcp;
+                    p.has = HAS_SOURCE | HAS_TCP;
+                    return p;
+                }
+            }
+        }
+    }
+    if let Some(tcp) = read_at::<TcpPorts>(th, 0) {
+        p.tcp = tcp;
+        p.has |= HAS_TCP;
+    }
+    if want_source {
+        if let Some(source) = source_of_skb(skb, family) {
+            p.source = source;
+            p.has |= HAS_SOURCE;
+        }
+    }
+    p
+}
+
+/// The event's detail from what [`packet_of`] read: the source and port
+/// where their counting is on.
+#[inline(always)]
+fn detail_of(p: &Packet) -> Detail {
+    let mut d = Detail::NONE;
+    if p.has & HAS_SOURCE != 0 && COUNT_SOURCES.load() != 0 {
+        d.source = p.source;
+        d.has |= HAS_SOURCE;
+    }
+    if p.has & HAS_TCP != 0 && COUNT_PORTS.load() != 0 {
+        d.port = u32::from(p.tcp.dest);
+        d.has |= HAS_PORT;
+    }
+    d
 }
 
 #[inline(always)]
-fn on_synack(net: u64, skb: u64, th: u64, family: u8) {
-    let detail = Detail::new(source_of(skb, family), port_of(th));
-    count_with(netns_of(net), family, Counter::SynReceived, detail);
+fn on_synack(netns: Netns, skb: u64, th: u64, family: u8) {
+    let want_source = COUNT_SOURCES.load() != 0;
+    let detail = if want_source || COUNT_PORTS.load() != 0 {
+        detail_of(&packet_of(skb, th, family, want_source))
+    } else {
+        Detail::NONE
+    };
+    count_with(netns, family, Counter::SynReceived, detail);
 }
 
 /// syn_received, IPv4: `synproxy_send_client_synack(net, skb, th, opts)`.
 #[kprobe]
 pub fn spx_synack4(ctx: ProbeContext) -> u32 {
     on_synack(
-        ctx.arg(0).unwrap_or(0),
+        netns_of(ctx.arg(0).unwrap_or(0)),
         ctx.arg(1).unwrap_or(0),
         ctx.arg(2).unwrap_or(0),
         FAMILY_IPV4,
@@ -366,7 +492,7 @@ pub fn spx_synack4(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn spx_synack6(ctx: ProbeContext) -> u32 {
     on_synack(
-        ctx.arg(0).unwrap_or(0),
+        netns_of(ctx.arg(0).unwrap_or(0)),
         ctx.arg(1).unwrap_or(0),
         ctx.arg(2).unwrap_or(0),
         FAMILY_IPV6,
@@ -394,20 +520,14 @@ struct TcpPorts {
 }
 
 #[inline(always)]
-fn ack_args(net: u64, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
-    // One read for the ports and the sequence number: the port costs no
-    // extra kernel read here.
-    let head = read_at::<TcpPorts>(th, 0);
-    let seq = head.map_or(0, |h| u32::from_be(h.seq));
-    let port = match head {
-        Some(h) if COUNT_PORTS.load() != 0 => Some(h.dest),
-        _ => None,
-    };
+fn ack_args(netns: Netns, skb: u64, th: u64, recv_seq: u64, family: u8) -> AckArgs {
+    // One read for the address, the ports and the sequence number.
+    let p = packet_of(skb, th, family, COUNT_SOURCES.load() != 0);
     AckArgs {
-        netns: netns_of(net),
+        netns,
         recv_seq: recv_seq as u32,
-        seq,
-        detail: Detail::new(source_of(skb, family), port),
+        seq: u32::from_be(p.tcp.seq),
+        detail: detail_of(&p),
     }
 }
 
@@ -417,7 +537,7 @@ fn on_ack_entry(ctx: &ProbeContext, family: u8) {
     let skb: u64 = ctx.arg(1).unwrap_or(0);
     let th: u64 = ctx.arg(2).unwrap_or(0);
     let recv_seq: u64 = ctx.arg(4).unwrap_or(0);
-    let args = ack_args(net, skb, th, recv_seq, family);
+    let args = ack_args(netns_of(net), skb, th, recv_seq, family);
     if let Some(stash) = ACK_STASH.get_ptr_mut(0) {
         // SAFETY: this CPU's stash; entry and return of one call run on this CPU
         // without another call in between (softirq, no nesting).
@@ -545,27 +665,49 @@ pub fn spx_seqadj(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "synproxy_send_client_synack")]
 pub fn spxf_synack4(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV4);
+    on_synack(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        FAMILY_IPV4,
+    );
     0
 }
 
 #[fentry(function = "synproxy_send_client_synack_ipv6")]
 pub fn spxf_synack6(ctx: FEntryContext) -> i32 {
-    on_synack(ctx.arg(0), ctx.arg(1), ctx.arg(2), FAMILY_IPV6);
+    on_synack(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        FAMILY_IPV6,
+    );
     0
 }
 
 /// `synproxy_recv_client_ack(net, skb, th, opts, recv_seq)`, returns bool (slot 5).
 #[fexit(function = "synproxy_recv_client_ack")]
 pub fn spxf_ack4(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV4);
+    let args = ack_args(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(4),
+        FAMILY_IPV4,
+    );
     on_ack_result(args, FAMILY_IPV4, ctx.arg(5));
     0
 }
 
 #[fexit(function = "synproxy_recv_client_ack_ipv6")]
 pub fn spxf_ack6(ctx: FExitContext) -> i32 {
-    let args = ack_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(4), FAMILY_IPV6);
+    let args = ack_args(
+        netns_of_btf(ctx.arg(0)),
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(4),
+        FAMILY_IPV6,
+    );
     on_ack_result(args, FAMILY_IPV6, ctx.arg(5));
     0
 }

@@ -164,6 +164,36 @@ pub fn build_v6(src: Ipv6Addr, dst: Ipv6Addr, seg: &TcpSegment, mode: V6Checksum
     ip
 }
 
+/// `packet` (from [`build_v4`]) with 4 bytes of IP options (NOPs) after
+/// its header: the TCP header no longer follows a 20-byte IP header.
+pub fn with_ip_options(mut packet: Vec<u8>) -> Vec<u8> {
+    if packet.len() < 20 {
+        return packet;
+    }
+    packet.splice(20..20, [1u8; 4]);
+    packet[0] = 0x46;
+    let total = packet.len() as u16;
+    packet[2..4].copy_from_slice(&total.to_be_bytes());
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let hcsum = checksum(&packet[..24], 0);
+    packet[10..12].copy_from_slice(&hcsum.to_be_bytes());
+    packet
+}
+
+/// `packet` (from [`build_v6`] with [`V6Checksum::Correct`]) with an 8-byte
+/// destination options header (PadN) before TCP: the TCP checksum does not
+/// cover it, so it stays valid.
+pub fn with_dst_options(mut packet: Vec<u8>) -> Vec<u8> {
+    if packet.len() < 40 {
+        return packet;
+    }
+    let payload = u16::from_be_bytes([packet[4], packet[5]]) + 8;
+    packet[4..6].copy_from_slice(&payload.to_be_bytes());
+    packet[6] = 60;
+    packet.splice(40..40, [libc::IPPROTO_TCP as u8, 0, 1, 4, 0, 0, 0, 0]);
+    packet
+}
+
 /// Parse a TCP header (ports, numbers, flags).
 pub fn parse_tcp(b: &[u8]) -> Option<TcpSegment> {
     if b.len() < 20 {
@@ -241,5 +271,40 @@ mod tests {
         let pseudo = pseudo_v4([0, 1, 0, 0], [0, 0, 0, 0], p.len() - 40);
         assert_eq!(checksum(&p, pseudo), 0);
         assert_eq!(checksum(&[0xff], 0), !0xff00);
+    }
+
+    #[test]
+    fn padded_packets_keep_valid_headers() {
+        let seg = TcpSegment {
+            sport: 40000,
+            dport: 8080,
+            seq: 0x1234_5678,
+            ack: 0,
+            flags: SYN,
+            mss: Some(CRAFT_MSS),
+        };
+        let (src, dst) = (Ipv4Addr::new(10, 77, 1, 1), Ipv4Addr::new(10, 77, 1, 2));
+        let plain = build_v4(src, dst, &seg, 7);
+        let p = with_ip_options(plain.clone());
+        assert_eq!((p[0], p.len()), (0x46, plain.len() + 4));
+        assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
+        assert_eq!(checksum(&p[..24], 0), 0);
+        // The 20 bytes before the TCP header are not an IPv4 header.
+        assert_ne!(p[4], 0x45);
+        let (s, t) = parse_v4(&p).unwrap();
+        assert_eq!((s, t.dport, t.seq), (src, 8080, 0x1234_5678));
+
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00:77:1::1".parse().unwrap(),
+            "fd00:77:1::2".parse().unwrap(),
+        );
+        let plain = build_v6(src, dst, &seg, V6Checksum::Correct);
+        let p = with_dst_options(plain.clone());
+        assert_eq!((p[6], p[40], p.len()), (60, 6, plain.len() + 8));
+        assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), p.len() - 40);
+        let tcp = &p[48..];
+        assert_eq!(checksum(tcp, pseudo_v6(&src, &dst, tcp.len())), 0);
+        // The 40 bytes before the TCP header do not start like IPv6.
+        assert_ne!(p[8] >> 4, 6);
     }
 }

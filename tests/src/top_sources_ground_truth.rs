@@ -1,7 +1,10 @@
 //! The `top-sources` ground truth, per rules flavour (xt, nft) and family
 //! (IPv4, IPv6): 60 sources whose every count is known and distinct (see
 //! `top_sources` for the plan); summed over the rounds, each (counter,
-//! source) must equal the plan exactly.
+//! source) must equal the plan exactly. Every second crafted packet of a
+//! source carries IPv4 options or an IPv6 destination options header (where
+//! the crafted IPv6 checksum allows): the probes then find the address
+//! through the skb instead of right before the TCP header.
 
 use crate::check::{Check, Judged};
 use crate::live_agent::{Launch, LiveAgent};
@@ -91,7 +94,7 @@ fn run_ground_truth(cfg: &Config, kernel: &str, rules: Flavour, family: Family) 
         for (src, p) in sources.iter().zip(&plans) {
             if k < p.crafted_syns {
                 let seg = TcpSegment::to_protected(next_port(), rng.next_u32(), 0, SYN);
-                tx.send_from(*src, dst, &seg)?;
+                tx.send_shaped(*src, dst, &seg, k % 2 == 1)?;
             }
         }
     }
@@ -102,7 +105,7 @@ fn run_ground_truth(cfg: &Config, kernel: &str, rules: Flavour, family: Family) 
             if k < p.bad_acks {
                 let seg =
                     TcpSegment::to_protected(next_port(), rng.next_u32(), rng.next_u32(), ACK);
-                tx.send_from(*src, dst, &seg)?;
+                tx.send_shaped(*src, dst, &seg, k % 2 == 1)?;
             }
         }
     }

@@ -228,6 +228,20 @@ impl RawSender {
     /// instead of the one given to [`RawSender::new`] (the family must match
     /// the socket's).
     pub fn send_from(&mut self, src: IpAddr, dst: IpAddr, seg: &TcpSegment) -> Result<()> {
+        self.send_shaped(src, dst, seg, false)
+    }
+
+    /// Like [`RawSender::send_from`], with more between the IP and the TCP
+    /// header when `padded`: IPv4 options, or an IPv6 destination options
+    /// header (only with [`V6Checksum::Correct`]; the other mode's checksum
+    /// covers the whole packet, so it sends the plain packet).
+    pub fn send_shaped(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        seg: &TcpSegment,
+        padded: bool,
+    ) -> Result<()> {
         if src.is_ipv4() != self.src.is_ipv4() {
             bail!(
                 "source {src} is not of the raw socket's family ({})",
@@ -237,15 +251,23 @@ impl RawSender {
         let (bytes, addr) = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 self.ip_id = self.ip_id.wrapping_add(1);
-                (
-                    packet::build_v4(s, d, seg, self.ip_id),
-                    SockAddr::from(SocketAddr::new(dst, 0)),
-                )
+                let bytes = packet::build_v4(s, d, seg, self.ip_id);
+                let bytes = if padded {
+                    packet::with_ip_options(bytes)
+                } else {
+                    bytes
+                };
+                (bytes, SockAddr::from(SocketAddr::new(dst, 0)))
             }
-            (IpAddr::V6(s), IpAddr::V6(d)) => (
-                packet::build_v6(s, d, seg, self.v6_checksum),
-                SockAddr::from(SocketAddr::new(dst, 0)),
-            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let bytes = packet::build_v6(s, d, seg, self.v6_checksum);
+                let bytes = if padded && self.v6_checksum == V6Checksum::Correct {
+                    packet::with_dst_options(bytes)
+                } else {
+                    bytes
+                };
+                (bytes, SockAddr::from(SocketAddr::new(dst, 0)))
+            }
             _ => bail!("address family mismatch: {src} -> {dst}"),
         };
         let n = self
