@@ -86,7 +86,8 @@ impl StateDir {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let hook = dir.join("hook.sh");
-        // Each run keeps its document in a file of its own.
+        // Each run keeps its document in a file of its own (no command
+        // but the shell's and cat: the guest has few).
         std::fs::write(&hook, "#!/bin/sh\ncat > \"$1/doc.$$.json\"\n")?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
@@ -103,8 +104,10 @@ impl StateDir {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;
-            let v: serde_json::Value =
-                serde_json::from_str(text.trim()).with_context(|| format!("{name}: {text:?}"))?;
+            // A hook still writing its document: read at the next look.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(text.trim()) else {
+                continue;
+            };
             let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
             out.push((s("phase"), s("id")));
         }
@@ -355,10 +358,7 @@ fn restart(
         })?;
         let first: Vec<AttackLine> = of_port(&watch.lines, "8080");
         // SIGTERM: the first agent writes its state as it stops.
-        watch
-            .agent
-            .stop(Some(libc::SIGTERM))
-            .context("stopping the first agent")?;
+        watch.terminate().context("stopping the first agent")?;
         let mut second =
             AttackWatch::start(&cfg.agent, topo.srv.name(), args).context("the second agent")?;
         flood
@@ -368,10 +368,7 @@ fn restart(
             w.lines.iter().any(|l| l.port == "8080" && l.phase == "end")
         })?;
         let result = judge_restart(&first, &of_port(&second.lines, "8080"));
-        second
-            .agent
-            .stop(Some(libc::SIGTERM))
-            .context("stopping the second agent")?;
+        second.terminate().context("stopping the second agent")?;
         Ok(result)
     })
 }

@@ -10,6 +10,8 @@ use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Dropped (a scenario that failed half-way included), the agent is stopped
+/// with SIGTERM, so that it removes its kprobe events for the checks after.
 pub struct AttackWatch {
     pub agent: LiveAgent,
     netns: String,
@@ -95,10 +97,33 @@ impl AttackWatch {
         })
     }
 
-    /// Waits for a line of `phase` (after the first `skip` lines).
+    /// Stops the agent with SIGTERM (it detaches its probes and writes its
+    /// state) and waits for it to exit (20 s at most).
+    pub fn terminate(&mut self) -> Result<()> {
+        if !self.agent.running() {
+            return Ok(());
+        }
+        self.agent.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.agent.running() {
+            if Instant::now() > deadline {
+                bail!("the agent did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Waits for a line of `phase`.
     pub fn phase(&mut self, phase: &str, timeout: Duration) -> Result<()> {
         self.until(&format!("an attack {phase} line"), timeout, |w| {
             w.lines.iter().any(|l| l.phase == phase)
         })
+    }
+}
+
+impl Drop for AttackWatch {
+    fn drop(&mut self) {
+        let _ = self.terminate();
     }
 }

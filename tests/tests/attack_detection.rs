@@ -134,15 +134,14 @@ fn proc_only_detector_learns_swings_flags_a_flood_and_keeps_it_across_a_restart(
             .unwrap_or_else(|e| panic!("{e:#}"));
         let first = a.lines.clone();
         // SIGTERM: the first agent writes its state as it stops.
-        a.agent
-            .stop(Some(libc::SIGTERM))
+        a.terminate()
             .unwrap_or_else(|e| panic!("stopping the first agent: {e:#}"));
         let mut b = AttackWatch::start(&agent_binary(), &netns, &args(&state_dir))
             .unwrap_or_else(|e| panic!("second agent: {e:#}"));
         let _ = flood.join();
         b.phase("end", Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        (first, b.lines)
+        (first, std::mem::take(&mut b.lines))
     });
     let summary = judge_restart(&first, &second).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("restart: {summary}");
