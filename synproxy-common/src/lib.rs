@@ -194,17 +194,14 @@ pub struct AckStash {
     pub _pad: [u8; 6],
 }
 
-// Per-source counting (`--top`): an LRU hash of (namespace, counter, family,
-// address) -> events that only the programs write. The agent reads it with a
-// BPF map-element iterator (a read() of an iterator fd), never with map
-// lookup syscalls, which would make the kernel skip the kprobe programs on
-// that CPU meanwhile.
+// Per-source counting (`--top`): the agent's table of (namespace, counter,
+// family, address) -> events, filled from the programs' event log (below).
 
-/// Default entries of `SOURCES` (`--top-map-entries`): a botnet of 65,536
-/// sources per counter fits.
+/// Default entries of the table of sources (`--top-map-entries`): a botnet of
+/// 65,536 sources per counter fits.
 pub const SOURCES_DEFAULT_ENTRIES: u32 = 65_536;
 
-/// Key of `SOURCES`.
+/// Key of the table of sources.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
@@ -223,32 +220,28 @@ pub struct SourceKey {
     pub addr: [u64; 2],
 }
 
-/// Value of `SOURCES`.
+/// Value of an entry of the tables of sources and ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceValue {
-    /// Events since the entry was created (atomic adds).
+    /// Events since the entry was created.
     pub events: u64,
-    /// `bpf_ktime_get_ns()` when the entry was created: an entry evicted and
-    /// created again has another, so the agent does not take its restart
-    /// from 0 for a drop.
+    /// When the entry was created (a stamp the table increments): an entry
+    /// evicted and created again has another, so a reader does not take its
+    /// restart from 0 for a drop.
     pub born: u64,
 }
 
-/// One record the iterator program writes per `SOURCES` entry.
-pub const SOURCE_RECORD_LEN: usize =
-    core::mem::size_of::<SourceKey>() + core::mem::size_of::<SourceValue>();
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 32);
-const _: () = assert!(SOURCE_RECORD_LEN == 48);
 
 // Per-port counting (`--top-ports`): the same for (namespace, counter,
-// family, destination port) in `PORTS`, read by `spx_ports_iter`. Ports are
-// few (the protected services), so the map is small and rarely evicts.
+// family, destination port). Ports are few (the protected services), so the
+// table is small and rarely evicts.
 
-/// Default entries of `PORTS` (`--top-ports-map-entries`).
+/// Default entries of the table of ports (`--top-ports-map-entries`).
 pub const PORTS_DEFAULT_ENTRIES: u32 = 4096;
 
-/// Key of `PORTS`.
+/// Key of the table of ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -264,29 +257,81 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// One record `spx_ports_iter` writes per `PORTS` entry: key, then a
-/// [`SourceValue`].
-pub const PORT_RECORD_LEN: usize =
-    core::mem::size_of::<PortKey>() + core::mem::size_of::<SourceValue>();
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
-const _: () = assert!(PORT_RECORD_LEN == 32);
 const _: () = assert!(core::mem::size_of::<AckStash>() == 48);
 
-/// Slots of the `PORT_STATS` array: as [`source_stats`], for `PORTS`.
-pub mod port_stats {
-    pub const INSERTS: u32 = 0;
-    pub const INSERT_FAILED: u32 = 1;
-    pub const COUNT: u32 = 2;
+// Per-source and per-port counting goes through an event log: for each
+// syn_received, cookie_invalid and cookie_valid event the programs append one
+// record (namespace, counter, family, destination port, client address) to
+// their CPU's ring in the memory-mapped `EVENT_LOG`, and the agent drains the
+// rings between rounds into its own tables of sources and ports. A write is a
+// few stores (no hashing, no lock: one writer per ring, as the programs run
+// with bottom halves off and do not nest), so it costs an event about a tenth
+// of a hash-map update. A full ring drops the record (counted per CPU); the
+// event still counts in the totals.
+
+/// Records per CPU ring (a power of two) when the agent does not choose.
+pub const LOG_DEFAULT_PER_CPU: u32 = 65_536;
+
+/// One record of `EVENT_LOG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// The namespace as `NS_TABLE` keys it, as in [`SourceKey`].
+    pub cookie: u64,
+    pub netns: u32,
+    /// [`Counter`] as u8.
+    pub counter: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// The destination port as in the packet (network order), with
+    /// [`LOGGED_PORT`].
+    pub port: u16,
+    /// The client's address as in [`SourceKey::addr`], with [`LOGGED_SOURCE`].
+    pub addr: [u64; 2],
+    /// Written last: the low 32 bits are the record's position in its ring
+    /// plus one (truncated), so the agent takes a record only once it is
+    /// whole; the high bits say which fields hold a value.
+    pub seq: u64,
 }
 
-/// Slots of the `SOURCE_STATS` array (memory-mapped, atomic adds), since load.
-pub mod source_stats {
-    /// Entries the programs created in `SOURCES`; minus the entries present,
-    /// the entries the LRU evicted.
-    pub const INSERTS: u32 = 0;
-    /// Events not counted per source: the map refused a new entry.
-    pub const INSERT_FAILED: u32 = 1;
-    pub const COUNT: u32 = 2;
+/// [`LoggedEvent::seq`]: `addr` holds the client's address.
+pub const LOGGED_SOURCE: u64 = 1 << 32;
+/// [`LoggedEvent::seq`]: `port` holds the destination port.
+pub const LOGGED_PORT: u64 = 2 << 32;
+/// u64 words of a [`LoggedEvent`].
+pub const LOGGED_EVENT_WORDS: usize = 5;
+const _: () = assert!(core::mem::size_of::<LoggedEvent>() == LOGGED_EVENT_WORDS * 8);
+
+/// One CPU's entry of `LOG_POS` (memory-mapped): the ring's positions, the
+/// programs' words and the agent's in two cache lines, so that their stores
+/// do not share one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogPos {
+    /// Records written since load (the programs; the next one goes at
+    /// `head % len`).
+    pub head: u64,
+    /// Records dropped since load because the ring was full (the programs).
+    pub dropped: u64,
+    pub _pad: [u64; 6],
+    /// Records the agent has read (the agent).
+    pub tail: u64,
+    pub _pad2: [u64; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<LogPos>() == log_pos::STRIDE as usize * 8);
+
+/// The words of [`LogPos`] as the agent maps them (u64s).
+pub mod log_pos {
+    pub const STRIDE: u32 = 16;
+    /// Records written since load (the programs; the next one goes at
+    /// `HEAD % len`).
+    pub const HEAD: u32 = 0;
+    /// Records dropped since load because the ring was full (the programs).
+    pub const DROPPED: u32 = 1;
+    /// Records the agent has read (the agent).
+    pub const TAIL: u32 = 8;
 }
 
 /// Slots of the `DIAG` array (memory-mapped, atomic adds): kernel-side
@@ -324,14 +369,11 @@ pub mod globals {
     pub const COUNT_SOURCES: &str = "COUNT_SOURCES";
     /// 1 to count per destination port (`--top-ports` N > 0), else 0.
     pub const COUNT_PORTS: &str = "COUNT_PORTS";
+    /// Records per CPU ring of `EVENT_LOG` (a power of two), or 0 when
+    /// nothing is logged (`--top 0 --top-ports 0`).
+    pub const LOG_LEN: &str = "LOG_LEN";
     /// `offsetof(struct sk_buff, head)`.
     pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
     /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`).
     pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
 }
-
-// `PORTS` counts its entries with the programs' code for `SOURCES`.
-const _: () = assert!(
-    port_stats::INSERTS == source_stats::INSERTS
-        && port_stats::INSERT_FAILED == source_stats::INSERT_FAILED
-);

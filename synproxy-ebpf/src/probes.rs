@@ -11,11 +11,11 @@
 //! arguments and the return value at once, so `synproxy_recv_client_ack[_ipv6]`
 //! needs no entry program and no stash there (one fexit program per function).
 //!
-//! With `--top` N > 0 (global `COUNT_SOURCES`), syn_received, cookie_invalid
-//! and cookie_valid are also counted per client address in `SOURCES`, an LRU
-//! hash; the agent reads it through the iterator program `spx_sources_iter`.
-//! With `--top-ports` N > 0 (global `COUNT_PORTS`) the same three counters
-//! are counted per destination port in `PORTS` (read by `spx_ports_iter`).
+//! With `--top` N > 0 (global `COUNT_SOURCES`) or `--top-ports` N > 0
+//! (`COUNT_PORTS`), each syn_received, cookie_invalid and cookie_valid event
+//! is also logged with its client address and destination port in its CPU's
+//! ring of `EVENT_LOG`, which the agent drains into its per-source and
+//! per-port tables.
 //!
 //! Struct offsets come from the kernel's BTF through globals set by the agent.
 //! Counts go to the slot of the event's namespace in a memory-mapped array
@@ -24,22 +24,20 @@
 //! per interval.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
-use core::ptr::{addr_of, addr_of_mut, read_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_seq_write},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     Global,
 };
 use synproxy_common::{
-    cookie_key, diag, ns_table_home, port_stats, source_stats, AckStash, Counter, NsEntry, NsStats,
-    PortKey, SourceKey, SourceValue, FAMILY_IPV4, FAMILY_IPV6, NS_ENTRY_EMPTY, NS_SLOTS,
-    NS_TABLE_ENTRIES, NS_TABLE_PROBES, PORTS_DEFAULT_ENTRIES, PORT_RECORD_LEN, RATE_RING,
-    SOURCES_DEFAULT_ENTRIES, SOURCE_RECORD_LEN,
+    cookie_key, diag, ns_table_home, AckStash, Counter, LogPos, LoggedEvent, NsEntry, NsStats,
+    FAMILY_IPV4, FAMILY_IPV6, LOGGED_PORT, LOGGED_SOURCE, NS_ENTRY_EMPTY, NS_SLOTS,
+    NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
 };
 
 #[no_mangle]
@@ -56,6 +54,8 @@ static RATE_RES_NS: Global<u64> = Global::new(100_000_000);
 static COUNT_SOURCES: Global<u32> = Global::new(0);
 #[no_mangle]
 static COUNT_PORTS: Global<u32> = Global::new(0);
+#[no_mangle]
+static LOG_LEN: Global<u32> = Global::new(0);
 #[no_mangle]
 static SKB_HEAD_OFFSET: Global<u32> = Global::new(0);
 #[no_mangle]
@@ -76,20 +76,13 @@ static RATE_TAGS: Array<u64> = Array::with_max_entries(RATE_RING, MMAPABLE);
 static DIAG: Array<u64> = Array::with_max_entries(diag::COUNT, MMAPABLE);
 #[map]
 static ACK_STASH: PerCpuArray<AckStash> = PerCpuArray::with_max_entries(1, 0);
-/// Per (namespace, counter, family, client address): events. Sized by the
-/// agent (`--top-map-entries`; 1 entry with `--top 0`).
+/// Per CPU a ring of `LOG_LEN` records (sized by the agent; 1 entry when
+/// nothing is logged).
 #[map]
-static SOURCES: LruHashMap<SourceKey, SourceValue> =
-    LruHashMap::with_max_entries(SOURCES_DEFAULT_ENTRIES, 0);
+static EVENT_LOG: Array<LoggedEvent> = Array::with_max_entries(1, MMAPABLE);
+/// Per CPU the ring's positions and drops.
 #[map]
-static SOURCE_STATS: Array<u64> = Array::with_max_entries(source_stats::COUNT, MMAPABLE);
-/// Per (namespace, counter, family, destination port): events. Sized by the
-/// agent (`--top-ports-map-entries`; 1 entry with `--top-ports 0`).
-#[map]
-static PORTS: LruHashMap<PortKey, SourceValue> =
-    LruHashMap::with_max_entries(PORTS_DEFAULT_ENTRIES, 0);
-#[map]
-static PORT_STATS: Array<u64> = Array::with_max_entries(port_stats::COUNT, MMAPABLE);
+static LOG_POS: Array<LogPos> = Array::with_max_entries(1, MMAPABLE);
 
 /// `IP_CT_IS_REPLY`: ctinfo values below it are the original direction.
 const IP_CT_IS_REPLY: u64 = 3;
@@ -152,35 +145,61 @@ fn slot_of(ns: Netns) -> Option<u32> {
     None
 }
 
+/// Appends the event's detail to this CPU's ring of `EVENT_LOG`, or counts
+/// it dropped when the agent has not read the ring far enough.
 #[inline(always)]
-fn stat_inc(stats: &Array<u64>, slot: u32) {
-    if let Some(p) = stats.get_ptr_mut(slot) {
-        add_u64(p);
-    }
-}
-
-/// One more event of `key` in `map` (`SOURCES` or `PORTS`, whose entry
-/// counts go to `stats`): one lookup when the entry exists.
-#[inline(always)]
-fn count_in<K>(map: &LruHashMap<K, SourceValue>, stats: &Array<u64>, key: &K) {
-    if let Some(v) = map.get_ptr_mut(key) {
-        // SAFETY: a value of the map; every writer adds atomically.
-        add_u64(unsafe { addr_of_mut!((*v).events) });
+fn log_event(ns: Netns, family: u8, counter: Counter, detail: Detail) {
+    let len = LOG_LEN.load();
+    if len == 0 {
         return;
     }
-    let value = SourceValue {
-        events: 1,
-        // SAFETY: helper without arguments.
-        born: unsafe { bpf_ktime_get_ns() },
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(pos) = LOG_POS.get_ptr_mut(cpu) else {
+        return;
     };
-    match map.insert(key, &value, u64::from(BPF_NOEXIST)) {
-        Ok(()) => stat_inc(stats, source_stats::INSERTS),
-        // Another CPU created it meanwhile.
-        Err(_) => match map.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(v) => add_u64(unsafe { addr_of_mut!((*v).events) }),
-            None => stat_inc(stats, source_stats::INSERT_FAILED),
-        },
+    // SAFETY: this CPU's value of LOG_POS: `head` and `dropped` have one
+    // writer (this CPU, whose programs do not nest), `tail` is the agent's,
+    // stored whole.
+    let (head_p, head, tail) = unsafe {
+        let head_p = addr_of_mut!((*pos).head);
+        (
+            head_p,
+            read_volatile(head_p),
+            read_volatile(addr_of!((*pos).tail)),
+        )
+    };
+    if head.wrapping_sub(tail) >= u64::from(len) {
+        // SAFETY: as above, one writer.
+        unsafe {
+            let dropped = addr_of_mut!((*pos).dropped);
+            write_volatile(dropped, read_volatile(dropped) + 1);
+        }
+        return;
+    }
+    let idx = cpu.wrapping_mul(len) + (head as u32 & (len - 1));
+    let Some(rec) = EVENT_LOG.get_ptr_mut(idx) else {
+        return;
+    };
+    let mut seq = (head as u32).wrapping_add(1) as u64;
+    if detail.has & HAS_SOURCE != 0 {
+        seq |= LOGGED_SOURCE;
+    }
+    if detail.has & HAS_PORT != 0 {
+        seq |= LOGGED_PORT;
+    }
+    // SAFETY: a value of EVENT_LOG in this CPU's ring, which only this CPU
+    // writes; the agent reads a record once its `seq` matches, so `seq` is
+    // stored last, and the head after it.
+    unsafe {
+        write_volatile(addr_of_mut!((*rec).cookie), ns.cookie);
+        write_volatile(addr_of_mut!((*rec).netns), ns.inum);
+        write_volatile(addr_of_mut!((*rec).counter), counter as u8);
+        write_volatile(addr_of_mut!((*rec).family), family);
+        write_volatile(addr_of_mut!((*rec).port), detail.port as u16);
+        write_volatile(addr_of_mut!((*rec).addr), detail.source);
+        write_volatile(addr_of_mut!((*rec).seq), seq);
+        write_volatile(head_p, head + 1);
     }
 }
 
@@ -221,26 +240,8 @@ fn count_with(ns: Netns, family: u8, counter: Counter, detail: Detail) {
         diag_inc(diag::UNTRACKED);
         return;
     };
-    if detail.has & HAS_SOURCE != 0 {
-        let key = SourceKey {
-            cookie: ns.cookie,
-            netns: ns.inum,
-            counter: counter as u8,
-            family,
-            _pad: [0; 2],
-            addr: detail.source,
-        };
-        count_in(&SOURCES, &SOURCE_STATS, &key);
-    }
-    if detail.has & HAS_PORT != 0 {
-        let key = PortKey {
-            cookie: ns.cookie,
-            netns: ns.inum,
-            counter: counter as u8,
-            family,
-            port: detail.port as u16,
-        };
-        count_in(&PORTS, &PORT_STATS, &key);
+    if detail.has != 0 {
+        log_event(ns, family, counter, detail);
     }
     let f = usize::from(family == FAMILY_IPV6);
     let c = counter as usize;
@@ -715,93 +716,5 @@ pub fn spxf_ack6(ctx: FExitContext) -> i32 {
 #[fentry(function = "nf_ct_seqadj_init")]
 pub fn spxf_seqadj(ctx: FEntryContext) -> i32 {
     on_seqadj(ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    0
-}
-
-/// `struct bpf_iter_meta`: its first member is the `seq_file` to write to.
-#[repr(C)]
-pub struct IterMeta {
-    seq: *mut aya_ebpf::bindings::seq_file,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__bpf_map_elem`: `key` and `value` are NULL once past the
-/// last element.
-#[repr(C)]
-pub struct MapElemContext {
-    meta: *mut IterMeta,
-    map: *mut core::ffi::c_void,
-    key: *const u64,
-    value: *const u64,
-}
-
-/// Iterator over `SOURCES` (attached with the map by the agent): writes each
-/// entry as a [`SOURCE_RECORD_LEN`]-byte record, key then value.
-///
-/// # Safety
-/// Called by the kernel with a `bpf_iter__bpf_map_elem` context.
-#[no_mangle]
-#[link_section = "iter/bpf_map_elem"]
-pub unsafe extern "C" fn spx_sources_iter(ctx: *const MapElemContext) -> i32 {
-    // SAFETY: the verifier types these context loads (BTF of the iterator).
-    let (meta, key, value) = unsafe {
-        (
-            read_volatile(addr_of!((*ctx).meta)),
-            read_volatile(addr_of!((*ctx).key)),
-            read_volatile(addr_of!((*ctx).value)),
-        )
-    };
-    if key.is_null() || value.is_null() || meta.is_null() {
-        return 0;
-    }
-    let mut record = [0u64; SOURCE_RECORD_LEN / 8];
-    // SAFETY: key and value are the map's (32 and 16 bytes, checked by the
-    // kernel against the map at attach); meta->seq is the iterator's seq_file.
-    unsafe {
-        for (i, word) in record.iter_mut().take(4).enumerate() {
-            *word = read_volatile(key.add(i));
-        }
-        for (i, word) in record.iter_mut().skip(4).enumerate() {
-            *word = read_volatile(value.add(i));
-        }
-        let seq = read_volatile(addr_of!((*meta).seq));
-        bpf_seq_write(seq, record.as_ptr().cast(), SOURCE_RECORD_LEN as u32);
-    }
-    0
-}
-
-/// Iterator over `PORTS` (attached with the map by the agent): writes each
-/// entry as a [`PORT_RECORD_LEN`]-byte record, key then value.
-///
-/// # Safety
-/// Called by the kernel with a `bpf_iter__bpf_map_elem` context.
-#[no_mangle]
-#[link_section = "iter/bpf_map_elem"]
-pub unsafe extern "C" fn spx_ports_iter(ctx: *const MapElemContext) -> i32 {
-    // SAFETY: as in spx_sources_iter.
-    let (meta, key, value) = unsafe {
-        (
-            read_volatile(addr_of!((*ctx).meta)),
-            read_volatile(addr_of!((*ctx).key)),
-            read_volatile(addr_of!((*ctx).value)),
-        )
-    };
-    if key.is_null() || value.is_null() || meta.is_null() {
-        return 0;
-    }
-    let mut record = [0u64; PORT_RECORD_LEN / 8];
-    // SAFETY: key and value are the map's (16 and 16 bytes, checked by the
-    // kernel against the map at attach); meta->seq is the iterator's seq_file.
-    unsafe {
-        for (i, word) in record.iter_mut().take(2).enumerate() {
-            *word = read_volatile(key.add(i));
-        }
-        for (i, word) in record.iter_mut().skip(2).enumerate() {
-            *word = read_volatile(value.add(i));
-        }
-        let seq = read_volatile(addr_of!((*meta).seq));
-        bpf_seq_write(seq, record.as_ptr().cast(), PORT_RECORD_LEN as u32);
-    }
     0
 }

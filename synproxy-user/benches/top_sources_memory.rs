@@ -1,9 +1,8 @@
 //! User-space memory of per-source counting under a spoofed-source flood,
 //! with the largest map `--top-map-entries` accepts: N synthetic records per
 //! round (every entry a distinct source with new events, the worst case)
-//! through the agent's own code path: the iterator's output streamed through
-//! the fixed read buffer ([`stream_records`]), [`SourceDeltas`] (this and the
-//! previous round's entries), the round's events, and the ranking
+//! through the agent's own code path: the table of sources the event log
+//! fills ([`CountTable`]), the round's events taken from it, and the ranking
 //! ([`TopRanker`], `--top 10`, each address alone). A counting global
 //! allocator gives the peak heap of a round above what was allocated before
 //! it; printed per entry, for IPv4 and IPv6 sources (IPv6 keys are larger in
@@ -18,14 +17,12 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use synproxy_common::{Counter, SourceKey, FAMILY_IPV4, FAMILY_IPV6, SOURCE_RECORD_LEN};
+use synproxy_common::{Counter, SourceKey, FAMILY_IPV4, FAMILY_IPV6};
 use synproxy_user::ranking::{SourceCount, TopConfig, TopRanker, MAX_TOP_MAP_ENTRIES};
-use synproxy_user::sources::ebpf::address_counts::{
-    key_addr, stream_records, SourceDeltas, SourcesRound,
-};
+use synproxy_user::sources::ebpf::address_counts::{key_addr, source_addr, SourceEvents};
+use synproxy_user::sources::ebpf::count_table::CountTable;
 
 struct Counting;
 
@@ -66,66 +63,22 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The kernel's iterator output for one round, generated as it is read.
-struct Records {
-    n: u64,
-    next: u64,
-    round: u64,
-    v6: bool,
-    pending: Vec<u8>,
-}
-
-impl Records {
-    fn record(&self, i: u64) -> [u8; SOURCE_RECORD_LEN] {
-        // Distinct sources, in a scattered order (as a hash map gives them).
-        let j = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.n;
-        let addr: IpAddr = if self.v6 {
-            IpAddr::V6(std::net::Ipv6Addr::from(
-                0x2001_0db8_u128 << 96 | u128::from(j),
-            ))
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::from(0x6440_0000 | j as u32))
-        };
-        let key = SourceKey {
-            cookie: 1,
-            netns: 4026531840,
-            counter: Counter::SynReceived as u8,
-            family: if self.v6 { FAMILY_IPV6 } else { FAMILY_IPV4 },
-            _pad: [0; 2],
-            addr: key_addr(addr),
-        };
-        let mut r = [0u8; SOURCE_RECORD_LEN];
-        r[0..8].copy_from_slice(&key.cookie.to_ne_bytes());
-        r[8..12].copy_from_slice(&key.netns.to_ne_bytes());
-        r[12] = key.counter;
-        r[13] = key.family;
-        r[16..24].copy_from_slice(&key.addr[0].to_ne_bytes());
-        r[24..32].copy_from_slice(&key.addr[1].to_ne_bytes());
-        // Every entry grows every round: all of them are the round's events.
-        r[32..40].copy_from_slice(&(self.round * 3 + j % 7 + 1).to_ne_bytes());
-        r[40..48].copy_from_slice(&1u64.to_ne_bytes());
-        r
-    }
-}
-
-impl Read for Records {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        // As the kernel's seq_file: at most a few pages per read.
-        let mut n = 0;
-        while n < buf.len().min(32 << 10) {
-            if self.pending.is_empty() {
-                if self.next == self.n {
-                    break;
-                }
-                self.pending.extend_from_slice(&self.record(self.next));
-                self.next += 1;
-            }
-            let take = self.pending.len().min(buf.len() - n);
-            buf[n..n + take].copy_from_slice(&self.pending[..take]);
-            self.pending.drain(..take);
-            n += take;
-        }
-        Ok(n)
+/// The key of the flood's `j`th source.
+fn key(j: u64, v6: bool) -> SourceKey {
+    let addr: IpAddr = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(
+            0x2001_0db8_u128 << 96 | u128::from(j),
+        ))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x6440_0000 | j as u32))
+    };
+    SourceKey {
+        cookie: 1,
+        netns: 4026531840,
+        counter: Counter::SynReceived as u8,
+        family: if v6 { FAMILY_IPV6 } else { FAMILY_IPV4 },
+        _pad: [0; 2],
+        addr: key_addr(addr),
     }
 }
 
@@ -143,7 +96,7 @@ fn peak_rss_kib() -> u64 {
 /// Peak heap bytes of the worst of 3 rounds of `n` entries, above the heap
 /// before the first.
 fn measure(n: u32, v6: bool) -> usize {
-    let mut deltas = SourceDeltas::new(n);
+    let mut table = CountTable::new(n);
     let mut ranker = TopRanker::new(TopConfig {
         n: 10,
         prefix_v4: 32,
@@ -151,26 +104,32 @@ fn measure(n: u32, v6: bool) -> usize {
         map_entries: n,
         ..TopConfig::default()
     });
-    let mut buf = Vec::new();
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     for round in 0..3 {
-        let mut reader = Records {
-            n: u64::from(n),
-            next: 0,
-            round,
-            v6,
-            pending: Vec::with_capacity(SOURCE_RECORD_LEN),
-        };
-        deltas.begin();
-        stream_records(&mut reader, &mut buf, &mut |r: &[u8]| deltas.add(r)).expect("reads");
-        let mut out = SourcesRound::default();
-        deltas.finish(u64::from(n), &mut out);
-        assert_eq!(out.events.len(), n as usize, "every entry has events");
+        // The round's logged events: every source again (in a scattered
+        // order), a few of them more than once.
+        for i in 0..u64::from(n) {
+            let j = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % u64::from(n);
+            for _ in 0..=(j + round) % 3 {
+                table.add(key(j, v6));
+            }
+        }
+        // The round's events per source, as the agent takes them.
+        let mut events = Vec::new();
+        table.take_interval(|key, n| {
+            events.push(SourceEvents {
+                ns: (key.netns, key.cookie),
+                counter: Counter::SynReceived,
+                source: source_addr(key).unwrap(),
+                events: n,
+            })
+        });
+        assert_eq!(events.len(), n as usize, "every entry has events");
         // As the sampler: namespace labels, then the ranking.
         let labels: HashMap<(u32, u64), Option<&str>> =
             HashMap::from([((4026531840, 1), Some("flood"))]);
-        let counts = out.events.iter().filter_map(|e| {
+        let counts = events.iter().filter_map(|e| {
             Some(SourceCount {
                 netns: *labels.get(&e.ns)?,
                 counter: e.counter,
@@ -190,7 +149,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse::<u32>().ok())
         .unwrap_or(MAX_TOP_MAP_ENTRIES);
-    for (v6, family, bound) in [(false, "ipv4", 178), (true, "ipv6", 210)] {
+    for (v6, family, bound) in [(false, "ipv4", 180), (true, "ipv6", 221)] {
         let peak = measure(n, v6);
         println!(
             "top-sources memory: {n} entries, {family} sources: peak heap {:.1} MiB per round = {:.0} bytes per entry; peak RSS so far {} MiB",

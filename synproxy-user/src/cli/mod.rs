@@ -145,12 +145,11 @@ pub struct Cli {
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6, env = "SYNPROXY_AGENT_TOP_PREFIX_V6")]
     pub top_prefix_v6: u8,
 
-    /// Entries of the kernel's per-source map (an LRU hash of
-    /// namespace, counter, family and address), 1024 to 1048576: about 112
-    /// bytes of kernel memory each, and in the agent up to about 210 bytes
-    /// each while a round reads a full map (at most 210 MiB at 1048576). When
-    /// a flood has more sources, the least recently seen are evicted
-    /// (`source_evictions`).
+    /// Entries of the agent's table of sources (namespace, counter, family
+    /// and address, filled from the probes' event log), 1024 to 1048576: up
+    /// to about 221 bytes each while a round reads a full table (at most 221
+    /// MiB at 1048576). When a flood has more sources, those not counted
+    /// again lately are evicted (`source_evictions`).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries, env = "SYNPROXY_AGENT_TOP_MAP_ENTRIES")]
     pub top_map_entries: u32,
 
@@ -160,9 +159,9 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP_PORTS, value_parser = parse_top_ports, env = "SYNPROXY_AGENT_TOP_PORTS")]
     pub top_ports: usize,
 
-    /// Entries of the kernel's per-port map (an LRU hash of namespace,
-    /// counter, family and destination port), 256 to 1048576; when more ports
-    /// are hit, the least recently seen are evicted (`port_evictions`).
+    /// Entries of the agent's table of ports (namespace, counter, family and
+    /// destination port), 256 to 1048576; when more ports are hit, those not
+    /// counted again lately are evicted (`port_evictions`).
     #[arg(long, value_name = "N", default_value_t = PORTS_DEFAULT_ENTRIES, value_parser = parse_top_ports_map_entries, env = "SYNPROXY_AGENT_TOP_PORTS_MAP_ENTRIES")]
     pub top_ports_map_entries: u32,
 
@@ -360,7 +359,7 @@ pub struct TopArgs {
     #[arg(long, value_name = "BITS", default_value_t = 128, value_parser = parse_prefix_v6)]
     pub top_prefix_v6: u8,
 
-    /// Entries of the kernel's per-source map, 1024 to 1048576 (see the agent's --top-map-entries).
+    /// Entries of the table of sources, 1024 to 1048576 (see the agent's --top-map-entries).
     #[arg(long, value_name = "N", default_value_t = SOURCES_DEFAULT_ENTRIES, value_parser = parse_top_map_entries)]
     pub top_map_entries: u32,
 
@@ -369,7 +368,7 @@ pub struct TopArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP_PORTS, value_parser = parse_top_ports)]
     pub top_ports: usize,
 
-    /// Entries of the kernel's per-port map, 256 to 1048576 (see the agent's --top-ports-map-entries).
+    /// Entries of the table of ports, 256 to 1048576 (see the agent's --top-ports-map-entries).
     #[arg(long, value_name = "N", default_value_t = PORTS_DEFAULT_ENTRIES, value_parser = parse_top_ports_map_entries)]
     pub top_ports_map_entries: u32,
 

@@ -2,15 +2,15 @@
 //! programs' globals from BTF offsets, mapping the shared maps, and loading
 //! the kprobe programs (the verifier runs here).
 
-use super::address_counts;
-use super::address_iter::open_source_counting;
-use super::btf::{self, Btf, KernelOffsets, VMLINUX_BTF};
+use super::btf::{Btf, KernelOffsets, VMLINUX_BTF};
 use super::error::{is_permission, load_error, EbpfError};
+use super::event_log::{ring_len, EventLog};
 use super::fentry_attach::fentry_precheck;
 use super::kprobe_events::{self, TraceFs};
 use super::ns_slots::NsSlots;
-use super::port_iter::open_port_counting;
+use super::port_counting::PortCounting;
 use super::shared_array::SharedArray;
+use super::source_counting::SourceCounting;
 use super::{EbpfSource, ProbeType, Shared, Stop, KPROBE_PMU, PROBES};
 use aya::maps::Map;
 use aya::programs::KProbe;
@@ -21,7 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-use synproxy_common::{diag, globals, NsEntry, NsStats, NS_SLOTS, NS_TABLE_ENTRIES, RATE_RING};
+use synproxy_common::{
+    diag, globals, LogPos, LoggedEvent, NsEntry, NsStats, NS_SLOTS, NS_TABLE_ENTRIES, RATE_RING,
+};
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synproxy"));
@@ -99,13 +101,6 @@ impl EbpfSource {
             Ok(btf) => KernelOffsets::from_btf(&btf).map_err(EbpfError::BtfLacksType)?,
             Err(e) => return Err(EbpfError::BtfInvalid(e)),
         };
-        // The map-element iterator's target, for per-source counting.
-        let iter_btf_id = match source_entries.or(port_entries) {
-            Some(_) => btf::func_ids(&vmlinux, None, &[address_counts::ITER_TARGET])
-                .ok()
-                .and_then(|ids| ids.first().copied().flatten()),
-            None => None,
-        };
         drop(vmlinux);
         debug!("kernel offsets from BTF: {offsets:?}");
         // Cookies join eBPF counts with namespaces only where the agent can ask
@@ -122,15 +117,31 @@ impl EbpfSource {
             .unwrap_or(u64::MAX)
             .max(1);
         let count_sources = u32::from(source_entries.is_some());
-        // With `--top 0` the map is one entry: nothing writes it.
-        let source_map_entries = source_entries.unwrap_or(1);
         let count_ports = u32::from(port_entries.is_some());
-        let port_map_entries = port_entries.unwrap_or(1);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("SOURCES", source_map_entries)
+        // The event log: a ring per possible CPU, or one record when nothing
+        // is logged (`--top 0 --top-ports 0`).
+        let cpus = match aya::util::nr_cpus() {
+            Ok(n) => n.max(1),
+            Err((path, e)) => return Err(EbpfError::ObjectLoad(format!("{path}: {e}"))),
+        };
+        let logging = source_entries.is_some() || port_entries.is_some();
+        let log_len = if logging { ring_len(cpus) } else { 0 };
+        let log_records = if logging {
+            u32::try_from(cpus)
+                .ok()
+                .and_then(|c| c.checked_mul(log_len))
+                .ok_or_else(|| EbpfError::ObjectLoad(format!("{cpus} CPUs: event log too large")))?
+        } else {
+            1
+        };
+        let log_pos_entries = u32::try_from(cpus)
+            .map_err(|_| EbpfError::ObjectLoad(format!("{cpus} CPUs: event log too large")))?;
+        let ebpf = EbpfLoader::new()
             .override_global(globals::COUNT_SOURCES, &count_sources, true)
-            .map_max_entries("PORTS", port_map_entries)
             .override_global(globals::COUNT_PORTS, &count_ports, true)
+            .map_max_entries("EVENT_LOG", log_records)
+            .map_max_entries("LOG_POS", log_pos_entries)
+            .override_global(globals::LOG_LEN, &log_len, true)
             .override_global(globals::SKB_HEAD_OFFSET, &offsets.skb_head, true)
             .override_global(
                 globals::SKB_NETWORK_HEADER_OFFSET,
@@ -161,26 +172,32 @@ impl EbpfSource {
             tags: map_shared(&ebpf, "RATE_TAGS", 8, RATE_RING)?,
             diag: map_shared(&ebpf, "DIAG", 8, diag::COUNT)?,
         };
-        let sources = match source_entries {
-            Some(capacity) => match open_source_counting(&mut ebpf, iter_btf_id, capacity) {
-                Ok(counting) => Some(counting),
-                Err(reason) => {
-                    warn!("eBPF: per-source counting (--top) is off: {reason}");
-                    None
-                }
-            },
-            None => None,
+        let (log, log_bytes) = if logging {
+            let records = map_shared(
+                &ebpf,
+                "EVENT_LOG",
+                std::mem::size_of::<LoggedEvent>(),
+                log_records,
+            )?;
+            let pos = map_shared(
+                &ebpf,
+                "LOG_POS",
+                std::mem::size_of::<LogPos>(),
+                log_pos_entries,
+            )?;
+            let bytes = ["EVENT_LOG", "LOG_POS"]
+                .iter()
+                .filter_map(|name| match ebpf.map(name) {
+                    Some(Map::Array(data)) => Some(map_memlock(data.fd().as_fd())),
+                    _ => None,
+                })
+                .sum();
+            (Some(EventLog::new(records, pos, cpus, log_len)), bytes)
+        } else {
+            (None, 0)
         };
-        let ports = match port_entries {
-            Some(capacity) => match open_port_counting(&mut ebpf, iter_btf_id, capacity) {
-                Ok(counting) => Some(counting),
-                Err(reason) => {
-                    warn!("eBPF: per-port counting (--top-ports) is off: {reason}");
-                    None
-                }
-            },
-            None => None,
-        };
+        let sources = source_entries.map(SourceCounting::new);
+        let ports = port_entries.map(PortCounting::new);
         let map_bytes = own_map_memlock();
         debug!("eBPF maps pin {} KiB of kernel memory", map_bytes / 1024);
         let mut source = Self {
@@ -207,6 +224,8 @@ impl EbpfSource {
             window: HashMap::new(),
             window_buckets: 0,
             map_bytes,
+            log,
+            log_bytes,
             sources,
             ports,
         };

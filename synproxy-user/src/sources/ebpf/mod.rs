@@ -21,28 +21,31 @@
 //! Where each part lives: `probes` (the probe catalogue), `loader` (checks
 //! and loading), `kprobe_attach` and `fentry_attach`, `reattach` (module
 //! reloads, backoff, SIGUSR1), `round` (each round's reads), `prog_info`
-//! (`bpf_prog_info`), `address_iter` (the per-address iterator), `port_iter`
-//! (the per-port iterator), `error`
+//! (`bpf_prog_info`), `event_log` (draining the programs' per-CPU event
+//! rings), `count_table`, `source_counting` and `port_counting` (the tables
+//! of sources and ports the log fills), `error`
 //! ([`EbpfError`]); the kernel-facing helpers are the public modules below.
 
 pub mod address_counts;
 pub mod btf;
+pub mod count_table;
+mod event_log;
 pub mod kernel_btf;
 pub mod kprobe_events;
 pub mod ns_slots;
 pub mod port_counts;
 pub mod shared_array;
 
-mod address_iter;
 mod error;
 mod fentry_attach;
 mod kprobe_attach;
 mod loader;
-mod port_iter;
+mod port_counting;
 mod probes;
 mod prog_info;
 mod reattach;
 mod round;
+mod source_counting;
 
 pub use error::EbpfError;
 pub use ns_slots::{FamilyCounts, NsKey};
@@ -51,15 +54,15 @@ pub use reattach::RELEASE_HOLD;
 pub use round::CountsView;
 
 use address_counts::SourcesRound;
-use address_iter::SourceCounting;
 use aya::Ebpf;
 use fentry_attach::FentryTargets;
 use kprobe_events::{ProbeStats, TraceFs};
 use ns_slots::NsSlots;
+use port_counting::PortCounting;
 use port_counts::PortsRound;
-use port_iter::PortCounting;
 use reattach::{Released, Retry};
 use shared_array::SharedArray;
+use source_counting::SourceCounting;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -184,6 +187,10 @@ pub struct EbpfSource {
     window: HashMap<NsKey, [u64; synproxy_common::COUNTER_COUNT]>,
     window_buckets: u64,
     map_bytes: u64,
+    /// The programs' event log, with per-source or per-port counting.
+    log: Option<event_log::EventLog>,
+    /// Kernel memory the log pins (memlock), bytes.
+    log_bytes: u64,
     sources: Option<SourceCounting>,
     ports: Option<PortCounting>,
 }

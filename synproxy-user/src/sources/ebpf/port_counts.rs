@@ -1,7 +1,5 @@
-//! Per-destination-port counts (`--top-ports`): the kernel-side `PORTS` LRU
-//! hash, read through its own map-element iterator (`spx_ports_iter`), as
-//! `address_counts` reads `SOURCES` and for the same reasons (no map
-//! syscalls: they would make the kernel skip the programs on that CPU).
+//! Per-destination-port counts (`--top-ports`): reads of the agent's table of
+//! ports (filled from the programs' event log, see `count_table`).
 //!
 //! A read gives each entry's events since it was created and when
 //! ([`PortTotal`], sorted by key). Two consumers turn successive reads into
@@ -14,7 +12,7 @@
 
 use super::address_counts::interval_events;
 use super::ns_slots::NsKey;
-use synproxy_common::{Counter, PortKey, SourceValue, FAMILY_IPV4, FAMILY_IPV6, PORT_RECORD_LEN};
+use synproxy_common::{Counter, PortKey, SourceValue, FAMILY_IPV4, FAMILY_IPV6};
 
 /// One `PORTS` entry as read: a namespace's events of one counter, family
 /// and destination port since the entry was created.
@@ -70,27 +68,9 @@ pub struct PortsRound {
     pub map_bytes: u64,
 }
 
-/// A record `spx_ports_iter` wrote: key, then value, native byte order.
-/// None for a record of another size or a counter or family the programs do
-/// not write.
-pub fn parse_port_record(record: &[u8]) -> Option<PortTotal> {
-    if record.len() != PORT_RECORD_LEN {
-        return None;
-    }
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_ne_bytes(record.get(at..at + 8)?.try_into().ok()?))
-    };
-    let key = PortKey {
-        cookie: u64_at(0)?,
-        netns: u32::from_ne_bytes(record.get(8..12)?.try_into().ok()?),
-        counter: *record.get(12)?,
-        family: *record.get(13)?,
-        port: u16::from_ne_bytes(record.get(14..16)?.try_into().ok()?),
-    };
-    let value = SourceValue {
-        events: u64_at(16)?,
-        born: u64_at(24)?,
-    };
+/// A table entry as read; None for a counter or family the programs do not
+/// log.
+pub fn port_total(key: &PortKey, value: &SourceValue) -> Option<PortTotal> {
     if key.family != FAMILY_IPV4 && key.family != FAMILY_IPV6 {
         return None;
     }
@@ -179,18 +159,6 @@ impl PortDeltas {
 mod tests {
     use super::*;
 
-    fn record(ns: NsKey, counter: Counter, family: u8, port: u16, v: (u64, u64)) -> Vec<u8> {
-        let mut r = Vec::new();
-        r.extend_from_slice(&ns.1.to_ne_bytes());
-        r.extend_from_slice(&ns.0.to_ne_bytes());
-        r.push(counter as u8);
-        r.push(family);
-        r.extend_from_slice(&port.to_be().to_ne_bytes());
-        r.extend_from_slice(&v.0.to_ne_bytes());
-        r.extend_from_slice(&v.1.to_ne_bytes());
-        r
-    }
-
     fn total(port: u16, events: u64, born: u64) -> PortTotal {
         PortTotal {
             ns: (9, 7),
@@ -203,27 +171,33 @@ mod tests {
     }
 
     #[test]
-    fn records_parse_back_with_the_port_in_host_order() {
-        let r = record((9, 7), Counter::CookieInvalid, FAMILY_IPV6, 8080, (12, 99));
-        assert_eq!(r.len(), PORT_RECORD_LEN);
-        let t = parse_port_record(&r).expect("parses");
+    fn entries_read_with_the_port_in_host_order() {
+        let key = PortKey {
+            cookie: 7,
+            netns: 9,
+            counter: Counter::CookieInvalid as u8,
+            family: FAMILY_IPV6,
+            port: 8080u16.to_be(),
+        };
+        let value = SourceValue {
+            events: 12,
+            born: 99,
+        };
         assert_eq!(
-            t,
-            PortTotal {
+            port_total(&key, &value),
+            Some(PortTotal {
                 ns: (9, 7),
                 counter: Counter::CookieInvalid,
                 family: FAMILY_IPV6,
                 port: 8080,
                 events: 12,
                 born: 99,
-            }
+            })
         );
-        assert_eq!(parse_port_record(&r[1..]), None);
-        let bad_family = record((9, 7), Counter::SynReceived, 5, 80, (1, 1));
-        assert_eq!(parse_port_record(&bad_family), None);
-        let mut bad_counter = r.clone();
-        bad_counter[12] = 9;
-        assert_eq!(parse_port_record(&bad_counter), None);
+        let bad_family = PortKey { family: 5, ..key };
+        assert_eq!(port_total(&bad_family, &value), None);
+        let bad_counter = PortKey { counter: 9, ..key };
+        assert_eq!(port_total(&bad_counter, &value), None);
     }
 
     #[test]

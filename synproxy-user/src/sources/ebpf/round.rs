@@ -64,8 +64,9 @@ impl EbpfSource {
     /// hands their ring entries to the buckets ahead (`RATE_TAGS`). Called
     /// every [`synproxy_common::RATE_DRAIN_BUCKETS`] buckets and at each round;
     /// a drain later than the ring allows loses events from the peaks only
-    /// (counted as `rate_late_events`).
+    /// (counted as `rate_late_events`). Drains the event log too.
     pub fn drain_rates(&mut self) {
+        self.drain_log();
         // A program that read the clock just before a bucket ended adds a
         // moment later: buckets are drained once they ended a while ago.
         let current = monotonic_ns().saturating_sub(DRAIN_MARGIN_NS) / self.rate_res_ns;
