@@ -279,6 +279,7 @@ pub const LOG_DEFAULT_PER_CPU: u32 = 65_536;
 pub struct LoggedEvent {
     /// The namespace as `NS_TABLE` keys it, as in [`SourceKey`].
     pub cookie: u64,
+    // netns, counter, family and port: one word, see [`logged_meta`].
     pub netns: u32,
     /// [`Counter`] as u8.
     pub counter: u8,
@@ -293,6 +294,23 @@ pub struct LoggedEvent {
     /// plus one (truncated), so the agent takes a record only once it is
     /// whole; the high bits say which fields hold a value.
     pub seq: u64,
+}
+
+/// The second word of a [`LoggedEvent`] as the programs store it (one u64:
+/// the agent reads it back with [`logged_meta_fields`], whatever the byte
+/// order).
+pub const fn logged_meta(netns: u32, counter: u8, family: u8, port: u16) -> u64 {
+    netns as u64 | (counter as u64) << 32 | (family as u64) << 40 | (port as u64) << 48
+}
+
+/// (netns, counter, family, port) of a [`logged_meta`] word.
+pub const fn logged_meta_fields(meta: u64) -> (u32, u8, u8, u16) {
+    (
+        meta as u32,
+        (meta >> 32) as u8,
+        (meta >> 40) as u8,
+        (meta >> 48) as u16,
+    )
 }
 
 /// [`LoggedEvent::seq`]: `addr` holds the client's address.

@@ -35,8 +35,8 @@ use aya_ebpf::{
     Global,
 };
 use synproxy_common::{
-    cookie_key, diag, ns_table_home, AckStash, Counter, LogPos, LoggedEvent, NsEntry, NsStats,
-    FAMILY_IPV4, FAMILY_IPV6, LOGGED_PORT, LOGGED_SOURCE, NS_ENTRY_EMPTY, NS_SLOTS,
+    cookie_key, diag, logged_meta, ns_table_home, AckStash, Counter, LogPos, LoggedEvent, NsEntry,
+    NsStats, FAMILY_IPV4, FAMILY_IPV6, LOGGED_PORT, LOGGED_SOURCE, NS_ENTRY_EMPTY, NS_SLOTS,
     NS_TABLE_ENTRIES, NS_TABLE_PROBES, RATE_RING,
 };
 
@@ -188,17 +188,18 @@ fn log_event(ns: Netns, family: u8, counter: Counter, detail: Detail) {
     if detail.has & HAS_PORT != 0 {
         seq |= LOGGED_PORT;
     }
-    // SAFETY: a value of EVENT_LOG in this CPU's ring, which only this CPU
-    // writes; the agent reads a record once its `seq` matches, so `seq` is
-    // stored last, and the head after it.
+    // One store for four fields.
+    let meta = logged_meta(ns.inum, counter as u8, family, detail.port as u16);
+    let rec = rec.cast::<u64>();
+    // SAFETY: a value of EVENT_LOG (5 words) in this CPU's ring, which only
+    // this CPU writes; the agent reads a record once its `seq` matches, so
+    // `seq` is stored last, and the head after it.
     unsafe {
-        write_volatile(addr_of_mut!((*rec).cookie), ns.cookie);
-        write_volatile(addr_of_mut!((*rec).netns), ns.inum);
-        write_volatile(addr_of_mut!((*rec).counter), counter as u8);
-        write_volatile(addr_of_mut!((*rec).family), family);
-        write_volatile(addr_of_mut!((*rec).port), detail.port as u16);
-        write_volatile(addr_of_mut!((*rec).addr), detail.source);
-        write_volatile(addr_of_mut!((*rec).seq), seq);
+        write_volatile(rec, ns.cookie);
+        write_volatile(rec.add(1), meta);
+        write_volatile(rec.add(2), detail.source[0]);
+        write_volatile(rec.add(3), detail.source[1]);
+        write_volatile(rec.add(4), seq);
         write_volatile(head_p, head + 1);
     }
 }

@@ -94,6 +94,10 @@ impl Series {
 /// How long (in rounds) a vanished namespace's state is kept for its return.
 pub const VANISHED_ROUNDS_KEPT: u32 = 360;
 
+/// The longest time between two drains of the probes' event log: a ring of
+/// 65,536 records then holds 262,000 events a second on its CPU.
+pub const LOG_DRAIN_PERIOD: Duration = Duration::from_millis(250);
+
 /// Pauses before re-reading a namespace whose /proc total fell outside its
 /// eBPF bracket (an event held between its probe and its increment).
 const BRACKET_RETRIES: [Duration; 3] = [
@@ -240,19 +244,27 @@ impl Sampler {
         }
     }
 
-    /// Between rounds: keeps the peak-rate map small (see [`EbpfSource::drain_rates`]).
+    /// Between rounds: keeps the peak-rate map small (and drains the
+    /// probes' event log) (see [`EbpfSource::drain_rates`]).
     pub fn drain_rates(&mut self) {
         if let Some(ebpf) = self.config.ebpf.as_mut() {
             ebpf.drain_rates();
         }
     }
 
-    /// How often [`Sampler::drain_rates`] should run, when eBPF is in use.
+    /// How often [`Sampler::drain_rates`] should run, when eBPF is in use:
+    /// every [`synproxy_common::RATE_DRAIN_BUCKETS`] rate buckets, and at
+    /// least every [`LOG_DRAIN_PERIOD`] while the probes log events (each
+    /// CPU's ring must hold what it logs meanwhile).
     pub fn drain_period(&self) -> Option<Duration> {
-        self.config
-            .ebpf
-            .as_ref()
-            .map(|e| e.rate_resolution() * synproxy_common::RATE_DRAIN_BUCKETS)
+        self.config.ebpf.as_ref().map(|e| {
+            let rates = e.rate_resolution() * synproxy_common::RATE_DRAIN_BUCKETS;
+            if e.logs_events() {
+                rates.min(LOG_DRAIN_PERIOD)
+            } else {
+                rates
+            }
+        })
     }
 
     /// Whether some selected namespace could not be read in the last round.

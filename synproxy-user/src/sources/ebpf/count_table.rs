@@ -16,34 +16,57 @@
 //! with random seeds drawn at start.
 
 use std::hash::BuildHasher;
-use synproxy_common::{PortKey, SourceKey, SourceValue};
+use std::marker::PhantomData;
+use synproxy_common::{logged_meta, logged_meta_fields, PortKey, SourceKey, SourceValue};
 
-/// A key of a table, as four words to hash and compare.
-pub trait TableKey: Copy + Eq {
+/// A key of a table, kept as four words (hashed and compared as they are):
+/// the words of the event log's records, so a record's key needs no
+/// conversion.
+pub trait TableKey: Copy {
     fn words(&self) -> [u64; 4];
+    fn from_words(words: [u64; 4]) -> Self;
 }
 
 impl TableKey for SourceKey {
     fn words(&self) -> [u64; 4] {
-        let meta =
-            u64::from(self.netns) | u64::from(self.counter) << 32 | u64::from(self.family) << 40;
+        let meta = logged_meta(self.netns, self.counter, self.family, 0);
         [self.cookie, meta, self.addr[0], self.addr[1]]
+    }
+
+    fn from_words(w: [u64; 4]) -> Self {
+        let (netns, counter, family, _) = logged_meta_fields(w[1]);
+        SourceKey {
+            cookie: w[0],
+            netns,
+            counter,
+            family,
+            _pad: [0; 2],
+            addr: [w[2], w[3]],
+        }
     }
 }
 
 impl TableKey for PortKey {
     fn words(&self) -> [u64; 4] {
-        let meta = u64::from(self.netns)
-            | u64::from(self.counter) << 32
-            | u64::from(self.family) << 40
-            | u64::from(self.port) << 48;
+        let meta = logged_meta(self.netns, self.counter, self.family, self.port);
         [self.cookie, meta, 0, 0]
+    }
+
+    fn from_words(w: [u64; 4]) -> Self {
+        let (netns, counter, family, port) = logged_meta_fields(w[1]);
+        PortKey {
+            cookie: w[0],
+            netns,
+            counter,
+            family,
+            port,
+        }
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Slot<K> {
-    key: K,
+struct Slot {
+    key: [u64; 4],
     value: SourceValue,
     /// `value.events` at the last [`CountTable::take_interval`].
     taken: u64,
@@ -55,7 +78,7 @@ struct Slot<K> {
 
 #[derive(Debug)]
 pub struct CountTable<K: TableKey> {
-    slots: Vec<Slot<K>>,
+    slots: Vec<Slot>,
     /// Slot number + 1 per position, 0 when free; a power of two long, at
     /// least twice the slots.
     index: Vec<u32>,
@@ -65,6 +88,7 @@ pub struct CountTable<K: TableKey> {
     seeds: [u64; 4],
     /// Entries created since start (minus the entries present: evicted).
     inserts: u64,
+    key: PhantomData<K>,
 }
 
 /// The 64-bit product of `a` and `b` folded into 64 bits.
@@ -88,12 +112,13 @@ impl<K: TableKey> CountTable<K> {
             hand: 0,
             seeds,
             inserts: 0,
+            key: PhantomData,
         }
     }
 
     #[inline]
-    fn hash(&self, key: &K) -> u32 {
-        let (w, s) = (key.words(), &self.seeds);
+    fn hash(&self, w: &[u64; 4]) -> u32 {
+        let s = &self.seeds;
         let h = fold_mul(w[0] ^ s[0], w[1] ^ s[1]) ^ fold_mul(w[2] ^ s[2], w[3] ^ s[3]);
         (h ^ (h >> 32)) as u32
     }
@@ -104,8 +129,13 @@ impl<K: TableKey> CountTable<K> {
     }
 
     /// One more event of `key`; returns its slot (for [`CountTable::bump`]).
-    #[inline(always)]
     pub fn add(&mut self, key: K) -> usize {
+        self.add_words(key.words())
+    }
+
+    /// [`CountTable::add`] of a key's words.
+    #[inline(always)]
+    pub fn add_words(&mut self, key: [u64; 4]) -> usize {
         let hash = self.hash(&key);
         let mask = self.mask();
         if !self.index.is_empty() {
@@ -132,7 +162,7 @@ impl<K: TableKey> CountTable<K> {
     /// A new entry for `key` (not present), evicting one when full.
     #[cold]
     #[inline(never)]
-    fn insert(&mut self, key: K, hash: u32) -> usize {
+    fn insert(&mut self, key: [u64; 4], hash: u32) -> usize {
         self.inserts += 1;
         let slot = Slot {
             key,
@@ -210,10 +240,11 @@ impl<K: TableKey> CountTable<K> {
         }
     }
 
-    /// One more event of the entry in slot `at` if it still holds `key`
-    /// (a cache of the last slot a caller used); false otherwise.
-    #[inline]
-    pub fn bump(&mut self, at: usize, key: &K) -> bool {
+    /// One more event of the entry in slot `at` if it still holds the key
+    /// of these words (a cache of the last slot a caller used); false
+    /// otherwise.
+    #[inline(always)]
+    pub fn bump(&mut self, at: usize, key: &[u64; 4]) -> bool {
         match self.slots.get_mut(at) {
             Some(slot) if slot.key == *key => {
                 slot.value.events += 1;
@@ -239,8 +270,8 @@ impl<K: TableKey> CountTable<K> {
     }
 
     /// Every entry: its events since it was created, and its stamp.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &SourceValue)> + '_ {
-        self.slots.iter().map(|s| (&s.key, &s.value))
+    pub fn iter(&self) -> impl Iterator<Item = (K, SourceValue)> + '_ {
+        self.slots.iter().map(|s| (K::from_words(s.key), s.value))
     }
 
     /// Each entry's events since the previous call (or since it was
@@ -251,7 +282,7 @@ impl<K: TableKey> CountTable<K> {
         for slot in &mut self.slots {
             let events = slot.value.events - slot.taken;
             if events > 0 {
-                each(&slot.key, events);
+                each(&K::from_words(slot.key), events);
                 slot.taken = slot.value.events;
             }
         }
@@ -263,7 +294,7 @@ impl<K: TableKey> CountTable<K> {
         for slot in &self.slots {
             let events = slot.value.events - slot.taken;
             if events > 0 {
-                each(&slot.key, events);
+                each(&K::from_words(slot.key), events);
             }
         }
     }
@@ -284,7 +315,7 @@ impl<K: TableKey> CountTable<K> {
 
     /// Bytes the table takes now (slots and index, by capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot<K>>()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.index.capacity() * std::mem::size_of::<u32>()
     }
 }
@@ -321,11 +352,11 @@ mod tests {
         assert_eq!((t.slots.len(), t.inserts()), (2, 3));
         // 2 comes back as a new entry: another stamp, counting from 1.
         t.add(key(2));
-        let two = t.iter().find(|(k, _)| k.port == 2).map(|(_, v)| *v);
+        let two = t.iter().find(|(k, _)| k.port == 2).map(|(_, v)| v);
         assert_eq!(two, Some(SourceValue { events: 1, born: 4 }));
         assert_eq!(t.inserts() - t.slots.len() as u64, 2);
         // Every key still present is found through the index.
-        for (k, _) in t.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>() {
+        for (k, _) in t.iter().collect::<Vec<_>>() {
             let before = t.inserts();
             t.add(k);
             assert_eq!(t.inserts(), before, "{k:?} found");
@@ -411,9 +442,9 @@ mod tests {
     fn bump_counts_only_the_key_still_in_its_slot() {
         let mut t = CountTable::new(1);
         let at = t.add(key(1));
-        assert!(t.bump(at, &key(1)));
+        assert!(t.bump(at, &key(1).words()));
         t.add(key(2));
-        assert!(!t.bump(at, &key(1)));
+        assert!(!t.bump(at, &key(1).words()));
         assert_eq!(entries(&t), vec![(2, 1, 2)]);
     }
 

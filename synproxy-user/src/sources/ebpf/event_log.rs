@@ -1,4 +1,4 @@
-//! The programs' event log: per CPU a ring of [`LoggedEvent`] records in the
+//! The programs' event log: per CPU a ring of `LoggedEvent` records in the
 //! memory-mapped `EVENT_LOG`, with its positions in `LOG_POS`. The programs
 //! append one record per syn_received, cookie_invalid and cookie_valid event
 //! (with per-source or per-port counting on); the agent drains the rings at
@@ -12,7 +12,7 @@
 
 use super::shared_array::SharedArray;
 use std::sync::atomic::Ordering;
-use synproxy_common::{log_pos, LoggedEvent, LOGGED_EVENT_WORDS};
+use synproxy_common::{log_pos, LOGGED_EVENT_WORDS, LOGGED_PORT, LOGGED_SOURCE};
 
 pub(super) struct EventLog {
     /// `EVENT_LOG`: `cpus * len` records.
@@ -45,8 +45,10 @@ impl EventLog {
         }
     }
 
-    /// Hands every whole record not read yet to `each`, oldest first per CPU.
-    pub fn drain(&mut self, mut each: impl FnMut(&LoggedEvent)) {
+    /// Hands the words of every whole record not read yet to `each`, oldest
+    /// first per CPU (the words of a [`LoggedEvent`]).
+    #[inline(always)]
+    pub fn drain(&mut self, mut each: impl FnMut(&[u64; LOGGED_EVENT_WORDS])) {
         let words = self.records.u64s();
         let pos = self.pos.u64s();
         let stride = log_pos::STRIDE as usize;
@@ -60,9 +62,10 @@ impl EventLog {
             };
             let head = head.load(Ordering::Acquire);
             let start = tail_word.load(Ordering::Relaxed);
+            let ring = cpu * self.len;
             let mut tail = start;
             while tail < head {
-                let at = (cpu * self.len + (tail as usize & (self.len - 1))) * LOGGED_EVENT_WORDS;
+                let at = (ring + (tail as usize & (self.len - 1))) * LOGGED_EVENT_WORDS;
                 let Some(rec) = words.get(at..at + LOGGED_EVENT_WORDS) else {
                     break;
                 };
@@ -71,20 +74,13 @@ impl EventLog {
                     // Not whole yet: the next drain takes it.
                     break;
                 }
-                let word1 = rec[1].load(Ordering::Relaxed).to_ne_bytes();
-                let event = LoggedEvent {
-                    cookie: rec[0].load(Ordering::Relaxed),
-                    netns: u32::from_ne_bytes([word1[0], word1[1], word1[2], word1[3]]),
-                    counter: word1[4],
-                    family: word1[5],
-                    port: u16::from_ne_bytes([word1[6], word1[7]]),
-                    addr: [
-                        rec[2].load(Ordering::Relaxed),
-                        rec[3].load(Ordering::Relaxed),
-                    ],
+                each(&[
+                    rec[0].load(Ordering::Relaxed),
+                    rec[1].load(Ordering::Relaxed),
+                    rec[2].load(Ordering::Relaxed),
+                    rec[3].load(Ordering::Relaxed),
                     seq,
-                };
-                each(&event);
+                ]);
                 tail += 1;
             }
             if tail != start {
@@ -111,15 +107,17 @@ impl super::EbpfSource {
             return;
         };
         let (sources, ports) = (&mut self.sources, &mut self.ports);
-        log.drain(|event| {
-            if event.seq & synproxy_common::LOGGED_SOURCE != 0 {
+        // The port's bits of the meta word: a source's key leaves them 0.
+        const PORT_BITS: u64 = 0xffff << 48;
+        log.drain(|w| {
+            if w[4] & LOGGED_SOURCE != 0 {
                 if let Some(sources) = sources.as_mut() {
-                    sources.add(event);
+                    sources.add([w[0], w[1] & !PORT_BITS, w[2], w[3]]);
                 }
             }
-            if event.seq & synproxy_common::LOGGED_PORT != 0 {
+            if w[4] & LOGGED_PORT != 0 {
                 if let Some(ports) = ports.as_mut() {
-                    ports.add(event);
+                    ports.add(w[0], w[1]);
                 }
             }
         });
@@ -143,5 +141,132 @@ mod tests {
         assert_eq!(ring_len(64), 4096);
         assert_eq!(ring_len(1024), 4096);
         assert_eq!(ring_len(0), 65_536);
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use synproxy_common::logged_meta;
+
+    /// An anonymous shared file standing in for an mmapable array map.
+    fn memfd(bytes: usize) -> OwnedFd {
+        // SAFETY: creates a new anonymous file; the name is a valid C string.
+        let fd = unsafe { libc::memfd_create(c"log".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: fd was just created and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain syscall on a valid fd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as i64) }, 0);
+        fd
+    }
+
+    /// The programs' side of two CPUs' rings of `len` records.
+    struct Writer {
+        records: SharedArray,
+        pos: SharedArray,
+        len: usize,
+    }
+
+    impl Writer {
+        /// Appends a record as the programs do: the words, `seq` last, then
+        /// the head; or counts it dropped when the ring is full.
+        fn log(&self, cpu: usize, port: u16, whole: bool) {
+            let pos = self.pos.u64s();
+            let base = cpu * log_pos::STRIDE as usize;
+            let head = pos[base].load(Ordering::Relaxed);
+            let tail = pos[base + log_pos::TAIL as usize].load(Ordering::Relaxed);
+            if head - tail >= self.len as u64 {
+                pos[base + 1].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let at = (cpu * self.len + head as usize % self.len) * LOGGED_EVENT_WORDS;
+            let w = &self.records.u64s()[at..at + LOGGED_EVENT_WORDS];
+            w[0].store(7, Ordering::Relaxed);
+            w[1].store(logged_meta(9, 0, 4, port), Ordering::Relaxed);
+            w[2].store(u64::from(port), Ordering::Relaxed);
+            w[3].store(0, Ordering::Relaxed);
+            if whole {
+                let seq = u64::from((head as u32).wrapping_add(1)) | LOGGED_SOURCE;
+                w[4].store(seq, Ordering::Release);
+            }
+            pos[base].store(head + 1, Ordering::Release);
+        }
+    }
+
+    fn log_of(len: usize) -> (EventLog, Writer) {
+        let cpus = 2;
+        let rec_fd = memfd(cpus * len * LOGGED_EVENT_WORDS * 8);
+        let pos_fd = memfd(cpus * log_pos::STRIDE as usize * 8);
+        let map = |fd: &OwnedFd, size, n| SharedArray::map(fd.as_fd(), size, n).unwrap();
+        let stride = log_pos::STRIDE as usize * 8;
+        let log = EventLog::new(
+            map(&rec_fd, LOGGED_EVENT_WORDS * 8, cpus * len),
+            map(&pos_fd, stride, cpus),
+            cpus,
+            len as u32,
+        );
+        let writer = Writer {
+            records: map(&rec_fd, LOGGED_EVENT_WORDS * 8, cpus * len),
+            pos: map(&pos_fd, stride, cpus),
+            len,
+        };
+        (log, writer)
+    }
+
+    fn drained(log: &mut EventLog) -> Vec<u16> {
+        let mut ports = Vec::new();
+        log.drain(|w| ports.push(w[2] as u16));
+        ports
+    }
+
+    #[test]
+    fn records_come_out_once_in_order_per_cpu() {
+        let (mut log, w) = log_of(8);
+        for port in 1..=5 {
+            w.log(0, port, true);
+        }
+        w.log(1, 100, true);
+        assert_eq!(drained(&mut log), vec![1, 2, 3, 4, 5, 100]);
+        assert_eq!(drained(&mut log), Vec::<u16>::new(), "taken once");
+        // Around the ring several times.
+        for round in 0..5u16 {
+            for i in 0..8 {
+                w.log(1, round * 10 + i, true);
+            }
+            assert_eq!(
+                drained(&mut log),
+                (0..8).map(|i| round * 10 + i).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_record_not_yet_whole_waits_with_those_after_it() {
+        let (mut log, w) = log_of(8);
+        w.log(0, 1, true);
+        w.log(0, 2, false);
+        w.log(0, 3, true);
+        assert_eq!(drained(&mut log), vec![1]);
+        // The program finishes it: its sequence word arrives.
+        let seq = u64::from(2u32) | LOGGED_SOURCE;
+        w.records.u64s()[LOGGED_EVENT_WORDS + 4].store(seq, Ordering::Release);
+        assert_eq!(drained(&mut log), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_full_ring_drops_and_counts_until_drained() {
+        let (mut log, w) = log_of(4);
+        for port in 1..=6 {
+            w.log(0, port, true);
+        }
+        w.log(1, 9, true);
+        assert_eq!(log.dropped(), 2);
+        assert_eq!(drained(&mut log), vec![1, 2, 3, 4, 9]);
+        w.log(0, 7, true);
+        assert_eq!(drained(&mut log), vec![7]);
+        assert_eq!(log.dropped(), 2);
     }
 }

@@ -5,7 +5,7 @@
 use super::count_table::CountTable;
 use super::port_counts::{self, PortDeltas, PortTotal, PortsRound};
 use super::EbpfSource;
-use synproxy_common::{LoggedEvent, PortKey};
+use synproxy_common::PortKey;
 
 /// Per-port counting: the table and the round's deltas.
 pub(super) struct PortCounting {
@@ -33,18 +33,13 @@ impl PortCounting {
         }
     }
 
-    /// One logged event with a port.
-    #[inline]
-    pub(super) fn add(&mut self, event: &LoggedEvent) {
-        let key = PortKey {
-            cookie: event.cookie,
-            netns: event.netns,
-            counter: event.counter,
-            family: event.family,
-            port: event.port,
-        };
+    /// One logged event with a port: its record's namespace word and
+    /// [`synproxy_common::logged_meta`] word (the key's words).
+    #[inline(always)]
+    pub(super) fn add(&mut self, cookie: u64, meta: u64) {
+        let key = [cookie, meta, 0, 0];
         if !self.table.bump(self.last, &key) {
-            self.last = self.table.add(key);
+            self.last = self.table.add_words(key);
         }
     }
 
@@ -54,7 +49,7 @@ impl PortCounting {
         out.extend(
             table
                 .iter()
-                .filter_map(|(key, value)| port_counts::port_total(key, value)),
+                .filter_map(|(key, value)| port_counts::port_total(&key, &value)),
         );
         port_counts::sort_read(out);
     }

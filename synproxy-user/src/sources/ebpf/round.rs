@@ -205,6 +205,12 @@ impl EbpfSource {
     pub fn rate_resolution(&self) -> Duration {
         Duration::from_nanos(self.rate_res_ns)
     }
+
+    /// Whether the probes log events (per-source or per-port counting on),
+    /// which the agent must drain often.
+    pub fn logs_events(&self) -> bool {
+        self.log.is_some()
+    }
 }
 
 /// How long after its end a rate bucket is drained.

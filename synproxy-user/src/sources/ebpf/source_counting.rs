@@ -4,7 +4,7 @@
 use super::address_counts::{source_addr, SourceEvents, SourcesRound};
 use super::count_table::CountTable;
 use super::EbpfSource;
-use synproxy_common::{Counter, LoggedEvent, SourceKey};
+use synproxy_common::{Counter, SourceKey};
 
 /// Per-source counting: the table and what its reads reported.
 pub(super) struct SourceCounting {
@@ -34,17 +34,12 @@ impl SourceCounting {
         }
     }
 
-    /// One logged event with a source.
-    #[inline]
-    pub(super) fn add(&mut self, event: &LoggedEvent) {
-        self.table.add(SourceKey {
-            cookie: event.cookie,
-            netns: event.netns,
-            counter: event.counter,
-            family: event.family,
-            _pad: [0; 2],
-            addr: event.addr,
-        });
+    /// One logged event with a source: its record's first four words, the
+    /// port cleared from the [`synproxy_common::logged_meta`] word (the
+    /// key's words).
+    #[inline(always)]
+    pub(super) fn add(&mut self, words: [u64; 4]) {
+        self.table.add_words(words);
     }
 
     /// The round's events per source into `out`, and the table's fill.
@@ -92,18 +87,10 @@ impl EbpfSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use synproxy_common::{FAMILY_IPV4, FAMILY_IPV6};
+    use synproxy_common::{logged_meta, FAMILY_IPV4, FAMILY_IPV6};
 
-    fn event(addr: u64, counter: Counter, family: u8) -> LoggedEvent {
-        LoggedEvent {
-            cookie: 7,
-            netns: 9,
-            counter: counter as u8,
-            family,
-            port: 0,
-            addr: [addr, 0],
-            seq: 0,
-        }
+    fn event(addr: u64, counter: Counter, family: u8) -> [u64; 4] {
+        [7, logged_meta(9, counter as u8, family, 0), addr, 0]
     }
 
     #[test]
@@ -111,11 +98,11 @@ mod tests {
         let mut c = SourceCounting::new(3);
         let v4 = |last: u8| u64::from(u32::from_ne_bytes([203, 0, 113, last]));
         for _ in 0..3 {
-            c.add(&event(v4(1), Counter::SynReceived, FAMILY_IPV4));
+            c.add(event(v4(1), Counter::SynReceived, FAMILY_IPV4));
         }
-        c.add(&event(v4(2), Counter::CookieInvalid, FAMILY_IPV4));
+        c.add(event(v4(2), Counter::CookieInvalid, FAMILY_IPV4));
         // A family the programs do not log is in no round.
-        c.add(&event(v4(2), Counter::SynReceived, 5));
+        c.add(event(v4(2), Counter::SynReceived, 5));
         let mut round = SourcesRound::default();
         c.take_round(&mut round);
         let mut got: Vec<_> = round
@@ -136,8 +123,8 @@ mod tests {
         c.take_round(&mut round);
         assert!(round.events.is_empty(), "nothing new");
         // A fourth source takes the place of one not counted again.
-        c.add(&event(v4(3), Counter::SynReceived, FAMILY_IPV4));
-        c.add(&event(v4(4), Counter::SynReceived, FAMILY_IPV6));
+        c.add(event(v4(3), Counter::SynReceived, FAMILY_IPV4));
+        c.add(event(v4(4), Counter::SynReceived, FAMILY_IPV6));
         let mut round = SourcesRound::default();
         c.take_round(&mut round);
         assert_eq!(round.events.len(), 2);
