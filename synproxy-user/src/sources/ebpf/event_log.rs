@@ -24,12 +24,14 @@ pub(super) struct EventLog {
     len: usize,
 }
 
-/// Records per CPU ring for `cpus` CPUs: [`synproxy_common::LOG_DEFAULT_PER_CPU`]
-/// up to 4 CPUs, then a total of 256 Ki records (10 MiB) shared out, down to
-/// 4,096 per CPU (a flood spreads over the CPUs that take its packets).
+/// Records per CPU ring for `cpus` possible CPUs:
+/// [`synproxy_common::LOG_DEFAULT_PER_CPU`] up to 4 CPUs, then a total of
+/// 256 Ki records (10 MiB) shared out (a flood spreads over the CPUs that
+/// take its packets), at least 1,024 per CPU (a machine with 256 possible
+/// CPUs or more gets 40 KiB per CPU).
 pub fn ring_len(cpus: usize) -> u32 {
     const TOTAL: usize = 1 << 18;
-    let per_cpu = (TOTAL / cpus.max(1)).clamp(4096, synproxy_common::LOG_DEFAULT_PER_CPU as usize);
+    let per_cpu = (TOTAL / cpus.max(1)).clamp(1024, synproxy_common::LOG_DEFAULT_PER_CPU as usize);
     // A power of two at most `per_cpu`.
     let len = 1usize << (usize::BITS - 1 - per_cpu.leading_zeros());
     len as u32
@@ -139,7 +141,9 @@ mod tests {
         assert_eq!(ring_len(4), 65_536);
         assert_eq!(ring_len(6), 32_768);
         assert_eq!(ring_len(64), 4096);
-        assert_eq!(ring_len(1024), 4096);
+        assert_eq!(ring_len(100), 2048);
+        assert_eq!(ring_len(256), 1024);
+        assert_eq!(ring_len(4096), 1024);
         assert_eq!(ring_len(0), 65_536);
     }
 }
