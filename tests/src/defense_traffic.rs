@@ -168,23 +168,58 @@ fn port_of(i: u32) -> u16 {
     1024 + (i % 60_000) as u16
 }
 
+/// A turn at the kernel's global conntrack limit: test runs on one machine
+/// take turns through an exclusive lock on a file in the temporary
+/// directory. The limit applies to every namespace, so a test that lowers it
+/// holds its turn from before its namespaces exist until they are gone; two
+/// runs at once would otherwise flood each other's namespaces and each
+/// restore the value the other had lowered.
+pub struct ConntrackTurn {
+    _lock: std::fs::File,
+}
+
+impl ConntrackTurn {
+    /// Waits for the turn.
+    pub fn take() -> Result<Self> {
+        let path = std::env::temp_dir().join("synproxy-tests-nf_conntrack_max.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns; the lock goes
+        // with the descriptor when the turn is dropped.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("lock {}", path.display()));
+        }
+        Ok(Self { _lock: lock })
+    }
+}
+
 /// The kernel's global `nf_conntrack_max` (writable only from the initial
-/// namespace on current kernels), lowered for a test and put back on drop.
-pub struct ConntrackMaxOverride {
+/// namespace on current kernels), lowered for a test and put back on drop,
+/// during a [`ConntrackTurn`].
+pub struct ConntrackMaxOverride<'t> {
     before: String,
+    _turn: &'t ConntrackTurn,
 }
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
-impl ConntrackMaxOverride {
-    pub fn set(max: u64) -> Result<Self> {
+impl<'t> ConntrackMaxOverride<'t> {
+    pub fn set(max: u64, turn: &'t ConntrackTurn) -> Result<Self> {
         let before = std::fs::read_to_string(CONNTRACK_MAX).context("read nf_conntrack_max")?;
         std::fs::write(CONNTRACK_MAX, max.to_string()).context("write nf_conntrack_max")?;
-        Ok(Self { before })
+        Ok(Self {
+            before,
+            _turn: turn,
+        })
     }
 }
 
-impl Drop for ConntrackMaxOverride {
+impl Drop for ConntrackMaxOverride<'_> {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(CONNTRACK_MAX, self.before.trim()) {
             eprintln!(

@@ -9,7 +9,7 @@
 //! -asz`'s and `conntrack -S`'s in that namespace.
 
 use std::time::Duration;
-use synproxy_tests::defense_traffic::{ConntrackMaxOverride, DefenseLab};
+use synproxy_tests::defense_traffic::{ConntrackMaxOverride, ConntrackTurn, DefenseLab};
 use synproxy_tests::defense_verdict::{judge, now_ns, Watch};
 use synproxy_tests::harness::{agent_binary, wait_until, Needs};
 use synproxy_tests::netns::Netns;
@@ -219,6 +219,8 @@ fn a_connection_flood_against_a_stalled_server_drops_at_its_listener() {
 #[test]
 fn conntrack_at_its_maximum_drops_new_entries() {
     require!(NEEDS.check());
+    // Before the namespaces: another run's lowered limit would hit them too.
+    let turn = ConntrackTurn::take().unwrap_or_else(|e| panic!("{e:#}"));
     let lab = lab(ServerMode::Hold);
     let c0 = read_conntrack(lab.srv()).unwrap_or_else(|e| panic!("{e:#}"));
     // The maximum is global; each namespace's count is held against it. The
@@ -230,7 +232,7 @@ fn conntrack_at_its_maximum_drops_new_entries() {
     let max = (init + 1000).max(c0.get("count") + 1000);
     // The flood ends when the maximum is back: the table has room again.
     let c1 = verdict_of(&lab, "conntrack_exhausted", || {
-        let _max = ConntrackMaxOverride::set(max).unwrap_or_else(|e| panic!("{e:#}"));
+        let _max = ConntrackMaxOverride::set(max, &turn).unwrap_or_else(|e| panic!("{e:#}"));
         let per_sec = 4000;
         let secs = (max as f64 * 1.5 / per_sec as f64).max(2.0);
         lab.conntrack_fill(per_sec, secs)
