@@ -266,11 +266,12 @@ const _: () = assert!(core::mem::size_of::<AckStash>() == 48);
 // their CPU's ring in the memory-mapped `EVENT_LOG`, and the agent drains the
 // rings between rounds into its own tables of sources and ports. A write is a
 // few stores (no hashing, no lock: one writer per ring, as the programs run
-// with bottom halves off and do not nest), so it costs an event about a tenth
-// of a hash-map update. A full ring drops the record (counted per CPU); the
+// with bottom halves off and do not nest), where a hash-map update hashes the
+// key and walks a bucket. A full ring drops the record (counted per CPU); the
 // event still counts in the totals.
 
-/// Records per CPU ring (a power of two) when the agent does not choose.
+/// Records per CPU ring (a power of two) at most: what machines of up to 4
+/// CPUs get.
 pub const LOG_DEFAULT_PER_CPU: u32 = 65_536;
 
 /// One record of `EVENT_LOG`.
@@ -339,6 +340,9 @@ pub struct LogPos {
 }
 
 const _: () = assert!(core::mem::size_of::<LogPos>() == log_pos::STRIDE as usize * 8);
+const _: () = assert!(core::mem::offset_of!(LogPos, head) == log_pos::HEAD as usize * 8);
+const _: () = assert!(core::mem::offset_of!(LogPos, dropped) == log_pos::DROPPED as usize * 8);
+const _: () = assert!(core::mem::offset_of!(LogPos, tail) == log_pos::TAIL as usize * 8);
 
 /// The words of [`LogPos`] as the agent maps them (u64s).
 pub mod log_pos {

@@ -308,6 +308,12 @@ impl<K: TableKey> CountTable<K> {
         self.slots.is_empty()
     }
 
+    /// Entries evicted since start: created minus present (both only grow:
+    /// an eviction makes room for one insert).
+    pub fn evictions(&self) -> u64 {
+        self.inserts - self.slots.len() as u64
+    }
+
     /// Entries created since start.
     pub fn inserts(&self) -> u64 {
         self.inserts

@@ -12,7 +12,7 @@
 
 use super::shared_array::SharedArray;
 use std::sync::atomic::Ordering;
-use synproxy_common::{log_pos, LOGGED_EVENT_WORDS, LOGGED_PORT, LOGGED_SOURCE};
+use synproxy_common::{log_pos, logged_meta, LOGGED_EVENT_WORDS, LOGGED_PORT, LOGGED_SOURCE};
 
 pub(super) struct EventLog {
     /// `EVENT_LOG`: `cpus * len` records.
@@ -109,12 +109,12 @@ impl super::EbpfSource {
             return;
         };
         let (sources, ports) = (&mut self.sources, &mut self.ports);
-        // The port's bits of the meta word: a source's key leaves them 0.
-        const PORT_BITS: u64 = 0xffff << 48;
+        // A source's key is the record's words with the port left out.
+        const NOT_PORT: u64 = logged_meta(u32::MAX, u8::MAX, u8::MAX, 0);
         log.drain(|w| {
             if w[4] & LOGGED_SOURCE != 0 {
                 if let Some(sources) = sources.as_mut() {
-                    sources.add([w[0], w[1] & !PORT_BITS, w[2], w[3]]);
+                    sources.add([w[0], w[1] & NOT_PORT, w[2], w[3]]);
                 }
             }
             if w[4] & LOGGED_PORT != 0 {
@@ -152,7 +152,6 @@ mod tests {
 mod drain_tests {
     use super::*;
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-    use synproxy_common::logged_meta;
 
     /// An anonymous shared file standing in for an mmapable array map.
     fn memfd(bytes: usize) -> OwnedFd {

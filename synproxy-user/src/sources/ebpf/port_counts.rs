@@ -1,12 +1,11 @@
 //! Per-destination-port counts (`--top-ports`): reads of the agent's table of
 //! ports (filled from the programs' event log, see `count_table`).
 //!
-//! A read gives each entry's events since it was created and when
-//! ([`PortTotal`], sorted by key). Two consumers turn successive reads into
-//! deltas with [`port_deltas`]: each round (the round's top ports) and the
-//! attack detector between rounds, each with its own previous read. An
-//! entry the LRU evicted that came back has another creation time and
-//! counts from 0. Entries are keyed by the namespace's (inode or cookie
+//! A round takes each entry's growth from the table itself ([`PortsRound`]).
+//! A read between rounds gives each entry's events since it was created and
+//! when ([`PortTotal`], sorted by key); the attack detector turns two of them
+//! into deltas with [`port_deltas`]. An entry evicted that came back has
+//! another creation stamp and counts from 0. Entries are keyed by the namespace's (inode or cookie
 //! stand-in, cookie), not by its slot, so a namespace's slot changes do not
 //! touch them.
 
@@ -50,21 +49,21 @@ pub struct PortEvents {
     pub events: u64,
 }
 
-/// One round's read of the per-port map.
+/// One round's read of the per-port table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortsRound {
     /// Ports with events in the interval (sorted by namespace, counter,
     /// family, port).
     pub events: Vec<PortEvents>,
-    /// Entries in the map now.
+    /// Entries in the table now.
     pub entries: u64,
-    /// The map's size (`--top-ports-map-entries`).
+    /// The table's size (`--top-ports-map-entries`).
     pub capacity: u32,
-    /// Entries the LRU evicted since load.
+    /// Entries the table evicted since load.
     pub evictions: u64,
-    /// Events the map had no room for, since load.
+    /// Events whose record the event log dropped (a full ring), since load.
     pub insert_failures: u64,
-    /// Kernel memory the map pins (memlock), bytes.
+    /// Kernel memory of the event log (memlock), bytes.
     pub map_bytes: u64,
 }
 
@@ -131,27 +130,6 @@ pub fn port_deltas(previous: &[PortTotal], current: &[PortTotal], out: &mut Vec<
                 events,
             });
         }
-    }
-}
-
-/// The round's reader: the previous round's read, kept to take deltas.
-#[derive(Debug, Default)]
-pub struct PortDeltas {
-    previous: Vec<PortTotal>,
-    /// Largest eviction count reported (never report fewer).
-    evictions: u64,
-}
-
-impl PortDeltas {
-    /// Turns this round's read (sorted, see [`sort_read`]) into the interval's
-    /// events; `inserts` is the programs' count of created entries. `current`
-    /// is swapped with the kept read, so its buffer is reused next round.
-    pub fn finish(&mut self, current: &mut Vec<PortTotal>, inserts: u64, out: &mut PortsRound) {
-        port_deltas(&self.previous, current, &mut out.events);
-        std::mem::swap(&mut self.previous, current);
-        out.entries = self.previous.len() as u64;
-        self.evictions = self.evictions.max(inserts.saturating_sub(out.entries));
-        out.evictions = self.evictions;
     }
 }
 
@@ -251,26 +229,5 @@ mod tests {
         let mut read = vec![total(80, 5, 1), total(443, 1, 1), total(80, 6, 1)];
         sort_read(&mut read);
         assert_eq!(read, vec![total(80, 6, 1), total(443, 1, 1)]);
-    }
-
-    #[test]
-    fn rounds_sum_to_the_counts_and_report_evictions() {
-        let mut deltas = PortDeltas::default();
-        let mut round = PortsRound::default();
-        let mut read = vec![total(80, 3, 1)];
-        deltas.finish(&mut read, 1, &mut round);
-        assert_eq!(round.events.len(), 1);
-        assert_eq!((round.entries, round.evictions), (1, 0));
-        let mut read = vec![total(80, 7, 1), total(443, 2, 2)];
-        deltas.finish(&mut read, 2, &mut round);
-        assert_eq!(round.events.iter().map(|e| e.events).sum::<u64>(), 6);
-        // 80 evicted: 3 created, 1 present; never fewer later.
-        let mut read = vec![total(443, 2, 2)];
-        deltas.finish(&mut read, 3, &mut round);
-        assert!(round.events.is_empty());
-        assert_eq!(round.evictions, 2);
-        let mut read = vec![total(443, 2, 2)];
-        deltas.finish(&mut read, 1, &mut round);
-        assert_eq!(round.evictions, 2);
     }
 }

@@ -10,8 +10,6 @@ use synproxy_common::{Counter, SourceKey};
 pub(super) struct SourceCounting {
     pub(super) table: CountTable<SourceKey>,
     capacity: u32,
-    /// Largest eviction count reported (never fewer later).
-    evictions: u64,
 }
 
 /// A table entry's events as the round reports them; None for a counter or
@@ -30,7 +28,6 @@ impl SourceCounting {
         Self {
             table: CountTable::new(capacity),
             capacity,
-            evictions: 0,
         }
     }
 
@@ -50,10 +47,7 @@ impl SourceCounting {
         });
         out.capacity = self.capacity;
         out.entries = self.table.len() as u64;
-        self.evictions = self
-            .evictions
-            .max(self.table.inserts().saturating_sub(out.entries));
-        out.evictions = self.evictions;
+        out.evictions = self.table.evictions();
     }
 }
 
